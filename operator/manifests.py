@@ -1,0 +1,454 @@
+"""The Kubernetes objects of one VineWorkflow (except worker pods), built by pure functions.
+
+Exists so that every object the operator creates is decided here, from the parsed spec
+alone, and tested without a cluster: kopf handlers stay thin (look up, call a
+`build_*()`, create idempotently). No function here does I/O, reads a clock or draws a
+random number; anything variable (the token, the Redis password) is passed in.
+
+Every object carries the labels and owner reference of `kubevine.operator.naming`.
+Worker pods are built one at a time by `kubevine.operator.workerpod`.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from kubevine.operator.naming import (
+    COMPONENT_APPLICATION,
+    COMPONENT_MANAGER,
+    COMPONENT_REDIS,
+    COMPONENT_TOKEN,
+    REDIS_PORT,
+    WorkflowRef,
+    application_job_name,
+    labels,
+    managed_redis_url,
+    manager_address,
+    manager_name,
+    metadata,
+    redis_name,
+    selector_labels,
+    token_secret_name,
+)
+from kubevine.operator.podparts import (
+    REDIS_PASSWORD_KEY,
+    TOKEN_DIR,
+    TOKEN_FILE,
+    TOKEN_KEY,
+    WORKDIR,
+    container_security_context,
+    field_env,
+    image_for,
+    placement,
+    pod_security_context,
+    scratch_mounts,
+    scratch_volumes,
+    secret_env,
+    token_env,
+    user_env,
+)
+from kubevine.operator.settings import OperatorSettings
+from kubevine.operator.spec import MANAGER_METRICS_PORT, VineWorkflowSpec
+
+Manifest = dict[str, Any]
+
+#: The redis user of the official redis image.
+REDIS_USER = 999
+
+
+# --- token Secret ------------------------------------------------------------------------
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def build_token_secret(
+    ref: WorkflowRef, token: str, redis_password: str | None = None
+) -> Manifest:
+    """The Secret with the token workers and clients present to the manager.
+
+    For a managed state store it also holds the Redis password. Values go in `data`
+    (base64), which every API server accepts as is.
+    """
+    if not token:
+        raise ValueError("the workflow token must not be empty")
+    data = {TOKEN_KEY: _b64(token)}
+    if redis_password is not None:
+        data[REDIS_PASSWORD_KEY] = _b64(redis_password)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(ref, token_secret_name(ref), COMPONENT_TOKEN),
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+# --- manager -----------------------------------------------------------------------------
+
+
+def _redis_env_and_args(
+    ref: WorkflowRef, spec: VineWorkflowSpec
+) -> tuple[list[Any], list[str]]:
+    """The manager's Redis settings: `--redis URL` when the URL is not secret, else env."""
+    store = spec.state_store
+    env: list[dict[str, Any]] = []
+    args: list[str] = []
+    if store.managed:
+        args = ["--redis", managed_redis_url(ref)]
+        env.append(
+            secret_env(
+                "KUBEVINE_REDIS_PASSWORD", token_secret_name(ref), REDIS_PASSWORD_KEY
+            )
+        )
+        return env, args
+    if store.redis_url is not None:
+        args = ["--redis", store.redis_url]
+    secret = store.credentials_secret
+    if secret is not None:
+        if secret.url_key is not None:
+            env.append(secret_env("KUBEVINE_REDIS_URL", secret.name, secret.url_key))
+        password = secret_env(
+            "KUBEVINE_REDIS_PASSWORD", secret.name, secret.password_key
+        )
+        password["valueFrom"]["secretKeyRef"]["optional"] = True
+        env.append(password)
+    return env, args
+
+
+def build_manager_deployment(
+    ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings
+) -> Manifest:
+    """The manager: one replica, `Recreate` so two managers never overlap on one store.
+
+    Ready when its ZeroMQ port accepts connections; alive while `/healthz` answers on the
+    metrics port. The workdir and /tmp are emptyDirs under a read-only root filesystem.
+    """
+    port = spec.manager.port
+    redis_env, redis_args = _redis_env_and_args(ref, spec)
+    container = {
+        "name": "manager",
+        "image": image_for(spec, settings),
+        "imagePullPolicy": spec.image_pull_policy,
+        "args": [
+            "manager",
+            "--port",
+            str(port),
+            "--name",
+            ref.name,
+            *redis_args,
+            "--token-file",
+            TOKEN_FILE,
+            "--workdir",
+            WORKDIR,
+            "--metrics-port",
+            str(MANAGER_METRICS_PORT),
+            "--log-format",
+            "json",
+        ],
+        "env": [
+            field_env("KUBEVINE_BIND_HOST", "status.podIP"),
+            token_env(ref),
+            *redis_env,
+        ],
+        "ports": [
+            {"name": "zmq", "containerPort": port, "protocol": "TCP"},
+            {
+                "name": "metrics",
+                "containerPort": MANAGER_METRICS_PORT,
+                "protocol": "TCP",
+            },
+        ],
+        "readinessProbe": {
+            "tcpSocket": {"port": port},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": MANAGER_METRICS_PORT},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "resources": spec.manager.resources.to_k8s(),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            *scratch_mounts(),
+            {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        **placement(spec.manager.node_selector, spec.manager.tolerations),
+        "containers": [container],
+        "volumes": [
+            *scratch_volumes(),
+            {
+                "name": "token",
+                "secret": {
+                    "secretName": token_secret_name(ref),
+                    "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+                    "defaultMode": 0o440,
+                },
+            },
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(ref, manager_name(ref), COMPONENT_MANAGER),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(ref, COMPONENT_MANAGER)},
+            "template": {
+                "metadata": {
+                    "labels": labels(ref, COMPONENT_MANAGER),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(MANAGER_METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_manager_service(ref: WorkflowRef, spec: VineWorkflowSpec) -> Manifest:
+    """ClusterIP Service `<workflow>-manager`: ZeroMQ for workers/clients, and metrics."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ref, manager_name(ref), COMPONENT_MANAGER),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(ref, COMPONENT_MANAGER),
+            "ports": [
+                {
+                    "name": "zmq",
+                    "port": spec.manager.port,
+                    "targetPort": spec.manager.port,
+                    "protocol": "TCP",
+                },
+                {
+                    "name": "metrics",
+                    "port": MANAGER_METRICS_PORT,
+                    "targetPort": MANAGER_METRICS_PORT,
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+# --- managed Redis -----------------------------------------------------------------------
+
+
+def build_redis_statefulset(
+    ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings
+) -> Manifest:
+    """A one-replica Redis with an append-only file (fsync every second) on a PVC.
+
+    The password comes from the token Secret; the PVC is deleted with the StatefulSet
+    (`persistentVolumeClaimRetentionPolicy.whenDeleted: Delete`), so deleting the
+    workflow leaves no volume behind.
+    """
+    store = spec.state_store
+    if not store.managed:
+        raise ValueError(
+            "build_redis_statefulset is only for stateStore.managed workflows"
+        )
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": store.storage_size}},
+    }
+    if store.storage_class_name is not None:
+        claim_spec["storageClassName"] = store.storage_class_name
+    container = {
+        "name": "redis",
+        "image": settings.redis_image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["redis-server"],
+        "args": [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            "/data",
+            "--bind",
+            "$(POD_IP)",
+            "--port",
+            str(REDIS_PORT),
+            "--requirepass",
+            "$(REDIS_PASSWORD)",
+        ],
+        "env": [
+            field_env("POD_IP", "status.podIP"),
+            secret_env("REDIS_PASSWORD", token_secret_name(ref), REDIS_PASSWORD_KEY),
+        ],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5},
+        "livenessProbe": {
+            "tcpSocket": {"port": REDIS_PORT},
+            "initialDelaySeconds": 15,
+            "periodSeconds": 10,
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(ref, redis_name(ref), COMPONENT_REDIS),
+        "spec": {
+            "replicas": 1,
+            "serviceName": redis_name(ref),
+            "selector": {"matchLabels": selector_labels(ref, COMPONENT_REDIS)},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": labels(ref, COMPONENT_REDIS)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(REDIS_USER),
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {
+                        "name": "data",
+                        "labels": labels(ref, COMPONENT_REDIS),
+                    },
+                    "spec": claim_spec,
+                }
+            ],
+        },
+    }
+
+
+def build_redis_service(ref: WorkflowRef) -> Manifest:
+    """ClusterIP Service `<workflow>-redis` in front of the managed Redis."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(ref, redis_name(ref), COMPONENT_REDIS),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(ref, COMPONENT_REDIS),
+            "ports": [
+                {
+                    "name": "redis",
+                    "port": REDIS_PORT,
+                    "targetPort": REDIS_PORT,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+# --- application -------------------------------------------------------------------------
+
+
+def build_application_job(
+    ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings
+) -> Manifest:
+    """The application run once against the manager; `backoffLimit: 0` — its outcome is
+    the workflow's (a retry would resubmit work the manager already holds)."""
+    app = spec.application
+    if app is None:
+        raise ValueError("build_application_job needs spec.application")
+    container: dict[str, Any] = {
+        "name": "application",
+        "image": app.image or image_for(spec, settings),
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": list(app.command),
+        "workingDir": WORKDIR,
+        "env": [
+            {"name": "KUBEVINE_MANAGER", "value": manager_address(ref, spec)},
+            token_env(ref),
+            *user_env(app.env),
+        ],
+        "securityContext": container_security_context(),
+        "volumeMounts": scratch_mounts(),
+    }
+    if app.args:
+        container["args"] = list(app.args)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(ref, application_job_name(ref), COMPONENT_APPLICATION),
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels(ref, COMPONENT_APPLICATION)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": scratch_volumes(),
+                },
+            },
+        },
+    }
+
+
+# --- all together ------------------------------------------------------------------------
+
+
+def build_children(
+    ref: WorkflowRef,
+    spec: VineWorkflowSpec,
+    settings: OperatorSettings,
+    *,
+    token: str,
+    redis_password: str | None = None,
+) -> list[Manifest]:
+    """Every child except worker pods, in the order to create them.
+
+    The token Secret comes first (pods reference it), the state store before the
+    manager, the manager before the application. `redis_password` is required for a
+    managed state store.
+    """
+    if spec.state_store.managed and not redis_password:
+        raise ValueError("a managed state store needs a redis_password")
+    children = [
+        build_token_secret(
+            ref, token, redis_password if spec.state_store.managed else None
+        )
+    ]
+    if spec.state_store.managed:
+        children += [
+            build_redis_service(ref),
+            build_redis_statefulset(ref, spec, settings),
+        ]
+    children += [
+        build_manager_service(ref, spec),
+        build_manager_deployment(ref, spec, settings),
+    ]
+    if spec.application is not None:
+        children.append(build_application_job(ref, spec, settings))
+    return children

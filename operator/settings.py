@@ -1,0 +1,83 @@
+"""Operator-wide settings: what is the same for every VineWorkflow an operator runs.
+
+Exists so that what the Helm chart configures (the default image, the Redis image, the
+peering name, the autoscaler's pace) reaches the operator through one typed object
+instead of scattered `os.environ` reads. `OperatorSettings.from_env(mapping)` is pure: the
+caller passes `os.environ` (or a dict in tests). Each variable is named
+`KUBEVINE_OPERATOR_<FIELD>`, the field name upper-cased; the chart's Deployment sets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "KUBEVINE_OPERATOR_"
+
+
+class SettingsError(ValueError):
+    """An operator setting from the environment is malformed."""
+
+
+class OperatorSettings(BaseModel):
+    """Settings of one operator process (not of one workflow)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_image: str = Field(
+        default="ghcr.io/kubevine/kubevine:0.1.0",
+        min_length=1,
+        description="Image for workflows whose spec names none (the chart sets its own image).",
+    )
+    redis_image: str = Field(
+        default="redis:7.4-alpine",
+        min_length=1,
+        description="Image of the Redis the operator runs for stateStore.managed workflows.",
+    )
+    peering_name: str = Field(
+        default="kubevine",
+        min_length=1,
+        description="Name of the KopfPeering/ClusterKopfPeering object the replicas share.",
+    )
+    scale_interval_seconds: float = Field(
+        default=5.0, gt=0, description="Period of the autoscaler timer."
+    )
+    stabilization_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="No scale-down within this long after a scale-up.",
+    )
+    max_create_per_step: int = Field(
+        default=10, ge=1, description="Most worker pods created by one autoscaler step."
+    )
+    max_drain_per_step: int = Field(
+        default=10, ge=1, description="Most workers drained by one autoscaler step."
+    )
+    stats_max_age_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Manager stats older than this are ignored (no scale-down on stale data).",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
+        """Settings from `KUBEVINE_OPERATOR_*` variables; unset ones keep their defaults."""
+        values = {
+            name: environ[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in environ
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise SettingsError(f"invalid operator settings: {problems}") from e
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        """The environment variable that sets `field`."""
+        return ENV_PREFIX + field.upper()
