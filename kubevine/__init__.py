@@ -1,0 +1,13 @@
+"""kubevine: TaskVine-style workflows for data-intensive Python, Kubernetes-native.
+
+The public face: :class:`Manager` (the client), :class:`Task`, :class:`File`
+declarations, :class:`LocalCluster`, :func:`as_completed`.
+"""
+
+from kubevine.client import ConnectionRefused, Manager, as_completed
+from kubevine.local import LocalCluster
+from kubevine.protocol import Outcome
+from kubevine.task import File, Task
+
+__all__ = ["ConnectionRefused", "File", "LocalCluster", "Manager", "Outcome", "Task", "as_completed"]
+__version__ = "0.1.0"

@@ -1,0 +1,198 @@
+"""The ``kubevine`` command: ``manager``, ``worker``, ``status``, ``drain-local``.
+
+Every subcommand takes the workflow token the same way (``--token-file F`` or the
+environment variable ``KUBEVINE_TOKEN``) and logs as text or, with ``--log-format json``,
+as JSON lines. This module only parses arguments and prints; the work is elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from kubevine import auth, logs
+from kubevine.protocol import DEFAULT_PORT
+
+log = logging.getLogger("kubevine")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-file", help="file holding the workflow token (else $KUBEVINE_TOKEN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kubevine", description=__doc__.split("\n")[0])
+    ap.add_argument("--log-level", default=os.environ.get("KUBEVINE_LOG_LEVEL", "INFO"))
+    ap.add_argument(
+        "--log-format", choices=["text", "json"], default=os.environ.get("KUBEVINE_LOG_FORMAT", "text")
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("manager", help="run a manager service")
+    _common(m)
+    m.add_argument("--name", default=os.environ.get("KUBEVINE_WORKFLOW", "default"), help="workflow name")
+    m.add_argument("--host", default=os.environ.get("KUBEVINE_BIND_HOST", "0.0.0.0"), help="address to bind")
+    m.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free port)")
+    m.add_argument("--redis", default=os.environ.get("KUBEVINE_REDIS_URL"), help="Redis URL for durable state")
+    m.add_argument("--workdir", default=None, help="directory for files, logs and the address file")
+    m.add_argument("--heartbeat-interval", type=float, default=2.0)
+    m.add_argument("--heartbeat-timeout", type=float, default=30.0, help="seconds before a silent worker is lost")
+    m.add_argument("--recover-grace", type=float, default=30.0, help="seconds a restarted manager waits for workers")
+    m.add_argument("--metrics-port", type=int, default=None, help="(reserved) HTTP port for /metrics and /healthz")
+
+    w = sub.add_parser("worker", help="run a worker connected to a manager")
+    _common(w)
+    w.add_argument("manager", help="manager address HOST:PORT")
+    w.add_argument("--cores", type=float, default=os.cpu_count() or 1)
+    w.add_argument("--memory", type=int, default=4096, help="MB")
+    w.add_argument("--disk", type=int, default=16384, help="MB")
+    w.add_argument("--gpus", type=int, default=0)
+    w.add_argument("--workdir", default=None, help="sandboxes live here")
+    w.add_argument("--cache-dir", default=None, help="file cache (may be shared by workers of a node)")
+    w.add_argument("--node", default=os.environ.get("KUBEVINE_NODE_NAME") or socket.gethostname())
+    w.add_argument("--worker-id", default=os.environ.get("KUBEVINE_WORKER_ID"))
+    w.add_argument("--idle-timeout", type=float, default=0.0, help="leave after this many idle seconds (0: never)")
+    w.add_argument("--connect-timeout", type=float, default=0.0, help="give up if no manager answers (0: never)")
+
+    s = sub.add_parser("status", help="show a manager's tasks and workers")
+    _common(s)
+    s.add_argument("manager", nargs="?", default=os.environ.get("KUBEVINE_MANAGER", f"127.0.0.1:{DEFAULT_PORT}"))
+    s.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    s.add_argument("--timeout", type=float, default=10.0)
+
+    d = sub.add_parser("drain-local", help="ask the worker running in --workdir to drain, and wait")
+    d.add_argument("--workdir", required=True)
+    d.add_argument("--timeout", type=float, default=300.0)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    try:
+        if args.command == "manager":
+            return _manager(args)
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "drain-local":
+            return _drain_local(args)
+    except auth.TokenError as e:
+        log.error("%s", e)
+        return 2
+    return 2
+
+
+def _manager(args: argparse.Namespace) -> int:
+    from kubevine.manager.service import ManagerConfig, ManagerService
+    from kubevine.manager.store import StoreError
+
+    workdir = Path(args.workdir or f"kubevine-manager-{args.name}").absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = auth.load_token(args.token_file)
+    if token is None:
+        token = auth.generate_token()
+        path = auth.write_token(workdir / "token", token)
+        log.info("no token given: generated one in %s (readable by its owner only)", path)
+    cfg = ManagerConfig(
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        token=token,
+        workdir=workdir,
+        redis_url=args.redis,
+        redis_password=os.environ.get("KUBEVINE_REDIS_PASSWORD") or None,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        recover_grace=args.recover_grace,
+    )
+    try:
+        ManagerService(cfg).serve_forever()
+    except StoreError as e:
+        log.error("manager cannot run: %s", e)
+        return 3
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from kubevine.worker.service import WorkerConfig, WorkerRefused, WorkerService
+
+    token = auth.load_token(args.token_file)
+    if token is None:
+        raise auth.TokenError("a worker needs the workflow token: --token-file F or $KUBEVINE_TOKEN")
+    workdir = Path(args.workdir or f"kubevine-worker-{os.getpid()}").absolute()
+    cfg = WorkerConfig(
+        manager=args.manager,
+        token=token,
+        cores=args.cores,
+        memory=args.memory,
+        disk=args.disk,
+        gpus=args.gpus,
+        workdir=workdir,
+        cache_dir=Path(args.cache_dir).absolute() if args.cache_dir else None,
+        node=args.node,
+        worker_id=args.worker_id,
+        idle_timeout=args.idle_timeout,
+        connect_timeout=args.connect_timeout,
+    )
+    try:
+        return WorkerService(cfg).serve_forever()
+    except WorkerRefused as e:
+        log.error("the manager refused this worker: %s", e)
+        return 3
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kubevine.client import Manager
+
+    token = auth.load_token(args.token_file)
+    with Manager(args.manager, token=token, connect_timeout=args.timeout) as m:
+        st = m.status(timeout=args.timeout)
+    if args.json:
+        print(st.model_dump_json(indent=2))
+        return 0
+    print(f"workflow {st.workflow}  manager {st.manager_id}  state {'redis' if st.durable else 'memory'}")
+    print("tasks:   " + "  ".join(f"{k} {v}" for k, v in st.tasks.items() if v))
+    print("totals:  " + "  ".join(f"{k} {v}" for k, v in st.totals.items()))
+    if st.unschedulable:
+        print(f"unschedulable: {st.unschedulable} (larger than every worker)")
+    print(f"workers: {len(st.workers)}")
+    if st.workers:
+        print(f"  {'id':<32} {'node':<16} {'state':<10} {'cores':>7} {'running':>7} {'queued':>6}")
+        for w in st.workers:
+            cores = f"{w.committed.cores:g}/{w.resources.cores:g}"
+            print(f"  {w.id:<32} {w.node:<16} {w.state:<10} {cores:>7} {w.running:>7} {w.queued:>6}")
+    for f in st.recent_failures[-5:]:
+        print(f"failed: task {f.task_id} {f.outcome} {f.error or ''}")
+    return 0
+
+
+def _drain_local(args: argparse.Namespace) -> int:
+    import signal
+
+    pid_file = Path(args.workdir) / "worker.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        print(f"no worker pid in {pid_file}", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return 0
+        time.sleep(0.2)
+    print(json.dumps({"drained": False, "pid": pid}), file=sys.stderr)
+    return 1

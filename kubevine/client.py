@@ -1,0 +1,509 @@
+"""The client: ``Manager``, the object user code talks to (TaskVine's name and verbs).
+
+``Manager("host:port")`` connects to a running manager service. ``Manager()`` starts a
+local one with two workers (see :mod:`kubevine.local`) and stops it on ``close()``.
+
+A background I/O thread owns the ZeroMQ socket: user threads queue submissions, the I/O
+thread sends them in batches and files results as they arrive, so ``submit`` never waits
+for the network and results are collected even while user code is busy. ``wait`` hands
+tasks back one at a time, TaskVine-style; every task also has a ``future`` for the
+``concurrent.futures`` style (see :func:`as_completed`).
+
+Results are acknowledged to the manager only once handed to user code, so a client that
+crashes and reattaches under the same ``name`` receives everything it had not yet seen.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from kubevine import auth
+from kubevine.ids import CacheName, ClientId, TaskId
+from kubevine.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ClientResult,
+    ErrorMsg,
+    FileBinding,
+    FileKind,
+    FileMeta,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    IdBlock,
+    IdBlockRequest,
+    ProtocolError,
+    PutFiles,
+    Refused,
+    Results,
+    ResultsAck,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    TaskSpec,
+    Welcome,
+    _Msg,
+    decode,
+    encode,
+    frame,
+)
+from kubevine.stats import ManagerStatus
+from kubevine.task import File, Task, declare_buffer, declare_local
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+class ConnectionRefused(ConnectionError):
+    """The manager refused this client (wrong token, protocol mismatch)."""
+
+
+class Manager:
+    """A workflow's manager, seen from user code."""
+
+    def __init__(
+        self,
+        address: str | int | None = None,
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        workers: int | None = None,
+        cores_per_worker: float = 1,
+        redis: str | None = None,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        """Connect to ``address`` ("host:port"), or start a local manager.
+
+        ``Manager()`` starts a manager and ``workers`` (default 2) local workers;
+        ``Manager(9123)`` starts a manager on that port with no workers of its own
+        (connect some with ``kubevine worker HOST:9123``), as TaskVine's ``Manager(port)``.
+        ``name`` identifies this client: reconnecting with the same name collects the
+        results the previous client had not received.
+        """
+        self._cluster = None
+        if address is None or isinstance(address, int):
+            from kubevine.local import LocalCluster
+
+            n = workers if workers is not None else (2 if address is None else 0)
+            self._cluster = LocalCluster(
+                workers=n, cores=cores_per_worker, port=address or 0, redis=redis
+            )
+            self._cluster.start()
+            address = self._cluster.address
+            token = token or self._cluster.token
+        self.address = address
+        tok = token or auth.load_token()
+        if tok is None:
+            raise auth.TokenError(
+                "no token: pass Manager(address, token=...) or set KUBEVINE_TOKEN"
+            )
+        self._token = tok
+        self.name = ClientId(name or f"client-{uuid.uuid4().hex[:12]}")
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._tasks: dict[TaskId, Task] = {}
+        self._done: deque[Task] = deque()
+        self._pending: list[tuple[TaskSpec, bytes | None]] = []
+        self._files_out: list[tuple[CacheName, bytes]] = []
+        self._sent_files: set[CacheName] = set()
+        self._acks: list[TaskId] = []
+        self._control: list[_Msg] = []
+        self._replies: deque[concurrent.futures.Future[Any]] = deque()
+        self._next_id = 0
+        self._ids_left = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._welcome = threading.Event()
+        self._refused: str | None = None
+        self._ctx = zmq.Context.instance()
+        self._wake_addr = f"inproc://client-wake-{uuid.uuid4().hex}"
+        self._wake_rx = self._ctx.socket(zmq.PULL)
+        self._wake_rx.bind(self._wake_addr)
+        self._wake_tx = self._ctx.socket(zmq.PUSH)
+        self._wake_tx.connect(self._wake_addr)
+        self._wake_lock = threading.Lock()
+        self._io = threading.Thread(target=self._io_loop, name="kubevine-client-io", daemon=True)
+        self._io.start()
+        if not self._welcome.wait(connect_timeout):
+            self.close()
+            raise ConnectionError(f"no manager answered at {address} within {connect_timeout}s")
+        if self._refused is not None:
+            reason = self._refused
+            self.close()
+            raise ConnectionRefused(f"manager at {address} refused the connection: {reason}")
+
+    # ------------------------------------------------------------------ files
+
+    def declare_file(self, path: str | Path, cache: str = "workflow") -> File:
+        """A local file (input: sent to workers once; output: written back here)."""
+        return declare_local(path, cache)
+
+    def declare_buffer(self, data: bytes | str, cache: str = "workflow") -> File:
+        """Bytes in memory, made available to tasks as a file."""
+        return declare_buffer(data, cache)
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, task: Task) -> TaskId:
+        """Queue a task; returns its id at once (TaskVine's ``submit``)."""
+        self._check_open()
+        if task.id is not None and task.state not in FINAL_STATES:
+            raise ValueError(f"task {task.id} was already submitted")
+        inputs: list[FileBinding] = []
+        files: list[tuple[CacheName, bytes]] = []
+        for f, remote in task.inputs:
+            name = f.cache_name()  # raises FileNotFoundError for a missing input
+            if name not in self._sent_files and f.kind in (FileKind.LOCAL, FileKind.BUFFER):
+                data = f.data if f.kind == FileKind.BUFFER else Path(f.path or "").read_bytes()
+                files.append((name, data or b""))
+            inputs.append(
+                FileBinding(cache_name=name, remote_name=remote, kind=f.kind, cache=f.cache)
+            )
+        outputs = [
+            FileBinding(remote_name=remote, kind=f.kind, cache=f.cache, to_client=True)
+            for f, remote in task.outputs
+        ]
+        with self._lock:
+            if self._ids_left == 0:
+                self._lock.release()
+                try:
+                    self._refill_ids()
+                finally:
+                    self._lock.acquire()
+            task.id = TaskId(self._next_id)
+            self._next_id += 1
+            self._ids_left -= 1
+            task.state = "submitted"
+            if task._future is not None and task._future.done():
+                task._future = None  # a resubmitted task gets a fresh future
+            spec = task.spec(inputs, outputs)
+            for name, data in files:
+                if name not in self._sent_files:
+                    self._sent_files.add(name)
+                    self._files_out.append((name, data))
+            self._tasks[task.id] = task
+            first = not self._pending
+            self._pending.append((spec, None))
+        if first:
+            self._wake()
+        return task.id
+
+    def _refill_ids(self) -> None:
+        fut: concurrent.futures.Future[IdBlock] = concurrent.futures.Future()
+        self._request(IdBlockRequest(), fut)
+        block = fut.result(timeout=30)
+        with self._lock:
+            self._next_id, self._ids_left = block.first_task_id, block.count
+
+    # ------------------------------------------------------------------ results
+
+    def wait(self, timeout: float | None = None) -> Task | None:
+        """The next finished task, or None if none finishes within ``timeout`` seconds.
+
+        ``None`` or a negative timeout waits for ever; returns None at once when nothing
+        is outstanding (see :meth:`empty`).
+        """
+        forever = timeout is None or timeout < 0
+        deadline = 0.0 if forever else time.monotonic() + float(timeout or 0)
+        with self._cv:
+            while not self._done:
+                self._raise_if_broken()
+                if not self._tasks:
+                    return None
+                remaining = None if forever else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cv.wait(remaining if remaining is not None else 1.0)
+            t = self._done.popleft()
+            assert t.id is not None
+            self._acks.append(t.id)
+        return t
+
+    def empty(self) -> bool:
+        """True when every submitted task has been returned by ``wait``."""
+        with self._lock:
+            return not self._tasks and not self._done
+
+    def __iter__(self) -> Iterator[Task]:
+        """Finished tasks as they come, until none is outstanding."""
+        while (t := self.wait()) is not None:
+            yield t
+
+    def cancel_by_task_id(self, task_id: int) -> bool:
+        with self._lock:
+            known = TaskId(task_id) in self._tasks
+        if known:
+            self._send_control(Cancel(task_ids=[TaskId(task_id)]))
+        return known
+
+    def cancel_by_task_tag(self, tag: str) -> None:
+        self._send_control(Cancel(tag=tag))
+
+    def status(self, timeout: float = 10.0) -> ManagerStatus:
+        """What the manager says about the workflow now."""
+        fut: concurrent.futures.Future[StatusReply] = concurrent.futures.Future()
+        self._request(StatusRequest(), fut)
+        return ManagerStatus.model_validate_json(fut.result(timeout=timeout).status)
+
+    def stats(self) -> ManagerStatus:
+        return self.status()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        self._io.join(timeout=5)
+        self._wake_tx.close(0)
+        self._wake_rx.close(0)
+        if self._cluster is not None:
+            self._cluster.stop()
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Manager is closed")
+        self._raise_if_broken()
+
+    def _raise_if_broken(self) -> None:
+        if self._error is not None:
+            raise ConnectionError(f"connection to the manager failed: {self._error}")
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _send_control(self, msg: _Msg) -> None:
+        with self._lock:
+            self._control.append(msg)
+        self._wake()
+
+    def _request(self, msg: _Msg, fut: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._replies.append(fut)
+            self._control.append(msg)
+        self._wake()
+
+    def _io_loop(self) -> None:
+        try:
+            self._io_run()
+        except BaseException as e:  # surface to user threads rather than die silently
+            log.exception("client I/O thread failed")
+            self._error = e
+            with self._cv:
+                self._cv.notify_all()
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(f"tcp://{self.address}")
+        s.send_multipart(
+            encode(Hello(protocol=PROTOCOL_VERSION, token=self._token, role="client", client=self.name))
+        )
+        return s
+
+    def _io_run(self) -> None:
+        sock = self._connect()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        registered = False
+        last_sent = last_heard = time.monotonic()
+        hb_interval, hb_timeout = 2.0, 30.0
+        try:
+            while not self._closed:
+                events = dict(poller.poll(100))
+                now = time.monotonic()
+                if self._wake_rx in events:
+                    while True:
+                        try:
+                            self._wake_rx.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                if sock in events:
+                    while True:
+                        try:
+                            parts = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        last_heard = now
+                        try:
+                            msg, frames = decode(parts)
+                        except ProtocolError as e:
+                            log.error("bad message from the manager: %s", e)
+                            continue
+                        if isinstance(msg, Welcome):
+                            registered = True
+                            hb_interval, hb_timeout = msg.heartbeat_interval, msg.heartbeat_timeout
+                            if msg.first_task_id is not None:
+                                with self._lock:
+                                    self._next_id, self._ids_left = msg.first_task_id, msg.id_block
+                            self._welcome.set()
+                        elif isinstance(msg, Refused):
+                            self._refused = msg.reason
+                            self._welcome.set()
+                            return
+                        elif isinstance(msg, ErrorMsg) and msg.code == "not_registered":
+                            registered = False
+                            sock.send_multipart(
+                                encode(Hello(protocol=PROTOCOL_VERSION, token=self._token, role="client", client=self.name))
+                            )
+                        else:
+                            self._on_message(msg, frames)
+                if registered and self._flush(sock):
+                    last_sent = now
+                if now - last_sent > hb_interval:
+                    sock.send_multipart(encode(Heartbeat()))
+                    last_sent = now
+                if now - last_heard > hb_timeout + hb_interval:
+                    log.warning("manager at %s silent; reconnecting", self.address)
+                    poller.unregister(sock)
+                    sock.close(0)
+                    sock = self._connect()
+                    poller.register(sock, zmq.POLLIN)
+                    registered = False
+                    last_heard = now
+        finally:
+            try:
+                if registered:
+                    with self._lock:
+                        acks, self._acks = self._acks, []
+                    if acks:
+                        sock.send_multipart(encode(ResultsAck(task_ids=acks)))
+                    sock.send_multipart(encode(Goodbye(reason="client closed")))
+            finally:
+                sock.close(linger=200)
+
+    def _flush(self, sock: zmq.Socket[bytes]) -> bool:
+        with self._lock:
+            files, self._files_out = self._files_out, []
+            pending, self._pending = self._pending, []
+            acks, self._acks = self._acks, []
+            control, self._control = self._control, []
+        sent = False
+        if files:
+            metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(files)]
+            sock.send_multipart(encode(PutFiles(files=metas), [d for _, d in files]), copy=False)
+            sent = True
+        if pending:
+            frames: list[bytes] = []
+            specs = []
+            for spec, payload in pending:
+                if payload is not None:
+                    frames.append(payload)
+                    spec = spec.model_copy(update={"payload": len(frames) - 1})
+                specs.append(spec)
+            sock.send_multipart(encode(Submit(tasks=specs), frames), copy=False)
+            sent = True
+        if acks:
+            sock.send_multipart(encode(ResultsAck(task_ids=acks)))
+            sent = True
+        for m in control:
+            sock.send_multipart(encode(m))
+            sent = True
+        return sent
+
+    def _on_message(self, msg: object, frames: list[bytes]) -> None:
+        if isinstance(msg, Results):
+            self._on_results(msg.results, frames)
+        elif isinstance(msg, (StatusReply, IdBlock)):
+            with self._lock:
+                fut = self._replies.popleft() if self._replies else None
+            if fut is not None:
+                fut.set_result(msg)
+        elif isinstance(msg, ErrorMsg):
+            log.error("manager: %s: %s", msg.code, msg.message)
+            if msg.task_ids:
+                for tid in msg.task_ids:
+                    r = ClientResult(
+                        task_id=tid, state="failed", attempts=0, outcome="sandbox_error",  # type: ignore[arg-type]
+                        error=f"{msg.code}: {msg.message}",
+                    )
+                    self._on_results([r], [])
+
+    def _on_results(self, results: list[ClientResult], frames: list[bytes]) -> None:
+        done: list[Task] = []
+        for r in results:
+            with self._lock:
+                t = self._tasks.get(r.task_id)
+            if t is None or t.state in FINAL_STATES:
+                continue  # a repeat after a reconnect, or a task already handed back
+            t.state = r.state
+            t.result = r.outcome
+            t.exit_code = r.exit_code
+            t.error = r.error
+            t.attempts = r.attempts
+            t.wall_time = r.wall_time
+            t.worker = r.worker
+            t._output = frame(frames, r.output_frame)
+            for o in r.outputs:
+                data = frame(frames, o.frame)
+                if data is None:
+                    continue
+                for f, remote in t.outputs:
+                    if remote == o.remote_name and f.path is not None:
+                        _write_atomic(f.path, data)
+            done.append(t)
+        with self._cv:
+            for t in done:
+                assert t.id is not None
+                del self._tasks[t.id]
+                if t._future is not None:
+                    self._acks.append(t.id)  # futures users consume through the future
+                else:
+                    self._done.append(t)
+            self._cv.notify_all()
+        for t in done:
+            if t._future is not None and not t._future.done():
+                t._future.set_result(t)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.kubevine-tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def as_completed(
+    items: Iterable[Task | concurrent.futures.Future[Task]], timeout: float | None = None
+) -> Iterator[Task]:
+    """Yield tasks as they finish (each submitted with ``future`` taken before submit)."""
+    futs = [i.future if isinstance(i, Task) else i for i in items]
+    for f in concurrent.futures.as_completed(futs, timeout=timeout):
+        yield f.result()

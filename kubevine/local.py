@@ -1,0 +1,127 @@
+"""A manager and workers as local subprocesses: kubevine on a laptop, no cluster needed.
+
+``LocalCluster(workers=2)`` starts ``kubevine manager`` on a free port (state in memory,
+or in Redis when given ``redis=URL``), then ``kubevine worker`` processes, all sharing a
+generated token written to a file only its owner can read. Used by ``Manager()`` and as a
+context manager of its own; everything is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from kubevine import auth
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        cores: float = 1,
+        memory: int = 4096,
+        disk: int = 16384,
+        port: int = 0,
+        redis: str | None = None,
+        name: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        heartbeat_timeout: float = 30.0,
+        log_level: str = "WARNING",
+    ) -> None:
+        self.n_workers = workers
+        self.cores, self.memory, self.disk = cores, memory, disk
+        self.port = port
+        self.redis = redis
+        self.name = name or f"local-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubevine-"))
+        self.heartbeat_timeout = heartbeat_timeout
+        self.log_level = log_level
+        self.token = auth.generate_token()
+        self.token_file = auth.write_token(self.workdir / "token", self.token)
+        self.manager: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.address = ""
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "kubevine", "--log-level", self.log_level, *args]
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        mdir = self.workdir / "manager"
+        mdir.mkdir(parents=True, exist_ok=True)
+        addr_file = mdir / "address"
+        addr_file.unlink(missing_ok=True)
+        args = [
+            "manager", "--name", self.name, "--host", "127.0.0.1", "--port", str(self.port),
+            "--token-file", str(self.token_file), "--workdir", str(mdir),
+            "--heartbeat-timeout", str(self.heartbeat_timeout),
+        ]
+        if self.redis:
+            args += ["--redis", self.redis]
+        log = open(mdir / "manager.log", "ab")
+        self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not addr_file.exists():
+            if self.manager.poll() is not None:
+                raise RuntimeError(
+                    f"the local manager exited with {self.manager.returncode}: "
+                    + (mdir / "manager.log").read_text()[-2000:]
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("the local manager did not start")
+            time.sleep(0.02)
+        self.address = addr_file.read_text().strip()
+        for _ in range(self.n_workers):
+            self.add_worker()
+        return self
+
+    def add_worker(self, *, cores: float | None = None, cache_dir: str | None = None,
+                   node: str | None = None) -> subprocess.Popen[bytes]:
+        i = len(self.workers)
+        wdir = self.workdir / f"worker-{i}"
+        wdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            "worker", self.address, "--cores", str(cores or self.cores),
+            "--memory", str(self.memory), "--disk", str(self.disk),
+            "--workdir", str(wdir), "--token-file", str(self.token_file),
+        ]
+        if cache_dir:
+            args += ["--cache-dir", cache_dir]
+        if node:
+            args += ["--node", node]
+        log = open(wdir / "worker.log", "ab")
+        p = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(p)
+        return p
+
+    def stop(self, grace: float = 5.0) -> None:
+        procs = [p for p in [*self.workers, self.manager] if p is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,405 @@
+"""The wire protocol: one typed model per message, shared by every end.
+
+A message on the wire is a ZeroMQ multipart message: frame 0 is the JSON header (one of the
+models below, told apart by its ``type`` field), frames 1..n are raw bytes (pickled
+functions, stdout, file contents). Headers refer to binary frames by index (``frame``
+fields count from 0 = the first frame after the header); binary data never sits inside JSON.
+
+Batching is built in: submissions, dispatches, worker updates and client results carry
+lists, so a busy cycle costs one message per peer, not one per task.
+
+Every connection starts with :class:`Hello` carrying the protocol version and the workflow's
+token; the manager answers :class:`Welcome` or :class:`Refused` (and closes nothing else).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.resources import Resources
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 9123
+
+
+class ProtocolError(Exception):
+    """A message could not be decoded; the text says why, for the sender."""
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class TaskKind(str, enum.Enum):
+    COMMAND = "command"  # a shell command in a sandbox
+    PYTHON = "python"  # PythonTask: a pickled function run in a fresh interpreter
+    CALL = "call"  # FunctionCall: a function run inside a warm library
+
+
+class FileKind(str, enum.Enum):
+    LOCAL = "local"  # a file or directory on the client's disk
+    BUFFER = "buffer"  # bytes given by the client
+    URL = "url"  # fetched by the worker
+    TEMP = "temp"  # produced on a worker, stays there
+    UNTAR = "untar"  # another file, unpacked on the worker
+    MINITASK = "minitask"  # produced on the worker by running a task
+
+
+class CacheLevel(str, enum.Enum):
+    TASK = "task"  # removed when the task ends
+    WORKFLOW = "workflow"  # removed when the workflow ends (kubevine's default)
+    WORKER = "worker"  # kept while the worker lives
+    FOREVER = "forever"  # survives worker restarts
+
+
+class Outcome(str, enum.Enum):
+    """Why an attempt ended (``t.result``)."""
+
+    SUCCESS = "success"  # ran; exit code 0; outputs present
+    EXIT_NONZERO = "exit_nonzero"  # ran to the end; nonzero exit
+    OUTPUT_MISSING = "output_missing"  # ran; a declared output was not produced
+    INPUT_MISSING = "input_missing"  # an input could not be staged
+    EXCEPTION = "exception"  # a Python function raised
+    SANDBOX_ERROR = "sandbox_error"  # the worker could not run it (spawn failed, ...)
+    WORKER_LOST = "worker_lost"  # the worker died or was drained with it
+    CANCELLED = "cancelled"
+    UNSCHEDULABLE = "unschedulable"  # larger than any worker (only when asked to give up)
+    LIBRARY_ERROR = "library_error"  # unknown library/function, library crashed
+    MAX_WALL_TIME = "max_wall_time"
+
+
+# --------------------------------------------------------------------------- parts
+
+
+class FileBinding(_Msg):
+    """A file attached to a task under a name in its sandbox."""
+
+    cache_name: CacheName | None = None  # None for outputs whose content is not known yet
+    remote_name: str
+    kind: FileKind
+    cache: CacheLevel = CacheLevel.WORKFLOW
+    size: int | None = None
+    url: str | None = None  # for FileKind.URL
+    to_client: bool = False  # output: send the content back to the client
+
+
+class TaskSpec(_Msg):
+    """What a client submits: everything needed to run the task, nothing about its state."""
+
+    id: TaskId
+    kind: TaskKind = TaskKind.COMMAND
+    command: str | None = None
+    library: str | None = None
+    function: str | None = None
+    payload: int | None = None  # frame index of the pickled function/arguments
+    resources: Resources = Resources(cores=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    inputs: list[FileBinding] = Field(default_factory=list)
+    outputs: list[FileBinding] = Field(default_factory=list)
+    retries: int = Field(0, ge=0)
+    priority: float = 0.0
+    tag: str | None = None
+    category: str | None = None
+    time_max: float | None = None  # seconds
+
+
+class FileSource(_Msg):
+    """Where a worker should fetch a file from."""
+
+    kind: Literal["manager", "peer", "url"]
+    address: str | None = None  # peer transfer address or URL
+
+
+class StageIn(_Msg):
+    cache_name: CacheName
+    sources: list[FileSource]
+
+
+class Assignment(_Msg):
+    """One task sent to a worker for one attempt."""
+
+    spec: TaskSpec
+    attempt: int
+    stage: list[StageIn] = Field(default_factory=list)
+
+
+class OutputFile(_Msg):
+    remote_name: str
+    cache_name: CacheName | None = None
+    size: int = 0
+    frame: int | None = None  # content, for to_client outputs
+
+
+class AttemptResult(_Msg):
+    """How one attempt ended, as the worker saw it."""
+
+    task_id: TaskId
+    attempt: int
+    outcome: Outcome
+    exit_code: int | None = None
+    output_frame: int | None = None  # stdout (command) or pickled return value
+    error: str | None = None  # a human message when it did not run
+    wall_time: float = 0.0
+    started: float = 0.0  # epoch seconds
+    outputs: list[OutputFile] = Field(default_factory=list)
+
+
+class TaskRef(_Msg):
+    task_id: TaskId
+    attempt: int
+
+
+class WorkerInfo(_Msg):
+    """What a worker tells the manager about itself when it (re)connects."""
+
+    worker_id: WorkerId
+    node: str
+    host: str
+    pid: int
+    resources: Resources
+    transfer_address: str | None = None
+    cached: list[CacheName] = Field(default_factory=list)
+    running: list[TaskRef] = Field(default_factory=list)
+    libraries: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Hello(_Msg):
+    type: Literal["hello"] = "hello"
+    protocol: int
+    token: str
+    role: Literal["client", "worker", "admin"]
+    client: ClientId | None = None
+    worker: WorkerInfo | None = None
+
+
+class Welcome(_Msg):
+    type: Literal["welcome"] = "welcome"
+    workflow: str
+    manager_id: str  # changes every manager start: a new one means "say hello again"
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    first_task_id: TaskId | None = None  # clients: start of their id block
+    id_block: int = 0
+
+
+class Refused(_Msg):
+    """The connection is not accepted (bad token, protocol mismatch, ...)."""
+
+    type: Literal["refused"] = "refused"
+    reason: str
+
+
+class ErrorMsg(_Msg):
+    """Something the peer sent could not be honoured; nothing else is affected."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    task_ids: list[TaskId] = Field(default_factory=list)
+
+
+class Heartbeat(_Msg):
+    type: Literal["heartbeat"] = "heartbeat"
+    manager_id: str | None = None
+
+
+class IdBlockRequest(_Msg):
+    type: Literal["id_block_request"] = "id_block_request"
+
+
+class IdBlock(_Msg):
+    type: Literal["id_block"] = "id_block"
+    first_task_id: TaskId
+    count: int
+
+
+class FileMeta(_Msg):
+    cache_name: CacheName
+    size: int
+    frame: int
+
+
+class PutFiles(_Msg):
+    """Client → manager: contents of declared local files and buffers."""
+
+    type: Literal["put_files"] = "put_files"
+    files: list[FileMeta]
+
+
+class Submit(_Msg):
+    type: Literal["submit"] = "submit"
+    tasks: list[TaskSpec]
+
+
+class Cancel(_Msg):
+    type: Literal["cancel"] = "cancel"
+    task_ids: list[TaskId] = Field(default_factory=list)
+    tag: str | None = None
+
+
+class ClientResult(_Msg):
+    """The final word on a task, as the client sees it."""
+
+    task_id: TaskId
+    state: Literal["done", "failed", "cancelled"]
+    attempts: int
+    outcome: Outcome
+    exit_code: int | None = None
+    output_frame: int | None = None
+    error: str | None = None
+    wall_time: float = 0.0
+    worker: WorkerId | None = None
+    outputs: list[OutputFile] = Field(default_factory=list)
+
+
+class Results(_Msg):
+    type: Literal["results"] = "results"
+    results: list[ClientResult]
+
+
+class ResultsAck(_Msg):
+    """Client → manager: these results are safely in the client's hands; forget them."""
+
+    type: Literal["results_ack"] = "results_ack"
+    task_ids: list[TaskId]
+
+
+class Dispatch(_Msg):
+    type: Literal["dispatch"] = "dispatch"
+    tasks: list[Assignment]
+
+
+class Kill(_Msg):
+    """Manager → worker: stop these attempts (cancelled or superseded)."""
+
+    type: Literal["kill"] = "kill"
+    tasks: list[TaskRef]
+
+
+class WorkerUpdate(_Msg):
+    """Worker → manager: attempts started and attempts finished since the last update."""
+
+    type: Literal["worker_update"] = "worker_update"
+    started: list[TaskRef] = Field(default_factory=list)
+    results: list[AttemptResult] = Field(default_factory=list)
+    cached: list[CacheName] = Field(default_factory=list)  # files that entered its cache
+    evicted: list[CacheName] = Field(default_factory=list)
+
+
+class UpdateAck(_Msg):
+    """Manager → worker: these results are recorded; the worker may forget them."""
+
+    type: Literal["update_ack"] = "update_ack"
+    tasks: list[TaskRef]
+
+
+class FileRequest(_Msg):
+    """Worker → manager: send me these files."""
+
+    type: Literal["file_request"] = "file_request"
+    cache_names: list[CacheName]
+
+
+class FileData(_Msg):
+    """Manager → worker: file contents (``frame``) or why they cannot be had (``error``)."""
+
+    type: Literal["file_data"] = "file_data"
+    cache_name: CacheName
+    frame: int | None = None
+    error: str | None = None
+
+
+class StatusRequest(_Msg):
+    type: Literal["status_request"] = "status_request"
+
+
+class StatusReply(_Msg):
+    type: Literal["status_reply"] = "status_reply"
+    status: str  # JSON of kubevine.stats.ManagerStatus (kept opaque to keep this module small)
+
+
+class DrainWorkers(_Msg):
+    """Admin → manager: stop giving these workers tasks, let them finish, then release them."""
+
+    type: Literal["drain_workers"] = "drain_workers"
+    worker_ids: list[WorkerId]
+
+
+class Drain(_Msg):
+    """Manager → worker: finish what you run, take nothing new, then say goodbye and exit."""
+
+    type: Literal["drain"] = "drain"
+
+
+class Goodbye(_Msg):
+    type: Literal["goodbye"] = "goodbye"
+    reason: str
+
+
+Message = Annotated[
+    Hello
+    | Welcome
+    | Refused
+    | ErrorMsg
+    | Heartbeat
+    | IdBlockRequest
+    | IdBlock
+    | PutFiles
+    | Submit
+    | Cancel
+    | Results
+    | ResultsAck
+    | Dispatch
+    | Kill
+    | WorkerUpdate
+    | UpdateAck
+    | FileRequest
+    | FileData
+    | StatusRequest
+    | StatusReply
+    | DrainWorkers
+    | Drain
+    | Goodbye,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def encode(msg: _Msg, frames: Sequence[bytes] = ()) -> list[bytes]:
+    """Header plus binary frames, ready for ``send_multipart``."""
+    return [msg.model_dump_json(exclude_none=True).encode(), *frames]
+
+
+def decode(parts: Sequence[bytes]) -> tuple[Message, list[bytes]]:
+    """Parse a multipart message; :class:`ProtocolError` says what is wrong with it."""
+    if not parts:
+        raise ProtocolError("empty message")
+    try:
+        msg = _ADAPTER.validate_json(parts[0])
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "header"
+        raise ProtocolError(f"malformed message: {where}: {first.get('msg')}") from e
+    frames = list(parts[1:])
+    return msg, frames
+
+
+def frame(frames: Sequence[bytes], index: int | None) -> bytes | None:
+    """The binary frame a header points at, or a ProtocolError if it points nowhere."""
+    if index is None:
+        return None
+    if not 0 <= index < len(frames):
+        raise ProtocolError(f"frame index {index} out of range (message has {len(frames)})")
+    return frames[index]

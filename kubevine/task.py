@@ -1,0 +1,230 @@
+"""Tasks and file declarations as users write them, with TaskVine's names.
+
+A :class:`Task` is built in user code (``Task("cmd")``, setters or keywords), submitted
+to a :class:`~kubevine.client.Manager`, and filled in when its result arrives
+(``t.output``, ``t.exit_code``, ``t.result``). Files are declared on the manager
+(``m.declare_file``) and attached to tasks (``t.add_input(f, "name")``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubevine.ids import CacheName, TaskId
+from kubevine.protocol import CacheLevel, FileBinding, FileKind, Outcome, TaskKind, TaskSpec
+from kubevine.resources import Resources
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def hash_path(path: Path) -> str:
+    """Content hash of a file, memoised on (path, size, mtime) so big files hash once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    h = _HASH_MEMO.get(key)
+    if h is None:
+        d = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                d.update(chunk)
+        h = _HASH_MEMO[key] = d.hexdigest()
+    return h
+
+
+@dataclass(eq=False)
+class File:
+    """A declared file: where its data comes from, and how long workers keep it."""
+
+    kind: FileKind
+    cache: CacheLevel = CacheLevel.WORKFLOW
+    path: Path | None = None  # LOCAL: the client-side path (input source or output target)
+    data: bytes | None = None  # BUFFER
+    url: str | None = None
+
+    def cache_name(self) -> CacheName:
+        """The name workers cache it under: derived from what the file is."""
+        if self.kind == FileKind.BUFFER:
+            assert self.data is not None
+            return CacheName("buf-" + hashlib.sha256(self.data).hexdigest())
+        if self.kind == FileKind.LOCAL:
+            assert self.path is not None
+            if not self.path.exists():
+                raise FileNotFoundError(f"input file {self.path} does not exist")
+            if self.path.is_dir():
+                raise IsADirectoryError(
+                    f"{self.path} is a directory; directory inputs arrive with the data plane"
+                )
+            return CacheName("file-" + hash_path(self.path))
+        raise NotImplementedError(f"{self.kind.value} files are not supported yet")
+
+    def source(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        if self.url is not None:
+            return self.url
+        return f"buffer of {len(self.data or b'')} bytes"
+
+    def __repr__(self) -> str:
+        return f"File({self.kind.value}, {self.source()})"
+
+
+class Task:
+    """A command to run on a worker (TaskVine's ``Task``)."""
+
+    _kind = TaskKind.COMMAND
+
+    def __init__(
+        self,
+        command: str | None = None,
+        *,
+        cores: float | None = None,
+        memory: int | None = None,
+        disk: int | None = None,
+        gpus: int | None = None,
+        retries: int = 0,
+        priority: float = 0.0,
+        tag: str | None = None,
+        category: str | None = None,
+        env: dict[str, str] | None = None,
+        time_max: float | None = None,
+    ) -> None:
+        self.command = command
+        self._cores = cores
+        self._memory = memory
+        self._disk = disk
+        self._gpus = gpus
+        self.retries = retries
+        self.priority = priority
+        self.tag = tag
+        self.category = category
+        self.env: dict[str, str] = dict(env or {})
+        self.time_max = time_max
+        self.inputs: list[tuple[File, str]] = []
+        self.outputs: list[tuple[File, str]] = []
+        # filled in on submit / on completion
+        self.id: TaskId | None = None
+        self.state = "new"
+        self.exit_code: int | None = None
+        self.result: Outcome | None = None
+        self.error: str | None = None
+        self.attempts = 0
+        self.wall_time = 0.0
+        self.worker: str | None = None
+        self._output: bytes | None = None
+        self._future: concurrent.futures.Future[Task] | None = None
+
+    # -- TaskVine setters --------------------------------------------------------
+    def set_cores(self, n: float) -> None:
+        self._cores = n
+
+    def set_memory(self, mb: int) -> None:
+        self._memory = mb
+
+    def set_disk(self, mb: int) -> None:
+        self._disk = mb
+
+    def set_gpus(self, n: int) -> None:
+        self._gpus = n
+
+    def set_retries(self, n: int) -> None:
+        self.retries = n
+
+    def set_priority(self, p: float) -> None:
+        self.priority = p
+
+    def set_tag(self, tag: str) -> None:
+        self.tag = tag
+
+    def set_category(self, name: str) -> None:
+        self.category = name
+
+    def set_env_var(self, name: str, value: str) -> None:
+        self.env[name] = value
+
+    def set_time_max(self, seconds: float) -> None:
+        self.time_max = seconds
+
+    def add_input(self, file: File, remote_name: str) -> None:
+        _check_remote_name(remote_name)
+        self.inputs.append((file, remote_name))
+
+    def add_output(self, file: File, remote_name: str) -> None:
+        _check_remote_name(remote_name)
+        if file.kind != FileKind.LOCAL:
+            raise ValueError("outputs go to a declared local file (m.declare_file(path))")
+        self.outputs.append((file, remote_name))
+
+    # -- results -----------------------------------------------------------------
+    @property
+    def resources(self) -> Resources:
+        return Resources(
+            cores=1 if self._cores is None else self._cores,
+            memory=self._memory or 0,
+            disk=self._disk or 0,
+            gpus=self._gpus or 0,
+        )
+
+    @property
+    def output(self) -> Any:
+        """Standard output (stdout and stderr together) of the command, as text."""
+        if self._output is None:
+            return None
+        return self._output.decode(errors="replace")
+
+    def completed(self) -> bool:
+        """It ran to the end (whatever its exit code)."""
+        return self.result in (Outcome.SUCCESS, Outcome.EXIT_NONZERO, Outcome.OUTPUT_MISSING)
+
+    def successful(self) -> bool:
+        """It ran, exited 0, and its outputs are present."""
+        return self.result == Outcome.SUCCESS
+
+    @property
+    def future(self) -> concurrent.futures.Future[Task]:
+        """A future that resolves to this task when it ends (any outcome)."""
+        if self._future is None:
+            self._future = concurrent.futures.Future()
+            if self.state in ("done", "failed", "cancelled"):
+                self._future.set_result(self)
+        return self._future
+
+    def spec(self, inputs: list[FileBinding], outputs: list[FileBinding]) -> TaskSpec:
+        assert self.id is not None
+        return TaskSpec(
+            id=self.id,
+            kind=self._kind,
+            command=self.command,
+            resources=self.resources,
+            env=self.env,
+            inputs=inputs,
+            outputs=outputs,
+            retries=self.retries,
+            priority=self.priority,
+            tag=self.tag,
+            category=self.category,
+            time_max=self.time_max,
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.state} {self.command!r}>"
+
+
+def _check_remote_name(name: str) -> None:
+    if not name or name.startswith("/") or ".." in Path(name).parts:
+        raise ValueError(f"remote name {name!r} must be a relative path inside the sandbox")
+    if name.startswith(".kubevine"):
+        raise ValueError(f"remote name {name!r} is reserved")
+
+
+def declare_local(path: str | os.PathLike[str], cache: str | CacheLevel) -> File:
+    return File(FileKind.LOCAL, CacheLevel(cache), path=Path(path).absolute())
+
+
+def declare_buffer(data: bytes | str, cache: str | CacheLevel) -> File:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    return File(FileKind.BUFFER, CacheLevel(cache), data=raw)

@@ -1,0 +1,661 @@
+"""The manager's pure core: workflow state, events in, instructions out.
+
+No sockets and no Redis here. The service feeds events (a client submitted, a worker
+reported, time passed) into :class:`Core`; each event updates the state, records what must
+be persisted in the current :class:`~kubevine.manager.store.WriteBatch`, and appends
+instructions (dispatch these tasks to that worker, deliver these results to that client)
+to ``core.out``. The service persists the batch first, then carries out the instructions,
+so nothing is announced that is not yet durable.
+
+Scheduling packs tasks onto workers by cores, memory, disk and gpus, highest priority
+first. To keep a fast worker busy between round trips it may also hold a few queued
+tasks beyond what it can run at once (``prefetch``); the worker starts them only when
+its own resources allow, so a queued task never shares resources it does not have.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.manager.states import FINAL, TaskState, WorkerState, check_move
+from kubevine.manager.store import Snapshot, TaskRecord, WriteBatch
+from kubevine.protocol import (
+    AttemptResult,
+    Assignment,
+    ClientResult,
+    FileKind,
+    FileSource,
+    Outcome,
+    StageIn,
+    TaskRef,
+    TaskSpec,
+    WorkerInfo,
+)
+from kubevine.resources import Resources
+
+log = logging.getLogger(__name__)
+
+S = TaskState
+ID_BLOCK = 1_000_000  # task ids granted to a client at a time
+MAX_LOST = 5  # worker losses a task survives before it is failed
+
+
+@dataclass(slots=True)
+class TaskEntry:
+    spec: TaskSpec
+    payload: bytes | None
+    client: ClientId
+    state: TaskState
+    seq: int
+    attempt: int = 0
+    failures: int = 0
+    lost: int = 0
+    worker: WorkerId | None = None
+    result: ClientResult | None = None
+    frames: list[bytes] = field(default_factory=list)
+    unschedulable: bool = False
+    story: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def record(self) -> TaskRecord:
+        return TaskRecord(
+            client=self.client,
+            state=self.state.value,
+            attempt=self.attempt,
+            failures=self.failures,
+            lost=self.lost,
+            worker=self.worker,
+            seq=self.seq,
+        )
+
+
+@dataclass(slots=True)
+class WorkerEntry:
+    info: WorkerInfo
+    state: WorkerState
+    last_seen: float
+    committed: Resources = Resources()
+    tasks: dict[TaskId, int] = field(default_factory=dict)  # task -> attempt
+    queued: int = 0  # dispatched, not yet reported started
+    idle_since: float | None = None
+    cached: set[CacheName] = field(default_factory=set)
+    deadline: float | None = None  # RECOVERING: lost if not back by then
+
+    @property
+    def id(self) -> WorkerId:
+        return self.info.worker_id
+
+    @property
+    def free(self) -> Resources:
+        return self.info.resources - self.committed
+
+
+# ------------------------------------------------------------------ instructions
+
+
+@dataclass(slots=True)
+class SendDispatch:
+    worker: WorkerId
+    tasks: list[Assignment]
+    frames: list[bytes]
+
+
+@dataclass(slots=True)
+class SendKill:
+    worker: WorkerId
+    tasks: list[TaskRef]
+
+
+@dataclass(slots=True)
+class SendResults:
+    client: ClientId
+    results: list[tuple[ClientResult, list[bytes]]]
+
+
+@dataclass(slots=True)
+class SendAck:
+    worker: WorkerId
+    tasks: list[TaskRef]
+
+
+@dataclass(slots=True)
+class SendDrain:
+    worker: WorkerId
+
+
+@dataclass(slots=True)
+class ClientError:
+    client: ClientId
+    code: str
+    message: str
+    task_ids: list[TaskId]
+
+
+Instruction = SendDispatch | SendKill | SendResults | SendAck | SendDrain | ClientError
+
+
+@dataclass(frozen=True)
+class Settings:
+    heartbeat_timeout: float = 30.0
+    recover_grace: float = 30.0  # how long a restarted manager waits for known workers
+    prefetch: int = 2  # queued tasks a worker may hold beyond what it runs
+
+
+class Core:
+    """All workflow state, and every decision about it."""
+
+    def __init__(self, settings: Settings | None = None, *, now: float | None = None) -> None:
+        self.settings = settings or Settings()
+        self.tasks: dict[TaskId, TaskEntry] = {}
+        self.workers: dict[WorkerId, WorkerEntry] = {}
+        self.ready: list[tuple[float, int, TaskId]] = []  # (-priority, seq, id)
+        self.unschedulable: set[TaskId] = set()
+        self.known_files: set[CacheName] = set()
+        self.connected_clients: set[ClientId] = set()
+        self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        self.totals = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "retried": 0}
+        self.next_task_id = 1
+        self.batch = WriteBatch()
+        self.out: list[Instruction] = []
+        self.transactions: list[str] = []
+        self._seq = itertools.count()
+        self._pending_results: dict[ClientId, list[tuple[ClientResult, list[bytes]]]] = {}
+        self._dispatch: dict[WorkerId, SendDispatch] = {}
+        self._acks: dict[WorkerId, list[TaskRef]] = {}
+        self.now = now if now is not None else time.time()
+
+    # ------------------------------------------------------------- bookkeeping
+
+    def take(self) -> tuple[WriteBatch, list[Instruction]]:
+        """Hand the cycle's writes and instructions to the service, and start afresh."""
+        for sd in self._dispatch.values():
+            self.out.append(sd)
+        self._dispatch.clear()
+        for wid, refs in self._acks.items():
+            self.out.append(SendAck(wid, refs))
+        self._acks.clear()
+        for cid, results in self._pending_results.items():
+            if cid in self.connected_clients:
+                self.out.append(SendResults(cid, results))
+        self._pending_results = {
+            c: r for c, r in self._pending_results.items() if c not in self.connected_clients
+        }
+        batch, out = self.batch, self.out
+        self.batch, self.out = WriteBatch(), []
+        return batch, out
+
+    def _move(self, t: TaskEntry, to: TaskState, cause: str) -> None:
+        reason = check_move(t.state, to)
+        self.counts[t.state] -= 1
+        self.counts[to] += 1
+        t.state = to
+        t.story.append((self.now, to.value, cause))
+        self.batch.records[t.spec.id] = t.record()
+        self.transactions.append(
+            f"TASK {t.spec.id} {to.value} attempt={t.attempt} "
+            f"worker={t.worker or '-'} cause={cause or reason}"
+        )
+
+    def story(self, task_id: TaskId) -> list[tuple[float, str, str]]:
+        """Every state a task went through, with when and why."""
+        t = self.tasks.get(task_id)
+        return list(t.story) if t else []
+
+    def _make_ready(self, t: TaskEntry, cause: str) -> None:
+        t.worker = None
+        self._move(t, S.READY, cause)
+        heapq.heappush(self.ready, (-t.spec.priority, t.seq, t.spec.id))
+
+    # ------------------------------------------------------------- clients
+
+    def client_connected(self, client: ClientId) -> tuple[TaskId, int]:
+        """A client said hello: grant it a block of task ids; re-send what it has not acked."""
+        self.connected_clients.add(client)
+        first = TaskId(self.next_task_id)
+        self.next_task_id += ID_BLOCK
+        self.batch.meta["next_task_id"] = str(self.next_task_id)
+        unacked = [
+            (t.result, t.frames)
+            for t in self.tasks.values()
+            if t.client == client and t.result is not None
+        ]
+        if unacked:
+            self._pending_results.setdefault(client, []).extend(unacked)
+        return first, ID_BLOCK
+
+    def grant_ids(self) -> tuple[TaskId, int]:
+        first = TaskId(self.next_task_id)
+        self.next_task_id += ID_BLOCK
+        self.batch.meta["next_task_id"] = str(self.next_task_id)
+        return first, ID_BLOCK
+
+    def client_disconnected(self, client: ClientId) -> None:
+        self.connected_clients.discard(client)
+
+    def files_received(self, names: Iterable[CacheName]) -> None:
+        self.known_files.update(names)
+
+    def submit(self, client: ClientId, specs: list[TaskSpec], payloads: list[bytes | None]) -> None:
+        dup: list[TaskId] = []
+        for spec, payload in zip(specs, payloads, strict=True):
+            if spec.id in self.tasks:
+                dup.append(spec.id)
+                continue
+            t = TaskEntry(spec, payload, client, S.WAITING, next(self._seq))
+            self.tasks[spec.id] = t
+            self.counts[S.WAITING] += 1
+            self.totals["submitted"] += 1
+            self.batch.specs[spec.id] = (spec, payload)
+            missing = [
+                b.remote_name
+                for b in spec.inputs
+                if b.kind in (FileKind.LOCAL, FileKind.BUFFER)
+                and (b.cache_name is None or b.cache_name not in self.known_files)
+            ]
+            if missing:
+                self._finish(
+                    t,
+                    S.FAILED,
+                    Outcome.INPUT_MISSING,
+                    error=f"input file(s) {', '.join(missing)} never reached the manager",
+                )
+                continue
+            self._make_ready(t, "submitted")
+        if dup:
+            self.out.append(
+                ClientError(client, "duplicate_task_id", f"task ids already in use: {dup[:10]}", dup)
+            )
+
+    def results_acked(self, client: ClientId, task_ids: Iterable[TaskId]) -> None:
+        for tid in task_ids:
+            t = self.tasks.get(tid)
+            if t is None or t.client != client or t.state not in FINAL:
+                continue
+            del self.tasks[tid]
+            self.counts[t.state] -= 1
+            self.batch.deleted.add(tid)
+            self.batch.records.pop(tid, None)
+            self.batch.results.pop(tid, None)
+            self.batch.specs.pop(tid, None)
+
+    def cancel(self, client: ClientId, task_ids: Iterable[TaskId], tag: str | None) -> list[TaskId]:
+        chosen = [self.tasks[i] for i in task_ids if i in self.tasks]
+        if tag is not None:
+            chosen += [t for t in self.tasks.values() if t.spec.tag == tag]
+        cancelled: list[TaskId] = []
+        for t in chosen:
+            if t.state in FINAL or t.client != client:
+                continue
+            if t.state in (S.DISPATCHED, S.RUNNING) and t.worker is not None:
+                self._release(t, kill=True)
+            self.unschedulable.discard(t.spec.id)
+            self._finish(t, S.CANCELLED, Outcome.CANCELLED, error="cancelled by the client")
+            cancelled.append(t.spec.id)
+        return cancelled
+
+    # ------------------------------------------------------------- workers
+
+    def worker_connected(self, info: WorkerInfo) -> None:
+        """A worker said hello: new, reconnecting, or back after a manager restart."""
+        wid = info.worker_id
+        old = self.workers.get(wid)
+        w = WorkerEntry(info, WorkerState.CONNECTED, self.now, idle_since=self.now)
+        w.cached = set(info.cached)
+        self.workers[wid] = w
+        self.batch.workers[wid] = info.model_copy(update={"running": [], "cached": []})
+        self.transactions.append(
+            f"WORKER {wid} connected node={info.node} resources=({info.resources.describe()})"
+        )
+        held = {r.task_id: r.attempt for r in info.running}
+        # tasks we believe are on it: re-attach those it still holds, requeue the others
+        if old is not None:
+            for tid, attempt in old.tasks.items():
+                t = self.tasks.get(tid)
+                if t is None or t.worker != wid or t.attempt != attempt:
+                    continue
+                if held.get(tid) == attempt:
+                    self._attach(w, t)
+                else:
+                    self._requeue_lost(t, "worker came back without it")
+        stale = [
+            TaskRef(task_id=tid, attempt=a)
+            for tid, a in held.items()
+            if tid not in w.tasks
+        ]
+        if stale:
+            self.out.append(SendKill(wid, stale))
+        if w.tasks:
+            w.idle_since = None
+        for tid in list(self.unschedulable):
+            t = self.tasks[tid]
+            if t.spec.resources.fits_in(info.resources):
+                self.unschedulable.discard(tid)
+                t.unschedulable = False
+                heapq.heappush(self.ready, (-t.spec.priority, t.seq, tid))
+
+    def _attach(self, w: WorkerEntry, t: TaskEntry) -> None:
+        w.tasks[t.spec.id] = t.attempt
+        w.committed = w.committed + t.spec.resources
+        if t.state == S.DISPATCHED:
+            w.queued += 1
+
+    def worker_seen(self, wid: WorkerId) -> None:
+        w = self.workers.get(wid)
+        if w is not None:
+            w.last_seen = self.now
+
+    def worker_lost(self, wid: WorkerId, why: str) -> None:
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return
+        self.batch.workers[wid] = None
+        self.transactions.append(f"WORKER {wid} lost cause={why}")
+        log.warning("worker %s lost (%s); requeueing %d task(s)", wid, why, len(w.tasks))
+        for tid in list(w.tasks):
+            t = self.tasks.get(tid)
+            if t is not None and t.worker == wid and t.state in (S.DISPATCHED, S.RUNNING):
+                self._requeue_lost(t, f"worker {wid} {why}")
+
+    def _requeue_lost(self, t: TaskEntry, why: str) -> None:
+        t.lost += 1
+        w = self.workers.get(t.worker) if t.worker else None
+        if w is not None:
+            self._release(t, kill=False)
+        if t.lost > MAX_LOST:
+            self._finish(t, S.FAILED, Outcome.WORKER_LOST, error=f"lost {t.lost} times; last: {why}")
+        else:
+            self._make_ready(t, why)
+
+    def drain(self, worker_ids: Iterable[WorkerId]) -> list[WorkerId]:
+        """Stop giving these workers tasks; each leaves once its running tasks are done."""
+        drained = []
+        for wid in worker_ids:
+            w = self.workers.get(wid)
+            if w is None or w.state == WorkerState.DRAINING:
+                continue
+            w.state = WorkerState.DRAINING
+            drained.append(wid)
+            self.transactions.append(f"WORKER {wid} draining")
+            # take back what it queued but has not started: someone else can run it now
+            for tid in [t for t in w.tasks if self.tasks[t].state == S.DISPATCHED]:
+                t = self.tasks[tid]
+                self._release(t, kill=True)
+                self._make_ready(t, f"worker {wid} draining")
+            self._maybe_release_drained(w)
+        return drained
+
+    def _maybe_release_drained(self, w: WorkerEntry) -> None:
+        if w.state == WorkerState.DRAINING and not w.tasks:
+            self.out.append(SendDrain(w.id))
+
+    def worker_update(
+        self,
+        wid: WorkerId,
+        started: list[TaskRef],
+        results: list[AttemptResult],
+        frames: list[bytes],
+        cached: list[CacheName] = (),  # type: ignore[assignment]
+        evicted: list[CacheName] = (),  # type: ignore[assignment]
+    ) -> None:
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        w.last_seen = self.now
+        w.cached.update(cached)
+        w.cached.difference_update(evicted)
+        for ref in started:
+            t = self.tasks.get(ref.task_id)
+            if t and t.worker == wid and t.attempt == ref.attempt and t.state == S.DISPATCHED:
+                w.queued -= 1
+                self._move(t, S.RUNNING, "started")
+        acks = self._acks.setdefault(wid, [])
+        for r in results:
+            acks.append(TaskRef(task_id=r.task_id, attempt=r.attempt))
+            t = self.tasks.get(r.task_id)
+            if (
+                t is None
+                or t.worker != wid
+                or t.attempt != r.attempt
+                or t.state not in (S.DISPATCHED, S.RUNNING)
+            ):
+                self.transactions.append(
+                    f"TASK {r.task_id} stale-result attempt={r.attempt} worker={wid}"
+                )
+                continue
+            self._release(t, kill=False)
+            self._attempt_ended(t, r, frames, wid)
+        if not w.tasks and w.idle_since is None:
+            w.idle_since = self.now
+        self._maybe_release_drained(w)
+
+    def _release(self, t: TaskEntry, *, kill: bool) -> None:
+        """Free the resources a task holds on its worker."""
+        wid = t.worker
+        w = self.workers.get(wid) if wid else None
+        if w is None or wid is None:
+            return
+        if w.tasks.pop(t.spec.id, None) is not None:
+            w.committed = w.committed - t.spec.resources
+            if t.state == S.DISPATCHED:
+                w.queued -= 1
+            if kill:
+                self.out.append(SendKill(wid, [TaskRef(task_id=t.spec.id, attempt=t.attempt)]))
+        if not w.tasks:
+            w.idle_since = self.now
+
+    def _attempt_ended(
+        self, t: TaskEntry, r: AttemptResult, frames: list[bytes], wid: WorkerId
+    ) -> None:
+        out_frames: list[bytes] = []
+
+        def take(i: int | None) -> int | None:
+            if i is None or not 0 <= i < len(frames):
+                return None
+            out_frames.append(frames[i])
+            return len(out_frames) - 1
+
+        result = ClientResult(
+            task_id=t.spec.id,
+            state="done",
+            attempts=t.attempt,
+            outcome=r.outcome,
+            exit_code=r.exit_code,
+            output_frame=take(r.output_frame),
+            error=r.error,
+            wall_time=r.wall_time,
+            worker=wid,
+            outputs=[o.model_copy(update={"frame": take(o.frame)}) for o in r.outputs],
+        )
+        if r.outcome == Outcome.SUCCESS:
+            self._finish(t, S.DONE, r.outcome, result=result, frames=out_frames)
+            return
+        t.failures += 1
+        if t.failures <= t.spec.retries:
+            self.totals["retried"] += 1
+            t.worker = None
+            self._move(t, S.RETRYING, f"attempt {t.attempt} {r.outcome.value}")
+            self._make_ready(t, "retry")
+            return
+        self._finish(t, S.FAILED, r.outcome, result=result, frames=out_frames)
+
+    def _finish(
+        self,
+        t: TaskEntry,
+        to: TaskState,
+        outcome: Outcome,
+        *,
+        result: ClientResult | None = None,
+        frames: list[bytes] | None = None,
+        error: str | None = None,
+    ) -> None:
+        state = {S.DONE: "done", S.FAILED: "failed", S.CANCELLED: "cancelled"}[to]
+        if result is None:
+            result = ClientResult(
+                task_id=t.spec.id, state=state, attempts=t.attempt, outcome=outcome, error=error
+            )
+        else:
+            result = result.model_copy(update={"state": state})
+        t.result, t.frames = result, frames or []
+        t.payload = None
+        self._move(t, to, outcome.value)
+        self.totals[state] += 1
+        self.batch.results[t.spec.id] = (result, t.frames)
+        self._pending_results.setdefault(t.client, []).append((result, t.frames))
+
+    # ------------------------------------------------------------- time
+
+    def tick(self, now: float) -> None:
+        """Time passed: find workers that stopped talking."""
+        self.now = now
+        for w in list(self.workers.values()):
+            if w.state == WorkerState.RECOVERING:
+                if w.deadline is not None and now > w.deadline:
+                    self.worker_lost(w.id, "did not reconnect after the manager restarted")
+            elif now - w.last_seen > self.settings.heartbeat_timeout:
+                self.worker_lost(w.id, f"silent for {now - w.last_seen:.1f}s")
+
+    # ------------------------------------------------------------- scheduling
+
+    def schedule(self) -> None:
+        """Place ready tasks on workers with room, highest priority first."""
+        if not self.ready:
+            return
+        workers = [w for w in self.workers.values() if w.state == WorkerState.CONNECTED]
+        if not workers:
+            return
+        skipped: list[tuple[float, int, TaskId]] = []
+        ready = self.ready
+        biggest = Resources()
+        for w in workers:
+            biggest = Resources(
+                cores=max(biggest.cores, w.info.resources.cores),
+                memory=max(biggest.memory, w.info.resources.memory),
+                disk=max(biggest.disk, w.info.resources.disk),
+                gpus=max(biggest.gpus, w.info.resources.gpus),
+            )
+        budget = 1000  # tasks we may look at and skip in one cycle
+        while ready and budget > 0:
+            if not any(self._has_room(w) for w in workers):
+                break
+            item = heapq.heappop(ready)
+            t = self.tasks.get(item[2])
+            if t is None or t.state != S.READY:
+                continue
+            need = t.spec.resources
+            if not need.fits_in(biggest):
+                if not self._fits_some_worker(need, workers):
+                    t.unschedulable = True
+                    self.unschedulable.add(t.spec.id)
+                    self.transactions.append(
+                        f"TASK {t.spec.id} unschedulable needs=({need.describe()})"
+                    )
+                    continue
+            w = self._pick(need, workers)
+            if w is None:
+                skipped.append(item)
+                budget -= 1
+                continue
+            self._dispatch_to(t, w)
+        for item in skipped:
+            heapq.heappush(ready, item)
+
+    @staticmethod
+    def _fits_some_worker(need: Resources, workers: list[WorkerEntry]) -> bool:
+        return any(need.fits_in(w.info.resources) for w in workers)
+
+    def _has_room(self, w: WorkerEntry) -> bool:
+        return w.free.cores > 1e-9 or w.queued < self._prefetch(w)
+
+    def _prefetch(self, w: WorkerEntry) -> int:
+        return self.settings.prefetch * max(1, int(w.info.resources.cores))
+
+    def _pick(self, need: Resources, workers: list[WorkerEntry]) -> WorkerEntry | None:
+        best: WorkerEntry | None = None
+        best_free = -1.0
+        for w in workers:  # first: a worker where it runs at once, the emptiest one
+            free = w.free
+            if need.fits_in(free) and free.cores > best_free:
+                best, best_free = w, free.cores
+        if best is not None:
+            return best
+        for w in workers:  # then: queue it on a worker that can run it later
+            if need.fits_in(w.info.resources) and w.queued < self._prefetch(w):
+                if best is None or w.queued < best.queued:
+                    best = w
+        return best
+
+    def _dispatch_to(self, t: TaskEntry, w: WorkerEntry) -> None:
+        t.attempt += 1
+        t.worker = w.id
+        w.tasks[t.spec.id] = t.attempt
+        w.committed = w.committed + t.spec.resources
+        w.queued += 1
+        w.idle_since = None
+        self._move(t, S.DISPATCHED, f"to {w.id}")
+        sd = self._dispatch.get(w.id)
+        if sd is None:
+            sd = self._dispatch[w.id] = SendDispatch(w.id, [], [])
+        spec = t.spec
+        if t.payload is not None:
+            sd.frames.append(t.payload)
+            spec = spec.model_copy(update={"payload": len(sd.frames) - 1})
+        stage = []
+        for b in t.spec.inputs:
+            if b.cache_name is not None and b.cache_name not in w.cached:
+                stage.append(StageIn(cache_name=b.cache_name, sources=[FileSource(kind="manager")]))
+        sd.tasks.append(Assignment(spec=spec, attempt=t.attempt, stage=stage))
+
+    # ------------------------------------------------------------- recovery
+
+    def restore(self, snap: Snapshot) -> None:
+        """Rebuild state from what the store holds, after a manager restart."""
+        self.next_task_id = int(snap.meta.get("next_task_id", "1"))
+        for tid, (spec, payload) in snap.specs.items():
+            rec = snap.records.get(tid)
+            if rec is None:
+                continue
+            t = TaskEntry(
+                spec, payload, rec.client, TaskState(rec.state), rec.seq, rec.attempt,
+                rec.failures, rec.lost, rec.worker,
+            )
+            if tid in snap.results:
+                t.result, t.frames = snap.results[tid]
+            self.tasks[tid] = t
+            self.counts[t.state] += 1
+        self._seq = itertools.count(max((t.seq for t in self.tasks.values()), default=0) + 1)
+        deadline = self.now + self.settings.recover_grace
+        for wid, info in snap.workers.items():
+            self.workers[wid] = WorkerEntry(
+                info, WorkerState.RECOVERING, self.now, deadline=deadline
+            )
+        for t in list(self.tasks.values()):
+            if t.state in (S.WAITING, S.RETRYING):
+                self._make_ready(t, "recovered")
+            elif t.state == S.READY:
+                heapq.heappush(self.ready, (-t.spec.priority, t.seq, t.spec.id))
+            elif t.state in (S.DISPATCHED, S.RUNNING):
+                w = self.workers.get(t.worker) if t.worker else None
+                if w is None:
+                    self._make_ready(t, "recovered; its worker is unknown")
+                else:
+                    self._attach(w, t)
+            elif t.result is not None:
+                self._pending_results.setdefault(t.client, []).append((t.result, t.frames))
+        self.batch = WriteBatch()  # nothing restored needs writing back except the moves above
+        for t in self.tasks.values():
+            if t.state == S.READY:
+                self.batch.records[t.spec.id] = t.record()
+
+    # ------------------------------------------------------------- views
+
+    def demand(self) -> Resources:
+        total = Resources()
+        for t in self.tasks.values():
+            if t.state in (S.READY, S.WAITING, S.RETRYING):
+                total = total + t.spec.resources
+        return total

@@ -1,0 +1,491 @@
+"""The manager service: the I/O shell around the pure core.
+
+One thread, one ZeroMQ ROUTER that clients, workers and admins connect to. Each cycle:
+read every message that is waiting, feed them to the core, let the core schedule, write
+the cycle's state changes to the store in one call, then send what the core decided. A
+message that cannot be decoded, or a peer that did not say hello with the right token,
+gets an error back and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from kubevine import auth
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.manager.core import (
+    ClientError,
+    Core,
+    SendAck,
+    SendDispatch,
+    SendDrain,
+    SendKill,
+    SendResults,
+    Settings,
+)
+from kubevine.manager.filestore import FileStore
+from kubevine.manager.states import TaskState, WorkerState
+from kubevine.manager.store import MemoryStore, StateStore, StoreError
+from kubevine.manager.txlog import TxLog
+from kubevine.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Dispatch,
+    Drain,
+    DrainWorkers,
+    ErrorMsg,
+    FileData,
+    FileRequest,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    IdBlock,
+    IdBlockRequest,
+    Kill,
+    ProtocolError,
+    PutFiles,
+    Refused,
+    Results,
+    ResultsAck,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    UpdateAck,
+    Welcome,
+    WorkerUpdate,
+    _Msg,
+    decode,
+    encode,
+    frame,
+)
+from kubevine.stats import Failure, ManagerStatus, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagerConfig:
+    """Settings of one manager process (the CLI and LocalCluster fill it)."""
+
+    name: str = "default"  # the workflow name: the Redis prefix, and what clients reattach to
+    host: str = "0.0.0.0"  # address to bind (KUBEVINE_BIND_HOST)
+    port: int = 9123  # 0 picks a free port (written to <workdir>/address)
+    token: str = ""
+    workdir: Path = Path(".")
+    redis_url: str | None = None
+    redis_password: str | None = None
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 30.0
+    recover_grace: float = 30.0
+    lease_ttl: float = 15.0
+    stats_interval: float = 2.0
+    prefetch: int = 2
+
+
+@dataclass
+class Peer:
+    role: str
+    id: str
+
+
+class ManagerService:
+    def __init__(self, config: ManagerConfig, store: StateStore | None = None) -> None:
+        self.config = config
+        self.manager_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started = time.time()
+        if store is None:
+            if config.redis_url:
+                from kubevine.manager.redis_store import RedisStore
+
+                store = RedisStore(config.redis_url, config.name, config.redis_password)
+            else:
+                store = MemoryStore()
+        self.store = store
+        self.core = Core(
+            Settings(
+                heartbeat_timeout=config.heartbeat_timeout,
+                recover_grace=config.recover_grace,
+                prefetch=config.prefetch,
+            )
+        )
+        self.files = FileStore(config.workdir / "files")
+        self.core.files_received(self.files.names())
+        self.txlog = TxLog(config.workdir / "transactions.log", self.manager_id)
+        self.peers: dict[bytes, Peer] = {}
+        self.routes: dict[tuple[str, str], bytes] = {}
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.running = True
+        self.address = ""
+        self.recent_failures: list[Failure] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        cfg = self.config
+        self.epoch = self.store.acquire(self.manager_id, cfg.lease_ttl)
+        snap = self.store.load()
+        self.core.now = time.time()
+        self.core.restore(snap)
+        if snap.records:
+            log.info(
+                "workflow %s: reloaded %d task(s) and %d worker(s) from the store",
+                cfg.name, len(snap.records), len(snap.workers),
+            )
+            self.txlog.write([f"MANAGER {self.manager_id} restored tasks={len(snap.records)}"])
+        if cfg.port == 0:
+            port = self.sock.bind_to_random_port(f"tcp://{cfg.host}")
+        else:
+            self.sock.bind(f"tcp://{cfg.host}:{cfg.port}")
+            port = cfg.port
+        host = cfg.host if cfg.host not in ("0.0.0.0", "*") else socket.gethostname()
+        self.address = f"{host}:{port}"
+        self.port = port
+        (cfg.workdir / "address").write_text(f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n")
+        self.txlog.write([f"MANAGER {self.manager_id} started workflow={cfg.name} port={port}"])
+        log.info(
+            "manager %s serving workflow %s on port %d (state: %s, epoch %d)",
+            self.manager_id, cfg.name, port,
+            "redis" if self.store.durable else "memory", self.epoch,
+        )
+
+    def stop(self, *_: object) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        self.store.release(self.manager_id)
+        self.store.close()
+        self.txlog.close()
+        self.sock.close(0)
+
+    def serve_forever(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        try:
+            self.loop()
+        finally:
+            self.close()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("manager %s: signal %d, stopping", self.manager_id, signum)
+        self.running = False
+
+    # ------------------------------------------------------------------ loop
+
+    def loop(self) -> None:
+        cfg = self.config
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        next_tick = 0.0
+        next_lease = time.time() + cfg.lease_ttl / 3
+        next_stats = 0.0
+        while self.running:
+            now = time.time()
+            wait = max(0.0, min(next_tick, next_stats) - now)
+            events = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
+            now = time.time()
+            self.core.now = now
+            if events:
+                self._drain_socket()
+            if now >= next_tick:
+                self.core.tick(now)
+                self._heartbeat()
+                next_tick = now + min(cfg.heartbeat_interval, 1.0)
+            if now >= next_lease:
+                try:
+                    self.store.renew(self.manager_id, cfg.lease_ttl)
+                except StoreError as e:
+                    log.error("manager %s: %s; stopping", self.manager_id, e)
+                    raise
+                next_lease = now + cfg.lease_ttl / 3
+            self.core.schedule()
+            self._flush()
+            if now >= next_stats:
+                self.store.publish_stats(self.status().model_dump_json())
+                next_stats = now + cfg.stats_interval
+
+    def _drain_socket(self) -> None:
+        for _ in range(5000):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            ident, body = parts[0], parts[1:]
+            try:
+                msg, frames = decode(body)
+            except ProtocolError as e:
+                who = self.peers.get(ident)
+                log.warning("malformed message from %s: %s", who.id if who else "an unknown peer", e)
+                self._send(ident, ErrorMsg(code="malformed", message=str(e)))
+                continue
+            try:
+                self._handle(ident, msg, frames)
+            except ProtocolError as e:
+                log.warning("bad message %s: %s", msg.type, e)
+                self._send(ident, ErrorMsg(code="malformed", message=str(e)))
+
+    def _flush(self) -> None:
+        batch, out = self.core.take()
+        if batch:
+            self.store.apply(batch)  # durable before anything is announced
+        self.txlog.write(self.core.transactions)
+        self.core.transactions.clear()
+        for ins in out:
+            if isinstance(ins, SendDispatch):
+                self._send_to("worker", ins.worker, Dispatch(tasks=ins.tasks), ins.frames)
+            elif isinstance(ins, SendResults):
+                res, frames = [], []
+                for r, fr in ins.results:
+                    base = len(frames)
+                    frames += fr
+                    if base:
+                        r = _shift(r, base)
+                    res.append(r)
+                    if r.state == "failed" and len(self.recent_failures) < 1000:
+                        self.recent_failures.append(
+                            Failure(task_id=r.task_id, outcome=r.outcome.value, error=r.error, exit_code=r.exit_code)
+                        )
+                self._send_to("client", ins.client, Results(results=res), frames)
+            elif isinstance(ins, SendAck):
+                self._send_to("worker", ins.worker, UpdateAck(tasks=ins.tasks))
+            elif isinstance(ins, SendKill):
+                self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
+            elif isinstance(ins, SendDrain):
+                self._send_to("worker", ins.worker, Drain())
+            elif isinstance(ins, ClientError):
+                self._send_to(
+                    "client", ins.client,
+                    ErrorMsg(code=ins.code, message=ins.message, task_ids=ins.task_ids),
+                )
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, ident: bytes, msg: _Msg, frames: list[bytes] | None = None) -> bool:
+        try:
+            self.sock.send_multipart([ident, *encode(msg, frames or [])], copy=False)
+            return True
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the peer is gone
+            log.debug("cannot send %s: %s", msg.__class__.__name__, e)
+            return False
+
+    def _send_to(self, role: str, pid: str, msg: _Msg, frames: list[bytes] | None = None) -> None:
+        ident = self.routes.get((role, pid))
+        if ident is None or not self._send(ident, msg, frames):
+            if role == "client":
+                self.core.client_disconnected(ClientId(pid))
+
+    def _heartbeat(self) -> None:
+        hb = encode(Heartbeat(manager_id=self.manager_id))
+        for (role, pid), ident in list(self.routes.items()):
+            if role == "worker":
+                try:
+                    self.sock.send_multipart([ident, *hb])
+                except zmq.ZMQError:
+                    pass
+
+    # ------------------------------------------------------------------ receiving
+
+    def _handle(self, ident: bytes, msg: object, frames: list[bytes]) -> None:
+        if isinstance(msg, Hello):
+            self._hello(ident, msg)
+            return
+        peer = self.peers.get(ident)
+        if peer is None:
+            self._send(ident, ErrorMsg(code="not_registered", message="say hello first"))
+            return
+        core = self.core
+        if peer.role == "worker":
+            wid = WorkerId(peer.id)
+            core.worker_seen(wid)
+            if isinstance(msg, WorkerUpdate):
+                core.worker_update(wid, msg.started, msg.results, frames, msg.cached, msg.evicted)
+            elif isinstance(msg, FileRequest):
+                self._serve_files(ident, msg.cache_names)
+            elif isinstance(msg, Drain):
+                core.drain([wid])
+            elif isinstance(msg, Goodbye):
+                log.info("worker %s left: %s", wid, msg.reason)
+                core.worker_lost(wid, f"left ({msg.reason})")
+                self._forget(ident)
+            elif not isinstance(msg, Heartbeat):
+                self._send(ident, ErrorMsg(code="unexpected", message=f"workers do not send {msg.__class__.__name__}"))
+            return
+        cid = ClientId(peer.id)
+        if isinstance(msg, Submit):
+            payloads = []
+            specs = []
+            for s in msg.tasks:
+                p = frame(frames, s.payload)
+                payloads.append(p)
+                specs.append(s if s.payload is None else s.model_copy(update={"payload": None}))
+            core.submit(cid, specs, payloads)
+        elif isinstance(msg, PutFiles):
+            for f in msg.files:
+                data = frame(frames, f.frame)
+                assert data is not None
+                if len(data) != f.size:
+                    raise ProtocolError(f"file {f.cache_name}: {len(data)} bytes sent, {f.size} declared")
+                self.files.put(f.cache_name, data)
+            core.files_received(f.cache_name for f in msg.files)
+        elif isinstance(msg, ResultsAck):
+            core.results_acked(cid, msg.task_ids)
+        elif isinstance(msg, Cancel):
+            core.cancel(cid, msg.task_ids, msg.tag)
+        elif isinstance(msg, IdBlockRequest):
+            first, count = core.grant_ids()
+            self._flush_store_now()
+            self._send(ident, IdBlock(first_task_id=first, count=count))
+        elif isinstance(msg, StatusRequest):
+            self._send(ident, StatusReply(status=self.status().model_dump_json()))
+        elif isinstance(msg, DrainWorkers):
+            core.drain(msg.worker_ids)
+        elif isinstance(msg, Goodbye):
+            core.client_disconnected(cid)
+            self._forget(ident)
+        elif not isinstance(msg, Heartbeat):
+            self._send(ident, ErrorMsg(code="unexpected", message=f"clients do not send {msg.__class__.__name__}"))
+
+    def _flush_store_now(self) -> None:
+        """Make the cycle's writes durable before replying (id blocks must never repeat)."""
+        if self.core.batch:
+            self.store.apply(self.core.batch)
+            self.core.batch = type(self.core.batch)()
+
+    def _hello(self, ident: bytes, msg: Hello) -> None:
+        if msg.protocol != PROTOCOL_VERSION:
+            reason = (
+                f"protocol version mismatch: peer speaks {msg.protocol}, "
+                f"manager speaks {PROTOCOL_VERSION}"
+            )
+            log.warning("refused a %s: %s", msg.role, reason)
+            self._send(ident, Refused(reason=reason))
+            return
+        if not auth.same(msg.token, self.config.token):
+            log.warning("refused a %s connection: wrong or missing token", msg.role)
+            self._send(ident, Refused(reason="invalid token for this workflow"))
+            return
+        self._forget(ident)
+        cfg = self.config
+        welcome = Welcome(
+            workflow=cfg.name,
+            manager_id=self.manager_id,
+            heartbeat_interval=cfg.heartbeat_interval,
+            heartbeat_timeout=cfg.heartbeat_timeout,
+        )
+        if msg.role == "worker":
+            if msg.worker is None:
+                raise ProtocolError("a worker hello must describe the worker")
+            wid = msg.worker.worker_id
+            self._bind(ident, "worker", wid)
+            self._send(ident, welcome)
+            self.core.worker_connected(msg.worker)
+            log.info(
+                "worker %s connected from %s (node %s, %s)",
+                wid, msg.worker.host, msg.worker.node, msg.worker.resources.describe(),
+            )
+        else:
+            cid = msg.client or ClientId(f"anon-{uuid.uuid4().hex[:8]}")
+            self._bind(ident, msg.role, cid)
+            if msg.role == "client":
+                first, count = self.core.client_connected(ClientId(cid))
+                self._flush_store_now()
+                welcome.first_task_id, welcome.id_block = first, count
+            self._send(ident, welcome)
+
+    def _bind(self, ident: bytes, role: str, pid: str) -> None:
+        old = self.routes.get((role, pid))
+        if old is not None and old != ident:
+            self.peers.pop(old, None)
+        self.peers[ident] = Peer(role, pid)
+        self.routes[(role, pid)] = ident
+
+    def _forget(self, ident: bytes) -> None:
+        peer = self.peers.pop(ident, None)
+        if peer is not None and self.routes.get((peer.role, peer.id)) == ident:
+            del self.routes[(peer.role, peer.id)]
+
+    def _serve_files(self, ident: bytes, names: list[CacheName]) -> None:
+        for name in names:
+            data = self.files.get(name)
+            if data is None:
+                self._send(ident, FileData(cache_name=name, error=f"the manager has no file {name}"))
+            else:
+                self._send(ident, FileData(cache_name=name, frame=0), [data])
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> ManagerStatus:
+        core = self.core
+        now = time.time()
+        largest = {"cores": 0.0, "memory": 0, "disk": 0, "gpus": 0}
+        for t in core.tasks.values():
+            if t.state in (TaskState.READY, TaskState.WAITING, TaskState.RETRYING):
+                r = t.spec.resources
+                largest["cores"] = max(largest["cores"], r.cores)
+                largest["memory"] = max(largest["memory"], r.memory)
+                largest["disk"] = max(largest["disk"], r.disk)
+                largest["gpus"] = max(largest["gpus"], r.gpus)
+        return ManagerStatus(
+            workflow=self.config.name,
+            manager_id=self.manager_id,
+            address=self.address,
+            durable=self.store.durable,
+            time=now,
+            started=self.started,
+            tasks={s.value: n for s, n in core.counts.items()},
+            totals=dict(core.totals),
+            unschedulable=len(core.unschedulable),
+            demand=core.demand(),
+            largest_waiting=largest,  # type: ignore[arg-type]
+            workers=[
+                WorkerStatus(
+                    id=w.id,
+                    node=w.info.node,
+                    host=w.info.host,
+                    state=w.state.value,
+                    resources=w.info.resources,
+                    committed=w.committed,
+                    running=len(w.tasks) - w.queued,
+                    queued=w.queued,
+                    idle_seconds=None if w.idle_since is None else now - w.idle_since,
+                    cached_files=len(w.cached),
+                )
+                for w in core.workers.values()
+                if w.state != WorkerState.LOST
+            ],
+            clients=len(core.connected_clients),
+            recent_failures=self.recent_failures[-20:],
+        )
+
+
+def _shift(r: object, base: int) -> object:
+    from kubevine.protocol import ClientResult
+
+    assert isinstance(r, ClientResult)
+    return r.model_copy(
+        update={
+            "output_frame": None if r.output_frame is None else r.output_frame + base,
+            "outputs": [
+                o.model_copy(update={"frame": None if o.frame is None else o.frame + base})
+                for o in r.outputs
+            ],
+        }
+    )
+
+
+_ = TaskId  # re-exported for type hints in tests

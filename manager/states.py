@@ -1,0 +1,68 @@
+"""Task lifecycle as a table: which moves are legal, and why each one happens.
+
+Every state change in the manager goes through :func:`check_move`, so an illegal move is a
+bug that raises at once instead of silently corrupting state. The table doubles as the
+documentation of the lifecycle; ``docs/task-lifecycle.mmd`` draws it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class TaskState(str, enum.Enum):
+    WAITING = "waiting"  # an input is not available yet (a temp file still to be produced)
+    READY = "ready"  # can run as soon as a worker has room
+    DISPATCHED = "dispatched"  # sent to a worker, not started yet
+    RUNNING = "running"  # the worker started it
+    RETRYING = "retrying"  # an attempt failed and the retry budget allows another
+    DONE = "done"  # ran, exit 0, outputs present
+    FAILED = "failed"  # gave up: ran unsuccessfully with no retries left, or could not run
+    CANCELLED = "cancelled"  # the client cancelled it
+
+
+FINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+S = TaskState
+#: (from, to) -> the reason such a move happens.
+TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
+    (S.WAITING, S.READY): "all inputs exist",
+    (S.WAITING, S.FAILED): "an input can never be produced",
+    (S.WAITING, S.CANCELLED): "cancelled by the client",
+    (S.READY, S.DISPATCHED): "placed on a worker with room",
+    (S.READY, S.WAITING): "an input's only replica was lost",
+    (S.READY, S.FAILED): "cannot run (unknown library, unschedulable and told to give up)",
+    (S.READY, S.CANCELLED): "cancelled by the client",
+    (S.DISPATCHED, S.RUNNING): "the worker started it",
+    (S.DISPATCHED, S.READY): "its worker was lost or drained before it started",
+    (S.DISPATCHED, S.DONE): "finished (start and end reported together)",
+    (S.DISPATCHED, S.RETRYING): "attempt failed before or as it started",
+    (S.DISPATCHED, S.FAILED): "attempt failed and no retries are left",
+    (S.DISPATCHED, S.CANCELLED): "cancelled by the client",
+    (S.RUNNING, S.DONE): "finished successfully",
+    (S.RUNNING, S.RETRYING): "attempt failed; retries left",
+    (S.RUNNING, S.FAILED): "attempt failed and no retries are left",
+    (S.RUNNING, S.READY): "its worker was lost while running it",
+    (S.RUNNING, S.CANCELLED): "cancelled by the client",
+    (S.RETRYING, S.READY): "requeued for another attempt",
+    (S.RETRYING, S.CANCELLED): "cancelled by the client",
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A move that the lifecycle does not allow: always a bug in kubevine."""
+
+
+def check_move(frm: TaskState, to: TaskState) -> str:
+    """The reason for a legal move; :class:`IllegalTransition` for any other."""
+    try:
+        return TRANSITIONS[(frm, to)]
+    except KeyError:
+        raise IllegalTransition(f"task cannot move from {frm.value} to {to.value}") from None
+
+
+class WorkerState(str, enum.Enum):
+    CONNECTED = "connected"
+    DRAINING = "draining"  # takes no new tasks; leaves when idle
+    RECOVERING = "recovering"  # known from before a manager restart; not back yet
+    LOST = "lost"

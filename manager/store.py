@@ -1,0 +1,164 @@
+"""The state store contract, the write batch the core fills, and the in-memory store.
+
+The manager is the only writer of workflow state. Each scheduling cycle, the core records
+what changed in a :class:`WriteBatch`; the service hands the batch to a :class:`StateStore`
+in one call (for Redis: one pipelined, fenced transaction). Two stores honour the contract:
+:class:`MemoryStore` (the embedded default on a laptop; not fault tolerant) and
+:class:`kubevine.manager.redis_store.RedisStore` (what a cluster runs). The same contract
+tests run against both.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict
+
+from kubevine.ids import ClientId, TaskId, WorkerId
+from kubevine.protocol import ClientResult, TaskSpec, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The state store cannot be used (unreachable, or our lease was taken)."""
+
+
+class LeaseHeld(StoreError):
+    """Another live manager holds this workflow."""
+
+
+class TaskRecord(BaseModel):
+    """A task's mutable state, stored apart from its (immutable) spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client: ClientId
+    state: str
+    attempt: int = 0
+    failures: int = 0
+    lost: int = 0
+    worker: WorkerId | None = None
+    seq: int = 0
+
+
+@dataclass
+class WriteBatch:
+    """Everything one scheduling cycle changed. Later writes to a key replace earlier ones."""
+
+    specs: dict[TaskId, tuple[TaskSpec, bytes | None]] = field(default_factory=dict)
+    records: dict[TaskId, TaskRecord] = field(default_factory=dict)
+    results: dict[TaskId, tuple[ClientResult, list[bytes]]] = field(default_factory=dict)
+    deleted: set[TaskId] = field(default_factory=set)
+    workers: dict[WorkerId, WorkerInfo | None] = field(default_factory=dict)  # None = gone
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.specs
+            or self.records
+            or self.results
+            or self.deleted
+            or self.workers
+            or self.meta
+        )
+
+
+@dataclass
+class Snapshot:
+    """The whole stored state of a workflow, as loaded at manager start."""
+
+    specs: dict[TaskId, tuple[TaskSpec, bytes | None]] = field(default_factory=dict)
+    records: dict[TaskId, TaskRecord] = field(default_factory=dict)
+    results: dict[TaskId, tuple[ClientResult, list[bytes]]] = field(default_factory=dict)
+    workers: dict[WorkerId, WorkerInfo] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class StateStore(abc.ABC):
+    """Where a workflow's state lives between cycles and across manager restarts."""
+
+    #: whether state survives the manager process
+    durable: bool = False
+
+    @abc.abstractmethod
+    def acquire(self, owner: str, ttl: float) -> int:
+        """Take the workflow's lease; returns the new fencing epoch or raises LeaseHeld."""
+
+    @abc.abstractmethod
+    def renew(self, owner: str, ttl: float) -> None:
+        """Extend the lease; StoreError if it was lost to another manager."""
+
+    @abc.abstractmethod
+    def release(self, owner: str) -> None:
+        """Give the lease up (clean shutdown)."""
+
+    @abc.abstractmethod
+    def load(self) -> Snapshot:
+        """Everything stored for this workflow."""
+
+    @abc.abstractmethod
+    def apply(self, batch: WriteBatch) -> None:
+        """Write one cycle's changes atomically, fenced by our epoch."""
+
+    @abc.abstractmethod
+    def publish_stats(self, stats_json: str) -> None:
+        """Make the latest stats visible to the operator."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class MemoryStore(StateStore):
+    """State in this process only: fast, and lost with the manager."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._snap = Snapshot()
+        self._owner: str | None = None
+        self._epoch = 0
+        self.stats_json = "{}"
+        log.warning(
+            "state is kept in memory: this workflow is not fault tolerant "
+            "(a manager restart loses it); use --redis for durable state"
+        )
+
+    def acquire(self, owner: str, ttl: float) -> int:
+        if self._owner not in (None, owner):
+            raise LeaseHeld(f"workflow is held by {self._owner}")
+        self._owner = owner
+        self._epoch += 1
+        return self._epoch
+
+    def renew(self, owner: str, ttl: float) -> None:
+        if self._owner != owner:
+            raise StoreError("lease lost")
+
+    def release(self, owner: str) -> None:
+        if self._owner == owner:
+            self._owner = None
+
+    def load(self) -> Snapshot:
+        return self._snap
+
+    def apply(self, batch: WriteBatch) -> None:
+        s = self._snap
+        s.specs.update(batch.specs)
+        s.records.update(batch.records)
+        s.results.update(batch.results)
+        for tid in batch.deleted:
+            s.specs.pop(tid, None)
+            s.records.pop(tid, None)
+            s.results.pop(tid, None)
+        for wid, info in batch.workers.items():
+            if info is None:
+                s.workers.pop(wid, None)
+            else:
+                s.workers[wid] = info
+        s.meta.update(batch.meta)
+
+    def publish_stats(self, stats_json: str) -> None:
+        self.stats_json = stats_json
