@@ -343,6 +343,9 @@ def _describe(error: Any) -> str:
     return f"{where}: {message} (got {error.get('input')!r})"
 
 
+_UNION_TAGS = frozenset({"int", "str"})
+
+
 def parse_spec(spec: Any) -> VineWorkflowSpec:
     """Validate a VineWorkflow's `spec` mapping; raise `SpecError` listing every problem."""
     if not isinstance(spec, dict):
@@ -350,7 +353,19 @@ def parse_spec(spec: Any) -> VineWorkflowSpec:
     try:
         return VineWorkflowSpec.model_validate(spec)
     except ValidationError as e:
-        raise SpecError([_describe(err) for err in e.errors()]) from e
+        problems: list[str] = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            if (
+                loc and loc[-1] in _UNION_TAGS
+            ):  # `int | str` quantity: one message, not two
+                text = f"{_loc_text(loc[:-1])}: must be an integer or a quantity string"
+                text += f" (got {err.get('input')!r})"
+            else:
+                text = _describe(err)
+            if text not in problems:
+                problems.append(text)
+        raise SpecError(problems) from e
 
 
 def validate_workflow_name(name: str) -> None:

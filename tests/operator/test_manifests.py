@@ -1,0 +1,584 @@
+"""The objects the operator creates for a VineWorkflow: what a platform engineer would see
+with `kubectl get -o yaml`, checked against the Kubernetes schemas and against the
+engine's CLI contract (flags, env, probes), without a cluster."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from kubevine.operator import manifests as m
+from kubevine.operator.naming import (
+    WorkflowRef,
+    label_selector,
+    manager_address,
+    worker_pod_name,
+)
+from kubevine.operator.settings import OperatorSettings
+from kubevine.operator.spec import VineWorkflowSpec, parse_spec
+from kubevine.operator.workerpod import build_worker_pod
+
+K8S_VERSION = "1.32.0"
+REF = WorkflowRef(
+    name="met", namespace="physics", uid="0f9a6a4e-1111-2222-3333-444455556666"
+)
+SETTINGS = OperatorSettings(
+    default_image="registry.example/kubevine:9.9", redis_image="redis:7.4"
+)
+
+EXTERNAL: dict[str, Any] = {"stateStore": {"redisUrl": "redis://redis.db.svc:6379/0"}}
+MANAGED: dict[str, Any] = {"stateStore": {"managed": True, "storageSize": "5Gi"}}
+FULL: dict[str, Any] = {
+    "image": "registry.example/kubevine:1.2",
+    "imagePullPolicy": "Always",
+    "manager": {
+        "port": 9200,
+        "resources": {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"memory": "8Gi"},
+        },
+        "nodeSelector": {"role": "control"},
+        "tolerations": [
+            {"key": "control", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+    },
+    "stateStore": {"managed": True, "storageSize": "10Gi", "storageClassName": "fast"},
+    "workers": {
+        "min": 1,
+        "max": 6,
+        "cores": 4,
+        "memory": 8192,
+        "disk": 20480,
+        "gpus": 1,
+        "idleTimeoutSeconds": 120,
+        "drainTimeoutSeconds": 900,
+        "nodeCache": {"hostPath": "/mnt/vine-cache", "sizeLimit": "200Gi"},
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        "env": [
+            {"name": "OMP_NUM_THREADS", "value": "1"},
+            {
+                "name": "S3_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "s3", "key": "key"}},
+            },
+        ],
+    },
+    "application": {
+        "image": "registry.example/analysis:3",
+        "command": ["python", "-m", "met"],
+        "args": ["--year", "2018"],
+        "env": [{"name": "DATASET", "value": "nanoaod"}],
+    },
+}
+
+
+def spec_of(source: dict[str, Any]) -> VineWorkflowSpec:
+    return parse_spec(source)
+
+
+def everything(source: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = spec_of(source)
+    objects = m.build_children(
+        REF, spec, SETTINGS, token="s3cr3t", redis_password="r3d1s"
+    )
+    return [*objects, build_worker_pod(REF, spec, "a1b2c", SETTINGS)]
+
+
+def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    if obj["kind"] == "Pod":
+        return [obj["spec"]]
+    if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+        return [obj["spec"]["template"]["spec"]]
+    return []
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind]
+    return found
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+# --- every object ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source", [EXTERNAL, MANAGED, FULL], ids=["external", "managed", "full"]
+)
+def test_every_object_is_valid_for_kubernetes(source: dict[str, Any]) -> None:
+    for obj in everything(source):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("source", [EXTERNAL, FULL], ids=["external", "full"])
+def test_every_object_is_labelled_and_owned_by_its_workflow(
+    source: dict[str, Any],
+) -> None:
+    for obj in everything(source):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "physics"
+        assert meta["name"].startswith("met-")
+        assert meta["labels"]["app.kubernetes.io/name"] == "kubevine"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "met"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubevine-operator"
+        assert meta["labels"]["app.kubernetes.io/component"]
+        assert meta["labels"]["kubevine.io/workflow"] == "met"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "kubevine.io/v1alpha1",
+                "kind": "VineWorkflow",
+                "name": "met",
+                "uid": REF.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_each_selector_selects_exactly_its_own_pods() -> None:
+    objects = everything(FULL)
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            selector = obj["spec"]["selector"]["matchLabels"]
+            pod_labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert selector.items() <= pod_labels.items()
+    service = [
+        o
+        for o in objects
+        if o["kind"] == "Service" and o["metadata"]["name"] == "met-manager"
+    ]
+    manager_pods = by_kind(objects, "Deployment")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    worker_labels = by_kind(objects, "Pod")["metadata"]["labels"]
+    assert service[0]["spec"]["selector"].items() <= manager_pods.items()
+    assert not service[0]["spec"]["selector"].items() <= worker_labels.items()
+    assert label_selector(REF, "worker") == (
+        "app.kubernetes.io/name=kubevine,app.kubernetes.io/instance=met,"
+        "app.kubernetes.io/component=worker"
+    )
+
+
+@pytest.mark.parametrize("source", [EXTERNAL, FULL], ids=["external", "full"])
+def test_every_pod_is_hardened(source: dict[str, Any]) -> None:
+    for obj in everything(source):
+        for pod in pod_specs(obj):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {
+                "type": "RuntimeDefault"
+            }
+            assert pod["automountServiceAccountToken"] is False
+            for container in pod["containers"]:
+                security = container["securityContext"]
+                assert security["readOnlyRootFilesystem"] is True
+                assert security["allowPrivilegeEscalation"] is False
+                assert security["capabilities"] == {"drop": ["ALL"]}
+
+
+@pytest.mark.parametrize("source", [EXTERNAL, FULL], ids=["external", "full"])
+def test_every_writable_path_under_a_read_only_root_is_a_volume(
+    source: dict[str, Any],
+) -> None:
+    for obj in everything(source):
+        for pod in pod_specs(obj):
+            volumes = {v["name"] for v in pod["volumes"]}
+            claims = (
+                obj["spec"].get("volumeClaimTemplates", [])
+                if obj["kind"] != "Pod"
+                else []
+            )
+            volumes |= {c["metadata"]["name"] for c in claims}
+            for container in pod["containers"]:
+                mounts = {v["mountPath"]: v["name"] for v in container["volumeMounts"]}
+                assert "/tmp" in mounts, (
+                    f"{obj['metadata']['name']} has no writable /tmp"
+                )
+                for name in mounts.values():
+                    assert name in volumes, f"{name} is mounted but not declared"
+
+
+def test_the_image_defaults_to_the_operators_and_the_pull_policy_is_applied() -> None:
+    for obj in everything(EXTERNAL):
+        for pod in pod_specs(obj):
+            for container in pod["containers"]:
+                assert container["image"] == "registry.example/kubevine:9.9"
+                assert container["imagePullPolicy"] == "IfNotPresent"
+    deployment = by_kind(everything(FULL), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert (container["image"], container["imagePullPolicy"]) == (
+        "registry.example/kubevine:1.2",
+        "Always",
+    )
+
+
+# --- token Secret ------------------------------------------------------------------------
+
+
+def test_the_token_secret_holds_the_token_and_the_managed_redis_password() -> None:
+    secret = by_kind(everything(MANAGED), "Secret")
+    assert secret["metadata"]["name"] == "met-token"
+    assert base64.b64decode(secret["data"]["token"]) == b"s3cr3t"
+    assert base64.b64decode(secret["data"]["redis-password"]) == b"r3d1s"
+    external = by_kind(everything(EXTERNAL), "Secret")
+    assert set(external["data"]) == {"token"}
+
+
+def test_an_empty_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="token"):
+        m.build_token_secret(REF, "")
+
+
+# --- manager -----------------------------------------------------------------------------
+
+
+def manager_container(source: dict[str, Any]) -> dict[str, Any]:
+    deployment = m.build_manager_deployment(REF, spec_of(source), SETTINGS)
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_the_manager_is_one_replica_replaced_not_rolled() -> None:
+    deployment = m.build_manager_deployment(REF, spec_of(EXTERNAL), SETTINGS)
+    assert deployment["metadata"]["name"] == "met-manager"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_manager_runs_the_manager_subcommand_with_the_contract_flags() -> None:
+    args = manager_container(FULL)["args"]
+    assert args[0] == "manager"
+    assert flag(args, "--port") == "9200"
+    assert flag(args, "--name") == "met"
+    assert flag(args, "--redis") == "redis://met-redis.physics.svc:6379/0"
+    assert flag(args, "--token-file") == "/var/run/kubevine/token"
+    assert flag(args, "--metrics-port") == "9090"
+    assert flag(args, "--log-format") == "json"
+    assert flag(args, "--workdir") == "/var/lib/kubevine/work"
+
+
+def test_the_manager_binds_its_pod_ip_and_reads_its_token_from_the_secret() -> None:
+    container = manager_container(EXTERNAL)
+    env = env_of(container)
+    assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["KUBEVINE_TOKEN"] == {
+        "secretKeyRef": {"name": "met-token", "key": "token"}
+    }
+    token_mount = next(v for v in container["volumeMounts"] if v["name"] == "token")
+    assert token_mount["readOnly"] is True
+
+
+def test_the_manager_is_ready_when_zmq_accepts_and_alive_while_healthz_answers() -> (
+    None
+):
+    container = manager_container(FULL)
+    assert container["readinessProbe"]["tcpSocket"] == {"port": 9200}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"zmq": 9200, "metrics": 9090}
+
+
+def test_the_manager_gets_the_spec_resources_and_placement() -> None:
+    deployment = m.build_manager_deployment(REF, spec_of(FULL), SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"memory": "8Gi"},
+    }
+    assert pod["nodeSelector"] == {"role": "control"}
+    assert pod["tolerations"] == [
+        {"key": "control", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+def test_an_external_redis_url_is_passed_and_its_password_comes_from_the_secret() -> (
+    None
+):
+    source = {
+        "stateStore": {
+            "redisUrl": "redis://r.db:6379/1",
+            "credentialsSecret": {"name": "redis-creds", "passwordKey": "pw"},
+        }
+    }
+    container = manager_container(source)
+    assert flag(container["args"], "--redis") == "redis://r.db:6379/1"
+    assert env_of(container)["KUBEVINE_REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "redis-creds", "key": "pw", "optional": True}
+    }
+    assert "KUBEVINE_REDIS_URL" not in env_of(container)
+
+
+def test_a_redis_url_kept_in_a_secret_is_never_on_the_command_line() -> None:
+    source = {
+        "stateStore": {"credentialsSecret": {"name": "redis-creds", "urlKey": "url"}}
+    }
+    container = manager_container(source)
+    assert "--redis" not in container["args"]
+    assert env_of(container)["KUBEVINE_REDIS_URL"] == {
+        "secretKeyRef": {"name": "redis-creds", "key": "url"}
+    }
+
+
+def test_the_manager_service_exposes_zmq_and_metrics_inside_the_cluster() -> None:
+    service = m.build_manager_service(REF, spec_of(FULL))
+    assert service["metadata"]["name"] == "met-manager"
+    assert service["spec"]["type"] == "ClusterIP"
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"zmq": (9200, 9200), "metrics": (9090, 9090)}
+    assert manager_address(REF, spec_of(FULL)) == "met-manager.physics.svc:9200"
+
+
+# --- managed Redis -----------------------------------------------------------------------
+
+
+def test_a_managed_redis_runs_with_an_append_only_file_on_its_own_volume() -> None:
+    statefulset = m.build_redis_statefulset(REF, spec_of(FULL), SETTINGS)
+    assert statefulset["metadata"]["name"] == "met-redis"
+    assert statefulset["spec"]["replicas"] == 1
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "redis:7.4"
+    command = container["command"] + container["args"]
+    assert command[:11] == [
+        "redis-server",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--dir",
+        "/data",
+        "--bind",
+        "$(POD_IP)",
+        "--port",
+        "6379",
+    ]
+    assert flag(command, "--requirepass") == "$(REDIS_PASSWORD)"
+    env = env_of(container)
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "met-token", "key": "redis-password"}
+    }
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert (
+        statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"]
+        == "Delete"
+    )
+
+
+def test_the_managed_redis_uses_the_cluster_default_storage_class_unless_told() -> None:
+    statefulset = m.build_redis_statefulset(REF, spec_of(MANAGED), SETTINGS)
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert "storageClassName" not in claim
+    assert claim["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_the_manager_of_a_managed_store_gets_the_redis_password() -> None:
+    env = env_of(manager_container(MANAGED))
+    assert env["KUBEVINE_REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "met-token", "key": "redis-password"}
+    }
+
+
+def test_no_redis_is_built_for_an_external_store() -> None:
+    kinds = [o["kind"] for o in everything(EXTERNAL)]
+    assert "StatefulSet" not in kinds
+    with pytest.raises(ValueError, match="managed"):
+        m.build_redis_statefulset(REF, spec_of(EXTERNAL), SETTINGS)
+
+
+def test_a_managed_store_needs_a_redis_password() -> None:
+    with pytest.raises(ValueError, match="redis_password"):
+        m.build_children(REF, spec_of(MANAGED), SETTINGS, token="t")
+
+
+# --- worker pods -------------------------------------------------------------------------
+
+
+def worker(source: dict[str, Any], suffix: str = "a1b2c") -> dict[str, Any]:
+    return build_worker_pod(REF, spec_of(source), suffix, SETTINGS)
+
+
+def test_a_worker_pod_is_named_after_its_workflow_and_suffix() -> None:
+    assert worker(EXTERNAL, "x9")["metadata"]["name"] == "met-worker-x9"
+    assert (
+        worker(EXTERNAL)["metadata"]["labels"]["app.kubernetes.io/component"]
+        == "worker"
+    )
+
+
+@pytest.mark.parametrize("suffix", ["", "ABC", "a-b", "abcdefghijk"])
+def test_a_worker_suffix_that_breaks_the_name_is_refused(suffix: str) -> None:
+    with pytest.raises(ValueError, match="suffix"):
+        worker_pod_name(REF, suffix)
+
+
+def test_a_worker_connects_to_the_manager_service_with_its_size() -> None:
+    container = worker(FULL)["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["worker", "met-manager.physics.svc:9200"]
+    assert flag(args, "--cores") == "4"
+    assert flag(args, "--memory") == "8192"
+    assert flag(args, "--disk") == "20480"
+    assert flag(args, "--gpus") == "1"
+    assert flag(args, "--node") == "$(KUBEVINE_NODE_NAME)"
+    assert flag(args, "--log-format") == "json"
+
+
+def test_a_worker_leaves_only_when_the_operator_says_so() -> None:
+    args = worker(FULL)["spec"]["containers"][0]["args"]
+    assert flag(args, "--idle-timeout") == "0"
+
+
+def test_a_worker_knows_its_pod_ip_node_pod_and_token() -> None:
+    env = env_of(worker(EXTERNAL)["spec"]["containers"][0])
+    assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["KUBEVINE_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["KUBEVINE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["KUBEVINE_TOKEN"] == {
+        "secretKeyRef": {"name": "met-token", "key": "token"}
+    }
+
+
+def test_a_worker_mounts_the_node_cache_from_the_host_and_uses_it() -> None:
+    pod = worker(FULL)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["node-cache"]["hostPath"] == {
+        "path": "/mnt/vine-cache",
+        "type": "DirectoryOrCreate",
+    }
+    container = pod["spec"]["containers"][0]
+    mount = next(v for v in container["volumeMounts"] if v["name"] == "node-cache")
+    assert flag(container["args"], "--cache-dir") == mount["mountPath"]
+    assert env_of(container)["KUBEVINE_CACHE_SIZE_MB"] == str(200 * 1024)
+
+
+def test_two_workers_of_one_workflow_share_the_same_node_cache_path() -> None:
+    first, second = worker(FULL, "aaaaa"), worker(FULL, "bbbbb")
+    assert first["metadata"]["name"] != second["metadata"]["name"]
+    assert first["spec"]["volumes"] == second["spec"]["volumes"]
+
+
+def test_a_worker_requests_exactly_what_it_advertises() -> None:
+    resources = worker(FULL)["spec"]["containers"][0]["resources"]
+    expected = {
+        "cpu": "4",
+        "memory": "8192Mi",
+        "ephemeral-storage": "20480Mi",
+        "nvidia.com/gpu": "1",
+    }
+    assert resources == {"requests": expected, "limits": expected}
+
+
+def test_a_worker_without_gpus_or_disk_limit_asks_for_neither() -> None:
+    source = {**EXTERNAL, "workers": {"disk": 0}}
+    resources = worker(source)["spec"]["containers"][0]["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    work = next(v for v in worker(source)["spec"]["volumes"] if v["name"] == "work")
+    assert work["emptyDir"] == {}
+
+
+def test_a_worker_sandbox_is_limited_to_its_disk() -> None:
+    work = next(v for v in worker(FULL)["spec"]["volumes"] if v["name"] == "work")
+    assert work["emptyDir"] == {"sizeLimit": "20480Mi"}
+
+
+def test_a_deleted_worker_drains_before_it_stops_and_has_time_to_finish() -> None:
+    pod = worker(FULL)
+    container = pod["spec"]["containers"][0]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["kubevine", "drain-local"]
+    assert flag(command, "--workdir") == flag(container["args"], "--workdir")
+    assert flag(command, "--timeout") == "900"
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 900
+
+
+def test_an_exited_worker_is_not_restarted_in_place() -> None:
+    assert worker(EXTERNAL)["spec"]["restartPolicy"] == "Never"
+
+
+def test_a_worker_gets_the_pool_placement_and_extra_env() -> None:
+    pod = worker(FULL)["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    env = env_of(pod["containers"][0])
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert env["S3_KEY"] == {"secretKeyRef": {"name": "s3", "key": "key"}}
+
+
+def test_the_cache_permission_step_runs_as_root_with_only_chown() -> None:
+    pod = worker(FULL)["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["chown", "10001:10001", "/var/cache/kubevine"]
+    assert init["securityContext"]["runAsUser"] == 0
+    assert init["securityContext"]["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["CHOWN"],
+    }
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_cache_permission_step_can_be_turned_off() -> None:
+    source = {**EXTERNAL, "workers": {"nodeCache": {"initPermissions": False}}}
+    assert "initContainers" not in worker(source)["spec"]
+
+
+# --- application -------------------------------------------------------------------------
+
+
+def test_the_application_runs_once_against_the_manager() -> None:
+    job = m.build_application_job(REF, spec_of(FULL), SETTINGS)
+    assert job["metadata"]["name"] == "met-app"
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/analysis:3"
+    assert container["command"] == ["python", "-m", "met"]
+    assert container["args"] == ["--year", "2018"]
+    env = env_of(container)
+    assert env["KUBEVINE_MANAGER"] == "met-manager.physics.svc:9200"
+    assert env["KUBEVINE_TOKEN"] == {
+        "secretKeyRef": {"name": "met-token", "key": "token"}
+    }
+    assert env["DATASET"] == "nanoaod"
+
+
+def test_the_application_image_defaults_to_the_workflow_image() -> None:
+    source = {**EXTERNAL, "image": "wf:1", "application": {"command": ["run"]}}
+    job = m.build_application_job(REF, spec_of(source), SETTINGS)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "wf:1"
+    assert "args" not in container
+
+
+def test_children_come_in_creation_order() -> None:
+    names = [(o["kind"], o["metadata"]["name"]) for o in everything(FULL)[:-1]]
+    assert names == [
+        ("Secret", "met-token"),
+        ("Service", "met-redis"),
+        ("StatefulSet", "met-redis"),
+        ("Service", "met-manager"),
+        ("Deployment", "met-manager"),
+        ("Job", "met-app"),
+    ]
+    assert [o["kind"] for o in everything(EXTERNAL)[:-1]] == [
+        "Secret",
+        "Service",
+        "Deployment",
+    ]
+
+
+def test_building_is_pure_and_repeatable() -> None:
+    assert everything(FULL) == everything(FULL)
