@@ -454,7 +454,8 @@ class Store:
         if finalizers or grace or rt.key == ("", "namespaces"):
             new = copy.deepcopy(obj)
             new["metadata"]["deletionTimestamp"] = now()
-            new["metadata"]["finalizers"] = finalizers
+            if finalizers:
+                new["metadata"]["finalizers"] = finalizers
             if grace:
                 new["metadata"]["deletionGracePeriodSeconds"] = grace
             if rt.key == ("", "namespaces"):
