@@ -474,8 +474,8 @@ def test_invariants_hold_in_random_situations(seed: int) -> None:
         assert not worker.draining
     # a deleted pod is finished, drained, or never connected — never a busy worker's
     for name in decision.delete:
-        worker = by_pod.get(name)
-        assert worker is None or worker.running_tasks == 0
+        owner = by_pod.get(name)
+        assert owner is None or owner.running_tasks == 0
     # stale or missing stats never remove anyone
     if st is None or NOW - st.time > POLICY.stats_max_age_seconds:
         assert decision.drain == []

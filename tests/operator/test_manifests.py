@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from kubevine.operator import manifests as m

@@ -265,7 +265,7 @@ def test_a_spec_that_is_not_an_object_is_refused() -> None:
 def test_the_parsed_spec_is_immutable() -> None:
     spec = parse_spec(MANAGED)
     with pytest.raises(ValueError, match="frozen"):
-        spec.workers.max = 10  # type: ignore[misc]
+        spec.workers.__setattr__("max", 10)
     assert isinstance(spec, VineWorkflowSpec)
 
 
