@@ -330,7 +330,14 @@ class Kubelet:
         self._advance(run)
         await self._write_status(pod, run)
 
-    async def _lookup_all(self, namespace: str) -> tuple[dict[tuple[str, str], Obj], list[podspec.ServiceTarget]]:
+    async def _lookup_all(self, pod: Obj, own_ip: str) -> tuple[dict[tuple[str, str], Obj], list[podspec.ServiceTarget]]:
+        """Secrets and ConfigMaps of the pod's namespace; Services with a Ready pod's IP.
+
+        A Service that selects the pod being started resolves to that pod's own IP
+        when none is Ready (a pod naming its own Service must not wait for itself).
+        """
+        namespace = pod["metadata"]["namespace"]
+        own_labels = pod["metadata"].get("labels") or {}
         objs: dict[tuple[str, str], Obj] = {}
         for kind, plural in (("secret", "secrets"), ("configmap", "configmaps")):
             for obj in await self.client.list(path("v1", plural, namespace)):
@@ -350,13 +357,15 @@ class Kubelet:
                     target = next((cp.get("containerPort") for c in ready[0]["spec"].get("containers") or []
                                    for cp in c.get("ports") or [] if cp.get("name") == target), port.get("port"))
                 ports[int(port["port"])] = int(target)
-            services.append(podspec.ServiceTarget(svc["metadata"]["namespace"], svc["metadata"]["name"], ports,
-                                                  ready[0]["status"]["podIP"] if ready else None))
+            selects_self = bool(sel) and svc["metadata"]["namespace"] == namespace and all(
+                own_labels.get(k) == v for k, v in sel.items())
+            ip = ready[0]["status"]["podIP"] if ready else own_ip if selects_self else None
+            services.append(podspec.ServiceTarget(svc["metadata"]["namespace"], svc["metadata"]["name"], ports, ip))
         return objs, services
 
     async def _prepare(self, pod: Obj, run: PodRun) -> None:
         """Compute each container's argv, env and mounts; leave the pod waiting if it must."""
-        objs, services = await self._lookup_all(run.namespace)
+        objs, services = await self._lookup_all(pod, run.ip)
 
         def lookup(kind: str, name: str) -> Obj | None:
             return objs.get((kind, name))
@@ -384,16 +393,16 @@ class Kubelet:
         c.mounts = podspec.container_mounts(spec, volumes)
         env = podspec.container_env(pod, spec, lookup)
 
-        def dns(value: str) -> str:
+        def dns(value: str, bare: bool = True) -> str:
             try:
-                return podspec.rewrite_service(value, services, run.namespace)
+                return podspec.rewrite_service(value, services, run.namespace, bare=bare)
             except podspec.UnresolvedService:
                 if strict_dns:
                     raise
                 logger.warning("pod %s/%s: starting with unresolved service in %r", run.namespace, run.name, value)
                 return value
 
-        env = {k: dns(podspec.rewrite_paths(v, c.mounts)) for k, v in env.items()}
+        env = {k: dns(podspec.rewrite_paths(v, c.mounts), podspec.env_may_be_bare_host(k)) for k, v in env.items()}
         for mount in c.mounts:
             env[f"KUBELET_VOLUME_{mount.volume.upper().replace('-', '_').replace('.', '_')}"] = str(mount.local)
         base = {
@@ -409,10 +418,7 @@ class Kubelet:
         argv = podspec.container_argv(spec, run.ip, run.pod_dir / "work")
         argv = [argv[0]] + [podspec.rewrite_paths(podspec.expand(a, c.env), c.mounts) for a in argv[1:]]
         # Bare single-label words are rewritten only as a flag's value: `kubevine manager` stays.
-        c.argv = [argv[0]] + [
-            dns(a) if ("." in a or ":" in a or "=" in a or argv[i].startswith("--")) else a
-            for i, a in enumerate(argv[1:])
-        ]
+        c.argv = [argv[0]] + [dns(a, bare=argv[i].startswith("--")) for i, a in enumerate(argv[1:])]
         workdir = spec.get("workingDir")
         c.cwd = pathlib.Path(podspec.rewrite_paths(workdir, c.mounts)) if workdir else run.pod_dir / "work"
         (run.pod_dir / "home").mkdir(parents=True, exist_ok=True)

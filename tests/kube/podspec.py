@@ -321,8 +321,20 @@ class UnresolvedService(Exception):
     """A value names a Service that has no Ready pod yet."""
 
 
-def rewrite_service(value: str, services: list[ServiceTarget], pod_namespace: str) -> str:
-    """Rewrite one env value or arg whose host is a Service name; raise if not Ready yet."""
+_HOST_ENV_RE = re.compile(r"(HOST|HOSTNAME|ADDR|ADDRESS|SERVER|SERVICE|ENDPOINT)$", re.IGNORECASE)
+
+
+def env_may_be_bare_host(name: str) -> bool:
+    """A bare single-label value (`redis`) is a hostname only in variables named like one."""
+    return bool(_HOST_ENV_RE.search(name))
+
+
+def rewrite_service(value: str, services: list[ServiceTarget], pod_namespace: str, *, bare: bool = True) -> str:
+    """Rewrite one env value or arg whose host is a Service name; raise if not Ready yet.
+
+    `bare=False`: a lone single-label word (`backend`, no dot, port or scheme) is left
+    alone, so that subcommands and ordinary words are never mistaken for hosts.
+    """
     if value.startswith("-") and "=" in value:
         flag, _, rest = value.partition("=")
         return f"{flag}={rewrite_service(rest, services, pod_namespace)}"
@@ -330,6 +342,8 @@ def rewrite_service(value: str, services: list[ServiceTarget], pod_namespace: st
     if not m:
         return value
     host = m.group("host")
+    if not bare and "." not in host and m.group("port") is None and "scheme" not in m.groupdict():
+        return value
     for svc in services:
         if host in service_hostnames(svc, pod_namespace):
             if svc.ip is None:
