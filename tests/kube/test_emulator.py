@@ -296,8 +296,10 @@ def test_events_and_leases_can_be_created(client: Any) -> None:
 
 def test_emulator_runs_as_a_subprocess_that_writes_a_kubeconfig(tmp_path: pathlib.Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.kube.emulator", "--port", "0", "--kubeconfig-out", str(kubeconfig)],
-                            cwd=pathlib.Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(tmp_path / "emulator.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.kube.emulator", "--port", "0", "--kubeconfig-out", str(kubeconfig)],
+            cwd=pathlib.Path(__file__).parents[2], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(kubeconfig.exists, timeout=15, what="the kubeconfig")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBECACHEDIR": str(tmp_path / "cache")}
