@@ -57,6 +57,7 @@ from kubevine.protocol import (
     decode,
     encode,
     frame,
+    send,
 )
 from kubevine.stats import ManagerStatus
 from kubevine.task import File, Task, declare_buffer, declare_local
@@ -418,7 +419,7 @@ class Manager:
         sent = False
         if files:
             metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(files)]
-            sock.send_multipart(encode(PutFiles(files=metas), [d for _, d in files]), copy=False)
+            send(sock, encode(PutFiles(files=metas), [d for _, d in files]))
             sent = True
         if pending:
             frames: list[bytes] = []
@@ -428,7 +429,7 @@ class Manager:
                     frames.append(payload)
                     spec = spec.model_copy(update={"payload": len(frames) - 1})
                 specs.append(spec)
-            sock.send_multipart(encode(Submit(tasks=specs), frames), copy=False)
+            send(sock, encode(Submit(tasks=specs), frames))
             sent = True
         if acks:
             sock.send_multipart(encode(ResultsAck(task_ids=acks)))

@@ -382,6 +382,16 @@ def encode(msg: _Msg, frames: Sequence[bytes] = ()) -> list[bytes]:
     return [msg.model_dump_json(exclude_none=True).encode(), *frames]
 
 
+BIG_FRAME = 1 << 16
+
+
+def send(sock: object, parts: list[bytes]) -> None:
+    """Send a multipart message; frames are copied unless large (zero-copy costs more for
+    small frames than copying them)."""
+    big = any(len(p) >= BIG_FRAME for p in parts)
+    sock.send_multipart(parts, copy=not big)  # type: ignore[attr-defined]
+
+
 def decode(parts: Sequence[bytes]) -> tuple[Message, list[bytes]]:
     """Parse a multipart message; :class:`ProtocolError` says what is wrong with it."""
     if not parts:

@@ -29,7 +29,7 @@ class Resources(BaseModel):
         )
 
     def __add__(self, other: Resources) -> Resources:
-        return Resources(
+        return Resources.model_construct(
             cores=self.cores + other.cores,
             memory=self.memory + other.memory,
             disk=self.disk + other.disk,
@@ -37,12 +37,14 @@ class Resources(BaseModel):
         )
 
     def __sub__(self, other: Resources) -> Resources:
-        return Resources(
+        return Resources.model_construct(
             cores=max(0.0, self.cores - other.cores),
             memory=max(0, self.memory - other.memory),
             disk=max(0, self.disk - other.disk),
             gpus=max(0, self.gpus - other.gpus),
         )
+
+
 
     def describe(self) -> str:
         """Human form, e.g. ``2 cores, 512 MB memory``; zero components are left out."""
@@ -57,3 +59,43 @@ class Resources(BaseModel):
 
 
 NONE = Resources()
+
+
+class Tally:
+    """A running sum of resources in use, changed in place.
+
+    The scheduler and the worker add and remove a task's resources several times per
+    task; a mutable tally keeps that off the allocation/validation path.
+    """
+
+    __slots__ = ("cores", "disk", "gpus", "memory")
+
+    def __init__(self) -> None:
+        self.cores = 0.0
+        self.memory = 0
+        self.disk = 0
+        self.gpus = 0
+
+    def add(self, r: Resources) -> None:
+        self.cores += r.cores
+        self.memory += r.memory
+        self.disk += r.disk
+        self.gpus += r.gpus
+
+    def remove(self, r: Resources) -> None:
+        self.cores = max(0.0, self.cores - r.cores)
+        self.memory = max(0, self.memory - r.memory)
+        self.disk = max(0, self.disk - r.disk)
+        self.gpus = max(0, self.gpus - r.gpus)
+
+    def room_for(self, need: Resources, total: Resources) -> bool:
+        """Whether ``need`` fits in ``total`` minus what this tally holds."""
+        return (
+            need.cores <= total.cores - self.cores + 1e-9
+            and need.memory <= total.memory - self.memory
+            and need.disk <= total.disk - self.disk
+            and need.gpus <= total.gpus - self.gpus
+        )
+
+    def snapshot(self) -> Resources:
+        return Resources(cores=self.cores, memory=self.memory, disk=self.disk, gpus=self.gpus)

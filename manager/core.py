@@ -37,7 +37,7 @@ from kubevine.protocol import (
     TaskSpec,
     WorkerInfo,
 )
-from kubevine.resources import Resources
+from kubevine.resources import Resources, Tally
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,7 @@ class TaskEntry:
 
     def record(self) -> TaskRecord:
         return TaskRecord(
-            client=self.client,
-            state=self.state.value,
-            attempt=self.attempt,
-            failures=self.failures,
-            lost=self.lost,
-            worker=self.worker,
-            seq=self.seq,
+            self.client, self.state.value, self.attempt, self.failures, self.lost, self.worker, self.seq
         )
 
 
@@ -79,7 +73,7 @@ class WorkerEntry:
     info: WorkerInfo
     state: WorkerState
     last_seen: float
-    committed: Resources = Resources()
+    committed: Tally = field(default_factory=Tally)
     tasks: dict[TaskId, int] = field(default_factory=dict)  # task -> attempt
     queued: int = 0  # dispatched, not yet reported started
     idle_since: float | None = None
@@ -90,9 +84,6 @@ class WorkerEntry:
     def id(self) -> WorkerId:
         return self.info.worker_id
 
-    @property
-    def free(self) -> Resources:
-        return self.info.resources - self.committed
 
 
 # ------------------------------------------------------------------ instructions
@@ -167,12 +158,17 @@ class Core:
         self._pending_results: dict[ClientId, list[tuple[ClientResult, list[bytes]]]] = {}
         self._dispatch: dict[WorkerId, SendDispatch] = {}
         self._acks: dict[WorkerId, list[TaskRef]] = {}
+        self._dirty: dict[TaskId, TaskEntry] = {}  # tasks whose record changed this cycle
         self.now = now if now is not None else time.time()
 
     # ------------------------------------------------------------- bookkeeping
 
     def take(self) -> tuple[WriteBatch, list[Instruction]]:
         """Hand the cycle's writes and instructions to the service, and start afresh."""
+        for tid, t in self._dirty.items():
+            if tid in self.tasks:
+                self.batch.records[tid] = t.record()
+        self._dirty.clear()
         for sd in self._dispatch.values():
             self.out.append(sd)
         self._dispatch.clear()
@@ -195,7 +191,7 @@ class Core:
         self.counts[to] += 1
         t.state = to
         t.story.append((self.now, to.value, cause))
-        self.batch.records[t.spec.id] = t.record()
+        self._dirty[t.spec.id] = t
         self.transactions.append(
             f"TASK {t.spec.id} {to.value} attempt={t.attempt} "
             f"worker={t.worker or '-'} cause={cause or reason}"
@@ -279,6 +275,7 @@ class Core:
             del self.tasks[tid]
             self.counts[t.state] -= 1
             self.batch.deleted.add(tid)
+            self._dirty.pop(tid, None)
             self.batch.records.pop(tid, None)
             self.batch.results.pop(tid, None)
             self.batch.specs.pop(tid, None)
@@ -340,7 +337,7 @@ class Core:
 
     def _attach(self, w: WorkerEntry, t: TaskEntry) -> None:
         w.tasks[t.spec.id] = t.attempt
-        w.committed = w.committed + t.spec.resources
+        w.committed.add(t.spec.resources)
         if t.state == S.DISPATCHED:
             w.queued += 1
 
@@ -440,7 +437,7 @@ class Core:
         if w is None or wid is None:
             return
         if w.tasks.pop(t.spec.id, None) is not None:
-            w.committed = w.committed - t.spec.resources
+            w.committed.remove(t.spec.resources)
             if t.state == S.DISPATCHED:
                 w.queued -= 1
             if kill:
@@ -569,7 +566,7 @@ class Core:
         return any(need.fits_in(w.info.resources) for w in workers)
 
     def _has_room(self, w: WorkerEntry) -> bool:
-        return w.free.cores > 1e-9 or w.queued < self._prefetch(w)
+        return w.info.resources.cores - w.committed.cores > 1e-9 or w.queued < self._prefetch(w)
 
     def _prefetch(self, w: WorkerEntry) -> int:
         return self.settings.prefetch * max(1, int(w.info.resources.cores))
@@ -578,9 +575,9 @@ class Core:
         best: WorkerEntry | None = None
         best_free = -1.0
         for w in workers:  # first: a worker where it runs at once, the emptiest one
-            free = w.free
-            if need.fits_in(free) and free.cores > best_free:
-                best, best_free = w, free.cores
+            free_cores = w.info.resources.cores - w.committed.cores
+            if free_cores > best_free and w.committed.room_for(need, w.info.resources):
+                best, best_free = w, free_cores
         if best is not None:
             return best
         for w in workers:  # then: queue it on a worker that can run it later
@@ -593,7 +590,7 @@ class Core:
         t.attempt += 1
         t.worker = w.id
         w.tasks[t.spec.id] = t.attempt
-        w.committed = w.committed + t.spec.resources
+        w.committed.add(t.spec.resources)
         w.queued += 1
         w.idle_since = None
         self._move(t, S.DISPATCHED, f"to {w.id}")
@@ -646,16 +643,14 @@ class Core:
                     self._attach(w, t)
             elif t.result is not None:
                 self._pending_results.setdefault(t.client, []).append((t.result, t.frames))
-        self.batch = WriteBatch()  # nothing restored needs writing back except the moves above
-        for t in self.tasks.values():
-            if t.state == S.READY:
-                self.batch.records[t.spec.id] = t.record()
+        self.batch = WriteBatch()  # what was restored is stored already; the moves are dirty
 
     # ------------------------------------------------------------- views
 
     def demand(self) -> Resources:
-        total = Resources()
+        """Resources asked for by tasks that wait for a worker."""
+        total = Tally()
         for t in self.tasks.values():
             if t.state in (S.READY, S.WAITING, S.RETRYING):
-                total = total + t.spec.resources
-        return total
+                total.add(t.spec.resources)
+        return total.snapshot()

@@ -145,7 +145,7 @@ class RedisStore(StateStore):
             tid = TaskId(int(k))
             snap.specs[tid] = (TaskSpec.model_validate_json(v), payloads.get(k))
         for k, v in records.items():
-            snap.records[TaskId(int(k))] = TaskRecord.model_validate_json(v)
+            snap.records[TaskId(int(k))] = TaskRecord.from_json(v)
         for k, v in results.items():
             head, frames = unpack_frames(v)
             snap.results[TaskId(int(k))] = (ClientResult.model_validate_json(head), frames)
@@ -161,7 +161,7 @@ class RedisStore(StateStore):
         w = self.workflow
         args += _hset(keys.specs(w), ((t, s.model_dump_json(exclude_none=True)) for t, (s, _) in batch.specs.items()))
         args += _hset(keys.payloads(w), ((t, p) for t, (_, p) in batch.specs.items() if p is not None))
-        args += _hset(keys.records(w), ((t, r.model_dump_json()) for t, r in batch.records.items()))
+        args += _hset(keys.records(w), ((t, r.to_json()) for t, r in batch.records.items()))
         args += _hset(
             keys.results(w),
             ((t, pack_frames(r.model_dump_json(exclude_none=True).encode(), fr)) for t, (r, fr) in batch.results.items()),

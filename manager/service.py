@@ -67,6 +67,7 @@ from kubevine.protocol import (
     decode,
     encode,
     frame,
+    send,
 )
 from kubevine.stats import Failure, ManagerStatus, WorkerStatus
 
@@ -277,7 +278,7 @@ class ManagerService:
 
     def _send(self, ident: bytes, msg: _Msg, frames: list[bytes] | None = None) -> bool:
         try:
-            self.sock.send_multipart([ident, *encode(msg, frames or [])], copy=False)
+            send(self.sock, [ident, *encode(msg, frames or [])])
             return True
         except zmq.ZMQError as e:  # EHOSTUNREACH: the peer is gone
             log.debug("cannot send %s: %s", msg.__class__.__name__, e)
@@ -459,7 +460,7 @@ class ManagerService:
                     host=w.info.host,
                     state=w.state.value,
                     resources=w.info.resources,
-                    committed=w.committed,
+                    committed=w.committed.snapshot(),
                     running=len(w.tasks) - w.queued,
                     queued=w.queued,
                     idle_seconds=None if w.idle_since is None else now - w.idle_since,

@@ -11,10 +11,10 @@ tests run against both.
 from __future__ import annotations
 
 import abc
+import json
 import logging
 from dataclasses import dataclass, field
-
-from pydantic import BaseModel, ConfigDict
+from typing import NamedTuple
 
 from kubevine.ids import ClientId, TaskId, WorkerId
 from kubevine.protocol import ClientResult, TaskSpec, WorkerInfo
@@ -30,10 +30,12 @@ class LeaseHeld(StoreError):
     """Another live manager holds this workflow."""
 
 
-class TaskRecord(BaseModel):
-    """A task's mutable state, stored apart from its (immutable) spec."""
+class TaskRecord(NamedTuple):
+    """A task's mutable state, stored apart from its (immutable) spec.
 
-    model_config = ConfigDict(extra="forbid")
+    A plain tuple: one is made per changed task per cycle, so it must be cheap.
+    Stored as a JSON array in this field order.
+    """
 
     client: ClientId
     state: str
@@ -42,6 +44,13 @@ class TaskRecord(BaseModel):
     lost: int = 0
     worker: WorkerId | None = None
     seq: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(self)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TaskRecord:
+        return cls(*json.loads(raw))
 
 
 @dataclass

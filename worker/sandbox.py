@@ -18,47 +18,74 @@ from pathlib import Path
 
 from kubevine.protocol import Assignment, AttemptResult, Outcome, OutputFile
 
-STDOUT_NAME = ".kubevine-stdout"
+# Characters that make a command need a shell. A command without them is run directly
+# (the same argv the shell would build, one exec fewer: ~0.5 ms per task).
+_SHELL_CHARS = frozenset("$&|;<>()*?[]{}~`'\"\\\n#=!%")
+
+
+def argv_for(command: str) -> list[str] | None:
+    """The argv to exec directly, or None when the command needs ``/bin/sh -c``."""
+    if not command or any(c in _SHELL_CHARS for c in command):
+        return None
+    parts = command.split()
+    if not parts or "/" not in parts[0] and parts[0] in _SH_BUILTINS:
+        return None
+    return parts
+
+
+_SH_BUILTINS = frozenset(
+    ": . cd exec exit export set unset ulimit umask wait trap source alias read eval shift "
+    "test [ echo printf true false".split()
+)
 
 
 @dataclass
 class Attempt:
-    """One running attempt, as the worker's executor thread sees it."""
+    """One attempt on this worker: its sandbox, its process, what it produced."""
 
     assignment: Assignment
     sandbox: Path
     proc: subprocess.Popen[bytes] | None = None
+    pidfd: int | None = None  # becomes readable when the process exits
     killed: bool = False
+    started: float = 0.0
+    t0: float = 0.0
+    deadline: float | None = None
     frames: list[bytes] = field(default_factory=list)
 
-
-def run_command(
-    att: Attempt, base_env: Mapping[str, str], stdout_cap: int
-) -> AttemptResult:
-    """Run the attempt's command to the end; never raises for a task's own failure."""
-    a = att.assignment
-    spec = a.spec
-    started = time.time()
-    t0 = time.perf_counter()
-    env = dict(base_env)
-    env.update(spec.env)
-    out_path = att.sandbox / STDOUT_NAME
-
-    def result(outcome: Outcome, **kw: object) -> AttemptResult:
+    def result(self, outcome: Outcome, **kw: object) -> AttemptResult:
+        a = self.assignment
         return AttemptResult(
-            task_id=spec.id,
+            task_id=a.spec.id,
             attempt=a.attempt,
             outcome=outcome,
-            started=started,
-            wall_time=time.perf_counter() - t0,
+            started=self.started,
+            wall_time=time.perf_counter() - self.t0 if self.t0 else 0.0,
             **kw,  # type: ignore[arg-type]
         )
 
+
+def start_command(
+    att: Attempt, base_env: Mapping[str, str], *, force_shell: bool = False
+) -> AttemptResult | None:
+    """Start the command in its sandbox without waiting; a result only if it cannot start.
+
+    A command without shell syntax is exec'd directly; one that is not found is handed
+    to the shell so that the user sees the shell's own message and exit code 127.
+    """
+    spec = att.assignment.spec
+    att.started = time.time()
+    att.t0 = time.perf_counter()
+    if spec.time_max:
+        att.deadline = att.t0 + spec.time_max
+    env = dict(base_env)
+    env.update(spec.env)
+    argv = None if force_shell else argv_for(spec.command or "")
     try:
-        with open(out_path, "wb") as out:
+        with open(stdout_path(att.sandbox), "wb") as out:
             att.proc = subprocess.Popen(
-                spec.command or "",
-                shell=True,
+                argv if argv is not None else spec.command or "",
+                shell=argv is None,
                 cwd=att.sandbox,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -66,21 +93,33 @@ def run_command(
                 env=env,
                 start_new_session=True,
             )
-            if att.killed:  # killed while we were starting it
-                _kill(att.proc)
-            try:
-                code = att.proc.wait(timeout=spec.time_max)
-            except subprocess.TimeoutExpired:
-                _kill(att.proc)
-                att.proc.wait()
-                return result(
-                    Outcome.MAX_WALL_TIME,
-                    error=f"ran longer than its time limit of {spec.time_max}s",
-                )
+    except FileNotFoundError:
+        if argv is None:
+            return att.result(Outcome.SANDBOX_ERROR, error="could not start /bin/sh")
+        return start_command(att, base_env, force_shell=True)
     except OSError as e:
-        return result(Outcome.SANDBOX_ERROR, error=f"could not start the command: {e}")
-    stdout = _read_capped(out_path, stdout_cap)
-    att.frames.append(stdout)
+        return att.result(Outcome.SANDBOX_ERROR, error=f"could not start the command: {e}")
+    att.pidfd = os.pidfd_open(att.proc.pid)
+    return None
+
+
+def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
+    """The process has exited: reap it, collect stdout and outputs, judge the attempt."""
+    assert att.proc is not None
+    code = att.proc.wait()
+    if att.pidfd is not None:
+        os.close(att.pidfd)
+        att.pidfd = None
+    spec = att.assignment.spec
+    timed_out = att.deadline is not None and time.perf_counter() >= att.deadline
+    att.frames.append(_read_capped(stdout_path(att.sandbox), stdout_cap))
+    if timed_out and code != 0:
+        return att.result(
+            Outcome.MAX_WALL_TIME,
+            exit_code=code,
+            output_frame=0,
+            error=f"ran longer than its time limit of {spec.time_max}s",
+        )
     outputs: list[OutputFile] = []
     missing: list[str] = []
     for b in spec.outputs:
@@ -88,37 +127,27 @@ def run_command(
         if not p.exists():
             missing.append(b.remote_name)
             continue
-        if p.is_dir():
-            data = _pack_dir(p)
-        else:
-            data = p.read_bytes()
+        data = _pack_dir(p) if p.is_dir() else p.read_bytes()
         o = OutputFile(remote_name=b.remote_name, size=len(data))
         if b.to_client:
             att.frames.append(data)
-            o = o.model_copy(update={"frame": len(att.frames) - 1})
+            o.frame = len(att.frames) - 1
         outputs.append(o)
     if code != 0:
-        outcome = Outcome.EXIT_NONZERO
-        err = f"exit code {code}"
+        outcome, err = Outcome.EXIT_NONZERO, f"exit code {code}"
     elif missing:
-        outcome = Outcome.OUTPUT_MISSING
-        err = f"output(s) not produced: {', '.join(missing)}"
+        outcome, err = Outcome.OUTPUT_MISSING, f"output(s) not produced: {', '.join(missing)}"
     else:
         outcome, err = Outcome.SUCCESS, None
-    return result(outcome, exit_code=code, output_frame=0, error=err, outputs=outputs)
+    return att.result(outcome, exit_code=code, output_frame=0, error=err, outputs=outputs)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def kill_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the task's whole process group (it runs in a session of its own)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def kill(att: Attempt) -> None:
-    att.killed = True
-    if att.proc is not None and att.proc.returncode is None:
-        _kill(att.proc)
 
 
 def _read_capped(path: Path, cap: int) -> bytes:
@@ -140,5 +169,45 @@ def _pack_dir(p: Path) -> bytes:
     return buf.getvalue()
 
 
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def stdout_path(box: Path) -> Path:
+    """Where a sandbox's stdout goes: beside it, so the task never sees the file."""
+    return box.with_name(box.name + ".out")
+
+
+class Sandboxes:
+    """Sandbox directories, reused: emptied after each attempt instead of deleted.
+
+    Creating and removing a directory per task costs more than running a short command
+    on some filesystems (~0.4 ms on ext4 here); an emptied directory is as good as new.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._free: list[Path] = []
+        self._n = 0
+
+    def take(self) -> Path:
+        if self._free:
+            return self._free.pop()
+        self._n += 1
+        box = self.root / f"box{self._n}"
+        shutil.rmtree(box, ignore_errors=True)  # left over from an earlier run
+        box.mkdir()
+        return box
+
+    def give_back(self, box: Path) -> None:
+        try:
+            with os.scandir(box) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+        except OSError:
+            shutil.rmtree(box, ignore_errors=True)
+            return
+        self._free.append(box)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

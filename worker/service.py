@@ -1,9 +1,9 @@
 """The worker process: one loop over the manager connection and its running tasks.
 
-The main thread owns the ZeroMQ socket. Tasks run in executor threads (each waits on its
-child process, so the GIL is free); a finished attempt is posted back to the main thread
-through an inproc socket, and everything that finished since the last update travels to
-the manager in one :class:`WorkerUpdate`. Results are kept until the manager acknowledges
+One thread owns the ZeroMQ socket and every task process: a command is started without
+waiting, and the loop polls the manager socket together with a pidfd per running process,
+so a finished task is noticed at once with no thread hand-off. Everything that started
+or finished since the last update travels to the manager in one :class:`WorkerUpdate`. Results are kept until the manager acknowledges
 them, so a manager restart loses none: the worker reports them again when it reconnects.
 
 The worker enforces its own resources: the manager may queue a few tasks ahead, but a task
@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -54,12 +51,15 @@ from kubevine.protocol import (
     decode,
     encode,
     frame,
+    send,
 )
-from kubevine.resources import Resources
+from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache
 
 log = logging.getLogger(__name__)
+
+UPDATE_WINDOW = 0.002  # seconds between updates while busy (see _flush)
 
 
 class WorkerRefused(Exception):
@@ -104,19 +104,15 @@ class WorkerService:
         self.resources = Resources(
             cores=config.cores, memory=config.memory, disk=config.disk, gpus=config.gpus
         )
-        self.used = Resources()
+        self.used = Tally()
         config.workdir.mkdir(parents=True, exist_ok=True)
         (config.workdir / "worker.pid").write_text(f"{os.getpid()}\n")  # for drain-local
-        self.sandboxes = config.workdir / "sandboxes"
-        self.sandboxes.mkdir(exist_ok=True)
+        self.sandboxes = sandbox.Sandboxes(config.workdir / "sandboxes")
         self.cache = Cache(config.cache_dir or config.workdir / "cache")
         self.ctx = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
-        self.inbox = self.ctx.socket(zmq.PULL)
-        self._inbox_addr = f"inproc://results-{uuid.uuid4().hex}"
-        self.inbox.bind(self._inbox_addr)
-        self._push_local = threading.local()
-        self.pool = ThreadPoolExecutor(max_workers=max(4, int(config.cores) * 2 + 2))
+        self.poller = zmq.Poller()
+        self.by_fd: dict[int, sandbox.Attempt] = {}
         self.slots: dict[TaskId, Slot] = {}
         self.queue: deque[TaskId] = deque()
         self.started: list[TaskRef] = []
@@ -135,7 +131,8 @@ class WorkerService:
         self.base_env.pop("KUBEVINE_TOKEN", None)  # tasks never see the workflow secret
         self.heartbeat_timeout = 30.0
         self._payloads: dict[TaskId, bytes] = {}
-        self._done_q: queue.SimpleQueue[tuple[sandbox.Attempt, AttemptResult]] = queue.SimpleQueue()
+        self._last_update = 0.0
+        self._flush_due: float | None = None
         self._drain_requested = False
         self.hello_sent = 0.0
 
@@ -170,7 +167,7 @@ class WorkerService:
 
     def _send(self, msg: _Msg, frames: list[bytes] | None = None) -> None:
         assert self.sock is not None
-        self.sock.send_multipart(encode(msg, frames or []), copy=False)
+        send(self.sock, encode(msg, frames or []))
         self.last_sent = time.time()
 
     # ------------------------------------------------------------------ main loop
@@ -192,25 +189,30 @@ class WorkerService:
             self.draining = True
             self._drain_requested = True
 
+    def _reconnect(self) -> None:
+        if self.sock is not None:
+            self.poller.unregister(self.sock)
+        self._connect()
+        assert self.sock is not None
+        self.poller.register(self.sock, zmq.POLLIN)
+
     def loop(self) -> int:
         cfg = self.config
-        self._connect()
+        self._reconnect()
         backoff = 0.1
         first_contact = time.time()
-        poller = zmq.Poller()
-        poller.register(self.inbox, zmq.POLLIN)
-        assert self.sock is not None
-        poller.register(self.sock, zmq.POLLIN)
         while self.running:
-            events = dict(poller.poll(200))
+            events = dict(self.poller.poll(self._poll_ms()))
             now = time.time()
-            if self.inbox in events:
-                self._collect_finished()
+            if len(events) > (self.sock in events):
+                self._collect_finished(events)
+                self._start_runnable()
             if self.sock in events:
                 self._drain_socket()
             if self._drain_requested and self.registered:
                 self._drain_requested = False
                 self._send(Drain())
+            self._enforce_time_limits()
             self._start_runnable()
             self._flush()
             if not self.registered:
@@ -219,17 +221,13 @@ class WorkerService:
                     return 1
                 if now - self.hello_sent > backoff:
                     backoff = min(backoff * 2, 5.0)
-                    poller.unregister(self.sock)
-                    self._connect()
-                    poller.register(self.sock, zmq.POLLIN)
+                    self._reconnect()
                 continue
             backoff = 0.1
             first_contact = now
             if now - self.last_heard > self.heartbeat_timeout:
                 log.warning("worker %s: manager silent, reconnecting", self.worker_id)
-                poller.unregister(self.sock)
-                self._connect()
-                poller.register(self.sock, zmq.POLLIN)
+                self._reconnect()
                 continue
             if now - self.last_sent > cfg.heartbeat_interval:
                 self._send(Heartbeat())
@@ -242,6 +240,20 @@ class WorkerService:
                 self._send(Goodbye(reason="idle timeout"))
                 return 0
         return 0
+
+    def _poll_ms(self) -> float:
+        deadlines = [a.deadline for a in self.by_fd.values() if a.deadline is not None]
+        if self._flush_due is not None:
+            deadlines.append(self._flush_due)
+        if not deadlines:
+            return 200
+        return max(0.0, min(200.0, (min(deadlines) - time.perf_counter()) * 1000))
+
+    def _enforce_time_limits(self) -> None:
+        now = time.perf_counter()
+        for att in self.by_fd.values():
+            if att.deadline is not None and now >= att.deadline and att.proc is not None:
+                sandbox.kill_process(att.proc)
 
     def _drain_socket(self) -> None:
         assert self.sock is not None
@@ -348,7 +360,7 @@ class WorkerService:
             if slot is None:
                 continue
             need = slot.assignment.spec.resources
-            if slot.missing or not need.fits_in(self.resources - self.used):
+            if slot.missing or not self.used.room_for(need, self.resources):
                 kept.append(tid)
                 continue
             self._start(slot)
@@ -356,59 +368,42 @@ class WorkerService:
 
     def _start(self, slot: Slot) -> None:
         a = slot.assignment
-        box = self.sandboxes / f"t{a.spec.id}.{a.attempt}"
+        att = sandbox.Attempt(a, self.sandboxes.take())
+        slot.attempt = att
+        self.used.add(a.spec.resources)
+        self.started.append(TaskRef(task_id=a.spec.id, attempt=a.attempt))
         try:
-            box.mkdir(parents=True, exist_ok=True)
             for b in a.spec.inputs:
                 assert b.cache_name is not None
-                self.cache.link_into(b.cache_name, box / b.remote_name)
+                self.cache.link_into(b.cache_name, att.sandbox / b.remote_name)
         except OSError as e:
-            sandbox.remove(box)
-            self._fail_now(slot, Outcome.SANDBOX_ERROR, f"could not prepare the sandbox: {e}")
+            self._ended(att, att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the sandbox: {e}"))
             return
-        self.used = self.used + a.spec.resources
-        att = sandbox.Attempt(a, box)
-        slot.attempt = att
-        self.started.append(TaskRef(task_id=a.spec.id, attempt=a.attempt))
-        self.pool.submit(self._run, att)
+        failed = sandbox.start_command(att, self.base_env)
+        if failed is not None:
+            self._ended(att, failed)
+            return
+        assert att.pidfd is not None
+        self.by_fd[att.pidfd] = att
+        self.poller.register(att.pidfd, zmq.POLLIN)
 
-    def _run(self, att: sandbox.Attempt) -> None:
-        """Executor thread: run the attempt, then post the result to the main loop."""
-        try:
-            res = sandbox.run_command(att, self.base_env, self.config.stdout_cap)
-        except Exception as e:  # a bug of ours: report it, keep the worker alive
-            log.exception("worker %s: attempt crashed", self.worker_id)
-            a = att.assignment
-            res = AttemptResult(
-                task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.SANDBOX_ERROR, error=repr(e)
-            )
-        push = getattr(self._push_local, "sock", None)
-        if push is None:
-            push = self._push_local.sock = self.ctx.socket(zmq.PUSH)
-            push.connect(self._inbox_addr)
-        self._done_q.put((att, res))
-        push.send(b"")
+    def _collect_finished(self, events: dict[object, int]) -> None:
+        for fd in [fd for fd in events if isinstance(fd, int) and fd in self.by_fd]:
+            att = self.by_fd.pop(fd)
+            self.poller.unregister(fd)
+            try:
+                res = sandbox.finish_command(att, self.config.stdout_cap)
+            except Exception as e:  # a bug of ours: report it, keep the worker alive
+                log.exception("worker %s: collecting task %s failed", self.worker_id, att.assignment.spec.id)
+                res = att.result(Outcome.SANDBOX_ERROR, error=repr(e))
+            self._ended(att, res)
 
-    def _collect_finished(self) -> None:
-        while True:
-            try:
-                self.inbox.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        while True:
-            try:
-                att, res = self._done_q.get_nowait()
-            except queue.Empty:
-                break
-            a = att.assignment
-            sandbox.remove(att.sandbox)
-            slot = self.slots.get(a.spec.id)
-            if slot is None or slot.attempt is not att:
-                continue  # killed: the manager no longer wants it
-            del self.slots[a.spec.id]
-            self.used = self.used - a.spec.resources
-            if att.killed:
-                continue
+    def _ended(self, att: sandbox.Attempt, res: AttemptResult) -> None:
+        a = att.assignment
+        self.sandboxes.give_back(att.sandbox)
+        slot = self.slots.pop(a.spec.id, None)
+        self.used.remove(a.spec.resources)
+        if slot is not None and not att.killed:
             self.finished.append((res, att.frames))
         if not self.slots:
             self.idle_since = time.time()
@@ -420,11 +415,21 @@ class WorkerService:
         if slot.attempt is None:
             del self.slots[ref.task_id]
         else:
-            sandbox.kill(slot.attempt)
+            slot.attempt.killed = True
+            if slot.attempt.proc is not None:
+                sandbox.kill_process(slot.attempt.proc)
 
     def _flush(self) -> None:
         if not self.registered or not (self.started or self.finished or self.new_cached):
             return
+        # Coalesce under load: while tasks are still running here, send at most one update
+        # per UPDATE_WINDOW; an idle worker (or a first result) reports at once.
+        now = time.perf_counter()
+        if self.by_fd and now - self._last_update < UPDATE_WINDOW:
+            self._flush_due = self._last_update + UPDATE_WINDOW
+            return
+        self._flush_due = None
+        self._last_update = now
         results, frames = [], []
         for res, fr in self.finished:
             base = len(frames)
@@ -448,10 +453,10 @@ class WorkerService:
         self.started, self.finished, self.new_cached = [], [], []
 
     def close(self) -> None:
-        for slot in self.slots.values():
-            if slot.attempt is not None:
-                sandbox.kill(slot.attempt)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for att in self.by_fd.values():
+            if att.proc is not None:
+                sandbox.kill_process(att.proc)
+                att.proc.wait()
+        self.sandboxes.clear()
         if self.sock is not None:
             self.sock.close(0)
-        self.inbox.close(0)
