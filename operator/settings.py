@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "KUBEVINE_OPERATOR_"
@@ -39,6 +41,9 @@ class OperatorSettings(BaseModel):
         default="kubevine",
         min_length=1,
         description="Name of the KopfPeering/ClusterKopfPeering object the replicas share.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Format of the operator's own log lines."
     )
     scale_interval_seconds: float = Field(
         default=5.0, gt=0, description="Period of the autoscaler timer."
