@@ -80,9 +80,7 @@ class WorkerLoad(_Model):
     """One worker connected to the manager, as the manager sees it."""
 
     id: str = Field(min_length=1)
-    pod: str | None = Field(
-        default=None, description="pod name (KUBEVINE_* env of the pod)"
-    )
+    pod: str | None = Field(default=None, description="pod name (KUBEVINE_* env of the pod)")
     node: str | None = None
     running_tasks: int = Field(ge=0)
     idle_since: float | None = Field(
@@ -168,9 +166,7 @@ class LastScaling(_Model):
     def to_status(self) -> dict[str, Any]:
         """The `status.lastScaling` object (RFC 3339 time, `from`/`to`)."""
         return {
-            "time": datetime.fromtimestamp(self.time, tz=UTC).strftime(
-                "%Y-%m-%dT%H:%M:%SZ"
-            ),
+            "time": datetime.fromtimestamp(self.time, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "from": self.from_count,
             "to": self.to_count,
             "reason": self.reason,
@@ -220,9 +216,7 @@ class ScalingDecision(_Model):
     delete: list[str] = Field(description="pod names to delete now")
     reason: str
     current: int = Field(ge=0, description="serving workers before this step")
-    target: int = Field(
-        ge=0, description="serving workers once this step is carried out"
-    )
+    target: int = Field(ge=0, description="serving workers once this step is carried out")
 
     @property
     def scaled(self) -> bool:
@@ -242,9 +236,7 @@ class ScalingDecision(_Model):
         """The `status.lastScaling` entry for this step, or None when nothing changed."""
         if not self.scaled:
             return None
-        return LastScaling(
-            time=now, from_count=self.current, to_count=self.target, reason=self.reason
-        )
+        return LastScaling(time=now, from_count=self.current, to_count=self.target, reason=self.reason)
 
 
 def workers_needed(workers: WorkersSpec, demand: Demand) -> tuple[int, str]:
@@ -312,11 +304,7 @@ def decide(
     delete = [p.name for p in pods if p.finished and not p.deleting]
     existing = [p for p in pods if not p.finished]  # count against max, deleting or not
     live = [p for p in existing if not p.deleting]
-    by_pod = (
-        {w.pod: w for w in stats.workers if w.pod}
-        if stats is not None and fresh
-        else {}
-    )
+    by_pod = {w.pod: w for w in stats.workers if w.pod} if stats is not None and fresh else {}
 
     retiring = [p for p in live if p.name in by_pod and by_pod[p.name].draining]
     for pod in retiring:
@@ -384,9 +372,7 @@ def _clamp_note(needed: int, desired: int, workers: WorkersSpec) -> str:
     return ""
 
 
-def _create_limit_note(
-    wanted: int, create: int, room: int, policy: ScalingPolicy
-) -> str:
+def _create_limit_note(wanted: int, create: int, room: int, policy: ScalingPolicy) -> str:
     if room <= create:
         return f" (waiting for {wanted - create} draining pod(s) to leave before exceeding max)"
     return f" (at most {policy.max_create_per_step} per step)"
@@ -421,8 +407,7 @@ def _scale_down(
             return hold.model_copy(
                 update={
                     "reason": f"holding {current} (want {desired}): last scale-up {since:.0f}s "
-                    f"ago, within the {policy.stabilization_seconds:g}s stabilisation window; "
-                    + reason_base
+                    f"ago, within the {policy.stabilization_seconds:g}s stabilisation window; " + reason_base
                 }
             )
     timeout = 0.0 if over_max else float(workers.idle_timeout_seconds)
@@ -435,18 +420,12 @@ def _scale_down(
         (
             p
             for p in serving
-            if p.name not in by_pod
-            and (p.phase == "Pending" or trust_running)
-            and now - p.created >= timeout
+            if p.name not in by_pod and (p.phase == "Pending" or trust_running) and now - p.created >= timeout
         ),
         key=lambda p: (-p.created, p.name),
     )
     idle = sorted(
-        (
-            by_pod[p.name]
-            for p in serving
-            if p.name in by_pod and _removable(by_pod[p.name], now, timeout)
-        ),
+        (by_pod[p.name] for p in serving if p.name in by_pod and _removable(by_pod[p.name], now, timeout)),
         key=lambda w: (w.idle_since or now, w.id),
     )
     budget = min(current - desired, policy.max_drain_per_step)
@@ -454,9 +433,7 @@ def _scale_down(
     drain = [w.id for w in idle[: budget - len(remove_pods)]]
     removed = len(remove_pods) + len(drain)
     if removed == 0:
-        busy = sum(
-            1 for p in serving if p.name in by_pod and by_pod[p.name].running_tasks
-        )
+        busy = sum(1 for p in serving if p.name in by_pod and by_pod[p.name].running_tasks)
         return hold.model_copy(
             update={
                 "reason": f"holding {current} (want {desired}): no worker is removable yet "

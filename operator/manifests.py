@@ -64,9 +64,7 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def build_token_secret(
-    ref: WorkflowRef, token: str, redis_password: str | None = None
-) -> Manifest:
+def build_token_secret(ref: WorkflowRef, token: str, redis_password: str | None = None) -> Manifest:
     """The Secret with the token workers and clients present to the manager.
 
     For a managed state store it also holds the Redis password. Values go in `data`
@@ -89,20 +87,14 @@ def build_token_secret(
 # --- manager -----------------------------------------------------------------------------
 
 
-def _redis_env_and_args(
-    ref: WorkflowRef, spec: VineWorkflowSpec
-) -> tuple[list[Any], list[str]]:
+def _redis_env_and_args(ref: WorkflowRef, spec: VineWorkflowSpec) -> tuple[list[Any], list[str]]:
     """The manager's Redis settings: `--redis URL` when the URL is not secret, else env."""
     store = spec.state_store
     env: list[dict[str, Any]] = []
     args: list[str] = []
     if store.managed:
         args = ["--redis", managed_redis_url(ref)]
-        env.append(
-            secret_env(
-                "KUBEVINE_REDIS_PASSWORD", token_secret_name(ref), REDIS_PASSWORD_KEY
-            )
-        )
+        env.append(secret_env("KUBEVINE_REDIS_PASSWORD", token_secret_name(ref), REDIS_PASSWORD_KEY))
         return env, args
     if store.redis_url is not None:
         args = ["--redis", store.redis_url]
@@ -110,9 +102,7 @@ def _redis_env_and_args(
     if secret is not None:
         if secret.url_key is not None:
             env.append(secret_env("KUBEVINE_REDIS_URL", secret.name, secret.url_key))
-        password = secret_env(
-            "KUBEVINE_REDIS_PASSWORD", secret.name, secret.password_key
-        )
+        password = secret_env("KUBEVINE_REDIS_PASSWORD", secret.name, secret.password_key)
         password["valueFrom"]["secretKeyRef"]["optional"] = True
         env.append(password)
     return env, args
@@ -252,9 +242,7 @@ def build_manager_service(ref: WorkflowRef, spec: VineWorkflowSpec) -> Manifest:
 # --- managed Redis -----------------------------------------------------------------------
 
 
-def build_redis_statefulset(
-    ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings
-) -> Manifest:
+def build_redis_statefulset(ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings) -> Manifest:
     """A one-replica Redis with an append-only file (fsync every second) on a PVC.
 
     The password comes from the token Secret; the PVC is deleted with the StatefulSet
@@ -263,9 +251,7 @@ def build_redis_statefulset(
     """
     store = spec.state_store
     if not store.managed:
-        raise ValueError(
-            "build_redis_statefulset is only for stateStore.managed workflows"
-        )
+        raise ValueError("build_redis_statefulset is only for stateStore.managed workflows")
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": store.storage_size}},
@@ -371,9 +357,7 @@ def build_redis_service(ref: WorkflowRef) -> Manifest:
 # --- application -------------------------------------------------------------------------
 
 
-def build_application_job(
-    ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings
-) -> Manifest:
+def build_application_job(ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings) -> Manifest:
     """The application run once against the manager; `backoffLimit: 0` — its outcome is
     the workflow's (a retry would resubmit work the manager already holds)."""
     app = spec.application
@@ -435,11 +419,7 @@ def build_children(
     """
     if spec.state_store.managed and not redis_password:
         raise ValueError("a managed state store needs a redis_password")
-    children = [
-        build_token_secret(
-            ref, token, redis_password if spec.state_store.managed else None
-        )
-    ]
+    children = [build_token_secret(ref, token, redis_password if spec.state_store.managed else None)]
     if spec.state_store.managed:
         children += [
             build_redis_service(ref),

@@ -82,9 +82,7 @@ def application_job_name(ref: WorkflowRef) -> str:
 def worker_pod_name(ref: WorkflowRef, suffix: str) -> str:
     """`<workflow>-worker-<suffix>`; the caller draws the suffix (e.g. `secrets.token_hex(3)`)."""
     if not _SUFFIX_RE.match(suffix):
-        raise ValueError(
-            f"worker pod suffix must be 1-10 lowercase letters/digits: {suffix!r}"
-        )
+        raise ValueError(f"worker pod suffix must be 1-10 lowercase letters/digits: {suffix!r}")
     return f"{ref.name}-worker-{suffix}"
 
 

@@ -88,9 +88,7 @@ def scratch_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def placement(
-    node_selector: dict[str, str] | None, tolerations: list[Toleration] | None
-) -> dict[str, Any]:
+def placement(node_selector: dict[str, str] | None, tolerations: list[Toleration] | None) -> dict[str, Any]:
     """`nodeSelector` and `tolerations` pod-spec fields, only when set."""
     result: dict[str, Any] = {}
     if node_selector:

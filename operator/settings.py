@@ -10,7 +10,6 @@ caller passes `os.environ` (or a dict in tests). Each variable is named
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,9 +44,7 @@ class OperatorSettings(BaseModel):
     log_format: Literal["json", "text"] = Field(
         default="json", description="Format of the operator's own log lines."
     )
-    scale_interval_seconds: float = Field(
-        default=5.0, gt=0, description="Period of the autoscaler timer."
-    )
+    scale_interval_seconds: float = Field(default=5.0, gt=0, description="Period of the autoscaler timer.")
     stabilization_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -77,8 +74,7 @@ class OperatorSettings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as e:
             problems = "; ".join(
-                f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}"
-                for err in e.errors()
+                f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors()
             )
             raise SettingsError(f"invalid operator settings: {problems}") from e
 

@@ -62,9 +62,7 @@ def _quantity(value: int | str) -> int | str:
     return value
 
 
-Quantity = Annotated[
-    int | str, Field(union_mode="left_to_right"), AfterValidator(_quantity)
-]
+Quantity = Annotated[int | str, Field(union_mode="left_to_right"), AfterValidator(_quantity)]
 
 
 class SpecError(ValueError):
@@ -114,9 +112,7 @@ class EnvVarSource(_Model):
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
         if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError(
-                "valueFrom takes exactly one of secretKeyRef or configMapKeyRef"
-            )
+            raise ValueError("valueFrom takes exactly one of secretKeyRef or configMapKeyRef")
         return self
 
 
@@ -132,9 +128,7 @@ class EnvVar(_Model):
         if self.value is not None and self.value_from is not None:
             raise ValueError("an env entry has value or valueFrom, not both")
         if self.name in RESERVED_ENV:
-            raise ValueError(
-                f"env {self.name} is set by the operator and cannot be overridden"
-            )
+            raise ValueError(f"env {self.name} is set by the operator and cannot be overridden")
         return self
 
     def to_k8s(self) -> dict[str, Any]:
@@ -172,8 +166,7 @@ class ManagerSpec(_Model):
     def _port_free(self) -> Self:
         if self.port == MANAGER_METRICS_PORT:
             raise ValueError(
-                f"manager.port must differ from {MANAGER_METRICS_PORT}, "
-                "the manager's metrics port"
+                f"manager.port must differ from {MANAGER_METRICS_PORT}, the manager's metrics port"
             )
         return self
 
@@ -182,54 +175,38 @@ class CredentialsSecret(_Model):
     """A Secret holding an external Redis's password and, optionally, its URL."""
 
     name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
-    password_key: str = Field(
-        default="password", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$"
-    )
-    url_key: str | None = Field(
-        default=None, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$"
-    )
+    password_key: str = Field(default="password", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    url_key: str | None = Field(default=None, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
 class StateStoreSpec(_Model):
     """Where the manager keeps workflow state: an external Redis, or a managed one."""
 
     managed: bool = False
-    redis_url: str | None = Field(
-        default=None, max_length=2048, pattern=r"^rediss?://\S+$"
-    )
+    redis_url: str | None = Field(default=None, max_length=2048, pattern=r"^rediss?://\S+$")
     credentials_secret: CredentialsSecret | None = None
     storage_size: str = Field(default="1Gi", pattern=SIZE_PATTERN)
     storage_class_name: str | None = Field(default=None, max_length=253)
 
     @model_validator(mode="after")
     def _one_store(self) -> Self:
-        url_in_secret = self.credentials_secret is not None and (
-            self.credentials_secret.url_key is not None
-        )
-        if self.managed and (
-            self.redis_url is not None or self.credentials_secret is not None
-        ):
-            raise ValueError(
-                "a managed state store takes no redisUrl or credentialsSecret"
-            )
+        url_in_secret = self.credentials_secret is not None and (self.credentials_secret.url_key is not None)
+        if self.managed and (self.redis_url is not None or self.credentials_secret is not None):
+            raise ValueError("a managed state store takes no redisUrl or credentialsSecret")
         if not self.managed and self.redis_url is None and not url_in_secret:
             raise ValueError(
                 "stateStore needs redisUrl (or credentialsSecret.urlKey) for an external "
                 "Redis, or managed: true"
             )
         if self.redis_url is not None and url_in_secret:
-            raise ValueError(
-                "give the Redis URL once: redisUrl or credentialsSecret.urlKey, not both"
-            )
+            raise ValueError("give the Redis URL once: redisUrl or credentialsSecret.urlKey, not both")
         return self
 
 
 class NodeCacheSpec(_Model):
     """The node-local cache directory shared by the worker pods of one node."""
 
-    host_path: str = Field(
-        default="/var/lib/kubevine/cache", max_length=1024, pattern=r"^/\S*$"
-    )
+    host_path: str = Field(default="/var/lib/kubevine/cache", max_length=1024, pattern=r"^/\S*$")
     size_limit: str = Field(default="50Gi", pattern=SIZE_PATTERN)
     init_permissions: bool = True
 
@@ -254,8 +231,7 @@ class WorkersSpec(_Model):
     def _min_le_max(self) -> Self:
         if self.min > self.max:
             raise ValueError(
-                "workers.min must be less than or equal to workers.max "
-                f"(min={self.min}, max={self.max})"
+                f"workers.min must be less than or equal to workers.max (min={self.min}, max={self.max})"
             )
         return self
 
@@ -286,9 +262,7 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in {"function-after", "function-before"} or part.startswith(
-            "function-"
-        ):
+        elif part in {"function-after", "function-before"} or part.startswith("function-"):
             continue
         else:
             text += f".{part}" if text else part
@@ -335,11 +309,7 @@ def _describe(error: Any) -> str:
         return f"{where}: required field is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "value_error":
-        return (
-            f"{where}: {message}"
-            if where and not message.startswith(where)
-            else message
-        )
+        return f"{where}: {message}" if where and not message.startswith(where) else message
     return f"{where}: {message} (got {error.get('input')!r})"
 
 
@@ -356,9 +326,7 @@ def parse_spec(spec: Any) -> VineWorkflowSpec:
         problems: list[str] = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            if (
-                loc and loc[-1] in _UNION_TAGS
-            ):  # `int | str` quantity: one message, not two
+            if loc and loc[-1] in _UNION_TAGS:  # `int | str` quantity: one message, not two
                 text = f"{_loc_text(loc[:-1])}: must be an integer or a quantity string"
                 text += f" (got {err.get('input')!r})"
             else:

@@ -47,9 +47,7 @@ class Observed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     generation: int = Field(ge=0, description="metadata.generation of the VineWorkflow")
-    spec_error: str | None = Field(
-        default=None, description="SpecError message, if invalid"
-    )
+    spec_error: str | None = Field(default=None, description="SpecError message, if invalid")
     has_application: bool = False
     manager_available: bool = False
     state_store_ready: bool = Field(
@@ -59,9 +57,7 @@ class Observed(BaseModel):
     pods: list[WorkerPod] = Field(default_factory=list)
     stats: ManagerStats | None = None
     decision: ScalingDecision | None = None
-    job: JobOutcome | None = Field(
-        default=None, description="the application Job's outcome"
-    )
+    job: JobOutcome | None = Field(default=None, description="the application Job's outcome")
 
 
 def rfc3339(moment: float | datetime) -> str:
@@ -90,9 +86,7 @@ def deployment_available(deployment: Mapping[str, Any] | None) -> bool:
     if deployment is None:
         return False
     status = deployment.get("status") or {}
-    return int(status.get("availableReplicas") or 0) >= 1 or _condition_true(
-        deployment, "Available"
-    )
+    return int(status.get("availableReplicas") or 0) >= 1 or _condition_true(deployment, "Available")
 
 
 def statefulset_ready(statefulset: Mapping[str, Any] | None) -> bool:
@@ -122,9 +116,7 @@ def job_outcome(job: Mapping[str, Any] | None) -> JobOutcome | None:
 # --- counting ----------------------------------------------------------------------------
 
 
-def worker_counts(
-    pods: Sequence[WorkerPod], stats: ManagerStats | None, desired: int
-) -> dict[str, int]:
+def worker_counts(pods: Sequence[WorkerPod], stats: ManagerStats | None, desired: int) -> dict[str, int]:
     """`status.workers`: desired, pending (pods not yet serving), connected, draining."""
     live = {p.name for p in pods if not p.finished and not p.deleting}
     known = {w.pod: w for w in (stats.workers if stats else []) if w.pod}
@@ -153,11 +145,7 @@ def _condition(
 ) -> dict[str, Any]:
     before = previous.get(kind)
     since = now
-    if (
-        before is not None
-        and before.get("status") == status
-        and before.get("lastTransitionTime")
-    ):
+    if before is not None and before.get("status") == status and before.get("lastTransitionTime"):
         since = str(before["lastTransitionTime"])
     return {
         "type": kind,
@@ -172,24 +160,16 @@ def _condition(
 def _previous_conditions(
     previous: Mapping[str, Any] | None,
 ) -> dict[str, Mapping[str, Any]]:
-    return {
-        str(c.get("type")): c
-        for c in (previous or {}).get("conditions") or []
-        if isinstance(c, Mapping)
-    }
+    return {str(c.get("type")): c for c in (previous or {}).get("conditions") or [] if isinstance(c, Mapping)}
 
 
-def compute_status(
-    observed: Observed, previous: Mapping[str, Any] | None, now: float
-) -> dict[str, Any]:
+def compute_status(observed: Observed, previous: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
     """The whole `status` to patch, given the observations and the current status."""
     stamp = rfc3339(now)
     before = _previous_conditions(previous)
     gen = observed.generation
 
-    def cond(
-        kind: str, status: ConditionStatus, reason: str, message: str
-    ) -> dict[str, Any]:
+    def cond(kind: str, status: ConditionStatus, reason: str, message: str) -> dict[str, Any]:
         return _condition(kind, status, reason, message, gen, before, stamp)
 
     if observed.spec_error is not None:
@@ -237,9 +217,7 @@ def compute_status(
 class _CondFactory(Protocol):
     """The `cond` closure of `compute_status`: builds one condition."""
 
-    def __call__(
-        self, kind: str, status: ConditionStatus, reason: str, message: str
-    ) -> dict[str, Any]: ...
+    def __call__(self, kind: str, status: ConditionStatus, reason: str, message: str) -> dict[str, Any]: ...
 
 
 def _manager_condition(observed: Observed, cond: _CondFactory) -> dict[str, Any]:
@@ -255,9 +233,7 @@ def _manager_condition(observed: Observed, cond: _CondFactory) -> dict[str, Any]
     return cond("ManagerReady", "True", "ManagerAvailable", "the manager is serving")
 
 
-def _workers_condition(
-    workers: Mapping[str, int], cond: _CondFactory
-) -> dict[str, Any]:
+def _workers_condition(workers: Mapping[str, int], cond: _CondFactory) -> dict[str, Any]:
     desired, connected, pending = (
         workers["desired"],
         workers["connected"],
@@ -277,9 +253,7 @@ def _scaling_condition(
     if decision is not None and decision.scaled:
         return cond("Scaling", "True", decision.event_reason, decision.reason)
     if workers["pending"]:
-        return cond(
-            "Scaling", "True", "ScalingUp", f"{workers['pending']} pod(s) starting"
-        )
+        return cond("Scaling", "True", "ScalingUp", f"{workers['pending']} pod(s) starting")
     if workers["draining"]:
         return cond(
             "Scaling",
@@ -291,9 +265,7 @@ def _scaling_condition(
     return cond("Scaling", "False", "Stable", message)
 
 
-def _outcome_conditions(
-    job: JobOutcome | None, cond: _CondFactory
-) -> list[dict[str, Any]]:
+def _outcome_conditions(job: JobOutcome | None, cond: _CondFactory) -> list[dict[str, Any]]:
     if job == "Succeeded":
         return [
             cond(
@@ -311,9 +283,7 @@ def _outcome_conditions(
         ]
     if job == "Failed":
         return [
-            cond(
-                "Succeeded", "False", "ApplicationFailed", "the application Job failed"
-            ),
+            cond("Succeeded", "False", "ApplicationFailed", "the application Job failed"),
             cond("Failed", "True", "ApplicationFailed", "the application Job failed"),
         ]
     running = "the application Job has not finished"
@@ -337,11 +307,7 @@ def _message(phase: Phase, workers: Mapping[str, int], observed: Observed) -> st
     if phase == "Succeeded":
         return "the application Job succeeded"
     if phase == "Pending":
-        return (
-            "waiting for Redis"
-            if not observed.state_store_ready
-            else "waiting for the manager"
-        )
+        return "waiting for Redis" if not observed.state_store_ready else "waiting for the manager"
     done = observed.stats.tasks.done if observed.stats else 0
     return f"{workers['connected']} worker(s) connected, {done} task(s) done"
 
@@ -359,10 +325,7 @@ def finished_at(status: Mapping[str, Any] | None) -> float | None:
     if not finished(status):
         return None
     for condition in (status or {}).get("conditions") or []:
-        if (
-            condition.get("type") in ("Succeeded", "Failed")
-            and condition.get("status") == "True"
-        ):
+        if condition.get("type") in ("Succeeded", "Failed") and condition.get("status") == "True":
             when = condition.get("lastTransitionTime")
             return _parse_time(str(when)) if when else None
     return None

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import jsonschema
-import kubernetes_validate  # type: ignore[import-untyped]
+import jsonschema  # type: ignore[import-untyped,unused-ignore]
+import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from kubevine.operator import manifests
 from kubevine.operator.naming import WorkflowRef
@@ -28,9 +28,7 @@ VARIATIONS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "cluster-wide": {"rbac": {"clusterWide": True}},
     "watch-namespaces": {"operator": {"watchNamespaces": ["physics", "astro"]}},
-    "service-monitor": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}
-    },
+    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
     "custom-image": {
         "image": {
             "repository": "registry.example/kv",
@@ -39,9 +37,7 @@ VARIATIONS: dict[str, dict[str, Any]] = {
         },
         "imagePullSecrets": [{"name": "regcred"}],
     },
-    "shared-redis": {
-        "redis": {"shared": {"enabled": True, "storageClassName": "fast"}}
-    },
+    "shared-redis": {"redis": {"shared": {"enabled": True, "storageClassName": "fast"}}},
     "two-replicas": {"replicaCount": 2, "nodeSelector": {"role": "ops"}},
 }
 
@@ -73,18 +69,14 @@ def kinds(objects: list[dict[str, Any]]) -> list[str]:
 
 
 def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    container: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    container: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
 def crd_schema(filename: str, kind: str) -> dict[str, Any]:
     for doc in yaml.safe_load_all((CHART / "crds" / filename).read_text()):
         if doc["spec"]["names"]["kind"] == kind:
-            schema: dict[str, Any] = doc["spec"]["versions"][0]["schema"][
-                "openAPIV3Schema"
-            ]
+            schema: dict[str, Any] = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
             return schema
     raise AssertionError(f"{kind} not in {filename}")
 
@@ -94,9 +86,7 @@ def crd_schema(filename: str, kind: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("variation", sorted(VARIATIONS))
 def test_helm_lint_finds_no_error_or_warning(variation: str) -> None:
-    report = helm.lint(
-        CHART, VARIATIONS[variation], namespace=NAMESPACE, kube_version="v1.32.0"
-    )
+    report = helm.lint(CHART, VARIATIONS[variation], namespace=NAMESPACE, kube_version="v1.32.0")
     assert report["errors"] == []
     serious = [m for m in report["messages"] if m["severity"] >= 2]
     assert serious == []
@@ -106,9 +96,7 @@ def test_helm_lint_finds_no_error_or_warning(variation: str) -> None:
 
 
 @pytest.mark.parametrize("variation", sorted(VARIATIONS))
-def test_every_rendered_object_is_valid_for_kubernetes(
-    chart: helm.Chart, variation: str
-) -> None:
+def test_every_rendered_object_is_valid_for_kubernetes(chart: helm.Chart, variation: str) -> None:
     objects = render(chart, VARIATIONS[variation])
     assert objects
     for obj in objects:
@@ -123,9 +111,7 @@ def test_every_rendered_object_is_valid_for_kubernetes(
 
 
 @pytest.mark.parametrize("variation", sorted(VARIATIONS))
-def test_every_rendered_object_carries_the_release_labels(
-    chart: helm.Chart, variation: str
-) -> None:
+def test_every_rendered_object_carries_the_release_labels(chart: helm.Chart, variation: str) -> None:
     for obj in render(chart, VARIATIONS[variation]):
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE
@@ -281,12 +267,8 @@ def test_cluster_wide_rbac_when_asked(chart: helm.Chart) -> None:
 def test_a_role_is_created_in_every_watched_namespace(chart: helm.Chart) -> None:
     objects = render(chart, VARIATIONS["watch-namespaces"])
     roles = sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role")
-    bindings = sorted(
-        o["metadata"]["namespace"] for o in objects if o["kind"] == "RoleBinding"
-    )
-    peerings = sorted(
-        o["metadata"]["namespace"] for o in objects if o["kind"] == "KopfPeering"
-    )
+    bindings = sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "RoleBinding")
+    peerings = sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "KopfPeering")
     assert roles == bindings == peerings == ["astro", "physics"]
 
 
@@ -294,11 +276,7 @@ def test_rbac_grants_no_wildcards_and_never_reads_all_secrets(
     chart: helm.Chart,
 ) -> None:
     for variation in ("defaults", "cluster-wide"):
-        role = next(
-            o
-            for o in render(chart, VARIATIONS[variation])
-            if o["kind"] in ("Role", "ClusterRole")
-        )
+        role = next(o for o in render(chart, VARIATIONS[variation]) if o["kind"] in ("Role", "ClusterRole"))
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert not {"list", "watch"} & permissions(role)[("", "secrets")]
@@ -310,9 +288,7 @@ def test_rbac_allows_creating_every_object_the_operator_builds(
     role = one(render(chart, {}), "Role")
     granted = permissions(role)
     ref = WorkflowRef(name="wf", namespace=NAMESPACE, uid="u")
-    spec = parse_spec(
-        {"stateStore": {"managed": True}, "application": {"command": ["run"]}}
-    )
+    spec = parse_spec({"stateStore": {"managed": True}, "application": {"command": ["run"]}})
     settings = OperatorSettings()
     built = manifests.build_children(ref, spec, settings, token="t", redis_password="p")
     built.append(build_worker_pod(ref, spec, "abc", settings))
@@ -331,9 +307,7 @@ def test_rbac_allows_creating_every_object_the_operator_builds(
 
 def test_rbac_can_be_left_to_the_cluster_admin(chart: helm.Chart) -> None:
     objects = render(chart, {"rbac": {"create": False, "clusterWide": False}})
-    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & set(
-        kinds(objects)
-    )
+    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & set(kinds(objects))
 
 
 # --- peering -----------------------------------------------------------------------------
@@ -364,9 +338,7 @@ def test_the_service_monitor_scrapes_the_manager_services_the_operator_creates(
     monitor = one(render(chart, VARIATIONS["service-monitor"]), "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     ref = WorkflowRef(name="wf", namespace=NAMESPACE, uid="u")
-    service = manifests.build_manager_service(
-        ref, parse_spec({"stateStore": {"managed": True}})
-    )
+    service = manifests.build_manager_service(ref, parse_spec({"stateStore": {"managed": True}}))
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -400,15 +372,11 @@ def test_a_shared_redis_keeps_an_append_only_file_and_a_generated_password(
     secret = one(objects, "Secret")
     assert len(secret["data"]["password"]) > 32
     password_ref = next(e for e in container["env"] if e["name"] == "REDIS_PASSWORD")
-    assert (
-        password_ref["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
-    )
+    assert password_ref["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
 
 
 def test_a_shared_redis_can_use_an_existing_password_secret(chart: helm.Chart) -> None:
-    objects = render(
-        chart, {"redis": {"shared": {"enabled": True, "existingSecret": "mine"}}}
-    )
+    objects = render(chart, {"redis": {"shared": {"enabled": True, "existingSecret": "mine"}}})
     assert "Secret" not in kinds(objects)
     container = one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
     password_ref = next(e for e in container["env"] if e["name"] == "REDIS_PASSWORD")
@@ -446,9 +414,7 @@ def test_no_redis_is_installed_by_default(chart: helm.Chart) -> None:
         ({"podLabels": {"team": 7}}, "/podLabels/team"),
     ],
 )
-def test_bad_values_are_refused_by_helm(
-    chart: helm.Chart, values: dict[str, Any], complaint: str
-) -> None:
+def test_bad_values_are_refused_by_helm(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
     with pytest.raises(helm.HelmValuesError) as caught:
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
     assert complaint in str(caught.value)
@@ -459,15 +425,11 @@ def test_bad_values_fail_helm_lint_too() -> None:
     assert any("/replicaCount" in error for error in report["errors"])
 
 
-def _value_paths(
-    node: dict[str, Any], prefix: tuple[str, ...] = ()
-) -> Iterator[tuple[str, ...]]:
+def _value_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     for key, child in node.items():
         path = (*prefix, key)
         yield path
-        is_data = str(child.get("description", "")).startswith(
-            "core/v1"
-        )  # e.g. resources
+        is_data = str(child.get("description", "")).startswith("core/v1")  # e.g. resources
         if isinstance(child, dict) and "properties" in child and not is_data:
             yield from _value_paths(child["properties"], path)
 
@@ -526,9 +488,7 @@ def test_the_chart_ships_the_vineworkflow_and_kopf_peering_crds(
 
 
 def test_notes_tell_how_to_apply_and_watch_a_workflow(chart: helm.Chart) -> None:
-    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)[
-        "kubevine/templates/NOTES.txt"
-    ]
+    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)["kubevine/templates/NOTES.txt"]
     assert "kubectl get vw" in notes
     assert f"kubectl apply -n {NAMESPACE}" in notes
     assert "kind: VineWorkflow" in notes

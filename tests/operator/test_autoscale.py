@@ -40,21 +40,15 @@ def pool(**overrides: Any) -> WorkersSpec:
     return WorkersSpec(**values)
 
 
-def demand(
-    waiting: int = 0, running: int = 0, cores: float = 1.0, memory: int = 100
-) -> Demand:
+def demand(waiting: int = 0, running: int = 0, cores: float = 1.0, memory: int = 100) -> Demand:
     return Demand(
         waiting=TaskLoad(tasks=waiting, cores=waiting * cores, memory=waiting * memory),
         running=TaskLoad(tasks=running, cores=running * cores, memory=running * memory),
-        largest_waiting=TaskSize(
-            cores=cores if waiting else 0, memory=memory if waiting else 0
-        ),
+        largest_waiting=TaskSize(cores=cores if waiting else 0, memory=memory if waiting else 0),
     )
 
 
-def pod(
-    name: str, phase: str = "Running", age: float = 300.0, deleting: bool = False
-) -> WorkerPod:
+def pod(name: str, phase: str = "Running", age: float = 300.0, deleting: bool = False) -> WorkerPod:
     return WorkerPod.model_validate(
         {"name": name, "phase": phase, "created": NOW - age, "deleting": deleting}
     )
@@ -65,9 +59,7 @@ def busy(name: str, tasks: int = 1, **extra: Any) -> WorkerLoad:
 
 
 def idle(name: str, for_seconds: float, **extra: Any) -> WorkerLoad:
-    return WorkerLoad(
-        id=f"w-{name}", pod=name, running_tasks=0, idle_since=NOW - for_seconds, **extra
-    )
+    return WorkerLoad(id=f"w-{name}", pod=name, running_tasks=0, idle_since=NOW - for_seconds, **extra)
 
 
 def stats(d: Demand, *workers: WorkerLoad, age: float = 1.0) -> ManagerStats:
@@ -209,9 +201,7 @@ def test_without_stats_only_min_is_guaranteed() -> None:
 
 
 def test_an_idle_worker_is_drained_after_its_idle_timeout() -> None:
-    decision = run(
-        pool(idle_timeout_seconds=60), stats(demand(), idle("a", 61)), [pod("a")]
-    )
+    decision = run(pool(idle_timeout_seconds=60), stats(demand(), idle("a", 61)), [pod("a")])
     assert decision.drain == ["w-a"]
     assert decision.target == 0
     assert decision.event_reason == "ScaledDown"
@@ -219,9 +209,7 @@ def test_an_idle_worker_is_drained_after_its_idle_timeout() -> None:
 
 
 def test_a_worker_idle_less_than_its_timeout_stays() -> None:
-    decision = run(
-        pool(idle_timeout_seconds=60), stats(demand(), idle("a", 59)), [pod("a")]
-    )
+    decision = run(pool(idle_timeout_seconds=60), stats(demand(), idle("a", 59)), [pod("a")])
     assert decision.drain == []
     assert "no worker is removable yet" in decision.reason
 
@@ -287,9 +275,7 @@ def test_no_scale_down_within_the_stabilisation_window_after_a_scale_up() -> Non
     assert held.drain == []
     assert "stabilisation window" in held.reason
     later = LastScaling(time=NOW - 61, from_count=0, to_count=1, reason="up")
-    released = run(
-        pool(idle_timeout_seconds=0), stats(demand(), idle("a", 5)), [pod("a")], later
-    )
+    released = run(pool(idle_timeout_seconds=0), stats(demand(), idle("a", 5)), [pod("a")], later)
     assert released.drain == ["w-a"]
 
 
@@ -308,9 +294,7 @@ def test_a_drained_worker_pod_is_deleted() -> None:
 
 
 def test_a_draining_worker_that_still_runs_a_task_keeps_its_pod() -> None:
-    decision = run(
-        pool(), stats(demand(running=1), busy("a", draining=True)), [pod("a")]
-    )
+    decision = run(pool(), stats(demand(running=1), busy("a", draining=True)), [pod("a")])
     assert decision.delete == []
 
 
@@ -341,9 +325,7 @@ def test_a_running_pod_is_not_taken_for_empty_when_some_worker_hides_its_pod() -
 
 def test_lowering_max_drains_idle_workers_at_once_but_never_busy_ones() -> None:
     names = ["a", "b", "c", "d"]
-    st = stats(
-        demand(running=8), busy("a", 4), busy("b", 4), idle("c", 1), idle("d", 1)
-    )
+    st = stats(demand(running=8), busy("a", 4), busy("b", 4), idle("c", 1), idle("d", 1))
     decision = run(pool(max=2, idle_timeout_seconds=600), st, [pod(n) for n in names])
     assert sorted(decision.drain) == ["w-c", "w-d"]
 
@@ -414,12 +396,8 @@ def random_situation(
     workers: list[WorkerLoad] = []
     for i in range(rng.randint(0, spec_max + 1)):
         name = f"p{i}"
-        phase = rng.choice(
-            ["Pending", "Running", "Running", "Running", "Succeeded", "Failed"]
-        )
-        pods.append(
-            pod(name, phase, age=rng.uniform(0, 300), deleting=rng.random() < 0.1)
-        )
+        phase = rng.choice(["Pending", "Running", "Running", "Running", "Succeeded", "Failed"])
+        pods.append(pod(name, phase, age=rng.uniform(0, 300), deleting=rng.random() < 0.1))
         if phase == "Running" and rng.random() < 0.9:
             running = rng.choice([0, 0, 1, 3])
             workers.append(
@@ -432,14 +410,8 @@ def random_situation(
                     holds_unique_temps=rng.random() < 0.3,
                 )
             )
-    d = demand(
-        waiting=rng.randint(0, 40), running=sum(w.running_tasks for w in workers)
-    )
-    st = (
-        None
-        if rng.random() < 0.1
-        else stats(d, *workers, age=rng.choice([1, 1, 1, 45]))
-    )
+    d = demand(waiting=rng.randint(0, 40), running=sum(w.running_tasks for w in workers))
+    st = None if rng.random() < 0.1 else stats(d, *workers, age=rng.choice([1, 1, 1, 45]))
     return spec, st, pods
 
 
@@ -450,9 +422,7 @@ def test_invariants_hold_in_random_situations(seed: int) -> None:
     last = rng.choice(
         [
             None,
-            LastScaling(
-                time=NOW - rng.uniform(0, 120), from_count=0, to_count=2, reason=""
-            ),
+            LastScaling(time=NOW - rng.uniform(0, 120), from_count=0, to_count=2, reason=""),
         ]
     )
     decision = decide(spec, st, pods, NOW, last, POLICY)
@@ -480,9 +450,7 @@ def test_invariants_hold_in_random_situations(seed: int) -> None:
     if st is None or NOW - st.time > POLICY.stats_max_age_seconds:
         assert decision.drain == []
     # nothing is both created for and removed in one step
-    assert not (
-        decision.create and (decision.drain or decision.target < decision.current)
-    )
+    assert not (decision.create and (decision.drain or decision.target < decision.current))
 
 
 # --- no flapping over time ---------------------------------------------------------------
@@ -530,9 +498,7 @@ def simulate(
             ],
         )
         view = [
-            WorkerPod(
-                name=n, phase="Running" if n in connected else "Pending", created=c
-            )
+            WorkerPod(name=n, phase="Running" if n in connected else "Pending", created=c)
             for n, c in pods.items()
         ]
         decision = decide(spec, st, view, now, last, POLICY)
@@ -560,9 +526,7 @@ def test_bursty_demand_never_reverses_within_the_stabilisation_window() -> None:
     downs = [t for t, a, b in history if b < a]
     assert ups and downs  # it did scale both ways
     for down in downs:
-        assert all(
-            down - up >= POLICY.stabilization_seconds for up in ups if up <= down
-        )
+        assert all(down - up >= POLICY.stabilization_seconds for up in ups if up <= down)
     assert history[-1][2] == 0  # and returned to min
 
 

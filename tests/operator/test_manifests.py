@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import kubernetes_validate  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from kubevine.operator import manifests as m
@@ -22,12 +22,8 @@ from kubevine.operator.spec import VineWorkflowSpec, parse_spec
 from kubevine.operator.workerpod import build_worker_pod
 
 K8S_VERSION = "1.32.0"
-REF = WorkflowRef(
-    name="met", namespace="physics", uid="0f9a6a4e-1111-2222-3333-444455556666"
-)
-SETTINGS = OperatorSettings(
-    default_image="registry.example/kubevine:9.9", redis_image="redis:7.4"
-)
+REF = WorkflowRef(name="met", namespace="physics", uid="0f9a6a4e-1111-2222-3333-444455556666")
+SETTINGS = OperatorSettings(default_image="registry.example/kubevine:9.9", redis_image="redis:7.4")
 
 EXTERNAL: dict[str, Any] = {"stateStore": {"redisUrl": "redis://redis.db.svc:6379/0"}}
 MANAGED: dict[str, Any] = {"stateStore": {"managed": True, "storageSize": "5Gi"}}
@@ -41,9 +37,7 @@ FULL: dict[str, Any] = {
             "limits": {"memory": "8Gi"},
         },
         "nodeSelector": {"role": "control"},
-        "tolerations": [
-            {"key": "control", "operator": "Exists", "effect": "NoSchedule"}
-        ],
+        "tolerations": [{"key": "control", "operator": "Exists", "effect": "NoSchedule"}],
     },
     "stateStore": {"managed": True, "storageSize": "10Gi", "storageClassName": "fast"},
     "workers": {
@@ -81,9 +75,7 @@ def spec_of(source: dict[str, Any]) -> VineWorkflowSpec:
 
 def everything(source: dict[str, Any]) -> list[dict[str, Any]]:
     spec = spec_of(source)
-    objects = m.build_children(
-        REF, spec, SETTINGS, token="s3cr3t", redis_password="r3d1s"
-    )
+    objects = m.build_children(REF, spec, SETTINGS, token="s3cr3t", redis_password="r3d1s")
     return [*objects, build_worker_pod(REF, spec, "a1b2c", SETTINGS)]
 
 
@@ -111,9 +103,7 @@ def flag(args: list[str], name: str) -> str:
 # --- every object ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "source", [EXTERNAL, MANAGED, FULL], ids=["external", "managed", "full"]
-)
+@pytest.mark.parametrize("source", [EXTERNAL, MANAGED, FULL], ids=["external", "managed", "full"])
 def test_every_object_is_valid_for_kubernetes(source: dict[str, Any]) -> None:
     for obj in everything(source):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -151,20 +141,13 @@ def test_each_selector_selects_exactly_its_own_pods() -> None:
             selector = obj["spec"]["selector"]["matchLabels"]
             pod_labels = obj["spec"]["template"]["metadata"]["labels"]
             assert selector.items() <= pod_labels.items()
-    service = [
-        o
-        for o in objects
-        if o["kind"] == "Service" and o["metadata"]["name"] == "met-manager"
-    ]
-    manager_pods = by_kind(objects, "Deployment")["spec"]["template"]["metadata"][
-        "labels"
-    ]
+    service = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "met-manager"]
+    manager_pods = by_kind(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     worker_labels = by_kind(objects, "Pod")["metadata"]["labels"]
     assert service[0]["spec"]["selector"].items() <= manager_pods.items()
     assert not service[0]["spec"]["selector"].items() <= worker_labels.items()
     assert label_selector(REF, "worker") == (
-        "app.kubernetes.io/name=kubevine,app.kubernetes.io/instance=met,"
-        "app.kubernetes.io/component=worker"
+        "app.kubernetes.io/name=kubevine,app.kubernetes.io/instance=met,app.kubernetes.io/component=worker"
     )
 
 
@@ -173,9 +156,7 @@ def test_every_pod_is_hardened(source: dict[str, Any]) -> None:
     for obj in everything(source):
         for pod in pod_specs(obj):
             assert pod["securityContext"]["runAsNonRoot"] is True
-            assert pod["securityContext"]["seccompProfile"] == {
-                "type": "RuntimeDefault"
-            }
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
             assert pod["automountServiceAccountToken"] is False
             for container in pod["containers"]:
                 security = container["securityContext"]
@@ -191,17 +172,11 @@ def test_every_writable_path_under_a_read_only_root_is_a_volume(
     for obj in everything(source):
         for pod in pod_specs(obj):
             volumes = {v["name"] for v in pod["volumes"]}
-            claims = (
-                obj["spec"].get("volumeClaimTemplates", [])
-                if obj["kind"] != "Pod"
-                else []
-            )
+            claims = obj["spec"].get("volumeClaimTemplates", []) if obj["kind"] != "Pod" else []
             volumes |= {c["metadata"]["name"] for c in claims}
             for container in pod["containers"]:
                 mounts = {v["mountPath"]: v["name"] for v in container["volumeMounts"]}
-                assert "/tmp" in mounts, (
-                    f"{obj['metadata']['name']} has no writable /tmp"
-                )
+                assert "/tmp" in mounts, f"{obj['metadata']['name']} has no writable /tmp"
                 for name in mounts.values():
                     assert name in volumes, f"{name} is mounted but not declared"
 
@@ -269,16 +244,12 @@ def test_the_manager_binds_its_pod_ip_and_reads_its_token_from_the_secret() -> N
     container = manager_container(EXTERNAL)
     env = env_of(container)
     assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert env["KUBEVINE_TOKEN"] == {
-        "secretKeyRef": {"name": "met-token", "key": "token"}
-    }
+    assert env["KUBEVINE_TOKEN"] == {"secretKeyRef": {"name": "met-token", "key": "token"}}
     token_mount = next(v for v in container["volumeMounts"] if v["name"] == "token")
     assert token_mount["readOnly"] is True
 
 
-def test_the_manager_is_ready_when_zmq_accepts_and_alive_while_healthz_answers() -> (
-    None
-):
+def test_the_manager_is_ready_when_zmq_accepts_and_alive_while_healthz_answers() -> None:
     container = manager_container(FULL)
     assert container["readinessProbe"]["tcpSocket"] == {"port": 9200}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
@@ -294,14 +265,10 @@ def test_the_manager_gets_the_spec_resources_and_placement() -> None:
         "limits": {"memory": "8Gi"},
     }
     assert pod["nodeSelector"] == {"role": "control"}
-    assert pod["tolerations"] == [
-        {"key": "control", "operator": "Exists", "effect": "NoSchedule"}
-    ]
+    assert pod["tolerations"] == [{"key": "control", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def test_an_external_redis_url_is_passed_and_its_password_comes_from_the_secret() -> (
-    None
-):
+def test_an_external_redis_url_is_passed_and_its_password_comes_from_the_secret() -> None:
     source = {
         "stateStore": {
             "redisUrl": "redis://r.db:6379/1",
@@ -317,14 +284,10 @@ def test_an_external_redis_url_is_passed_and_its_password_comes_from_the_secret(
 
 
 def test_a_redis_url_kept_in_a_secret_is_never_on_the_command_line() -> None:
-    source = {
-        "stateStore": {"credentialsSecret": {"name": "redis-creds", "urlKey": "url"}}
-    }
+    source = {"stateStore": {"credentialsSecret": {"name": "redis-creds", "urlKey": "url"}}}
     container = manager_container(source)
     assert "--redis" not in container["args"]
-    assert env_of(container)["KUBEVINE_REDIS_URL"] == {
-        "secretKeyRef": {"name": "redis-creds", "key": "url"}
-    }
+    assert env_of(container)["KUBEVINE_REDIS_URL"] == {"secretKeyRef": {"name": "redis-creds", "key": "url"}}
 
 
 def test_the_manager_service_exposes_zmq_and_metrics_inside_the_cluster() -> None:
@@ -362,18 +325,13 @@ def test_a_managed_redis_runs_with_an_append_only_file_on_its_own_volume() -> No
     assert flag(command, "--requirepass") == "$(REDIS_PASSWORD)"
     env = env_of(container)
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert env["REDIS_PASSWORD"] == {
-        "secretKeyRef": {"name": "met-token", "key": "redis-password"}
-    }
+    assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "met-token", "key": "redis-password"}}
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert claim["spec"]["storageClassName"] == "fast"
-    assert (
-        statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"]
-        == "Delete"
-    )
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
 
 
 def test_the_managed_redis_uses_the_cluster_default_storage_class_unless_told() -> None:
@@ -385,9 +343,7 @@ def test_the_managed_redis_uses_the_cluster_default_storage_class_unless_told() 
 
 def test_the_manager_of_a_managed_store_gets_the_redis_password() -> None:
     env = env_of(manager_container(MANAGED))
-    assert env["KUBEVINE_REDIS_PASSWORD"] == {
-        "secretKeyRef": {"name": "met-token", "key": "redis-password"}
-    }
+    assert env["KUBEVINE_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "met-token", "key": "redis-password"}}
 
 
 def test_no_redis_is_built_for_an_external_store() -> None:
@@ -411,10 +367,7 @@ def worker(source: dict[str, Any], suffix: str = "a1b2c") -> dict[str, Any]:
 
 def test_a_worker_pod_is_named_after_its_workflow_and_suffix() -> None:
     assert worker(EXTERNAL, "x9")["metadata"]["name"] == "met-worker-x9"
-    assert (
-        worker(EXTERNAL)["metadata"]["labels"]["app.kubernetes.io/component"]
-        == "worker"
-    )
+    assert worker(EXTERNAL)["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
 
 
 @pytest.mark.parametrize("suffix", ["", "ABC", "a-b", "abcdefghijk"])
@@ -445,9 +398,7 @@ def test_a_worker_knows_its_pod_ip_node_pod_and_token() -> None:
     assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KUBEVINE_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["KUBEVINE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert env["KUBEVINE_TOKEN"] == {
-        "secretKeyRef": {"name": "met-token", "key": "token"}
-    }
+    assert env["KUBEVINE_TOKEN"] == {"secretKeyRef": {"name": "met-token", "key": "token"}}
 
 
 def test_a_worker_mounts_the_node_cache_from_the_host_and_uses_it() -> None:
@@ -549,9 +500,7 @@ def test_the_application_runs_once_against_the_manager() -> None:
     assert container["args"] == ["--year", "2018"]
     env = env_of(container)
     assert env["KUBEVINE_MANAGER"] == "met-manager.physics.svc:9200"
-    assert env["KUBEVINE_TOKEN"] == {
-        "secretKeyRef": {"name": "met-token", "key": "token"}
-    }
+    assert env["KUBEVINE_TOKEN"] == {"secretKeyRef": {"name": "met-token", "key": "token"}}
     assert env["DATASET"] == "nanoaod"
 
 

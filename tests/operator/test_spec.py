@@ -57,9 +57,7 @@ def test_the_spec_round_trips_through_its_camel_case_form() -> None:
             "idleTimeoutSeconds": 30,
             "nodeCache": {"hostPath": "/mnt/cache", "sizeLimit": "100Gi"},
             "nodeSelector": {"pool": "batch"},
-            "tolerations": [
-                {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
-            ],
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "env": [{"name": "X", "value": "1"}],
         },
         "application": {"command": ["python", "-m", "analysis"], "args": ["--fast"]},
@@ -97,9 +95,7 @@ def test_min_zero_and_equal_bounds_are_accepted() -> None:
         ("idleTimeoutSeconds", -10, "greater than or equal to 0"),
     ],
 )
-def test_negative_resources_are_refused_naming_the_field(
-    field: str, value: int, bound: str
-) -> None:
+def test_negative_resources_are_refused_naming_the_field(field: str, value: int, bound: str) -> None:
     message = problems_of({**MANAGED, "workers": {field: value}})
     assert f"workers.{field}:" in message
     assert bound in message
@@ -109,9 +105,7 @@ def test_negative_resources_are_refused_naming_the_field(
 def test_unknown_top_level_field_is_refused_and_the_allowed_ones_are_listed() -> None:
     message = problems_of({**MANAGED, "replicas": 3})
     assert "replicas: unknown field" in message
-    assert (
-        "allowed: application, image, imagePullPolicy, manager, stateStore" in message
-    )
+    assert "allowed: application, image, imagePullPolicy, manager, stateStore" in message
 
 
 def test_unknown_nested_field_is_refused_with_its_path() -> None:
@@ -121,9 +115,7 @@ def test_unknown_nested_field_is_refused_with_its_path() -> None:
 
 
 def test_unknown_field_inside_a_list_item_is_refused() -> None:
-    message = problems_of(
-        {**MANAGED, "workers": {"env": [{"name": "A", "vaule": "1"}]}}
-    )
+    message = problems_of({**MANAGED, "workers": {"env": [{"name": "A", "vaule": "1"}]}})
     assert "workers.env[0].vaule: unknown field" in message
 
 
@@ -138,9 +130,7 @@ def test_neither_redis_url_nor_managed_is_refused() -> None:
 
 
 def test_managed_store_with_a_url_is_refused() -> None:
-    message = problems_of(
-        {"stateStore": {"managed": True, "redisUrl": "redis://x:6379"}}
-    )
+    message = problems_of({"stateStore": {"managed": True, "redisUrl": "redis://x:6379"}})
     assert "a managed state store takes no redisUrl or credentialsSecret" in message
 
 
@@ -155,9 +145,7 @@ def test_the_url_given_twice_is_refused() -> None:
 
 
 def test_a_url_from_the_credentials_secret_is_enough() -> None:
-    spec = parse_spec(
-        {"stateStore": {"credentialsSecret": {"name": "s", "urlKey": "url"}}}
-    )
+    spec = parse_spec({"stateStore": {"credentialsSecret": {"name": "s", "urlKey": "url"}}})
     assert spec.state_store.redis_url is None
     assert spec.state_store.credentials_secret is not None
     assert spec.state_store.credentials_secret.password_key == "password"
@@ -174,13 +162,8 @@ def test_strings_are_not_silently_coerced_to_integers() -> None:
 
 
 def test_a_bad_quantity_in_manager_resources_names_the_key() -> None:
-    message = problems_of(
-        {**MANAGED, "manager": {"resources": {"limits": {"memory": "lots"}}}}
-    )
-    assert (
-        "manager.resources.limits.memory: 'lots' is not a Kubernetes quantity"
-        in message
-    )
+    message = problems_of({**MANAGED, "manager": {"resources": {"limits": {"memory": "lots"}}}})
+    assert "manager.resources.limits.memory: 'lots' is not a Kubernetes quantity" in message
 
 
 def test_quantities_may_be_integers_or_strings() -> None:
@@ -194,9 +177,7 @@ def test_quantities_may_be_integers_or_strings() -> None:
 
 
 def test_the_manager_port_cannot_be_the_metrics_port() -> None:
-    assert "manager.port must differ from 9090" in problems_of(
-        {**MANAGED, "manager": {"port": 9090}}
-    )
+    assert "manager.port must differ from 9090" in problems_of({**MANAGED, "manager": {"port": 9090}})
 
 
 def test_a_privileged_manager_port_is_refused() -> None:
@@ -221,13 +202,9 @@ def test_value_from_needs_exactly_one_source() -> None:
     assert "exactly one of secretKeyRef or configMapKeyRef" in message
 
 
-@pytest.mark.parametrize(
-    "name", ["KUBEVINE_TOKEN", "KUBEVINE_MANAGER", "KUBEVINE_NODE_NAME"]
-)
+@pytest.mark.parametrize("name", ["KUBEVINE_TOKEN", "KUBEVINE_MANAGER", "KUBEVINE_NODE_NAME"])
 def test_env_set_by_the_operator_cannot_be_overridden(name: str) -> None:
-    message = problems_of(
-        {**MANAGED, "application": {"command": ["x"], "env": [{"name": name}]}}
-    )
+    message = problems_of({**MANAGED, "application": {"command": ["x"], "env": [{"name": name}]}})
     assert f"env {name} is set by the operator" in message
 
 
@@ -235,9 +212,7 @@ def test_an_application_needs_a_non_empty_command() -> None:
     assert "application.command: required field is missing" in problems_of(
         {**MANAGED, "application": {"args": ["x"]}}
     )
-    assert "application.command:" in problems_of(
-        {**MANAGED, "application": {"command": []}}
-    )
+    assert "application.command:" in problems_of({**MANAGED, "application": {"command": []}})
 
 
 def test_an_unknown_pull_policy_is_refused_with_the_choices() -> None:
@@ -247,9 +222,7 @@ def test_an_unknown_pull_policy_is_refused_with_the_choices() -> None:
 
 
 def test_a_negative_ttl_is_refused() -> None:
-    assert "ttlSecondsAfterFinished:" in problems_of(
-        {**MANAGED, "ttlSecondsAfterFinished": -1}
-    )
+    assert "ttlSecondsAfterFinished:" in problems_of({**MANAGED, "ttlSecondsAfterFinished": -1})
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -283,16 +256,12 @@ def test_workflow_names_that_fit_their_children_are_accepted(name: str) -> None:
         ("a.b", "lowercase"),
     ],
 )
-def test_workflow_names_that_would_break_child_names_are_refused(
-    name: str, why: str
-) -> None:
+def test_workflow_names_that_would_break_child_names_are_refused(name: str, why: str) -> None:
     with pytest.raises(SpecError, match=why):
         validate_workflow_name(name)
 
 
 def test_a_quantity_of_the_wrong_type_gets_one_message() -> None:
-    message = problems_of(
-        {**MANAGED, "manager": {"resources": {"requests": {"cpu": 1.5}}}}
-    )
+    message = problems_of({**MANAGED, "manager": {"resources": {"requests": {"cpu": 1.5}}}})
     assert message.count("manager.resources.requests.cpu") == 1
     assert "must be an integer or a quantity string (got 1.5)" in message

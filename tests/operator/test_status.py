@@ -37,17 +37,11 @@ def running_pods(*names: str) -> list[WorkerPod]:
     return [WorkerPod(name=n, phase="Running", created=NOW - 60) for n in names]
 
 
-def manager_stats(
-    *workers: WorkerLoad, done: int = 0, waiting: int = 0
-) -> ManagerStats:
-    return ManagerStats(
-        time=NOW, workers=list(workers), tasks=TaskCounts(done=done, waiting=waiting)
-    )
+def manager_stats(*workers: WorkerLoad, done: int = 0, waiting: int = 0) -> ManagerStats:
+    return ManagerStats(time=NOW, workers=list(workers), tasks=TaskCounts(done=done, waiting=waiting))
 
 
-def decision(
-    current: int, target: int, desired: int, reason: str = "r"
-) -> ScalingDecision:
+def decision(current: int, target: int, desired: int, reason: str = "r") -> ScalingDecision:
     return ScalingDecision(
         desired=desired,
         create=max(0, target - current),
@@ -77,16 +71,12 @@ def test_an_invalid_spec_shows_phase_invalid_and_the_message() -> None:
 
 
 def test_a_workflow_waits_for_redis_then_for_the_manager() -> None:
-    waiting_redis = compute_status(
-        Observed(generation=1, state_store_ready=False), None, NOW
-    )
+    waiting_redis = compute_status(Observed(generation=1, state_store_ready=False), None, NOW)
     assert waiting_redis["phase"] == "Pending"
     ready = conditions(waiting_redis)["ManagerReady"]
     assert (ready["status"], ready["reason"]) == ("False", "StateStoreNotReady")
     waiting_manager = compute_status(Observed(generation=1), None, NOW)
-    assert (
-        conditions(waiting_manager)["ManagerReady"]["reason"] == "ManagerNotAvailable"
-    )
+    assert conditions(waiting_manager)["ManagerReady"]["reason"] == "ManagerNotAvailable"
 
 
 def test_a_serving_workflow_is_running_with_its_counts() -> None:
@@ -176,9 +166,7 @@ def test_a_steady_step_keeps_the_previous_scaling_record_and_task_counts() -> No
         "tasks": {"waiting": 0, "running": 0, "done": 10, "failed": 1},
         "workers": {"desired": 2},
     }
-    status = compute_status(
-        Observed(generation=1, manager_available=True), previous, NOW
-    )
+    status = compute_status(Observed(generation=1, manager_available=True), previous, NOW)
     assert status["lastScaling"] == previous["lastScaling"]
     assert status["tasks"] == previous["tasks"]
     assert status["workers"]["desired"] == 2
@@ -190,29 +178,21 @@ def test_last_transition_time_changes_only_on_a_transition() -> None:
     same = compute_status(Observed(generation=1), first, NOW + 30)
     assert conditions(same)["ManagerReady"]["lastTransitionTime"] == rfc3339(NOW)
     assert conditions(same)["Valid"]["lastTransitionTime"] == rfc3339(NOW)
-    flipped = compute_status(
-        Observed(generation=1, manager_available=True), same, NOW + 60
-    )
-    assert conditions(flipped)["ManagerReady"]["lastTransitionTime"] == rfc3339(
-        NOW + 60
-    )
+    flipped = compute_status(Observed(generation=1, manager_available=True), same, NOW + 60)
+    assert conditions(flipped)["ManagerReady"]["lastTransitionTime"] == rfc3339(NOW + 60)
     assert conditions(flipped)["Valid"]["lastTransitionTime"] == rfc3339(NOW)
 
 
 def test_an_application_that_succeeds_ends_the_workflow_succeeded() -> None:
     running = compute_status(
-        Observed(
-            generation=1, has_application=True, manager_available=True, job="Running"
-        ),
+        Observed(generation=1, has_application=True, manager_available=True, job="Running"),
         None,
         NOW,
     )
     assert running["phase"] == "Running"
     assert conditions(running)["Succeeded"]["status"] == "False"
     done = compute_status(
-        Observed(
-            generation=1, has_application=True, manager_available=True, job="Succeeded"
-        ),
+        Observed(generation=1, has_application=True, manager_available=True, job="Succeeded"),
         running,
         NOW + 100,
     )
@@ -224,9 +204,7 @@ def test_an_application_that_succeeds_ends_the_workflow_succeeded() -> None:
 
 def test_an_application_that_fails_ends_the_workflow_failed() -> None:
     status = compute_status(
-        Observed(
-            generation=1, has_application=True, manager_available=True, job="Failed"
-        ),
+        Observed(generation=1, has_application=True, manager_available=True, job="Failed"),
         None,
         NOW,
     )
@@ -243,9 +221,7 @@ def test_without_an_application_there_is_no_outcome_condition() -> None:
 
 def test_the_ttl_counts_from_the_end_of_the_application() -> None:
     done = compute_status(
-        Observed(
-            generation=1, has_application=True, manager_available=True, job="Succeeded"
-        ),
+        Observed(generation=1, has_application=True, manager_available=True, job="Succeeded"),
         None,
         NOW,
     )
@@ -273,9 +249,7 @@ def test_child_readiness_is_read_from_their_status() -> None:
     assert not deployment_available(None)
     assert not deployment_available({"status": {}})
     assert deployment_available({"status": {"availableReplicas": 1}})
-    assert deployment_available(
-        {"status": {"conditions": [{"type": "Available", "status": "True"}]}}
-    )
+    assert deployment_available({"status": {"conditions": [{"type": "Available", "status": "True"}]}})
     assert not statefulset_ready({"status": {"replicas": 1}})
     assert statefulset_ready({"status": {"readyReplicas": 1}})
 
@@ -283,13 +257,7 @@ def test_child_readiness_is_read_from_their_status() -> None:
 def test_the_application_outcome_is_read_from_the_job() -> None:
     assert job_outcome(None) is None
     assert job_outcome({"status": {"active": 1}}) == "Running"
-    assert job_outcome(
-        {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    ) == ("Succeeded")
-    assert job_outcome(
-        {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
-    ) == ("Failed")
+    assert job_outcome({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == ("Succeeded")
+    assert job_outcome({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == ("Failed")
     assert job_outcome({"status": {"succeeded": 1}}) == "Succeeded"
-    assert (
-        job_outcome({"spec": {"backoffLimit": 0}, "status": {"failed": 1}}) == "Failed"
-    )
+    assert job_outcome({"spec": {"backoffLimit": 0}, "status": {"failed": 1}}) == "Failed"
