@@ -39,12 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--name", default=os.environ.get("KUBEVINE_WORKFLOW", "default"), help="workflow name")
     m.add_argument("--host", default=os.environ.get("KUBEVINE_BIND_HOST", "0.0.0.0"), help="address to bind")
     m.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free port)")
-    m.add_argument("--redis", default=os.environ.get("KUBEVINE_REDIS_URL"), help="Redis URL for durable state")
+    m.add_argument(
+        "--redis", default=os.environ.get("KUBEVINE_REDIS_URL"), help="Redis URL for durable state"
+    )
     m.add_argument("--workdir", default=None, help="directory for files, logs and the address file")
     m.add_argument("--heartbeat-interval", type=float, default=2.0)
-    m.add_argument("--heartbeat-timeout", type=float, default=30.0, help="seconds before a silent worker is lost")
-    m.add_argument("--recover-grace", type=float, default=30.0, help="seconds a restarted manager waits for workers")
-    m.add_argument("--metrics-port", type=int, default=None, help="(reserved) HTTP port for /metrics and /healthz")
+    m.add_argument(
+        "--heartbeat-timeout", type=float, default=30.0, help="seconds before a silent worker is lost"
+    )
+    m.add_argument(
+        "--recover-grace", type=float, default=30.0, help="seconds a restarted manager waits for workers"
+    )
+    m.add_argument(
+        "--metrics-port", type=int, default=None, help="(reserved) HTTP port for /metrics and /healthz"
+    )
 
     w = sub.add_parser("worker", help="run a worker connected to a manager")
     _common(w)
@@ -57,12 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cache-dir", default=None, help="file cache (may be shared by workers of a node)")
     w.add_argument("--node", default=os.environ.get("KUBEVINE_NODE_NAME") or socket.gethostname())
     w.add_argument("--worker-id", default=os.environ.get("KUBEVINE_WORKER_ID"))
-    w.add_argument("--idle-timeout", type=float, default=0.0, help="leave after this many idle seconds (0: never)")
-    w.add_argument("--connect-timeout", type=float, default=0.0, help="give up if no manager answers (0: never)")
+    w.add_argument(
+        "--idle-timeout", type=float, default=0.0, help="leave after this many idle seconds (0: never)"
+    )
+    w.add_argument(
+        "--connect-timeout", type=float, default=0.0, help="give up if no manager answers (0: never)"
+    )
 
     s = sub.add_parser("status", help="show a manager's tasks and workers")
     _common(s)
-    s.add_argument("manager", nargs="?", default=os.environ.get("KUBEVINE_MANAGER", f"127.0.0.1:{DEFAULT_PORT}"))
+    s.add_argument(
+        "manager", nargs="?", default=os.environ.get("KUBEVINE_MANAGER", f"127.0.0.1:{DEFAULT_PORT}")
+    )
     s.add_argument("--json", action="store_true", help="print the raw status as JSON")
     s.add_argument("--timeout", type=float, default=10.0)
 

@@ -43,6 +43,7 @@ from kubevine.protocol import (
     Hello,
     IdBlock,
     IdBlockRequest,
+    Outcome,
     ProtocolError,
     PutFiles,
     Refused,
@@ -98,18 +99,14 @@ class Manager:
             from kubevine.local import LocalCluster
 
             n = workers if workers is not None else (2 if address is None else 0)
-            self._cluster = LocalCluster(
-                workers=n, cores=cores_per_worker, port=address or 0, redis=redis
-            )
+            self._cluster = LocalCluster(workers=n, cores=cores_per_worker, port=address or 0, redis=redis)
             self._cluster.start()
             address = self._cluster.address
             token = token or self._cluster.token
         self.address = address
         tok = token or auth.load_token()
         if tok is None:
-            raise auth.TokenError(
-                "no token: pass Manager(address, token=...) or set KUBEVINE_TOKEN"
-            )
+            raise auth.TokenError("no token: pass Manager(address, token=...) or set KUBEVINE_TOKEN")
         self._token = tok
         self.name = ClientId(name or f"client-{uuid.uuid4().hex[:12]}")
         self._lock = threading.Lock()
@@ -128,7 +125,7 @@ class Manager:
         self._error: BaseException | None = None
         self._welcome = threading.Event()
         self._refused: str | None = None
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._wake_addr = f"inproc://client-wake-{uuid.uuid4().hex}"
         self._wake_rx = self._ctx.socket(zmq.PULL)
         self._wake_rx.bind(self._wake_addr)
@@ -169,9 +166,7 @@ class Manager:
             if name not in self._sent_files and f.kind in (FileKind.LOCAL, FileKind.BUFFER):
                 data = f.data if f.kind == FileKind.BUFFER else Path(f.path or "").read_bytes()
                 files.append((name, data or b""))
-            inputs.append(
-                FileBinding(cache_name=name, remote_name=remote, kind=f.kind, cache=f.cache)
-            )
+            inputs.append(FileBinding(cache_name=name, remote_name=remote, kind=f.kind, cache=f.cache))
         outputs = [
             FileBinding(remote_name=remote, kind=f.kind, cache=f.cache, to_client=True)
             for f, remote in task.outputs
@@ -328,7 +323,7 @@ class Manager:
                 self._cv.notify_all()
 
     def _connect(self) -> zmq.Socket[bytes]:
-        s = self._ctx.socket(zmq.DEALER)
+        s: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
@@ -382,7 +377,14 @@ class Manager:
                         elif isinstance(msg, ErrorMsg) and msg.code == "not_registered":
                             registered = False
                             sock.send_multipart(
-                                encode(Hello(protocol=PROTOCOL_VERSION, token=self._token, role="client", client=self.name))
+                                encode(
+                                    Hello(
+                                        protocol=PROTOCOL_VERSION,
+                                        token=self._token,
+                                        role="client",
+                                        client=self.name,
+                                    )
+                                )
                             )
                         else:
                             self._on_message(msg, frames)
@@ -452,7 +454,10 @@ class Manager:
             if msg.task_ids:
                 for tid in msg.task_ids:
                     r = ClientResult(
-                        task_id=tid, state="failed", attempts=0, outcome="sandbox_error",  # type: ignore[arg-type]
+                        task_id=tid,
+                        state="failed",
+                        attempts=0,
+                        outcome=Outcome.SANDBOX_ERROR,
                         error=f"{msg.code}: {msg.message}",
                     )
                     self._on_results([r], [])

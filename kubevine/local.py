@@ -60,14 +60,24 @@ class LocalCluster:
         addr_file = mdir / "address"
         addr_file.unlink(missing_ok=True)
         args = [
-            "manager", "--name", self.name, "--host", "127.0.0.1", "--port", str(self.port),
-            "--token-file", str(self.token_file), "--workdir", str(mdir),
-            "--heartbeat-timeout", str(self.heartbeat_timeout),
+            "manager",
+            "--name",
+            self.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--token-file",
+            str(self.token_file),
+            "--workdir",
+            str(mdir),
+            "--heartbeat-timeout",
+            str(self.heartbeat_timeout),
         ]
         if self.redis:
             args += ["--redis", self.redis]
-        log = open(mdir / "manager.log", "ab")
-        self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+        with open(mdir / "manager.log", "ab") as log:
+            self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not addr_file.exists():
             if self.manager.poll() is not None:
@@ -84,22 +94,32 @@ class LocalCluster:
             self.add_worker()
         return self
 
-    def add_worker(self, *, cores: float | None = None, cache_dir: str | None = None,
-                   node: str | None = None) -> subprocess.Popen[bytes]:
+    def add_worker(
+        self, *, cores: float | None = None, cache_dir: str | None = None, node: str | None = None
+    ) -> subprocess.Popen[bytes]:
         i = len(self.workers)
         wdir = self.workdir / f"worker-{i}"
         wdir.mkdir(parents=True, exist_ok=True)
         args = [
-            "worker", self.address, "--cores", str(cores or self.cores),
-            "--memory", str(self.memory), "--disk", str(self.disk),
-            "--workdir", str(wdir), "--token-file", str(self.token_file),
+            "worker",
+            self.address,
+            "--cores",
+            str(cores or self.cores),
+            "--memory",
+            str(self.memory),
+            "--disk",
+            str(self.disk),
+            "--workdir",
+            str(wdir),
+            "--token-file",
+            str(self.token_file),
         ]
         if cache_dir:
             args += ["--cache-dir", cache_dir]
         if node:
             args += ["--node", node]
-        log = open(wdir / "worker.log", "ab")
-        p = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+        with open(wdir / "worker.log", "ab") as log:
+            p = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(p)
         return p
 

@@ -38,13 +38,13 @@ class _Msg(BaseModel):
 # --------------------------------------------------------------------------- enums
 
 
-class TaskKind(str, enum.Enum):
+class TaskKind(enum.StrEnum):
     COMMAND = "command"  # a shell command in a sandbox
     PYTHON = "python"  # PythonTask: a pickled function run in a fresh interpreter
     CALL = "call"  # FunctionCall: a function run inside a warm library
 
 
-class FileKind(str, enum.Enum):
+class FileKind(enum.StrEnum):
     LOCAL = "local"  # a file or directory on the client's disk
     BUFFER = "buffer"  # bytes given by the client
     URL = "url"  # fetched by the worker
@@ -53,14 +53,14 @@ class FileKind(str, enum.Enum):
     MINITASK = "minitask"  # produced on the worker by running a task
 
 
-class CacheLevel(str, enum.Enum):
+class CacheLevel(enum.StrEnum):
     TASK = "task"  # removed when the task ends
     WORKFLOW = "workflow"  # removed when the workflow ends (kubevine's default)
     WORKER = "worker"  # kept while the worker lives
     FOREVER = "forever"  # survives worker restarts
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """Why an attempt ended (``t.result``)."""
 
     SUCCESS = "success"  # ran; exit code 0; outputs present

@@ -44,8 +44,6 @@ class Resources(BaseModel):
             gpus=max(0, self.gpus - other.gpus),
         )
 
-
-
     def describe(self) -> str:
         """Human form, e.g. ``2 cores, 512 MB memory``; zero components are left out."""
         parts = [f"{self.cores:g} cores"]

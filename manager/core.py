@@ -26,8 +26,8 @@ from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.manager.states import FINAL, TaskState, WorkerState, check_move
 from kubevine.manager.store import Snapshot, TaskRecord, WriteBatch
 from kubevine.protocol import (
-    AttemptResult,
     Assignment,
+    AttemptResult,
     ClientResult,
     FileKind,
     FileSource,
@@ -83,7 +83,6 @@ class WorkerEntry:
     @property
     def id(self) -> WorkerId:
         return self.info.worker_id
-
 
 
 # ------------------------------------------------------------------ instructions
@@ -216,9 +215,7 @@ class Core:
         self.next_task_id += ID_BLOCK
         self.batch.meta["next_task_id"] = str(self.next_task_id)
         unacked = [
-            (t.result, t.frames)
-            for t in self.tasks.values()
-            if t.client == client and t.result is not None
+            (t.result, t.frames) for t in self.tasks.values() if t.client == client and t.result is not None
         ]
         if unacked:
             self._pending_results.setdefault(client, []).extend(unacked)
@@ -319,11 +316,7 @@ class Core:
                     self._attach(w, t)
                 else:
                     self._requeue_lost(t, "worker came back without it")
-        stale = [
-            TaskRef(task_id=tid, attempt=a)
-            for tid, a in held.items()
-            if tid not in w.tasks
-        ]
+        stale = [TaskRef(task_id=tid, attempt=a) for tid, a in held.items() if tid not in w.tasks]
         if stale:
             self.out.append(SendKill(wid, stale))
         if w.tasks:
@@ -420,9 +413,7 @@ class Core:
                 or t.attempt != r.attempt
                 or t.state not in (S.DISPATCHED, S.RUNNING)
             ):
-                self.transactions.append(
-                    f"TASK {r.task_id} stale-result attempt={r.attempt} worker={wid}"
-                )
+                self.transactions.append(f"TASK {r.task_id} stale-result attempt={r.attempt} worker={wid}")
                 continue
             self._release(t, kill=False)
             self._attempt_ended(t, r, frames, wid)
@@ -445,9 +436,7 @@ class Core:
         if not w.tasks:
             w.idle_since = self.now
 
-    def _attempt_ended(
-        self, t: TaskEntry, r: AttemptResult, frames: list[bytes], wid: WorkerId
-    ) -> None:
+    def _attempt_ended(self, t: TaskEntry, r: AttemptResult, frames: list[bytes], wid: WorkerId) -> None:
         out_frames: list[bytes] = []
 
         def take(i: int | None) -> int | None:
@@ -527,14 +516,13 @@ class Core:
             return
         skipped: list[tuple[float, int, TaskId]] = []
         ready = self.ready
-        biggest = Resources()
-        for w in workers:
-            biggest = Resources(
-                cores=max(biggest.cores, w.info.resources.cores),
-                memory=max(biggest.memory, w.info.resources.memory),
-                disk=max(biggest.disk, w.info.resources.disk),
-                gpus=max(biggest.gpus, w.info.resources.gpus),
-            )
+        sizes = [w.info.resources for w in workers]
+        biggest = Resources.model_construct(
+            cores=max(r.cores for r in sizes),
+            memory=max(r.memory for r in sizes),
+            disk=max(r.disk for r in sizes),
+            gpus=max(r.gpus for r in sizes),
+        )
         budget = 1000  # tasks we may look at and skip in one cycle
         while ready and budget > 0:
             if not any(self._has_room(w) for w in workers):
@@ -544,20 +532,17 @@ class Core:
             if t is None or t.state != S.READY:
                 continue
             need = t.spec.resources
-            if not need.fits_in(biggest):
-                if not self._fits_some_worker(need, workers):
-                    t.unschedulable = True
-                    self.unschedulable.add(t.spec.id)
-                    self.transactions.append(
-                        f"TASK {t.spec.id} unschedulable needs=({need.describe()})"
-                    )
-                    continue
-            w = self._pick(need, workers)
-            if w is None:
+            if not need.fits_in(biggest) and not self._fits_some_worker(need, workers):
+                t.unschedulable = True
+                self.unschedulable.add(t.spec.id)
+                self.transactions.append(f"TASK {t.spec.id} unschedulable needs=({need.describe()})")
+                continue
+            chosen = self._pick(need, workers)
+            if chosen is None:
                 skipped.append(item)
                 budget -= 1
                 continue
-            self._dispatch_to(t, w)
+            self._dispatch_to(t, chosen)
         for item in skipped:
             heapq.heappush(ready, item)
 
@@ -581,9 +566,12 @@ class Core:
         if best is not None:
             return best
         for w in workers:  # then: queue it on a worker that can run it later
-            if need.fits_in(w.info.resources) and w.queued < self._prefetch(w):
-                if best is None or w.queued < best.queued:
-                    best = w
+            if (
+                need.fits_in(w.info.resources)
+                and w.queued < self._prefetch(w)
+                and (best is None or w.queued < best.queued)
+            ):
+                best = w
         return best
 
     def _dispatch_to(self, t: TaskEntry, w: WorkerEntry) -> None:
@@ -617,8 +605,15 @@ class Core:
             if rec is None:
                 continue
             t = TaskEntry(
-                spec, payload, rec.client, TaskState(rec.state), rec.seq, rec.attempt,
-                rec.failures, rec.lost, rec.worker,
+                spec,
+                payload,
+                rec.client,
+                TaskState(rec.state),
+                rec.seq,
+                rec.attempt,
+                rec.failures,
+                rec.lost,
+                rec.worker,
             )
             if tid in snap.results:
                 t.result, t.frames = snap.results[tid]
@@ -627,9 +622,7 @@ class Core:
         self._seq = itertools.count(max((t.seq for t in self.tasks.values()), default=0) + 1)
         deadline = self.now + self.settings.recover_grace
         for wid, info in snap.workers.items():
-            self.workers[wid] = WorkerEntry(
-                info, WorkerState.RECOVERING, self.now, deadline=deadline
-            )
+            self.workers[wid] = WorkerEntry(info, WorkerState.RECOVERING, self.now, deadline=deadline)
         for t in list(self.tasks.values()):
             if t.state in (S.WAITING, S.RETRYING):
                 self._make_ready(t, "recovered")

@@ -10,7 +10,7 @@ instead of overwriting its successor's state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Sequence
 
 import redis
 from redis.exceptions import RedisError, ResponseError
@@ -159,12 +159,17 @@ class RedisStore(StateStore):
             raise StoreError("apply before acquire")
         args: list[bytes | str | int] = [self._epoch]
         w = self.workflow
-        args += _hset(keys.specs(w), ((t, s.model_dump_json(exclude_none=True)) for t, (s, _) in batch.specs.items()))
+        args += _hset(
+            keys.specs(w), ((t, s.model_dump_json(exclude_none=True)) for t, (s, _) in batch.specs.items())
+        )
         args += _hset(keys.payloads(w), ((t, p) for t, (_, p) in batch.specs.items() if p is not None))
         args += _hset(keys.records(w), ((t, r.to_json()) for t, r in batch.records.items()))
         args += _hset(
             keys.results(w),
-            ((t, pack_frames(r.model_dump_json(exclude_none=True).encode(), fr)) for t, (r, fr) in batch.results.items()),
+            (
+                (t, pack_frames(r.model_dump_json(exclude_none=True).encode(), fr))
+                for t, (r, fr) in batch.results.items()
+            ),
         )
         workers_set = [(wid, i.model_dump_json()) for wid, i in batch.workers.items() if i is not None]
         args += _hset(keys.workers(w), workers_set)
@@ -193,8 +198,8 @@ class RedisStore(StateStore):
         self.r.close()
 
 
-def _hset(key: str, items: Iterator[tuple[object, str | bytes]] | object) -> list[bytes | str | int]:
-    pairs = list(items)  # type: ignore[call-overload]
+def _hset(key: str, items: Iterable[tuple[object, str | bytes]]) -> list[bytes | str | int]:
+    pairs = list(items)
     out: list[bytes | str | int] = []
     for i in range(0, len(pairs), _CHUNK):
         chunk = pairs[i : i + _CHUNK]
@@ -204,7 +209,7 @@ def _hset(key: str, items: Iterator[tuple[object, str | bytes]] | object) -> lis
     return out
 
 
-def _hdel(key: str, fields: list[object]) -> list[bytes | str | int]:
+def _hdel(key: str, fields: Sequence[object]) -> list[bytes | str | int]:
     out: list[bytes | str | int] = []
     for i in range(0, len(fields), _CHUNK):
         chunk = fields[i : i + _CHUNK]

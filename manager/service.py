@@ -22,7 +22,7 @@ from types import FrameType
 import zmq
 
 from kubevine import auth
-from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.ids import CacheName, ClientId, WorkerId
 from kubevine.manager.core import (
     ClientError,
     Core,
@@ -40,6 +40,7 @@ from kubevine.manager.txlog import TxLog
 from kubevine.protocol import (
     PROTOCOL_VERSION,
     Cancel,
+    ClientResult,
     Dispatch,
     Drain,
     DrainWorkers,
@@ -69,6 +70,7 @@ from kubevine.protocol import (
     frame,
     send,
 )
+from kubevine.resources import Resources
 from kubevine.stats import Failure, ManagerStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class ManagerService:
         self.txlog = TxLog(config.workdir / "transactions.log", self.manager_id)
         self.peers: dict[bytes, Peer] = {}
         self.routes: dict[tuple[str, str], bytes] = {}
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -145,7 +147,9 @@ class ManagerService:
         if snap.records:
             log.info(
                 "workflow %s: reloaded %d task(s) and %d worker(s) from the store",
-                cfg.name, len(snap.records), len(snap.workers),
+                cfg.name,
+                len(snap.records),
+                len(snap.workers),
             )
             self.txlog.write([f"MANAGER {self.manager_id} restored tasks={len(snap.records)}"])
         if cfg.port == 0:
@@ -160,8 +164,11 @@ class ManagerService:
         self.txlog.write([f"MANAGER {self.manager_id} started workflow={cfg.name} port={port}"])
         log.info(
             "manager %s serving workflow %s on port %d (state: %s, epoch %d)",
-            self.manager_id, cfg.name, port,
-            "redis" if self.store.durable else "memory", self.epoch,
+            self.manager_id,
+            cfg.name,
+            port,
+            "redis" if self.store.durable else "memory",
+            self.epoch,
         )
 
     def stop(self, *_: object) -> None:
@@ -250,7 +257,8 @@ class ManagerService:
             if isinstance(ins, SendDispatch):
                 self._send_to("worker", ins.worker, Dispatch(tasks=ins.tasks), ins.frames)
             elif isinstance(ins, SendResults):
-                res, frames = [], []
+                res: list[ClientResult] = []
+                frames: list[bytes] = []
                 for r, fr in ins.results:
                     base = len(frames)
                     frames += fr
@@ -259,7 +267,12 @@ class ManagerService:
                     res.append(r)
                     if r.state == "failed" and len(self.recent_failures) < 1000:
                         self.recent_failures.append(
-                            Failure(task_id=r.task_id, outcome=r.outcome.value, error=r.error, exit_code=r.exit_code)
+                            Failure(
+                                task_id=r.task_id,
+                                outcome=r.outcome.value,
+                                error=r.error,
+                                exit_code=r.exit_code,
+                            )
                         )
                 self._send_to("client", ins.client, Results(results=res), frames)
             elif isinstance(ins, SendAck):
@@ -270,7 +283,8 @@ class ManagerService:
                 self._send_to("worker", ins.worker, Drain())
             elif isinstance(ins, ClientError):
                 self._send_to(
-                    "client", ins.client,
+                    "client",
+                    ins.client,
                     ErrorMsg(code=ins.code, message=ins.message, task_ids=ins.task_ids),
                 )
 
@@ -286,18 +300,16 @@ class ManagerService:
 
     def _send_to(self, role: str, pid: str, msg: _Msg, frames: list[bytes] | None = None) -> None:
         ident = self.routes.get((role, pid))
-        if ident is None or not self._send(ident, msg, frames):
-            if role == "client":
-                self.core.client_disconnected(ClientId(pid))
+        if (ident is None or not self._send(ident, msg, frames)) and role == "client":
+            self.core.client_disconnected(ClientId(pid))
 
     def _heartbeat(self) -> None:
         hb = encode(Heartbeat(manager_id=self.manager_id))
-        for (role, pid), ident in list(self.routes.items()):
-            if role == "worker":
-                try:
-                    self.sock.send_multipart([ident, *hb])
-                except zmq.ZMQError:
-                    pass
+        for ident in list(self.routes.values()):
+            try:
+                self.sock.send_multipart([ident, *hb])
+            except zmq.ZMQError:
+                pass
 
     # ------------------------------------------------------------------ receiving
 
@@ -324,7 +336,10 @@ class ManagerService:
                 core.worker_lost(wid, f"left ({msg.reason})")
                 self._forget(ident)
             elif not isinstance(msg, Heartbeat):
-                self._send(ident, ErrorMsg(code="unexpected", message=f"workers do not send {msg.__class__.__name__}"))
+                self._send(
+                    ident,
+                    ErrorMsg(code="unexpected", message=f"workers do not send {msg.__class__.__name__}"),
+                )
             return
         cid = ClientId(peer.id)
         if isinstance(msg, Submit):
@@ -359,7 +374,9 @@ class ManagerService:
             core.client_disconnected(cid)
             self._forget(ident)
         elif not isinstance(msg, Heartbeat):
-            self._send(ident, ErrorMsg(code="unexpected", message=f"clients do not send {msg.__class__.__name__}"))
+            self._send(
+                ident, ErrorMsg(code="unexpected", message=f"clients do not send {msg.__class__.__name__}")
+            )
 
     def _flush_store_now(self) -> None:
         """Make the cycle's writes durable before replying (id blocks must never repeat)."""
@@ -370,8 +387,7 @@ class ManagerService:
     def _hello(self, ident: bytes, msg: Hello) -> None:
         if msg.protocol != PROTOCOL_VERSION:
             reason = (
-                f"protocol version mismatch: peer speaks {msg.protocol}, "
-                f"manager speaks {PROTOCOL_VERSION}"
+                f"protocol version mismatch: peer speaks {msg.protocol}, manager speaks {PROTOCOL_VERSION}"
             )
             log.warning("refused a %s: %s", msg.role, reason)
             self._send(ident, Refused(reason=reason))
@@ -397,7 +413,10 @@ class ManagerService:
             self.core.worker_connected(msg.worker)
             log.info(
                 "worker %s connected from %s (node %s, %s)",
-                wid, msg.worker.host, msg.worker.node, msg.worker.resources.describe(),
+                wid,
+                msg.worker.host,
+                msg.worker.node,
+                msg.worker.resources.describe(),
             )
         else:
             cid = msg.client or ClientId(f"anon-{uuid.uuid4().hex[:8]}")
@@ -452,7 +471,7 @@ class ManagerService:
             totals=dict(core.totals),
             unschedulable=len(core.unschedulable),
             demand=core.demand(),
-            largest_waiting=largest,  # type: ignore[arg-type]
+            largest_waiting=Resources(**largest),
             workers=[
                 WorkerStatus(
                     id=w.id,
@@ -474,19 +493,13 @@ class ManagerService:
         )
 
 
-def _shift(r: object, base: int) -> object:
-    from kubevine.protocol import ClientResult
-
-    assert isinstance(r, ClientResult)
+def _shift(r: ClientResult, base: int) -> ClientResult:
+    """The same result with its frame indices moved by ``base`` (results share a message)."""
     return r.model_copy(
         update={
             "output_frame": None if r.output_frame is None else r.output_frame + base,
             "outputs": [
-                o.model_copy(update={"frame": None if o.frame is None else o.frame + base})
-                for o in r.outputs
+                o.model_copy(update={"frame": None if o.frame is None else o.frame + base}) for o in r.outputs
             ],
         }
     )
-
-
-_ = TaskId  # re-exported for type hints in tests

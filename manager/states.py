@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     WAITING = "waiting"  # an input is not available yet (a temp file still to be produced)
     READY = "ready"  # can run as soon as a worker has room
     DISPATCHED = "dispatched"  # sent to a worker, not started yet
@@ -61,7 +61,7 @@ def check_move(frm: TaskState, to: TaskState) -> str:
         raise IllegalTransition(f"task cannot move from {frm.value} to {to.value}") from None
 
 
-class WorkerState(str, enum.Enum):
+class WorkerState(enum.StrEnum):
     CONNECTED = "connected"
     DRAINING = "draining"  # takes no new tasks; leaves when idle
     RECOVERING = "recovering"  # known from before a manager restart; not back yet

@@ -65,14 +65,7 @@ class WriteBatch:
     meta: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(
-            self.specs
-            or self.records
-            or self.results
-            or self.deleted
-            or self.workers
-            or self.meta
-        )
+        return bool(self.specs or self.records or self.results or self.deleted or self.workers or self.meta)
 
 
 @dataclass

@@ -28,14 +28,37 @@ def argv_for(command: str) -> list[str] | None:
     if not command or any(c in _SHELL_CHARS for c in command):
         return None
     parts = command.split()
-    if not parts or "/" not in parts[0] and parts[0] in _SH_BUILTINS:
+    if not parts or ("/" not in parts[0] and parts[0] in _SH_BUILTINS):
         return None
     return parts
 
 
 _SH_BUILTINS = frozenset(
-    ": . cd exec exit export set unset ulimit umask wait trap source alias read eval shift "
-    "test [ echo printf true false".split()
+    [
+        ":",
+        ".",
+        "cd",
+        "exec",
+        "exit",
+        "export",
+        "set",
+        "unset",
+        "ulimit",
+        "umask",
+        "wait",
+        "trap",
+        "source",
+        "alias",
+        "read",
+        "eval",
+        "shift",
+        "test",
+        "[",
+        "echo",
+        "printf",
+        "true",
+        "false",
+    ]
 )
 
 
@@ -61,7 +84,7 @@ class Attempt:
             outcome=outcome,
             started=self.started,
             wall_time=time.perf_counter() - self.t0 if self.t0 else 0.0,
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
 
 

@@ -3,8 +3,9 @@
 One thread owns the ZeroMQ socket and every task process: a command is started without
 waiting, and the loop polls the manager socket together with a pidfd per running process,
 so a finished task is noticed at once with no thread hand-off. Everything that started
-or finished since the last update travels to the manager in one :class:`WorkerUpdate`. Results are kept until the manager acknowledges
-them, so a manager restart loses none: the worker reports them again when it reconnects.
+or finished since the last update travels to the manager in one :class:`WorkerUpdate`.
+Results are kept until the manager acknowledges them, so a manager restart loses none:
+the worker reports them again when it reconnects.
 
 The worker enforces its own resources: the manager may queue a few tasks ahead, but a task
 starts only when its cores, memory, disk and gpus are free here.
@@ -109,7 +110,7 @@ class WorkerService:
         (config.workdir / "worker.pid").write_text(f"{os.getpid()}\n")  # for drain-local
         self.sandboxes = sandbox.Sandboxes(config.workdir / "sandboxes")
         self.cache = Cache(config.cache_dir or config.workdir / "cache")
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.poller = zmq.Poller()
         self.by_fd: dict[int, sandbox.Attempt] = {}
@@ -202,7 +203,7 @@ class WorkerService:
         backoff = 0.1
         first_contact = time.time()
         while self.running:
-            events = dict(self.poller.poll(self._poll_ms()))
+            events = dict(self.poller.poll(self._poll_ms()))  # type: ignore[arg-type]  # float ms is fine
             now = time.time()
             if len(events) > (self.sock in events):
                 self._collect_finished(events)
@@ -333,7 +334,7 @@ class WorkerService:
         name = msg.cache_name
         self.requested.discard(name)
         if msg.error is not None:
-            for tid, slot in list(self.slots.items()):
+            for slot in list(self.slots.values()):
                 if name in slot.missing and slot.attempt is None:
                     self._fail_now(slot, Outcome.INPUT_MISSING, f"input {name}: {msg.error}")
             return
@@ -430,7 +431,8 @@ class WorkerService:
             return
         self._flush_due = None
         self._last_update = now
-        results, frames = [], []
+        results: list[AttemptResult] = []
+        frames: list[bytes] = []
         for res, fr in self.finished:
             base = len(frames)
             frames += fr
@@ -447,9 +449,7 @@ class WorkerService:
             results.append(res)
         for res, fr in self.finished:
             self.unacked[(res.task_id, res.attempt)] = (res, fr)
-        self._send(
-            WorkerUpdate(started=self.started, results=results, cached=self.new_cached), frames
-        )
+        self._send(WorkerUpdate(started=self.started, results=results, cached=self.new_cached), frames)
         self.started, self.finished, self.new_cached = [], [], []
 
     def close(self) -> None:
