@@ -50,7 +50,9 @@ def kubelet_factory(kube_api: KubeAPI, tmp_path: pathlib.Path) -> Iterator[Kubel
     threads: list[KubeletThread] = []
     kubelets: list[Kubelet] = []
 
-    def start(nodes: list[str | dict[str, Any]] | tuple[str, ...] = ("node-a", "node-b"), **kwargs: Any) -> Kubelet:
+    def start(
+        nodes: list[str | dict[str, Any]] | tuple[str, ...] = ("node-a", "node-b"), **kwargs: Any
+    ) -> Kubelet:
         root = tmp_path / f"kubelet-{len(threads)}"
 
         def make() -> Kubelet:
@@ -69,7 +71,9 @@ def kubelet_factory(kube_api: KubeAPI, tmp_path: pathlib.Path) -> Iterator[Kubel
             thread.stop()
         leaked = [
             (run.namespace, run.name, c.name, c.proc.pid)
-            for kubelet in kubelets for run in kubelet.runs.values() for c in run.all_containers()
+            for kubelet in kubelets
+            for run in kubelet.runs.values()
+            for c in run.all_containers()
             if c.proc is not None and c.proc.poll() is None
         ]
         assert not leaked, f"the process kubelet left processes running: {leaked}"

@@ -66,10 +66,16 @@ def pod_from_template(owner: Obj, name: str, extra_labels: dict[str, str]) -> Ob
             "namespace": owner["metadata"]["namespace"],
             "labels": labels,
             "annotations": meta.get("annotations") or {},
-            "ownerReferences": [{
-                "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-                "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": owner["apiVersion"],
+                    "kind": owner["kind"],
+                    "name": owner["metadata"]["name"],
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": template.get("spec") or {},
     }
@@ -89,15 +95,25 @@ def reconcile_deployment(deploy: Obj, pods: list[Obj]) -> Actions:
     mine = [p for p in owned_pods(deploy, pods) if labels_match(selector, p)]
     live = [p for p in mine if _is_active(p)]
     # A failed pod of a Deployment is replaced (restartPolicy Always rarely lets it fail).
-    actions = Actions(delete=[p["metadata"]["name"] for p in mine if not _is_active(p) and not p["metadata"].get("deletionTimestamp")])
+    actions = Actions(
+        delete=[
+            p["metadata"]["name"]
+            for p in mine
+            if not _is_active(p) and not p["metadata"].get("deletionTimestamp")
+        ]
+    )
     current = template_hash(spec.get("template") or {})
     old = [p for p in live if (p["metadata"].get("labels") or {}).get("pod-template-hash") != current]
     desired = int(spec.get("replicas", 1))
     if old:  # Recreate: the old pods go first, the new ones come once all are gone
         actions.delete += [p["metadata"]["name"] for p in old]
     elif len(live) < desired:
-        old_terminating = [p for p in mine if p["metadata"].get("deletionTimestamp")
-                           and (p["metadata"].get("labels") or {}).get("pod-template-hash") != current]
+        old_terminating = [
+            p
+            for p in mine
+            if p["metadata"].get("deletionTimestamp")
+            and (p["metadata"].get("labels") or {}).get("pod-template-hash") != current
+        ]
         if not old_terminating:
             for _ in range(desired - len(live)):
                 name = f"{deploy['metadata']['name']}-{current[:8]}-{_suffix()}"
@@ -113,12 +129,14 @@ def reconcile_deployment(deploy: Obj, pods: list[Obj]) -> Actions:
         "updatedReplicas": updated,
         "readyReplicas": ready,
         "availableReplicas": ready,
-        "conditions": [{
-            "type": "Available",
-            "status": "True" if ready >= desired else "False",
-            "reason": "MinimumReplicasAvailable" if ready >= desired else "MinimumReplicasUnavailable",
-            "message": f"{ready}/{desired} replicas ready",
-        }],
+        "conditions": [
+            {
+                "type": "Available",
+                "status": "True" if ready >= desired else "False",
+                "reason": "MinimumReplicasAvailable" if ready >= desired else "MinimumReplicasUnavailable",
+                "message": f"{ready}/{desired} replicas ready",
+            }
+        ],
     }
     if len(live) - ready:
         status["unavailableReplicas"] = len(live) - ready
@@ -137,8 +155,11 @@ def reconcile_statefulset(sts: Obj, pods: list[Obj]) -> Actions:
         pod_name = f"{name}-{i}"
         pod = mine.get(pod_name)
         if pod is None:
-            labels = {"statefulset.kubernetes.io/pod-name": pod_name, "apps.kubernetes.io/pod-index": str(i),
-                      "controller-revision-hash": f"{name}-{template_hash(spec.get('template') or {})}"}
+            labels = {
+                "statefulset.kubernetes.io/pod-name": pod_name,
+                "apps.kubernetes.io/pod-index": str(i),
+                "controller-revision-hash": f"{name}-{template_hash(spec.get('template') or {})}",
+            }
             new = pod_from_template(sts, pod_name, labels)
             new["spec"].setdefault("hostname", pod_name)
             if spec.get("serviceName"):
@@ -156,9 +177,14 @@ def reconcile_statefulset(sts: Obj, pods: list[Obj]) -> Actions:
             actions.delete.append(pod_name)
     live = [p for p in mine.values() if _is_active(p)]
     ready = sum(1 for p in live if is_ready(p))
-    status = {"observedGeneration": sts["metadata"].get("generation", 1), "replicas": len(live),
-              "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": len(live),
-              "updatedReplicas": len(live)}
+    status = {
+        "observedGeneration": sts["metadata"].get("generation", 1),
+        "replicas": len(live),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "currentReplicas": len(live),
+        "updatedReplicas": len(live),
+    }
     actions.status = _changed(sts, status)
     return actions
 
@@ -178,26 +204,53 @@ def reconcile_job(job: Obj, pods: list[Obj]) -> Actions:
     active = [p for p in mine if _is_active(p)]
     completions = int(spec.get("completions") or 1)
     backoff = int(spec.get("backoffLimit", 6))
-    status.update(active=len(active), succeeded=succeeded, failed=failed, ready=sum(1 for p in active if is_ready(p)))
+    status.update(
+        active=len(active), succeeded=succeeded, failed=failed, ready=sum(1 for p in active if is_ready(p))
+    )
     status.setdefault("startTime", _now())
     now = _now()
     if succeeded >= completions:
         status["completionTime"] = now
-        status["conditions"] = conditions + [
-            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-             "message": "Reached expected number of succeeded pods", "lastTransitionTime": now},
-            {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-             "message": "Reached expected number of succeeded pods", "lastTransitionTime": now},
+        status["conditions"] = [
+            *conditions,
+            {
+                "type": "SuccessCriteriaMet",
+                "status": "True",
+                "reason": "CompletionsReached",
+                "message": "Reached expected number of succeeded pods",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "Complete",
+                "status": "True",
+                "reason": "CompletionsReached",
+                "message": "Reached expected number of succeeded pods",
+                "lastTransitionTime": now,
+            },
         ]
     elif failed > backoff:
-        status["conditions"] = conditions + [
-            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
-             "message": "Job has reached the specified backoff limit", "lastTransitionTime": now},
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-             "message": "Job has reached the specified backoff limit", "lastTransitionTime": now},
+        status["conditions"] = [
+            *conditions,
+            {
+                "type": "FailureTarget",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastTransitionTime": now,
+            },
         ]
     elif not active and not spec.get("suspend"):
-        labels = {"batch.kubernetes.io/job-name": job["metadata"]["name"], "job-name": job["metadata"]["name"]}
+        labels = {
+            "batch.kubernetes.io/job-name": job["metadata"]["name"],
+            "job-name": job["metadata"]["name"],
+        }
         actions.create.append(pod_from_template(job, f"{job['metadata']['name']}-{_suffix()}", labels))
     actions.status = _changed(job, status)
     return actions

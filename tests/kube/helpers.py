@@ -34,26 +34,42 @@ KUBECTL = next(iter(KUBECTL_BINARIES.values()), shutil.which("kubectl") or "kube
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while True:
         try:
-            last = predicate()
+            value = predicate()
         except AssertionError as e:
             last = e
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
         time.sleep(interval)
 
 
-def kubectl(api: KubeAPI, *args: str, binary: str = KUBECTL, stdin: str | None = None, check: bool = True,
-            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([binary, *args], env=api.env, input=stdin, capture_output=True, text=True,
-                            timeout=timeout, check=False)
+def kubectl(
+    api: KubeAPI,
+    *args: str,
+    binary: str = KUBECTL,
+    stdin: str | None = None,
+    check: bool = True,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [binary, *args],
+        env=api.env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        raise AssertionError(
+            f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
     return result
 
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -28,8 +28,13 @@ class ApiError(Exception):
         self.body = body
 
 
-def path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
-         sub: str | None = None) -> str:
+def path(
+    api_version: str,
+    plural: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    sub: str | None = None,
+) -> str:
     base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
     if namespace:
         base += f"/namespaces/{namespace}"
@@ -46,7 +51,7 @@ class KubeClient:
         self.url = url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> KubeClient:
+    async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         return self
 
@@ -59,12 +64,24 @@ class KubeClient:
         assert self._session is not None
         return self._session
 
-    async def request(self, method: str, url: str, body: Any = None, *, content_type: str = "application/json",
-                      params: dict[str, str] | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        async with self.session.request(method, self.url + url, data=data, params=params,
-                                        headers={"Content-Type": content_type},
-                                        timeout=aiohttp.ClientTimeout(total=30)) as rsp:
+        async with self.session.request(
+            method,
+            self.url + url,
+            data=data,
+            params=params,
+            headers={"Content-Type": content_type},
+            timeout=aiohttp.ClientTimeout(total=30),
+        ) as rsp:
             text = await rsp.text()
             payload = json.loads(text) if text and rsp.content_type == "application/json" else text
             if rsp.status >= 400:
@@ -89,8 +106,11 @@ class KubeClient:
         return result
 
     async def patch(self, url: str, body: Any, *, kind: str = "merge") -> Obj:
-        ctype = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
-                 "strategic": "application/strategic-merge-patch+json"}[kind]
+        ctype = {
+            "merge": "application/merge-patch+json",
+            "json": "application/json-patch+json",
+            "strategic": "application/strategic-merge-patch+json",
+        }[kind]
         result: Obj = await self.request("PATCH", url, body, content_type=ctype)
         return result
 
@@ -111,8 +131,9 @@ class KubeClient:
             if since is not None:
                 query["resourceVersion"] = since
             try:
-                async with self.session.get(self.url + url, params=query,
-                                            timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as rsp:
+                async with self.session.get(
+                    self.url + url, params=query, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
+                ) as rsp:
                     if rsp.status >= 400:
                         raise ApiError(rsp.status, await rsp.text())
                     async for line in rsp.content:
@@ -126,6 +147,6 @@ class KubeClient:
                         since = (obj.get("metadata") or {}).get("resourceVersion", since)
                         if event.get("type") != "BOOKMARK":
                             yield event["type"], obj
-            except (aiohttp.ClientError, asyncio.TimeoutError, ApiError) as e:
+            except (TimeoutError, aiohttp.ClientError, ApiError) as e:
                 logger.debug("watch %s interrupted: %s", url, e)
                 await asyncio.sleep(0.2)

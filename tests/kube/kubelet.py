@@ -30,7 +30,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,7 +50,9 @@ def allocate_pod_ip() -> str:
     """The next free loopback address (127.0.0.2 first); all of 127/8 routes to lo on Linux."""
     with _ip_lock:
         n = next(_ip_counter)
-    return f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}" if n & 255 not in (0, 255) else allocate_pod_ip()
+    return (
+        f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}" if n & 255 not in (0, 255) else allocate_pod_ip()
+    )
 
 
 def _now() -> str:
@@ -181,9 +183,18 @@ class Kubelet:
         async with KubeClient(self.api_url) as client:
             self._client = client
             await self._register_nodes()
-            watches = [asyncio.create_task(self._watch(url)) for url in (
-                "/api/v1/pods", "/apis/apps/v1/deployments", "/apis/apps/v1/statefulsets", "/apis/batch/v1/jobs",
-                "/api/v1/services", "/api/v1/secrets", "/api/v1/configmaps")]
+            watches = [
+                asyncio.create_task(self._watch(url))
+                for url in (
+                    "/api/v1/pods",
+                    "/apis/apps/v1/deployments",
+                    "/apis/apps/v1/statefulsets",
+                    "/apis/batch/v1/jobs",
+                    "/api/v1/services",
+                    "/api/v1/secrets",
+                    "/api/v1/configmaps",
+                )
+            ]
             last_sync = 0.0
             try:
                 while not stop.is_set():
@@ -193,7 +204,7 @@ class Kubelet:
                         last_sync = time.monotonic()
                         try:
                             await self._reconcile()
-                        except (ApiError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                        except (TimeoutError, ApiError, aiohttp.ClientError) as e:
                             logger.warning("kubelet reconcile failed: %s", e)
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=0.1)
@@ -211,24 +222,54 @@ class Kubelet:
     async def _register_nodes(self) -> None:
         for name, spec in self.nodes.items():
             self.node_dir(name).mkdir(parents=True, exist_ok=True)
-            labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                      **(spec.get("labels") or {})}
-            capacity = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi",
-                        **(spec.get("capacity") or {})}
+            labels = {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                **(spec.get("labels") or {}),
+            }
+            capacity = {
+                "cpu": "8",
+                "memory": "32Gi",
+                "pods": "110",
+                "ephemeral-storage": "100Gi",
+                **(spec.get("capacity") or {}),
+            }
             node = {
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": labels,
-                             "annotations": {"kubevine.test/log-dir": str(self.logs_dir),
-                                             "kubevine.test/node-dir": str(self.node_dir(name))}},
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": labels,
+                    "annotations": {
+                        "kubevine.test/log-dir": str(self.logs_dir),
+                        "kubevine.test/node-dir": str(self.node_dir(name)),
+                    },
+                },
                 "spec": {"taints": spec.get("taints") or []},
                 "status": {
-                    "capacity": capacity, "allocatable": capacity,
-                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                    "message": "process kubelet is posting ready status",
-                                    "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}],
-                    "nodeInfo": {"kubeletVersion": "v1.32.0-process-kubelet", "operatingSystem": "linux",
-                                 "architecture": "amd64", "containerRuntimeVersion": "process://local"},
+                    "capacity": capacity,
+                    "allocatable": capacity,
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": name},
+                    ],
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "process kubelet is posting ready status",
+                            "lastHeartbeatTime": _now(),
+                            "lastTransitionTime": _now(),
+                        }
+                    ],
+                    "nodeInfo": {
+                        "kubeletVersion": "v1.32.0-process-kubelet",
+                        "operatingSystem": "linux",
+                        "architecture": "amd64",
+                        "containerRuntimeVersion": "process://local",
+                    },
                 },
             }
             if await self.client.get(path("v1", "nodes", name=name)) is None:
@@ -237,9 +278,11 @@ class Kubelet:
 
     async def _reconcile(self) -> None:
         pods = await self.client.list("/api/v1/pods")
-        for url, fn in (("/apis/apps/v1/deployments", controllers.reconcile_deployment),
-                        ("/apis/apps/v1/statefulsets", controllers.reconcile_statefulset),
-                        ("/apis/batch/v1/jobs", controllers.reconcile_job)):
+        for url, fn in (
+            ("/apis/apps/v1/deployments", controllers.reconcile_deployment),
+            ("/apis/apps/v1/statefulsets", controllers.reconcile_statefulset),
+            ("/apis/batch/v1/jobs", controllers.reconcile_job),
+        ):
             for owner in await self.client.list(url):
                 if owner["metadata"].get("deletionTimestamp"):
                     continue
@@ -275,8 +318,9 @@ class Kubelet:
         if actions.status is not None:
             api_version, plural = owner["apiVersion"], owner["kind"].lower() + "s"
             with contextlib.suppress(ApiError):
-                await self.client.patch(path(api_version, plural, ns, meta["name"], "status"),
-                                        {"status": actions.status})
+                await self.client.patch(
+                    path(api_version, plural, ns, meta["name"], "status"), {"status": actions.status}
+                )
 
     async def _schedule(self, pod: Obj) -> None:
         spec = pod["spec"]
@@ -284,15 +328,23 @@ class Kubelet:
             return
         selector = spec.get("nodeSelector") or {}
         candidates = [
-            name for name, node in self.nodes.items()
-            if all({"kubernetes.io/hostname": name, **(node.get("labels") or {})}.get(k) == v for k, v in selector.items())
+            name
+            for name, node in self.nodes.items()
+            if all(
+                {"kubernetes.io/hostname": name, **(node.get("labels") or {})}.get(k) == v
+                for k, v in selector.items()
+            )
         ]
         if not candidates:
             return
         node = candidates[next(self._rr) % len(candidates)]
         meta = pod["metadata"]
-        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
         with contextlib.suppress(ApiError):
             await self.client.create(path("v1", "pods", meta["namespace"], meta["name"], "binding"), binding)
 
@@ -303,22 +355,33 @@ class Kubelet:
         uid = meta["uid"]
         run = self.runs.get(uid)
         if meta.get("deletionTimestamp"):
-            if run is None or not any(c.running for c in run.all_containers()):
-                if run is None or run.terminating is None or run.terminating.done():
-                    self.runs.pop(uid, None)
-                    await self.client.delete(path("v1", "pods", meta["namespace"], meta["name"]),
-                                             {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})
-                    return
+            idle = run is None or not any(c.running for c in run.all_containers())
+            if idle and (run is None or run.terminating is None or run.terminating.done()):
+                self.runs.pop(uid, None)
+                await self.client.delete(
+                    path("v1", "pods", meta["namespace"], meta["name"]),
+                    {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}},
+                )
+                return
             if run is not None and run.terminating is None:
-                grace = int(meta.get("deletionGracePeriodSeconds") or spec.get("terminationGracePeriodSeconds", 30))
+                grace = int(
+                    meta.get("deletionGracePeriodSeconds") or spec.get("terminationGracePeriodSeconds", 30)
+                )
                 run.terminating = asyncio.create_task(self._kill(run, grace=grace))
             return
         if run is None:
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 return
             pod_dir = self.root / "pods" / f"{meta['namespace']}_{meta['name']}_{uid[:8]}"
-            run = PodRun(uid=uid, namespace=meta["namespace"], name=meta["name"], ip=allocate_pod_ip(),
-                         node=spec["nodeName"], pod_dir=pod_dir, restart_policy=spec.get("restartPolicy", "Always"))
+            run = PodRun(
+                uid=uid,
+                namespace=meta["namespace"],
+                name=meta["name"],
+                ip=allocate_pod_ip(),
+                node=spec["nodeName"],
+                pod_dir=pod_dir,
+                restart_policy=spec.get("restartPolicy", "Always"),
+            )
             run.init_containers = [ContainerRun(c, init=True) for c in spec.get("initContainers") or []]
             run.containers = [ContainerRun(c) for c in spec.get("containers") or []]
             self.runs[uid] = run
@@ -330,7 +393,9 @@ class Kubelet:
         self._advance(run)
         await self._write_status(pod, run)
 
-    async def _lookup_all(self, pod: Obj, own_ip: str) -> tuple[dict[tuple[str, str], Obj], list[podspec.ServiceTarget]]:
+    async def _lookup_all(
+        self, pod: Obj, own_ip: str
+    ) -> tuple[dict[tuple[str, str], Obj], list[podspec.ServiceTarget]]:
         """Secrets and ConfigMaps of the pod's namespace; Services with a Ready pod's IP.
 
         A Service that selects the pod being started resolves to that pod's own IP
@@ -346,21 +411,39 @@ class Kubelet:
         pods = await self.client.list("/api/v1/pods")
         for svc in await self.client.list("/api/v1/services"):
             sel = (svc.get("spec") or {}).get("selector") or {}
-            ready = [p for p in pods if p["metadata"].get("namespace") == svc["metadata"]["namespace"] and sel
-                     and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())
-                     and controllers.is_ready(p) and (p.get("status") or {}).get("podIP")
-                     and not p["metadata"].get("deletionTimestamp")]
+            ready = [
+                p
+                for p in pods
+                if p["metadata"].get("namespace") == svc["metadata"]["namespace"]
+                and sel
+                and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())
+                and controllers.is_ready(p)
+                and (p.get("status") or {}).get("podIP")
+                and not p["metadata"].get("deletionTimestamp")
+            ]
             ports = {}
             for port in (svc.get("spec") or {}).get("ports") or []:
                 target = port.get("targetPort", port.get("port"))
                 if isinstance(target, str) and ready:
-                    target = next((cp.get("containerPort") for c in ready[0]["spec"].get("containers") or []
-                                   for cp in c.get("ports") or [] if cp.get("name") == target), port.get("port"))
+                    target = next(
+                        (
+                            cp.get("containerPort")
+                            for c in ready[0]["spec"].get("containers") or []
+                            for cp in c.get("ports") or []
+                            if cp.get("name") == target
+                        ),
+                        port.get("port"),
+                    )
                 ports[int(port["port"])] = int(target)
-            selects_self = bool(sel) and svc["metadata"]["namespace"] == namespace and all(
-                own_labels.get(k) == v for k, v in sel.items())
+            selects_self = (
+                bool(sel)
+                and svc["metadata"]["namespace"] == namespace
+                and all(own_labels.get(k) == v for k, v in sel.items())
+            )
             ip = ready[0]["status"]["podIP"] if ready else own_ip if selects_self else None
-            services.append(podspec.ServiceTarget(svc["metadata"]["namespace"], svc["metadata"]["name"], ports, ip))
+            services.append(
+                podspec.ServiceTarget(svc["metadata"]["namespace"], svc["metadata"]["name"], ports, ip)
+            )
         return objs, services
 
     async def _prepare(self, pod: Obj, run: PodRun) -> None:
@@ -374,7 +457,9 @@ class Kubelet:
         try:
             volumes = podspec.prepare_volumes(pod, self.root, run.pod_dir, lookup)
             for c in run.all_containers():
-                self._prepare_container(pod, run, c, volumes, lookup, services, strict_dns=not deadline_passed)
+                self._prepare_container(
+                    pod, run, c, volumes, lookup, services, strict_dns=not deadline_passed
+                )
         except podspec.NotRunnable as e:
             run.failed_reason, run.failed_message = e.reason, e.message
             logger.warning("pod %s/%s cannot run: %s", run.namespace, run.name, e.message)
@@ -387,8 +472,17 @@ class Kubelet:
             return
         run.prepared = True
 
-    def _prepare_container(self, pod: Obj, run: PodRun, c: ContainerRun, volumes: Mapping[str, pathlib.Path],
-                           lookup: Any, services: list[podspec.ServiceTarget], *, strict_dns: bool) -> None:
+    def _prepare_container(
+        self,
+        pod: Obj,
+        run: PodRun,
+        c: ContainerRun,
+        volumes: Mapping[str, pathlib.Path],
+        lookup: Any,
+        services: list[podspec.ServiceTarget],
+        *,
+        strict_dns: bool,
+    ) -> None:
         spec = c.spec
         c.mounts = podspec.container_mounts(spec, volumes)
         env = podspec.container_env(pod, spec, lookup)
@@ -399,12 +493,19 @@ class Kubelet:
             except podspec.UnresolvedService:
                 if strict_dns:
                     raise
-                logger.warning("pod %s/%s: starting with unresolved service in %r", run.namespace, run.name, value)
+                logger.warning(
+                    "pod %s/%s: starting with unresolved service in %r", run.namespace, run.name, value
+                )
                 return value
 
-        env = {k: dns(podspec.rewrite_paths(v, c.mounts), podspec.env_may_be_bare_host(k)) for k, v in env.items()}
+        env = {
+            k: dns(podspec.rewrite_paths(v, c.mounts), podspec.env_may_be_bare_host(k))
+            for k, v in env.items()
+        }
         for mount in c.mounts:
-            env[f"KUBELET_VOLUME_{mount.volume.upper().replace('-', '_').replace('.', '_')}"] = str(mount.local)
+            env[f"KUBELET_VOLUME_{mount.volume.upper().replace('-', '_').replace('.', '_')}"] = str(
+                mount.local
+            )
         base = {
             "PATH": f"{podspec.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(run.pod_dir / "home"),
@@ -425,8 +526,11 @@ class Kubelet:
         c.cwd.mkdir(parents=True, exist_ok=True)
         for kind in ("readinessProbe", "livenessProbe"):
             if spec.get(kind):
-                probe = Probe(spec[kind], next_at=time.monotonic() + min(
-                    float(spec[kind].get("initialDelaySeconds", 0)), self.probe_period_cap))
+                probe = Probe(
+                    spec[kind],
+                    next_at=time.monotonic()
+                    + min(float(spec[kind].get("initialDelaySeconds", 0)), self.probe_period_cap),
+                )
                 setattr(c, "readiness" if kind == "readinessProbe" else "liveness", probe)
 
     # -- processes ------------------------------------------------------------------------
@@ -437,8 +541,15 @@ class Kubelet:
             out.write(f"--- process kubelet: starting {c.argv!r} (restart {c.restart_count})\n".encode())
             out.flush()
             try:
-                c.proc = subprocess.Popen(c.argv, env=c.env, cwd=c.cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                c.proc = subprocess.Popen(
+                    c.argv,
+                    env=c.env,
+                    cwd=c.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             except OSError as e:
                 out.write(f"--- process kubelet: cannot start: {e}\n".encode())
                 c.proc = None
@@ -460,7 +571,12 @@ class Kubelet:
                     c.reason = "Completed" if c.exit_code == 0 else "Error"
                     changed = True
                 for probe, live in ((c.readiness, False), (c.liveness, True)):
-                    if probe is not None and c.running and not probe.running and time.monotonic() >= probe.next_at:
+                    if (
+                        probe is not None
+                        and c.running
+                        and not probe.running
+                        and time.monotonic() >= probe.next_at
+                    ):
                         probe.running = True
                         task = asyncio.create_task(self._probe(run, c, probe, live))
                         self._tasks.add(task)
@@ -497,8 +613,14 @@ class Kubelet:
             asyncio.get_running_loop().call_later(delay, self._wake.set)
             return
         if time.monotonic() >= c.next_start:
-            c.last_terminated = {"terminated": {"exitCode": c.exit_code, "reason": "Completed" if c.exit_code == 0 else "Error",
-                                                "startedAt": c.started_at, "finishedAt": c.finished_at}}
+            c.last_terminated = {
+                "terminated": {
+                    "exitCode": c.exit_code,
+                    "reason": "Completed" if c.exit_code == 0 else "Error",
+                    "startedAt": c.started_at,
+                    "finishedAt": c.finished_at,
+                }
+            }
             c.restart_count += 1
             c.next_start = 0.0
             self._start(run, c)
@@ -509,7 +631,9 @@ class Kubelet:
             ok = await self._run_probe(run, c, spec)
         finally:
             probe.running = False
-            probe.next_at = time.monotonic() + min(float(spec.get("periodSeconds", 10)), self.probe_period_cap)
+            probe.next_at = time.monotonic() + min(
+                float(spec.get("periodSeconds", 10)), self.probe_period_cap
+            )
         if ok:
             probe.successes, probe.failures = probe.successes + 1, 0
             if probe.successes >= int(spec.get("successThreshold", 1)) and not probe.ready:
@@ -522,7 +646,9 @@ class Kubelet:
                     probe.ready = False
                     self._wake.set()
                 if liveness and c.running and c.proc is not None:
-                    logger.info("pod %s/%s container %s failed liveness: restarting", run.namespace, run.name, c.name)
+                    logger.info(
+                        "pod %s/%s container %s failed liveness: restarting", run.namespace, run.name, c.name
+                    )
                     probe.failures = 0
                     _signal_group(c.proc, signal.SIGKILL)
 
@@ -533,8 +659,10 @@ class Kubelet:
             return await self._exec(run, c, spec["exec"].get("command") or [], timeout) == 0
         if "tcpSocket" in spec:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(run.ip, port_of(spec["tcpSocket"]["port"])), timeout)
-            except (OSError, asyncio.TimeoutError):
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(run.ip, port_of(spec["tcpSocket"]["port"])), timeout
+                )
+            except (TimeoutError, OSError):
                 return False
             writer.close()
             with contextlib.suppress(OSError):
@@ -542,11 +670,13 @@ class Kubelet:
             return True
         if "httpGet" in spec:
             get = spec["httpGet"]
-            url = f"{get.get('scheme', 'HTTP').lower()}://{run.ip}:{port_of(get['port'])}{get.get('path', '/')}"
+            url = (
+                f"{get.get('scheme', 'HTTP').lower()}://{run.ip}:{port_of(get['port'])}{get.get('path', '/')}"
+            )
             try:
                 async with self.client.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as rsp:
                     return 200 <= rsp.status < 400
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 return False
         return True
 
@@ -558,18 +688,29 @@ class Kubelet:
                     if cp.get("name") == port:
                         return int(cp["containerPort"])
             return int(port)
+
         return port_of
 
     async def _exec(self, run: PodRun, c: ContainerRun, command: list[str], timeout: float) -> int:
         """Run an exec probe or hook as a local command with the container's env and mounts."""
-        argv = podspec.local_command([podspec.rewrite_paths(podspec.expand(str(w), c.env), c.mounts) for w in command])
+        argv = podspec.local_command(
+            [podspec.rewrite_paths(podspec.expand(str(w), c.env), c.mounts) for w in command]
+        )
         log = self.log_path(run.namespace, run.name, c.name)
 
         def call() -> int:
             with open(log, "ab") as out:
                 try:
-                    return subprocess.run(argv, env=c.env, cwd=c.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, timeout=timeout, check=False).returncode
+                    return subprocess.run(
+                        argv,
+                        env=c.env,
+                        cwd=c.cwd,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        timeout=timeout,
+                        check=False,
+                    ).returncode
                 except (OSError, subprocess.TimeoutExpired) as e:
                     out.write(f"--- process kubelet: exec {argv!r} failed: {e}\n".encode())
                     return 1
@@ -581,9 +722,9 @@ class Kubelet:
         deadline = time.monotonic() + grace
         live = [c for c in run.all_containers() if c.running]
         if grace > 0:
-            hooks = []
+            hooks: list[Coroutine[Any, Any, object]] = []
             for c in live:
-                pre_stop = ((c.spec.get("lifecycle") or {}).get("preStop") or {})
+                pre_stop = (c.spec.get("lifecycle") or {}).get("preStop") or {}
                 if "exec" in pre_stop:
                     hooks.append(self._exec(run, c, pre_stop["exec"].get("command") or [], timeout=grace))
                 elif "httpGet" in pre_stop:
@@ -609,7 +750,9 @@ class Kubelet:
         self._wake.set()
 
     async def _shutdown(self) -> None:
-        await asyncio.gather(*(self._kill(run, grace=0.5) for run in self.runs.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(self._kill(run, grace=0.5) for run in self.runs.values()), return_exceptions=True
+        )
         with contextlib.suppress(Exception):
             for name in self.nodes:
                 await self.client.delete(path("v1", "nodes", name=name))
@@ -621,7 +764,9 @@ class Kubelet:
         if status == run.last_status:
             return
         meta = pod["metadata"]
-        await self.client.patch(path("v1", "pods", meta["namespace"], meta["name"], "status"), {"status": status})
+        await self.client.patch(
+            path("v1", "pods", meta["namespace"], meta["name"], "status"), {"status": status}
+        )
         run.last_status = status
 
     def _container_status(self, c: ContainerRun, run: PodRun) -> Obj:
@@ -629,17 +774,42 @@ class Kubelet:
         if c.running:
             state = {"running": {"startedAt": c.started_at}}
         elif c.next_start:
-            state = {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off restarting container {c.name}"}}
+            state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off restarting container {c.name}",
+                }
+            }
         elif c.exit_code is not None:
-            state = {"terminated": {"exitCode": c.exit_code, "reason": c.reason or "Error", "startedAt": c.started_at,
-                                    "finishedAt": c.finished_at, **({"message": c.message} if c.message else {})}}
+            state = {
+                "terminated": {
+                    "exitCode": c.exit_code,
+                    "reason": c.reason or "Error",
+                    "startedAt": c.started_at,
+                    "finishedAt": c.finished_at,
+                    **({"message": c.message} if c.message else {}),
+                }
+            }
         else:
             reason = run.failed_reason or run.waiting_reason
-            state = {"waiting": {"reason": reason, **({"message": run.failed_message or run.waiting_message}
-                                                      if (run.failed_message or run.waiting_message) else {})}}
+            state = {
+                "waiting": {
+                    "reason": reason,
+                    **(
+                        {"message": run.failed_message or run.waiting_message}
+                        if (run.failed_message or run.waiting_message)
+                        else {}
+                    ),
+                }
+            }
         result = {
-            "name": c.name, "image": c.spec.get("image", ""), "imageID": f"process://{c.spec.get('image', '')}",
-            "ready": c.ready, "started": c.running, "restartCount": c.restart_count, "state": state,
+            "name": c.name,
+            "image": c.spec.get("image", ""),
+            "imageID": f"process://{c.spec.get('image', '')}",
+            "ready": c.ready,
+            "started": c.running,
+            "restartCount": c.restart_count,
+            "state": state,
             "lastState": c.last_terminated or {},
         }
         if c.proc is not None:
@@ -652,7 +822,11 @@ class Kubelet:
         initialized = all(c.exit_code == 0 for c in run.init_containers)
         if run.failed_reason is not None:
             phase = "Failed"
-        elif not run.prepared or not initialized or any(c.proc is None and c.exit_code is None for c in run.containers):
+        elif (
+            not run.prepared
+            or not initialized
+            or any(c.proc is None and c.exit_code is None for c in run.containers)
+        ):
             phase = "Pending" if not any(c.started_at for c in run.containers) else "Running"
         elif all(c.exit_code is not None and not self._should_restart(run, c) for c in run.containers):
             phase = "Succeeded" if all(c.exit_code == 0 for c in run.containers) else "Failed"
@@ -666,7 +840,12 @@ class Kubelet:
             prev = old.get(type_)
             value = "True" if ok else "False"
             since = prev["lastTransitionTime"] if prev and prev.get("status") == value else t
-            return {"type": type_, "status": value, "lastTransitionTime": since, **({"reason": reason} if reason and not ok else {})}
+            return {
+                "type": type_,
+                "status": value,
+                "lastTransitionTime": since,
+                **({"reason": reason} if reason and not ok else {}),
+            }
 
         status: Obj = {
             "phase": phase,
@@ -731,16 +910,21 @@ class KubeletThread:
 
         try:
             asyncio.run(main())
-        except BaseException as e:  # reported to the test at teardown
+        except BaseException as e:
             self._error = e
             self._started.set()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.kube.kubelet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.kube.kubelet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--kubeconfig", type=pathlib.Path, required=True)
-    parser.add_argument("--root", type=pathlib.Path, required=True, help="directory for node dirs, pod dirs and logs")
+    parser.add_argument(
+        "--root", type=pathlib.Path, required=True, help="directory for node dirs, pod dirs and logs"
+    )
     parser.add_argument("--nodes", default="node-a,node-b", help="comma-separated node names")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)

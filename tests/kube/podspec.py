@@ -45,6 +45,7 @@ class NotRunnable(Exception):
 
 # -- argv ------------------------------------------------------------------------------------
 
+
 def _local(word: str) -> str:
     if word == "kubevine":
         script = VENV_BIN / "kubevine"
@@ -69,8 +70,10 @@ def container_argv(container: Mapping[str, Any], pod_ip: str, workdir: pathlib.P
         if words and "redis-server" in words[0]:
             words = words[1:]
         elif command:
-            raise NotRunnable("CreateContainerError",
-                              f"the process kubelet runs redis images as redis-server only, not {command[0]!r}")
+            raise NotRunnable(
+                "CreateContainerError",
+                f"the process kubelet runs redis images as redis-server only, not {command[0]!r}",
+            )
         extra = []
         if "--bind" not in words:
             extra += ["--bind", pod_ip]
@@ -116,7 +119,17 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 
 def _quantity(value: str) -> float:
-    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    units = {
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
     m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value).strip())
     if not m:
         return 0.0
@@ -189,9 +202,9 @@ def container_env(
                     continue
                 raise MissingReference(f'{kind} "{ref.get("name")}" not found')
             for key in obj.get("data") or {}:
-                value = _key_of(obj, key, secret=kind == "secret")
-                if value is not None:
-                    env[prefix + key] = value
+                found = _key_of(obj, key, secret=kind == "secret")
+                if found is not None:
+                    env[prefix + key] = found
     for item in container.get("env") or []:
         name = item["name"]
         if "valueFrom" not in item:
@@ -204,7 +217,11 @@ def container_env(
         elif "resourceFieldRef" in source:
             value = resource_ref(container, source["resourceFieldRef"])
         else:
-            kind, ref = ("secret", source["secretKeyRef"]) if "secretKeyRef" in source else ("configmap", source.get("configMapKeyRef") or {})
+            kind, ref = (
+                ("secret", source["secretKeyRef"])
+                if "secretKeyRef" in source
+                else ("configmap", source.get("configMapKeyRef") or {})
+            )
             value = _key_of(lookup(kind, ref.get("name", "")), ref.get("key", ""), secret=kind == "secret")
             if value is None:
                 if ref.get("optional"):
@@ -215,6 +232,7 @@ def container_env(
 
 
 # -- volumes ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Mount:
@@ -291,11 +309,12 @@ def rewrite_paths(text: str, mounts: list[Mount]) -> str:
     """Replace mount paths used as path prefixes (`/cache`, `/cache/x`, `--dir=/cache`)."""
     for mount in mounts:
         pattern = re.compile(r"(?<![\w./-])" + re.escape(mount.mount_path) + r"(?=/|$|[\s:;,\"'])")
-        text = pattern.sub(lambda _m, local=str(mount.local): local, text)
+        text = pattern.sub(str(mount.local).replace("\\", "\\\\"), text)
     return text
 
 
 # -- Service DNS -----------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class ServiceTarget:
@@ -306,14 +325,19 @@ class ServiceTarget:
 
 
 def service_hostnames(svc: ServiceTarget, pod_namespace: str) -> list[str]:
-    names = [f"{svc.name}.{svc.namespace}.svc.cluster.local", f"{svc.name}.{svc.namespace}.svc",
-             f"{svc.name}.{svc.namespace}"]
+    names = [
+        f"{svc.name}.{svc.namespace}.svc.cluster.local",
+        f"{svc.name}.{svc.namespace}.svc",
+        f"{svc.name}.{svc.namespace}",
+    ]
     if svc.namespace == pod_namespace:
         names.append(svc.name)
     return names
 
 
-_URL_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^@/]*@)?(?P<host>[^:/?#@]+)(?::(?P<port>\d+))?(?P<rest>[/?#].*)?$")
+_URL_RE = re.compile(
+    r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^@/]*@)?(?P<host>[^:/?#@]+)(?::(?P<port>\d+))?(?P<rest>[/?#].*)?$"
+)
 _HOSTPORT_RE = re.compile(r"^(?P<host>[^:/\s]+)(?::(?P<port>\d+))?$")
 
 
@@ -329,7 +353,9 @@ def env_may_be_bare_host(name: str) -> bool:
     return bool(_HOST_ENV_RE.search(name))
 
 
-def rewrite_service(value: str, services: list[ServiceTarget], pod_namespace: str, *, bare: bool = True) -> str:
+def rewrite_service(
+    value: str, services: list[ServiceTarget], pod_namespace: str, *, bare: bool = True
+) -> str:
     """Rewrite one env value or arg whose host is a Service name; raise if not Ready yet.
 
     `bare=False`: a lone single-label word (`backend`, no dot, port or scheme) is left

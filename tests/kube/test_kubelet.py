@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import socket
 import textwrap
@@ -44,6 +45,14 @@ def ready_pods(api: KubeAPI, selector: str, count: int = 1) -> list[dict[str, An
     return found if len(found) >= count else []
 
 
+def phase(api: KubeAPI, pod: str) -> str:
+    return str(get(api, f"/api/v1/namespaces/default/pods/{pod}")["status"]["phase"])
+
+
+def finished(api: KubeAPI, pod: str) -> bool:
+    return phase(api, pod) in ("Succeeded", "Failed")
+
+
 def read_from(ip: str, port: int) -> bytes:
     with socket.create_connection((ip, port), timeout=5) as conn:
         return conn.recv(100)
@@ -58,7 +67,10 @@ def deployment(name: str, container: dict[str, Any], replicas: int = 1, **pod_sp
             "replicas": replicas,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container], **pod_spec}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container], **pod_spec},
+            },
         },
     }
 
@@ -66,21 +78,35 @@ def deployment(name: str, container: dict[str, Any], replicas: int = 1, **pod_sp
 BIND_HOST_ENV = {"name": "KUBEVINE_BIND_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
 
-def test_deployment_runs_as_a_process_that_becomes_ready_on_its_pod_ip(kube_api: KubeAPI, kubelet: Kubelet) -> None:
-    apply(kube_api, deployment("echo", {
-        "name": "server",
-        "image": "kubevine/test:dev",
-        "command": ["python", "-c", ECHO_SERVER],
-        "env": [BIND_HOST_ENV, {"name": "GREETING", "value": "hi from $(KUBEVINE_BIND_HOST)"}],
-        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-    }))
+def test_deployment_runs_as_a_process_that_becomes_ready_on_its_pod_ip(
+    kube_api: KubeAPI, kubelet: Kubelet
+) -> None:
+    apply(
+        kube_api,
+        deployment(
+            "echo",
+            {
+                "name": "server",
+                "image": "kubevine/test:dev",
+                "command": ["python", "-c", ECHO_SERVER],
+                "env": [BIND_HOST_ENV, {"name": "GREETING", "value": "hi from $(KUBEVINE_BIND_HOST)"}],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+            },
+        ),
+    )
     [pod] = wait_for(lambda: ready_pods(kube_api, "app=echo"), timeout=20, what="a Ready echo pod")
     ip = pod["status"]["podIP"]
     assert ip.startswith("127.") and ip != "127.0.0.1"
     assert pod["spec"]["nodeName"] in ("node-a", "node-b")
     assert read_from(ip, 8080) == f"hi from {ip}".encode()
-    deploy = wait_for(lambda: (d := get(kube_api, "/apis/apps/v1/namespaces/default/deployments/echo"))
-                      and d["status"].get("readyReplicas") == 1 and d, what="deployment status")
+    deploy = wait_for(
+        lambda: (
+            (d := get(kube_api, "/apis/apps/v1/namespaces/default/deployments/echo"))
+            and d["status"].get("readyReplicas") == 1
+            and d
+        ),
+        what="deployment status",
+    )
     assert deploy["status"]["observedGeneration"] == 1
 
 
@@ -99,8 +125,12 @@ TERM_RECORDER = textwrap.dedent("""
 
 
 def pod_manifest(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"containers": containers, **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": containers, **spec},
+    }
 
 
 def test_pod_deletion_runs_prestop_then_sigterm_then_removes_the_pod(
@@ -108,13 +138,31 @@ def test_pod_deletion_runs_prestop_then_sigterm_then_removes_the_pod(
 ) -> None:
     out = tmp_path / "signals"
     out.mkdir()
-    apply(kube_api, pod_manifest("graceful", [{
-        "name": "main",
-        "image": "kubevine/test:dev",
-        "command": ["python", "-c", TERM_RECORDER, str(out)],
-        "lifecycle": {"preStop": {"exec": {"command": ["python", "-c",
-                                                        f"import pathlib; pathlib.Path({str(out)!r}, 'prestop').touch()"]}}},
-    }], terminationGracePeriodSeconds=10))
+    apply(
+        kube_api,
+        pod_manifest(
+            "graceful",
+            [
+                {
+                    "name": "main",
+                    "image": "kubevine/test:dev",
+                    "command": ["python", "-c", TERM_RECORDER, str(out)],
+                    "lifecycle": {
+                        "preStop": {
+                            "exec": {
+                                "command": [
+                                    "python",
+                                    "-c",
+                                    f"import pathlib; pathlib.Path({str(out)!r}, 'prestop').touch()",
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
+            terminationGracePeriodSeconds=10,
+        ),
+    )
     wait_for(lambda: (out / "started").exists(), timeout=15, what="the container to start")
     kubectl(kube_api, "delete", "pod", "graceful", "--wait=true", timeout=30)
     assert (out / "sigterm").read_text() == "prestop-before-term"
@@ -122,10 +170,17 @@ def test_pod_deletion_runs_prestop_then_sigterm_then_removes_the_pod(
 
 
 def test_pod_ignoring_sigterm_is_killed_after_the_grace_period(kube_api: KubeAPI, kubelet: Kubelet) -> None:
-    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.05)"
-    apply(kube_api, pod_manifest("stubborn", [{"name": "main", "image": "kubevine/test:dev",
-                                               "command": ["python", "-c", stubborn]}],
-                                 terminationGracePeriodSeconds=1))
+    stubborn = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.05)"
+    )
+    apply(
+        kube_api,
+        pod_manifest(
+            "stubborn",
+            [{"name": "main", "image": "kubevine/test:dev", "command": ["python", "-c", stubborn]}],
+            terminationGracePeriodSeconds=1,
+        ),
+    )
     wait_for(lambda: ready_pods(kube_api, "app=stubborn"), timeout=15, what="stubborn pod running")
     [run] = kubelet.runs.values()
     kubectl(kube_api, "delete", "pod", "stubborn", "--wait=true", timeout=30)
@@ -134,19 +189,36 @@ def test_pod_ignoring_sigterm_is_killed_after_the_grace_period(kube_api: KubeAPI
 
 def _writer(name: str, node: str, message: str) -> dict[str, Any]:
     script = f"import pathlib; pathlib.Path('/cache/{name}.txt').write_text({message!r})"
-    return pod_manifest(name, [{
-        "name": "main", "image": "kubevine/test:dev", "command": ["python", "-c", script],
-        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
-    }], nodeName=node, restartPolicy="Never",
-        volumes=[{"name": "cache", "hostPath": {"path": "/var/cache/kubevine", "type": "DirectoryOrCreate"}}])
+    return pod_manifest(
+        name,
+        [
+            {
+                "name": "main",
+                "image": "kubevine/test:dev",
+                "command": ["python", "-c", script],
+                "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+            }
+        ],
+        nodeName=node,
+        restartPolicy="Never",
+        volumes=[{"name": "cache", "hostPath": {"path": "/var/cache/kubevine", "type": "DirectoryOrCreate"}}],
+    )
 
 
-def test_hostpath_is_shared_by_pods_on_one_node_and_not_across_nodes(kube_api: KubeAPI, kubelet: Kubelet) -> None:
-    reader = ("import os, pathlib; print(sorted(os.listdir('/cache')));"
-              " pathlib.Path('/cache/seen-by-' + os.environ['POD']).write_text(','.join(sorted(os.listdir('/cache'))))")
+def test_hostpath_is_shared_by_pods_on_one_node_and_not_across_nodes(
+    kube_api: KubeAPI, kubelet: Kubelet
+) -> None:
+    reader = (
+        "import os, pathlib; print(sorted(os.listdir('/cache')));"
+        " pathlib.Path('/cache/seen-by-' + os.environ['POD'])"
+        ".write_text(','.join(sorted(os.listdir('/cache'))))"
+    )
     apply(kube_api, _writer("writer-a", "node-a", "from a"))
-    wait_for(lambda: get(kube_api, "/api/v1/namespaces/default/pods/writer-a")["status"]["phase"] == "Succeeded",
-             timeout=15, what="writer-a to finish")
+    wait_for(
+        lambda: get(kube_api, "/api/v1/namespaces/default/pods/writer-a")["status"]["phase"] == "Succeeded",
+        timeout=15,
+        what="writer-a to finish",
+    )
     for name, node in (("reader-a", "node-a"), ("reader-b", "node-b")):
         manifest = _writer(name, node, "")
         container = manifest["spec"]["containers"][0]
@@ -154,8 +226,7 @@ def test_hostpath_is_shared_by_pods_on_one_node_and_not_across_nodes(kube_api: K
         container["env"] = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
         apply(kube_api, manifest)
     for name in ("reader-a", "reader-b"):
-        wait_for(lambda name=name: get(kube_api, f"/api/v1/namespaces/default/pods/{name}")["status"]["phase"] == "Succeeded",
-                 timeout=15, what=f"{name} to finish")
+        wait_for(functools.partial(finished, kube_api, name), timeout=15, what=f"{name} to finish")
     node_a = kubelet.node_dir("node-a") / "var/cache/kubevine"
     node_b = kubelet.node_dir("node-b") / "var/cache/kubevine"
     assert (node_a / "writer-a.txt").read_text() == "from a"
@@ -163,28 +234,65 @@ def test_hostpath_is_shared_by_pods_on_one_node_and_not_across_nodes(kube_api: K
     assert (node_b / "seen-by-reader-b").read_text() == ""
 
 
-def test_service_hostnames_in_env_and_args_are_rewritten_to_a_ready_pod_ip(kube_api: KubeAPI, kubelet: Kubelet) -> None:
+def test_service_hostnames_in_env_and_args_are_rewritten_to_a_ready_pod_ip(
+    kube_api: KubeAPI, kubelet: Kubelet
+) -> None:
     apply(
         kube_api,
-        deployment("backend", {
-            "name": "server", "image": "kubevine/test:dev", "command": ["python", "-c", ECHO_SERVER],
-            "env": [BIND_HOST_ENV, {"name": "PORT", "value": "7000"}, {"name": "GREETING", "value": "backend"}],
-            "readinessProbe": {"tcpSocket": {"port": 7000}, "periodSeconds": 1},
-        }),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend"},
-         "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": 7000}]}},
+        deployment(
+            "backend",
+            {
+                "name": "server",
+                "image": "kubevine/test:dev",
+                "command": ["python", "-c", ECHO_SERVER],
+                "env": [
+                    BIND_HOST_ENV,
+                    {"name": "PORT", "value": "7000"},
+                    {"name": "GREETING", "value": "backend"},
+                ],
+                "readinessProbe": {"tcpSocket": {"port": 7000}, "periodSeconds": 1},
+            },
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "backend"},
+            "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": 7000}]},
+        },
     )
-    client = ("import os, socket, sys, urllib.parse\n"
-              "u = urllib.parse.urlparse(os.environ['BACKEND_URL'])\n"
-              "print(os.environ['BACKEND_URL'], sys.argv[1:], flush=True)\n"
-              "print(socket.create_connection((u.hostname, u.port)).recv(100).decode(), flush=True)\n")
-    apply(kube_api, pod_manifest("client", [{
-        "name": "main", "image": "kubevine/test:dev",
-        "command": ["python", "-c", client, "--backend", "backend.default.svc.cluster.local:80", "backend"],
-        "env": [{"name": "BACKEND_URL", "value": "tcp://backend:80/x"}],
-    }], restartPolicy="Never"))
-    wait_for(lambda: get(kube_api, "/api/v1/namespaces/default/pods/client")["status"]["phase"] == "Succeeded",
-             timeout=20, what="the client pod to finish")
+    client = (
+        "import os, socket, sys, urllib.parse\n"
+        "u = urllib.parse.urlparse(os.environ['BACKEND_URL'])\n"
+        "print(os.environ['BACKEND_URL'], sys.argv[1:], flush=True)\n"
+        "print(socket.create_connection((u.hostname, u.port)).recv(100).decode(), flush=True)\n"
+    )
+    apply(
+        kube_api,
+        pod_manifest(
+            "client",
+            [
+                {
+                    "name": "main",
+                    "image": "kubevine/test:dev",
+                    "command": [
+                        "python",
+                        "-c",
+                        client,
+                        "--backend",
+                        "backend.default.svc.cluster.local:80",
+                        "backend",
+                    ],
+                    "env": [{"name": "BACKEND_URL", "value": "tcp://backend:80/x"}],
+                }
+            ],
+            restartPolicy="Never",
+        ),
+    )
+    wait_for(
+        lambda: get(kube_api, "/api/v1/namespaces/default/pods/client")["status"]["phase"] == "Succeeded",
+        timeout=20,
+        what="the client pod to finish",
+    )
     [backend] = ready_pods(kube_api, "app=backend")
     ip = backend["status"]["podIP"]
     log = kubectl(kube_api, "logs", "client").stdout
@@ -193,15 +301,39 @@ def test_service_hostnames_in_env_and_args_are_rewritten_to_a_ready_pod_ip(kube_
 
 
 def job(name: str, exit_code: int) -> dict[str, Any]:
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
-                "name": "main", "image": "kubevine/test:dev",
-                "command": ["python", "-c", f"import sys; print('job {name}'); sys.exit({exit_code})"]}]}}}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "kubevine/test:dev",
+                            "command": [
+                                "python",
+                                "-c",
+                                f"import sys; print('job {name}'); sys.exit({exit_code})",
+                            ],
+                        }
+                    ],
+                }
+            },
+        },
+    }
 
 
 def job_condition(api: KubeAPI, name: str) -> str | None:
     status = get(api, f"/apis/batch/v1/namespaces/default/jobs/{name}").get("status") or {}
-    done = [c["type"] for c in status.get("conditions") or [] if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
+    done = [
+        c["type"]
+        for c in status.get("conditions") or []
+        if c["type"] in ("Complete", "Failed") and c["status"] == "True"
+    ]
     return done[0] if done else None
 
 
@@ -221,12 +353,24 @@ def test_job_exit_0_completes_and_exit_1_fails(kube_api: KubeAPI, kubelet: Kubel
 def test_redis_image_runs_a_real_redis_server_on_the_pod_ip(kube_api: KubeAPI, kubelet: Kubelet) -> None:
     import redis
 
-    apply(kube_api, deployment("redis", {
-        "name": "redis", "image": "redis:7", "args": ["--port", "6379", "--appendonly", "yes", "--dir", "/data"],
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "readinessProbe": {"exec": {"command": ["redis-cli", "-h", "$(POD_IP)", "ping"]}, "periodSeconds": 1},
-        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-    }, volumes=[{"name": "data", "emptyDir": {}}]))
+    apply(
+        kube_api,
+        deployment(
+            "redis",
+            {
+                "name": "redis",
+                "image": "redis:7",
+                "args": ["--port", "6379", "--appendonly", "yes", "--dir", "/data"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                "readinessProbe": {
+                    "exec": {"command": ["redis-cli", "-h", "$(POD_IP)", "ping"]},
+                    "periodSeconds": 1,
+                },
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            },
+            volumes=[{"name": "data", "emptyDir": {}}],
+        ),
+    )
     [pod] = wait_for(lambda: ready_pods(kube_api, "app=redis"), timeout=20, what="a Ready redis pod")
     client = redis.Redis(host=pod["status"]["podIP"], port=6379, socket_timeout=5)
     try:
@@ -238,12 +382,25 @@ def test_redis_image_runs_a_real_redis_server_on_the_pod_ip(kube_api: KubeAPI, k
 
 
 def test_container_that_crashes_is_restarted_and_counted(kube_api: KubeAPI, kubelet: Kubelet) -> None:
-    apply(kube_api, pod_manifest("crasher", [{"name": "main", "image": "kubevine/test:dev",
-                                              "command": ["python", "-c", "import sys; sys.exit(3)"]}],
-                                 restartPolicy="OnFailure"))
+    apply(
+        kube_api,
+        pod_manifest(
+            "crasher",
+            [
+                {
+                    "name": "main",
+                    "image": "kubevine/test:dev",
+                    "command": ["python", "-c", "import sys; sys.exit(3)"],
+                }
+            ],
+            restartPolicy="OnFailure",
+        ),
+    )
 
     def restarts() -> int:
-        statuses = get(kube_api, "/api/v1/namespaces/default/pods/crasher")["status"].get("containerStatuses") or []
+        statuses = (
+            get(kube_api, "/api/v1/namespaces/default/pods/crasher")["status"].get("containerStatuses") or []
+        )
         return int(statuses[0]["restartCount"]) if statuses else 0
 
     wait_for(lambda: restarts() >= 2, timeout=20, what="two restarts")
@@ -251,27 +408,58 @@ def test_container_that_crashes_is_restarted_and_counted(kube_api: KubeAPI, kube
 
 def test_image_that_cannot_run_fails_the_pod_with_a_clear_reason(kube_api: KubeAPI, kubelet: Kubelet) -> None:
     apply(kube_api, pod_manifest("nginx", [{"name": "main", "image": "nginx:1.27"}]))
-    pod = wait_for(lambda: (p := get(kube_api, "/api/v1/namespaces/default/pods/nginx"))["status"]["phase"] == "Failed" and p,
-                   timeout=15, what="the nginx pod to fail")
+    pod = wait_for(
+        lambda: (
+            (p := get(kube_api, "/api/v1/namespaces/default/pods/nginx"))["status"]["phase"] == "Failed" and p
+        ),
+        timeout=15,
+        what="the nginx pod to fail",
+    )
     assert pod["status"]["reason"] == "ErrImageNeverPull"
     assert "kubevine" in pod["status"]["message"] and "redis" in pod["status"]["message"]
 
 
 def test_secret_and_configmap_reach_env_and_volumes(kube_api: KubeAPI, kubelet: Kubelet) -> None:
-    script = ("import os, pathlib; print(os.environ['TOKEN'], os.environ['MODE'], "
-              "pathlib.Path(os.environ['CONF_DIR'], 'app.conf').read_text(), sep='|')")
+    script = (
+        "import os, pathlib; print(os.environ['TOKEN'], os.environ['MODE'], "
+        "pathlib.Path(os.environ['CONF_DIR'], 'app.conf').read_text(), sep='|')"
+    )
     apply(
         kube_api,
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "conf"}, "data": {"mode": "fast", "app.conf": "x=1"}},
-        pod_manifest("consumer", [{
-            "name": "main", "image": "kubevine/test:dev", "command": ["python", "-c", script],
-            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
-                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "mode"}}},
-                    {"name": "CONF_DIR", "value": "/etc/app"}],
-            "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}],
-        }], restartPolicy="Never", volumes=[{"name": "conf", "configMap": {"name": "conf"}}]),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds"},
+            "stringData": {"token": "s3cret"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "conf"},
+            "data": {"mode": "fast", "app.conf": "x=1"},
+        },
+        pod_manifest(
+            "consumer",
+            [
+                {
+                    "name": "main",
+                    "image": "kubevine/test:dev",
+                    "command": ["python", "-c", script],
+                    "env": [
+                        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "mode"}}},
+                        {"name": "CONF_DIR", "value": "/etc/app"},
+                    ],
+                    "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}],
+                }
+            ],
+            restartPolicy="Never",
+            volumes=[{"name": "conf", "configMap": {"name": "conf"}}],
+        ),
     )
-    wait_for(lambda: get(kube_api, "/api/v1/namespaces/default/pods/consumer")["status"]["phase"] == "Succeeded",
-             timeout=15, what="the consumer pod to finish")
+    wait_for(
+        lambda: get(kube_api, "/api/v1/namespaces/default/pods/consumer")["status"]["phase"] == "Succeeded",
+        timeout=15,
+        what="the consumer pod to finish",
+    )
     assert (kubelet.log_path("default", "consumer", "main").read_text().splitlines()[-1]) == "s3cret|fast|x=1"

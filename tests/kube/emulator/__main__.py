@@ -21,7 +21,9 @@ from .server import EmulatorHandler
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.kube.emulator", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
-    parser.add_argument("--kubeconfig-out", type=pathlib.Path, required=True, help="where to write the kubeconfig")
+    parser.add_argument(
+        "--kubeconfig-out", type=pathlib.Path, required=True, help="where to write the kubeconfig"
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             tmp = args.kubeconfig_out.with_name(args.kubeconfig_out.name + ".tmp")
             write_kubeconfig(tmp, url)
             tmp.replace(args.kubeconfig_out)
-            print(f"kube-api-emulator listening on {url}", flush=True)  # noqa: T201 - CLI output
+            print(f"kube-api-emulator listening on {url}", flush=True)
 
         await serve(args.port, started=started, stop=stop)
 

@@ -117,7 +117,17 @@ def api_resource_list(registry: Registry, group: str, version: str) -> Obj | Non
 
 
 def root_paths(registry: Registry) -> Obj:
-    paths = {"/api", "/api/v1", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi/v2", "/openapi/v3"}
+    paths = {
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/version",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/openapi/v2",
+        "/openapi/v3",
+    }
     for group, versions in registry.groups().items():
         if group:
             paths.add(f"/apis/{group}")
@@ -126,6 +136,7 @@ def root_paths(registry: Registry) -> Obj:
 
 
 # -- OpenAPI v3 -------------------------------------------------------------------------------
+
 
 def _gv_path(group: str, version: str) -> str:
     return f"apis/{group}/{version}" if group else f"api/{version}"
@@ -142,8 +153,13 @@ def openapi_v3_root(registry: Registry) -> Obj:
 
 def _hash(registry: Registry, group: str, version: str) -> str:
     """Changes whenever the served types of a group version change (clients cache by it)."""
-    text = repr([(rt.plural, rt.kind, rt.subresources, rt.printer_columns, rt.schema)
-                 for rt in registry if rt.group == group and rt.version == version])
+    text = repr(
+        [
+            (rt.plural, rt.kind, rt.subresources, rt.printer_columns, rt.schema)
+            for rt in registry
+            if rt.group == group and rt.version == version
+        ]
+    )
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:32].upper()
@@ -188,19 +204,45 @@ def openapi_v3_group_version(registry: Registry, group: str, version: str) -> Ob
         action = {"x-kubernetes-group-version-kind": gvk[0]}
         ok = {"200": {"description": "OK", "content": {"application/json": {"schema": ref}}}}
         collection = {
-            "post": {**action, "x-kubernetes-action": "post", "operationId": f"create{rt.kind}",
-                     "requestBody": body, "responses": ok,
-                     "parameters": [_FIELD_VALIDATION]},
-            "get": {**action, "x-kubernetes-action": "list", "operationId": f"list{rt.kind}", "responses": ok},
+            "post": {
+                **action,
+                "x-kubernetes-action": "post",
+                "operationId": f"create{rt.kind}",
+                "requestBody": body,
+                "responses": ok,
+                "parameters": [_FIELD_VALIDATION],
+            },
+            "get": {
+                **action,
+                "x-kubernetes-action": "list",
+                "operationId": f"list{rt.kind}",
+                "responses": ok,
+            },
         }
         item = {
             "get": {**action, "x-kubernetes-action": "get", "operationId": f"read{rt.kind}", "responses": ok},
-            "put": {**action, "x-kubernetes-action": "put", "operationId": f"replace{rt.kind}",
-                    "requestBody": body, "responses": ok, "parameters": [_FIELD_VALIDATION]},
-            "patch": {**action, "x-kubernetes-action": "patch", "operationId": f"patch{rt.kind}",
-                      "requestBody": {"content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
-                      "responses": ok, "parameters": [_FIELD_VALIDATION]},
-            "delete": {**action, "x-kubernetes-action": "delete", "operationId": f"delete{rt.kind}", "responses": ok},
+            "put": {
+                **action,
+                "x-kubernetes-action": "put",
+                "operationId": f"replace{rt.kind}",
+                "requestBody": body,
+                "responses": ok,
+                "parameters": [_FIELD_VALIDATION],
+            },
+            "patch": {
+                **action,
+                "x-kubernetes-action": "patch",
+                "operationId": f"patch{rt.kind}",
+                "requestBody": {"content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
+                "responses": ok,
+                "parameters": [_FIELD_VALIDATION],
+            },
+            "delete": {
+                **action,
+                "x-kubernetes-action": "delete",
+                "operationId": f"delete{rt.kind}",
+                "responses": ok,
+            },
         }
         base = f"/{_gv_path(group, version)}"
         ns = "/namespaces/{namespace}" if rt.namespaced else ""

@@ -118,13 +118,15 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
 
 def _merge_list(field: str, current: Any, patch: list[Any]) -> list[Any]:
     current = list(current) if isinstance(current, list) else []
+    result: list[Any]
     if field in _PRIMITIVE_MERGE:
-        return current + [v for v in patch if v not in current]
+        result = current + [v for v in patch if v not in current]
+        return result
     key = _merge_key(field, patch + current)
     if key is None or not all(isinstance(i, dict) for i in patch):
         if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
             return [i for i in patch if not (isinstance(i, dict) and "$patch" in i)]
-        return copy.deepcopy(patch)
+        return list(copy.deepcopy(patch))
     if any(i.get("$patch") == "replace" for i in patch):
         return [copy.deepcopy(i) for i in patch if "$patch" not in i]
     result = [copy.deepcopy(i) for i in current]

@@ -89,9 +89,7 @@ def _rt(
 BUILTINS: tuple[ResourceType, ...] = (
     _rt("", "v1", "namespaces", "Namespace", cluster=True, short=["ns"], sub=["status"]),
     _rt("", "v1", "nodes", "Node", cluster=True, short=["no"], sub=["status"]),
-    _rt(
-        "", "v1", "pods", "Pod", short=["po"], sub=["status", "binding", "log", "eviction"], cats=["all"]
-    ),
+    _rt("", "v1", "pods", "Pod", short=["po"], sub=["status", "binding", "log", "eviction"], cats=["all"]),
     _rt("", "v1", "services", "Service", short=["svc"], sub=["status"], cats=["all"]),
     _rt("", "v1", "endpoints", "Endpoints", short=["ep"]),
     _rt("", "v1", "secrets", "Secret"),

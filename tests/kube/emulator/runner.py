@@ -32,7 +32,12 @@ def write_kubeconfig(path: pathlib.Path, url: str, namespace: str = "default") -
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": url}}],
         "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "emulator",
+                "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace},
+            }
+        ],
         "current-context": "emulator",
         "preferences": {},
     }
@@ -87,8 +92,12 @@ def client_env(kubeconfig: pathlib.Path, base: dict[str, str] | None = None) -> 
     return env
 
 
-async def serve(port: int = 0, *, started: Callable[[EmulatorHandler, kmock.Server], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(
+    port: int = 0,
+    *,
+    started: Callable[[EmulatorHandler, kmock.Server], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Serve until `stop` is set (or forever)."""
     handler = EmulatorHandler()
     async with handler, kmock.Server(handler, port=port or None, user_agent=""):
@@ -128,8 +137,15 @@ class EmulatorThread:
         def started(handler: EmulatorHandler, server: kmock.Server) -> None:
             url = f"http://127.0.0.1:{server.port}"
             kubeconfig = write_kubeconfig(self.workdir / "kubeconfig", url)
-            self._ready.set_result(KubeAPI(url=url, kubeconfig=kubeconfig, env=client_env(kubeconfig),
-                                           handler=handler, _loop=self._loop))
+            self._ready.set_result(
+                KubeAPI(
+                    url=url,
+                    kubeconfig=kubeconfig,
+                    env=client_env(kubeconfig),
+                    handler=handler,
+                    _loop=self._loop,
+                )
+            )
 
         try:
             await serve(self.port, started=started, stop=self._stop)

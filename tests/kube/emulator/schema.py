@@ -38,7 +38,9 @@ def apply_defaults(value: Any, schema: dict[str, Any] | None) -> Any:
     return value
 
 
-def prune(value: Any, schema: dict[str, Any] | None, path: str, unknown: list[str], root: bool = False) -> Any:
+def prune(
+    value: Any, schema: dict[str, Any] | None, path: str, unknown: list[str], root: bool = False
+) -> Any:
     """Drop fields the schema does not know; record their paths in `unknown`."""
     if schema is None or schema.get("x-kubernetes-preserve-unknown-fields"):
         return value
@@ -79,7 +81,9 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
         return
     if value is None:
         if not schema.get("nullable"):
-            errors.append(f"{path}: Invalid value: \"null\": {path} in body must be of type {schema.get('type')}")
+            errors.append(
+                f'{path}: Invalid value: "null": {path} in body must be of type {schema.get("type")}'
+            )
         return
     typ = schema.get("type")
     if schema.get("x-kubernetes-int-or-string"):
@@ -101,7 +105,9 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
             errors.append(f"{path}: Invalid value: {value}: {path} in body should be <= {schema['maximum']}")
     if isinstance(value, str):
         if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(f"{path}: Invalid value: {value!r}: should be at least {schema['minLength']} chars long")
+            errors.append(
+                f"{path}: Invalid value: {value!r}: should be at least {schema['minLength']} chars long"
+            )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{path}: Too long: may not be longer than {schema['maxLength']}")
         if "pattern" in schema and not re.search(schema["pattern"], value):
@@ -126,7 +132,9 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
                 validate(item, extra, f"{path}.{name}", errors)
 
 
-def process(obj: dict[str, Any], schema: dict[str, Any] | None) -> tuple[dict[str, Any], list[str], list[str]]:
+def process(
+    obj: dict[str, Any], schema: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str], list[str]]:
     """Default, prune and validate a custom resource.
 
     Returns the processed object, the unknown (pruned) field paths and the errors.
@@ -140,7 +148,9 @@ def process(obj: dict[str, Any], schema: dict[str, Any] | None) -> tuple[dict[st
     body = {k: v for k, v in obj.items() if k not in _ROOT_KEEP}
     sub_schema = dict(schema)
     sub_schema["required"] = [r for r in schema.get("required") or [] if r not in _ROOT_KEEP]
-    sub_schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k not in _ROOT_KEEP}
+    sub_schema["properties"] = {
+        k: v for k, v in (schema.get("properties") or {}).items() if k not in _ROOT_KEEP
+    }
     for name in sub_schema["required"]:
         if name not in body:
             errors.append(f"{name}: Required value")

@@ -46,7 +46,11 @@ def _parse_path(path: str) -> dict[str, Any] | None:
     if watch_prefix:
         rest = rest[1:]
     namespace = None
-    if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
+    if (
+        len(rest) >= 3
+        and rest[0] == "namespaces"
+        and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
+    ):
         namespace, rest = rest[1], rest[2:]
     if not rest:
         return {"group": group, "version": version, "plural": None}
@@ -107,8 +111,11 @@ class EmulatorHandler(kmock.RawHandler):
             body=body,
             text=body.decode(errors="replace"),
             data=_loads(body),
-            resource=kmock.resource(group=parsed.get("group"), version=parsed.get("version"), plural=parsed.get("plural"))
-            if parsed.get("plural") else None,
+            resource=kmock.resource(
+                group=parsed.get("group"), version=parsed.get("version"), plural=parsed.get("plural")
+            )
+            if parsed.get("plural")
+            else None,
             namespace=parsed.get("namespace"),
             name=parsed.get("name"),
             subresource=parsed.get("subresource"),
@@ -128,7 +135,9 @@ class EmulatorHandler(kmock.RawHandler):
 
     # -- routing --------------------------------------------------------------------------
 
-    async def _serve(self, raw: aiohttp.web.BaseRequest, body: bytes, parsed: Mapping[str, Any]) -> aiohttp.web.StreamResponse:
+    async def _serve(
+        self, raw: aiohttp.web.BaseRequest, body: bytes, parsed: Mapping[str, Any]
+    ) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
         method = raw.method
         registry = self.store.registry
@@ -146,8 +155,10 @@ class EmulatorHandler(kmock.RawHandler):
             if path == "/openapi/v3":
                 return _json(discovery.openapi_v3_root(registry))
             if path.startswith("/openapi/v3/"):
-                gv = path[len("/openapi/v3/"):].split("/")
-                group, version = ("", gv[1]) if gv[0] == "api" else (gv[1], gv[2]) if len(gv) >= 3 else ("", "")
+                gv = path[len("/openapi/v3/") :].split("/")
+                group, version = (
+                    ("", gv[1]) if gv[0] == "api" else (gv[1], gv[2]) if len(gv) >= 3 else ("", "")
+                )
                 doc = discovery.openapi_v3_group_version(registry, group, version)
                 if doc is not None:
                     return _json(doc)
@@ -165,11 +176,16 @@ class EmulatorHandler(kmock.RawHandler):
             return _status(404, "NotFound", "the server could not find the requested resource")
         rt = registry.get(parsed["group"], parsed["version"], parsed["plural"])
         if rt is None:
-            return _status(404, "NotFound", f"the server could not find the requested resource ({parsed['plural']})")
+            return _status(
+                404, "NotFound", f"the server could not find the requested resource ({parsed['plural']})"
+            )
         ctype = raw.headers.get("Content-Type", JSON)
         if "protobuf" in ctype:
-            return _status(415, "UnsupportedMediaType",
-                           "the emulator speaks JSON only; kubectl create <kind> sends protobuf, use a manifest")
+            return _status(
+                415,
+                "UnsupportedMediaType",
+                "the emulator speaks JSON only; kubectl create <kind> sends protobuf, use a manifest",
+            )
         ns, name, sub = parsed["namespace"], parsed["name"], parsed["subresource"]
         params = dict(raw.query)
         strict = params.get("fieldValidation") == "Strict"
@@ -204,7 +220,9 @@ class EmulatorHandler(kmock.RawHandler):
             return self._pod_log(ns, name, params)
         if sub == "scale" and "scale" in rt.subresources:
             return self._scale(rt, ns, name, method, ctype, body)
-        return _status(405, "MethodNotAllowed", f"{method} on {parsed['plural']}/{sub} is not supported by the emulator")
+        return _status(
+            405, "MethodNotAllowed", f"{method} on {parsed['plural']}/{sub} is not supported by the emulator"
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -222,23 +240,39 @@ class EmulatorHandler(kmock.RawHandler):
 
         return check
 
-    def _list(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, ns: str | None, params: Mapping[str, str]) -> aiohttp.web.Response:
+    def _list(
+        self, raw: aiohttp.web.BaseRequest, rt: ResourceType, ns: str | None, params: Mapping[str, str]
+    ) -> aiohttp.web.Response:
         check = self._select(rt, ns, None, params)
-        items = [obj for obj in self.store.list(rt, ns) if check(obj)]
+        items = [obj for obj in self.store.list_objects(rt, ns) if check(obj)]
         return self._table_or_obj(raw, rt, items, single=False)
 
-    def _table_or_obj(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, items: list[Obj], *, single: bool) -> aiohttp.web.Response:
+    def _table_or_obj(
+        self, raw: aiohttp.web.BaseRequest, rt: ResourceType, items: list[Obj], *, single: bool
+    ) -> aiohttp.web.Response:
         rv = str(self.store.rv)
         if "as=Table" in raw.headers.get("Accept", ""):
             include = raw.query.get("includeObject", "Metadata")
             return _json(tables.render_table(rt, items, rv, include))
         if single:
             return _json(items[0])
-        return _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                      "metadata": {"resourceVersion": rv}, "items": items})
+        return _json(
+            {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            }
+        )
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, ns: str | None, name: str | None,
-                     params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        rt: ResourceType,
+        ns: str | None,
+        name: str | None,
+        params: Mapping[str, str],
+    ) -> aiohttp.web.StreamResponse:
         check = self._select(rt, ns, name, params)
         since = params.get("resourceVersion") or ""
         initial = since in ("", "0") or params.get("sendInitialEvents") == "true"
@@ -254,12 +288,21 @@ class EmulatorHandler(kmock.RawHandler):
         try:
             if initial:
                 position = self.store.rv
-                for obj in self.store.list(rt, ns):
+                for obj in self.store.list_objects(rt, ns):
                     if check(obj):
                         await send("ADDED", obj)
                 if params.get("sendInitialEvents") == "true" and bookmarks:
-                    await send("BOOKMARK", {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": {
-                        "resourceVersion": str(position), "annotations": {"k8s.io/initial-events-end": "true"}}})
+                    await send(
+                        "BOOKMARK",
+                        {
+                            "kind": rt.kind,
+                            "apiVersion": rt.api_version,
+                            "metadata": {
+                                "resourceVersion": str(position),
+                                "annotations": {"k8s.io/initial-events-end": "true"},
+                            },
+                        },
+                    )
             else:
                 try:
                     position = int(since)
@@ -278,8 +321,14 @@ class EmulatorHandler(kmock.RawHandler):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=min(remaining, 5.0))
                 if bookmarks and not changed.is_set():
-                    await send("BOOKMARK", {"kind": rt.kind, "apiVersion": rt.api_version,
-                                            "metadata": {"resourceVersion": str(position)}})
+                    await send(
+                        "BOOKMARK",
+                        {
+                            "kind": rt.kind,
+                            "apiVersion": rt.api_version,
+                            "metadata": {"resourceVersion": str(position)},
+                        },
+                    )
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -287,8 +336,16 @@ class EmulatorHandler(kmock.RawHandler):
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _patch(self, rt: ResourceType, ns: str | None, name: str, sub: str | None, ctype: str, patch: Any,
-               strict: bool) -> aiohttp.web.Response:
+    def _patch(
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        name: str,
+        sub: str | None,
+        ctype: str,
+        patch: Any,
+        strict: bool,
+    ) -> aiohttp.web.Response:
         is_apply = ctype.startswith("application/apply-patch")
         if is_apply and self.store.find(rt, ns, name) is None:
             if sub is not None:
@@ -302,15 +359,25 @@ class EmulatorHandler(kmock.RawHandler):
 
         return _json(self.store.update(rt, ns, name, mutate, subresource=sub, strict=strict))
 
-    def _delete_collection(self, rt: ResourceType, ns: str | None, params: Mapping[str, str], body: bytes) -> aiohttp.web.Response:
+    def _delete_collection(
+        self, rt: ResourceType, ns: str | None, params: Mapping[str, str], body: bytes
+    ) -> aiohttp.web.Response:
         check = self._select(rt, ns, None, params)
         opts = DeleteOptions.parse(_loads(body), dict(params))
         deleted = []
-        for obj in self.store.list(rt, ns):
+        for obj in self.store.list_objects(rt, ns):
             if check(obj) and self.store.find(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"]):
-                deleted.append(self.store.delete(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], opts))
-        return _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                      "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+                deleted.append(
+                    self.store.delete(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], opts)
+                )
+        return _json(
+            {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": deleted,
+            }
+        )
 
     def _bind(self, rt: ResourceType, ns: str | None, name: str, binding: Any) -> aiohttp.web.Response:
         node = ((binding or {}).get("target") or {}).get("name")
@@ -319,19 +386,30 @@ class EmulatorHandler(kmock.RawHandler):
 
         def mutate(pod: Obj) -> Obj:
             if pod["spec"].get("nodeName"):
-                raise api_error(409, "Conflict", f'pod {name} is already assigned to node "{pod["spec"]["nodeName"]}"')
+                raise api_error(
+                    409, "Conflict", f'pod {name} is already assigned to node "{pod["spec"]["nodeName"]}"'
+                )
             pod["spec"]["nodeName"] = node
             return pod
 
         self.store.update(rt, ns, name, mutate)
         return _status(201, "", "bound")
 
-    def _scale(self, rt: ResourceType, ns: str | None, name: str, method: str, ctype: str, body: bytes) -> aiohttp.web.Response:
+    def _scale(
+        self, rt: ResourceType, ns: str | None, name: str, method: str, ctype: str, body: bytes
+    ) -> aiohttp.web.Response:
         def as_scale(obj: Obj) -> Obj:
-            return {"kind": "Scale", "apiVersion": "autoscaling/v1",
-                    "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in obj["metadata"]},
-                    "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
-                    "status": {"replicas": (obj.get("status") or {}).get("replicas", 0)}}
+            return {
+                "kind": "Scale",
+                "apiVersion": "autoscaling/v1",
+                "metadata": {
+                    k: obj["metadata"][k]
+                    for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                    if k in obj["metadata"]
+                },
+                "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0)},
+            }
 
         if method == "GET":
             return _json(as_scale(self.store.get(rt, ns, name)))
@@ -347,10 +425,15 @@ class EmulatorHandler(kmock.RawHandler):
 
     def _pod_log(self, ns: str | None, name: str, params: Mapping[str, str]) -> aiohttp.web.Response:
         """`kubectl logs`: read the file the process kubelet writes, found via the node's annotation."""
-        pod = self.store.get(self.store.registry.get("", "v1", "pods"), ns, name)  # type: ignore[arg-type]
+        pods_rt, nodes_rt = (
+            self.store.registry.get("", "v1", "pods"),
+            self.store.registry.get("", "v1", "nodes"),
+        )
+        assert pods_rt is not None and nodes_rt is not None
+        pod = self.store.get(pods_rt, ns, name)
         containers = [c["name"] for c in pod["spec"].get("containers") or []]
         container = params.get("container") or (containers[0] if containers else "")
-        node = self.store.find(self.store.registry.get("", "v1", "nodes"), None, pod["spec"].get("nodeName") or "")  # type: ignore[arg-type]
+        node = self.store.find(nodes_rt, None, pod["spec"].get("nodeName") or "")
         log_dir = ((node or {}).get("metadata", {}).get("annotations") or {}).get("kubevine.test/log-dir")
         if not log_dir:
             raise api_error(400, "BadRequest", f"pod {name} has no logs: it runs on no process kubelet")
@@ -359,7 +442,7 @@ class EmulatorHandler(kmock.RawHandler):
         path = pathlib.Path(log_dir) / f"{ns}_{name}_{container}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         if params.get("tailLines"):
-            text = "".join(text.splitlines(keepends=True)[-int(params["tailLines"]):])
+            text = "".join(text.splitlines(keepends=True)[-int(params["tailLines"]) :])
         return aiohttp.web.Response(text=text)
 
 
@@ -393,7 +476,7 @@ def _loads(body: bytes) -> Any:
 
 
 def _body(body: bytes, ctype: str) -> Any:
-    if ctype.startswith("application/apply-patch+yaml") or ctype.startswith("application/yaml"):
+    if ctype.startswith(("application/apply-patch+yaml", "application/yaml")):
         try:
             return yaml.safe_load(body)
         except yaml.YAMLError as e:

@@ -15,6 +15,7 @@ import bisect
 import copy
 import dataclasses
 import datetime
+import functools
 import random
 import re
 import string
@@ -30,6 +31,7 @@ from .resources import Registry, ResourceType
 Obj = dict[str, Any]
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 FOREGROUND = "foregroundDeletion"
+_CRD = "CustomResourceDefinition.apiextensions.k8s.io"
 ORPHAN = "orphan"
 
 
@@ -43,8 +45,12 @@ def api_error(status: int, reason: str, message: str, **details: Any) -> Kuberne
 
 def not_found(rt: ResourceType, name: str) -> KubernetesError:
     return api_error(
-        404, "NotFound", f'{rt.plural}{"." + rt.group if rt.group else ""} "{name}" not found',
-        name=name, group=rt.group, kind=rt.plural,
+        404,
+        "NotFound",
+        f'{rt.plural}{"." + rt.group if rt.group else ""} "{name}" not found',
+        name=name,
+        group=rt.group,
+        kind=rt.plural,
     )
 
 
@@ -120,7 +126,7 @@ class Store:
         obj = self._bucket(rt).get((self._ns(rt, namespace), name))
         return None if obj is None else self.view(rt, obj)
 
-    def list(self, rt: ResourceType, namespace: str | None) -> list[Obj]:
+    def list_objects(self, rt: ResourceType, namespace: str | None) -> list[Obj]:
         items = [
             self.view(rt, obj)
             for (ns, _), obj in sorted(self._bucket(rt).items())
@@ -168,7 +174,7 @@ class Store:
 
     def events_since(self, rv: int) -> list[Event]:
         """Events with a resourceVersion greater than `rv`."""
-        return self.log[bisect.bisect_right(self._log_rvs, rv):]
+        return self.log[bisect.bisect_right(self._log_rvs, rv) :]
 
     # -- create ---------------------------------------------------------------------------
 
@@ -183,13 +189,16 @@ class Store:
             body_ns = meta.get("namespace")
             if namespace and body_ns and body_ns != namespace:
                 raise api_error(
-                    400, "BadRequest",
+                    400,
+                    "BadRequest",
                     "the namespace of the provided object does not match the namespace sent on the request",
                 )
             namespace = namespace or body_ns or "default"
             meta["namespace"] = namespace
             if self.find(self._rt("", "namespaces"), None, namespace) is None:
-                raise api_error(404, "NotFound", f'namespaces "{namespace}" not found', name=namespace, kind="namespaces")
+                raise api_error(
+                    404, "NotFound", f'namespaces "{namespace}" not found', name=namespace, kind="namespaces"
+                )
         else:
             meta.pop("namespace", None)
         if not meta.get("name") and meta.get("generateName"):
@@ -200,9 +209,12 @@ class Store:
         assert isinstance(name, str)
         if (self._ns(rt, namespace), name) in self._bucket(rt):
             raise api_error(
-                409, "AlreadyExists",
+                409,
+                "AlreadyExists",
                 f'{rt.plural}{"." + rt.group if rt.group else ""} "{name}" already exists',
-                name=name, group=rt.group, kind=rt.plural,
+                name=name,
+                group=rt.group,
+                kind=rt.plural,
             )
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
@@ -223,14 +235,20 @@ class Store:
 
     def _validate_name(self, rt: ResourceType, name: Any) -> None:
         if not name or not isinstance(name, str):
-            raise api_error(422, "Invalid", f"{rt.kind} is invalid: metadata.name: Required value: name or generateName is required")
-        if len(name) > 253 or not _NAME_RE.match(name):
-            if rt.plural != "customresourcedefinitions" or not _NAME_RE.match(name.lower()):
-                raise api_error(
-                    422, "Invalid",
-                    f'{rt.kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": a lowercase '
-                    "RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
-                )
+            raise api_error(
+                422,
+                "Invalid",
+                f"{rt.kind} is invalid: metadata.name: Required value: name or generateName is required",
+            )
+        if (len(name) > 253 or not _NAME_RE.match(name)) and not (
+            rt.plural == "customresourcedefinitions" and _NAME_RE.match(name.lower())
+        ):
+            raise api_error(
+                422,
+                "Invalid",
+                f'{rt.kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": a lowercase '
+                "RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+            )
 
     def _custom_schema(self, rt: ResourceType, obj: Obj, *, strict: bool) -> Obj:
         if rt.builtin or rt.schema is None:
@@ -241,8 +259,12 @@ class Store:
             errors = [f'unknown field "{path}"' for path in unknown] + errors
         if errors:
             raise api_error(
-                422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: ' + ", ".join(errors),
-                name=name, group=rt.group, kind=rt.kind,
+                422,
+                "Invalid",
+                f'{rt.kind}.{rt.group} "{name}" is invalid: ' + ", ".join(errors),
+                name=name,
+                group=rt.group,
+                kind=rt.kind,
                 causes=[{"message": e} for e in errors],
             )
         return processed
@@ -269,11 +291,16 @@ class Store:
             spec.setdefault("replicas", 1)
             spec.setdefault("revisionHistoryLimit", 10)
             if rt.plural == "deployments":
-                spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+                spec.setdefault(
+                    "strategy",
+                    {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                )
                 spec.setdefault("progressDeadlineSeconds", 600)
             if rt.plural == "statefulsets":
                 spec.setdefault("podManagementPolicy", "OrderedReady")
-                spec.setdefault("updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+                spec.setdefault(
+                    "updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
+                )
             _default_pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
             obj["status"] = {}
         elif rt.key == ("batch", "jobs"):
@@ -286,15 +313,24 @@ class Store:
             uid = obj["metadata"]["uid"]
             template = spec.setdefault("template", {})
             tmeta = template.setdefault("metadata", {})
-            labels = {"batch.kubernetes.io/controller-uid": uid, "controller-uid": uid,
-                      "batch.kubernetes.io/job-name": obj["metadata"]["name"], "job-name": obj["metadata"]["name"]}
+            labels = {
+                "batch.kubernetes.io/controller-uid": uid,
+                "controller-uid": uid,
+                "batch.kubernetes.io/job-name": obj["metadata"]["name"],
+                "job-name": obj["metadata"]["name"],
+            }
             if not spec.get("manualSelector"):
                 spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
                 tmeta["labels"] = {**(tmeta.get("labels") or {}), **labels}
             tspec = template.setdefault("spec", {})
             _default_pod_spec(tspec)
             if tspec.get("restartPolicy") not in ("Never", "OnFailure"):
-                raise api_error(422, "Invalid", f'Job.batch "{obj["metadata"]["name"]}" is invalid: spec.template.spec.restartPolicy: Required value: valid values: "OnFailure", "Never"')
+                raise api_error(
+                    422,
+                    "Invalid",
+                    f'Job.batch "{obj["metadata"]["name"]}" is invalid: spec.template.spec.restartPolicy: '
+                    'Required value: valid values: "OnFailure", "Never"',
+                )
             obj["status"] = {}
         elif rt.key == ("", "namespaces"):
             obj["spec"] = {"finalizers": ["kubernetes"]}
@@ -320,13 +356,31 @@ class Store:
         plural = names.get("plural")
         name = crd["metadata"].get("name")
         if not group or not plural or not names.get("kind") or not spec.get("versions"):
-            raise api_error(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: spec.group, spec.names.plural, spec.names.kind and spec.versions are required')
+            raise api_error(
+                422,
+                "Invalid",
+                f'{_CRD} "{name}" is invalid: spec.group, spec.names.plural, spec.names.kind '
+                "and spec.versions are required",
+            )
         if name != f"{plural}.{group}":
-            raise api_error(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: metadata.name: Invalid value: "{name}": must be spec.names.plural+"."+spec.group')
+            raise api_error(
+                422,
+                "Invalid",
+                f'{_CRD} "{name}" is invalid: metadata.name: Invalid value: "{name}": '
+                'must be spec.names.plural+"."+spec.group',
+            )
         if sum(1 for v in spec["versions"] if v.get("storage")) != 1:
-            raise api_error(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: spec.versions: Invalid value: must have exactly one version marked as storage version')
-        accepted = {**names, "singular": names.get("singular") or names["kind"].lower(),
-                    "listKind": names.get("listKind") or names["kind"] + "List"}
+            raise api_error(
+                422,
+                "Invalid",
+                f'{_CRD} "{name}" is invalid: spec.versions: Invalid value: '
+                "must have exactly one version marked as storage version",
+            )
+        accepted = {
+            **names,
+            "singular": names.get("singular") or names["kind"].lower(),
+            "listKind": names.get("listKind") or names["kind"] + "List",
+        }
         if previous and previous.get("acceptedNames") == accepted:
             crd["status"] = previous
             return
@@ -334,8 +388,20 @@ class Store:
             "acceptedNames": accepted,
             "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")],
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now(),
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now(),
+                },
             ],
         }
 
@@ -370,10 +436,13 @@ class Store:
         asked_rv = new_meta.get("resourceVersion")
         if asked_rv and asked_rv != old_meta.get("resourceVersion"):
             raise api_error(
-                409, "Conflict",
+                409,
+                "Conflict",
                 f'Operation cannot be fulfilled on {rt.plural}{"." + rt.group if rt.group else ""} "{name}": '
                 "the object has been modified; please apply your changes to the latest version and try again",
-                name=name, group=rt.group, kind=rt.plural,
+                name=name,
+                group=rt.group,
+                kind=rt.plural,
             )
         if subresource == "status":
             candidate = copy.deepcopy(old)
@@ -382,13 +451,17 @@ class Store:
             else:
                 candidate.pop("status", None)
             new = candidate
-            status_schema = None if rt.builtin or rt.schema is None else (rt.schema.get("properties") or {}).get("status")
+            status_schema = (
+                None if rt.builtin or rt.schema is None else (rt.schema.get("properties") or {}).get("status")
+            )
             if status_schema is not None and "status" in new:
                 new["status"] = crd_schema.prune(new["status"], status_schema, "status", [])
                 errors: list[str] = []
                 crd_schema.validate(new["status"], status_schema, "status", errors)
                 if errors:
-                    raise api_error(422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: ' + ", ".join(errors))
+                    raise api_error(
+                        422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: ' + ", ".join(errors)
+                    )
         else:
             if rt.has_status:
                 if "status" in old:
@@ -401,8 +474,16 @@ class Store:
         new["apiVersion"] = old["apiVersion"]
         new["kind"] = rt.kind
         meta = new["metadata"]
-        for field in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
-                      "deletionGracePeriodSeconds", "generation", "resourceVersion"):
+        for field in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "resourceVersion",
+        ):
             if field in old_meta:
                 meta[field] = old_meta[field]
             else:
@@ -410,7 +491,12 @@ class Store:
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
             if added:
-                raise api_error(422, "Invalid", f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}")
+                raise api_error(
+                    422,
+                    "Invalid",
+                    "Forbidden: no new finalizers can be added if the object is being deleted, "
+                    f"found new finalizers {sorted(added)}",
+                )
         if not meta.get("finalizers"):
             meta.pop("finalizers", None)
         if not meta.get("ownerReferences"):
@@ -429,7 +515,9 @@ class Store:
 
     # -- delete ---------------------------------------------------------------------------
 
-    def delete(self, rt: ResourceType, namespace: str | None, name: str, options: DeleteOptions | None = None) -> Obj:
+    def delete(
+        self, rt: ResourceType, namespace: str | None, name: str, options: DeleteOptions | None = None
+    ) -> Obj:
         options = options or DeleteOptions()
         ns = self._ns(rt, namespace)
         obj = self._bucket(rt).get((ns, name))
@@ -437,7 +525,12 @@ class Store:
             raise not_found(rt, name)
         meta = obj["metadata"]
         if options.precondition_uid and options.precondition_uid != meta.get("uid"):
-            raise api_error(409, "Conflict", f"Precondition failed: UID in precondition: {options.precondition_uid}, UID in object meta: {meta.get('uid')}")
+            raise api_error(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {options.precondition_uid}, "
+                f"UID in object meta: {meta.get('uid')}",
+            )
         if options.precondition_rv and options.precondition_rv != meta.get("resourceVersion"):
             raise api_error(409, "Conflict", "Precondition failed: resourceVersion mismatch")
         finalizers = list(meta.get("finalizers") or [])
@@ -494,8 +587,12 @@ class Store:
             refs = obj["metadata"].get("ownerReferences") or []
             if any(ref.get("uid") == uid for ref in refs):
                 kept = [ref for ref in refs if ref.get("uid") != uid]
-                self.update(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"],
-                            lambda o, kept=kept: _with_owner_refs(o, kept))
+                self.update(
+                    rt,
+                    obj["metadata"].get("namespace"),
+                    obj["metadata"]["name"],
+                    functools.partial(_with_owner_refs, refs=kept),
+                )
 
     # -- garbage collection ---------------------------------------------------------------
 
@@ -508,7 +605,9 @@ class Store:
     def _gc_pass(self) -> bool:
         uids: dict[str, Obj] = {obj["metadata"]["uid"]: obj for _, obj in self.all_objects()}
         changed = False
-        namespaces = {obj["metadata"]["name"]: obj for obj in self._bucket(self._rt("", "namespaces")).values()}
+        namespaces = {
+            obj["metadata"]["name"]: obj for obj in self._bucket(self._rt("", "namespaces")).values()
+        }
         for rt, obj in list(self.all_objects()):
             meta = obj["metadata"]
             ns, name = meta.get("namespace"), meta["name"]
@@ -520,29 +619,46 @@ class Store:
                 self.delete(rt, ns, name)
                 changed = True
                 continue
-            if refs and not meta.get("deletionTimestamp") and any(
-                owner is not None and FOREGROUND in (owner["metadata"].get("finalizers") or [])
-                and owner["metadata"].get("deletionTimestamp") for owner in owners
+            if (
+                refs
+                and not meta.get("deletionTimestamp")
+                and any(
+                    owner is not None
+                    and FOREGROUND in (owner["metadata"].get("finalizers") or [])
+                    and owner["metadata"].get("deletionTimestamp")
+                    for owner in owners
+                )
             ):
                 self.delete(rt, ns, name)
                 changed = True
                 continue
-            if rt.namespaced and ns in namespaces and namespaces[ns]["metadata"].get("deletionTimestamp") \
-                    and not meta.get("deletionTimestamp"):
+            if (
+                rt.namespaced
+                and ns in namespaces
+                and namespaces[ns]["metadata"].get("deletionTimestamp")
+                and not meta.get("deletionTimestamp")
+            ):
                 self.delete(rt, ns, name)
                 changed = True
                 continue
             if meta.get("deletionTimestamp") and FOREGROUND in (meta.get("finalizers") or []):
                 uid = meta["uid"]
-                if not any(uid in {r.get("uid") for r in (o["metadata"].get("ownerReferences") or [])}
-                           for _, o in self.all_objects()):
+                if not any(
+                    uid in {r.get("uid") for r in (o["metadata"].get("ownerReferences") or [])}
+                    for _, o in self.all_objects()
+                ):
                     self.update(rt, ns, name, _drop_finalizer(FOREGROUND))
                     changed = True
                     continue
-            if rt.key == ("", "namespaces") and meta.get("deletionTimestamp"):
-                if not any(o["metadata"].get("namespace") == name for r, o in self.all_objects() if r.namespaced):
-                    self._remove(rt, obj, obj)
-                    changed = True
+            if (
+                rt.key == ("", "namespaces")
+                and meta.get("deletionTimestamp")
+                and not any(
+                    o["metadata"].get("namespace") == name for r, o in self.all_objects() if r.namespaced
+                )
+            ):
+                self._remove(rt, obj, obj)
+                changed = True
         return changed
 
 

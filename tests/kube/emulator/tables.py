@@ -33,7 +33,9 @@ def human_age(timestamp: str | None) -> str:
     return f"{seconds // 86400}d"
 
 
-_TOKEN_RE = re.compile(r"\.([A-Za-z0-9_\-/]+)|\[(\d+)\]|\[\?\(@\.([\w.]+)\s*==\s*[\"']([^\"']*)[\"']\)\]|\[\*\]")
+_TOKEN_RE = re.compile(
+    r"\.([A-Za-z0-9_\-/]+)|\[(\d+)\]|\[\?\(@\.([\w.]+)\s*==\s*[\"']([^\"']*)[\"']\)\]|\[\*\]"
+)
 
 
 def jsonpath(obj: Any, path: str) -> Any:
@@ -60,7 +62,8 @@ def jsonpath(obj: Any, path: str) -> Any:
             elif m.group(3) is not None:
                 if isinstance(node, list):
                     out.extend(
-                        item for item in node
+                        item
+                        for item in node
                         if isinstance(item, dict) and str(jsonpath(item, "." + m.group(3))) == m.group(4)
                     )
             elif isinstance(node, list):
@@ -84,28 +87,47 @@ def _pod_cells(pod: Obj) -> list[Any]:
     for s in statuses:
         waiting = (s.get("state") or {}).get("waiting") or {}
         terminated = (s.get("state") or {}).get("terminated") or {}
-        phase = waiting.get("reason") or (terminated.get("reason") if phase not in ("Succeeded", "Failed") else None) or phase
+        phase = (
+            waiting.get("reason")
+            or (terminated.get("reason") if phase not in ("Succeeded", "Failed") else None)
+            or phase
+        )
     if pod["metadata"].get("deletionTimestamp"):
         phase = "Terminating"
-    return [f"{ready}/{len(spec.get('containers') or [])}", phase, restarts,
-            human_age(pod["metadata"].get("creationTimestamp")), status.get("podIP") or "<none>",
-            spec.get("nodeName") or "<none>"]
+    return [
+        f"{ready}/{len(spec.get('containers') or [])}",
+        phase,
+        restarts,
+        human_age(pod["metadata"].get("creationTimestamp")),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+    ]
 
 
 def _builtin_columns(rt: ResourceType) -> tuple[list[Obj], Any] | None:
     age = _column("Age")
     if rt.key == ("", "pods"):
-        cols = [_column("Ready"), _column("Status"), _column("Restarts", "integer"), age,
-                _column("IP", priority=1), _column("Node", priority=1)]
+        cols = [
+            _column("Ready"),
+            _column("Status"),
+            _column("Restarts", "integer"),
+            age,
+            _column("IP", priority=1),
+            _column("Node", priority=1),
+        ]
         return cols, _pod_cells
     if rt.key == ("apps", "deployments") or rt.key == ("apps", "statefulsets"):
         cols = [_column("Ready"), _column("Up-to-date", "integer"), _column("Available", "integer"), age]
 
         def deploy(o: Obj) -> list[Any]:
             st = o.get("status") or {}
-            return [f"{st.get('readyReplicas', 0)}/{(o.get('spec') or {}).get('replicas', 1)}",
-                    st.get("updatedReplicas", 0), st.get("availableReplicas", 0),
-                    human_age(o["metadata"].get("creationTimestamp"))]
+            return [
+                f"{st.get('readyReplicas', 0)}/{(o.get('spec') or {}).get('replicas', 1)}",
+                st.get("updatedReplicas", 0),
+                st.get("availableReplicas", 0),
+                human_age(o["metadata"].get("creationTimestamp")),
+            ]
+
         return cols, deploy
     if rt.key == ("batch", "jobs"):
         cols = [_column("Status"), _column("Completions"), age]
@@ -113,33 +135,65 @@ def _builtin_columns(rt: ResourceType) -> tuple[list[Obj], Any] | None:
         def job(o: Obj) -> list[Any]:
             st = o.get("status") or {}
             conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}
-            state = "Complete" if conds.get("Complete") == "True" else "Failed" if conds.get("Failed") == "True" else "Running"
-            return [state, f"{st.get('succeeded', 0)}/{(o.get('spec') or {}).get('completions', 1)}",
-                    human_age(o["metadata"].get("creationTimestamp"))]
+            state = (
+                "Complete"
+                if conds.get("Complete") == "True"
+                else "Failed"
+                if conds.get("Failed") == "True"
+                else "Running"
+            )
+            return [
+                state,
+                f"{st.get('succeeded', 0)}/{(o.get('spec') or {}).get('completions', 1)}",
+                human_age(o["metadata"].get("creationTimestamp")),
+            ]
+
         return cols, job
     if rt.key == ("", "services"):
         cols = [_column("Type"), _column("Cluster-IP"), _column("Port(s)"), age]
 
         def svc(o: Obj) -> list[Any]:
             sp = o.get("spec") or {}
-            ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in sp.get("ports") or []) or "<none>"
-            return [sp.get("type", "ClusterIP"), sp.get("clusterIP", "None"), ports, human_age(o["metadata"].get("creationTimestamp"))]
+            ports = (
+                ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in sp.get("ports") or [])
+                or "<none>"
+            )
+            return [
+                sp.get("type", "ClusterIP"),
+                sp.get("clusterIP", "None"),
+                ports,
+                human_age(o["metadata"].get("creationTimestamp")),
+            ]
+
         return cols, svc
     if rt.key == ("", "nodes"):
         cols = [_column("Status"), age]
 
         def node(o: Obj) -> list[Any]:
             conds = {c.get("type"): c.get("status") for c in (o.get("status") or {}).get("conditions") or []}
-            return ["Ready" if conds.get("Ready") == "True" else "NotReady", human_age(o["metadata"].get("creationTimestamp"))]
+            return [
+                "Ready" if conds.get("Ready") == "True" else "NotReady",
+                human_age(o["metadata"].get("creationTimestamp")),
+            ]
+
         return cols, node
     if rt.key == ("", "namespaces"):
-        return [_column("Status"), age], lambda o: [(o.get("status") or {}).get("phase", "Active"), human_age(o["metadata"].get("creationTimestamp"))]
+        return [_column("Status"), age], lambda o: [
+            (o.get("status") or {}).get("phase", "Active"),
+            human_age(o["metadata"].get("creationTimestamp")),
+        ]
     if rt.key == ("", "events"):
         cols = [_column("Type"), _column("Reason"), _column("Object"), _column("Message")]
 
         def event(o: Obj) -> list[Any]:
             inv = o.get("involvedObject") or {}
-            return [o.get("type", ""), o.get("reason", ""), f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}", o.get("message", "")]
+            return [
+                o.get("type", ""),
+                o.get("reason", ""),
+                f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}",
+                o.get("message", ""),
+            ]
+
         return cols, event
     return None
 
@@ -156,7 +210,13 @@ def render_table(rt: ResourceType, objs: list[Obj], resource_version: str, inclu
             return [o["metadata"]["name"], *cells_of(o)]
     elif rt.printer_columns:
         columns = [name_col] + [
-            _column(c["name"], c.get("type", "string"), int(c.get("priority", 0)), c.get("description", ""), c.get("format", ""))
+            _column(
+                c["name"],
+                c.get("type", "string"),
+                int(c.get("priority", 0)),
+                c.get("description", ""),
+                c.get("format", ""),
+            )
             for c in rt.printer_columns
         ]
 
@@ -184,7 +244,11 @@ def render_table(rt: ResourceType, objs: list[Obj], resource_version: str, inclu
         if include == "Object":
             row["object"] = o
         elif include != "None":
-            row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": o["metadata"],
+            }
         rows.append(row)
     return {
         "kind": "Table",
