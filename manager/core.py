@@ -133,7 +133,7 @@ Instruction = SendDispatch | SendKill | SendResults | SendAck | SendDrain | Clie
 class Settings:
     heartbeat_timeout: float = 30.0
     recover_grace: float = 30.0  # how long a restarted manager waits for known workers
-    prefetch: int = 2  # queued tasks a worker may hold beyond what it runs
+    prefetch: int = 1  # a worker may hold (1 + prefetch) x its cores in tasks; the rest queue there
 
 
 class Core:
@@ -551,10 +551,13 @@ class Core:
         return any(need.fits_in(w.info.resources) for w in workers)
 
     def _has_room(self, w: WorkerEntry) -> bool:
-        return w.info.resources.cores - w.committed.cores > 1e-9 or w.queued < self._prefetch(w)
+        total = w.info.resources.cores
+        return w.committed.cores < total * (1 + self.settings.prefetch) - 1e-9 and len(
+            w.tasks
+        ) < self._max_tasks(w)
 
-    def _prefetch(self, w: WorkerEntry) -> int:
-        return self.settings.prefetch * max(1, int(w.info.resources.cores))
+    def _max_tasks(self, w: WorkerEntry) -> int:
+        return (1 + self.settings.prefetch) * max(1, int(w.info.resources.cores))
 
     def _pick(self, need: Resources, workers: list[WorkerEntry]) -> WorkerEntry | None:
         best: WorkerEntry | None = None
@@ -563,15 +566,21 @@ class Core:
             free_cores = w.info.resources.cores - w.committed.cores
             if free_cores > best_free and w.committed.room_for(need, w.info.resources):
                 best, best_free = w, free_cores
-        if best is not None:
+        if best is not None or not self.settings.prefetch:
             return best
-        for w in workers:  # then: queue it on a worker that can run it later
+        # then: queue it on a worker that can run it later, holding up to (1 + prefetch)
+        # times its cores in tasks; the least loaded first
+        load = 0.0
+        for w in workers:
+            total = w.info.resources
             if (
-                need.fits_in(w.info.resources)
-                and w.queued < self._prefetch(w)
-                and (best is None or w.queued < best.queued)
+                need.fits_in(total)
+                and w.committed.cores + need.cores <= total.cores * (1 + self.settings.prefetch) + 1e-9
+                and len(w.tasks) < self._max_tasks(w)
             ):
-                best = w
+                mine = w.committed.cores / max(total.cores, 1e-9)
+                if best is None or mine < load:
+                    best, load = w, mine
         return best
 
     def _dispatch_to(self, t: TaskEntry, w: WorkerEntry) -> None:

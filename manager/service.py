@@ -92,7 +92,7 @@ class ManagerConfig:
     recover_grace: float = 30.0
     lease_ttl: float = 15.0
     stats_interval: float = 2.0
-    prefetch: int = 2
+    prefetch: int = 1
 
 
 @dataclass

@@ -1,0 +1,46 @@
+"""Fixtures shared by the whole suite: the real Redis, local clusters, polling helpers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from kubevine import keys
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``cond`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The machine's Redis; a test that cannot reach it fails (Redis is part of the stack)."""
+    r = redis.Redis.from_url(REDIS_URL)
+    r.ping()
+    yield REDIS_URL
+    r.close()
+
+
+@pytest.fixture
+def workflow_name(redis_url: str) -> Iterator[str]:
+    """A unique workflow name; its Redis keys are removed afterwards."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    r = redis.Redis.from_url(redis_url)
+    r.delete(*keys.all_keys(name))
+    r.close()

@@ -1,0 +1,234 @@
+"""The scheduler core, driven without sockets: events in, instructions out."""
+
+from __future__ import annotations
+
+from kubevine.ids import ClientId, TaskId, WorkerId
+from kubevine.manager.core import ClientError, Core, SendDispatch, SendDrain, SendKill, SendResults, Settings
+from kubevine.manager.states import TaskState
+from kubevine.protocol import AttemptResult, FileBinding, FileKind, Outcome, TaskRef, TaskSpec, WorkerInfo
+from kubevine.resources import Resources
+
+C = ClientId("c1")
+
+
+def worker(core: Core, wid: str, cores: float = 1, memory: int = 1000) -> WorkerId:
+    info = WorkerInfo(
+        worker_id=WorkerId(wid),
+        node="n",
+        host="h",
+        pid=1,
+        resources=Resources(cores=cores, memory=memory, disk=1000),
+    )
+    core.worker_connected(info)
+    return info.worker_id
+
+
+def spec(i: int, cores: float = 1, **kw: object) -> TaskSpec:
+    return TaskSpec(id=TaskId(i), command="true", resources=Resources(cores=cores), **kw)  # type: ignore[arg-type]
+
+
+def cycle(core: Core) -> list[object]:
+    core.schedule()
+    _, out = core.take()
+    return list(out)
+
+
+def dispatched(out: list[object]) -> dict[str, list[int]]:
+    d: dict[str, list[int]] = {}
+    for ins in out:
+        if isinstance(ins, SendDispatch):
+            d.setdefault(ins.worker, []).extend(a.spec.id for a in ins.tasks)
+    return d
+
+
+def finish(core: Core, wid: WorkerId, tid: int, outcome: Outcome = Outcome.SUCCESS, code: int = 0) -> None:
+    t = core.tasks[TaskId(tid)]
+    core.worker_update(
+        wid,
+        [TaskRef(task_id=TaskId(tid), attempt=t.attempt)],
+        [AttemptResult(task_id=TaskId(tid), attempt=t.attempt, outcome=outcome, exit_code=code)],
+        [],
+    )
+
+
+def results(out: list[object]) -> dict[int, str]:
+    r: dict[int, str] = {}
+    for ins in out:
+        if isinstance(ins, SendResults):
+            for res, _ in ins.results:
+                r[res.task_id] = res.state
+    return r
+
+
+def test_tasks_go_to_the_emptiest_worker_and_back_to_their_client() -> None:
+    core = Core(Settings(prefetch=0))
+    core.client_connected(C)
+    a, b = worker(core, "a"), worker(core, "b")
+    core.submit(C, [spec(1), spec(2), spec(3)], [None] * 3)
+    out = cycle(core)
+    assert sorted(sum(dispatched(out).values(), [])) == [1, 2]  # one core each, no prefetch
+    assert {k: len(v) for k, v in dispatched(out).items()} == {a: 1, b: 1}
+    finish(core, a, dispatched(out)[a][0])
+    out = cycle(core)
+    assert dispatched(out) == {a: [3]}
+    assert list(results(out).values()) == ["done"]
+
+
+def test_a_two_core_task_never_shares_a_two_core_worker() -> None:
+    core = Core(Settings(prefetch=0))
+    w = worker(core, "w", cores=2)
+    core.submit(C, [spec(1, cores=2), spec(2, cores=2), spec(3, cores=1)], [None] * 3)
+    out = cycle(core)
+    assert dispatched(out) == {w: [1]}
+    finish(core, w, 1)
+    assert dispatched(cycle(core)) == {w: [2]}
+
+
+def test_prefetch_queues_ahead_but_only_tasks_the_worker_can_ever_run() -> None:
+    core = Core(Settings(prefetch=1))
+    w = worker(core, "w", cores=1)
+    core.submit(C, [spec(1), spec(2), spec(3)], [None] * 3)
+    out = cycle(core)
+    assert dispatched(out) == {w: [1, 2]}  # one to run, one queued
+
+
+def test_a_task_larger_than_every_worker_is_unschedulable_and_blocks_nothing() -> None:
+    core = Core(Settings(prefetch=0))
+    w = worker(core, "w", cores=2)
+    core.submit(C, [spec(1, cores=64, priority=10), spec(2)], [None, None])
+    out = cycle(core)
+    assert dispatched(out) == {w: [2]}
+    assert core.unschedulable == {TaskId(1)}
+    assert core.tasks[TaskId(1)].state == TaskState.READY
+    # a big enough worker arrives: the task runs there
+    big = worker(core, "big", cores=64)
+    assert dispatched(cycle(core)) == {big: [1]}
+    assert not core.unschedulable
+
+
+def test_higher_priority_runs_first() -> None:
+    core = Core(Settings(prefetch=0))
+    w = worker(core, "w")
+    core.submit(C, [spec(1, priority=1), spec(2, priority=5), spec(3, priority=3)], [None] * 3)
+    order = []
+    for _ in range(3):
+        (tid,) = dispatched(cycle(core))[w]
+        order.append(tid)
+        finish(core, w, tid)
+    assert order == [2, 3, 1]
+
+
+def test_retries_are_spent_on_failed_attempts_then_the_task_fails() -> None:
+    core = Core(Settings(prefetch=0))
+    core.client_connected(C)
+    w = worker(core, "w")
+    core.submit(C, [spec(1, retries=2)], [None])
+    for attempt in (1, 2, 3):
+        assert dispatched(cycle(core)) == {w: [1]}
+        assert core.tasks[TaskId(1)].attempt == attempt
+        finish(core, w, 1, Outcome.EXIT_NONZERO, code=3)
+    out = cycle(core)
+    assert results(out) == {1: "failed"}
+    t = core.tasks[TaskId(1)]
+    assert t.state == TaskState.FAILED and t.result is not None and t.result.exit_code == 3
+    assert [s for _, s, _ in core.story(TaskId(1))].count("retrying") == 2
+
+
+def test_a_stale_result_from_a_superseded_attempt_is_rejected() -> None:
+    core = Core(Settings(prefetch=0, heartbeat_timeout=5))
+    core.client_connected(C)
+    a = worker(core, "a")
+    core.submit(C, [spec(1)], [None])
+    cycle(core)
+    core.worker_lost(a, "test")
+    b = worker(core, "b")
+    assert dispatched(cycle(core)) == {b: [1]}
+    # the old attempt's result arrives late (from a worker that came back)
+    worker(core, "a")
+    core.worker_update(a, [], [AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS)], [])
+    assert core.tasks[TaskId(1)].state == TaskState.DISPATCHED
+    finish(core, b, 1)
+    assert results(cycle(core)) == {1: "done"}
+
+
+def test_a_silent_worker_is_lost_and_its_tasks_are_requeued() -> None:
+    core = Core(Settings(prefetch=0, heartbeat_timeout=5), now=100.0)
+    a = worker(core, "a")
+    core.submit(C, [spec(1)], [None])
+    cycle(core)
+    core.tick(103.0)
+    assert a in core.workers
+    core.tick(106.0)
+    assert a not in core.workers
+    assert core.tasks[TaskId(1)].state == TaskState.READY
+    b = worker(core, "b")
+    assert dispatched(cycle(core)) == {b: [1]}
+
+
+def test_cancel_kills_the_running_attempt_and_reports_cancelled() -> None:
+    core = Core(Settings(prefetch=0))
+    core.client_connected(C)
+    w = worker(core, "w")
+    core.submit(C, [spec(1), spec(2)], [None, None])
+    cycle(core)
+    assert core.cancel(C, [TaskId(1), TaskId(2)], None) == [1, 2]
+    out = cycle(core)
+    kills = [r.task_id for i in out if isinstance(i, SendKill) for r in i.tasks]
+    assert kills == [1]
+    assert results(out) == {1: "cancelled", 2: "cancelled"}
+    assert core.workers[w].committed.cores == 0
+
+
+def test_a_draining_worker_gets_nothing_new_and_is_released_when_idle() -> None:
+    core = Core(Settings(prefetch=1))
+    w = worker(core, "w")
+    core.submit(C, [spec(1), spec(2)], [None, None])
+    assert dispatched(cycle(core)) == {w: [1, 2]}
+    finish(core, w, 1)  # 1 is done; 2 was only queued
+    core.drain([w])
+    out = cycle(core)
+    assert [i.worker for i in out if isinstance(i, SendDrain)] == [w]
+    assert core.tasks[TaskId(2)].state == TaskState.READY  # taken back, not lost
+
+
+def test_an_input_the_manager_never_received_fails_the_task_clearly() -> None:
+    core = Core()
+    core.client_connected(C)
+    s = spec(1, inputs=[FileBinding(cache_name="file-abc", remote_name="x", kind=FileKind.LOCAL)])  # type: ignore[arg-type]
+    core.submit(C, [s], [None])
+    _, out = core.take()
+    res = [r for i in out if isinstance(i, SendResults) for r, _ in i.results]
+    assert res[0].outcome == Outcome.INPUT_MISSING and "x" in (res[0].error or "")
+
+
+def test_a_reused_task_id_is_refused_to_its_sender() -> None:
+    core = Core()
+    core.submit(C, [spec(1)], [None])
+    core.submit(C, [spec(1)], [None])
+    _, out = core.take()
+    errs = [i for i in out if isinstance(i, ClientError)]
+    assert errs and errs[0].code == "duplicate_task_id" and errs[0].task_ids == [1]
+
+
+def test_acknowledged_results_are_forgotten() -> None:
+    core = Core(Settings(prefetch=0))
+    core.client_connected(C)
+    w = worker(core, "w")
+    core.submit(C, [spec(1)], [None])
+    cycle(core)
+    finish(core, w, 1)
+    cycle(core)
+    core.results_acked(C, [TaskId(1)])
+    batch, _ = core.take()
+    assert TaskId(1) not in core.tasks and batch.deleted == {TaskId(1)}
+
+
+def test_a_reconnecting_client_receives_results_it_never_acknowledged() -> None:
+    core = Core(Settings(prefetch=0))
+    w = worker(core, "w")
+    core.submit(C, [spec(1)], [None])  # client not connected: results wait
+    cycle(core)
+    finish(core, w, 1)
+    assert results(cycle(core)) == {}
+    core.client_connected(C)
+    assert results(cycle(core)) == {1: "done"}

@@ -1,0 +1,39 @@
+"""The task lifecycle is a table: every listed move is legal, every other one raises."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kubevine.manager.states import FINAL, TRANSITIONS, IllegalTransition, TaskState, check_move
+
+
+@pytest.mark.parametrize(("frm", "to"), sorted(TRANSITIONS, key=str))
+def test_every_listed_move_is_legal_and_has_a_reason(frm: TaskState, to: TaskState) -> None:
+    assert check_move(frm, to)
+
+
+ILLEGAL = [(a, b) for a, b in itertools.product(TaskState, TaskState) if (a, b) not in TRANSITIONS]
+
+
+@pytest.mark.parametrize(("frm", "to"), ILLEGAL)
+def test_every_other_move_raises(frm: TaskState, to: TaskState) -> None:
+    with pytest.raises(IllegalTransition, match=f"from {frm.value} to {to.value}"):
+        check_move(frm, to)
+
+
+def test_final_states_have_no_way_out() -> None:
+    assert not [m for m in TRANSITIONS if m[0] in FINAL]
+
+
+def test_every_state_is_reachable_from_waiting() -> None:
+    seen = {TaskState.WAITING}
+    frontier = [TaskState.WAITING]
+    while frontier:
+        s = frontier.pop()
+        for a, b in TRANSITIONS:
+            if a == s and b not in seen:
+                seen.add(b)
+                frontier.append(b)
+    assert seen == set(TaskState)
