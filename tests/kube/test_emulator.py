@@ -524,3 +524,17 @@ def test_kopf_operator_adopts_a_child_sets_status_and_is_cleaned_up_on_delete(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_kmock_reactions_still_take_precedence_for_fault_injection(kube_api: KubeAPI, client: Any) -> None:
+    import kmock
+
+    v1: Any = kubernetes.client.CoreV1Api(client)
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "f"}})
+    assert kube_api.handler is not None
+    kube_api.handler[kmock.method.PATCH] << 503
+    with pytest.raises(kubernetes.client.ApiException) as injected:
+        v1.patch_namespaced_config_map("f", "default", {"data": {"x": "1"}})
+    assert injected.value.status == 503
+    assert v1.read_namespaced_config_map("f", "default").data is None  # the store never saw the patch
+    assert any(r.method == kmock.method.PATCH for r in kube_api.handler)  # kmock's request log

@@ -463,3 +463,98 @@ def test_secret_and_configmap_reach_env_and_volumes(kube_api: KubeAPI, kubelet: 
         what="the consumer pod to finish",
     )
     assert (kubelet.log_path("default", "consumer", "main").read_text().splitlines()[-1]) == "s3cret|fast|x=1"
+
+
+def test_statefulset_pods_start_in_order_with_stable_names(kube_api: KubeAPI, kubelet: Kubelet) -> None:
+    apply(
+        kube_api,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "db"},
+            "spec": {
+                "replicas": 2,
+                "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {
+                    "metadata": {"labels": {"app": "db"}},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "main",
+                                "image": "kubevine/test:dev",
+                                "command": ["python", "-c", ECHO_SERVER],
+                                "env": [BIND_HOST_ENV],
+                                "readinessProbe": {"tcpSocket": {"port": 8080}},
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+    )
+    ready = wait_for(lambda: ready_pods(kube_api, "app=db", count=2), timeout=20, what="two Ready db pods")
+    assert sorted(p["metadata"]["name"] for p in ready) == ["db-0", "db-1"]
+    first, second = sorted(ready, key=lambda p: p["metadata"]["name"])
+    assert first["metadata"]["creationTimestamp"] <= second["metadata"]["creationTimestamp"]
+    sts = wait_for(
+        lambda: (
+            (s := get(kube_api, "/apis/apps/v1/namespaces/default/statefulsets/db"))["status"].get(
+                "readyReplicas"
+            )
+            == 2
+            and s
+        ),
+        what="statefulset status",
+    )
+    assert sts["status"]["replicas"] == 2
+
+
+def test_pods_follow_node_selector_and_spread_round_robin(kube_api: KubeAPI, kubelet_factory: Any) -> None:
+    kubelet_factory(
+        nodes=[{"name": "cpu-1"}, {"name": "gpu-1", "labels": {"accel": "gpu"}}, {"name": "cpu-2"}]
+    )
+    sleeper = {
+        "name": "main",
+        "image": "kubevine/test:dev",
+        "command": ["python", "-c", "import time; time.sleep(60)"],
+    }
+    apply(
+        kube_api,
+        deployment("spread", sleeper, replicas=3),
+        deployment("gpu", sleeper, replicas=2, nodeSelector={"accel": "gpu"}),
+    )
+    gpu = wait_for(lambda: ready_pods(kube_api, "app=gpu", count=2), timeout=20, what="gpu pods")
+    assert {p["spec"]["nodeName"] for p in gpu} == {"gpu-1"}
+    spread = wait_for(lambda: ready_pods(kube_api, "app=spread", count=3), timeout=20, what="spread pods")
+    assert len({p["spec"]["nodeName"] for p in spread}) >= 2
+
+
+def test_failing_liveness_probe_restarts_the_container(kube_api: KubeAPI, kubelet: Kubelet) -> None:
+    apply(
+        kube_api,
+        pod_manifest(
+            "unhealthy",
+            [
+                {
+                    "name": "main",
+                    "image": "kubevine/test:dev",
+                    "command": ["python", "-c", "import time; time.sleep(60)"],
+                    "livenessProbe": {
+                        "exec": {"command": ["python", "-c", "raise SystemExit(1)"]},
+                        "periodSeconds": 1,
+                        "failureThreshold": 1,
+                    },
+                }
+            ],
+        ),
+    )
+
+    def restarted() -> bool:
+        statuses = (
+            get(kube_api, "/api/v1/namespaces/default/pods/unhealthy")["status"].get("containerStatuses")
+            or []
+        )
+        return bool(statuses) and statuses[0]["restartCount"] >= 1
+
+    wait_for(restarted, timeout=20, what="a liveness restart")

@@ -1,6 +1,6 @@
 """The HTTP face of the emulator: a kmock handler that serves the Kubernetes REST API.
 
-kmock provides the HTTP server (`kmock.Server`), request recording (`.requests`) and its
+kmock provides the HTTP server (`kmock.Server`), request recording (iterate the handler) and its
 DSL for scripted reactions, which tests can still add to inject faults
 (`api.handler[kmock.method.PATCH] << 500`). kmock's own Kubernetes emulation is not
 used: it mis-parses `/api/v1/namespaces`, lists carry no kind, watches ignore
@@ -122,6 +122,8 @@ class EmulatorHandler(kmock.RawHandler):
             raw_request=raw_request,
         )
         self._requests.append(request)
+        if len(self._requests) > 20_000:  # long benchmarks: keep the recent half of the log
+            del self._requests[:10_000]
         try:
             if self._payloads:
                 with contextlib.suppress(NotImplementedError):
