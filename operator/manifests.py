@@ -40,6 +40,7 @@ from kubevine.operator.podparts import (
     container_security_context,
     field_env,
     image_for,
+    json_logs_env,
     placement,
     pod_security_context,
     scratch_mounts,
@@ -135,12 +136,11 @@ def build_manager_deployment(
             WORKDIR,
             "--metrics-port",
             str(MANAGER_METRICS_PORT),
-            "--log-format",
-            "json",
         ],
         "env": [
             field_env("KUBEVINE_BIND_HOST", "status.podIP"),
             token_env(ref),
+            json_logs_env(),
             *redis_env,
         ],
         "ports": [

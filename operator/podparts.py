@@ -52,6 +52,12 @@ def field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
+def json_logs_env() -> dict[str, Any]:
+    """`KUBEVINE_LOG_FORMAT=json`: JSON log lines, whichever position the CLI parses the
+    `--log-format` flag in."""
+    return {"name": "KUBEVINE_LOG_FORMAT", "value": "json"}
+
+
 def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     """An env var from one key of a Secret."""
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}

@@ -45,6 +45,8 @@ RESERVED_ENV = frozenset(
         "KUBEVINE_MANAGER",
         "KUBEVINE_BIND_HOST",
         "KUBEVINE_NODE_NAME",
+        "KUBEVINE_POD_NAME",
+        "KUBEVINE_WORKER_ID",
         "KUBEVINE_REDIS_URL",
         "KUBEVINE_REDIS_PASSWORD",
     }

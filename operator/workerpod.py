@@ -24,6 +24,7 @@ from kubevine.operator.podparts import (
     container_security_context,
     field_env,
     image_for,
+    json_logs_env,
     placement,
     pod_security_context,
     scratch_mounts,
@@ -79,7 +80,9 @@ def build_worker_pod(
     The node cache is a hostPath directory (DirectoryOrCreate) shared by every worker
     pod on the node and passed as `--cache-dir`. The preStop hook drains the worker; the
     grace period covers `drainTimeoutSeconds`. The worker's own idle timeout is 0
-    (disabled): the operator alone decides when a worker leaves.
+    (disabled): the operator alone decides when a worker leaves. The worker's id is its
+    pod name (`KUBEVINE_WORKER_ID`, also `KUBEVINE_POD_NAME`), so the manager's stats map
+    each worker to the pod to delete.
     """
     workers = spec.workers
     image = image_for(spec, settings)
@@ -102,8 +105,6 @@ def build_worker_pod(
         "0",
         "--workdir",
         WORKDIR,
-        "--log-format",
-        "json",
     ]
     container = {
         "name": "worker",
@@ -115,6 +116,8 @@ def build_worker_pod(
             field_env("KUBEVINE_BIND_HOST", "status.podIP"),
             field_env("KUBEVINE_NODE_NAME", "spec.nodeName"),
             field_env("KUBEVINE_POD_NAME", "metadata.name"),
+            field_env("KUBEVINE_WORKER_ID", "metadata.name"),
+            json_logs_env(),
             {
                 "name": "KUBEVINE_CACHE_SIZE_MB",
                 "value": str(to_mib(workers.node_cache.size_limit)),

@@ -195,6 +195,28 @@ def test_the_image_defaults_to_the_operators_and_the_pull_policy_is_applied() ->
     )
 
 
+def test_the_manager_and_workers_log_json() -> None:
+    for container in (manager_container(FULL), worker(FULL)["spec"]["containers"][0]):
+        assert env_of(container)["KUBEVINE_LOG_FORMAT"] == "json"
+
+
+def test_every_kubevine_command_line_is_accepted_by_the_kubevine_cli() -> None:
+    """The args and the preStop hook parse with the real `kubevine` argument parser."""
+    from kubevine.cli import build_parser
+
+    parser = build_parser()
+    pod = worker(FULL)
+    commands = [
+        manager_container(FULL)["args"],
+        manager_container({"stateStore": {"credentialsSecret": {"name": "s", "urlKey": "u"}}})["args"],
+        pod["spec"]["containers"][0]["args"],
+        pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1:],
+    ]
+    for args in commands:
+        parsed = parser.parse_args(args)
+        assert parsed.command == args[0]
+
+
 # --- token Secret ------------------------------------------------------------------------
 
 
@@ -236,7 +258,6 @@ def test_the_manager_runs_the_manager_subcommand_with_the_contract_flags() -> No
     assert flag(args, "--redis") == "redis://met-redis.physics.svc:6379/0"
     assert flag(args, "--token-file") == "/var/run/kubevine/token"
     assert flag(args, "--metrics-port") == "9090"
-    assert flag(args, "--log-format") == "json"
     assert flag(args, "--workdir") == "/var/lib/kubevine/work"
 
 
@@ -385,7 +406,6 @@ def test_a_worker_connects_to_the_manager_service_with_its_size() -> None:
     assert flag(args, "--disk") == "20480"
     assert flag(args, "--gpus") == "1"
     assert flag(args, "--node") == "$(KUBEVINE_NODE_NAME)"
-    assert flag(args, "--log-format") == "json"
 
 
 def test_a_worker_leaves_only_when_the_operator_says_so() -> None:
@@ -398,6 +418,7 @@ def test_a_worker_knows_its_pod_ip_node_pod_and_token() -> None:
     assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KUBEVINE_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["KUBEVINE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["KUBEVINE_WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["KUBEVINE_TOKEN"] == {"secretKeyRef": {"name": "met-token", "key": "token"}}
 
 
