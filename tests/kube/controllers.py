@@ -161,6 +161,11 @@ def reconcile_statefulset(sts: Obj, pods: list[Obj]) -> Actions:
                 "controller-revision-hash": f"{name}-{template_hash(spec.get('template') or {})}",
             }
             new = pod_from_template(sts, pod_name, labels)
+            for claim in spec.get("volumeClaimTemplates") or []:
+                claim_name = claim["metadata"]["name"]
+                new["spec"].setdefault("volumes", []).append(
+                    {"name": claim_name, "persistentVolumeClaim": {"claimName": f"{claim_name}-{pod_name}"}}
+                )
             new["spec"].setdefault("hostname", pod_name)
             if spec.get("serviceName"):
                 new["spec"].setdefault("subdomain", spec["serviceName"])

@@ -284,7 +284,16 @@ class EmulatorHandler(kmock.RawHandler):
         response = aiohttp.web.StreamResponse(headers={"Content-Type": JSON})
         await response.prepare(raw)
 
+        as_table = "as=Table" in raw.headers.get("Accept", "")
+
         async def send(event_type: str, obj: Obj) -> None:
+            if as_table and event_type != "BOOKMARK":  # `kubectl get -w`: one-row Tables
+                obj = tables.render_table(
+                    rt,
+                    [obj],
+                    obj["metadata"].get("resourceVersion", ""),
+                    params.get("includeObject", "Metadata"),
+                )
             await response.write(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
 
         try:

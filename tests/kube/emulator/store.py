@@ -336,6 +336,14 @@ class Store:
             obj["spec"] = {"finalizers": ["kubernetes"]}
             obj["status"] = {"phase": "Active"}
             obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+        elif rt.key == ("", "persistentvolumeclaims") and isinstance(spec, dict):
+            # No provisioner to wait for: claims are Bound at once (the kubelet maps them to a dir).
+            requested = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
+            obj["status"] = {
+                "phase": "Bound",
+                "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                "capacity": {"storage": requested},
+            }
         elif rt.key == ("", "nodes"):
             obj.setdefault("status", {})
         elif rt.key == ("", "secrets"):
