@@ -414,3 +414,21 @@ def test_every_example_is_a_valid_vineworkflow(path: Path) -> None:
     for other in documents:
         if other.get("kind") != "VineWorkflow":
             kubernetes_validate.validate(other, "1.32.0", strict=True)
+
+
+def test_the_docs_reference_every_spec_field() -> None:
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    opaque = {"resources", "nodeSelector", "tolerations", "env"}  # Kubernetes types, documented as such
+
+    def paths(node: dict[str, Any], prefix: str) -> list[str]:
+        found = []
+        for name, child in node.get("properties", {}).items():
+            path = f"{prefix}.{name}" if prefix else name
+            if "properties" in child and name not in opaque:
+                found += paths(child, path)
+            else:
+                found.append(path)
+        return found
+
+    missing = [p for p in paths(SPEC_SCHEMA, "") if f"`{p}`" not in docs]
+    assert missing == []
