@@ -23,8 +23,8 @@ The rules:
 * Without fresh stats the autoscaler only tops the pool up to `min`; it never removes a
   worker it cannot see is idle.
 
-For a workflow whose application has finished, pass `workers.model_copy(update={"min": 0,
-"max": 0})`: idle workers then leave at once, busy ones when they become idle.
+For a workflow whose application has finished, `pool_limits(spec, finished=True)` gives
+[0, 0]: idle workers then leave at once, busy ones when they become idle.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubevine.operator.settings import OperatorSettings
-from kubevine.operator.spec import WorkersSpec
+from kubevine.operator.spec import VineWorkflowSpec, WorkersSpec
 
 
 class _Model(BaseModel):
@@ -237,6 +237,13 @@ class ScalingDecision(_Model):
         if not self.scaled:
             return None
         return LastScaling(time=now, from_count=self.current, to_count=self.target, reason=self.reason)
+
+
+def pool_limits(spec: VineWorkflowSpec, *, finished: bool) -> WorkersSpec:
+    """The worker pool to scale: the spec's, or [0, 0] once the application has ended."""
+    if finished:
+        return spec.workers.model_copy(update={"min": 0, "max": 0})
+    return spec.workers
 
 
 def workers_needed(workers: WorkersSpec, demand: Demand) -> tuple[int, str]:

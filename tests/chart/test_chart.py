@@ -86,7 +86,7 @@ def crd_schema(filename: str, kind: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("variation", sorted(VARIATIONS))
 def test_helm_lint_finds_no_error_or_warning(variation: str) -> None:
-    report = helm.lint(CHART, VARIATIONS[variation], namespace=NAMESPACE, kube_version="v1.32.0")
+    report = helm.lint(CHART, VARIATIONS[variation], strict=True, namespace=NAMESPACE, kube_version="v1.32.0")
     assert report["errors"] == []
     serious = [m for m in report["messages"] if m["severity"] >= 2]
     assert serious == []

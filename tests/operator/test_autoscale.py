@@ -20,10 +20,11 @@ from kubevine.operator.autoscale import (
     WorkerLoad,
     WorkerPod,
     decide,
+    pool_limits,
     workers_needed,
 )
 from kubevine.operator.settings import OperatorSettings
-from kubevine.operator.spec import WorkersSpec
+from kubevine.operator.spec import WorkersSpec, parse_spec
 
 NOW = 1_000_000.0
 POLICY = ScalingPolicy(
@@ -330,9 +331,13 @@ def test_lowering_max_drains_idle_workers_at_once_but_never_busy_ones() -> None:
     assert sorted(decision.drain) == ["w-c", "w-d"]
 
 
-def test_lowering_max_to_zero_after_the_application_spares_busy_workers() -> None:
+def test_a_finished_application_scales_the_pool_to_zero_but_spares_busy_workers() -> None:
+    spec = parse_spec({"stateStore": {"managed": True}, "workers": {"min": 2, "max": 5}})
+    assert (pool_limits(spec, finished=False).min, pool_limits(spec, finished=False).max) == (2, 5)
+    finished = pool_limits(spec, finished=True)
+    assert (finished.min, finished.max, finished.cores) == (0, 0, spec.workers.cores)
     st = stats(demand(running=4), busy("a", 4), idle("b", 1))
-    decision = run(pool(min=0, max=0), st, [pod("a"), pod("b")])
+    decision = run(finished, st, [pod("a"), pod("b")])
     assert decision.desired == 0
     assert decision.drain == ["w-b"]
 
