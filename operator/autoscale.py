@@ -306,12 +306,12 @@ def decide(
 ) -> ScalingDecision:
     """Decide this step of the autoscaler. Pure: same inputs, same decision."""
     policy = policy or ScalingPolicy()
-    fresh = stats is not None and now - stats.time <= policy.stats_max_age_seconds
+    fresh = stats if stats is not None and now - stats.time <= policy.stats_max_age_seconds else None
 
     delete = [p.name for p in pods if p.finished and not p.deleting]
     existing = [p for p in pods if not p.finished]  # count against max, deleting or not
     live = [p for p in existing if not p.deleting]
-    by_pod = {w.pod: w for w in stats.workers if w.pod} if stats is not None and fresh else {}
+    by_pod = {w.pod: w for w in fresh.workers if w.pod} if fresh is not None else {}
 
     retiring = [p for p in live if p.name in by_pod and by_pod[p.name].draining]
     for pod in retiring:
@@ -321,12 +321,12 @@ def decide(
     serving = [p for p in live if p not in retiring]
     current = len(serving)
 
-    if stats is None or not fresh:
+    if fresh is None:
         age = "none published" if stats is None else f"{now - stats.time:.0f}s old"
         desired = min(max(current, workers.min), workers.max)
         reason_base = f"manager stats unavailable ({age}); keeping {desired}"
     else:
-        needed, why = workers_needed(workers, stats.demand)
+        needed, why = workers_needed(workers, fresh.demand)
         desired = min(max(needed, workers.min), workers.max)
         reason_base = why + _clamp_note(needed, desired, workers)
 
@@ -346,12 +346,11 @@ def decide(
             target=current + create,
         )
 
-    if desired < current and fresh:
-        assert stats is not None  # fresh implies published
+    if desired < current and fresh is not None:
         return _scale_down(
             workers,
             serving,
-            stats.workers,
+            fresh.workers,
             now,
             last_decision,
             policy,
