@@ -312,6 +312,16 @@ def _message(phase: Phase, workers: Mapping[str, int], observed: Observed) -> st
     return f"{workers['connected']} worker(s) connected, {done} task(s) done"
 
 
+def merge_patch(status: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`status` as a JSON merge patch over `previous`: fields the new status no longer has
+    are set to None (removed), except kopf's own bookkeeping under `status.kopf`."""
+    patch = dict(status)
+    for key in previous or {}:
+        if key not in patch and key != "kopf":
+            patch[key] = None
+    return patch
+
+
 # --- lifecycle ---------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from kubevine.operator.status import (
     finished_at,
     job_outcome,
     last_scaling,
+    merge_patch,
     rfc3339,
     seconds_until_deletion,
     statefulset_ready,
@@ -261,3 +262,15 @@ def test_the_application_outcome_is_read_from_the_job() -> None:
     assert job_outcome({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == ("Failed")
     assert job_outcome({"status": {"succeeded": 1}}) == "Succeeded"
     assert job_outcome({"spec": {"backoffLimit": 0}, "status": {"failed": 1}}) == "Failed"
+
+
+def test_a_workflow_turned_invalid_loses_its_stale_status_fields_but_not_kopfs() -> None:
+    running = compute_status(
+        Observed(generation=1, manager_available=True, decision=decision(0, 2, 2)), None, NOW
+    )
+    previous = {**running, "kopf": {"progress": {}}}
+    invalid = compute_status(Observed(generation=2, spec_error="workers.cores: bad"), previous, NOW)
+    patch = merge_patch(invalid, previous)
+    assert patch["lastScaling"] is None
+    assert patch["phase"] == "Invalid"
+    assert "kopf" not in patch
