@@ -265,3 +265,21 @@ def test_a_quantity_of_the_wrong_type_gets_one_message() -> None:
     message = problems_of({**MANAGED, "manager": {"resources": {"requests": {"cpu": 1.5}}}})
     assert message.count("manager.resources.requests.cpu") == 1
     assert "must be an integer or a quantity string (got 1.5)" in message
+
+
+def test_the_operator_folder_never_shadows_the_standard_library() -> None:
+    import importlib.util
+    import operator
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert not (root / "operator" / "__init__.py").exists()
+    for folder in ("kubevine", "manager", "worker", "operator", "tests", "examples", "bench"):
+        if (root / folder).is_dir():  # a file of that name on sys.path would win
+            assert not list((root / folder).rglob("operator.py")), folder
+    assert operator.__file__ is not None
+    assert Path(operator.__file__).parent == Path(sysconfig.get_paths()["stdlib"])
+    spec = importlib.util.find_spec("kubevine.operator")
+    assert spec is not None
+    assert spec.origin is None  # an implicit namespace package
