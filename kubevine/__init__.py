@@ -4,10 +4,20 @@ The public face: :class:`Manager` (the client), :class:`Task`, :class:`File`
 declarations, :class:`LocalCluster`, :func:`as_completed`.
 """
 
+from kubevine import keys
 from kubevine.client import ConnectionRefused, Manager, as_completed
 from kubevine.local import LocalCluster
 from kubevine.protocol import Outcome
 from kubevine.task import File, Task
 
-__all__ = ["ConnectionRefused", "File", "LocalCluster", "Manager", "Outcome", "Task", "as_completed"]
+__all__ = [
+    "ConnectionRefused",
+    "File",
+    "LocalCluster",
+    "Manager",
+    "Outcome",
+    "Task",
+    "as_completed",
+    "keys",
+]
 __version__ = "0.1.0"

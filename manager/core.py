@@ -64,7 +64,7 @@ class TaskEntry:
 
     def record(self) -> TaskRecord:
         return TaskRecord(
-            self.client, self.state.value, self.attempt, self.failures, self.lost, self.worker, self.seq
+            self.client, self.state, self.attempt, self.failures, self.lost, self.worker, self.seq
         )
 
 
@@ -133,7 +133,11 @@ Instruction = SendDispatch | SendKill | SendResults | SendAck | SendDrain | Clie
 class Settings:
     heartbeat_timeout: float = 30.0
     recover_grace: float = 30.0  # how long a restarted manager waits for known workers
-    prefetch: int = 1  # a worker may hold (1 + prefetch) x its cores in tasks; the rest queue there
+    # For short tasks a worker may hold (1 + prefetch) x its cores in tasks, the extra ones
+    # queued there so it never waits a round trip between tasks. Long tasks are never
+    # queued ahead: that would leave another worker idle while they wait.
+    prefetch: int = 3
+    prefetch_below: float = 0.05  # seconds: recent task wall time under which we prefetch
 
 
 class Core:
@@ -158,6 +162,7 @@ class Core:
         self._dispatch: dict[WorkerId, SendDispatch] = {}
         self._acks: dict[WorkerId, list[TaskRef]] = {}
         self._dirty: dict[TaskId, TaskEntry] = {}  # tasks whose record changed this cycle
+        self.avg_wall: float | None = None  # moving average of attempts' wall time
         self.now = now if now is not None else time.time()
 
     # ------------------------------------------------------------- bookkeeping
@@ -192,8 +197,7 @@ class Core:
         t.story.append((self.now, to.value, cause))
         self._dirty[t.spec.id] = t
         self.transactions.append(
-            f"TASK {t.spec.id} {to.value} attempt={t.attempt} "
-            f"worker={t.worker or '-'} cause={cause or reason}"
+            f"TASK {t.spec.id} {to} attempt={t.attempt} worker={t.worker or '-'} cause={cause or reason}"
         )
 
     def story(self, task_id: TaskId) -> list[tuple[float, str, str]]:
@@ -437,6 +441,8 @@ class Core:
             w.idle_since = self.now
 
     def _attempt_ended(self, t: TaskEntry, r: AttemptResult, frames: list[bytes], wid: WorkerId) -> None:
+        w = r.wall_time
+        self.avg_wall = w if self.avg_wall is None else 0.9 * self.avg_wall + 0.1 * w
         out_frames: list[bytes] = []
 
         def take(i: int | None) -> int | None:
@@ -552,12 +558,17 @@ class Core:
 
     def _has_room(self, w: WorkerEntry) -> bool:
         total = w.info.resources.cores
-        return w.committed.cores < total * (1 + self.settings.prefetch) - 1e-9 and len(
-            w.tasks
-        ) < self._max_tasks(w)
+        return w.committed.cores < total * (1 + self.prefetch) - 1e-9 and len(w.tasks) < self._max_tasks(w)
+
+    @property
+    def prefetch(self) -> int:
+        """How deep to queue on workers now: only while recent tasks have been short."""
+        if self.avg_wall is None or self.avg_wall > self.settings.prefetch_below:
+            return 0
+        return self.settings.prefetch
 
     def _max_tasks(self, w: WorkerEntry) -> int:
-        return (1 + self.settings.prefetch) * max(1, int(w.info.resources.cores))
+        return (1 + self.prefetch) * max(1, int(w.info.resources.cores))
 
     def _pick(self, need: Resources, workers: list[WorkerEntry]) -> WorkerEntry | None:
         best: WorkerEntry | None = None
@@ -566,7 +577,7 @@ class Core:
             free_cores = w.info.resources.cores - w.committed.cores
             if free_cores > best_free and w.committed.room_for(need, w.info.resources):
                 best, best_free = w, free_cores
-        if best is not None or not self.settings.prefetch:
+        if best is not None or not self.prefetch:
             return best
         # then: queue it on a worker that can run it later, holding up to (1 + prefetch)
         # times its cores in tasks; the least loaded first
@@ -575,7 +586,7 @@ class Core:
             total = w.info.resources
             if (
                 need.fits_in(total)
-                and w.committed.cores + need.cores <= total.cores * (1 + self.settings.prefetch) + 1e-9
+                and w.committed.cores + need.cores <= total.cores * (1 + self.prefetch) + 1e-9
                 and len(w.tasks) < self._max_tasks(w)
             ):
                 mine = w.committed.cores / max(total.cores, 1e-9)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+import msgpack
 import redis
-from redis.exceptions import RedisError, ResponseError
+from redis.connection import Connection
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 from kubevine import keys
 from kubevine.ids import TaskId, WorkerId
@@ -30,22 +33,27 @@ from kubevine.wire import pack_frames, unpack_frames
 
 log = logging.getLogger(__name__)
 
-# ARGV: epoch, then groups: "S" key n f1 v1 ... fn vn | "D" key n f1 ... fn
+# ARGV[1]: the fencing epoch; ARGV[2]: a msgpack array of operations, each
+# {"S", key, {f1, v1, f2, v2, ...}} (HSET) or {"D", key, {f1, f2, ...}} (HDEL).
+# One packed argument instead of thousands: packing arguments one by one cost more than
+# the write itself.
 _APPLY = """
 local cur = redis.call('GET', KEYS[1])
 if cur ~= ARGV[1] then
   return redis.error_reply('FENCED workflow now belongs to epoch ' .. tostring(cur))
 end
-local i = 2
-local n = #ARGV
-while i <= n do
-  local op, key, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  if op == 'S' then
-    redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + 2 * count))
-    i = i + 3 + 2 * count
-  else
-    redis.call('HDEL', key, unpack(ARGV, i + 3, i + 2 + count))
-    i = i + 3 + count
+local ops = cmsgpack.unpack(ARGV[2])
+for _, op in ipairs(ops) do
+  local items = op[3]
+  local n = #items
+  local step = 4000
+  for i = 1, n, step do
+    local j = math.min(i + step - 1, n)
+    if op[1] == 'S' then
+      redis.call('HSET', op[2], unpack(items, i, j))
+    else
+      redis.call('HDEL', op[2], unpack(items, i, j))
+    end
   end
 end
 return 1
@@ -75,8 +83,6 @@ end
 return 1
 """
 
-_CHUNK = 400  # field/value pairs per HSET (Lua's unpack has a stack limit)
-
 
 class RedisStore(StateStore):
     durable = True
@@ -92,7 +98,12 @@ class RedisStore(StateStore):
         except (RedisError, ValueError) as e:
             raise StoreError(f"cannot use Redis at {_safe_url(url)}: {e}") from e
         self._epoch: int | None = None
+        self._conn: Connection | None = None
         self.url = _safe_url(url)
+        try:
+            self._apply_sha: str = self.r.script_load(_APPLY)  # type: ignore[no-untyped-call]
+        except RedisError as e:
+            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
 
     # -- lease --------------------------------------------------------------------
 
@@ -157,14 +168,17 @@ class RedisStore(StateStore):
     def apply(self, batch: WriteBatch) -> None:
         if self._epoch is None:
             raise StoreError("apply before acquire")
-        args: list[bytes | str | int] = [self._epoch]
+        ops: list[list[Any]] = []
         w = self.workflow
-        args += _hset(
-            keys.specs(w), ((t, s.model_dump_json(exclude_none=True)) for t, (s, _) in batch.specs.items())
+        _hset(
+            ops,
+            keys.specs(w),
+            ((t, s.model_dump_json(exclude_none=True)) for t, (s, _) in batch.specs.items()),
         )
-        args += _hset(keys.payloads(w), ((t, p) for t, (_, p) in batch.specs.items() if p is not None))
-        args += _hset(keys.records(w), ((t, r.to_json()) for t, r in batch.records.items()))
-        args += _hset(
+        _hset(ops, keys.payloads(w), ((t, p) for t, (_, p) in batch.specs.items() if p is not None))
+        _hset(ops, keys.records(w), ((t, r.to_json()) for t, r in batch.records.items()))
+        _hset(
+            ops,
             keys.results(w),
             (
                 (t, pack_frames(r.model_dump_json(exclude_none=True).encode(), fr))
@@ -172,21 +186,39 @@ class RedisStore(StateStore):
             ),
         )
         workers_set = [(wid, i.model_dump_json()) for wid, i in batch.workers.items() if i is not None]
-        args += _hset(keys.workers(w), workers_set)
-        args += _hdel(keys.workers(w), [wid for wid, i in batch.workers.items() if i is None])
-        args += _hset(keys.meta(w), batch.meta.items())
+        _hset(ops, keys.workers(w), workers_set)
+        _hdel(ops, keys.workers(w), [wid for wid, i in batch.workers.items() if i is None])
+        _hset(ops, keys.meta(w), batch.meta.items())
         if batch.deleted:
             d = list(batch.deleted)
             for key in (keys.specs(w), keys.payloads(w), keys.records(w), keys.results(w)):
-                args += _hdel(key, d)
+                _hdel(ops, key, d)
         try:
-            self._apply(keys=[keys.epoch(w)], args=args)
+            self._eval_apply(keys.epoch(w), msgpack.packb(ops, use_bin_type=False))
         except ResponseError as e:
             if "FENCED" in str(e):
                 raise StoreError(f"fenced: {e}") from e
             raise StoreError(f"Redis rejected the write: {e}") from e
         except RedisError as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+
+    def _eval_apply(self, epoch_key: str, packed: bytes) -> None:
+        """EVALSHA on a connection of our own: the pooled client's per-call bookkeeping
+        cost more CPU than the write (the writer thread calls this once per group commit)."""
+        if self._conn is None:
+            self._conn = self.r.connection_pool.make_connection()
+        conn = self._conn
+        for _ in range(2):
+            try:
+                conn.send_command("EVALSHA", self._apply_sha, 1, epoch_key, self._epoch, packed)
+                conn.read_response()
+                return
+            except NoScriptError:  # Redis restarted and forgot the script: load it again
+                self._apply_sha = self.r.script_load(_APPLY)  # type: ignore[no-untyped-call]
+            except (ConnectionError, TimeoutError):
+                conn.disconnect()
+                raise
+        raise StoreError("Redis keeps forgetting the apply script")
 
     def publish_stats(self, stats_json: str) -> None:
         try:
@@ -195,26 +227,22 @@ class RedisStore(StateStore):
             log.warning("could not publish stats: %s", e)
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
         self.r.close()
 
 
-def _hset(key: str, items: Iterable[tuple[object, str | bytes]]) -> list[bytes | str | int]:
-    pairs = list(items)
-    out: list[bytes | str | int] = []
-    for i in range(0, len(pairs), _CHUNK):
-        chunk = pairs[i : i + _CHUNK]
-        out += ["S", key, len(chunk)]
-        for f, v in chunk:
-            out += [str(f), v]
-    return out
+def _hset(ops: list[list[Any]], key: str, items: Iterable[tuple[object, str | bytes]]) -> None:
+    flat: list[str | bytes] = []
+    for f, v in items:
+        flat += (str(f), v)
+    if flat:
+        ops.append(["S", key, flat])
 
 
-def _hdel(key: str, fields: Sequence[object]) -> list[bytes | str | int]:
-    out: list[bytes | str | int] = []
-    for i in range(0, len(fields), _CHUNK):
-        chunk = fields[i : i + _CHUNK]
-        out += ["D", key, len(chunk), *(str(f) for f in chunk)]
-    return out
+def _hdel(ops: list[list[Any]], key: str, fields: Sequence[object]) -> None:
+    if fields:
+        ops.append(["D", key, [str(f) for f in fields]])
 
 
 def _safe_url(url: str) -> str:

@@ -34,6 +34,7 @@ from kubevine.manager.core import (
     Settings,
 )
 from kubevine.manager.filestore import FileStore
+from kubevine.manager.persist import Persister
 from kubevine.manager.states import TaskState, WorkerState
 from kubevine.manager.store import MemoryStore, StateStore, StoreError
 from kubevine.manager.txlog import TxLog
@@ -92,7 +93,7 @@ class ManagerConfig:
     recover_grace: float = 30.0
     lease_ttl: float = 15.0
     stats_interval: float = 2.0
-    prefetch: int = 1
+    prefetch: int = 3
 
 
 @dataclass
@@ -135,6 +136,14 @@ class ManagerService:
         self.running = True
         self.address = ""
         self.recent_failures: list[Failure] = []
+        # the persister's writer thread wakes the loop when a batch is durable
+        self._wake_addr = f"inproc://manager-wake-{uuid.uuid4().hex}"
+        self._wake_rx = self.ctx.socket(zmq.PULL)
+        self._wake_rx.bind(self._wake_addr)
+        self._wake_tx = self.ctx.socket(zmq.PUSH)
+        self._wake_tx.connect(self._wake_addr)
+        self.persister = Persister(self.store, self._wake)
+        self._deferred: list[SendAck | tuple[bytes, _Msg]] = []  # sent once this cycle is durable
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,7 +183,19 @@ class ManagerService:
     def stop(self, *_: object) -> None:
         self.running = False
 
+    def _wake(self) -> None:
+        try:
+            self._wake_tx.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def close(self) -> None:
+        self.persister.flush()
+        self._drain_wake()
+        self._send_durable()
+        self.persister.close()
+        self._wake_tx.close(0)
+        self._wake_rx.close(0)
         self.store.release(self.manager_id)
         self.store.close()
         self.txlog.close()
@@ -199,6 +220,7 @@ class ManagerService:
         cfg = self.config
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
         next_tick = 0.0
         next_lease = time.time() + cfg.lease_ttl / 3
         next_stats = 0.0
@@ -210,6 +232,11 @@ class ManagerService:
             self.core.now = now
             if events:
                 self._drain_socket()
+                if any(s is self._wake_rx for s, _ in events):
+                    self._drain_wake()
+                self._send_durable()
+            if self.persister.fatal is not None:
+                raise self.persister.fatal
             if now >= next_tick:
                 self.core.tick(now)
                 self._heartbeat()
@@ -226,6 +253,20 @@ class ManagerService:
             if now >= next_stats:
                 self.store.publish_stats(self.status().model_dump_json())
                 next_stats = now + cfg.stats_interval
+
+    def _drain_wake(self) -> None:
+        while True:
+            try:
+                self._wake_rx.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _send_durable(self) -> None:
+        for item in self.persister.done():
+            if isinstance(item, SendAck):
+                self._send_to("worker", item.worker, UpdateAck(tasks=item.tasks))
+            else:
+                self._send(*item)
 
     def _drain_socket(self) -> None:
         for _ in range(5000):
@@ -249,8 +290,11 @@ class ManagerService:
 
     def _flush(self) -> None:
         batch, out = self.core.take()
-        if batch:
-            self.store.apply(batch)  # durable before anything is announced
+        after: list[SendAck | tuple[bytes, _Msg]] = [i for i in out if isinstance(i, SendAck)]
+        after += self._deferred
+        self._deferred = []
+        self.persister.submit(batch, after)
+        self._send_durable()  # an in-memory store is durable at once
         self.txlog.write(self.core.transactions)
         self.core.transactions.clear()
         for ins in out:
@@ -275,8 +319,6 @@ class ManagerService:
                             )
                         )
                 self._send_to("client", ins.client, Results(results=res), frames)
-            elif isinstance(ins, SendAck):
-                self._send_to("worker", ins.worker, UpdateAck(tasks=ins.tasks))
             elif isinstance(ins, SendKill):
                 self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
             elif isinstance(ins, SendDrain):
@@ -364,8 +406,7 @@ class ManagerService:
             core.cancel(cid, msg.task_ids, msg.tag)
         elif isinstance(msg, IdBlockRequest):
             first, count = core.grant_ids()
-            self._flush_store_now()
-            self._send(ident, IdBlock(first_task_id=first, count=count))
+            self._deferred.append((ident, IdBlock(first_task_id=first, count=count)))
         elif isinstance(msg, StatusRequest):
             self._send(ident, StatusReply(status=self.status().model_dump_json()))
         elif isinstance(msg, DrainWorkers):
@@ -377,12 +418,6 @@ class ManagerService:
             self._send(
                 ident, ErrorMsg(code="unexpected", message=f"clients do not send {msg.__class__.__name__}")
             )
-
-    def _flush_store_now(self) -> None:
-        """Make the cycle's writes durable before replying (id blocks must never repeat)."""
-        if self.core.batch:
-            self.store.apply(self.core.batch)
-            self.core.batch = type(self.core.batch)()
 
     def _hello(self, ident: bytes, msg: Hello) -> None:
         if msg.protocol != PROTOCOL_VERSION:
@@ -423,9 +458,10 @@ class ManagerService:
             self._bind(ident, msg.role, cid)
             if msg.role == "client":
                 first, count = self.core.client_connected(ClientId(cid))
-                self._flush_store_now()
                 welcome.first_task_id, welcome.id_block = first, count
-            self._send(ident, welcome)
+                self._deferred.append((ident, welcome))  # its id block must be durable first
+            else:
+                self._send(ident, welcome)
 
     def _bind(self, ident: bytes, role: str, pid: str) -> None:
         old = self.routes.get((role, pid))

@@ -44,7 +44,7 @@ def test_inputs_outputs_and_environment_reach_the_command(cluster, client, tmp_p
     src = tmp_path / "in.txt"
     src.write_text("lorem ipsum\n")
     out = tmp_path / "results" / "out.txt"
-    t = Task("tr a-z A-Z < data > upper; echo \"$GREETING\"; ls")
+    t = Task('tr a-z A-Z < data > upper; echo "$GREETING"; ls')
     t.add_input(m.declare_file(src), "data")
     t.add_output(m.declare_file(out), "upper")
     t.set_env_var("GREETING", "hello from the task")

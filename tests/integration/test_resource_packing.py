@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from kubevine.testing import wait_for
+import itertools
 
 from kubevine import Task
+from kubevine.testing import wait_for
 
 
 def intervals(tasks: list[Task]) -> dict[str, list[tuple[int, int]]]:
@@ -30,7 +31,7 @@ def test_two_core_tasks_never_share_a_two_core_worker(cluster, client) -> None:
     assert len(spans) == 2  # both workers were used
     for runs in spans.values():
         runs.sort()
-        for (_, end), (start, _) in zip(runs, runs[1:]):
+        for (_, end), (start, _) in itertools.pairwise(runs):
             assert start >= end, f"two 2-core tasks overlapped on one 2-core worker: {runs}"
 
 
@@ -42,7 +43,7 @@ def test_one_core_tasks_share_a_two_core_worker(cluster, client) -> None:
         m.submit(t)
     while m.wait(60):
         pass
-    (a_start, a_end), (b_start, b_end) = sorted(next(iter(intervals(tasks).values())))
+    (_, a_end), (b_start, _) = sorted(next(iter(intervals(tasks).values())))
     assert b_start < a_end, "two 1-core tasks should have run side by side on a 2-core worker"
 
 

@@ -66,7 +66,7 @@ def test_tasks_go_to_the_emptiest_worker_and_back_to_their_client() -> None:
     a, b = worker(core, "a"), worker(core, "b")
     core.submit(C, [spec(1), spec(2), spec(3)], [None] * 3)
     out = cycle(core)
-    assert sorted(sum(dispatched(out).values(), [])) == [1, 2]  # one core each, no prefetch
+    assert sorted(t for ts in dispatched(out).values() for t in ts) == [1, 2]  # one core each, no prefetch
     assert {k: len(v) for k, v in dispatched(out).items()} == {a: 1, b: 1}
     finish(core, a, dispatched(out)[a][0])
     out = cycle(core)
@@ -84,12 +84,28 @@ def test_a_two_core_task_never_shares_a_two_core_worker() -> None:
     assert dispatched(cycle(core)) == {w: [2]}
 
 
-def test_prefetch_queues_ahead_but_only_tasks_the_worker_can_ever_run() -> None:
+def test_short_tasks_are_queued_ahead_on_a_busy_worker() -> None:
     core = Core(Settings(prefetch=1))
     w = worker(core, "w", cores=1)
-    core.submit(C, [spec(1), spec(2), spec(3)], [None] * 3)
-    out = cycle(core)
-    assert dispatched(out) == {w: [1, 2]}  # one to run, one queued
+    core.submit(C, [spec(i) for i in range(1, 6)], [None] * 5)
+    assert dispatched(cycle(core)) == {w: [1]}  # nothing known about run times yet
+    finish(core, w, 1)  # a short task (wall time 0)
+    assert dispatched(cycle(core)) == {w: [2, 3]}  # one to run, one queued
+
+
+def test_long_tasks_are_not_queued_ahead() -> None:
+    core = Core(Settings(prefetch=3))
+    w = worker(core, "w", cores=1)
+    core.submit(C, [spec(i) for i in range(1, 6)], [None] * 5)
+    cycle(core)
+    t = core.tasks[TaskId(1)]
+    core.worker_update(
+        w,
+        [],
+        [AttemptResult(task_id=TaskId(1), attempt=t.attempt, outcome=Outcome.SUCCESS, wall_time=5.0)],
+        [],
+    )
+    assert dispatched(cycle(core)) == {w: [2]}
 
 
 def test_a_task_larger_than_every_worker_is_unschedulable_and_blocks_nothing() -> None:
@@ -182,7 +198,9 @@ def test_cancel_kills_the_running_attempt_and_reports_cancelled() -> None:
 def test_a_draining_worker_gets_nothing_new_and_is_released_when_idle() -> None:
     core = Core(Settings(prefetch=1))
     w = worker(core, "w")
-    core.submit(C, [spec(1), spec(2)], [None, None])
+    core.submit(C, [spec(0), spec(1), spec(2)], [None] * 3)
+    cycle(core)
+    finish(core, w, 0)  # short: queueing ahead starts
     assert dispatched(cycle(core)) == {w: [1, 2]}
     finish(core, w, 1)  # 1 is done; 2 was only queued
     core.drain([w])
