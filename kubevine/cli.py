@@ -24,14 +24,25 @@ log = logging.getLogger("kubevine")
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", help="file holding the workflow token (else $KUBEVINE_TOKEN)")
+    _logging_options(p, argparse.SUPPRESS)
+
+
+def _logging_options(p: argparse.ArgumentParser, default: object) -> None:
+    """--log-level/--log-format, accepted before or after the subcommand."""
+    p.add_argument(
+        "--log-level",
+        default=default if default is argparse.SUPPRESS else os.environ.get("KUBEVINE_LOG_LEVEL", "INFO"),
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=default if default is argparse.SUPPRESS else os.environ.get("KUBEVINE_LOG_FORMAT", "text"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kubevine", description=__doc__.split("\n")[0])
-    ap.add_argument("--log-level", default=os.environ.get("KUBEVINE_LOG_LEVEL", "INFO"))
-    ap.add_argument(
-        "--log-format", choices=["text", "json"], default=os.environ.get("KUBEVINE_LOG_FORMAT", "text")
-    )
+    _logging_options(ap, None)
     sub = ap.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("manager", help="run a manager service")
@@ -80,13 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the raw status as JSON")
     s.add_argument("--timeout", type=float, default=10.0)
 
+    sub.add_parser(
+        "operator", help="run the Kubernetes operator (see kubevine operator --help)", add_help=False
+    )
+
     d = sub.add_parser("drain-local", help="ask the worker running in --workdir to drain, and wait")
+    _logging_options(d, argparse.SUPPRESS)
     d.add_argument("--workdir", required=True)
     d.add_argument("--timeout", type=float, default=300.0)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["operator"]:  # the operator parses its own options (kopf's among them)
+        from kubevine.operator.run import main as operator_main
+
+        return operator_main(argv[1:])
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     try:

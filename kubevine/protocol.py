@@ -166,6 +166,7 @@ class WorkerInfo(_Msg):
     pid: int
     resources: Resources
     transfer_address: str | None = None
+    pod: str | None = None  # Kubernetes pod name, when it runs in one
     cached: list[CacheName] = Field(default_factory=list)
     running: list[TaskRef] = Field(default_factory=list)
     libraries: list[str] = Field(default_factory=list)

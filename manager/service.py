@@ -71,8 +71,8 @@ from kubevine.protocol import (
     frame,
     send,
 )
-from kubevine.resources import Resources
-from kubevine.stats import Failure, ManagerStatus, WorkerStatus
+from kubevine.resources import Tally
+from kubevine.stats import Failure, Load, ManagerStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -488,14 +488,20 @@ class ManagerService:
     def status(self) -> ManagerStatus:
         core = self.core
         now = time.time()
-        largest = {"cores": 0.0, "memory": 0, "disk": 0, "gpus": 0}
+        waiting, running, largest = Tally(), Tally(), Tally()
+        n_waiting = n_running = 0
         for t in core.tasks.values():
+            r = t.spec.resources
             if t.state in (TaskState.READY, TaskState.WAITING, TaskState.RETRYING):
-                r = t.spec.resources
-                largest["cores"] = max(largest["cores"], r.cores)
-                largest["memory"] = max(largest["memory"], r.memory)
-                largest["disk"] = max(largest["disk"], r.disk)
-                largest["gpus"] = max(largest["gpus"], r.gpus)
+                n_waiting += 1
+                waiting.add(r)
+                largest.cores = max(largest.cores, r.cores)
+                largest.memory = max(largest.memory, r.memory)
+                largest.disk = max(largest.disk, r.disk)
+                largest.gpus = max(largest.gpus, r.gpus)
+            elif t.state in (TaskState.DISPATCHED, TaskState.RUNNING):
+                n_running += 1
+                running.add(r)
         return ManagerStatus(
             workflow=self.config.name,
             manager_id=self.manager_id,
@@ -506,8 +512,10 @@ class ManagerService:
             tasks={s.value: n for s, n in core.counts.items()},
             totals=dict(core.totals),
             unschedulable=len(core.unschedulable),
-            demand=core.demand(),
-            largest_waiting=Resources(**largest),
+            demand=waiting.snapshot(),
+            waiting=_load(n_waiting, waiting),
+            running=_load(n_running, running),
+            largest_waiting=largest.snapshot(),
             workers=[
                 WorkerStatus(
                     id=w.id,
@@ -519,6 +527,9 @@ class ManagerService:
                     running=len(w.tasks) - w.queued,
                     queued=w.queued,
                     idle_seconds=None if w.idle_since is None else now - w.idle_since,
+                    idle_since=w.idle_since,
+                    draining=w.state == WorkerState.DRAINING,
+                    pod=w.info.pod,
                     cached_files=len(w.cached),
                 )
                 for w in core.workers.values()
@@ -527,6 +538,10 @@ class ManagerService:
             clients=len(core.connected_clients),
             recent_failures=self.recent_failures[-20:],
         )
+
+
+def _load(n: int, t: Tally) -> Load:
+    return Load(tasks=n, cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus)
 
 
 def _shift(r: ClientResult, base: int) -> ClientResult:

@@ -159,6 +159,7 @@ class WorkerService:
             node=self.config.node,
             host=socket.gethostname(),
             pid=os.getpid(),
+            pod=os.environ.get("KUBEVINE_POD_NAME") or None,
             resources=self.resources,
             cached=self.cache.names(),
             running=held,
