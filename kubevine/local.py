@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kubevine import auth
+from kubevine.admin import Admin
 
 
 class LocalCluster:
@@ -92,7 +93,21 @@ class LocalCluster:
         self.address = addr_file.read_text().strip()
         for _ in range(self.n_workers):
             self.add_worker()
+        self.wait_for_workers(self.n_workers, timeout=max(1.0, deadline - time.monotonic()))
         return self
+
+    def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
+        """Return once ``n`` workers are connected to the manager."""
+        admin = Admin(self.address, self.token)
+        deadline = time.monotonic() + timeout
+        while len(admin.status().workers) < n:
+            dead = [p.returncode for p in self.workers if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"local workers did not connect (exit codes {dead}); see {self.workdir}/worker-*/worker.log"
+                )
+            time.sleep(0.02)
 
     def add_worker(
         self, *, cores: float | None = None, cache_dir: str | None = None, node: str | None = None
