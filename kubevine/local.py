@@ -105,7 +105,8 @@ class LocalCluster:
             if dead or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"local workers did not connect (exit codes {dead}); see {self.workdir}/worker-*/worker.log"
+                    f"local workers did not connect (exit codes {dead}); "
+                    f"see {self.workdir}/worker-*/worker.log"
                 )
             time.sleep(0.02)
 
