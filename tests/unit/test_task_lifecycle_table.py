@@ -37,3 +37,17 @@ def test_every_state_is_reachable_from_waiting() -> None:
                 seen.add(b)
                 frontier.append(b)
     assert seen == set(TaskState)
+
+
+def test_the_lifecycle_diagram_shows_exactly_the_table() -> None:
+    from pathlib import Path
+
+    mmd = (Path(__file__).resolve().parents[2] / "docs" / "task-lifecycle.mmd").read_text()
+    edges = {
+        tuple(line.strip().split(":", 1)[0].split(" --> "))
+        for line in mmd.splitlines()
+        if " --> " in line and "[*]" not in line
+    }
+    assert edges == {(a.value, b.value) for a, b in TRANSITIONS}
+    for (a, b), why in TRANSITIONS.items():
+        assert f"{a.value} --> {b.value}: {why}" in mmd
