@@ -306,11 +306,17 @@ def container_mounts(container: Mapping[str, Any], volumes: Mapping[str, pathlib
 
 
 def rewrite_paths(text: str, mounts: list[Mount]) -> str:
-    """Replace mount paths used as path prefixes (`/cache`, `/cache/x`, `--dir=/cache`)."""
-    for mount in mounts:
-        pattern = re.compile(r"(?<![\w./-])" + re.escape(mount.mount_path) + r"(?=/|$|[\s:;,\"'])")
-        text = pattern.sub(str(mount.local).replace("\\", "\\\\"), text)
-    return text
+    """Replace mount paths used as path prefixes (`/cache`, `/cache/x`, `--dir=/cache`).
+
+    One pass over the text: a replacement is never rewritten again by another mount
+    (the kubelet's own directories may well lie under `/tmp`, itself a mount path).
+    """
+    if not mounts:
+        return text
+    by_path = {m.mount_path: str(m.local) for m in mounts}
+    alternatives = "|".join(re.escape(p) for p in sorted(by_path, key=len, reverse=True))
+    pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[\s:;,\"'])")
+    return pattern.sub(lambda m: by_path[m.group(1)], text)
 
 
 # -- Service DNS -----------------------------------------------------------------------------

@@ -84,6 +84,16 @@ def test_mount_paths_are_rewritten_only_as_path_prefixes(tmp_path: pathlib.Path)
     assert podspec.rewrite_paths("/cachex /var/cache", mounts) == "/cachex /var/cache"
 
 
+def test_a_rewritten_path_is_not_rewritten_again_by_another_mount() -> None:
+    # The kubelet's directories usually live under /tmp, and /tmp is a mount path too.
+    mounts = [
+        podspec.Mount("/data", pathlib.Path("/tmp/kubelet/claims/data-0"), "data"),
+        podspec.Mount("/tmp", pathlib.Path("/tmp/kubelet/pods/p/tmp"), "tmp"),
+    ]
+    assert podspec.rewrite_paths("/data", mounts) == "/tmp/kubelet/claims/data-0"
+    assert podspec.rewrite_paths("/tmp/x /data/y", mounts) == "/tmp/kubelet/pods/p/tmp/x /tmp/kubelet/claims/data-0/y"
+
+
 def test_service_names_are_rewritten_in_urls_hostports_and_flags() -> None:
     svc = [podspec.ServiceTarget("ns", "redis", {6379: 6380}, "127.0.0.5")]
     rewrite = podspec.rewrite_service
