@@ -91,7 +91,8 @@ def test_a_rewritten_path_is_not_rewritten_again_by_another_mount() -> None:
         podspec.Mount("/tmp", pathlib.Path("/tmp/kubelet/pods/p/tmp"), "tmp"),
     ]
     assert podspec.rewrite_paths("/data", mounts) == "/tmp/kubelet/claims/data-0"
-    assert podspec.rewrite_paths("/tmp/x /data/y", mounts) == "/tmp/kubelet/pods/p/tmp/x /tmp/kubelet/claims/data-0/y"
+    both = podspec.rewrite_paths("/tmp/x /data/y", mounts)
+    assert both == "/tmp/kubelet/pods/p/tmp/x /tmp/kubelet/claims/data-0/y"
 
 
 def test_service_names_are_rewritten_in_urls_hostports_and_flags() -> None:
