@@ -46,6 +46,40 @@ class Failure(BaseModel):
     exit_code: int | None = None
 
 
+#: upper bounds (seconds) of the task wall-time histogram's buckets; the last is +Inf
+WALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+class Histogram(BaseModel):
+    """Counts of observations at or below each bound (cumulative, as Prometheus wants)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bounds: list[float] = Field(default_factory=lambda: list(WALL_BUCKETS))
+    cumulative: list[int] = Field(default_factory=lambda: [0] * len(WALL_BUCKETS))
+    count: int = 0
+    sum: float = 0.0
+
+
+class Perf(BaseModel):
+    """The manager's performance counters, sampled every few seconds (``MANAGER perf`` lines)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sampled: float = 0.0  # unix time of the sample the rates come from
+    dispatched: int = 0  # attempts sent to workers since the manager started
+    completed: int = 0  # attempts that ended on a worker (any outcome)
+    dispatch_rate: float = 0.0  # attempts dispatched per second, over the last interval
+    complete_rate: float = 0.0  # attempts ended per second, over the last interval
+    cores_total: float = 0.0  # cores of connected workers
+    cores_in_use: float = 0.0  # cores committed to dispatched or running tasks
+    transfers: dict[str, int] = Field(default_factory=dict)  # files moved, by source kind
+    transfer_bytes: dict[str, int] = Field(default_factory=dict)  # bytes moved, by source kind
+    cache_hits: int = 0  # task inputs a worker already held when the task was dispatched
+    cache_misses: int = 0  # task inputs that had to be staged in
+    task_wall: Histogram = Field(default_factory=Histogram)  # seconds per attempt, as workers measure
+
+
 class ManagerStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,3 +99,4 @@ class ManagerStatus(BaseModel):
     workers: list[WorkerStatus] = Field(default_factory=list)
     clients: int = 0
     recent_failures: list[Failure] = Field(default_factory=list)
+    perf: Perf = Field(default_factory=Perf)

@@ -1,41 +1,102 @@
 """The transactions log: one line per event, so a run can be read, counted and plotted.
 
-Format (one event a line, space separated)::
+The core appends event lines (``TASK 17 running attempt=1 worker=w1 cause=started``) to
+``core.transactions`` as it changes state; the service adds its own (transfers it serves,
+performance snapshots) and hands them here once per scheduling cycle. This writer stamps
+each line with the time and the manager id and appends it to ``<workdir>/transactions.log``
+(see :mod:`kubevine.txformat` for the grammar, ``docs/observability.md`` for the events).
+In a cluster, where files in a pod are hard to reach, the same events can also go to
+stdout, as JSON objects when logs are JSON.
 
-    <unix time, µs> <manager id> <KIND> <subject> <fields...>
-
-KIND is TASK, WORKER, FILE or MANAGER; fields are ``key=value``. Lines are buffered and
-written once per scheduling cycle.
+Everything here runs in the manager's loop at thousands of tasks a second, so a cycle's
+lines are joined and written in one call and the file is flushed at most five times a
+second; the echo to stdout costs a parse per line and is off unless asked for.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from kubevine.stats import ManagerStatus
+from kubevine.txformat import parse_line
+
 
 class TxLog:
-    def __init__(self, path: Path | None, manager_id: str) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        manager_id: str,
+        *,
+        echo: TextIO | None = None,
+        echo_json: bool = False,
+    ) -> None:
+        """Write to ``path`` (None: no file); also to ``echo`` (stdout, say), as JSON if asked."""
         self.path = path
         self.manager_id = manager_id
+        self.echo = echo
+        self.echo_json = echo_json
+        self.lines_written = 0
         self._f: TextIO | None = None
         self._flushed = 0.0
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = path.open("a", buffering=1 << 16)
+            self._f = path.open("a", buffering=1 << 16, encoding="utf-8")
 
-    def write(self, lines: list[str]) -> None:
-        if self._f is None or not lines:
+    @classmethod
+    def to_stdout(cls, path: Path | None, manager_id: str, *, json_lines: bool) -> TxLog:
+        return cls(path, manager_id, echo=sys.stdout, echo_json=json_lines)
+
+    def write(self, lines: Iterable[str]) -> None:
+        lines = list(lines) if not isinstance(lines, list) else lines
+        if not lines or (self._f is None and self.echo is None):
             return
         stamp = f"{int(time.time() * 1e6)} {self.manager_id} "
-        self._f.write("".join(stamp + line + "\n" for line in lines))
+        text = "".join(stamp + line + "\n" for line in lines)
+        self.lines_written += len(lines)
         now = time.monotonic()
-        if now - self._flushed > 0.2:  # at most five flushes a second under load
-            self._f.flush()
+        flush = now - self._flushed > 0.2  # at most five flushes a second under load
+        if self._f is not None:
+            self._f.write(text)
+            if flush:
+                self._f.flush()
+        if self.echo is not None:
+            if self.echo_json:
+                text = "".join(parse_line(stamp + line).to_json() + "\n" for line in lines)
+            self.echo.write(text)
+            if flush:
+                self.echo.flush()
+        if flush:
             self._flushed = now
 
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+        if self.echo is not None:
+            self.echo.flush()
+
     def close(self) -> None:
+        if self.echo is not None:
+            self.echo.flush()
+            self.echo = None
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def perf_line(st: ManagerStatus) -> str:
+    """The performance snapshot as a ``MANAGER <id> perf`` line (one every few seconds)."""
+    p = st.perf
+    states = " ".join(f"{k}={v}" for k, v in st.tasks.items())
+    moved = " ".join(f"bytes_{k}={v}" for k, v in p.transfer_bytes.items())
+    return (
+        f"MANAGER {st.manager_id} perf {states} workers={len(st.workers)} "
+        f"cores_total={p.cores_total:g} cores_in_use={p.cores_in_use:g} "
+        f"submitted_total={st.totals.get('submitted', 0)} dispatched_total={p.dispatched} "
+        f"completed_total={p.completed} dispatch_rate={p.dispatch_rate:.1f} "
+        f"complete_rate={p.complete_rate:.1f} "
+        f"cache_hits={p.cache_hits} cache_misses={p.cache_misses} {moved}"
+    ).rstrip()

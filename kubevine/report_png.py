@@ -1,0 +1,223 @@
+"""The PNG picture of a run (``kubevine report LOG -o run.png``), drawn with matplotlib.
+
+A picture to paste in an issue or a talk: on top, a timeline of workers by time with one
+bar per attempt (coloured by library or category, failed ones hatched, transfers marked);
+below, the tasks in each state over time and the bytes moved from each source. Uses the
+Agg backend, so it works on a headless machine and never opens a window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kubevine.report import NO_GROUP, SOURCES, Run, bytes_series, groups, layout, state_series, summary
+
+DPI = 100
+#: the state panel's colours, and the order the areas stack in (finished at the bottom)
+STATE_STYLE = (
+    ("done", "#4c9a5b", "done"),
+    ("failed", "#d1495b", "failed"),
+    ("cancelled", "#8d8d8d", "cancelled"),
+    ("running", "#2f6fb0", "running"),
+    ("dispatched", "#8fb8e0", "dispatched"),
+    ("retrying", "#f0a040", "retrying"),
+    ("ready", "#d9d9d9", "ready (waiting for a worker)"),
+    ("waiting", "#b0a890", "waiting (for inputs)"),
+)
+SOURCE_COLOURS = {"peer": "#2f6fb0", "manager": "#e07b39", "url": "#7a5fa8"}
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#b07aa1",
+    "#edc948",
+    "#76b7b2",
+    "#ff9da7",
+    "#9c755f",
+    "#e15759",
+    "#bab0ac",
+    "#86bcb6",
+    "#d4a6c8",
+)
+
+
+def colours(names: list[str]) -> dict[str, str]:
+    out = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(names)}
+    if NO_GROUP in out and len(names) == 1:
+        out[NO_GROUP] = PALETTE[0]
+    return out
+
+
+def short(label: str, width: int = 26) -> str:
+    """A worker id that fits the axis: the middle is elided, the ends kept."""
+    if len(label) <= width:
+        return label
+    keep = (width - 1) // 2
+    return label[:keep] + "…" + label[-(width - 1 - keep) :]
+
+
+def human_bytes(n: float, _pos: object = None) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.0) -> int:
+    """Draw the run into ``path``; returns the number of task bars drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    lanes = layout(run)
+    workers = run.workers
+    names = groups(run)
+    palette = colours(names)
+    timeline_h = min(9.0, max(2.6, 0.42 * len(workers) + 0.012 * lanes.total + 1.0))
+    height = round(timeline_h + 3.6, 1)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[timeline_h, 3.0])
+    ax = fig.add_subplot(grid[0, :])
+    ax_states = fig.add_subplot(grid[1, 0])
+    ax_bytes = fig.add_subplot(grid[1, 1])
+    fig.suptitle(f"{title or 'kubevine run ' + run.workflow}: {summary(run)}", fontsize=12)
+
+    # ---- timeline: one band per worker, one lane per task running at once
+    t0 = run.start
+    band: dict[str, tuple[float, float]] = {}  # worker -> (y of its band's bottom, lane height)
+    for i, wid in enumerate(workers):
+        _first, n = lanes.rows[wid]
+        band[wid] = (i, 0.84 / n)
+    for span in run.spans:  # shade when each worker was connected
+        y0, _ = band.get(span.id, (None, 0.0))
+        if y0 is None:
+            continue
+        end = span.disconnected if span.disconnected is not None else run.end
+        ax.broken_barh(
+            [(span.connected - t0, end - span.connected)], (y0 + 0.04, 0.92), color="#f3f3f3", zorder=0
+        )
+        if span.disconnected is not None and span.cause not in (None, "manager restarted", "reconnected"):
+            ax.plot([span.disconnected - t0], [y0 + 0.5], marker="x", color="#d1495b", ms=7, zorder=4)
+    bars: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    ys: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    drawn = 0
+    for t in run.tasks.values():
+        group = t.group if t.group in palette else "other"
+        for a in t.attempts:
+            y0, lane_h = band[a.worker]
+            start = (a.start if a.start is not None else a.dispatched) - t0
+            end = (a.end if a.end is not None else run.end) - t0
+            key = (group, a.ok or a.outcome is None)
+            bars.setdefault(key, []).append((start, max(end - start, 0.0)))
+            ys.setdefault(key, []).append((y0 + 0.08 + a.lane * lane_h, lane_h * 0.9))
+            drawn += 1
+    min_w = max(run.duration, 1e-3) / (width * DPI)  # at least a pixel wide, so none is lost
+    for (group, ok), xs in bars.items():
+        _draw_bars(ax, xs, ys[(group, ok)], palette.get(group, "#bab0ac"), ok, min_w)
+    if run.transfers:
+        tx = [(tr.time - t0, band[tr.dest][0] + 0.96) for tr in run.transfers if tr.dest in band]
+        if tx:
+            ax.scatter(
+                [x for x, _ in tx],
+                [y for _, y in tx],
+                marker="v",
+                s=14,
+                color="#333333",
+                zorder=5,
+                linewidths=0,
+            )
+    for when, _mid in run.managers[1:]:
+        ax.axvline(when - t0, color="#d1495b", ls="--", lw=1.2)
+        ax.text(when - t0, len(workers) - 0.02, " manager restart", color="#d1495b", va="top", fontsize=8)
+    step = max(1, len(workers) // 30)
+    ax.set_yticks([i + 0.5 for i in range(0, len(workers), step)])
+    ax.set_yticklabels([short(w) for w in workers[::step]], fontsize=8)
+    ax.set_ylim(0, max(len(workers), 1))
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(run.duration, 1e-3) * 1.01)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("worker")
+    ax.set_title("tasks on workers (one bar per attempt)", fontsize=10, loc="left")
+    ax.grid(axis="x", color="#e5e5e5", lw=0.6)
+    ax.set_axisbelow(True)
+    handles: list[Any] = [Patch(facecolor=palette[g], label=g) for g in names]
+    if any(not ok for _g, ok in bars):
+        handles.append(Patch(facecolor="white", edgecolor="#d1495b", hatch="////", label="failed attempt"))
+    if run.transfers:
+        from matplotlib.lines import Line2D
+
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="v",
+                ls="",
+                color="#333333",
+                ms=5,
+                label=f"file transfer ({len(run.transfers)})",
+            )
+        )
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+
+    # ---- tasks by state over time
+    times, series = state_series(run)
+    present = [(s, c, label) for s, c, label in STATE_STYLE if any(series[s])]
+    if present:
+        ax_states.stackplot(
+            times,
+            *[series[s] for s, _c, _l in present],
+            colors=[c for _s, c, _l in present],
+            labels=[label for _s, _c, label in present],
+            linewidth=0,
+        )
+    ax_states.set_xlim(0, max(run.duration, 1e-3))
+    ax_states.set_title("tasks by state", fontsize=10, loc="left")
+    ax_states.set_xlabel("seconds since the run started")
+    ax_states.set_ylabel("tasks")
+    ax_states.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_states.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False, reverse=True)
+
+    # ---- bytes moved by source
+    moved = bytes_series(run)
+    for src in SOURCES:
+        at, total = moved[src]
+        ax_bytes.step(
+            at,
+            total,
+            where="post",
+            color=SOURCE_COLOURS[src],
+            lw=1.6,
+            label=f"{src}: {human_bytes(total[-1])}",
+        )
+    ax_bytes.set_xlim(0, max(run.duration, 1e-3))
+    ax_bytes.set_ylim(bottom=0)
+    ax_bytes.yaxis.set_major_formatter(FuncFormatter(human_bytes))
+    ax_bytes.set_title("bytes moved to workers, by source", fontsize=10, loc="left")
+    ax_bytes.set_xlabel("seconds since the run started")
+    ax_bytes.legend(loc="upper left", fontsize=8, frameon=False)
+    ax_bytes.grid(color="#e5e5e5", lw=0.6)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return drawn
+
+
+def _draw_bars(
+    ax: Any, xs: list[tuple[float, float]], ys: list[tuple[float, float]], colour: str, ok: bool, min_w: float
+) -> None:
+    """Many bars in a few collections (one per distinct lane position), fast for big runs."""
+    by_y: dict[tuple[float, float], list[tuple[float, float]]] = {}
+    for (x, w), y in zip(xs, ys):
+        by_y.setdefault(y, []).append((x, max(w, min_w)))
+    style: dict[str, Any] = (
+        {"facecolors": colour, "edgecolor": "none"}
+        if ok
+        else {"facecolors": "white", "edgecolor": "#d1495b", "hatch": "////", "linewidth": 0.6}
+    )
+    for y, spans in by_y.items():
+        ax.broken_barh(spans, y, zorder=3, **style)
