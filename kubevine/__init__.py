@@ -8,10 +8,16 @@ from kubevine import keys
 from kubevine.client import ConnectionRefused, Manager, as_completed
 from kubevine.local import LocalCluster
 from kubevine.protocol import Outcome
+from kubevine.serverless import FunctionCall, Library, PythonTask, RemoteError, library_context
 from kubevine.task import File, Task
 
 __all__ = [
     "ConnectionRefused",
+    "FunctionCall",
+    "Library",
+    "PythonTask",
+    "RemoteError",
+    "library_context",
     "File",
     "LocalCluster",
     "Manager",

@@ -21,7 +21,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,10 +44,12 @@ from kubevine.protocol import (
     Hello,
     IdBlock,
     IdBlockRequest,
+    InstallLibrary,
     Outcome,
     ProtocolError,
     PutFiles,
     Refused,
+    RemoveLibrary,
     Results,
     ResultsAck,
     StatusReply,
@@ -61,6 +64,7 @@ from kubevine.protocol import (
     send,
 )
 from kubevine.stats import ManagerStatus
+from kubevine.serverless import FunctionCall, Library, auto_library_name
 from kubevine.task import File, Task, declare_buffer, declare_local
 
 log = logging.getLogger(__name__)
@@ -117,7 +121,9 @@ class Manager:
         self._files_out: list[tuple[CacheName, bytes]] = []
         self._sent_files: set[CacheName] = set()
         self._acks: list[TaskId] = []
-        self._control: list[_Msg] = []
+        self._control: list[tuple[_Msg, list[bytes]]] = []
+        self._libraries: dict[str, Library] = {}
+        self._setup: list[tuple[_Msg, list[bytes]]] = []  # sent before submissions
         self._replies: deque[concurrent.futures.Future[Any]] = deque()
         self._next_id = 0
         self._ids_left = 0
@@ -185,13 +191,14 @@ class Manager:
             if task._future is not None and task._future.done():
                 task._future = None  # a resubmitted task gets a fresh future
             spec = task.spec(inputs, outputs)
+            payload = task.payload()
             for name, data in files:
                 if name not in self._sent_files:
                     self._sent_files.add(name)
                     self._files_out.append((name, data))
             self._tasks[task.id] = task
             first = not self._pending
-            self._pending.append((spec, None))
+            self._pending.append((spec, payload))
         if first:
             self._wake()
         return task.id
@@ -202,6 +209,83 @@ class Manager:
         block = fut.result(timeout=30)
         with self._lock:
             self._next_id, self._ids_left = block.first_task_id, block.count
+
+    # ------------------------------------------------------------------ libraries
+
+    def create_library_from_functions(
+        self,
+        name: str,
+        *functions: Callable[..., Any],
+        hoisting_modules: Sequence[str | types.ModuleType] = (),
+        env: dict[str, str] | None = None,
+        exec_mode: str = "fork",
+        library_context_info: tuple[Callable[..., Any], Sequence[Any], dict[str, Any]] | None = None,
+        add_env: bool = True,
+    ) -> Library:
+        """A library of these functions (TaskVine's name). Install it with ``install_library``.
+
+        ``hoisting_modules`` are imported once when the library starts; ``library_context_info``
+        is ``(setup, args, kwargs)``: ``setup(*args, **kwargs)`` runs once per library process
+        and its result is what ``kubevine.library_context()`` returns inside the functions.
+        ``exec_mode="direct"`` runs calls in the library process (fastest; calls share module
+        state); ``"fork"`` forks a child per call (isolated). ``add_env`` is accepted for
+        TaskVine compatibility: kubevine never packs an environment; workers use their own.
+        """
+        return Library(
+            name,
+            functions,
+            hoisting_modules=hoisting_modules,
+            env=env,
+            exec_mode=exec_mode,
+            library_context_info=library_context_info,
+        )
+
+    def install_library(self, lib: Library) -> None:
+        """Make a library available; the manager starts it on workers as calls need it."""
+        self._check_open()
+        with self._lock:  # sent before any call submitted after this line
+            self._setup.append((InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]))
+        self._wake()
+        self._libraries[lib.name] = lib
+
+    def remove_library(self, name: str) -> None:
+        self._send_control(RemoveLibrary(name=name))
+        self._libraries.pop(name, None)
+
+    def map(
+        self,
+        fn: Callable[..., Any] | str,
+        iterable: Iterable[Any],
+        *,
+        library: str | Library | None = None,
+        retries: int = 0,
+    ) -> list[Any]:
+        """``[fn(x) for x in iterable]``, computed as function calls on the workers.
+
+        Without ``library``, a library holding just ``fn`` (direct mode) is made and
+        installed on first use. Returns the values in order; raises the first call's
+        exception if any call raised.
+        """
+        if library is None:
+            if isinstance(fn, str):
+                raise TypeError("map by function name needs library=")
+            lib_name = auto_library_name(fn)
+            if lib_name not in self._libraries:
+                lib = Library(lib_name, [fn], exec_mode="direct")
+                self.install_library(lib)
+            library = lib_name
+        lib_name = library.name if isinstance(library, Library) else library
+        name = fn if isinstance(fn, str) else fn.__name__
+        calls = []
+        for x in iterable:
+            c = FunctionCall(lib_name, name, x)
+            c.set_retries(retries)
+            _ = c.future
+            calls.append(c)
+        for c in calls:
+            self.submit(c)
+        concurrent.futures.wait([c.future for c in calls])
+        return [c.output for c in calls]
 
     # ------------------------------------------------------------------ results
 
@@ -236,6 +320,19 @@ class Manager:
         """Finished tasks as they come, until none is outstanding."""
         while (t := self.wait()) is not None:
             yield t
+
+    def results(
+        self, *, progress: bool = False, timeout: float | None = None, desc: str = "tasks"
+    ) -> Iterator[Task]:
+        """Finished tasks as they come, until none is outstanding (or none within ``timeout``).
+
+        ``progress=True`` shows a bar (a terminal or Jupyter only; see :mod:`kubevine.progress`).
+        """
+        from kubevine.progress import track
+
+        with self._lock:
+            total = len(self._tasks) + len(self._done)
+        return track(self.wait, total, progress=progress, timeout=timeout, desc=desc, failed=_unsuccessful)
 
     def cancel_by_task_id(self, task_id: int) -> bool:
         with self._lock:
@@ -302,15 +399,15 @@ class Manager:
             except zmq.ZMQError:
                 pass
 
-    def _send_control(self, msg: _Msg) -> None:
+    def _send_control(self, msg: _Msg, frames: list[bytes] | None = None) -> None:
         with self._lock:
-            self._control.append(msg)
+            self._control.append((msg, frames or []))
         self._wake()
 
     def _request(self, msg: _Msg, fut: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._replies.append(fut)
-            self._control.append(msg)
+            self._control.append((msg, []))
         self._wake()
 
     def _io_loop(self) -> None:
@@ -418,7 +515,11 @@ class Manager:
             pending, self._pending = self._pending, []
             acks, self._acks = self._acks, []
             control, self._control = self._control, []
+            setup, self._setup = self._setup, []
         sent = False
+        for m, extra in setup:
+            send(sock, encode(m, extra))
+            sent = True
         if files:
             metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(files)]
             send(sock, encode(PutFiles(files=metas), [d for _, d in files]))
@@ -436,8 +537,8 @@ class Manager:
         if acks:
             sock.send_multipart(encode(ResultsAck(task_ids=acks)))
             sent = True
-        for m in control:
-            sock.send_multipart(encode(m))
+        for m, extra in control:
+            send(sock, encode(m, extra))
             sent = True
         return sent
 
@@ -497,6 +598,10 @@ class Manager:
         for t in done:
             if t._future is not None and not t._future.done():
                 t._future.set_result(t)
+
+
+def _unsuccessful(t: Task) -> bool:
+    return not t.successful()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

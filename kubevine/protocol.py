@@ -348,6 +348,44 @@ class Goodbye(_Msg):
     reason: str
 
 
+class LibrarySpec(_Msg):
+    """A library: functions kept warm in a long-lived process on a worker."""
+
+    name: str
+    functions: list[str]
+    hoisting_modules: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    exec_mode: Literal["fork", "direct"] = "fork"
+    slots: int = Field(1, ge=1)  # calls at once
+    resources: Resources = Resources(cores=1)
+    has_context: bool = False
+
+
+class InstallLibrary(_Msg):
+    """Client → manager: make this library available (payload: pickled functions and
+    context setup). Manager → worker: start it here."""
+
+    type: Literal["install_library"] = "install_library"
+    spec: LibrarySpec
+    frame: int = 0
+
+
+class RemoveLibrary(_Msg):
+    """Client → manager, manager → worker: stop this library."""
+
+    type: Literal["remove_library"] = "remove_library"
+    name: str
+
+
+class LibraryStatus(_Msg):
+    """Worker → manager: a library instance is ready, failed to start, or is gone."""
+
+    type: Literal["library_status"] = "library_status"
+    name: str
+    state: Literal["ready", "failed", "gone"]
+    error: str | None = None
+
+
 Message = Annotated[
     Hello
     | Welcome
@@ -371,7 +409,10 @@ Message = Annotated[
     | StatusReply
     | DrainWorkers
     | Drain
-    | Goodbye,
+    | Goodbye
+    | InstallLibrary
+    | RemoveLibrary
+    | LibraryStatus,
     Field(discriminator="type"),
 ]
 

@@ -77,6 +77,8 @@ class Task:
     """A command to run on a worker (TaskVine's ``Task``)."""
 
     _kind = TaskKind.COMMAND
+    library: str | None = None  # FunctionCall: the library and function it calls
+    function: str | None = None
 
     def __init__(
         self,
@@ -199,6 +201,8 @@ class Task:
             id=self.id,
             kind=self._kind,
             command=self.command,
+            library=self.library,
+            function=self.function,
             resources=self.resources,
             env=self.env,
             inputs=inputs,
@@ -209,6 +213,10 @@ class Task:
             category=self.category,
             time_max=self.time_max,
         )
+
+    def payload(self) -> bytes | None:
+        """Binary data the task carries (pickled function and arguments); none for commands."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} {self.state} {self.command!r}>"

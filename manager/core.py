@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.manager.libraries import BROKEN_AFTER, Instance, LibraryEntry
 from kubevine.manager.states import FINAL, TaskState, WorkerState, check_move
 from kubevine.manager.store import Snapshot, TaskRecord, WriteBatch
 from kubevine.protocol import (
@@ -31,13 +32,17 @@ from kubevine.protocol import (
     ClientResult,
     FileKind,
     FileSource,
+    LibrarySpec,
     Outcome,
     StageIn,
+    TaskKind,
     TaskRef,
     TaskSpec,
     WorkerInfo,
 )
 from kubevine.resources import Resources, Tally
+from kubevine.txformat import q
+from kubevine.txformat import resources as res_kv
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class WorkerEntry:
     idle_since: float | None = None
     cached: set[CacheName] = field(default_factory=set)
     deadline: float | None = None  # RECOVERING: lost if not back by then
+    libs: dict[str, Instance] = field(default_factory=dict)  # library instances here
+    calls: int = 0  # function calls among ``tasks`` (they hold library slots, not cores)
 
     @property
     def id(self) -> WorkerId:
@@ -126,7 +133,21 @@ class ClientError:
     task_ids: list[TaskId]
 
 
-Instruction = SendDispatch | SendKill | SendResults | SendAck | SendDrain | ClientError
+@dataclass(slots=True)
+class SendInstall:
+    worker: WorkerId
+    library: str
+
+
+@dataclass(slots=True)
+class SendRemove:
+    worker: WorkerId
+    library: str
+
+
+Instruction = (
+    SendDispatch | SendKill | SendResults | SendAck | SendDrain | ClientError | SendInstall | SendRemove
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,7 @@ class Core:
         self._acks: dict[WorkerId, list[TaskRef]] = {}
         self._dirty: dict[TaskId, TaskEntry] = {}  # tasks whose record changed this cycle
         self.avg_wall: float | None = None  # moving average of attempts' wall time
+        self.libraries: dict[str, LibraryEntry] = {}
         self.now = now if now is not None else time.time()
 
     # ------------------------------------------------------------- bookkeeping
@@ -189,7 +211,7 @@ class Core:
         self.batch, self.out = WriteBatch(), []
         return batch, out
 
-    def _move(self, t: TaskEntry, to: TaskState, cause: str) -> None:
+    def _move(self, t: TaskEntry, to: TaskState, cause: str, detail: str = "") -> None:
         reason = check_move(t.state, to)
         self.counts[t.state] -= 1
         self.counts[to] += 1
@@ -197,7 +219,8 @@ class Core:
         t.story.append((self.now, to.value, cause))
         self._dirty[t.spec.id] = t
         self.transactions.append(
-            f"TASK {t.spec.id} {to} attempt={t.attempt} worker={t.worker or '-'} cause={cause or reason}"
+            f"TASK {t.spec.id} {to} attempt={t.attempt} worker={t.worker or '-'} cause={q(cause or reason)}"
+            + detail
         )
 
     def story(self, task_id: TaskId) -> list[tuple[float, str, str]]:
@@ -208,7 +231,11 @@ class Core:
     def _make_ready(self, t: TaskEntry, cause: str) -> None:
         t.worker = None
         self._move(t, S.READY, cause)
-        heapq.heappush(self.ready, (-t.spec.priority, t.seq, t.spec.id))
+        item = (-t.spec.priority, t.seq, t.spec.id)
+        if t.spec.kind == TaskKind.CALL:
+            heapq.heappush(self.libraries[t.spec.library or ""].ready, item)
+        else:
+            heapq.heappush(self.ready, item)
 
     # ------------------------------------------------------------- clients
 
@@ -245,9 +272,17 @@ class Core:
                 continue
             t = TaskEntry(spec, payload, client, S.WAITING, next(self._seq))
             self.tasks[spec.id] = t
+            self.transactions.append(
+                f"TASK {spec.id} waiting kind={spec.kind} {res_kv(spec.resources)}"
+                f" category={q(spec.category)} library={q(spec.library)} tag={q(spec.tag)}"
+            )
             self.counts[S.WAITING] += 1
             self.totals["submitted"] += 1
             self.batch.specs[spec.id] = (spec, payload)
+            why_not = self._call_problem(spec)
+            if why_not is not None:
+                self._finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=why_not)
+                continue
             missing = [
                 b.remote_name
                 for b in spec.inputs
@@ -307,7 +342,8 @@ class Core:
         self.workers[wid] = w
         self.batch.workers[wid] = info.model_copy(update={"running": [], "cached": []})
         self.transactions.append(
-            f"WORKER {wid} connected node={info.node} resources=({info.resources.describe()})"
+            f"WORKER {wid} connected node={q(info.node)} host={q(info.host)} {res_kv(info.resources)}"
+            f" cached={len(info.cached)} running={len(info.running)}"
         )
         held = {r.task_id: r.attempt for r in info.running}
         # tasks we believe are on it: re-attach those it still holds, requeue the others
@@ -348,7 +384,7 @@ class Core:
         if w is None:
             return
         self.batch.workers[wid] = None
-        self.transactions.append(f"WORKER {wid} lost cause={why}")
+        self.transactions.append(f"WORKER {wid} disconnected cause={q(why)} tasks={len(w.tasks)}")
         log.warning("worker %s lost (%s); requeueing %d task(s)", wid, why, len(w.tasks))
         for tid in list(w.tasks):
             t = self.tasks.get(tid)
@@ -402,6 +438,10 @@ class Core:
         w.last_seen = self.now
         w.cached.update(cached)
         w.cached.difference_update(evicted)
+        for name in cached:
+            self.transactions.append(f"CACHE {wid} insert file={name}")
+        for name in evicted:
+            self.transactions.append(f"CACHE {wid} evict file={name}")
         for ref in started:
             t = self.tasks.get(ref.task_id)
             if t and t.worker == wid and t.attempt == ref.attempt and t.state == S.DISPATCHED:
@@ -435,6 +475,11 @@ class Core:
             w.committed.remove(t.spec.resources)
             if t.state == S.DISPATCHED:
                 w.queued -= 1
+            if t.spec.kind == TaskKind.CALL:
+                w.calls -= 1
+                inst = w.libs.get(t.spec.library or "")
+                if inst is not None:
+                    inst.active -= 1
             if kill:
                 self.out.append(SendKill(wid, [TaskRef(task_id=t.spec.id, attempt=t.attempt)]))
         if not w.tasks:
@@ -442,7 +487,12 @@ class Core:
 
     def _attempt_ended(self, t: TaskEntry, r: AttemptResult, frames: list[bytes], wid: WorkerId) -> None:
         w = r.wall_time
-        self.avg_wall = w if self.avg_wall is None else 0.9 * self.avg_wall + 0.1 * w
+        if t.spec.kind == TaskKind.CALL:
+            lib = self.libraries.get(t.spec.library or "")
+            if lib is not None:
+                lib.observe(w)
+        else:
+            self.avg_wall = w if self.avg_wall is None else 0.9 * self.avg_wall + 0.1 * w
         out_frames: list[bytes] = []
 
         def take(i: int | None) -> int | None:
@@ -463,17 +513,18 @@ class Core:
             worker=wid,
             outputs=[o.model_copy(update={"frame": take(o.frame)}) for o in r.outputs],
         )
+        ran = f" started={r.started:.6f} wall={r.wall_time:.6f} exit={q(r.exit_code)}"
         if r.outcome == Outcome.SUCCESS:
-            self._finish(t, S.DONE, r.outcome, result=result, frames=out_frames)
+            self._finish(t, S.DONE, r.outcome, result=result, frames=out_frames, detail=ran)
             return
         t.failures += 1
         if t.failures <= t.spec.retries:
             self.totals["retried"] += 1
             t.worker = None
-            self._move(t, S.RETRYING, f"attempt {t.attempt} {r.outcome.value}")
+            self._move(t, S.RETRYING, f"attempt {t.attempt} {r.outcome.value}", ran)
             self._make_ready(t, "retry")
             return
-        self._finish(t, S.FAILED, r.outcome, result=result, frames=out_frames)
+        self._finish(t, S.FAILED, r.outcome, result=result, frames=out_frames, detail=ran)
 
     def _finish(
         self,
@@ -484,6 +535,7 @@ class Core:
         result: ClientResult | None = None,
         frames: list[bytes] | None = None,
         error: str | None = None,
+        detail: str = "",
     ) -> None:
         state = {S.DONE: "done", S.FAILED: "failed", S.CANCELLED: "cancelled"}[to]
         if result is None:
@@ -494,10 +546,151 @@ class Core:
             result = result.model_copy(update={"state": state})
         t.result, t.frames = result, frames or []
         t.payload = None
-        self._move(t, to, outcome.value)
+        self._move(t, to, outcome.value, detail)
         self.totals[state] += 1
         self.batch.results[t.spec.id] = (result, t.frames)
         self._pending_results.setdefault(t.client, []).append((result, t.frames))
+
+    # ------------------------------------------------------------- libraries
+
+    def _call_problem(self, spec: TaskSpec) -> str | None:
+        """Why a function call cannot run at all, or None."""
+        if spec.kind != TaskKind.CALL:
+            return None
+        lib = self.libraries.get(spec.library or "")
+        if lib is None:
+            return f"no library named {spec.library!r} is installed (m.install_library first)"
+        if lib.broken is not None:
+            return f"library {spec.library!r} cannot start: {lib.broken}"
+        if spec.function not in lib.spec.functions:
+            return (
+                f"library {spec.library!r} has no function {spec.function!r} "
+                f"(it has: {', '.join(lib.spec.functions)})"
+            )
+        return None
+
+    def install_library(self, client: ClientId, spec: LibrarySpec, payload: bytes) -> None:
+        """Register a library; instances start on workers when calls for it wait."""
+        old = self.libraries.get(spec.name)
+        if old is not None and old.broken is None:
+            if old.spec == spec and old.payload == payload:
+                return  # the same library again: nothing to do
+            self.out.append(
+                ClientError(client, "library_exists", f"library {spec.name!r} is installed; remove it first", [])
+            )
+            return
+        entry = LibraryEntry(spec, payload, client)
+        if old is not None:
+            entry.ready = old.ready
+        self.libraries[spec.name] = entry
+        self.transactions.append(f"LIBRARY {spec.name} registered mode={spec.exec_mode} slots={spec.slots}")
+
+    def remove_library(self, client: ClientId, name: str) -> None:
+        lib = self.libraries.pop(name, None)
+        if lib is None:
+            return
+        for w in self.workers.values():
+            if w.libs.pop(name, None) is not None:
+                w.committed.remove(lib.spec.resources)
+                self.out.append(SendRemove(w.id, name))
+        for _, _, tid in lib.ready:
+            t = self.tasks.get(tid)
+            if t is not None and t.state == S.READY:
+                self._finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=f"library {name!r} was removed")
+        self.transactions.append(f"LIBRARY {name} removed")
+
+    def library_status(self, wid: WorkerId, name: str, state: str, error: str | None) -> None:
+        w = self.workers.get(wid)
+        lib = self.libraries.get(name)
+        if w is None:
+            return
+        inst = w.libs.get(name)
+        self.transactions.append(f"LIBRARY {name} {state} worker={wid}")
+        if state == "ready":
+            if inst is not None:
+                inst.state = "ready"
+            return
+        if inst is not None:  # failed or gone: it holds nothing here any more
+            del w.libs[name]
+            if lib is not None:
+                w.committed.remove(lib.spec.resources)
+        if state == "failed" and lib is not None:
+            lib.failures += 1
+            log.warning("library %s failed on worker %s: %s", name, wid, (error or "")[-500:])
+            if lib.failures >= BROKEN_AFTER:
+                lib.broken = (error or "unknown error").strip().splitlines()[-1]
+                for _, _, tid in lib.ready:
+                    t = self.tasks.get(tid)
+                    if t is not None and t.state == S.READY:
+                        self._finish(
+                            t,
+                            S.FAILED,
+                            Outcome.LIBRARY_ERROR,
+                            error=f"library {name!r} failed to start: {error or 'unknown error'}",
+                        )
+                lib.ready.clear()
+
+    def _schedule_calls(self, lib: LibraryEntry, workers: list[WorkerEntry]) -> None:
+        name = lib.spec.name
+        cap = lib.capacity()
+        ready = lib.ready
+        usable = [w for w in workers if (i := w.libs.get(name)) is not None and i.state == "ready"]
+        while ready:
+            best: WorkerEntry | None = None
+            best_active = cap
+            for w in usable:
+                active = w.libs[name].active
+                if active < best_active:
+                    best, best_active = w, active
+            if best is None:
+                break
+            item = heapq.heappop(ready)
+            t = self.tasks.get(item[2])
+            if t is None or t.state != S.READY:
+                continue
+            self._dispatch_call(t, best, best.libs[name])
+        if ready and lib.broken is None and not any(
+            i.state == "installing" for w in workers if (i := w.libs.get(name)) is not None
+        ):
+            # calls wait and no instance is on its way: start one where it fits now, or else
+            # where an idle instance of a library nobody is waiting for can make room
+            target = next(
+                (
+                    w
+                    for w in sorted(workers, key=lambda w: w.committed.cores - w.info.resources.cores)
+                    if name not in w.libs and w.committed.room_for(lib.spec.resources, w.info.resources)
+                ),
+                None,
+            ) or self._evict_idle_library_for(lib, workers)
+            if target is not None:
+                target.libs[name] = Instance("installing")
+                target.committed.add(lib.spec.resources)
+                self.out.append(SendInstall(target.id, name))
+                self.transactions.append(f"LIBRARY {name} installing worker={target.id}")
+
+    def _evict_idle_library_for(self, lib: LibraryEntry, workers: list[WorkerEntry]) -> WorkerEntry | None:
+        """Remove one idle instance of another library (no calls running or waiting) from a
+        worker where that frees enough room for ``lib``; the worker, or None."""
+        for w in workers:
+            if lib.spec.name in w.libs:
+                continue
+            for other, inst in list(w.libs.items()):
+                o = self.libraries.get(other)
+                if inst.active or inst.state != "ready" or o is None or o.ready:
+                    continue
+                w.committed.remove(o.spec.resources)
+                if w.committed.room_for(lib.spec.resources, w.info.resources):
+                    del w.libs[other]
+                    self.out.append(SendRemove(w.id, other))
+                    self.transactions.append(f"LIBRARY {other} evicted worker={w.id} for={lib.spec.name}")
+                    return w
+                w.committed.add(o.spec.resources)
+        return None
+
+    def _dispatch_call(self, t: TaskEntry, w: WorkerEntry, inst: Instance) -> None:
+        inst.active += 1
+        w.calls += 1
+        self._dispatch_to(t, w)
 
     # ------------------------------------------------------------- time
 
@@ -515,11 +708,16 @@ class Core:
 
     def schedule(self) -> None:
         """Place ready tasks on workers with room, highest priority first."""
-        if not self.ready:
-            return
         workers = [w for w in self.workers.values() if w.state == WorkerState.CONNECTED]
         if not workers:
             return
+        if self.ready:
+            self._schedule_tasks(workers)
+        for lib in self.libraries.values():
+            if lib.ready:
+                self._schedule_calls(lib, workers)
+
+    def _schedule_tasks(self, workers: list[WorkerEntry]) -> None:
         skipped: list[tuple[float, int, TaskId]] = []
         ready = self.ready
         sizes = [w.info.resources for w in workers]
@@ -541,7 +739,7 @@ class Core:
             if not need.fits_in(biggest) and not self._fits_some_worker(need, workers):
                 t.unschedulable = True
                 self.unschedulable.add(t.spec.id)
-                self.transactions.append(f"TASK {t.spec.id} unschedulable needs=({need.describe()})")
+                self.transactions.append(f"TASK {t.spec.id} unschedulable {res_kv(need)}")
                 continue
             chosen = self._pick(need, workers)
             if chosen is None:
@@ -558,7 +756,10 @@ class Core:
 
     def _has_room(self, w: WorkerEntry) -> bool:
         total = w.info.resources.cores
-        return w.committed.cores < total * (1 + self.prefetch) - 1e-9 and len(w.tasks) < self._max_tasks(w)
+        return (
+            w.committed.cores < total * (1 + self.prefetch) - 1e-9
+            and len(w.tasks) - w.calls < self._max_tasks(w)
+        )
 
     @property
     def prefetch(self) -> int:
@@ -587,7 +788,7 @@ class Core:
             if (
                 need.fits_in(total)
                 and w.committed.cores + need.cores <= total.cores * (1 + self.prefetch) + 1e-9
-                and len(w.tasks) < self._max_tasks(w)
+                and len(w.tasks) - w.calls < self._max_tasks(w)
             ):
                 mine = w.committed.cores / max(total.cores, 1e-9)
                 if best is None or mine < load:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from types import FrameType
 
 import zmq
 
-from kubevine import auth
+from kubevine import auth, logs
 from kubevine.ids import CacheName, ClientId, WorkerId
 from kubevine.manager.core import (
     ClientError,
@@ -29,15 +30,18 @@ from kubevine.manager.core import (
     SendAck,
     SendDispatch,
     SendDrain,
+    SendInstall,
     SendKill,
+    SendRemove,
     SendResults,
     Settings,
 )
 from kubevine.manager.filestore import FileStore
+from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.persist import Persister
 from kubevine.manager.states import TaskState, WorkerState
 from kubevine.manager.store import MemoryStore, StateStore, StoreError
-from kubevine.manager.txlog import TxLog
+from kubevine.manager.txlog import TxLog, perf_line
 from kubevine.protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -53,10 +57,13 @@ from kubevine.protocol import (
     Hello,
     IdBlock,
     IdBlockRequest,
+    InstallLibrary,
     Kill,
+    LibraryStatus,
     ProtocolError,
     PutFiles,
     Refused,
+    RemoveLibrary,
     Results,
     ResultsAck,
     StatusReply,
@@ -72,7 +79,7 @@ from kubevine.protocol import (
     send,
 )
 from kubevine.resources import Tally
-from kubevine.stats import Failure, Load, ManagerStatus, WorkerStatus
+from kubevine.stats import Failure, Load, ManagerStatus, Perf, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,9 @@ class ManagerConfig:
     lease_ttl: float = 15.0
     stats_interval: float = 2.0
     prefetch: int = 3
+    metrics_port: int | None = None  # serve /metrics and /healthz over HTTP (0: any free port)
+    transactions_stdout: bool = False  # also echo the transactions log to stdout
+    transactions_json: bool = False  # ... as JSON objects, one a line
 
 
 @dataclass
@@ -124,7 +134,14 @@ class ManagerService:
         )
         self.files = FileStore(config.workdir / "files")
         self.core.files_received(self.files.names())
-        self.txlog = TxLog(config.workdir / "transactions.log", self.manager_id)
+        self.txlog = TxLog(
+            config.workdir / "transactions.log",
+            self.manager_id,
+            echo=sys.stdout if config.transactions_stdout else None,
+            echo_json=config.transactions_json,
+        )
+        self.counters = Counters()
+        self.metrics: MetricsServer | None = None
         self.peers: dict[bytes, Peer] = {}
         self.routes: dict[tuple[str, str], bytes] = {}
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -149,6 +166,7 @@ class ManagerService:
 
     def start(self) -> None:
         cfg = self.config
+        logs.bind(workflow=cfg.name, manager=self.manager_id)
         self.epoch = self.store.acquire(self.manager_id, cfg.lease_ttl)
         snap = self.store.load()
         self.core.now = time.time()
@@ -160,7 +178,9 @@ class ManagerService:
                 len(snap.records),
                 len(snap.workers),
             )
-            self.txlog.write([f"MANAGER {self.manager_id} restored tasks={len(snap.records)}"])
+            self.txlog.write(
+                [f"MANAGER {self.manager_id} restored tasks={len(snap.records)} workers={len(snap.workers)}"]
+            )
         if cfg.port == 0:
             port = self.sock.bind_to_random_port(f"tcp://{cfg.host}")
         else:
@@ -170,7 +190,19 @@ class ManagerService:
         self.address = f"{host}:{port}"
         self.port = port
         (cfg.workdir / "address").write_text(f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n")
-        self.txlog.write([f"MANAGER {self.manager_id} started workflow={cfg.name} port={port}"])
+        self.txlog.write(
+            [
+                f"MANAGER {self.manager_id} started workflow={cfg.name} port={port} "
+                f"durable={str(self.store.durable).lower()} epoch={self.epoch}"
+            ]
+        )
+        if cfg.metrics_port is not None:
+            stale = max(60.0, 10 * cfg.stats_interval)
+            self.metrics = MetricsServer(cfg.host, cfg.metrics_port, stale_after=stale)
+            self.metrics.update(self.status())
+            self.metrics.start()
+            (cfg.workdir / "metrics-address").write_text(f"{_local(cfg.host)}:{self.metrics.port}\n")
+            log.info("manager %s: /metrics and /healthz on port %d", self.manager_id, self.metrics.port)
         log.info(
             "manager %s serving workflow %s on port %d (state: %s, epoch %d)",
             self.manager_id,
@@ -198,6 +230,9 @@ class ManagerService:
         self._wake_rx.close(0)
         self.store.release(self.manager_id)
         self.store.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        self.txlog.write([f"MANAGER {self.manager_id} stopped"])
         self.txlog.close()
         self.sock.close(0)
 
@@ -251,7 +286,12 @@ class ManagerService:
             self.core.schedule()
             self._flush()
             if now >= next_stats:
-                self.store.publish_stats(self.status().model_dump_json())
+                self.counters.sample(now)
+                st = self.status()
+                self.store.publish_stats(st.model_dump_json())
+                self.txlog.write([perf_line(st)])
+                if self.metrics is not None:
+                    self.metrics.update(st)
                 next_stats = now + cfg.stats_interval
 
     def _drain_wake(self) -> None:
@@ -299,6 +339,7 @@ class ManagerService:
         self.core.transactions.clear()
         for ins in out:
             if isinstance(ins, SendDispatch):
+                self.counters.dispatch(ins.tasks)
                 self._send_to("worker", ins.worker, Dispatch(tasks=ins.tasks), ins.frames)
             elif isinstance(ins, SendResults):
                 res: list[ClientResult] = []
@@ -323,6 +364,12 @@ class ManagerService:
                 self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
             elif isinstance(ins, SendDrain):
                 self._send_to("worker", ins.worker, Drain())
+            elif isinstance(ins, SendInstall):
+                lib = self.core.libraries.get(ins.library)
+                if lib is not None:
+                    self._send_to("worker", ins.worker, InstallLibrary(spec=lib.spec, frame=0), [lib.payload])
+            elif isinstance(ins, SendRemove):
+                self._send_to("worker", ins.worker, RemoveLibrary(name=ins.library))
             elif isinstance(ins, ClientError):
                 self._send_to(
                     "client",
@@ -368,9 +415,12 @@ class ManagerService:
             wid = WorkerId(peer.id)
             core.worker_seen(wid)
             if isinstance(msg, WorkerUpdate):
+                self.counters.attempts_ended(msg.results)
                 core.worker_update(wid, msg.started, msg.results, frames, msg.cached, msg.evicted)
             elif isinstance(msg, FileRequest):
-                self._serve_files(ident, msg.cache_names)
+                self._serve_files(ident, msg.cache_names, wid)
+            elif isinstance(msg, LibraryStatus):
+                core.library_status(wid, msg.name, msg.state, msg.error)
             elif isinstance(msg, Drain):
                 core.drain([wid])
             elif isinstance(msg, Goodbye):
@@ -402,6 +452,11 @@ class ManagerService:
             core.files_received(f.cache_name for f in msg.files)
         elif isinstance(msg, ResultsAck):
             core.results_acked(cid, msg.task_ids)
+        elif isinstance(msg, InstallLibrary):
+            payload = frame(frames, msg.frame)
+            core.install_library(cid, msg.spec, payload or b"")
+        elif isinstance(msg, RemoveLibrary):
+            core.remove_library(cid, msg.name)
         elif isinstance(msg, Cancel):
             core.cancel(cid, msg.task_ids, msg.tag)
         elif isinstance(msg, IdBlockRequest):
@@ -475,13 +530,18 @@ class ManagerService:
         if peer is not None and self.routes.get((peer.role, peer.id)) == ident:
             del self.routes[(peer.role, peer.id)]
 
-    def _serve_files(self, ident: bytes, names: list[CacheName]) -> None:
+    def _serve_files(self, ident: bytes, names: list[CacheName], wid: WorkerId) -> None:
         for name in names:
             data = self.files.get(name)
             if data is None:
                 self._send(ident, FileData(cache_name=name, error=f"the manager has no file {name}"))
+                self.core.transactions.append(f"TRANSFER {name} failed source=manager dest={wid} bytes=0")
             else:
                 self._send(ident, FileData(cache_name=name, frame=0), [data])
+                self.counters.transfer("manager", len(data))
+                self.core.transactions.append(
+                    f"TRANSFER {name} sent source=manager dest={wid} bytes={len(data)}"
+                )
 
     # ------------------------------------------------------------------ status
 
@@ -537,7 +597,21 @@ class ManagerService:
             ],
             clients=len(core.connected_clients),
             recent_failures=self.recent_failures[-20:],
+            perf=self._perf(),
         )
+
+    def _perf(self) -> Perf:
+        total = in_use = 0.0
+        for w in self.core.workers.values():
+            if w.state in (WorkerState.CONNECTED, WorkerState.DRAINING):
+                total += w.info.resources.cores
+                in_use += w.committed.cores
+        return self.counters.perf(total, in_use)
+
+
+def _local(host: str) -> str:
+    """An address this machine can reach a socket bound to ``host`` at."""
+    return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
 
 
 def _load(n: int, t: Tally) -> Load:

@@ -11,12 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubevine.protocol import Assignment, AttemptResult, Outcome, OutputFile
+from kubevine.protocol import Assignment, AttemptResult, Outcome, OutputFile, TaskKind
 
 # Characters that make a command need a shell. A command without them is run directly
 # (the same argv the shell would build, one exec fewer: ~0.5 ms per task).
@@ -70,6 +71,7 @@ class Attempt:
     sandbox: Path
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None  # becomes readable when the process exits
+    payload_path: Path | None = None  # PythonTask: the pickled function and arguments
     killed: bool = False
     started: float = 0.0
     t0: float = 0.0
@@ -89,7 +91,7 @@ class Attempt:
 
 
 def start_command(
-    att: Attempt, base_env: Mapping[str, str], *, force_shell: bool = False
+    att: Attempt, base_env: Mapping[str, str], *, force_shell: bool = False, argv: list[str] | None = None
 ) -> AttemptResult | None:
     """Start the command in its sandbox without waiting; a result only if it cannot start.
 
@@ -103,7 +105,8 @@ def start_command(
         att.deadline = att.t0 + spec.time_max
     env = dict(base_env)
     env.update(spec.env)
-    argv = None if force_shell else argv_for(spec.command or "")
+    if argv is None and not force_shell:
+        argv = argv_for(spec.command or "")
     try:
         with open(stdout_path(att.sandbox), "wb") as out:
             att.proc = subprocess.Popen(
@@ -126,6 +129,16 @@ def start_command(
     return None
 
 
+def start_python(att: Attempt, base_env: Mapping[str, str], payload: bytes) -> AttemptResult | None:
+    """Start a PythonTask: a fresh interpreter in the sandbox runs the pickled function."""
+    att.payload_path = att.sandbox.with_name(att.sandbox.name + ".payload")
+    att.payload_path.write_bytes(payload)
+    result = att.sandbox.with_name(att.sandbox.name + ".result")
+    result.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "kubevine.worker.pyrunner", str(att.payload_path), str(result)]
+    return start_command(att, base_env, argv=argv)
+
+
 def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
     """The process has exited: reap it, collect stdout and outputs, judge the attempt."""
     assert att.proc is not None
@@ -135,6 +148,8 @@ def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
         att.pidfd = None
     spec = att.assignment.spec
     timed_out = att.deadline is not None and time.perf_counter() >= att.deadline
+    if spec.kind == TaskKind.PYTHON:
+        return _finish_python(att, code, stdout_cap, timed_out)
     att.frames.append(_read_capped(stdout_path(att.sandbox), stdout_cap))
     if timed_out and code != 0:
         return att.result(
@@ -163,6 +178,31 @@ def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
     else:
         outcome, err = Outcome.SUCCESS, None
     return att.result(outcome, exit_code=code, output_frame=0, error=err, outputs=outputs)
+
+
+def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) -> AttemptResult:
+    result = att.sandbox.with_name(att.sandbox.name + ".result")
+    try:
+        data = result.read_bytes()
+    except OSError:
+        data = b""
+    finally:
+        result.unlink(missing_ok=True)
+        if att.payload_path is not None:
+            att.payload_path.unlink(missing_ok=True)
+    if timed_out:
+        limit = att.assignment.spec.time_max
+        return att.result(Outcome.MAX_WALL_TIME, exit_code=code, error=f"ran longer than its time limit of {limit}s")
+    if not data:
+        out = _read_capped(stdout_path(att.sandbox), stdout_cap).decode(errors="replace")
+        return att.result(
+            Outcome.SANDBOX_ERROR,
+            exit_code=code,
+            error=f"the Python process ended with code {code} before returning a result:\n{out[-2000:]}",
+        )
+    att.frames.append(data[1:])
+    ok = data[:1] == b"1"
+    return att.result(Outcome.SUCCESS if ok else Outcome.EXCEPTION, exit_code=code, output_frame=0)
 
 
 def kill_process(proc: subprocess.Popen[bytes]) -> None:

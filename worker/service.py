@@ -39,10 +39,15 @@ from kubevine.protocol import (
     Goodbye,
     Heartbeat,
     Hello,
+    InstallLibrary,
     Kill,
+    LibrarySpec,
+    LibraryStatus,
     Outcome,
     ProtocolError,
     Refused,
+    RemoveLibrary,
+    TaskKind,
     TaskRef,
     UpdateAck,
     Welcome,
@@ -57,6 +62,7 @@ from kubevine.protocol import (
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache
+from kubevine.worker.library import LibraryInstance
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,7 @@ class Slot:
     assignment: Assignment
     missing: set[CacheName]
     attempt: sandbox.Attempt | None = None
+    started: bool = False  # calls: handed to their library
 
 
 class WorkerService:
@@ -132,6 +139,8 @@ class WorkerService:
         self.base_env.pop("KUBEVINE_TOKEN", None)  # tasks never see the workflow secret
         self.heartbeat_timeout = 30.0
         self._payloads: dict[TaskId, bytes] = {}
+        self.libraries: dict[str, LibraryInstance] = {}
+        self.lib_by_fd: dict[int, LibraryInstance] = {}
         self._last_update = 0.0
         self._flush_due: float | None = None
         self._drain_requested = False
@@ -163,6 +172,7 @@ class WorkerService:
             resources=self.resources,
             cached=self.cache.names(),
             running=held,
+            libraries=[n for n, lib in self.libraries.items() if lib.state == "ready"],
         )
         self._send(Hello(protocol=PROTOCOL_VERSION, token=self.config.token, role="worker", worker=info))
         self.hello_sent = time.time()
@@ -208,6 +218,7 @@ class WorkerService:
             now = time.time()
             if len(events) > (self.sock in events):
                 self._collect_finished(events)
+                self._library_events(events)
                 self._start_runnable()
             if self.sock in events:
                 self._drain_socket()
@@ -216,6 +227,8 @@ class WorkerService:
                 self._send(Drain())
             self._enforce_time_limits()
             self._start_runnable()
+            for lib in self.libraries.values():
+                lib.send_calls()
             self._flush()
             if not self.registered:
                 if cfg.connect_timeout and now - first_contact > cfg.connect_timeout:
@@ -297,6 +310,10 @@ class WorkerService:
         elif isinstance(msg, Kill):
             for ref in msg.tasks:
                 self._kill(ref)
+        elif isinstance(msg, InstallLibrary):
+            self._install_library(msg.spec, frame(frames, msg.frame) or b"")
+        elif isinstance(msg, RemoveLibrary):
+            self._remove_library(msg.name, "removed by the manager")
         elif isinstance(msg, FileData):
             self._file_arrived(msg, frames)
         elif isinstance(msg, Drain):
@@ -359,7 +376,7 @@ class WorkerService:
         while self.queue:
             tid = self.queue.popleft()
             slot = self.slots.get(tid)
-            if slot is None:
+            if slot is None or slot.started:
                 continue
             need = slot.assignment.spec.resources
             if slot.missing or not self.used.room_for(need, self.resources):
@@ -370,6 +387,9 @@ class WorkerService:
 
     def _start(self, slot: Slot) -> None:
         a = slot.assignment
+        if a.spec.kind == TaskKind.CALL:
+            self._start_call(slot)
+            return
         att = sandbox.Attempt(a, self.sandboxes.take())
         slot.attempt = att
         self.used.add(a.spec.resources)
@@ -381,13 +401,110 @@ class WorkerService:
         except OSError as e:
             self._ended(att, att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the sandbox: {e}"))
             return
-        failed = sandbox.start_command(att, self.base_env)
+        if a.spec.kind == TaskKind.PYTHON:
+            failed = sandbox.start_python(att, self.base_env, self._payloads.pop(a.spec.id, b""))
+        else:
+            failed = sandbox.start_command(att, self.base_env)
         if failed is not None:
             self._ended(att, failed)
             return
         assert att.pidfd is not None
         self.by_fd[att.pidfd] = att
         self.poller.register(att.pidfd, zmq.POLLIN)
+
+    # ------------------------------------------------------------------ libraries
+
+    def _install_library(self, spec: LibrarySpec, payload: bytes) -> None:
+        old = self.libraries.get(spec.name)
+        if old is not None and old.state in ("starting", "ready"):
+            if old.state == "ready":
+                self._send(LibraryStatus(name=spec.name, state="ready"))
+            return
+        lib = LibraryInstance(spec, payload, self.config.workdir / "libraries", self.ctx, self.base_env)
+        self.libraries[spec.name] = lib
+        self.used.add(spec.resources)
+        self._start_library(lib)
+        log.info("worker %s: starting library %s (%s)", self.worker_id, spec.name, spec.exec_mode)
+
+    def _start_library(self, lib: LibraryInstance) -> None:
+        lib.start()
+        assert lib.sock is not None and lib.pidfd is not None
+        self.poller.register(lib.sock, zmq.POLLIN)
+        self.poller.register(lib.pidfd, zmq.POLLIN)
+        self.lib_by_fd[lib.pidfd] = lib
+
+    def _forget_library(self, lib: LibraryInstance) -> None:
+        if lib.sock is not None:
+            self.poller.unregister(lib.sock)
+        if lib.pidfd is not None:
+            self.poller.unregister(lib.pidfd)
+            self.lib_by_fd.pop(lib.pidfd, None)
+
+    def _remove_library(self, name: str, why: str, error: str | None = None) -> None:
+        lib = self.libraries.pop(name, None)
+        if lib is None:
+            return
+        self._forget_library(lib)
+        for a, _ in lib.outbox:
+            self._call_failed(a, f"library {name!r} is gone from this worker: {why}")
+        for a, _ in list(lib.inflight.values()):
+            self._call_failed(a, f"library {name!r} is gone from this worker: {why}")
+        lib.stop()
+        self.used.remove(lib.spec.resources)
+        self._send(LibraryStatus(name=name, state="failed" if error else "gone", error=error))
+
+    def _start_call(self, slot: Slot) -> None:
+        a = slot.assignment
+        lib = self.libraries.get(a.spec.library or "")
+        self.started.append(TaskRef(task_id=a.spec.id, attempt=a.attempt))
+        slot.started = True
+        if lib is None or lib.state not in ("starting", "ready"):
+            self._call_failed(a, f"library {a.spec.library!r} is not running on this worker")
+            return
+        lib.outbox.append((a, self._payloads.pop(a.spec.id, b"")))
+
+    def _call_failed(self, a: Assignment, why: str) -> None:
+        slot = self.slots.pop(a.spec.id, None)
+        if slot is None or slot.assignment.attempt != a.attempt:
+            return
+        res = AttemptResult(task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.LIBRARY_ERROR, error=why)
+        self.finished.append((res, []))
+
+    def _library_events(self, events: dict[object, int]) -> None:
+        for lib in list(self.libraries.values()):
+            while lib.sock is not None and lib.sock in events and lib.sock.poll(0):
+                kind, results, error = lib.read()
+                if kind == "ready":
+                    log.info("worker %s: library %s ready", self.worker_id, lib.spec.name)
+                    self._send(LibraryStatus(name=lib.spec.name, state="ready"))
+                elif kind == "failed":
+                    log.error("worker %s: library %s failed to start:\n%s", self.worker_id, lib.spec.name, error)
+                    self._remove_library(lib.spec.name, "it failed to start", error=error)
+                    break
+                for res, fr in results:
+                    slot = self.slots.get(res.task_id)
+                    if slot is None or slot.assignment.attempt != res.attempt:
+                        continue  # killed: nobody wants it
+                    del self.slots[res.task_id]
+                    self.finished.append((res, fr))
+            if lib.pidfd is not None and lib.pidfd in events:
+                self._library_died(lib)
+        if not self.slots:
+            self.idle_since = time.time()
+
+    def _library_died(self, lib: LibraryInstance) -> None:
+        name = lib.spec.name
+        was_ready = lib.state == "ready"
+        self._forget_library(lib)
+        why, failed = lib.died()
+        log.warning("worker %s: %s; %d call(s) failed", self.worker_id, why, len(failed))
+        for res, fr in failed:
+            if self.slots.pop(res.task_id, None) is not None:
+                self.finished.append((res, fr))
+        if was_ready and lib.may_restart():
+            self._start_library(lib)  # the calls still queued will go to the new process
+        else:
+            self._remove_library(name, why, error=f"{why}\n{lib.log_tail()}")
 
     def _collect_finished(self, events: dict[object, int]) -> None:
         for fd in [fd for fd in events if isinstance(fd, int) and fd in self.by_fd]:
@@ -414,7 +531,12 @@ class WorkerService:
         slot = self.slots.get(ref.task_id)
         if slot is None or slot.assignment.attempt != ref.attempt:
             return
-        if slot.attempt is None:
+        if slot.assignment.spec.kind == TaskKind.CALL:
+            del self.slots[ref.task_id]  # a call in a library cannot be interrupted: its result is dropped
+            lib = self.libraries.get(slot.assignment.spec.library or "")
+            if lib is not None:
+                lib.outbox = [(a, p) for a, p in lib.outbox if a.spec.id != ref.task_id]
+        elif slot.attempt is None:
             del self.slots[ref.task_id]
         else:
             slot.attempt.killed = True
@@ -454,6 +576,8 @@ class WorkerService:
         self.started, self.finished, self.new_cached = [], [], []
 
     def close(self) -> None:
+        for lib in self.libraries.values():
+            lib.stop()
         for att in self.by_fd.values():
             if att.proc is not None:
                 sandbox.kill_process(att.proc)

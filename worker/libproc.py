@@ -1,0 +1,195 @@
+"""``python -m kubevine.worker.libproc ENDPOINT``: a library process, serving calls warm.
+
+Started by a worker for each installed library. It imports the library's modules and runs
+its context setup once, says ``ready``, then serves batches of calls over a ZeroMQ PAIR
+socket to its worker until told to stop or its worker goes away.
+
+exec_mode ``direct`` runs calls in this process (one at a time with one slot, on ``slots``
+threads otherwise): fastest, and calls share module state. ``fork`` forks a child per call:
+a call that mutates globals, leaks or crashes affects only itself.
+
+Frames from the worker: ``init`` (spec JSON, pickled functions and context), ``calls``
+(JSON list of [task id, attempt, function], then one pickled (args, kwargs) per call),
+``stop``. To the worker: ``ready`` or ``failed`` (traceback), then ``results`` (JSON list of
+[task id, attempt, ok, wall seconds], then one encoded result per call).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from kubevine import serverless
+from kubevine.protocol import LibrarySpec
+
+Call = tuple[int, int, str]
+Result = tuple[int, int, bool, float, bytes]
+
+
+def run_call(functions: dict[str, Callable[..., Any]], name: str, payload: bytes, lib: str) -> tuple[bool, bytes]:
+    """Run one call; (True, encoded value) or (False, encoded exception)."""
+    fn = functions.get(name)
+    if fn is None:
+        err = LookupError(f"library {lib!r} has no function {name!r} (it has: {', '.join(sorted(functions))})")
+        return False, serverless.encode_error(err)
+    try:
+        args, kwargs = cloudpickle.loads(payload)
+        return True, serverless.encode_ok(fn(*args, **kwargs))
+    except BaseException as e:  # the user's exception travels back, the library stays up
+        return False, serverless.encode_error(e)
+
+
+class Forked:
+    """One call running in a forked child; its result arrives on a pipe."""
+
+    def __init__(self, call: Call, fd: int, pid: int) -> None:
+        self.call, self.fd, self.pid = call, fd, pid
+        self.chunks: list[bytes] = []
+        self.t0 = time.perf_counter()
+
+
+def main(argv: list[str]) -> int:
+    (endpoint,) = argv
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    kind, spec_json, payload = sock.recv_multipart()
+    spec = LibrarySpec.model_validate_json(spec_json)
+    try:
+        os.environ.update(spec.env)
+        for m in spec.hoisting_modules:
+            importlib.import_module(m)
+        obj = cloudpickle.loads(payload)
+        functions: dict[str, Callable[..., Any]] = obj["functions"]
+        if obj.get("context") is not None:
+            setup, args, kwargs = obj["context"]
+            serverless._set_context(setup(*args, **kwargs))
+    except BaseException:
+        sock.send_multipart([b"failed", traceback.format_exc().encode()])
+        sock.close()
+        return 1
+    sock.send_multipart([b"ready"])
+    if spec.exec_mode == "fork":
+        return serve_forked(sock, spec, functions)
+    return serve_direct(sock, spec, functions)
+
+
+def _send_results(sock: zmq.Socket[bytes], results: list[Result]) -> None:
+    head = json.dumps([[t, a, ok, w] for t, a, ok, w, _ in results]).encode()
+    sock.send_multipart([b"results", head, *[r[4] for r in results]])
+
+
+def _recv_calls(parts: list[bytes]) -> list[tuple[Call, bytes]]:
+    calls = json.loads(parts[1])
+    return [((c[0], c[1], c[2]), p) for c, p in zip(calls, parts[2:], strict=True)]
+
+
+def serve_direct(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str, Callable[..., Any]]) -> int:
+    pool = ThreadPoolExecutor(spec.slots) if spec.slots > 1 else None
+    done: queue.SimpleQueue[Result] = queue.SimpleQueue()
+    wake_r, wake_w = os.pipe()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(wake_r, zmq.POLLIN)
+
+    def one(call: Call, payload: bytes) -> Result:
+        t0 = time.perf_counter()
+        ok, out = run_call(functions, call[2], payload, spec.name)
+        return (call[0], call[1], ok, time.perf_counter() - t0, out)
+
+    def threaded(call: Call, payload: bytes) -> None:
+        done.put(one(call, payload))
+        os.write(wake_w, b"x")
+
+    lock = threading.Lock()
+    while True:
+        events = dict(poller.poll())
+        if sock in events:
+            parts = sock.recv_multipart()
+            if parts[0] == b"stop":
+                return 0
+            calls = _recv_calls(parts)
+            if pool is None:
+                _send_results(sock, [one(c, p) for c, p in calls])
+            else:
+                for c, p in calls:
+                    pool.submit(threaded, c, p)
+        if wake_r in events:
+            os.read(wake_r, 65536)
+            results = []
+            while True:
+                try:
+                    results.append(done.get_nowait())
+                except queue.Empty:
+                    break
+            if results:
+                with lock:
+                    _send_results(sock, results)
+
+
+def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str, Callable[..., Any]]) -> int:
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    running: dict[int, Forked] = {}
+    waiting: list[tuple[Call, bytes]] = []
+    while True:
+        while waiting and len(running) < spec.slots:
+            call, payload = waiting.pop(0)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: run the call, write its result, vanish
+                os.close(r)
+                ok, out = run_call(functions, call[2], payload, spec.name)
+                data = (b"1" if ok else b"0") + out
+                view = memoryview(data)
+                while view:
+                    n = os.write(w, view)
+                    view = view[n:]
+                os._exit(0)
+            os.close(w)
+            running[r] = Forked(call, r, pid)
+            poller.register(r, zmq.POLLIN)
+        events = dict(poller.poll())
+        finished: list[Result] = []
+        for fd in [fd for fd in events if isinstance(fd, int) and fd in running]:
+            f = running[fd]
+            chunk = os.read(fd, 1 << 20)
+            if chunk:
+                f.chunks.append(chunk)
+                continue
+            poller.unregister(fd)
+            os.close(fd)
+            del running[fd]
+            _, status = os.waitpid(f.pid, 0)
+            data = b"".join(f.chunks)
+            wall = time.perf_counter() - f.t0
+            if data:
+                finished.append((f.call[0], f.call[1], data[:1] == b"1", wall, data[1:]))
+            else:
+                how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}"
+                err = RuntimeError(f"the call to {f.call[2]!r} crashed its forked process ({how})")
+                finished.append((f.call[0], f.call[1], False, wall, serverless.encode_error(err)))
+        if finished:
+            _send_results(sock, finished)
+        if sock in events:
+            parts = sock.recv_multipart()
+            if parts[0] == b"stop":
+                return 0
+            waiting += _recv_calls(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,163 @@
+"""Library instances on a worker: start them, feed them calls, notice when they die.
+
+Each installed library is a ``kubevine.worker.libproc`` process connected to the worker by
+a ZeroMQ PAIR socket over ipc. The worker loop polls the socket (results, ready/failed)
+and a pidfd (the process died). A library that crashes fails its in-flight calls with a
+clear error and is started again; one that keeps crashing at start-up is reported failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from kubevine.protocol import Assignment, AttemptResult, LibrarySpec, Outcome
+
+MAX_RESTARTS = 3  # crashes within RESTART_WINDOW before a library is given up
+RESTART_WINDOW = 60.0
+
+
+@dataclass
+class LibraryInstance:
+    spec: LibrarySpec
+    payload: bytes
+    workdir: Path
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    env: dict[str, str]
+    sock: zmq.Socket[bytes] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int | None = None
+    state: str = "starting"  # starting | ready | failed | stopped
+    inflight: dict[tuple[int, int], tuple[Assignment, float]] = field(default_factory=dict)
+    outbox: list[tuple[Assignment, bytes]] = field(default_factory=list)
+    crashes: list[float] = field(default_factory=list)
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        """Spawn the library process and hand it its code."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        endpoint = f"ipc://{self.workdir}/lib-{uuid.uuid4().hex[:8]}.sock"
+        self.sock = self.ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        env = dict(self.env)
+        env.update(self.spec.env)
+        self.log_path = self.workdir / f"{self.spec.name}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kubevine.worker.libproc", endpoint],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        self.sock.send_multipart([b"init", self.spec.model_dump_json().encode(), self.payload])
+        self.state = "starting"
+
+    def send_calls(self) -> None:
+        """Send the queued calls in one batch (only once the library is ready)."""
+        if self.state != "ready" or not self.outbox or self.sock is None:
+            return
+        now = time.perf_counter()
+        head = []
+        frames = []
+        for a, payload in self.outbox:
+            head.append([a.spec.id, a.attempt, a.spec.function])
+            frames.append(payload)
+            self.inflight[(a.spec.id, a.attempt)] = (a, now)
+        self.outbox.clear()
+        self.sock.send_multipart([b"calls", json.dumps(head).encode(), *frames])
+
+    def read(self) -> tuple[str, list[tuple[AttemptResult, list[bytes]]], str | None]:
+        """One message from the library: ("ready"|"failed"|"results", results, error)."""
+        assert self.sock is not None
+        parts = self.sock.recv_multipart()
+        kind = parts[0].decode()
+        if kind == "ready":
+            self.state = "ready"
+            return kind, [], None
+        if kind == "failed":
+            self.state = "failed"
+            return kind, [], parts[1].decode(errors="replace")
+        out: list[tuple[AttemptResult, list[bytes]]] = []
+        for (tid, attempt, ok, wall), data in zip(json.loads(parts[1]), parts[2:], strict=True):
+            entry = self.inflight.pop((tid, attempt), None)
+            if entry is None:
+                continue  # killed meanwhile
+            out.append(
+                (
+                    AttemptResult(
+                        task_id=tid,
+                        attempt=attempt,
+                        outcome=Outcome.SUCCESS if ok else Outcome.EXCEPTION,
+                        output_frame=0,
+                        wall_time=wall,
+                        started=time.time() - wall,
+                    ),
+                    [data],
+                )
+            )
+        return kind, out, None
+
+    def died(self) -> tuple[str, list[tuple[AttemptResult, list[bytes]]]]:
+        """The process is gone: fail what it was running; say why."""
+        code = self.proc.wait() if self.proc is not None else None
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        why = f"library {self.spec.name!r} crashed ({how})"
+        failed: list[tuple[AttemptResult, list[bytes]]] = [
+            (
+                AttemptResult(
+                    task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.LIBRARY_ERROR, error=why
+                ),
+                [],
+            )
+            for a, _ in self.inflight.values()
+        ]
+        self.inflight.clear()
+        self.close()
+        now = time.time()
+        self.crashes = [t for t in self.crashes if now - t < RESTART_WINDOW] + [now]
+        return why, failed
+
+    def may_restart(self) -> bool:
+        return len(self.crashes) <= MAX_RESTARTS
+
+    def stop(self) -> None:
+        if self.sock is not None and self.state == "ready":
+            try:
+                self.sock.send_multipart([b"stop"], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.close()
+        self.state = "stopped"
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:] if self.log_path else ""
+        except OSError:
+            return ""

@@ -1,0 +1,35 @@
+"""``python -m kubevine.worker.pyrunner PAYLOAD RESULT``: run one PythonTask in a fresh interpreter.
+
+A PythonTask gets a process of its own, as a command does: isolation at the price of
+interpreter start-up and imports. (A FunctionCall in a library avoids both.) The result,
+or the exception with its traceback, is written to RESULT for the worker to send back,
+prefixed by one byte: ``1`` for a value, ``0`` for an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import cloudpickle
+
+from kubevine.serverless import encode_error, encode_ok
+
+
+def main(argv: list[str]) -> int:
+    payload_path, result_path = argv
+    try:
+        with open(payload_path, "rb") as f:
+            func, args, kwargs = cloudpickle.load(f)
+        out = b"1" + encode_ok(func(*args, **kwargs))
+    except BaseException as e:  # the user's exception, reported, not raised
+        out = b"0" + encode_error(e)
+    tmp = result_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(out)
+    os.replace(tmp, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
