@@ -1,4 +1,4 @@
-"""The ``kubevine`` command: ``manager``, ``worker``, ``status``, ``drain-local``.
+"""The ``kubevine`` command: ``manager``, ``worker``, ``status``, ``report``, ``drain-local``.
 
 Every subcommand takes the workflow token the same way (``--token-file F`` or the
 environment variable ``KUBEVINE_TOKEN``) and logs as text or, with ``--log-format json``,
@@ -40,6 +40,11 @@ def _logging_options(p: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kubevine", description=__doc__.split("\n")[0])
     _logging_options(ap, None)
@@ -62,7 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--recover-grace", type=float, default=30.0, help="seconds a restarted manager waits for workers"
     )
     m.add_argument(
-        "--metrics-port", type=int, default=None, help="(reserved) HTTP port for /metrics and /healthz"
+        "--metrics-port",
+        type=int,
+        default=_env_int("KUBEVINE_METRICS_PORT"),
+        help="serve /metrics (Prometheus) and /healthz over HTTP on this port (0: any free port)",
+    )
+    m.add_argument(
+        "--stats-interval",
+        type=float,
+        default=float(os.environ.get("KUBEVINE_STATS_INTERVAL") or 2.0),
+        help="seconds between performance snapshots (status, /metrics, the transactions log)",
+    )
+    m.add_argument(
+        "--transactions-stdout",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("KUBEVINE_TRANSACTIONS_STDOUT", "") in ("1", "true", "yes"),
+        help="also write the transactions log to stdout (JSON lines with --log-format json)",
     )
 
     w = sub.add_parser("worker", help="run a worker connected to a manager")
@@ -90,6 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="print the raw status as JSON")
     s.add_argument("--timeout", type=float, default=10.0)
+    s.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until interrupted; with --json, one object a line",
+    )
+    s.add_argument("--count", type=int, default=None, help="with --watch: stop after this many updates")
+
+    r = sub.add_parser("report", help="draw a run from its transactions log (HTML or PNG)")
+    _logging_options(r, argparse.SUPPRESS)
+    r.add_argument("logfile", help="a transactions.log written by a manager")
+    r.add_argument(
+        "-o", "--output", action="append", required=True, help="run.html or run.png (may be repeated)"
+    )
+    r.add_argument("--title", default=None, help="title of the picture (default: the workflow name)")
+    r.add_argument("--width", type=float, default=14.0, help="PNG width in inches (at 100 dpi)")
 
     sub.add_parser(
         "operator", help="run the Kubernetes operator (see kubevine operator --help)", add_help=False
@@ -117,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "drain-local":
             return _drain_local(args)
     except auth.TokenError as e:
@@ -147,6 +188,10 @@ def _manager(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         recover_grace=args.recover_grace,
+        metrics_port=args.metrics_port,
+        stats_interval=args.stats_interval,
+        transactions_stdout=args.transactions_stdout,
+        transactions_json=args.log_format == "json",
     )
     try:
         ManagerService(cfg).serve_forever()
@@ -178,34 +223,48 @@ def _worker(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
     )
     try:
-        return WorkerService(cfg).serve_forever()
+        service = WorkerService(cfg)
+        logs.bind(worker=service.worker_id)
+        return service.serve_forever()
     except WorkerRefused as e:
         log.error("the manager refused this worker: %s", e)
         return 3
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kubevine.client import Manager
+    from kubevine import statusview
+    from kubevine.admin import Admin, AdminError
 
     token = auth.load_token(args.token_file)
-    with Manager(args.manager, token=token, connect_timeout=args.timeout) as m:
-        st = m.status(timeout=args.timeout)
-    if args.json:
-        print(st.model_dump_json(indent=2))
-        return 0
-    print(f"workflow {st.workflow}  manager {st.manager_id}  state {'redis' if st.durable else 'memory'}")
-    print("tasks:   " + "  ".join(f"{k} {v}" for k, v in st.tasks.items() if v))
-    print("totals:  " + "  ".join(f"{k} {v}" for k, v in st.totals.items()))
-    if st.unschedulable:
-        print(f"unschedulable: {st.unschedulable} (larger than every worker)")
-    print(f"workers: {len(st.workers)}")
-    if st.workers:
-        print(f"  {'id':<32} {'node':<16} {'state':<10} {'cores':>7} {'running':>7} {'queued':>6}")
-        for w in st.workers:
-            cores = f"{w.committed.cores:g}/{w.resources.cores:g}"
-            print(f"  {w.id:<32} {w.node:<16} {w.state:<10} {cores:>7} {w.running:>7} {w.queued:>6}")
-    for f in st.recent_failures[-5:]:
-        print(f"failed: task {f.task_id} {f.outcome} {f.error or ''}")
+    if token is None:
+        raise auth.TokenError("status needs the workflow token: --token-file F or $KUBEVINE_TOKEN")
+    admin = Admin(args.manager, token, timeout=args.timeout)
+    if args.watch is not None:
+        return statusview.watch(admin.status, args.watch, as_json=args.json, count=args.count)
+    try:
+        st = admin.status()
+    except AdminError as e:
+        log.error("%s", e)
+        return 1
+    print(st.model_dump_json(indent=2) if args.json else statusview.render(st))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kubevine import report
+
+    try:
+        run = report.load(args.logfile)
+    except OSError as e:
+        log.error("cannot read %s: %s", args.logfile, e)
+        return 1
+    for out in args.output:
+        try:
+            report.render(run, out, title=args.title, width=args.width)
+        except ValueError as e:
+            log.error("%s", e)
+            return 2
+        print(f"{out}: {len(run.tasks)} tasks, {len(run.workers)} workers, {run.duration:.1f}s")
     return 0
 
 
