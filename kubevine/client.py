@@ -259,12 +259,13 @@ class Manager:
         *,
         library: str | Library | None = None,
         retries: int = 0,
+        progress: bool = False,
     ) -> list[Any]:
         """``[fn(x) for x in iterable]``, computed as function calls on the workers.
 
         Without ``library``, a library holding just ``fn`` (direct mode) is made and
         installed on first use. Returns the values in order; raises the first call's
-        exception if any call raised.
+        exception if any call raised. ``progress=True`` shows a bar (terminal or Jupyter).
         """
         if library is None:
             if isinstance(fn, str):
@@ -284,7 +285,9 @@ class Manager:
             calls.append(c)
         for c in calls:
             self.submit(c)
-        concurrent.futures.wait([c.future for c in calls])
+        from kubevine.progress import wait_futures
+
+        wait_futures([c.future for c in calls], progress=progress, desc=name)
         return [c.output for c in calls]
 
     # ------------------------------------------------------------------ results

@@ -5,17 +5,19 @@ wants none of that. So a bar is shown only when asked for (``progress=True``) *a
 there is someone to see it: a terminal on stderr, or a Jupyter kernel (a widget). Piped
 to a file or running under CI, asking for a bar writes nothing at all.
 
-:func:`bar` is the building block (``m.map``/``m.get`` implementations use it);
-:func:`track` wraps a ``wait`` function into an iterator that advances a bar, which is
-what ``Manager.results(progress=True)`` is.
+:func:`bar` is the building block; :func:`track` wraps a ``wait`` function into an
+iterator that advances a bar (``Manager.results(progress=True)``), and
+:func:`wait_futures` waits for futures with a bar (``Manager.map(..., progress=True)``,
+and what a dask ``get`` should use).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -154,3 +156,28 @@ def track(
                 b.set_postfix(failed=n_failed)
             b.update(1)
             yield item
+
+
+def wait_futures(
+    futures: Sequence[concurrent.futures.Future[Any]],
+    *,
+    progress: bool | None = False,
+    desc: str = "tasks",
+    file: TextIO | None = None,
+) -> None:
+    """Wait for every future (``concurrent.futures.wait``), advancing a bar as each finishes."""
+    if where(progress, file) is None:
+        concurrent.futures.wait(futures)
+        return
+    with bar(len(futures), progress=progress, desc=desc, file=file) as b:
+        failed = 0
+        for f in concurrent.futures.as_completed(futures):
+            if f.exception() is not None or not _ok(f.result()):
+                failed += 1
+                b.set_postfix(failed=failed)
+            b.update(1)
+
+
+def _ok(result: object) -> bool:
+    successful = getattr(result, "successful", None)
+    return bool(successful()) if callable(successful) else True

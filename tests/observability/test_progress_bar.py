@@ -116,3 +116,25 @@ def test_track_yields_everything_wait_returns_and_stops_at_none() -> None:
     items = iter([1, 2, 3, None, 4])
     got = list(progress.track(lambda _t: next(items), 3, progress=False))
     assert got == [1, 2, 3]
+
+
+def test_waiting_for_futures_with_a_bar_counts_failures() -> None:
+    import concurrent.futures
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    futures: list[concurrent.futures.Future[int]] = [concurrent.futures.Future() for _ in range(5)]
+    for i, f in enumerate(futures):
+        if i == 2:
+            f.set_exception(ValueError("boom"))
+        else:
+            f.set_result(i)
+    out = Tty()
+    progress.wait_futures(futures, progress=True, desc="map", file=out)
+    text = out.getvalue().replace("\r", "\n")
+    assert "map: 100%" in text and "5/5" in text and "failed=1" in text
+    silent = io.StringIO()
+    progress.wait_futures(futures, progress=True, file=silent)
+    assert silent.getvalue() == ""
