@@ -6,6 +6,7 @@ declarations, :class:`LocalCluster`, :func:`as_completed`.
 
 from kubevine import keys
 from kubevine.client import ConnectionRefused, Manager, as_completed
+from kubevine.executor import Executor
 from kubevine.local import LocalCluster
 from kubevine.protocol import Outcome
 from kubevine.serverless import FunctionCall, Library, PythonTask, RemoteError, library_context
@@ -13,6 +14,7 @@ from kubevine.task import File, Task
 
 __all__ = [
     "ConnectionRefused",
+    "Executor",
     "FunctionCall",
     "Library",
     "PythonTask",

@@ -19,9 +19,9 @@ import concurrent.futures
 import logging
 import threading
 import time
+import types
 import uuid
 from collections import deque
-import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -63,8 +63,8 @@ from kubevine.protocol import (
     frame,
     send,
 )
-from kubevine.stats import ManagerStatus
 from kubevine.serverless import FunctionCall, Library, auto_library_name
+from kubevine.stats import ManagerStatus
 from kubevine.task import File, Task, declare_buffer, declare_local
 
 log = logging.getLogger(__name__)

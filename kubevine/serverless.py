@@ -70,6 +70,13 @@ def encode_ok(value: Any) -> bytes:
     return data
 
 
+def user_frames(exc: BaseException) -> BaseException:
+    """The exception with kubevine's own frame (the caller of the user's function) cut off
+    its traceback, so the remote traceback starts in user code."""
+    tb = exc.__traceback__
+    return exc.with_traceback(tb.tb_next) if tb is not None and tb.tb_next is not None else exc
+
+
 def encode_error(exc: BaseException) -> bytes:
     """The exception itself if it pickles, else a RemoteError with its type and message."""
     tb = "".join(traceback.format_exception(exc))

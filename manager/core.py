@@ -575,9 +575,8 @@ class Core:
         if old is not None and old.broken is None:
             if old.spec == spec and old.payload == payload:
                 return  # the same library again: nothing to do
-            self.out.append(
-                ClientError(client, "library_exists", f"library {spec.name!r} is installed; remove it first", [])
-            )
+            why = f"library {spec.name!r} is installed; remove it first"
+            self.out.append(ClientError(client, "library_exists", why, []))
             return
         entry = LibraryEntry(spec, payload, client)
         if old is not None:
@@ -616,6 +615,7 @@ class Core:
                 w.committed.remove(lib.spec.resources)
         if state == "failed" and lib is not None:
             lib.failures += 1
+            lib.failed_on.add(wid)
             log.warning("library %s failed on worker %s: %s", name, wid, (error or "")[-500:])
             if lib.failures >= BROKEN_AFTER:
                 lib.broken = (error or "unknown error").strip().splitlines()[-1]
@@ -657,7 +657,10 @@ class Core:
             target = next(
                 (
                     w
-                    for w in sorted(workers, key=lambda w: w.committed.cores - w.info.resources.cores)
+                    for w in sorted(
+                        workers,
+                        key=lambda w: (w.id in lib.failed_on, w.committed.cores - w.info.resources.cores),
+                    )
                     if name not in w.libs and w.committed.room_for(lib.spec.resources, w.info.resources)
                 ),
                 None,
@@ -667,6 +670,36 @@ class Core:
                 target.committed.add(lib.spec.resources)
                 self.out.append(SendInstall(target.id, name))
                 self.transactions.append(f"LIBRARY {name} installing worker={target.id}")
+
+    def _idle_instances(self, w: WorkerEntry) -> list[tuple[str, LibraryEntry]]:
+        """Library instances on ``w`` with no call running or waiting."""
+        return [
+            (name, o)
+            for name, inst in w.libs.items()
+            if inst.state == "ready" and not inst.active and (o := self.libraries.get(name)) and not o.ready
+        ]
+
+    def _evict_idle_libraries(self, need: Resources, workers: list[WorkerEntry]) -> WorkerEntry | None:
+        """Remove idle library instances (no calls running or waiting) from one worker until
+        ``need`` fits there; that worker, or None (and nothing removed)."""
+        for w in workers:
+            idle = self._idle_instances(w)
+            freed = Tally()
+            for _, o in idle:
+                freed.add(o.spec.resources)
+            w.committed.remove(freed.snapshot())
+            fits = w.committed.room_for(need, w.info.resources)
+            w.committed.add(freed.snapshot())
+            if not fits:
+                continue
+            for name, o in idle:
+                del w.libs[name]
+                w.committed.remove(o.spec.resources)
+                self.out.append(SendRemove(w.id, name))
+                self.transactions.append(f"LIBRARY {name} evicted worker={w.id} for=task")
+                if w.committed.room_for(need, w.info.resources):
+                    return w
+        return None
 
     def _evict_idle_library_for(self, lib: LibraryEntry, workers: list[WorkerEntry]) -> WorkerEntry | None:
         """Remove one idle instance of another library (no calls running or waiting) from a
@@ -728,8 +761,11 @@ class Core:
             gpus=max(r.gpus for r in sizes),
         )
         budget = 1000  # tasks we may look at and skip in one cycle
+        evicted = False
         while ready and budget > 0:
-            if not any(self._has_room(w) for w in workers):
+            if not any(self._has_room(w) for w in workers) and (
+                evicted or not any(self._idle_instances(w) for w in workers)
+            ):
                 break
             item = heapq.heappop(ready)
             t = self.tasks.get(item[2])
@@ -742,6 +778,10 @@ class Core:
                 self.transactions.append(f"TASK {t.spec.id} unschedulable {res_kv(need)}")
                 continue
             chosen = self._pick(need, workers)
+            if chosen is None and self.libraries and not evicted:
+                # an idle library may be holding the room this task needs
+                evicted = True
+                chosen = self._evict_idle_libraries(need, workers)
             if chosen is None:
                 skipped.append(item)
                 budget -= 1

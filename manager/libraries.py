@@ -25,6 +25,7 @@ class LibraryEntry:
     payload: bytes
     client: ClientId
     failures: int = 0
+    failed_on: set[str] = field(default_factory=set)  # workers where it failed to start
     broken: str | None = None  # why it was given up
     avg_wall: float | None = None
     ready: list[tuple[float, int, TaskId]] = field(default_factory=list)  # calls waiting

@@ -38,17 +38,21 @@ Call = tuple[int, int, str]
 Result = tuple[int, int, bool, float, bytes]
 
 
-def run_call(functions: dict[str, Callable[..., Any]], name: str, payload: bytes, lib: str) -> tuple[bool, bytes]:
+def run_call(
+    functions: dict[str, Callable[..., Any]], name: str, payload: bytes, lib: str
+) -> tuple[bool, bytes]:
     """Run one call; (True, encoded value) or (False, encoded exception)."""
     fn = functions.get(name)
     if fn is None:
-        err = LookupError(f"library {lib!r} has no function {name!r} (it has: {', '.join(sorted(functions))})")
+        err = LookupError(
+            f"library {lib!r} has no function {name!r} (it has: {', '.join(sorted(functions))})"
+        )
         return False, serverless.encode_error(err)
     try:
         args, kwargs = cloudpickle.loads(payload)
         return True, serverless.encode_ok(fn(*args, **kwargs))
     except BaseException as e:  # the user's exception travels back, the library stays up
-        return False, serverless.encode_error(e)
+        return False, serverless.encode_error(serverless.user_frames(e))
 
 
 class Forked:
@@ -66,7 +70,7 @@ def main(argv: list[str]) -> int:
     sock: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
-    kind, spec_json, payload = sock.recv_multipart()
+    _init, spec_json, payload = sock.recv_multipart()
     spec = LibrarySpec.model_validate_json(spec_json)
     try:
         os.environ.update(spec.env)
@@ -179,7 +183,11 @@ def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
             if data:
                 finished.append((f.call[0], f.call[1], data[:1] == b"1", wall, data[1:]))
             else:
-                how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}"
+                how = (
+                    f"signal {os.WTERMSIG(status)}"
+                    if os.WIFSIGNALED(status)
+                    else f"exit {os.waitstatus_to_exitcode(status)}"
+                )
                 err = RuntimeError(f"the call to {f.call[2]!r} crashed its forked process ({how})")
                 finished.append((f.call[0], f.call[1], False, wall, serverless.encode_error(err)))
         if finished:

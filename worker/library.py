@@ -117,9 +117,7 @@ class LibraryInstance:
         why = f"library {self.spec.name!r} crashed ({how})"
         failed: list[tuple[AttemptResult, list[bytes]]] = [
             (
-                AttemptResult(
-                    task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.LIBRARY_ERROR, error=why
-                ),
+                AttemptResult(task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.LIBRARY_ERROR, error=why),
                 [],
             )
             for a, _ in self.inflight.values()

@@ -13,7 +13,7 @@ import sys
 
 import cloudpickle
 
-from kubevine.serverless import encode_error, encode_ok
+from kubevine.serverless import encode_error, encode_ok, user_frames
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
             func, args, kwargs = cloudpickle.load(f)
         out = b"1" + encode_ok(func(*args, **kwargs))
     except BaseException as e:  # the user's exception, reported, not raised
-        out = b"0" + encode_error(e)
+        out = b"0" + encode_error(user_frames(e))
     tmp = result_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(out)

@@ -192,7 +192,9 @@ def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) ->
             att.payload_path.unlink(missing_ok=True)
     if timed_out:
         limit = att.assignment.spec.time_max
-        return att.result(Outcome.MAX_WALL_TIME, exit_code=code, error=f"ran longer than its time limit of {limit}s")
+        return att.result(
+            Outcome.MAX_WALL_TIME, exit_code=code, error=f"ran longer than its time limit of {limit}s"
+        )
     if not data:
         out = _read_capped(stdout_path(att.sandbox), stdout_cap).decode(errors="replace")
         return att.result(

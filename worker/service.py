@@ -478,7 +478,9 @@ class WorkerService:
                     log.info("worker %s: library %s ready", self.worker_id, lib.spec.name)
                     self._send(LibraryStatus(name=lib.spec.name, state="ready"))
                 elif kind == "failed":
-                    log.error("worker %s: library %s failed to start:\n%s", self.worker_id, lib.spec.name, error)
+                    log.error(
+                        "worker %s: library %s failed to start:\n%s", self.worker_id, lib.spec.name, error
+                    )
                     self._remove_library(lib.spec.name, "it failed to start", error=error)
                     break
                 for res, fr in results:

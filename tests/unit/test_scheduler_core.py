@@ -250,3 +250,67 @@ def test_a_reconnecting_client_receives_results_it_never_acknowledged() -> None:
     assert results(cycle(core)) == {}
     core.client_connected(C)
     assert results(cycle(core)) == {1: "done"}
+
+
+# ---------------------------------------------------------------- libraries
+
+from kubevine.manager.core import SendInstall, SendRemove  # noqa: E402
+from kubevine.protocol import LibrarySpec, TaskKind  # noqa: E402
+
+
+def call(i: int, lib: str = "L", fn: str = "f") -> TaskSpec:
+    return TaskSpec(id=TaskId(i), kind=TaskKind.CALL, library=lib, function=fn, resources=Resources(cores=0))
+
+
+def lib_spec(name: str = "L", cores: float = 1, slots: int = 1) -> LibrarySpec:
+    return LibrarySpec(name=name, functions=["f"], resources=Resources(cores=cores), slots=slots)
+
+
+def test_waiting_calls_start_one_library_instance_then_use_its_slots() -> None:
+    core = Core()
+    core.client_connected(C)
+    w = worker(core, "w", cores=2)
+    core.install_library(C, lib_spec(slots=2), b"code")
+    core.submit(C, [call(i) for i in range(1, 6)], [b""] * 5)
+    out = cycle(core)
+    assert [(i.worker, i.library) for i in out if isinstance(i, SendInstall)] == [(w, "L")]
+    assert dispatched(out) == {}  # nothing goes before the library is ready
+    assert dispatched(cycle(core)) == {}  # and no second install while one is on its way
+    core.library_status(w, "L", "ready", None)
+    assert dispatched(cycle(core)) == {w: [1, 2]}  # two slots
+
+
+def test_an_idle_library_makes_room_for_a_task_that_needs_its_cores() -> None:
+    core = Core()
+    core.client_connected(C)
+    w = worker(core, "w", cores=1)
+    core.install_library(C, lib_spec(), b"code")
+    core.submit(C, [call(1)], [b""])
+    cycle(core)
+    core.library_status(w, "L", "ready", None)
+    cycle(core)
+    finish(core, w, 1)
+    core.submit(C, [spec(2)], [None])
+    out = cycle(core)
+    assert [(i.worker, i.library) for i in out if isinstance(i, SendRemove)] == [(w, "L")]
+    assert dispatched(out) == {w: [2]}
+
+
+def test_a_library_that_fails_to_start_twice_fails_its_calls_with_the_reason() -> None:
+    core = Core()
+    core.client_connected(C)
+    a, b = worker(core, "a"), worker(core, "b")
+    core.install_library(C, lib_spec(), b"code")
+    core.submit(C, [call(1)], [b""])
+    (first,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    core.library_status(first, "L", "failed", "Traceback...\nImportError: no numpy")
+    (second,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    core.library_status(second, "L", "failed", "Traceback...\nImportError: no numpy")
+    out = cycle(core)
+    res = [r for i in out if isinstance(i, SendResults) for r, _ in i.results]
+    assert res[0].outcome == Outcome.LIBRARY_ERROR and "no numpy" in (res[0].error or "")
+    assert {first, second} == {a, b}
+    core.submit(C, [call(2)], [b""])
+    _, out = core.take()
+    res = [r for i in out if isinstance(i, SendResults) for r, _ in i.results]
+    assert "cannot start" in (res[0].error or "")

@@ -1,0 +1,43 @@
+"""Serverless tests share one local cluster per test, with a module path the workers can see."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubevine import LocalCluster, Manager
+
+SLOW_IMPORT = 0.6  # seconds the test module `slowmod` takes to import
+
+
+@pytest.fixture
+def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory on the workers' PYTHONPATH holding `slowmod`, a module slow to import."""
+    d = tmp_path / "mods"
+    d.mkdir()
+    (d / "slowmod.py").write_text(
+        f"import time\ntime.sleep({SLOW_IMPORT})\nIMPORTED_AT = time.time()\ndef value():\n    return 41\n"
+    )
+    (d / "brokenmod.py").write_text("raise ImportError('brokenmod cannot be imported on purpose')\n")
+    monkeypatch.setenv("PYTHONPATH", str(d))
+    return d
+
+
+@pytest.fixture
+def manager(tmp_path: Path, modules: Path) -> Iterator[Callable[..., Manager]]:
+    made: list[tuple[LocalCluster, Manager]] = []
+
+    def make(**kw: Any) -> Manager:
+        kw.setdefault("workers", 2)
+        c = LocalCluster(workdir=tmp_path / f"c{len(made)}", **kw).start()
+        m = Manager(c.address, token=c.token)
+        made.append((c, m))
+        return m
+
+    yield make
+    for c, m in made:
+        m.close()
+        c.stop()

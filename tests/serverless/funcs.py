@@ -1,0 +1,55 @@
+"""Functions the serverless tests send to workers (pickled by value: workers cannot import
+this file)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import kubevine
+
+COUNTER = {"n": 0}
+
+
+def add(x: int, y: int = 1) -> int:
+    return x + y
+
+
+def fail(x: int) -> int:
+    if x == 3:
+        raise KeyError(f"no such key {x}")
+    return x
+
+
+def bump() -> int:
+    COUNTER["n"] += 1
+    return COUNTER["n"]
+
+
+def die(code: int) -> None:
+    os._exit(code)
+
+
+def stamp(seconds: float) -> tuple[float, float, int]:
+    t0 = time.time()
+    time.sleep(seconds)
+    return t0, time.time(), os.getpid()
+
+
+def slow_value() -> int:
+    import slowmod  # type: ignore[import-not-found]  # on the workers' PYTHONPATH
+
+    return int(slowmod.value()) + 1
+
+
+def from_context() -> Any:
+    return kubevine.library_context()["greeting"]
+
+
+def setup_context(name: str) -> dict[str, str]:
+    return {"greeting": f"hello {name}"}
+
+
+def pid() -> int:
+    return os.getpid()
