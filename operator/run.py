@@ -1,10 +1,160 @@
-"""``kubevine operator``: run the kopf operator (handlers land with the Kubernetes issue)."""
+"""``kubevine operator``: run the kopf operator that brings VineWorkflows to life.
+
+Exists so that the image has one entry point (`kubevine operator ARGS`, what the Helm
+chart's Deployment runs) and so that the choices kopf leaves open are made once, here:
+
+* **Where to watch.** `--namespace NS` (repeatable) or `--all-namespaces`; without
+  either, the pod's own namespace (`POD_NAMESPACE`, set by the chart). Namespaced mode
+  turns kopf's cluster scanning off, so the operator needs no cluster-wide permission
+  (not even to list CRDs): the CRD must exist when it starts, which the chart ensures.
+* **More than one replica.** kopf peering (`--peering NAME`, default the setting
+  `KUBEVINE_OPERATOR_PEERING_NAME`) keeps one replica active and the others paused; the
+  peering object must exist (the chart creates it). `--standalone` runs without peering,
+  for a single replica or local development.
+* **Liveness.** kopf serves `--liveness` (default http://0.0.0.0:8080/healthz), which
+  fails when its event loop stops making progress; `--liveness ''` turns it off.
+* **Logs.** JSON lines with `--log-format json`, `KUBEVINE_LOG_FORMAT=json` or
+  `KUBEVINE_OPERATOR_LOG_FORMAT=json` (the chart's value), else text.
+
+Everything per workflow lives in `handlers`; the settings shared by all workflows come
+from `KUBEVINE_OPERATOR_*` variables (`OperatorSettings.from_env`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
 import sys
+from collections.abc import Mapping
+
+import kopf
+
+from kubevine.operator import handlers
+from kubevine.operator.autoscale import ScalingPolicy
+from kubevine.operator.kube import KubeApi, load_api_client
+from kubevine.operator.scaler import Context
+from kubevine.operator.settings import OperatorSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+#: The finalizer kopf puts on each workflow so it can stop the workflow's timer first.
+FINALIZER = "kubevine.io/operator"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubevine operator",
+        description="Run the kubevine operator: VineWorkflow handlers and the worker autoscaler.",
+        epilog="Operator-wide settings come from KUBEVINE_OPERATOR_* environment variables "
+        "(see docs/kubernetes.md).",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch VineWorkflows in this namespace (repeatable); default: $POD_NAMESPACE",
+    )
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument(
+        "--liveness",
+        default=DEFAULT_LIVENESS,
+        metavar="URL",
+        help=f"liveness endpoint to serve (default {DEFAULT_LIVENESS}; '' for none)",
+    )
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="kopf peering object shared by the replicas (default: $KUBEVINE_OPERATOR_PEERING_NAME)",
+    )
+    peering.add_argument("--standalone", action="store_true", help="run without peering (one replica only)")
+    parser.add_argument("--priority", type=int, default=0, help="peering priority (the highest one works)")
+    parser.add_argument("--log-level", default=os.environ.get("KUBEVINE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=None)
+    return parser
+
+
+def log_format(arg: str | None, environ: Mapping[str, str], settings: OperatorSettings) -> str:
+    """The flag, else `KUBEVINE_LOG_FORMAT`, else the operator setting if set, else text."""
+    if arg:
+        return arg
+    if environ.get("KUBEVINE_LOG_FORMAT") in ("json", "text"):
+        return environ["KUBEVINE_LOG_FORMAT"]
+    if OperatorSettings.env_name("log_format") in environ:
+        return settings.log_format
+    return "text"
+
+
+class _QuietTimer(logging.Filter):
+    """Drops kopf's "Timer 'autoscale' succeeded." line: one per workflow per interval says
+    nothing; the steps that change something log what they did."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timer 'autoscale' succeeded")
+
+
+def kopf_settings(clusterwide: bool) -> kopf.OperatorSettings:
+    """kopf's own settings for this operator."""
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = not clusterwide
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.WARNING  # handler failures become Events; our decisions post their own
+    settings.peering.stealth = True  # no log line per keep-alive
+    return settings
 
 
 def main(argv: list[str]) -> int:
-    print("kubevine operator: the operator's handlers are not part of this build yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        settings = OperatorSettings.from_env(os.environ)
+    except SettingsError as e:
+        print(f"kubevine operator: {e}", file=sys.stderr)
+        return 2
+    namespaces: list[str] = list(args.namespaces or [])
+    if not args.all_namespaces and not namespaces:
+        if not os.environ.get("POD_NAMESPACE"):
+            print("kubevine operator: give --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
+            return 2
+        namespaces = [os.environ["POD_NAMESPACE"]]
+    fmt = log_format(args.log_format, os.environ, settings)
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    kopf.configure(
+        debug=level <= logging.DEBUG,
+        quiet=level >= logging.WARNING,
+        log_format=kopf.LogFormat.JSON if fmt == "json" else kopf.LogFormat.FULL,
+        log_refkey="workflow",
+    )
+    logging.getLogger().setLevel(level)
+    logging.getLogger("kopf.objects").addFilter(_QuietTimer())
+
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, settings)
+    context = Context(
+        settings=settings, kube=KubeApi(load_api_client()), policy=ScalingPolicy.from_settings(settings)
+    )
+    log.info(
+        "kubevine operator: watching %s, %s, autoscaler every %gs",
+        "all namespaces" if args.all_namespaces else ", ".join(namespaces),
+        "standalone" if args.standalone else f"peering {args.peering or settings.peering_name!r}",
+        settings.scale_interval_seconds,
+    )
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=kopf_settings(args.all_namespaces),
+            standalone=True if args.standalone else None,
+            peering_name=None if args.standalone else (args.peering or settings.peering_name),
+            priority=args.priority,
+            liveness_endpoint=args.liveness or None,
+            clusterwide=args.all_namespaces,
+            namespaces=[] if args.all_namespaces else namespaces,
+            memo=context,
+        )
+    )
+    return 0

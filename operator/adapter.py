@@ -1,0 +1,80 @@
+"""From what the manager publishes (`kubevine.stats.ManagerStatus`) to what the autoscaler
+decides on (`kubevine.operator.autoscale.ManagerStats`).
+
+Exists because the two models answer different questions and change at different paces:
+the manager's status serves `kubevine status`, Prometheus and the operator, and grows with
+the engine; the autoscaler's input is the small, stable set of numbers its rules are
+written and tested against. This one pure function is the only place that knows both, so
+an engine change touches one mapping instead of the scaling rules.
+
+Choices made here:
+
+* a worker's `running_tasks` counts the tasks queued on it as well as those running: a
+  worker holding a queued task is not idle, and draining it would take the task back
+  (a kill and a requeue, which the autoscaler promises never to cause);
+* `done`/`failed` are the manager's totals since it started (what finished is no longer
+  held by the manager), `waiting`/`running` what it holds now.
+"""
+
+from __future__ import annotations
+
+from kubevine.operator.autoscale import (
+    Demand,
+    ManagerStats,
+    TaskCounts,
+    TaskLoad,
+    TaskSize,
+    WorkerLoad,
+)
+from kubevine.resources import Resources
+from kubevine.stats import Load, ManagerStatus, WorkerStatus
+
+
+def _load(load: Load) -> TaskLoad:
+    return TaskLoad(
+        tasks=load.tasks,
+        cores=load.cores,
+        memory=load.memory,
+        disk=load.disk,
+        gpus=load.gpus,
+    )
+
+
+def _size(resources: Resources) -> TaskSize:
+    return TaskSize(
+        cores=resources.cores,
+        memory=resources.memory,
+        disk=resources.disk,
+        gpus=resources.gpus,
+    )
+
+
+def _worker(worker: WorkerStatus) -> WorkerLoad:
+    return WorkerLoad(
+        id=worker.id,
+        pod=worker.pod,
+        node=worker.node or None,
+        running_tasks=worker.running + worker.queued,
+        idle_since=worker.idle_since if worker.running + worker.queued == 0 else None,
+        draining=worker.draining,
+        holds_unique_temps=worker.holds_unique_temps,
+    )
+
+
+def manager_stats(status: ManagerStatus) -> ManagerStats:
+    """The autoscaler's view of one manager status."""
+    return ManagerStats(
+        time=status.time,
+        demand=Demand(
+            waiting=_load(status.waiting),
+            running=_load(status.running),
+            largest_waiting=_size(status.largest_waiting),
+        ),
+        workers=[_worker(w) for w in status.workers],
+        tasks=TaskCounts(
+            waiting=status.waiting.tasks,
+            running=status.running.tasks,
+            done=status.totals.get("done", 0),
+            failed=status.totals.get("failed", 0),
+        ),
+    )

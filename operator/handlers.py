@@ -1,0 +1,154 @@
+"""The kopf handlers of VineWorkflows: thin glue between kopf and the operator's parts.
+
+Exists so that what kopf calls, and when, is visible on one page:
+
+* create / resume / spec update → validate the spec; invalid: `Valid=False`, a Warning
+  Event, nothing created, `kopf.PermanentError`; valid: ensure the fixed children
+  (`kubevine.operator.children`).
+* a timer every `scale_interval_seconds` → one autoscaler step
+  (`kubevine.operator.scaler`): status, Events, worker pods, and deletion of a finished
+  workflow after `ttlSecondsAfterFinished`.
+* deletion → nothing to do: every child carries an owner reference and is garbage
+  collected. kopf puts its finalizer on each workflow only so that it can stop the timer
+  first; the timer's steps are bounded (every API and manager call has a timeout), so the
+  finalizer is released within seconds of `kubectl delete`.
+
+Handlers are registered on an explicit registry by `register()`, which `run.main` calls
+with the operator's settings (the timer's interval is one of them). Waiting is never a
+`sleep`: a handler that must wait raises `kopf.TemporaryError(delay=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubevine.operator import children, scaler
+from kubevine.operator.kube import KubeError
+from kubevine.operator.naming import GROUP, PLURAL, VERSION, WorkflowRef
+from kubevine.operator.settings import OperatorSettings
+from kubevine.operator.spec import SpecError, VineWorkflowSpec, parse_spec, validate_workflow_name
+from kubevine.operator.status import Observed, compute_status, merge_patch
+
+log = logging.getLogger(__name__)
+
+#: Seconds before a handler that hit an API error runs again.
+RETRY_DELAY = 5.0
+#: Longest Event message the API server accepts is 1024 bytes; stay below it.
+MAX_EVENT_MESSAGE = 1000
+
+
+def validated_spec(body: Mapping[str, Any]) -> VineWorkflowSpec:
+    """The workflow's spec as models; `SpecError` when the name or the spec is invalid."""
+    validate_workflow_name(str(body["metadata"]["name"]))
+    spec = body.get("spec")
+    return parse_spec(dict(spec) if isinstance(spec, Mapping) else spec)
+
+
+def _context(memo: Any) -> scaler.Context:
+    if not isinstance(memo, scaler.Context):
+        raise kopf.PermanentError("the operator was started without its context (use kubevine operator)")
+    return memo
+
+
+def _event(body: kopf.Body, note: scaler.Note) -> None:
+    message = (
+        note.message if len(note.message) <= MAX_EVENT_MESSAGE else note.message[:MAX_EVENT_MESSAGE] + "…"
+    )
+    kopf.event(body, type=note.type, reason=note.reason, message=message)
+
+
+async def ensure_children(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: Any,
+    *,
+    update: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Validate, then create (and on update, reconcile) the workflow's fixed children."""
+    ctx = _context(memo)
+    previous = dict(body.get("status") or {})
+    try:
+        spec = validated_spec(body)
+    except SpecError as e:
+        generation = int(body["metadata"].get("generation") or 0)
+        status = compute_status(Observed(generation=generation, spec_error=str(e)), previous, time.time())
+        patch.status.update(merge_patch(status, previous))
+        _event(body, scaler.Note("Warning", "InvalidSpec", f"{e}; nothing was created"))
+        raise kopf.PermanentError(str(e)) from e
+    ref = WorkflowRef.from_body(body)
+    try:
+        changed = await children.ensure(ctx.kube, ref, spec, ctx.settings, body, update=update)
+    except KubeError as e:
+        raise kopf.TemporaryError(f"creating the children failed: {e}", delay=RETRY_DELAY) from e
+    if changed:
+        logger.info("created %s", ", ".join(changed))
+        _event(body, scaler.Note("Normal", "Updated" if update else "Created", ", ".join(changed)))
+
+
+async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
+    """One autoscaler step; skipped for workflows being deleted or with an invalid spec."""
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        spec = validated_spec(body)
+    except SpecError:
+        return  # the create/update handler reported it; nothing runs for it
+    ctx = _context(memo)
+    try:
+        result = await scaler.step(ctx, body, spec, time.time())
+    except KubeError as e:
+        log.warning(
+            "workflow %s/%s: autoscaler step failed, next in %gs: %s",
+            body["metadata"].get("namespace"),
+            body["metadata"].get("name"),
+            ctx.settings.scale_interval_seconds,
+            e,
+        )
+        return
+    for note in result.events:
+        _event(body, note)
+    if result.delete_workflow:
+        try:
+            await scaler.delete_workflow(ctx, body)
+        except KubeError as e:
+            log.warning("workflow %s: deletion after its TTL failed: %s", body["metadata"].get("name"), e)
+        return
+    patch.status.update(result.status_patch)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """Register every handler of the operator on `registry`."""
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.create(*resource, id="children", registry=registry, backoff=RETRY_DELAY)
+    async def on_create(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
+        await ensure_children(body, patch, memo, update=False, logger=logger)
+
+    @kopf.on.resume(*resource, id="children-resume", registry=registry, backoff=RETRY_DELAY)
+    async def on_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        await ensure_children(body, patch, memo, update=False, logger=logger)
+
+    @kopf.on.update(*resource, id="children-update", field="spec", registry=registry, backoff=RETRY_DELAY)
+    async def on_update(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
+        await ensure_children(body, patch, memo, update=True, logger=logger)
+
+    @kopf.timer(
+        *resource,
+        id="autoscale",
+        interval=settings.scale_interval_seconds,
+        registry=registry,
+    )
+    async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+        await autoscale(body, patch, memo)
