@@ -144,8 +144,8 @@ _SCRIPT = r"""
     return '<svg xmlns="http://www.w3.org/2000/svg" width="' + w + '" height="' + h + '">' + body + "</svg>";
   }
   function fmtBytes(n) {
-    var u = ["B", "KB", "MB", "GB", "TB"], i = 0;
-    while (Math.abs(n) >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    var u = ["B", "kB", "MB", "GB", "TB"], i = 0;
+    while (Math.abs(n) >= 1000 && i < u.length - 1) { n /= 1000; i++; }
     return (i ? n.toFixed(1) : n.toFixed(0)) + " " + u[i];
   }
   function ticks(lo, hi, n) {

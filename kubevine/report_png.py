@@ -58,10 +58,10 @@ def short(label: str, width: int = 26) -> str:
 
 
 def human_bytes(n: float, _pos: object = None) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n:.1f} PB"  # pragma: no cover
 
 

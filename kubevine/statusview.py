@@ -21,10 +21,10 @@ STATES = ("waiting", "ready", "dispatched", "running", "retrying", "done", "fail
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n:.1f} TB"  # pragma: no cover - the loop returns
 
 
@@ -90,7 +90,7 @@ def render(st: ManagerStatus) -> str:
                 f"{w.running:>7} {w.queued:>6} {w.cached_files:>6} {idle:>6}"
             )
     if st.recent_failures:
-        out.append(f"recent failures ({len(st.recent_failures)} shown at most 5)")
+        out.append(f"recent failures (last {min(5, len(st.recent_failures))} of {len(st.recent_failures)})")
         for f in st.recent_failures[-5:]:
             code = "" if f.exit_code is None else f" exit {f.exit_code}"
             reason = (f.error or "").strip().splitlines()

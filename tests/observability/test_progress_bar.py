@@ -83,7 +83,7 @@ def test_without_a_terminal_asking_for_a_bar_writes_nothing(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"collected {n}\n".encode()
-    assert done.stderr == b""
+    assert done.stderr == b"", done.stderr.decode(errors="replace")
 
 
 def test_a_bar_is_only_made_when_asked_and_seen() -> None:
