@@ -188,7 +188,9 @@ def manager_address(api: KubeAPI, name: str, timeout: float = 40) -> str:
                 return f"{status['podIP']}:9123"
         return None
 
-    return wait_for(ready, timeout=timeout, interval=0.2, what=f"the manager of {name} to be Ready")
+    address = wait_for(ready, timeout=timeout, interval=0.2, what=f"the manager of {name} to be Ready")
+    assert address is not None
+    return address
 
 
 def token(api: KubeAPI, name: str) -> str:
