@@ -117,8 +117,12 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
             ys.setdefault(key, []).append((y0 + 0.08 + a.lane * lane_h, lane_h * 0.9))
             drawn += 1
     min_w = max(run.duration, 1e-3) / (width * DPI)  # at least a pixel wide, so none is lost
+    widths = sorted(w for spans in bars.values() for _x, w in spans)
+    # back-to-back bars of one colour would merge into a band: outline them while they are
+    # wide enough (a few pixels) for the outline not to hide them
+    outline = bool(widths) and widths[len(widths) // 2] > 4 * min_w
     for (group, ok), xs in bars.items():
-        _draw_bars(ax, xs, ys[(group, ok)], palette.get(group, "#bab0ac"), ok, min_w)
+        _draw_bars(ax, xs, ys[(group, ok)], palette.get(group, "#bab0ac"), ok, min_w, outline)
     if run.transfers:
         tx = [(tr.time - t0, band[tr.dest][0] + 0.96) for tr in run.transfers if tr.dest in band]
         if tx:
@@ -146,6 +150,8 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     ax.grid(axis="x", color="#e5e5e5", lw=0.6)
     ax.set_axisbelow(True)
     handles: list[Any] = [Patch(facecolor=palette[g], label=g) for g in names]
+    if run.spans:
+        handles.append(Patch(facecolor="#f3f3f3", edgecolor="#cccccc", label="worker connected"))
     if any(not ok for _g, ok in bars):
         handles.append(Patch(facecolor="white", edgecolor="#d1495b", hatch="////", label="failed attempt"))
     if run.transfers:
@@ -208,14 +214,20 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
 
 
 def _draw_bars(
-    ax: Any, xs: list[tuple[float, float]], ys: list[tuple[float, float]], colour: str, ok: bool, min_w: float
+    ax: Any,
+    xs: list[tuple[float, float]],
+    ys: list[tuple[float, float]],
+    colour: str,
+    ok: bool,
+    min_w: float,
+    outline: bool,
 ) -> None:
     """Many bars in a few collections (one per distinct lane position), fast for big runs."""
     by_y: dict[tuple[float, float], list[tuple[float, float]]] = {}
     for (x, w), y in zip(xs, ys):
         by_y.setdefault(y, []).append((x, max(w, min_w)))
     style: dict[str, Any] = (
-        {"facecolors": colour, "edgecolor": "none"}
+        {"facecolors": colour, "edgecolor": "white" if outline else "none", "linewidth": 0.5}
         if ok
         else {"facecolors": "white", "edgecolor": "#d1495b", "hatch": "////", "linewidth": 0.6}
     )

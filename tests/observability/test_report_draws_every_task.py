@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from .helpers import N_TASKS, RunResult
@@ -98,3 +100,17 @@ def test_a_missing_log_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     done = _report(tmp_path / "nope.log", tmp_path / "run.png")
     assert done.returncode == 1
     assert "cannot read" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_html_pages_script_is_valid_javascript(finished_run: RunResult, tmp_path: Path) -> None:
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("no node to check the page's script with")
+    out = tmp_path / "run.html"
+    assert _report(finished_run.log, out).returncode == 0
+    scripts = re.findall(r"<script>(.*?)</script>", out.read_text(), re.S)
+    assert len(scripts) == 1
+    js = tmp_path / "page.js"
+    js.write_text(scripts[0])
+    done = subprocess.run([node, "--check", str(js)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
