@@ -1,31 +1,71 @@
 """kubevine: TaskVine-style workflows for data-intensive Python, Kubernetes-native.
 
-The public face: :class:`Manager` (the client), :class:`Task`, :class:`File`
-declarations, :class:`LocalCluster`, :func:`as_completed`.
+The public face: :class:`Manager` (the client), :class:`Task`, :class:`PythonTask`,
+:class:`FunctionCall`, :class:`Library`, :class:`File` declarations, :class:`LocalCluster`,
+:class:`Executor`, :func:`as_completed`, :func:`library_context`.
+
+Names are imported on first use, so a process that needs one small part (a PythonTask's
+interpreter on a worker, a library process) does not pay for importing the rest.
 """
 
-from kubevine import keys
-from kubevine.client import ConnectionRefused, Manager, as_completed
-from kubevine.executor import Executor
-from kubevine.local import LocalCluster
-from kubevine.protocol import Outcome
-from kubevine.serverless import FunctionCall, Library, PythonTask, RemoteError, library_context
-from kubevine.task import File, Task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_WHERE = {
+    "ConnectionRefused": "kubevine.client",
+    "Manager": "kubevine.client",
+    "as_completed": "kubevine.client",
+    "Executor": "kubevine.executor",
+    "LocalCluster": "kubevine.local",
+    "Outcome": "kubevine.protocol",
+    "FunctionCall": "kubevine.serverless",
+    "Library": "kubevine.serverless",
+    "PythonTask": "kubevine.serverless",
+    "RemoteError": "kubevine.results",
+    "library_context": "kubevine.results",
+    "File": "kubevine.task",
+    "Task": "kubevine.task",
+}
 
 __all__ = [
     "ConnectionRefused",
     "Executor",
+    "File",
     "FunctionCall",
     "Library",
-    "PythonTask",
-    "RemoteError",
-    "library_context",
-    "File",
     "LocalCluster",
     "Manager",
     "Outcome",
+    "PythonTask",
+    "RemoteError",
     "Task",
     "as_completed",
     "keys",
+    "library_context",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "keys":
+        return importlib.import_module("kubevine.keys")
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'kubevine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from kubevine import keys
+    from kubevine.client import ConnectionRefused, Manager, as_completed
+    from kubevine.executor import Executor
+    from kubevine.local import LocalCluster
+    from kubevine.protocol import Outcome
+    from kubevine.results import RemoteError, library_context
+    from kubevine.serverless import FunctionCall, Library, PythonTask
+    from kubevine.task import File, Task

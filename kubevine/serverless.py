@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import sys
 import sysconfig
-import traceback
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,15 +25,15 @@ import cloudpickle
 
 from kubevine.protocol import LibrarySpec, TaskKind
 from kubevine.resources import Resources
+from kubevine.results import RemoteError, decode_result
+from kubevine.results import encode_error as encode_error
+from kubevine.results import encode_ok as encode_ok
+from kubevine.results import library_context as library_context
 from kubevine.task import Task
 
 _STD_PATHS = tuple(
     p for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")} if p
 )
-
-
-class RemoteError(Exception):
-    """Stands in for an exception that could not be pickled back from the worker."""
 
 
 def _by_value(fn: Any) -> None:
@@ -60,43 +59,6 @@ def dumps(obj: Any, *functions: Any) -> bytes:
         _by_value(fn)
     data: bytes = cloudpickle.dumps(obj)
     return data
-
-
-# -- results ---------------------------------------------------------------------------
-
-
-def encode_ok(value: Any) -> bytes:
-    data: bytes = cloudpickle.dumps(("ok", value))
-    return data
-
-
-def user_frames(exc: BaseException) -> BaseException:
-    """The exception with kubevine's own frame (the caller of the user's function) cut off
-    its traceback, so the remote traceback starts in user code."""
-    tb = exc.__traceback__
-    return exc.with_traceback(tb.tb_next) if tb is not None and tb.tb_next is not None else exc
-
-
-def encode_error(exc: BaseException) -> bytes:
-    """The exception itself if it pickles, else a RemoteError with its type and message."""
-    tb = "".join(traceback.format_exception(exc))
-    try:
-        data: bytes = cloudpickle.dumps(("error", exc, tb))
-    except Exception:
-        data = cloudpickle.dumps(("error", RemoteError(f"{type(exc).__name__}: {exc}"), tb))
-    return data
-
-
-def decode_result(data: bytes) -> Any:
-    """The value, or raise the remote exception (with the remote traceback attached)."""
-    kind, *rest = cloudpickle.loads(data)
-    if kind == "ok":
-        return rest[0]
-    exc, tb = rest
-    exc.remote_traceback = tb
-    if hasattr(exc, "add_note"):
-        exc.add_note("remote traceback (on the worker):\n" + tb)
-    raise exc
 
 
 # -- tasks -----------------------------------------------------------------------------
@@ -221,18 +183,3 @@ def auto_library_name(fn: Callable[..., Any]) -> str:
     """A stable library name for one function, from its pickled code."""
     digest = hashlib.sha256(dumps(fn, fn)).hexdigest()[:12]
     return f"{getattr(fn, '__name__', 'fn')}-{digest}"
-
-
-# -- inside a library process -----------------------------------------------------------
-
-_context: Any = None
-
-
-def library_context() -> Any:
-    """Inside a library's function: what the library's context setup returned."""
-    return _context
-
-
-def _set_context(value: Any) -> None:
-    global _context
-    _context = value

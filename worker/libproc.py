@@ -31,7 +31,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from kubevine import serverless
+from kubevine import results
 from kubevine.protocol import LibrarySpec
 
 Call = tuple[int, int, str]
@@ -47,12 +47,12 @@ def run_call(
         err = LookupError(
             f"library {lib!r} has no function {name!r} (it has: {', '.join(sorted(functions))})"
         )
-        return False, serverless.encode_error(err)
+        return False, results.encode_error(err)
     try:
         args, kwargs = cloudpickle.loads(payload)
-        return True, serverless.encode_ok(fn(*args, **kwargs))
+        return True, results.encode_ok(fn(*args, **kwargs))
     except BaseException as e:  # the user's exception travels back, the library stays up
-        return False, serverless.encode_error(serverless.user_frames(e))
+        return False, results.encode_error(results.user_frames(e))
 
 
 class Forked:
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         functions: dict[str, Callable[..., Any]] = obj["functions"]
         if obj.get("context") is not None:
             setup, args, kwargs = obj["context"]
-            serverless._set_context(setup(*args, **kwargs))
+            results.set_context(setup(*args, **kwargs))
     except BaseException:
         sock.send_multipart([b"failed", traceback.format_exc().encode()])
         sock.close()
@@ -189,7 +189,7 @@ def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
                     else f"exit {os.waitstatus_to_exitcode(status)}"
                 )
                 err = RuntimeError(f"the call to {f.call[2]!r} crashed its forked process ({how})")
-                finished.append((f.call[0], f.call[1], False, wall, serverless.encode_error(err)))
+                finished.append((f.call[0], f.call[1], False, wall, results.encode_error(err)))
         if finished:
             _send_results(sock, finished)
         if sock in events:

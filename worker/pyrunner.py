@@ -13,7 +13,7 @@ import sys
 
 import cloudpickle
 
-from kubevine.serverless import encode_error, encode_ok, user_frames
+from kubevine.results import encode_error, encode_ok, user_frames
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,65 @@
+"""How a Python function's outcome travels back: its value, or its exception and traceback.
+
+Kept apart from the rest of the client so that the processes that produce results (a
+PythonTask's fresh interpreter, a library process) import nothing but cloudpickle.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import cloudpickle
+
+
+class RemoteError(Exception):
+    """Stands in for an exception that could not be pickled back from the worker."""
+
+
+def user_frames(exc: BaseException) -> BaseException:
+    """The exception with kubevine's own frame (the caller of the user's function) cut off
+    its traceback, so the remote traceback starts in user code."""
+    tb = exc.__traceback__
+    return exc.with_traceback(tb.tb_next) if tb is not None and tb.tb_next is not None else exc
+
+
+def encode_ok(value: Any) -> bytes:
+    data: bytes = cloudpickle.dumps(("ok", value))
+    return data
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """The exception itself if it pickles, else a RemoteError with its type and message."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        data: bytes = cloudpickle.dumps(("error", exc, tb))
+    except Exception:
+        data = cloudpickle.dumps(("error", RemoteError(f"{type(exc).__name__}: {exc}"), tb))
+    return data
+
+
+def decode_result(data: bytes) -> Any:
+    """The value, or raise the remote exception (with the remote traceback attached)."""
+    kind, *rest = cloudpickle.loads(data)
+    if kind == "ok":
+        return rest[0]
+    exc, tb = rest
+    exc.remote_traceback = tb
+    if hasattr(exc, "add_note"):
+        exc.add_note("remote traceback (on the worker):\n" + tb)
+    raise exc
+
+
+# -- inside a library process -----------------------------------------------------------
+
+_context: Any = None
+
+
+def library_context() -> Any:
+    """Inside a library's function: what the library's context setup returned."""
+    return _context
+
+
+def set_context(value: Any) -> None:
+    global _context
+    _context = value
