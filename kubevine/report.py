@@ -198,7 +198,7 @@ def _task_event(run: Run, e: Event, counts: dict[str, int]) -> bool:
     counts[state] += 1
     if state == "waiting":
         t.submitted = e.time
-        t.kind = e.get("kind")
+        t.kind = e.get("type")
         t.category = e.get("category")
         t.library = e.get("library")
         t.tag = e.get("tag")

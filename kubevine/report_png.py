@@ -101,7 +101,7 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
         ax.broken_barh(
             [(span.connected - t0, end - span.connected)], (y0 + 0.04, 0.92), color="#f3f3f3", zorder=0
         )
-        if span.disconnected is not None and span.cause not in (None, "manager restarted", "reconnected"):
+        if span.disconnected is not None and _lost(span.cause):
             ax.plot([span.disconnected - t0], [y0 + 0.5], marker="x", color="#d1495b", ms=7, zorder=4)
     bars: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     ys: dict[tuple[str, bool], list[tuple[float, float]]] = {}
@@ -211,6 +211,15 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
     return drawn
+
+
+def _lost(cause: str | None) -> bool:
+    """A disconnection that was not the worker's own choice (a drain, an idle exit)."""
+    return (
+        cause is not None
+        and cause not in ("manager restarted", "reconnected")
+        and not cause.startswith("left")
+    )
 
 
 def _draw_bars(

@@ -29,7 +29,7 @@ KINDS = ("MANAGER", "WORKER", "TASK", "TRANSFER", "CACHE", "LIBRARY")
 #: fields whose values are names, kept as strings in JSON even when they look like numbers
 NAMES = frozenset(
     {"tag", "category", "library", "function", "worker", "node", "host", "file", "source"}
-    | {"dest", "peer", "cause", "workflow", "manager", "kind", "outcome", "pod"}
+    | {"dest", "peer", "cause", "workflow", "manager", "type", "outcome", "pod"}
 )
 
 _FIELD = re.compile(r'([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -87,7 +87,8 @@ class Event:
             "event": self.event,
         }
         for k, v in self.fields.items():
-            out[k] = v if k in NAMES else _typed(v)
+            key = k if k not in out else f"field_{k}"  # never shadow the line's own parts
+            out[key] = v if k in NAMES else _typed(v)
         return json.dumps(out, separators=(",", ":"))
 
 

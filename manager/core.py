@@ -273,7 +273,7 @@ class Core:
             t = TaskEntry(spec, payload, client, S.WAITING, next(self._seq))
             self.tasks[spec.id] = t
             self.transactions.append(
-                f"TASK {spec.id} waiting kind={spec.kind} {res_kv(spec.resources)}"
+                f"TASK {spec.id} waiting type={spec.kind} {res_kv(spec.resources)}"
                 f" category={q(spec.category)} library={q(spec.library)} tag={q(spec.tag)}"
             )
             self.counts[S.WAITING] += 1

@@ -116,6 +116,7 @@ class ManagerService:
     def __init__(self, config: ManagerConfig, store: StateStore | None = None) -> None:
         self.config = config
         self.manager_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        logs.bind(workflow=config.name, manager=self.manager_id)  # ids in every log line from here on
         self.started = time.time()
         if store is None:
             if config.redis_url:
@@ -166,7 +167,6 @@ class ManagerService:
 
     def start(self) -> None:
         cfg = self.config
-        logs.bind(workflow=cfg.name, manager=self.manager_id)
         self.epoch = self.store.acquire(self.manager_id, cfg.lease_ttl)
         snap = self.store.load()
         self.core.now = time.time()

@@ -44,7 +44,7 @@ def test_task_lines_count_what_the_client_got(finished_run: RunResult) -> None:
 def test_task_lines_carry_resources_category_and_wall_time(finished_run: RunResult) -> None:
     events = txformat.read(finished_run.log)
     waiting = [e for e in events if e.kind == "TASK" and e.event == "waiting"]
-    assert all(e.get("kind") == "command" and e.num("cores") == 1 for e in waiting)
+    assert all(e.get("type") == "command" and e.num("cores") == 1 for e in waiting)
     categories = collections.Counter(e.get("category") for e in waiting)
     assert categories["doomed"] == N_TASKS // 50
     assert set(categories) == {"reco", "skim", "fit", "doomed"}
