@@ -9,8 +9,12 @@ chart's Deployment runs) and so that the choices kopf leaves open are made once,
   (not even to list CRDs): the CRD must exist when it starts, which the chart ensures.
 * **More than one replica.** kopf peering (`--peering NAME`, default the setting
   `KUBEVINE_OPERATOR_PEERING_NAME`) keeps one replica active and the others paused; the
-  peering object must exist (the chart creates it). `--standalone` runs without peering,
-  for a single replica or local development.
+  peering object must exist (the chart creates it). kopf pauses *every* operator that
+  sees a peer of the same priority, so replicas of one Deployment, which share their
+  arguments, would all stand still: unless `--priority` is given, each replica draws a
+  random one, the highest works, and when it exits the next highest resumes (at once
+  after a clean exit; after kopf's 60 s peer lifetime if it was killed). `--standalone`
+  runs without peering, for a single replica or local development.
 * **Liveness.** kopf serves `--liveness` (default http://0.0.0.0:8080/healthz), which
   fails when its event loop stops making progress; `--liveness ''` turns it off.
 * **Logs.** JSON lines with `--log-format json`, `KUBEVINE_LOG_FORMAT=json` or
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Mapping
 
@@ -74,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kopf peering object shared by the replicas (default: $KUBEVINE_OPERATOR_PEERING_NAME)",
     )
     peering.add_argument("--standalone", action="store_true", help="run without peering (one replica only)")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority (the highest one works)")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority: the highest replica works (default: a random one per process)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("KUBEVINE_LOG_LEVEL", "INFO"))
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
     return parser
@@ -138,10 +148,13 @@ def main(argv: list[str]) -> int:
     context = Context(
         settings=settings, kube=KubeApi(load_api_client()), policy=ScalingPolicy.from_settings(settings)
     )
+    priority = args.priority if args.priority is not None else secrets.randbelow(1 << 30) + 1
     log.info(
         "kubevine operator: watching %s, %s, autoscaler every %gs",
         "all namespaces" if args.all_namespaces else ", ".join(namespaces),
-        "standalone" if args.standalone else f"peering {args.peering or settings.peering_name!r}",
+        "standalone"
+        if args.standalone
+        else f"peering {args.peering or settings.peering_name!r} (priority {priority})",
         settings.scale_interval_seconds,
     )
     asyncio.run(
@@ -150,7 +163,7 @@ def main(argv: list[str]) -> int:
             settings=kopf_settings(args.all_namespaces),
             standalone=True if args.standalone else None,
             peering_name=None if args.standalone else (args.peering or settings.peering_name),
-            priority=args.priority,
+            priority=priority,
             liveness_endpoint=args.liveness or None,
             clusterwide=args.all_namespaces,
             namespaces=[] if args.all_namespaces else namespaces,
