@@ -82,6 +82,17 @@ class Transfer:
 
 
 @dataclass(slots=True)
+class LibrarySpan:
+    """A library instance starting on a worker: from ``installing`` to ``ready`` (or failure)."""
+
+    worker: str
+    name: str
+    start: float
+    end: float | None = None
+    outcome: str | None = None  # ready, failed, gone, evicted
+
+
+@dataclass(slots=True)
 class Run:
     workflow: str = "?"
     start: float = 0.0
@@ -92,6 +103,7 @@ class Run:
     transfers: list[Transfer] = field(default_factory=list)
     cache_events: list[tuple[float, str, str, str]] = field(default_factory=list)  # (t, worker, op, file)
     libraries: list[Event] = field(default_factory=list)
+    library_spans: list[LibrarySpan] = field(default_factory=list)
     # (time, counts by state) after each change of the state counts
     states: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     perf: list[Event] = field(default_factory=list)
@@ -140,6 +152,7 @@ def build(events: Iterable[Event]) -> Run:
     run = Run()
     counts = dict.fromkeys(TASK_STATES, 0)
     open_spans: dict[str, WorkerSpan] = {}
+    starting: dict[tuple[str, str], LibrarySpan] = {}
     first = True
     for e in events:
         run.events += 1
@@ -162,6 +175,7 @@ def build(events: Iterable[Event]) -> Run:
             run.cache_events.append((e.time, e.subject, e.event, e.get("file", "") or ""))
         elif kind == "LIBRARY":
             run.libraries.append(e)
+            _library_event(run, e, starting)
         elif kind == "MANAGER":
             if e.event == "started":
                 run.managers.append((e.time, e.subject))
@@ -172,6 +186,8 @@ def build(events: Iterable[Event]) -> Run:
                 open_spans.clear()
             elif e.event == "perf":
                 run.perf.append(e)
+    for span in starting.values():
+        span.end = run.end
     for t in run.tasks.values():  # attempts still open when the log ends
         for a in t.attempts:
             if a.end is None:
@@ -247,6 +263,20 @@ def _close(a: Attempt, e: Event, state: str) -> None:
         a.outcome = (e.get("cause") or "failed").split()[-1]
     else:
         a.outcome = e.get("cause") or state
+
+
+def _library_event(run: Run, e: Event, starting: dict[tuple[str, str], LibrarySpan]) -> None:
+    worker = e.get("worker")
+    if worker is None:  # registered / removed: the workflow's, not a worker's
+        return
+    key = (worker, e.subject)
+    if e.event == "installing":
+        span = LibrarySpan(worker, e.subject, e.time)
+        run.library_spans.append(span)
+        starting[key] = span
+    elif e.event in ("ready", "failed", "gone", "evicted") and key in starting:
+        done = starting.pop(key)
+        done.end, done.outcome = e.time, e.event
 
 
 def _worker_event(run: Run, e: Event, open_spans: dict[str, WorkerSpan]) -> None:

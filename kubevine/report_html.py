@@ -63,6 +63,11 @@ def data(run: Run, title: str | None = None) -> dict[str, Any]:
         ],
         "bytes_by_source": run.bytes_by_source(),
         "restarts": [rel(t) for t, _ in run.managers[1:]],
+        "libraries": [
+            [index[ls.worker], ls.name, rel(ls.start), rel(ls.end), ls.outcome]
+            for ls in run.library_spans
+            if ls.worker in index
+        ],
         "states": {
             "times": [round(x, 6) for x in times],
             "series": {s: series[s] for s in TASK_STATES},
@@ -173,6 +178,7 @@ _SCRIPT = r"""
   if (D.bars.some(function (b) { return b[7] !== "success" && b[7] !== null; })) {
     groupItems.push(["failed attempt (outlined)", "#d1495b"]);
   }
+  if (D.libraries.length) groupItems.push(["library starting (" + D.libraries.length + ")", "#3b3b3b"]);
   if (D.transfers.length) groupItems.push(["file transfer (" + D.transfers.length + ")", "#333"]);
   legend(document.getElementById("legend"), groupItems);
 
@@ -197,6 +203,12 @@ _SCRIPT = r"""
         p.push(el("rect", {x: a, y: top + i * rowH + 1, width: Math.max(b - a, 0), height: rowH - 2,
                            fill: "#f3f3f3"}));
       });
+    });
+    D.libraries.forEach(function (l) {
+      var a = x(l[2]), what = "library " + l[1] + " starting: " + (l[3] - l[2]).toFixed(3) + "s, " +
+        (l[4] || "not ready");
+      p.push(el("rect", {x: a, y: top + l[0] * rowH + 1, width: Math.max(x(l[3]) - a, 1), height: 2,
+                         fill: l[4] === "failed" ? "#d1495b" : "#3b3b3b"}, el("title", {}, esc(what))));
     });
     D.bars.forEach(function (b, k) {
       if (b[5] < view[0] || b[4] > view[1]) return;

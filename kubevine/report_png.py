@@ -25,6 +25,7 @@ STATE_STYLE = (
     ("ready", "#d9d9d9", "ready (waiting for a worker)"),
     ("waiting", "#b0a890", "waiting (for inputs)"),
 )
+LIBRARY_COLOUR = "#3b3b3b"
 SOURCE_COLOURS = {"peer": "#2f6fb0", "manager": "#e07b39", "url": "#7a5fa8"}
 PALETTE = (
     "#4e79a7",
@@ -123,6 +124,13 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     outline = bool(widths) and widths[len(widths) // 2] > 4 * min_w
     for (group, ok), xs in bars.items():
         _draw_bars(ax, xs, ys[(group, ok)], palette.get(group, "#bab0ac"), ok, min_w, outline)
+    starts = [(ls, band[ls.worker][0]) for ls in run.library_spans if ls.worker in band]
+    for ls, y0 in starts:  # a library starting on a worker: a thin dark bar along the band's top
+        end = ls.end if ls.end is not None else run.end
+        colour = "#d1495b" if ls.outcome == "failed" else LIBRARY_COLOUR
+        ax.broken_barh(
+            [(ls.start - t0, max(end - ls.start, min_w))], (y0 + 0.015, 0.05), color=colour, zorder=4
+        )
     if run.transfers:
         tx = [(tr.time - t0, band[tr.dest][0] + 0.96) for tr in run.transfers if tr.dest in band]
         if tx:
@@ -152,6 +160,8 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     handles: list[Any] = [Patch(facecolor=palette[g], label=g) for g in names]
     if run.spans:
         handles.append(Patch(facecolor="#f3f3f3", edgecolor="#cccccc", label="worker connected"))
+    if starts:
+        handles.append(Patch(facecolor=LIBRARY_COLOUR, label=f"library starting ({len(starts)})"))
     if any(not ok for _g, ok in bars):
         handles.append(Patch(facecolor="white", edgecolor="#d1495b", hatch="////", label="failed attempt"))
     if run.transfers:
@@ -168,7 +178,8 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
                 label=f"file transfer ({len(run.transfers)})",
             )
         )
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
 
     # ---- tasks by state over time
     times, series = state_series(run)
@@ -186,7 +197,10 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     ax_states.set_xlabel("seconds since the run started")
     ax_states.set_ylabel("tasks")
     ax_states.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_states.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False, reverse=True)
+    if present:
+        ax_states.legend(
+            loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False, reverse=True
+        )
 
     # ---- bytes moved by source
     moved = bytes_series(run)

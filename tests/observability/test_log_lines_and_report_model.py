@@ -173,3 +173,33 @@ def test_the_state_series_shows_tasks_finishing_over_time() -> None:
     assert series["done"] == [0, 0, 1, 1, 1]
     assert series["failed"] == [0, 0, 0, 0, 1]
     assert report.summary(run) == "2 tasks (1 done, 1 failed) on 1 workers in 4.0 s"
+
+
+def test_library_starts_on_workers_become_spans() -> None:
+    lines = [
+        "1000000 m LIBRARY hep registered mode=fork slots=4",
+        "1000000 m WORKER w1 connected node=n cores=4",
+        "1500000 m LIBRARY hep installing worker=w1",
+        "2500000 m LIBRARY hep ready worker=w1",
+        "3000000 m LIBRARY broken installing worker=w1",
+        "3200000 m LIBRARY broken failed worker=w1",
+        "4000000 m LIBRARY hep evicted worker=w1 for=other",
+    ]
+    run = report.build(txformat.parse_lines(lines))
+    spans = [(s.name, s.start, s.end, s.outcome) for s in run.library_spans]
+    assert spans == [("hep", 1.5, 2.5, "ready"), ("broken", 3.0, 3.2, "failed")]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [[], ["1000000 m MANAGER m started workflow=wf port=1"], ["1000000 m WORKER w connected cores=1"]],
+    ids=["empty", "manager only", "a worker and no task"],
+)
+def test_a_run_with_nothing_to_draw_still_gives_a_picture_and_a_page(
+    lines: list[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "tx.log"
+    log.write_text("".join(line + "\n" for line in lines))
+    run = report.load(log)
+    for name in ("run.png", "run.html"):
+        assert report.render(run, tmp_path / name).stat().st_size > 1000
