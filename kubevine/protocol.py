@@ -112,15 +112,37 @@ class TaskSpec(_Msg):
 
 
 class FileSource(_Msg):
-    """Where a worker should fetch a file from."""
+    """Where a worker should fetch a file from, in the order the manager prefers."""
 
     kind: Literal["manager", "peer", "url"]
     address: str | None = None  # peer transfer address or URL
+    worker: WorkerId | None = None  # the peer, for accounting
 
 
 class StageIn(_Msg):
     cache_name: CacheName
     sources: list[FileSource]
+    checksum: str | None = None  # sha256 of the content, when the manager knows it
+    size: int | None = None
+    cache: CacheLevel = CacheLevel.WORKFLOW
+
+
+class TransferRecord(_Msg):
+    """One file arriving in a worker's cache (or failing to)."""
+
+    cache_name: CacheName
+    source: Literal["manager", "peer", "url", "node"]
+    source_worker: WorkerId | None = None
+    bytes: int = 0
+    seconds: float = 0.0
+    ok: bool = True
+    error: str | None = None
+
+
+class CachedFile(_Msg):
+    cache_name: CacheName
+    size: int
+    checksum: str | None = None
 
 
 class Assignment(_Msg):
@@ -133,8 +155,9 @@ class Assignment(_Msg):
 
 class OutputFile(_Msg):
     remote_name: str
-    cache_name: CacheName | None = None
+    cache_name: CacheName | None = None  # temps: the name it is cached under on the worker
     size: int = 0
+    checksum: str | None = None
     frame: int | None = None  # content, for to_client outputs
 
 
@@ -296,6 +319,7 @@ class WorkerUpdate(_Msg):
     results: list[AttemptResult] = Field(default_factory=list)
     cached: list[CacheName] = Field(default_factory=list)  # files that entered its cache
     evicted: list[CacheName] = Field(default_factory=list)
+    transfers: list[TransferRecord] = Field(default_factory=list)
 
 
 class UpdateAck(_Msg):

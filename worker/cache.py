@@ -1,46 +1,168 @@
-"""The worker's file cache: one file per cache name, written atomically.
+"""The worker's file cache: one entry per cache name, safe to share between the workers
+of a node, bounded in size.
 
-A file lands under a temporary name and is renamed into place, so a reader never sees
-a partial file. Several workers may share one cache directory (a node-local volume);
-the rename makes concurrent writers of the same name safe.
+A node-local cache directory (a hostPath volume in Kubernetes) may be shared by every worker
+on the node, so a file lands on the node once:
+
+- an entry is written under a temporary name and renamed into place, so a reader never
+  sees a partial file;
+- a worker that is about to fetch a name takes that name's lock (``flock`` on
+  ``.locks/<name>``); a second worker that wants the same name finds the lock taken and
+  waits for the file to appear instead of fetching it again;
+- an entry's size is bounded by the worker's disk: past the limit, least-recently-used
+  entries that no task of this worker is using are evicted (``forever`` entries too, last).
+
+Cache names say what a file is (a content hash, a URL, the producing task), so a name
+never refers to two different contents and an entry is never stale.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from kubevine.ids import CacheName
+from kubevine.protocol import CacheLevel
+
+LEVEL_ORDER = {CacheLevel.TASK: 0, CacheLevel.WORKFLOW: 1, CacheLevel.WORKER: 2, CacheLevel.FOREVER: 3}
+
+
+def sha256_file(path: Path) -> str:
+    d = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            d.update(chunk)
+    return d.hexdigest()
+
+
+def content_checksum(name: CacheName) -> str | None:
+    """The sha256 a name promises, for names made from content ("file-…", "buf-…")."""
+    for prefix in ("file-", "buf-"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return None
+
+
+def dir_size(p: Path) -> int:
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
 
 
 class Cache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limit_bytes: int | None = None) -> None:
         self.root = root
+        self.limit = limit_bytes
         root.mkdir(parents=True, exist_ok=True)
+        (root / ".locks").mkdir(exist_ok=True)
+        self.used_at: dict[CacheName, float] = {}
+        self.sizes: dict[CacheName, int] = {}
+        self.levels: dict[CacheName, CacheLevel] = {}
+        self.pins: dict[CacheName, int] = {}
+        self._locks: dict[CacheName, int] = {}  # names whose lock we hold -> fd
+        self._sigs: dict[CacheName, tuple[int, int]] = {}  # (size, mtime) when last known good
+
+    # -- names ----------------------------------------------------------------------
 
     def path(self, name: CacheName) -> Path:
-        if "/" in name or name.startswith("."):
+        if "/" in name or name.startswith(".") or not name:
             raise ValueError(f"bad cache name {name!r}")
         return self.root / name
 
     def has(self, name: CacheName) -> bool:
         return self.path(name).exists()
 
-    def put_bytes(self, name: CacheName, data: bytes) -> Path:
-        p = self.path(name)
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
-        return p
-
     def names(self) -> list[CacheName]:
         return [CacheName(p.name) for p in self.root.iterdir() if not p.name.startswith(".")]
+
+    # -- writing --------------------------------------------------------------------
+
+    def put_bytes(self, name: CacheName, data: bytes, level: CacheLevel = CacheLevel.WORKFLOW) -> Path:
+        p = self.path(name)
+        tmp = self.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+        self._added(name, len(data), level)
+        return p
+
+    def put_path(self, name: CacheName, src: Path, level: CacheLevel = CacheLevel.WORKFLOW) -> int:
+        """Move a file or directory (a task's output) into the cache; its size."""
+        p = self.path(name)
+        size = dir_size(src)
+        tmp = self.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        shutil.move(str(src), tmp)
+        if p.exists():  # someone on this node made it first: same name, same content
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, p)
+        self._added(name, size, level)
+        return size
+
+    def _added(self, name: CacheName, size: int, level: CacheLevel) -> None:
+        try:
+            st = self.path(name).stat()
+            self._sigs[name] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
+        self.sizes[name] = size
+        self.used_at[name] = time.monotonic()
+        old = self.levels.get(name)
+        if old is None or LEVEL_ORDER[level] > LEVEL_ORDER[old]:
+            self.levels[name] = level
+
+    def adopt(self, name: CacheName, level: CacheLevel) -> None:
+        """A file already in the (shared) cache becomes one of ours to account for."""
+        if name not in self.sizes:
+            try:
+                self._added(name, dir_size(self.path(name)), level)
+            except OSError:
+                pass
+        else:
+            self.used_at[name] = time.monotonic()
+
+    # -- node-wide fetch lock --------------------------------------------------------
+
+    def try_lock(self, name: CacheName) -> bool:
+        """Take the node-wide right to fetch ``name``; False if another worker holds it."""
+        if name in self._locks:
+            return True
+        fd = os.open(self.root / ".locks" / name, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._locks[name] = fd
+        return True
+
+    def unlock(self, name: CacheName) -> None:
+        fd = self._locks.pop(name, None)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- use ------------------------------------------------------------------------
+
+    def pin(self, name: CacheName) -> None:
+        self.pins[name] = self.pins.get(name, 0) + 1
+        self.used_at[name] = time.monotonic()
+
+    def unpin(self, name: CacheName) -> None:
+        n = self.pins.get(name, 0) - 1
+        if n <= 0:
+            self.pins.pop(name, None)
+        else:
+            self.pins[name] = n
 
     def link_into(self, name: CacheName, dest: Path) -> None:
         """Place a cached file in a sandbox: a hard link when possible, else a copy."""
         src = self.path(name)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self.used_at[name] = time.monotonic()
         if src.is_dir():
             shutil.copytree(src, dest, symlinks=True)
             return
@@ -48,3 +170,73 @@ class Cache:
             os.link(src, dest)
         except OSError:
             shutil.copyfile(src, dest)
+
+    def verify(self, name: CacheName, expected: str | None) -> bool:
+        """Whether the entry's content matches its expected sha256 (when one is known)."""
+        want = expected or content_checksum(name)
+        p = self.path(name)
+        if want is None or p.is_dir():
+            return p.exists()
+        try:
+            return sha256_file(p) == want
+        except OSError:
+            return False
+
+    def sound(self, name: CacheName, expected: str | None = None) -> bool:
+        """Whether the entry is there and intact. Its checksum is checked again only when
+        its size or modification time changed since it was last known good."""
+        p = self.path(name)
+        try:
+            st = p.stat()
+        except OSError:
+            return False
+        sig = (st.st_size, st.st_mtime_ns)
+        if self._sigs.get(name) == sig:
+            return True
+        ok = self.verify(name, expected)
+        if ok:
+            self._sigs[name] = sig
+        return ok
+
+    def remove(self, name: CacheName) -> None:
+        p = self.path(name)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        self.sizes.pop(name, None)
+        self.used_at.pop(name, None)
+        self.levels.pop(name, None)
+        self._sigs.pop(name, None)
+
+    # -- limits ---------------------------------------------------------------------
+
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+    def evict_for(self, incoming: int = 0) -> list[CacheName]:
+        """Evict least-recently-used unpinned entries until ``incoming`` more bytes fit."""
+        if self.limit is None:
+            return []
+        evicted: list[CacheName] = []
+        candidates = sorted(
+            (n for n in self.sizes if not self.pins.get(n)),
+            key=lambda n: (self.levels.get(n) == CacheLevel.FOREVER, self.used_at.get(n, 0.0)),
+        )
+        for name in candidates:
+            if self.total() + incoming <= self.limit:
+                break
+            self.remove(name)
+            evicted.append(name)
+        return evicted
+
+    def forget_levels(self, levels: set[CacheLevel]) -> list[CacheName]:
+        """Remove our entries of these levels (at task end, workflow end, worker exit)."""
+        gone = [n for n, lv in self.levels.items() if lv in levels and not self.pins.get(n)]
+        for n in gone:
+            self.remove(n)
+        return gone
+
+    def close(self) -> None:
+        for name in list(self._locks):
+            self.unlock(name)

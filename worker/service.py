@@ -31,11 +31,13 @@ from kubevine.protocol import (
     PROTOCOL_VERSION,
     Assignment,
     AttemptResult,
+    CacheLevel,
     Dispatch,
     Drain,
     ErrorMsg,
     FileData,
     FileRequest,
+    FileSource,
     Goodbye,
     Heartbeat,
     Hello,
@@ -47,8 +49,10 @@ from kubevine.protocol import (
     ProtocolError,
     Refused,
     RemoveLibrary,
+    StageIn,
     TaskKind,
     TaskRef,
+    TransferRecord,
     UpdateAck,
     Welcome,
     WorkerInfo,
@@ -62,6 +66,7 @@ from kubevine.protocol import (
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache
+from kubevine.worker.transfer import Fetcher, TransferServer
 from kubevine.worker.library import LibraryInstance
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,8 @@ class WorkerConfig:
     heartbeat_interval: float = 2.0
     stdout_cap: int = 1 << 20
     connect_timeout: float = 0.0  # give up if no manager answers for this long (0 = never)
+    transfer_host: str = field(default_factory=lambda: os.environ.get("KUBEVINE_BIND_HOST") or "127.0.0.1")
+    cache_limit_mb: int | None = None  # default: --disk (KUBEVINE_CACHE_SIZE_MB overrides)
 
 
 @dataclass
@@ -116,17 +123,29 @@ class WorkerService:
         config.workdir.mkdir(parents=True, exist_ok=True)
         (config.workdir / "worker.pid").write_text(f"{os.getpid()}\n")  # for drain-local
         self.sandboxes = sandbox.Sandboxes(config.workdir / "sandboxes")
-        self.cache = Cache(config.cache_dir or config.workdir / "cache")
+        limit_mb = config.cache_limit_mb or int(os.environ.get("KUBEVINE_CACHE_SIZE_MB") or config.disk)
+        self.cache = Cache(config.cache_dir or config.workdir / "cache", limit_mb * 1024 * 1024)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.poller = zmq.Poller()
+        # peers fetch from this worker's cache; this worker fetches from theirs
+        self.server = TransferServer(self.ctx, self.cache, config.transfer_host)
+        self.poller.register(self.server.sock, zmq.POLLIN)
+        self.fetcher = Fetcher(
+            self.ctx,
+            self.cache,
+            ask_manager=lambda names: self._send(FileRequest(cache_names=names)),
+            register=lambda sock: self.poller.register(sock, zmq.POLLIN),
+        )
+        self.poller.register(self.fetcher.wake_r, zmq.POLLIN)
+        self.transfers: list[TransferRecord] = []
+        self.evicted: list[CacheName] = []
         self.by_fd: dict[int, sandbox.Attempt] = {}
         self.slots: dict[TaskId, Slot] = {}
         self.queue: deque[TaskId] = deque()
         self.started: list[TaskRef] = []
         self.finished: list[tuple[AttemptResult, list[bytes]]] = []
         self.unacked: dict[tuple[TaskId, int], tuple[AttemptResult, list[bytes]]] = {}
-        self.requested: set[CacheName] = set()
         self.new_cached: list[CacheName] = []
         self.manager_id: str | None = None
         self.registered = False
@@ -169,6 +188,7 @@ class WorkerService:
             host=socket.gethostname(),
             pid=os.getpid(),
             pod=os.environ.get("KUBEVINE_POD_NAME") or None,
+            transfer_address=self.server.address,
             resources=self.resources,
             cached=self.cache.names(),
             running=held,
@@ -219,6 +239,7 @@ class WorkerService:
             if len(events) > (self.sock in events):
                 self._collect_finished(events)
                 self._library_events(events)
+                self._transfer_events(events)
                 self._start_runnable()
             if self.sock in events:
                 self._drain_socket()
@@ -226,6 +247,9 @@ class WorkerService:
                 self._drain_requested = False
                 self._send(Drain())
             self._enforce_time_limits()
+            if self.fetcher.fetches:
+                self.fetcher.tick()
+                self._fetches_settled()
             self._start_runnable()
             for lib in self.libraries.values():
                 lib.send_calls()
@@ -295,8 +319,6 @@ class WorkerService:
             if self.unacked:  # results the manager may not have recorded
                 self.finished.extend(self.unacked.values())
                 self.unacked.clear()
-            if new_manager:
-                self.requested.clear()
             if self.draining:
                 self._send(Drain())
         elif isinstance(msg, Refused):
@@ -337,34 +359,58 @@ class WorkerService:
             payload = frame(frames, a.spec.payload)
             a = a.model_copy(update={"spec": a.spec.model_copy(update={"payload": None})})
             self._payloads[tid] = payload or b""
-        missing = {s.cache_name for s in a.stage if not self.cache.has(s.cache_name)}
-        for b in a.spec.inputs:
-            if b.cache_name is not None and not self.cache.has(b.cache_name):
-                missing.add(b.cache_name)
-        want = [n for n in missing if n not in self.requested]
-        if want:
-            self.requested.update(want)
-            self._send(FileRequest(cache_names=want))
-        self.slots[tid] = Slot(a, missing)
+        slot = Slot(a, set())
+        self.slots[tid] = slot
         self.queue.append(tid)
+        stages = {s.cache_name: s for s in a.stage}
+        for b in a.spec.inputs:
+            name = b.cache_name
+            if name is None:
+                continue
+            self.cache.pin(name)
+            if self.cache.sound(name, stages[name].checksum if name in stages else None):
+                self.cache.adopt(name, b.cache)
+                continue
+            slot.missing.add(name)
+            stage = stages.get(name) or StageIn(cache_name=name, sources=[FileSource(kind="manager")])
+            self.fetcher.want(stage)
+        self._fetches_settled()
 
     def _file_arrived(self, msg: FileData, frames: list[bytes]) -> None:
-        name = msg.cache_name
-        self.requested.discard(name)
-        if msg.error is not None:
+        self.fetcher.on_manager(msg.cache_name, frame(frames, msg.frame), msg.error)
+        self._fetches_settled()
+
+    def _transfer_events(self, events: dict[object, int]) -> None:
+        if self.server.sock in events:
+            self.server.handle()
+        for sock in self.fetcher.peers.values():
+            if sock in events:
+                self.fetcher.on_peer(sock)
+        if self.fetcher.wake_r in events:
+            self.fetcher.on_wake()
+        self._fetches_settled()
+
+    def _fetches_settled(self) -> None:
+        """Files that arrived unblock their tasks; files no source had fail theirs."""
+        arrived, failed, records = self.fetcher.take()
+        self.transfers += records
+        if self.fetcher.evicted:
+            self.evicted += self.fetcher.evicted
+            self.fetcher.evicted = []
+        for name, rec in arrived:
+            if rec.source != "node":
+                self.new_cached.append(name)
+            for slot in self.slots.values():
+                slot.missing.discard(name)
+        for name, why in failed:
             for slot in list(self.slots.values()):
                 if name in slot.missing and slot.attempt is None:
-                    self._fail_now(slot, Outcome.INPUT_MISSING, f"input {name}: {msg.error}")
-            return
-        data = frame(frames, msg.frame)
-        self.cache.put_bytes(name, data or b"")
-        self.new_cached.append(name)
-        for slot in self.slots.values():
-            slot.missing.discard(name)
+                    self._fail_now(slot, Outcome.INPUT_MISSING, f"input {name} could not be fetched: {why}")
 
     def _fail_now(self, slot: Slot, outcome: Outcome, error: str) -> None:
         a = slot.assignment
         del self.slots[a.spec.id]
+        self._release_inputs(a)
         self.finished.append(
             (AttemptResult(task_id=a.spec.id, attempt=a.attempt, outcome=outcome, error=error), [])
         )
@@ -519,8 +565,18 @@ class WorkerService:
                 res = att.result(Outcome.SANDBOX_ERROR, error=repr(e))
             self._ended(att, res)
 
+    def _release_inputs(self, a: Assignment) -> None:
+        """The task no longer needs its inputs: unpin them; drop task-level ones."""
+        for b in a.spec.inputs:
+            if b.cache_name is not None:
+                self.cache.unpin(b.cache_name)
+                if b.cache == CacheLevel.TASK and not self.cache.pins.get(b.cache_name):
+                    self.cache.remove(b.cache_name)
+                    self.evicted.append(b.cache_name)
+
     def _ended(self, att: sandbox.Attempt, res: AttemptResult) -> None:
         a = att.assignment
+        self._release_inputs(a)
         self.sandboxes.give_back(att.sandbox)
         slot = self.slots.pop(a.spec.id, None)
         self.used.remove(a.spec.resources)
@@ -546,7 +602,9 @@ class WorkerService:
                 sandbox.kill_process(slot.attempt.proc)
 
     def _flush(self) -> None:
-        if not self.registered or not (self.started or self.finished or self.new_cached):
+        if not self.registered or not (
+            self.started or self.finished or self.new_cached or self.transfers or self.evicted
+        ):
             return
         # Coalesce under load: while tasks are still running here, send at most one update
         # per UPDATE_WINDOW; an idle worker (or a first result) reports at once.
@@ -574,8 +632,18 @@ class WorkerService:
             results.append(res)
         for res, fr in self.finished:
             self.unacked[(res.task_id, res.attempt)] = (res, fr)
-        self._send(WorkerUpdate(started=self.started, results=results, cached=self.new_cached), frames)
+        self._send(
+            WorkerUpdate(
+                started=self.started,
+                results=results,
+                cached=self.new_cached,
+                evicted=self.evicted,
+                transfers=self.transfers,
+            ),
+            frames,
+        )
         self.started, self.finished, self.new_cached = [], [], []
+        self.transfers, self.evicted = [], []
 
     def close(self) -> None:
         for lib in self.libraries.values():
@@ -585,5 +653,9 @@ class WorkerService:
                 sandbox.kill_process(att.proc)
                 att.proc.wait()
         self.sandboxes.clear()
+        self.server.close()
+        self.fetcher.close()
+        self.cache.forget_levels({CacheLevel.TASK, CacheLevel.WORKFLOW, CacheLevel.WORKER})
+        self.cache.close()
         if self.sock is not None:
             self.sock.close(0)
