@@ -66,8 +66,8 @@ from kubevine.protocol import (
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache
-from kubevine.worker.transfer import Fetcher, TransferServer
 from kubevine.worker.library import LibraryInstance
+from kubevine.worker.transfer import Fetcher, TransferServer
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,6 @@ class WorkerService:
 
     def _handle(self, msg: object, frames: list[bytes]) -> None:
         if isinstance(msg, Welcome):
-            new_manager = msg.manager_id != self.manager_id
             self.manager_id = msg.manager_id
             self.registered = True
             self.heartbeat_timeout = msg.heartbeat_timeout

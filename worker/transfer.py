@@ -237,7 +237,7 @@ class Fetcher:
     def _download(self, name: CacheName, url: str) -> None:
         tmp = self.cache.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}.download"
         try:
-            with urllib.request.urlopen(url, timeout=PEER_TIMEOUT) as r, open(tmp, "wb") as out:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=PEER_TIMEOUT) as r, open(tmp, "wb") as out:
                 while chunk := r.read(1 << 20):
                     out.write(chunk)
             self._url_done.put((name, tmp, None))
