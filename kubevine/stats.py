@@ -46,6 +46,21 @@ class Failure(BaseModel):
     exit_code: int | None = None
 
 
+class LibraryView(BaseModel):
+    """A library as the manager sees it: where it runs and how busy it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    mode: str  # fork | direct
+    slots: int  # calls at once per instance
+    functions: list[str] = Field(default_factory=list)
+    instances: dict[str, int] = Field(default_factory=dict)  # by state: installing, ready
+    active_calls: int = 0  # dispatched to an instance and not yet ended
+    waiting_calls: int = 0  # waiting for an instance with a free slot
+    broken: str | None = None  # why the manager gave up starting it
+
+
 #: upper bounds (seconds) of the task wall-time histogram's buckets; the last is +Inf
 WALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
@@ -100,3 +115,4 @@ class ManagerStatus(BaseModel):
     clients: int = 0
     recent_failures: list[Failure] = Field(default_factory=list)
     perf: Perf = Field(default_factory=Perf)
+    libraries: list[LibraryView] = Field(default_factory=list)

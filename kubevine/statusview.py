@@ -89,6 +89,15 @@ def render(st: ManagerStatus) -> str:
                 f"  {w.id[:wid]:<{wid}} {w.node[:node]:<{node}} {state:<10} {cores:>9} {mem:>13} "
                 f"{w.running:>7} {w.queued:>6} {w.cached_files:>6} {idle:>6}"
             )
+    if st.libraries:
+        out.append(f"libraries {len(st.libraries)}")
+        for lib in st.libraries:
+            where = ", ".join(f"{n} {state}" for state, n in sorted(lib.instances.items())) or "no instances"
+            broken = f"   BROKEN: {lib.broken}" if lib.broken else ""
+            out.append(
+                f"  {lib.name} ({lib.mode}, {lib.slots} slot{'s' if lib.slots != 1 else ''}): {where}; "
+                f"calls {lib.active_calls} active, {lib.waiting_calls} waiting{broken}"
+            )
     if st.recent_failures:
         out.append(f"recent failures (last {min(5, len(st.recent_failures))} of {len(st.recent_failures)})")
         for f in st.recent_failures[-5:]:

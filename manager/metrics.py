@@ -199,6 +199,23 @@ class StatusCollector(Collector):
         yield moved
         yield counter("kubevine_cache_hits", "Task inputs already on the worker at dispatch", p.cache_hits)
         yield counter("kubevine_cache_misses", "Task inputs that had to be staged in", p.cache_misses)
+        instances = GaugeMetricFamily(
+            "kubevine_library_instances",
+            "Library instances on workers, by state",
+            labels=[*labels, "library", "state"],
+        )
+        calls = GaugeMetricFamily(
+            "kubevine_library_calls",
+            "Function calls of a library, by state",
+            labels=[*labels, "library", "state"],
+        )
+        for lib in st.libraries:
+            for state in ("installing", "ready"):
+                instances.add_metric([*wf, lib.name, state], lib.instances.get(state, 0))
+            calls.add_metric([*wf, lib.name, "active"], lib.active_calls)
+            calls.add_metric([*wf, lib.name, "waiting"], lib.waiting_calls)
+        yield instances
+        yield calls
         connected = sum(1 for w in st.workers if w.state != "recovering")
         yield gauge("kubevine_workers_connected", "Workers connected to the manager", connected)
         yield gauge("kubevine_workers_draining", "Workers draining", sum(1 for w in st.workers if w.draining))

@@ -79,7 +79,7 @@ from kubevine.protocol import (
     send,
 )
 from kubevine.resources import Tally
-from kubevine.stats import Failure, Load, ManagerStatus, Perf, WorkerStatus
+from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +598,28 @@ class ManagerService:
             clients=len(core.connected_clients),
             recent_failures=self.recent_failures[-20:],
             perf=self._perf(),
+            libraries=self._libraries(),
         )
+
+    def _libraries(self) -> list[LibraryView]:
+        views = {
+            name: LibraryView(
+                name=name,
+                mode=lib.spec.exec_mode,
+                slots=lib.spec.slots,
+                functions=list(lib.spec.functions),
+                waiting_calls=len(lib.ready),
+                broken=lib.broken,
+            )
+            for name, lib in self.core.libraries.items()
+        }
+        for w in self.core.workers.values():
+            for name, inst in w.libs.items():
+                v = views.get(name)
+                if v is not None:
+                    v.instances[inst.state] = v.instances.get(inst.state, 0) + 1
+                    v.active_calls += inst.active
+        return list(views.values())
 
     def _perf(self) -> Perf:
         total = in_use = 0.0

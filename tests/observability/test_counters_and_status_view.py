@@ -10,7 +10,7 @@ from kubevine.ids import CacheName, TaskId
 from kubevine.manager.metrics import Counters, StatusCollector
 from kubevine.protocol import Assignment, AttemptResult, FileBinding, FileKind, Outcome, StageIn, TaskSpec
 from kubevine.resources import Resources
-from kubevine.stats import Failure, ManagerStatus, WorkerStatus
+from kubevine.stats import Failure, LibraryView, ManagerStatus, WorkerStatus
 
 
 def _status(counters: Counters) -> ManagerStatus:
@@ -39,6 +39,16 @@ def _status(counters: Counters) -> ManagerStatus:
             Failure(task_id=TaskId(9), outcome="exit_nonzero", exit_code=3, error="bad\nno file")
         ],
         perf=counters.perf(cores_total=4, cores_in_use=3),
+        libraries=[
+            LibraryView(
+                name="hep",
+                mode="fork",
+                slots=4,
+                instances={"ready": 2, "installing": 1},
+                active_calls=5,
+                waiting_calls=7,
+            )
+        ],
     )
 
 
@@ -121,3 +131,18 @@ def test_byte_and_time_units_read_naturally() -> None:
     assert statusview.human_bytes(1500) == "1.5 kB"
     assert statusview.human_seconds(59) == "59s"
     assert statusview.human_seconds(3725) == "1h02m"
+
+
+def test_libraries_show_their_instances_and_calls() -> None:
+    st = _status(_counted())
+    text = statusview.render(st)
+    assert "libraries 1" in text
+    assert "hep (fork, 4 slots): 1 installing, 2 ready; calls 5 active, 7 waiting" in text
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: st))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    instances = families["kubevine_library_instances"].samples
+    got = {(s.labels["library"], s.labels["state"]): s.value for s in instances}
+    assert got == {("hep", "installing"): 1, ("hep", "ready"): 2}
+    calls = {s.labels["state"]: s.value for s in families["kubevine_library_calls"].samples}
+    assert calls == {"active": 5, "waiting": 7}
