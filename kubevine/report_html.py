@@ -287,7 +287,7 @@ _SCRIPT = r"""
     });
     var X = function (v) { return l + v / xmax * pw; }, Y = function (v) { return t + ph - v / ymax * ph; };
     var p = [];
-    ticks(0, ymax, 5).forEach(function (v) {
+    ticks(0, ymax, 5).filter(function (v) { return v === Math.round(v); }).forEach(function (v) {  // counts
       p.push(el("line", {x1: l, x2: l + pw, y1: Y(v), y2: Y(v), stroke: "#eee"}));
       p.push(text(l - 4, Y(v) + 4, yfmt(v), "end"));
     });

@@ -216,6 +216,10 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
         )
     ax_bytes.set_xlim(0, max(run.duration, 1e-3))
     ax_bytes.set_ylim(bottom=0)
+    if not any(moved[src][1][-1] for src in SOURCES):
+        ax_bytes.set_ylim(0, 1)
+        ax_bytes.set_yticks([0])
+        ax_bytes.text(0.5, 0.5, "no files moved", transform=ax_bytes.transAxes, ha="center", color="#777777")
     ax_bytes.yaxis.set_major_formatter(FuncFormatter(human_bytes))
     ax_bytes.set_title("bytes moved to workers, by source", fontsize=10, loc="left")
     ax_bytes.set_xlabel("seconds since the run started")
