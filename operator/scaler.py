@@ -33,7 +33,7 @@ import zmq
 from pydantic import ValidationError
 
 from kubevine.admin import Admin, AdminError
-from kubevine.operator.adapter import manager_stats
+from kubevine.operator.adapter import manager_stats, parse_status
 from kubevine.operator.autoscale import (
     ManagerStats,
     ScalingDecision,
@@ -48,6 +48,7 @@ from kubevine.operator.naming import (
     COMPONENT_WORKER,
     KIND,
     WorkflowRef,
+    application_job_name,
     label_selector,
     manager_name,
     redis_name,
@@ -68,6 +69,7 @@ from kubevine.operator.status import (
     statefulset_ready,
 )
 from kubevine.operator.workerpod import build_worker_pod
+from kubevine.protocol import StatusReply, StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +148,21 @@ async def _token(ctx: Context, ref: WorkflowRef) -> str | None:
     return token
 
 
+class _StatusReader(Admin):
+    """`Admin.status()` gives the status validated against this package's `ManagerStatus`,
+    which refuses fields it does not know; a manager running a newer image than the
+    operator's would then look unreachable. This reads the raw JSON instead and leaves
+    the tolerant parsing to `adapter.parse_status`."""
+
+    def raw_status(self) -> str:
+        reply = self._session(StatusRequest(), StatusReply)
+        if not isinstance(reply, StatusReply):
+            raise AdminError(f"manager at {self.address} sent no status")
+        return reply.status
+
+
 def _ask_status(address: str, token: str) -> ManagerStats:
-    return manager_stats(Admin(address, token, timeout=ADMIN_TIMEOUT).status())
+    return manager_stats(parse_status(_StatusReader(address, token, timeout=ADMIN_TIMEOUT).raw_status()))
 
 
 async def _stats(ctx: Context, ref: WorkflowRef, address: str | None) -> ManagerStats | None:
@@ -158,7 +173,7 @@ async def _stats(ctx: Context, ref: WorkflowRef, address: str | None) -> Manager
         return None
     try:
         stats = await asyncio.to_thread(_ask_status, address, token)
-    except (AdminError, zmq.ZMQError, ValidationError) as e:
+    except (AdminError, zmq.ZMQError, ValidationError, ValueError) as e:
         if ctx.reachable.get(ref.uid, True):
             log.warning(
                 "workflow %s/%s: no stats from the manager at %s: %s", ref.namespace, ref.name, address, e
@@ -182,7 +197,9 @@ async def observe(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec) -> Obs
     redis_call = (
         kube.get("StatefulSet", ref.namespace, redis_name(ref)) if spec.state_store.managed else _none()
     )
-    job_call = kube.get("Job", ref.namespace, f"{ref.name}-app") if spec.application is not None else _none()
+    job_call = (
+        kube.get("Job", ref.namespace, application_job_name(ref)) if spec.application is not None else _none()
+    )
     pods, manager_pods, deployment, redis, job = await asyncio.gather(
         pods_call, manager_pods_call, deployment_call, redis_call, job_call
     )

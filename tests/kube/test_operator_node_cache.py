@@ -80,7 +80,7 @@ def test_two_worker_pods_on_one_node_share_its_cache_and_the_file_arrives_once(
             newcomer = next(w for w in status.workers if w.id != first.worker)
             assert newcomer.cached_files >= 1  # it found the file the other worker fetched
 
-            more = [Task("wc -c < data.txt", cores=1) for _ in range(20)]
+            more = [Task("sleep 0.2; wc -c < data.txt", cores=1) for _ in range(20)]
             for task in more:
                 task.add_input(data, "data.txt")
             run_all(m, more)
