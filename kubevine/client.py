@@ -65,7 +65,7 @@ from kubevine.protocol import (
 )
 from kubevine.serverless import FunctionCall, Library, auto_library_name
 from kubevine.stats import ManagerStatus
-from kubevine.task import File, Task, declare_buffer, declare_local
+from kubevine.task import File, Task, declare_buffer, declare_local, declare_temp, declare_url, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,17 @@ class Manager:
         """Bytes in memory, made available to tasks as a file."""
         return declare_buffer(data, cache)
 
+    def declare_url(self, url: str, cache: str = "workflow") -> File:
+        """A file at a URL (http, https, file): fetched by a worker, never by the manager,
+        once per node; other workers of the workflow get it from their peers."""
+        return declare_url(url, cache)
+
+    def declare_temp(self) -> File:
+        """An intermediate file: written by one task (``add_output``), read by others
+        (``add_input``). It stays on the worker that made it and moves peer to peer; if that
+        worker is lost before it is used, the task that made it runs again."""
+        return declare_temp()
+
     # ------------------------------------------------------------------ submit
 
     def submit(self, task: Task) -> TaskId:
@@ -172,11 +183,17 @@ class Manager:
             if name not in self._sent_files and f.kind in (FileKind.LOCAL, FileKind.BUFFER):
                 data = f.data if f.kind == FileKind.BUFFER else Path(f.path or "").read_bytes()
                 files.append((name, data or b""))
-            inputs.append(FileBinding(cache_name=name, remote_name=remote, kind=f.kind, cache=f.cache))
-        outputs = [
-            FileBinding(remote_name=remote, kind=f.kind, cache=f.cache, to_client=True)
-            for f, remote in task.outputs
-        ]
+            inputs.append(
+                FileBinding(cache_name=name, remote_name=remote, kind=f.kind, cache=f.cache, url=f.url)
+            )
+        outputs = []
+        for f, remote in task.outputs:
+            b = FileBinding(
+                remote_name=remote, kind=f.kind, cache=f.cache, to_client=f.kind == FileKind.LOCAL
+            )
+            if f.kind == FileKind.TEMP:  # named after the task that writes it
+                f.name = b.cache_name = temp_name(_definition(task, inputs), remote)
+            outputs.append(b)
         with self._lock:
             if self._ids_left == 0:
                 self._lock.release()
@@ -605,6 +622,15 @@ class Manager:
 
 def _unsuccessful(t: Task) -> bool:
     return not t.successful()
+
+
+def _definition(task: Task, inputs: list[FileBinding]) -> str:
+    """What a task is, for naming its temp outputs: its spec without id or outputs."""
+    saved, task.id = task.id, TaskId(0)
+    try:
+        return task.spec(inputs, []).model_dump_json(exclude={"id"}) + repr(task.payload())
+    finally:
+        task.id = saved
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -190,6 +190,7 @@ class WorkerInfo(_Msg):
     resources: Resources
     transfer_address: str | None = None
     pod: str | None = None  # Kubernetes pod name, when it runs in one
+    cache_group: str = ""  # workers with the same group share one cache directory (node + path)
     cached: list[CacheName] = Field(default_factory=list)
     running: list[TaskRef] = Field(default_factory=list)
     libraries: list[str] = Field(default_factory=list)

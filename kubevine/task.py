@@ -45,6 +45,7 @@ class File:
     path: Path | None = None  # LOCAL: the client-side path (input source or output target)
     data: bytes | None = None  # BUFFER
     url: str | None = None
+    name: CacheName | None = None  # TEMP: set when the task that writes it is submitted
 
     def cache_name(self) -> CacheName:
         """The name workers cache it under: derived from what the file is."""
@@ -56,10 +57,17 @@ class File:
             if not self.path.exists():
                 raise FileNotFoundError(f"input file {self.path} does not exist")
             if self.path.is_dir():
-                raise IsADirectoryError(
-                    f"{self.path} is a directory; directory inputs arrive with the data plane"
-                )
+                raise IsADirectoryError(f"{self.path} is a directory; directory inputs are not supported yet")
             return CacheName("file-" + hash_path(self.path))
+        if self.kind == FileKind.URL:
+            assert self.url is not None
+            return CacheName("url-" + hashlib.sha256(self.url.encode()).hexdigest())
+        if self.kind == FileKind.TEMP:
+            if self.name is None:
+                raise ValueError(
+                    "this temp file has no producer yet: submit the task that writes it (add_output) first"
+                )
+            return self.name
         raise NotImplementedError(f"{self.kind.value} files are not supported yet")
 
     def source(self) -> str:
@@ -157,8 +165,8 @@ class Task:
 
     def add_output(self, file: File, remote_name: str) -> None:
         _check_remote_name(remote_name)
-        if file.kind != FileKind.LOCAL:
-            raise ValueError("outputs go to a declared local file (m.declare_file(path))")
+        if file.kind not in (FileKind.LOCAL, FileKind.TEMP):
+            raise ValueError("outputs go to a declared local file (m.declare_file) or temp (m.declare_temp)")
         self.outputs.append((file, remote_name))
 
     # -- results -----------------------------------------------------------------
@@ -231,6 +239,21 @@ def _check_remote_name(name: str) -> None:
 
 def declare_local(path: str | os.PathLike[str], cache: str | CacheLevel) -> File:
     return File(FileKind.LOCAL, CacheLevel(cache), path=Path(path).absolute())
+
+
+def declare_url(url: str, cache: str | CacheLevel) -> File:
+    if not url.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"unsupported URL {url!r}: http, https and file URLs are fetched by workers")
+    return File(FileKind.URL, CacheLevel(cache), url=url)
+
+
+def declare_temp() -> File:
+    return File(FileKind.TEMP, CacheLevel.WORKFLOW)
+
+
+def temp_name(spec_json: str, remote_name: str) -> CacheName:
+    """A temp file's cache name, derived from the definition of the task that produces it."""
+    return CacheName("temp-" + hashlib.sha256(f"{spec_json}\0{remote_name}".encode()).hexdigest())
 
 
 def declare_buffer(data: bytes | str, cache: str | CacheLevel) -> File:

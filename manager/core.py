@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.manager import dataplane
+from kubevine.manager.catalog import Catalog
 from kubevine.manager.libraries import BROKEN_AFTER, Instance, LibraryEntry
 from kubevine.manager.states import FINAL, TaskState, WorkerState, check_move
 from kubevine.manager.store import Snapshot, TaskRecord, WriteBatch
@@ -31,13 +33,13 @@ from kubevine.protocol import (
     AttemptResult,
     ClientResult,
     FileKind,
-    FileSource,
     LibrarySpec,
     Outcome,
     StageIn,
     TaskKind,
     TaskRef,
     TaskSpec,
+    TransferRecord,
     WorkerInfo,
 )
 from kubevine.resources import Resources, Tally
@@ -65,6 +67,7 @@ class TaskEntry:
     result: ClientResult | None = None
     frames: list[bytes] = field(default_factory=list)
     unschedulable: bool = False
+    rerun: bool = False  # running again to regenerate a lost temp file
     story: list[tuple[float, str, str]] = field(default_factory=list)
 
     def record(self) -> TaskRecord:
@@ -171,6 +174,10 @@ class Core:
         self.ready: list[tuple[float, int, TaskId]] = []  # (-priority, seq, id)
         self.unschedulable: set[TaskId] = set()
         self.known_files: set[CacheName] = set()
+        self.catalog = Catalog()  # which worker and node holds which file
+        self.producers: dict[CacheName, TaskId] = {}  # temp file -> the task that makes it
+        self.waiting_for: dict[CacheName, set[TaskId]] = {}  # temp file -> tasks waiting for it
+        self.moved: dict[str, int] = {}  # bytes moved to workers, by source kind
         self.connected_clients: set[ClientId] = set()
         self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.totals = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "retried": 0}
@@ -297,6 +304,12 @@ class Core:
                     error=f"input file(s) {', '.join(missing)} never reached the manager",
                 )
                 continue
+            why = dataplane.on_submit(self, self.catalog, t)
+            if why == "wait":
+                continue  # stays waiting until its temp inputs exist
+            if why is not None:
+                self._finish(t, S.FAILED, Outcome.INPUT_MISSING, error=why)
+                continue
             self._make_ready(t, "submitted")
         if dup:
             self.out.append(
@@ -308,6 +321,8 @@ class Core:
             t = self.tasks.get(tid)
             if t is None or t.client != client or t.state not in FINAL:
                 continue
+            if any(b.kind == FileKind.TEMP for b in t.spec.outputs):
+                continue  # kept: it may have to run again to regenerate a lost temp file
             del self.tasks[tid]
             self.counts[t.state] -= 1
             self.batch.deleted.add(tid)
@@ -338,8 +353,8 @@ class Core:
         wid = info.worker_id
         old = self.workers.get(wid)
         w = WorkerEntry(info, WorkerState.CONNECTED, self.now, idle_since=self.now)
-        w.cached = set(info.cached)
         self.workers[wid] = w
+        dataplane.on_cached(self, self.catalog, w, list(info.cached))
         self.batch.workers[wid] = info.model_copy(update={"running": [], "cached": []})
         self.transactions.append(
             f"WORKER {wid} connected node={q(info.node)} host={q(info.host)} {res_kv(info.resources)}"
@@ -390,6 +405,7 @@ class Core:
             t = self.tasks.get(tid)
             if t is not None and t.worker == wid and t.state in (S.DISPATCHED, S.RUNNING):
                 self._requeue_lost(t, f"worker {wid} {why}")
+        dataplane.on_worker_lost(self, self.catalog, w)
 
     def _requeue_lost(self, t: TaskEntry, why: str) -> None:
         t.lost += 1
@@ -431,13 +447,15 @@ class Core:
         frames: list[bytes],
         cached: list[CacheName] = (),  # type: ignore[assignment]
         evicted: list[CacheName] = (),  # type: ignore[assignment]
+        transfers: list[TransferRecord] = (),  # type: ignore[assignment]
     ) -> None:
         w = self.workers.get(wid)
         if w is None:
             return
         w.last_seen = self.now
-        w.cached.update(cached)
-        w.cached.difference_update(evicted)
+        dataplane.on_cached(self, self.catalog, w, list(cached))
+        dataplane.on_evicted(self.catalog, w, list(evicted))
+        dataplane.on_transfers(self, self.catalog, w, list(transfers))
         for name in cached:
             self.transactions.append(f"CACHE {wid} insert file={name}")
         for name in evicted:
@@ -515,8 +533,16 @@ class Core:
         )
         ran = f" started={r.started:.6f} wall={r.wall_time:.6f} exit={q(r.exit_code)}"
         if r.outcome == Outcome.SUCCESS:
+            w_entry = self.workers.get(wid)
+            if w_entry is not None:
+                dataplane.on_outputs(self, self.catalog, w_entry, r.outputs)
             self._finish(t, S.DONE, r.outcome, result=result, frames=out_frames, detail=ran)
             return
+        if r.outcome == Outcome.INPUT_MISSING:
+            node = self.workers[wid].info.cache_group if wid in self.workers else None
+            for b in t.spec.inputs:
+                if b.cache_name is not None:
+                    self.catalog.done(wid, b.cache_name, node)
         t.failures += 1
         if t.failures <= t.spec.retries:
             self.totals["retried"] += 1
@@ -545,8 +571,15 @@ class Core:
         else:
             result = result.model_copy(update={"state": state})
         t.result, t.frames = result, frames or []
-        t.payload = None
+        makes_temps = any(b.kind == FileKind.TEMP for b in t.spec.outputs)
+        if not makes_temps:
+            t.payload = None  # a temp's producer keeps it: it may have to run again
         self._move(t, to, outcome.value, detail)
+        if to != S.DONE:
+            dataplane.producer_ended(self, t)
+        if t.rerun:
+            t.rerun = False
+            return  # a regenerated temp: the client had this result already
         self.totals[state] += 1
         self.batch.results[t.spec.id] = (result, t.frames)
         self._pending_results.setdefault(t.client, []).append((result, t.frames))
@@ -754,6 +787,7 @@ class Core:
         skipped: list[tuple[float, int, TaskId]] = []
         ready = self.ready
         sizes = [w.info.resources for w in workers]
+        peers = self._peers()
         biggest = Resources.model_construct(
             cores=max(r.cores for r in sizes),
             memory=max(r.memory for r in sizes),
@@ -782,11 +816,16 @@ class Core:
                 # an idle library may be holding the room this task needs
                 evicted = True
                 chosen = self._evict_idle_libraries(need, workers)
+            stages = None
+            if chosen is not None and t.spec.inputs:
+                stages = dataplane.stage_for(self, self.catalog, t, chosen, peers)
+                if stages is None:
+                    chosen = None  # an input is on its way to where it will come from: wait
             if chosen is None:
                 skipped.append(item)
                 budget -= 1
                 continue
-            self._dispatch_to(t, chosen)
+            self._dispatch_to(t, chosen, stages)
         for item in skipped:
             heapq.heappush(ready, item)
 
@@ -835,7 +874,15 @@ class Core:
                     best, load = w, mine
         return best
 
-    def _dispatch_to(self, t: TaskEntry, w: WorkerEntry) -> None:
+    def _peers(self) -> dict[WorkerId, tuple[str | None, str]]:
+        """Transfer address and node of every worker that can serve files."""
+        return {
+            wid: (w.info.transfer_address, w.info.cache_group or w.info.node)
+            for wid, w in self.workers.items()
+            if w.state in (WorkerState.CONNECTED, WorkerState.DRAINING)
+        }
+
+    def _dispatch_to(self, t: TaskEntry, w: WorkerEntry, stages: list[StageIn] | None = None) -> None:
         t.attempt += 1
         t.worker = w.id
         w.tasks[t.spec.id] = t.attempt
@@ -850,11 +897,9 @@ class Core:
         if t.payload is not None:
             sd.frames.append(t.payload)
             spec = spec.model_copy(update={"payload": len(sd.frames) - 1})
-        stage = []
-        for b in t.spec.inputs:
-            if b.cache_name is not None and b.cache_name not in w.cached:
-                stage.append(StageIn(cache_name=b.cache_name, sources=[FileSource(kind="manager")]))
-        sd.tasks.append(Assignment(spec=spec, attempt=t.attempt, stage=stage))
+        if stages is None and t.spec.inputs:
+            stages = dataplane.stage_for(self, self.catalog, t, w, self._peers()) or []
+        sd.tasks.append(Assignment(spec=spec, attempt=t.attempt, stage=stages or []))
 
     # ------------------------------------------------------------- recovery
 

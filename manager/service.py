@@ -416,7 +416,12 @@ class ManagerService:
             core.worker_seen(wid)
             if isinstance(msg, WorkerUpdate):
                 self.counters.attempts_ended(msg.results)
-                core.worker_update(wid, msg.started, msg.results, frames, msg.cached, msg.evicted)
+                core.worker_update(
+                    wid, msg.started, msg.results, frames, msg.cached, msg.evicted, msg.transfers
+                )
+                for rec in msg.transfers:
+                    if rec.ok and rec.source != "node":
+                        self.counters.transfer(rec.source, rec.bytes)
             elif isinstance(msg, FileRequest):
                 self._serve_files(ident, msg.cache_names, wid)
             elif isinstance(msg, LibraryStatus):
@@ -533,15 +538,10 @@ class ManagerService:
     def _serve_files(self, ident: bytes, names: list[CacheName], wid: WorkerId) -> None:
         for name in names:
             data = self.files.get(name)
-            if data is None:
+            if data is None:  # the worker reports the failed transfer and tries its next source
                 self._send(ident, FileData(cache_name=name, error=f"the manager has no file {name}"))
-                self.core.transactions.append(f"TRANSFER {name} failed source=manager dest={wid} bytes=0")
-            else:
+            else:  # the worker reports the arrival (TRANSFER line, counters)
                 self._send(ident, FileData(cache_name=name, frame=0), [data])
-                self.counters.transfer("manager", len(data))
-                self.core.transactions.append(
-                    f"TRANSFER {name} sent source=manager dest={wid} bytes={len(data)}"
-                )
 
     # ------------------------------------------------------------------ status
 

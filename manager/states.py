@@ -22,6 +22,8 @@ class TaskState(enum.StrEnum):
 
 
 FINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+# DONE is final for the client; the manager may still re-run a task to regenerate a lost temp
+# file that another task needs (its result is not delivered again).
 
 S = TaskState
 #: (from, to) -> the reason such a move happens.
@@ -45,6 +47,7 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (S.RUNNING, S.READY): "its worker was lost while running it",
     (S.RUNNING, S.CANCELLED): "cancelled by the client",
     (S.RETRYING, S.READY): "requeued for another attempt",
+    (S.DONE, S.READY): "a temp file it produced was lost and is needed again",
     (S.RETRYING, S.CANCELLED): "cancelled by the client",
 }
 

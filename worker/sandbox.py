@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubevine.protocol import Assignment, AttemptResult, Outcome, OutputFile, TaskKind
+from kubevine.protocol import Assignment, AttemptResult, FileKind, Outcome, OutputFile, TaskKind
 
 # Characters that make a command need a shell. A command without them is run directly
 # (the same argv the shell would build, one exec fewer: ~0.5 ms per task).
@@ -164,6 +164,9 @@ def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
         p = att.sandbox / b.remote_name
         if not p.exists():
             missing.append(b.remote_name)
+            continue
+        if b.kind == FileKind.TEMP:  # stays on this worker: the worker caches it
+            outputs.append(OutputFile(remote_name=b.remote_name, cache_name=b.cache_name))
             continue
         data = _pack_dir(p) if p.is_dir() else p.read_bytes()
         o = OutputFile(remote_name=b.remote_name, size=len(data))

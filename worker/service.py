@@ -65,7 +65,7 @@ from kubevine.protocol import (
 )
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
-from kubevine.worker.cache import Cache
+from kubevine.worker.cache import Cache, sha256_file
 from kubevine.worker.library import LibraryInstance
 from kubevine.worker.transfer import Fetcher, TransferServer
 
@@ -189,6 +189,7 @@ class WorkerService:
             pid=os.getpid(),
             pod=os.environ.get("KUBEVINE_POD_NAME") or None,
             transfer_address=self.server.address,
+            cache_group=f"{self.config.node}:{self.cache.root.resolve()}",
             resources=self.resources,
             cached=self.cache.names(),
             running=held,
@@ -559,6 +560,8 @@ class WorkerService:
             self.poller.unregister(fd)
             try:
                 res = sandbox.finish_command(att, self.config.stdout_cap)
+                if res.outcome == Outcome.SUCCESS and any(o.cache_name for o in res.outputs):
+                    res = self._keep_temps(att, res)
             except Exception as e:  # a bug of ours: report it, keep the worker alive
                 log.exception("worker %s: collecting task %s failed", self.worker_id, att.assignment.spec.id)
                 res = att.result(Outcome.SANDBOX_ERROR, error=repr(e))
@@ -572,6 +575,22 @@ class WorkerService:
                 if b.cache == CacheLevel.TASK and not self.cache.pins.get(b.cache_name):
                     self.cache.remove(b.cache_name)
                     self.evicted.append(b.cache_name)
+
+    def _keep_temps(self, att: sandbox.Attempt, res: AttemptResult) -> AttemptResult:
+        """Move temp outputs from the sandbox into the cache, where consumers fetch them."""
+        levels = {b.remote_name: b.cache for b in att.assignment.spec.outputs}
+        outs = []
+        for o in res.outputs:
+            if o.cache_name is None:
+                outs.append(o)
+                continue
+            src = att.sandbox / o.remote_name
+            checksum = None if src.is_dir() else sha256_file(src)
+            self.evicted += self.cache.evict_for(src.stat().st_size if src.is_file() else 0)
+            size = self.cache.put_path(o.cache_name, src, levels.get(o.remote_name, CacheLevel.WORKFLOW))
+            self.new_cached.append(o.cache_name)
+            outs.append(o.model_copy(update={"size": size, "checksum": checksum}))
+        return res.model_copy(update={"outputs": outs})
 
     def _ended(self, att: sandbox.Attempt, res: AttemptResult) -> None:
         a = att.assignment

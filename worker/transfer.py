@@ -31,6 +31,7 @@ from kubevine.worker.cache import Cache, content_checksum
 log = logging.getLogger(__name__)
 
 PEER_TIMEOUT = 30.0  # seconds a peer may take to answer before we try the next source
+NODE_WAIT = 300.0  # seconds to wait for a file another worker of the node is bringing
 
 
 class TransferServer:
@@ -117,6 +118,14 @@ class Fetcher:
         name = f.stage.cache_name
         if self.cache.has(name) and self.cache.sound(name, f.stage.checksum):
             self._done(f, TransferRecord(cache_name=name, source="node"))
+            return
+        if not f.stage.sources:  # the manager says this node has it or will: wait for it
+            if not f.sibling:
+                f.sibling = True
+                f.deadline = time.monotonic() + NODE_WAIT
+            elif time.monotonic() > f.deadline:
+                del self.fetches[name]
+                self.failed.append((name, f"no copy appeared on this node in {NODE_WAIT:.0f}s"))
             return
         if not self.cache.try_lock(name):
             f.sibling = True  # another worker of this node fetches it; wait for its copy

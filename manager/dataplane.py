@@ -1,0 +1,203 @@
+"""The scheduler's data-plane decisions: when a task's inputs exist, where they come from,
+and what to re-run when the only copy of an intermediate file is lost.
+
+Called by :class:`kubevine.manager.core.Core` at its hook points (submission, dispatch,
+worker reports, worker loss); pure, like the core: it reads and changes core state and
+appends instructions, nothing else.
+
+- A task whose input is a temp file (another task's output) waits until a copy exists.
+- Each input is staged from the cheapest source the :class:`~kubevine.manager.catalog.Catalog`
+  knows; a file already travelling to the task's node is awaited, not sent again.
+- When a worker is lost with the only copy of a temp file that a task still needs, the task
+  that produced it runs again (and, recursively, whatever produced *its* lost inputs) before
+  the consumers run; the consumers wait meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING
+
+from kubevine.ids import CacheName, WorkerId
+from kubevine.manager.catalog import Catalog, FileInfo
+from kubevine.manager.states import TaskState
+from kubevine.protocol import FileKind, Outcome, OutputFile, StageIn, TaskSpec, TransferRecord
+from kubevine.txformat import q
+
+if TYPE_CHECKING:
+    from kubevine.manager.core import Core, TaskEntry, WorkerEntry
+
+S = TaskState
+
+
+def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
+    """Register the task's files; None if it may become ready now, else why it waits or fails.
+
+    Returns "wait" when an input is a temp file with no copy yet, or an error message when an
+    input can never exist.
+    """
+    spec: TaskSpec = t.spec
+    for b in spec.outputs:
+        if b.kind == FileKind.TEMP and b.cache_name is not None:
+            catalog.info.setdefault(b.cache_name, FileInfo()).producer = spec.id
+            core.producers.setdefault(b.cache_name, spec.id)
+    wait = False
+    for b in spec.inputs:
+        name = b.cache_name
+        if name is None:
+            continue
+        if b.kind == FileKind.URL:
+            catalog.info.setdefault(name, FileInfo()).url = b.url
+        elif b.kind == FileKind.TEMP and not catalog.available(name):
+            producer = core.producers.get(name)
+            if producer is None:
+                return f"temp file for input {b.remote_name!r} has no task that produces it"
+            p = core.tasks.get(producer)
+            if p is not None and p.state in (S.FAILED, S.CANCELLED):
+                return f"input {b.remote_name!r} cannot be produced: its producer task {producer} {p.state}"
+            core.waiting_for.setdefault(name, set()).add(spec.id)
+            if p is not None and p.state == S.DONE:
+                regenerate(core, catalog, name, f"task {spec.id} needs it")
+            wait = True
+    return "wait" if wait else None
+
+
+def stage_for(
+    core: Core, catalog: Catalog, t: TaskEntry, w: WorkerEntry, peers: dict[WorkerId, tuple[str | None, str]]
+) -> list[StageIn] | None:
+    """How ``w`` gets each input of ``t``; None when an input must be awaited first."""
+    stages: list[StageIn] = []
+    planned: list[CacheName] = []
+    for b in t.spec.inputs:
+        name = b.cache_name
+        if name is None or name in w.cached:
+            continue
+        stage = catalog.plan(name, w.id, w.info.cache_group or w.info.node, peers, name in core.known_files, b.cache)
+        if stage is None:
+            for n in planned:  # undo the transfers planned for this task's other inputs
+                catalog.done(w.id, n, w.info.cache_group or w.info.node)
+            return None
+        if stage.sources:
+            planned.append(name)
+        stages.append(stage)
+    return stages
+
+
+def on_cached(core: Core, catalog: Catalog, w: WorkerEntry, names: list[CacheName]) -> None:
+    for name in names:
+        w.cached.add(name)
+        catalog.add(name, w.id, w.info.cache_group or w.info.node)
+        catalog.done(w.id, name, w.info.cache_group or w.info.node)
+        arrived(core, name)
+
+
+def on_evicted(catalog: Catalog, w: WorkerEntry, names: list[CacheName]) -> None:
+    for name in names:
+        w.cached.discard(name)
+        catalog.remove(name, w.id, w.info.cache_group or w.info.node)
+
+
+def on_transfers(core: Core, catalog: Catalog, w: WorkerEntry, records: list[TransferRecord]) -> None:
+    for r in records:
+        if r.source == "node":
+            continue
+        src = r.source_worker or r.source
+        if r.ok:
+            core.transactions.append(
+                f"TRANSFER {r.cache_name} sent source={r.source} peer={q(r.source_worker)} dest={w.id}"
+                f" bytes={r.bytes} seconds={r.seconds:.3f}"
+            )
+            core.moved[r.source] = core.moved.get(r.source, 0) + r.bytes
+        else:
+            catalog.failed_source(src)
+            core.transactions.append(
+                f"TRANSFER {r.cache_name} failed source={r.source} peer={q(r.source_worker)} dest={w.id}"
+                f" cause={q(r.error)}"
+            )
+
+
+def on_outputs(core: Core, catalog: Catalog, w: WorkerEntry, outputs: list[OutputFile]) -> None:
+    """A task's temp outputs are now cached on ``w``."""
+    for o in outputs:
+        if o.cache_name is None:
+            continue
+        info = catalog.info.setdefault(o.cache_name, FileInfo())
+        info.size, info.checksum = o.size, o.checksum
+        on_cached(core, catalog, w, [o.cache_name])
+
+
+def arrived(core: Core, name: CacheName) -> None:
+    """A copy of ``name`` exists: tasks that waited only for it become ready."""
+    waiting = core.waiting_for.pop(name, set())
+    for tid in waiting:
+        t = core.tasks.get(tid)
+        if t is None or t.state != S.WAITING:
+            continue
+        still = [
+            b.cache_name
+            for b in t.spec.inputs
+            if b.kind == FileKind.TEMP
+            and b.cache_name is not None
+            and not core.catalog.available(b.cache_name)
+        ]
+        if still:
+            for n in still:
+                core.waiting_for.setdefault(n, set()).add(tid)
+        else:
+            core._make_ready(t, f"input {name} exists")
+
+
+def producer_ended(core: Core, t: TaskEntry) -> None:
+    """The producer failed or was cancelled: what waits for its outputs can never run."""
+    for b in t.spec.outputs:
+        if b.kind != FileKind.TEMP or b.cache_name is None:
+            continue
+        for tid in core.waiting_for.pop(b.cache_name, set()):
+            c = core.tasks.get(tid)
+            if c is not None and c.state == S.WAITING:
+                core._finish(
+                    c,
+                    S.FAILED,
+                    Outcome.INPUT_MISSING,
+                    error=f"input {b.remote_name!r} cannot be produced: task {t.spec.id} {t.state}",
+                )
+
+
+def on_worker_lost(core: Core, catalog: Catalog, w: WorkerEntry) -> None:
+    """Files whose last copy went with the worker: re-make the temps still needed."""
+    for name in catalog.drop_worker(w.id, w.info.cache_group or w.info.node):
+        if name in core.producers and needed(core, name):
+            regenerate(core, catalog, name, f"its only copy was on worker {w.id}")
+
+
+def needed(core: Core, name: CacheName) -> bool:
+    if core.waiting_for.get(name):
+        return True
+    return any(
+        t.state not in (S.DONE, S.FAILED, S.CANCELLED) and any(b.cache_name == name for b in t.spec.inputs)
+        for t in core.tasks.values()
+    )
+
+
+def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
+    """Run the producer of ``name`` again; its consumers wait for the new copy."""
+    pid = core.producers.get(name)
+    p = core.tasks.get(pid) if pid is not None else None
+    if p is None:
+        return
+    for t in list(core.tasks.values()):  # consumers that were about to run wait instead
+        if t.state == S.READY and any(b.cache_name == name for b in t.spec.inputs):
+            core._move(t, S.WAITING, f"input {name} lost")
+            core.waiting_for.setdefault(name, set()).add(t.spec.id)
+    if p.state != S.DONE:
+        return  # already on its way again
+    core.transactions.append(f"TASK {p.spec.id} regenerate file={name} cause={q(why)}")
+    p.rerun = True
+    p.result = None
+    core._move(p, S.READY, f"regenerating {name}: {why}")
+    heapq.heappush(core.ready, (-p.spec.priority, p.seq, p.spec.id))
+    for b in p.spec.inputs:  # its own lost inputs come first
+        if b.kind == FileKind.TEMP and b.cache_name is not None and not catalog.available(b.cache_name):
+            core._move(p, S.WAITING, f"input {b.cache_name} lost too")
+            core.waiting_for.setdefault(b.cache_name, set()).add(p.spec.id)
+            regenerate(core, catalog, b.cache_name, f"task {p.spec.id} needs it")
