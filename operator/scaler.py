@@ -10,8 +10,13 @@ keeps no state between steps that matters for correctness:
   the pods that exist and creates none twice;
 * **the last scaling decision lives in the workflow's status** (`status.lastScaling`),
   which is what the stabilisation window is measured from;
-* the only memory is a cache of workflow tokens (read again from the Secret when absent)
-  and whether the manager was reachable (to log a change once, not every step).
+* the only memory is a cache of workflow tokens (read again from the Secret when absent),
+  whether the manager was reachable (to log a change once, not every step), and which
+  pods this process drained: a drained worker leaves the manager's stats a moment before
+  its pod's phase says it exited, and in that moment the pod would look like a new,
+  unconnected one (counted as capacity, reported as a second scale-down). Such a pod is
+  treated as on its way out until it exits or its grace period is over. Lost on restart,
+  this hint only costs one confusing step; it never decides which pod exists.
 
 The manager is asked directly (`kubevine.admin.Admin`, role admin) at the IP of its Ready
 pod: that address is right both inside a cluster and under the test kubelet, never
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import secrets
 import string
@@ -68,7 +74,7 @@ from kubevine.operator.status import (
     seconds_until_deletion,
     statefulset_ready,
 )
-from kubevine.operator.workerpod import build_worker_pod
+from kubevine.operator.workerpod import build_worker_pod, worker_grace_period
 from kubevine.protocol import StatusReply, StatusRequest
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,7 @@ class Context:
     policy: ScalingPolicy
     tokens: dict[str, str] = field(default_factory=dict)  # workflow uid -> token
     reachable: dict[str, bool] = field(default_factory=dict)  # workflow uid -> last outcome
+    retiring: dict[str, float] = field(default_factory=dict)  # drained pod uid -> until when
 
 
 @dataclass(frozen=True)
@@ -270,6 +277,32 @@ async def _create_worker(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec)
 # --- one step ------------------------------------------------------------------------------
 
 
+def _with_retiring(ctx: Context, seen: Observation, now: float) -> Observation:
+    """Pods this process drained and that have not exited yet count as leaving (see the
+    module docstring); forget pods that are gone or past their grace period."""
+    uids = set(seen.pod_uids.values())
+    for uid, until in list(ctx.retiring.items()):
+        if uid not in uids or until < now:
+            del ctx.retiring[uid]
+    if not ctx.retiring:
+        return seen
+    pods = [
+        p.model_copy(update={"deleting": True})
+        if seen.pod_uids.get(p.name) in ctx.retiring and not p.finished
+        else p
+        for p in seen.pods
+    ]
+    return dataclasses.replace(seen, pods=pods)
+
+
+def _remember_drained(ctx: Context, seen: Observation, decision: ScalingDecision, until: float) -> None:
+    pod_of = {w.id: w.pod for w in seen.stats.workers} if seen.stats is not None else {}
+    for worker_id in decision.drain:
+        uid = seen.pod_uids.get(pod_of.get(worker_id) or "")
+        if uid is not None:
+            ctx.retiring[uid] = until
+
+
 def _after(pods: list[WorkerPod], created: list[str], deleted: list[str], now: float) -> list[WorkerPod]:
     """The pods as they are once the step's changes land (for a status that is not a step
     behind)."""
@@ -306,6 +339,7 @@ async def step(
     ref = WorkflowRef.from_body(body)
     previous: Mapping[str, Any] = body.get("status") or {}
     seen = await observe(ctx, ref, spec)
+    seen = _with_retiring(ctx, seen, now)
     finished = seen.job in ("Succeeded", "Failed")
     decision = decide(
         pool_limits(spec, finished=finished),
@@ -316,6 +350,7 @@ async def step(
         ctx.policy,
     )
     created, deleted = await carry_out(ctx, ref, spec, seen, decision)
+    _remember_drained(ctx, seen, decision, until=now + worker_grace_period(spec))
     if created or deleted or decision.drain:
         log.info(
             "workflow %s/%s: %s (created %s, drained %s, deleted %s)",

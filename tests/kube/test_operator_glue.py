@@ -8,6 +8,7 @@ otherwise idle worker, option precedence.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 from typing import Any
@@ -182,3 +183,26 @@ def test_worker_pod_suffixes_are_valid_pod_name_parts() -> None:
     suffixes = {scaler.worker_suffix() for _ in range(200)}
     assert len(suffixes) > 190
     assert all(len(s) == 5 and set(s) <= set(string.ascii_lowercase + string.digits) for s in suffixes)
+
+
+def test_a_pod_this_operator_drained_counts_as_leaving_until_it_exits() -> None:
+    context = scaler.Context(settings=OperatorSettings(), kube=None, policy=None)  # type: ignore[arg-type]
+    context.retiring = {"uid-a": NOW + 60, "uid-old": NOW - 1, "uid-gone": NOW + 60}
+    seen = scaler.Observation(
+        pods=[
+            WorkerPod(name="a", phase="Running", created=NOW - 50),
+            WorkerPod(name="b", phase="Running", created=NOW - 50),
+            WorkerPod(name="old", phase="Running", created=NOW - 50),
+        ],
+        pod_uids={"a": "uid-a", "b": "uid-b", "old": "uid-old"},
+        manager=None,
+        manager_address=None,
+        state_store_ready=True,
+        job=None,
+        stats=None,
+    )
+    after = scaler._with_retiring(context, seen, NOW)
+    assert [(p.name, p.deleting) for p in after.pods] == [("a", True), ("b", False), ("old", False)]
+    assert context.retiring == {"uid-a": NOW + 60}  # past its grace period, or gone: forgotten
+    exited = dataclasses.replace(seen, pods=[WorkerPod(name="a", phase="Succeeded", created=NOW - 50)])
+    assert not scaler._with_retiring(context, exited, NOW).pods[0].deleting  # so it is deleted
