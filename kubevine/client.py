@@ -307,6 +307,18 @@ class Manager:
         wait_futures([c.future for c in calls], progress=progress, desc=name)
         return [c.output for c in calls]
 
+    def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
+        """Compute ``keys`` of the dask graph ``dsk`` on the workers (DaskVine's ``get``).
+
+        Use it as a dask scheduler: ``dask.compute(x, scheduler=m.get)``,
+        ``x.compute(scheduler=m.get)`` or ``dask.config.set(scheduler=m.get)``. Options
+        (``task_mode``, ``worker_transfers``, ``retries``, ``progress``, ...) are described in
+        docs/dask.md; the implementation is :mod:`kubevine.dask`.
+        """
+        from kubevine.dask import get
+
+        return get(self, dsk, keys, **options)
+
     # ------------------------------------------------------------------ results
 
     def wait(self, timeout: float | None = None) -> Task | None:
