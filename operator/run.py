@@ -142,6 +142,8 @@ def main(argv: list[str]) -> int:
     )
     logging.getLogger().setLevel(level)
     logging.getLogger("kopf.objects").addFilter(_QuietTimer())
+    if level > logging.DEBUG:  # one line per liveness probe says nothing
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)

@@ -47,7 +47,8 @@ def test_invalid_spec_sets_valid_false_and_a_warning_event_and_creates_nothing(
     kube_api: KubeAPI, tmp_path: pathlib.Path, binary: str
 ) -> None:
     apply_crds(kube_api, binary=binary)
-    with running_operator(kube_api, tmp_path / "operator.log") as operator:
+    log = tmp_path / "operator.log"
+    with running_operator(kube_api, log, settings={"KUBEVINE_LOG_FORMAT": "json"}) as operator:
         unknown = pool_spec()
         unknown["workers"]["colour"] = "blue"
         refused = kubectl(
@@ -93,3 +94,6 @@ def test_invalid_spec_sets_valid_false_and_a_warning_event_and_creates_nothing(
             for obj in kubectl_json(kube_api, "get", CHILDREN, "-l", "kubevine.io/workflow=bad")["items"]
         }
         assert {"bad-token", "bad-manager", "bad-redis"} <= names
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # KUBEVINE_LOG_FORMAT=json: every line is JSON
+    assert any("InvalidSpec" in r.get("message", "") or "invalid" in r.get("message", "") for r in records)

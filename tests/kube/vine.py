@@ -66,8 +66,8 @@ class OperatorProcess:
         self.log_path = log_path
         self.args = list(args) or ["--namespace", "default", "--standalone"]
         self.health = f"http://127.0.0.1:{free_port()}/healthz"
-        self.env = {**api.env, **FAST_SETTINGS, **(settings or {})}
-        self.env.pop("KUBEVINE_LOG_FORMAT", None)
+        self.env = {k: v for k, v in api.env.items() if k != "KUBEVINE_LOG_FORMAT"}
+        self.env.update({**FAST_SETTINGS, **(settings or {})})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
