@@ -82,12 +82,16 @@ def test_metrics_describe_states_workers_wall_times_and_transfers(
         assert ("kubevine_tasks", (("state", state),)) in s  # every state is there, 0 or not
     assert s[("kubevine_task_wall_seconds_bucket", (("le", "+Inf"),))] == 20
     assert 0 < s[("kubevine_task_wall_seconds_sum", ())] < 20
-    # the input went from the manager to each of the two workers; the rest were cache hits
-    assert s[("kubevine_transfers_total", (("source", "manager"),))] == 2
-    assert s[("kubevine_transfer_bytes_total", (("source", "manager"),))] == 2 * 4096
-    assert s[("kubevine_transfer_bytes_total", (("source", "peer"),))] == 0
-    assert s[("kubevine_cache_misses_total", ())] == 2
-    assert s[("kubevine_cache_hits_total", ())] == 18
+    # the input reached each of the two workers once (from the manager, or the second time
+    # from the worker that had it)
+    sources = ("manager", "peer", "url")
+    assert sum(s[("kubevine_transfers_total", (("source", k),))] for k in sources) == 2
+    assert sum(s[("kubevine_transfer_bytes_total", (("source", k),))] for k in sources) == 2 * 4096
+    assert s[("kubevine_transfers_total", (("source", "manager"),))] >= 1
+    # each task's input was a hit or a miss at dispatch; a miss also when its transfer to that
+    # worker was still under way for an earlier task
+    hits, misses = s[("kubevine_cache_hits_total", ())], s[("kubevine_cache_misses_total", ())]
+    assert hits + misses == 20 and misses >= 2 and hits > 0
 
 
 def test_healthz_answers_ok_and_other_paths_are_not_found(

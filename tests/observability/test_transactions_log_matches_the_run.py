@@ -61,9 +61,12 @@ def test_workers_transfers_and_cache_inserts_are_logged(finished_run: RunResult)
     assert all(e.num("cores") == 2 for e in connected)
     workers = {e.subject for e in connected}
     sent = [e for e in events if e.kind == "TRANSFER" and e.event == "sent"]
-    # the one input went from the manager to each worker once, whole
+    # the one input reached each worker once, whole: first from the manager, then from
+    # the manager or from a worker that had it already
     assert sorted(e.get("dest") for e in sent) == sorted(workers)
-    assert all(e.get("source") == "manager" and e.num("bytes") == len(INPUT) for e in sent)
+    assert all(e.num("bytes") == len(INPUT) for e in sent)
+    assert sent[0].get("source") == "manager"
+    assert all(e.get("source") == "manager" or e.get("peer") in workers - {e.get("dest")} for e in sent)
     inserts = [e for e in events if e.kind == "CACHE" and e.event == "insert"]
     assert {e.subject for e in inserts} == workers
     assert {e.get("file") for e in inserts} == {sent[0].subject}
@@ -91,4 +94,6 @@ def test_the_report_model_rebuilds_every_task_and_attempt(finished_run: RunResul
         assert last.worker == t.worker and last.outcome == t.result
         assert last.start is not None and last.end is not None and last.start <= last.end
     assert run.counts()["done"] == finished_run.successful
-    assert run.bytes_by_source() == {"peer": 0, "manager": len(INPUT) * finished_run.workers, "url": 0}
+    moved = run.bytes_by_source()
+    assert sum(moved.values()) == len(INPUT) * finished_run.workers
+    assert moved["manager"] >= len(INPUT) and moved["url"] == 0
