@@ -1,9 +1,10 @@
 """Application mode, end to end: the workflow runs a Job against its own manager, and the
 Job's outcome is the workflow's.
 
-Two workflows run side by side under one operator: one whose script submits tasks that
-all succeed (it ends Succeeded, its workers scale to zero, and it is deleted
-ttlSecondsAfterFinished later), and one whose script fails (it ends Failed and stays).
+Workflows run side by side under one operator: one whose script submits tasks that all
+succeed (it ends Succeeded, its workers scale to zero, and it is deleted
+ttlSecondsAfterFinished later), one whose script fails (it ends Failed and stays), and
+`examples/kubernetes/workflow-app.yaml` exactly as shipped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .emulator import KubeAPI
 from .helpers import kubectl, kubectl_json, wait_for
 from .kubelet import Kubelet
 from .vine import (
+    REPO,
     apply,
     apply_crds,
     conditions,
@@ -64,6 +66,7 @@ def test_application_job_outcome_decides_succeeded_or_failed_then_ttl_deletes(
     with running_operator(kube_api, tmp_path / "operator.log") as operator:
         apply(kube_api, workflow("app-ok", app_spec(SUCCEEDING, ttlSecondsAfterFinished=4)))
         apply(kube_api, workflow("app-bad", app_spec(FAILING)))
+        kubectl(kube_api, "apply", "-f", str(REPO / "examples/kubernetes/workflow-app.yaml"))  # never rots
 
         def phase(name: str) -> str | None:
             result = kubectl(kube_api, "get", "vw", name, "-o", "jsonpath={.status.phase}", check=False)
@@ -94,6 +97,9 @@ def test_application_job_outcome_decides_succeeded_or_failed_then_ttl_deletes(
             lambda: worker_pods(kube_api, "app-bad") == [], timeout=20, what="app-bad's workers to leave"
         )
         assert phase("app-bad") == "Failed"  # no TTL: kept
+
+        wait_for(lambda: phase("met-histogram") == "Succeeded", timeout=60, interval=0.3, what="the example")
+        assert "all 100 tasks succeeded" in kubectl(kube_api, "logs", "job/met-histogram-app").stdout
 
         # ttlSecondsAfterFinished=4: the whole workflow goes, children by owner references
         wait_for(lambda: phase("app-ok") is None, timeout=20, interval=0.2, what="app-ok to be deleted")
