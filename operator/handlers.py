@@ -148,6 +148,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         *resource,
         id="autoscale",
         interval=settings.scale_interval_seconds,
+        backoff=settings.scale_interval_seconds,  # an unexpected error delays one step, not kopf's 60 s
         registry=registry,
     )
     async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
