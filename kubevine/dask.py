@@ -398,7 +398,7 @@ class _ManagerState:
     """What outlives one ``get`` on a manager: installed libraries, who holds which graph."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    libraries: set[str] = field(default_factory=set)
+    libraries: dict[str, str] = field(default_factory=dict)  # settings -> library name
     last: RunStats | None = None
 
 
@@ -464,14 +464,23 @@ class _Run:
             self.library = self._library(modules)
 
     def _library(self, modules: list[str]) -> str:
-        hoist = sorted({"dask", *modules, *self.opts.lib_modules})
+        """The dask library for these options: made and installed by the first graph that needs it.
+
+        Later graphs reuse it whatever modules they need (a module not hoisted is imported by
+        the first call that needs it, once per process), so switching between graphs never
+        restarts a warm library. Its name is derived from what it is, so a new client (a
+        re-run notebook) finds the library of the previous one warm on the workers.
+        """
         res = dict(self.opts.lib_resources)
-        what = repr((hoist, sorted(res.items()), self.opts.file_cache)).encode()
-        name = f"kubevine-dask-{hashlib.sha256(what).hexdigest()[:12]}"
+        settings = (sorted(res.items()), self.opts.file_cache, sorted(self.opts.lib_modules))
         with self.st.lock:
-            if name in self.st.libraries:
+            name = self.st.libraries.get(repr(settings))
+            if name is not None:
                 return name
-            self.st.libraries.add(name)
+            hoist = sorted({"dask", *modules, *self.opts.lib_modules})
+            what = repr((hoist, settings)).encode()
+            name = f"kubevine-dask-{hashlib.sha256(what).hexdigest()[:12]}"
+            self.st.libraries[repr(settings)] = name
         lib = Library(
             name,
             [dask_exec.kubevine_dask_batch],
@@ -538,21 +547,32 @@ class _Run:
         if size is not None:
             cap = size
         elif self.est is None:
-            cap = 1  # probe: learn how long a node takes before batching
+            # calls: probe with single nodes to learn how long a node takes before batching;
+            # tasks: a fresh interpreter per task costs more than any probe could save
+            cap = 1 if self._probing() else MAX_BATCH
         else:
             cap = max(1, min(MAX_BATCH, int(TARGET_CALL_SECONDS[self.opts.task_mode] / self.est)))
-        width = max(1, min(cap, math.ceil(self.planner.n_ready / (4 * self.parallel))))
-        limit = max(2, 2 * width)
+        if self.opts.task_mode == "tasks":
+            # a task pays for a fresh interpreter: one batch per slot, and each batch takes
+            # everything that becomes computable inside it
+            width = max(1, min(cap, math.ceil(self.planner.n_ready / self.parallel)))
+            limit = MAX_BATCH
+        else:
+            width = max(1, min(cap, math.ceil(self.planner.n_ready / (4 * self.parallel))))
+            limit = max(2, 2 * width)
         return width, limit if size is None else min(limit, size)
+
+    def _probing(self) -> bool:
+        return self.est is None and self.opts.batch_size is None and self.opts.task_mode == "function-calls"
 
     def _max_inflight(self) -> float:
         if self.opts.max_pending is not None:
             return self.opts.max_pending
-        return 2 * self.parallel if self.est is None and self.opts.batch_size is None else math.inf
+        return 2 * self.parallel if self._probing() else math.inf
 
     def _submit_ready(self) -> None:
+        width, limit = self._sizes()  # from what is ready now: equal batches, spread over the slots
         while len(self.inflight) < self._max_inflight():
-            width, limit = self._sizes()
             batch = self.planner.take(width, limit)
             if batch is None:
                 return
