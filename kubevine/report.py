@@ -16,11 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubevine.txformat import Event, parse_lines
+from kubevine.txformat import SOURCES, TASK_STATES, Event, parse_lines
 
-TASK_STATES = ("waiting", "ready", "dispatched", "running", "retrying", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
-SOURCES = ("peer", "manager", "url")
 NO_GROUP = "(no category)"
 
 

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubevine.report import SOURCES, TASK_STATES, Run, bytes_series, groups, layout, state_series, summary
+from kubevine.report import Run, bytes_series, groups, layout, state_series, summary
 from kubevine.report_png import PALETTE, SOURCE_COLOURS, STATE_STYLE
+from kubevine.txformat import SOURCES, TASK_STATES
 
 #: the columns of each entry of ``bars`` in the embedded data
 BAR_FIELDS = ("task", "attempt", "worker", "lane", "start", "end", "group", "outcome")

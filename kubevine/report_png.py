@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubevine.report import NO_GROUP, SOURCES, Run, bytes_series, groups, layout, state_series, summary
+from kubevine.report import NO_GROUP, Run, bytes_series, groups, layout, state_series, summary
+from kubevine.txformat import SOURCES
 
 DPI = 100
 #: the state panel's colours, and the order the areas stack in (finished at the bottom)

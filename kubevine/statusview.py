@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import TextIO
 
 from kubevine.stats import ManagerStatus
+from kubevine.txformat import TASK_STATES as STATES
 
 log = logging.getLogger(__name__)
-
-STATES = ("waiting", "ready", "dispatched", "running", "retrying", "done", "failed", "cancelled")
 
 
 def human_bytes(n: float) -> str:

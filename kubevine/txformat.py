@@ -25,6 +25,10 @@ from typing import Any
 from kubevine.resources import Resources
 
 KINDS = ("MANAGER", "WORKER", "TASK", "TRANSFER", "CACHE", "LIBRARY")
+#: the events of TASK lines that are states (the manager's task lifecycle, in order)
+TASK_STATES = ("waiting", "ready", "dispatched", "running", "retrying", "done", "failed", "cancelled")
+#: where a file can come from (TRANSFER ``source=``), cheapest first
+SOURCES = ("peer", "manager", "url")
 
 #: fields whose values are names, kept as strings in JSON even when they look like numbers
 NAMES = frozenset(

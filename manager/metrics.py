@@ -38,13 +38,9 @@ from prometheus_client.registry import Collector
 
 from kubevine.protocol import Assignment, AttemptResult
 from kubevine.stats import WALL_BUCKETS, Histogram, ManagerStatus, Perf
+from kubevine.txformat import SOURCES, TASK_STATES
 
 log = logging.getLogger(__name__)
-
-#: where a file can come from (TaskVine's order of preference: a peer, the manager, the URL)
-SOURCES = ("peer", "manager", "url")
-#: every task state, so a state with no tasks still shows as 0
-TASK_STATES = ("waiting", "ready", "dispatched", "running", "retrying", "done", "failed", "cancelled")
 
 
 class Counters:

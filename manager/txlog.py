@@ -15,7 +15,6 @@ second; the echo to stdout costs a parse per line and is off unless asked for.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,10 +44,6 @@ class TxLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._f = path.open("a", buffering=1 << 16, encoding="utf-8")
-
-    @classmethod
-    def to_stdout(cls, path: Path | None, manager_id: str, *, json_lines: bool) -> TxLog:
-        return cls(path, manager_id, echo=sys.stdout, echo_json=json_lines)
 
     def write(self, lines: Iterable[str]) -> None:
         lines = list(lines) if not isinstance(lines, list) else lines

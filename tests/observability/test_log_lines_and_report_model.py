@@ -203,3 +203,9 @@ def test_a_run_with_nothing_to_draw_still_gives_a_picture_and_a_page(
     run = report.load(log)
     for name in ("run.png", "run.html"):
         assert report.render(run, tmp_path / name).stat().st_size > 1000
+
+
+def test_the_log_knows_every_task_state_of_the_lifecycle() -> None:
+    from kubevine.manager.states import TaskState
+
+    assert tuple(s.value for s in TaskState) == txformat.TASK_STATES
