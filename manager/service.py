@@ -41,7 +41,7 @@ from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.persist import Persister
 from kubevine.manager.states import TaskState, WorkerState
 from kubevine.manager.store import MemoryStore, StateStore, StoreError
-from kubevine.manager.txlog import TxLog, perf_line
+from kubevine.manager.txlog import TxLog
 from kubevine.protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -289,7 +289,7 @@ class ManagerService:
                 self.counters.sample(now)
                 st = self.status()
                 self.store.publish_stats(st.model_dump_json())
-                self.txlog.write([perf_line(st)])
+                self.txlog.perf(st)
                 if self.metrics is not None:
                     self.metrics.update(st)
                 next_stats = now + cfg.stats_interval

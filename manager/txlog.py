@@ -41,6 +41,7 @@ class TxLog:
         self.lines_written = 0
         self._f: TextIO | None = None
         self._flushed = 0.0
+        self._last_perf = ""
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._f = path.open("a", buffering=1 << 16, encoding="utf-8")
@@ -66,6 +67,14 @@ class TxLog:
                 self.echo.flush()
         if flush:
             self._flushed = now
+
+    def perf(self, st: ManagerStatus) -> None:
+        """Log a performance snapshot, unless nothing changed since the last one (an idle
+        manager would otherwise write the same line every few seconds for days)."""
+        line = perf_line(st)
+        if line != self._last_perf:
+            self._last_perf = line
+            self.write([line])
 
     def flush(self) -> None:
         if self._f is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubevine import statusview
+from kubevine import statusview, txformat
 from kubevine.ids import CacheName, TaskId
 from kubevine.manager.metrics import Counters, StatusCollector
+from kubevine.manager.txlog import TxLog
 from kubevine.protocol import Assignment, AttemptResult, FileBinding, FileKind, Outcome, StageIn, TaskSpec
 from kubevine.resources import Resources
 from kubevine.stats import Failure, LibraryView, ManagerStatus, WorkerStatus
@@ -146,3 +149,16 @@ def test_libraries_show_their_instances_and_calls() -> None:
     assert got == {("hep", "installing"): 1, ("hep", "ready"): 2}
     calls = {s.labels["state"]: s.value for s in families["kubevine_library_calls"].samples}
     assert calls == {"active": 5, "waiting": 7}
+
+
+def test_an_idle_manager_does_not_repeat_its_performance_line(tmp_path: Path) -> None:
+    log = TxLog(tmp_path / "tx.log", "m1")
+    st = _status(_counted())
+    log.perf(st)
+    log.perf(st)  # nothing changed
+    busier = st.model_copy(update={"tasks": {**st.tasks, "done": 11}})
+    log.perf(busier)
+    log.close()
+    perf = [e for e in txformat.read(tmp_path / "tx.log") if e.event == "perf"]
+    assert [e.num("done") for e in perf] == [10, 11]
+    assert perf[0].num("cores_in_use") == 3 and perf[0].num("bytes_peer") == 250
