@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kubevine import report, txformat
+from kubevine import report, report_html, txformat
 from kubevine.ids import ClientId, TaskId, WorkerId
 from kubevine.manager.core import Core
 from kubevine.manager.txlog import TxLog
@@ -209,3 +209,29 @@ def test_the_log_knows_every_task_state_of_the_lifecycle() -> None:
     from kubevine.manager.states import TaskState
 
     assert tuple(s.value for s in TaskState) == txformat.TASK_STATES
+
+
+def test_a_manager_restart_shows_in_the_run_and_its_page(tmp_path: Path) -> None:
+    lines = [
+        "1000000 m1 MANAGER m1 started workflow=wf port=1",
+        "1000000 m1 WORKER w connected cores=1",
+        "1000000 m1 TASK 1 waiting cores=1",
+        "1000000 m1 TASK 1 ready attempt=0 worker=- cause=submitted",
+        "1100000 m1 TASK 1 dispatched attempt=1 worker=w cause=placed",
+        "1200000 m1 TASK 1 running attempt=1 worker=w cause=started",
+        "3000000 m2 MANAGER m2 started workflow=wf port=1",
+        "3000000 m2 MANAGER m2 restored tasks=1 workers=1",
+        "3500000 m2 WORKER w connected cores=1 running=1",
+        "4000000 m2 TASK 1 done attempt=1 worker=w cause=success started=1.2 wall=2.8",
+    ]
+    run = report.build(txformat.parse_lines(lines))
+    assert [m for _, m in run.managers] == ["m1", "m2"]
+    assert [(s.connected, s.disconnected, s.cause) for s in run.spans] == [
+        (1.0, 3.0, "manager restarted"),
+        (3.5, None, None),
+    ]
+    t = run.tasks[1]
+    assert t.state == "done" and len(t.attempts) == 1  # it ran through the restart
+    assert t.attempts[0].start == 1.2 and t.attempts[0].end == 4.0
+    page = report_html.render(run, tmp_path / "run.html")
+    assert page["restarts"] == [2.0]
