@@ -18,6 +18,10 @@ keeps no state between steps that matters for correctness:
   treated as on its way out until it exits or its grace period is over. Lost on restart,
   this hint only costs one confusing step; it never decides which pod exists.
 
+Until the manager Deployment exists (the create handler makes it, possibly a moment after
+the first step), a step only reports status: a worker started before the manager's
+Service exists would have nothing to resolve and join.
+
 The manager is asked directly (`kubevine.admin.Admin`, role admin) at the IP of its Ready
 pod: that address is right both inside a cluster and under the test kubelet, never
 reaches a manager that is still starting or already terminating, and needs no DNS.
@@ -111,7 +115,7 @@ class StepResult:
 
     status_patch: dict[str, Any]
     events: list[Note]
-    decision: ScalingDecision
+    decision: ScalingDecision | None  # None until the manager Deployment exists
     delete_workflow: bool = False
 
 
@@ -311,9 +315,11 @@ def _after(pods: list[WorkerPod], created: list[str], deleted: list[str], now: f
     return after + [WorkerPod(name=name, phase="Pending", created=now) for name in created]
 
 
-def _events(previous: Mapping[str, Any], status: Mapping[str, Any], decision: ScalingDecision) -> list[Note]:
+def _events(
+    previous: Mapping[str, Any], status: Mapping[str, Any], decision: ScalingDecision | None
+) -> list[Note]:
     notes = []
-    if decision.scaled:
+    if decision is not None and decision.scaled:
         notes.append(Note("Normal", decision.event_reason, decision.reason))
     before = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
     after = {c["type"]: c for c in status.get("conditions") or []}
@@ -341,17 +347,21 @@ async def step(
     seen = await observe(ctx, ref, spec)
     seen = _with_retiring(ctx, seen, now)
     finished = seen.job in ("Succeeded", "Failed")
-    decision = decide(
-        pool_limits(spec, finished=finished),
-        seen.stats,
-        seen.pods,
-        now,
-        last_scaling(previous),
-        ctx.policy,
-    )
-    created, deleted = await carry_out(ctx, ref, spec, seen, decision)
-    _remember_drained(ctx, seen, decision, until=now + worker_grace_period(spec))
-    if created or deleted or decision.drain:
+    decision: ScalingDecision | None = None
+    created: list[str] = []
+    deleted: list[str] = []
+    if seen.manager is not None:  # else the create handler has not made it yet: nothing to join
+        decision = decide(
+            pool_limits(spec, finished=finished),
+            seen.stats,
+            seen.pods,
+            now,
+            last_scaling(previous),
+            ctx.policy,
+        )
+        created, deleted = await carry_out(ctx, ref, spec, seen, decision)
+        _remember_drained(ctx, seen, decision, until=now + worker_grace_period(spec))
+    if decision is not None and (created or deleted or decision.drain):
         log.info(
             "workflow %s/%s: %s (created %s, drained %s, deleted %s)",
             ref.namespace,

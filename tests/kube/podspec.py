@@ -347,6 +347,14 @@ _URL_RE = re.compile(
 _HOSTPORT_RE = re.compile(r"^(?P<host>[^:/\s]+)(?::(?P<port>\d+))?$")
 
 
+#: `name.namespace.svc` and `name.namespace.svc.cluster.local`: in a cluster such a name does
+#: not resolve until its Service exists, and a process that retries gets there; here the
+#: rewriting happens once, at start, so the container waits for the Service instead.
+_SVC_NAME_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?\.svc(\.cluster\.local)?$"
+)
+
+
 class UnresolvedService(Exception):
     """A value names a Service that has no Ready pod yet."""
 
@@ -386,4 +394,6 @@ def rewrite_service(
             if "scheme" in m.groupdict():
                 return f"{m.group('scheme')}{m.group('user') or ''}{hostport}{m.group('rest') or ''}"
             return hostport
+    if _SVC_NAME_RE.match(host):  # unmistakably a Service's DNS name: it may not exist *yet*
+        raise UnresolvedService(f"no service named by {host} yet")
     return value

@@ -139,3 +139,12 @@ def test_label_selector_grammar() -> None:
     reqs = parse_label_selector("app=w,tier in (a, b),!legacy,env!=prod")
     assert labels_match(reqs, {"metadata": {"labels": {"app": "w", "tier": "b"}}})
     assert not labels_match(reqs, {"metadata": {"labels": {"app": "w", "tier": "b", "legacy": "1"}}})
+
+
+def test_a_service_dns_name_waits_for_its_service_to_exist() -> None:
+    with pytest.raises(podspec.UnresolvedService):
+        podspec.rewrite_service("wf-manager.default.svc:9123", [], "default")
+    with pytest.raises(podspec.UnresolvedService):
+        podspec.rewrite_service("redis://db.data.svc.cluster.local:6379/0", [], "default")
+    assert podspec.rewrite_service("example.com:443", [], "default") == "example.com:443"
+    assert podspec.rewrite_service("wf-manager.default:9123", [], "default") == "wf-manager.default:9123"
