@@ -93,13 +93,14 @@ async def ensure_children(
 
 async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
     """One autoscaler step; skipped for workflows being deleted or with an invalid spec."""
+    ctx = _context(memo)
     if body["metadata"].get("deletionTimestamp"):
+        ctx.forget(str(body["metadata"]["uid"]))
         return
     try:
         spec = validated_spec(body)
     except SpecError:
         return  # the create/update handler reported it; nothing runs for it
-    ctx = _context(memo)
     try:
         result = await scaler.step(ctx, body, spec, time.time())
     except KubeError as e:

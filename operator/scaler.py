@@ -97,7 +97,13 @@ class Context:
     policy: ScalingPolicy
     tokens: dict[str, str] = field(default_factory=dict)  # workflow uid -> token
     reachable: dict[str, bool] = field(default_factory=dict)  # workflow uid -> last outcome
-    retiring: dict[str, float] = field(default_factory=dict)  # drained pod uid -> until when
+    retiring: dict[str, dict[str, float]] = field(default_factory=dict)  # workflow uid -> pod uid -> until
+
+    def forget(self, workflow_uid: str) -> None:
+        """Drop what was remembered about a workflow (it is being deleted)."""
+        self.tokens.pop(workflow_uid, None)
+        self.reachable.pop(workflow_uid, None)
+        self.retiring.pop(workflow_uid, None)
 
 
 @dataclass(frozen=True)
@@ -281,30 +287,33 @@ async def _create_worker(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec)
 # --- one step ------------------------------------------------------------------------------
 
 
-def _with_retiring(ctx: Context, seen: Observation, now: float) -> Observation:
+def _with_retiring(ctx: Context, ref: WorkflowRef, seen: Observation, now: float) -> Observation:
     """Pods this process drained and that have not exited yet count as leaving (see the
     module docstring); forget pods that are gone or past their grace period."""
+    retiring = ctx.retiring.get(ref.uid, {})
     uids = set(seen.pod_uids.values())
-    for uid, until in list(ctx.retiring.items()):
+    for uid, until in list(retiring.items()):
         if uid not in uids or until < now:
-            del ctx.retiring[uid]
-    if not ctx.retiring:
+            del retiring[uid]
+    if not retiring:
         return seen
     pods = [
         p.model_copy(update={"deleting": True})
-        if seen.pod_uids.get(p.name) in ctx.retiring and not p.finished
+        if seen.pod_uids.get(p.name) in retiring and not p.finished
         else p
         for p in seen.pods
     ]
     return dataclasses.replace(seen, pods=pods)
 
 
-def _remember_drained(ctx: Context, seen: Observation, decision: ScalingDecision, until: float) -> None:
+def _remember_drained(
+    ctx: Context, ref: WorkflowRef, seen: Observation, decision: ScalingDecision, until: float
+) -> None:
     pod_of = {w.id: w.pod for w in seen.stats.workers} if seen.stats is not None else {}
     for worker_id in decision.drain:
         uid = seen.pod_uids.get(pod_of.get(worker_id) or "")
         if uid is not None:
-            ctx.retiring[uid] = until
+            ctx.retiring.setdefault(ref.uid, {})[uid] = until
 
 
 def _after(pods: list[WorkerPod], created: list[str], deleted: list[str], now: float) -> list[WorkerPod]:
@@ -345,7 +354,7 @@ async def step(
     ref = WorkflowRef.from_body(body)
     previous: Mapping[str, Any] = body.get("status") or {}
     seen = await observe(ctx, ref, spec)
-    seen = _with_retiring(ctx, seen, now)
+    seen = _with_retiring(ctx, ref, seen, now)
     finished = seen.job in ("Succeeded", "Failed")
     decision: ScalingDecision | None = None
     created: list[str] = []
@@ -360,7 +369,7 @@ async def step(
             ctx.policy,
         )
         created, deleted = await carry_out(ctx, ref, spec, seen, decision)
-        _remember_drained(ctx, seen, decision, until=now + worker_grace_period(spec))
+        _remember_drained(ctx, ref, seen, decision, until=now + worker_grace_period(spec))
     if decision is not None and (created or deleted or decision.drain):
         log.info(
             "workflow %s/%s: %s (created %s, drained %s, deleted %s)",

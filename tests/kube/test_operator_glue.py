@@ -18,6 +18,7 @@ import pytest
 from kubevine.operator import children, run, scaler
 from kubevine.operator.adapter import known_fields, manager_stats, parse_status
 from kubevine.operator.autoscale import ScalingDecision, WorkerPod
+from kubevine.operator.naming import WorkflowRef
 from kubevine.operator.settings import OperatorSettings
 from kubevine.stats import ManagerStatus
 
@@ -187,7 +188,11 @@ def test_worker_pod_suffixes_are_valid_pod_name_parts() -> None:
 
 def test_a_pod_this_operator_drained_counts_as_leaving_until_it_exits() -> None:
     context = scaler.Context(settings=OperatorSettings(), kube=None, policy=None)  # type: ignore[arg-type]
-    context.retiring = {"uid-a": NOW + 60, "uid-old": NOW - 1, "uid-gone": NOW + 60}
+    context.retiring = {
+        "wf": {"uid-a": NOW + 60, "uid-old": NOW - 1, "uid-gone": NOW + 60},
+        "other": {"x": NOW},
+    }
+    ref = WorkflowRef(name="wf", namespace="default", uid="wf")
     seen = scaler.Observation(
         pods=[
             WorkerPod(name="a", phase="Running", created=NOW - 50),
@@ -201,8 +206,9 @@ def test_a_pod_this_operator_drained_counts_as_leaving_until_it_exits() -> None:
         job=None,
         stats=None,
     )
-    after = scaler._with_retiring(context, seen, NOW)
+    after = scaler._with_retiring(context, ref, seen, NOW)
     assert [(p.name, p.deleting) for p in after.pods] == [("a", True), ("b", False), ("old", False)]
-    assert context.retiring == {"uid-a": NOW + 60}  # past its grace period, or gone: forgotten
+    assert context.retiring["wf"] == {"uid-a": NOW + 60}  # past its grace period, or gone: forgotten
+    assert context.retiring["other"] == {"x": NOW}  # another workflow's pods are its own business
     exited = dataclasses.replace(seen, pods=[WorkerPod(name="a", phase="Succeeded", created=NOW - 50)])
-    assert not scaler._with_retiring(context, exited, NOW).pods[0].deleting  # so it is deleted
+    assert not scaler._with_retiring(context, ref, exited, NOW).pods[0].deleting  # so it is deleted
