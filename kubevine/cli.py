@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis", default=os.environ.get("KUBEVINE_REDIS_URL"), help="Redis URL for durable state"
     )
     m.add_argument("--workdir", default=None, help="directory for files, logs and the address file")
-    m.add_argument("--heartbeat-interval", type=float, default=2.0)
+    m.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=None,
+        help="seconds (default: 2, or a quarter of the timeout)",
+    )
     m.add_argument(
         "--heartbeat-timeout", type=float, default=30.0, help="seconds before a silent worker is lost"
     )
@@ -185,7 +190,7 @@ def _manager(args: argparse.Namespace) -> int:
         workdir=workdir,
         redis_url=args.redis,
         redis_password=os.environ.get("KUBEVINE_REDIS_PASSWORD") or None,
-        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_interval=args.heartbeat_interval or min(2.0, args.heartbeat_timeout / 4),
         heartbeat_timeout=args.heartbeat_timeout,
         recover_grace=args.recover_grace,
         metrics_port=args.metrics_port,

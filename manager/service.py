@@ -413,6 +413,14 @@ class ManagerService:
         core = self.core
         if peer.role == "worker":
             wid = WorkerId(peer.id)
+            if wid not in core.workers:
+                # declared lost while it was silent (paused, partitioned): its tasks went
+                # elsewhere; it must say hello again and report what it holds
+                self._forget(ident)
+                self._send(
+                    ident, ErrorMsg(code="not_registered", message="you were declared lost; say hello")
+                )
+                return
             core.worker_seen(wid)
             if isinstance(msg, WorkerUpdate):
                 self.counters.attempts_ended(msg.results)
