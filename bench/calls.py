@@ -104,7 +104,8 @@ def dask_python_tasks(n: int) -> float:
     from distributed import Client, LocalCluster
 
     def fresh(i: int) -> int:
-        out = subprocess.run([sys.executable, "-c", f"print({i} + 1)"], capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-c", f"print({i} + 1)"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         return int(out.stdout)
 
     with (
@@ -189,7 +190,9 @@ def main() -> None:
         print(f"  redis cost         {100 * (1 - rows['kubevine+redis'] / kv):5.1f} %")
     print(f"  target             >= 5000 calls/s: {'met' if kv >= 5000 else 'NOT met'}")
     print(f"single call round trip: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 1 ms)")
-    print(f"{a.python_tasks} PythonTasks: kubevine {py_kv:.0f}/s, dask (fresh interpreter per task) {py_dask:.0f}/s")
+    print(
+        f"{a.python_tasks} PythonTasks: kubevine {py_kv:.0f}/s, dask (an interpreter per task) {py_dask:.0f}/s"
+    )
 
 
 if __name__ == "__main__":

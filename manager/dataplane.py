@@ -72,7 +72,8 @@ def stage_for(
         name = b.cache_name
         if name is None or name in w.cached:
             continue
-        stage = catalog.plan(name, w.id, w.info.cache_group or w.info.node, peers, name in core.known_files, b.cache)
+        group = w.info.cache_group or w.info.node
+        stage = catalog.plan(name, w.id, group, peers, name in core.known_files, b.cache)
         if stage is None:
             for n in planned:  # undo the transfers planned for this task's other inputs
                 catalog.done(w.id, n, w.info.cache_group or w.info.node)

@@ -121,22 +121,24 @@ def test_a_url_input_is_fetched_by_a_worker_once_per_node(cluster, tmp_path: Pat
 
 
 def test_a_lost_temp_is_regenerated_by_rerunning_its_producer(tmp_path: Path) -> None:
-    with LocalCluster(workers=2, workdir=tmp_path / "c", heartbeat_timeout=2.0) as c:
-        with Manager(c.address, token=c.token) as m:
-            tmp = m.declare_temp()
-            a = Task("seq 1 1000 > numbers; echo made")
-            a.add_output(tmp, "numbers")
-            m.submit(a)
-            assert m.wait(60) is a and a.successful()
-            victim = next(p for p in c.workers if f"-{p.pid}-" in (a.worker or ""))
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            wait_for(lambda: len(m.status().workers) == 1, timeout=30, what="the worker to be declared lost")
-            b = Task("awk '{s+=$1} END {print s}' numbers")
-            b.add_input(tmp, "numbers")
-            m.submit(b)
-            assert m.wait(60) is b, "the consumer should run once its input is made again"
-            assert b.successful() and b.output == "500500\n"
+    with (
+        LocalCluster(workers=2, workdir=tmp_path / "c", heartbeat_timeout=2.0) as c,
+        Manager(c.address, token=c.token) as m,
+    ):
+        tmp = m.declare_temp()
+        a = Task("seq 1 1000 > numbers; echo made")
+        a.add_output(tmp, "numbers")
+        m.submit(a)
+        assert m.wait(60) is a and a.successful()
+        victim = next(p for p in c.workers if f"-{p.pid}-" in (a.worker or ""))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        wait_for(lambda: len(m.status().workers) == 1, timeout=30, what="the worker to be declared lost")
+        b = Task("awk '{s+=$1} END {print s}' numbers")
+        b.add_input(tmp, "numbers")
+        m.submit(b)
+        assert m.wait(60) is b, "the consumer should run once its input is made again"
+        assert b.successful() and b.output == "500500\n"
     log = txformat.read(c.workdir / "manager" / "transactions.log")
     regen = [e for e in log if e.kind == "TASK" and e.event == "regenerate"]
     assert [e.subject for e in regen] == [str(a.id)], [
