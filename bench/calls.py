@@ -190,9 +190,8 @@ def main() -> None:
         print(f"  redis cost         {100 * (1 - rows['kubevine+redis'] / kv):5.1f} %")
     print(f"  target             >= 5000 calls/s: {'met' if kv >= 5000 else 'NOT met'}")
     print(f"single call round trip: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 1 ms)")
-    print(
-        f"{a.python_tasks} PythonTasks: kubevine {py_kv:.0f}/s, dask (an interpreter per task) {py_dask:.0f}/s"
-    )
+    n = a.python_tasks
+    print(f"{n} PythonTasks: kubevine {py_kv:.0f}/s, dask (an interpreter per task) {py_dask:.0f}/s")
 
 
 if __name__ == "__main__":

@@ -682,8 +682,10 @@ class Core:
             if t is None or t.state != S.READY:
                 continue
             self._dispatch_call(t, best, best.libs[name])
-        if ready and lib.broken is None and not any(
-            i.state == "installing" for w in workers if (i := w.libs.get(name)) is not None
+        if (
+            ready
+            and lib.broken is None
+            and not any(i.state == "installing" for w in workers if (i := w.libs.get(name)) is not None)
         ):
             # calls wait and no instance is on its way: start one where it fits now, or else
             # where an idle instance of a library nobody is waiting for can make room
@@ -835,10 +837,9 @@ class Core:
 
     def _has_room(self, w: WorkerEntry) -> bool:
         total = w.info.resources.cores
-        return (
-            w.committed.cores < total * (1 + self.prefetch) - 1e-9
-            and len(w.tasks) - w.calls < self._max_tasks(w)
-        )
+        return w.committed.cores < total * (1 + self.prefetch) - 1e-9 and len(
+            w.tasks
+        ) - w.calls < self._max_tasks(w)
 
     @property
     def prefetch(self) -> int:
