@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--heartbeat-timeout", type=float, default=30.0, help="seconds before a silent worker is lost"
     )
+    m.add_argument("--lease-ttl", type=float, default=15.0, help="seconds a dead manager's lease outlives it")
     m.add_argument(
         "--recover-grace", type=float, default=30.0, help="seconds a restarted manager waits for workers"
     )
@@ -193,6 +194,7 @@ def _manager(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval or min(2.0, args.heartbeat_timeout / 4),
         heartbeat_timeout=args.heartbeat_timeout,
         recover_grace=args.recover_grace,
+        lease_ttl=args.lease_ttl,
         metrics_port=args.metrics_port,
         stats_interval=args.stats_interval,
         transactions_stdout=args.transactions_stdout,

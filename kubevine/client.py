@@ -123,6 +123,7 @@ class Manager:
         self._acks: list[TaskId] = []
         self._control: list[tuple[_Msg, list[bytes]]] = []
         self._libraries: dict[str, Library] = {}
+        self._outstanding: dict[TaskId, tuple[TaskSpec, bytes | None]] = {}  # to resend after a restart
         self._setup: list[tuple[_Msg, list[bytes]]] = []  # sent before submissions
         self._replies: deque[concurrent.futures.Future[Any]] = deque()
         self._next_id = 0
@@ -216,6 +217,7 @@ class Manager:
             self._tasks[task.id] = task
             first = not self._pending
             self._pending.append((spec, payload))
+            self._outstanding[task.id] = (spec, payload)
         if first:
             self._wake()
         return task.id
@@ -468,6 +470,7 @@ class Manager:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
         registered = False
+        manager_id: str | None = None
         last_sent = last_heard = time.monotonic()
         hb_interval, hb_timeout = 2.0, 30.0
         try:
@@ -493,6 +496,9 @@ class Manager:
                             log.error("bad message from the manager: %s", e)
                             continue
                         if isinstance(msg, Welcome):
+                            if manager_id is not None and msg.manager_id != manager_id:
+                                self._resubmit()  # a new manager: what it may not have stored
+                            manager_id = msg.manager_id
                             registered = True
                             hb_interval, hb_timeout = msg.heartbeat_interval, msg.heartbeat_timeout
                             if msg.first_task_id is not None:
@@ -540,6 +546,18 @@ class Manager:
                     sock.send_multipart(encode(Goodbye(reason="client closed")))
             finally:
                 sock.close(linger=200)
+
+    def _resubmit(self) -> None:
+        """After a manager restart, send every unfinished task again (and the libraries and
+        files they need): the manager keeps the ones it had stored and takes the others."""
+        with self._lock:
+            again = [item for tid, item in self._outstanding.items() if tid in self._tasks]
+            queued = {s.id for s, _ in self._pending}
+            self._pending[:0] = [item for item in again if item[0].id not in queued]
+            libs = self._libraries.values()
+            self._setup[:0] = [(InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]) for lib in libs]
+            self._sent_files.clear()
+        log.warning("reconnected to a new manager: sent %d unfinished task(s) again", len(again))
 
     def _flush(self, sock: zmq.Socket[bytes]) -> bool:
         with self._lock:
@@ -622,6 +640,7 @@ class Manager:
             for t in done:
                 assert t.id is not None
                 del self._tasks[t.id]
+                self._outstanding.pop(t.id, None)
                 if t._future is not None:
                     self._acks.append(t.id)  # futures users consume through the future
                 else:

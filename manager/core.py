@@ -275,8 +275,9 @@ class Core:
         dup: list[TaskId] = []
         for spec, payload in zip(specs, payloads, strict=True):
             if spec.id in self.tasks:
-                dup.append(spec.id)
-                continue
+                if self.tasks[spec.id].client != client:
+                    dup.append(spec.id)
+                continue  # the same client again (after a reconnect): already have it
             t = TaskEntry(spec, payload, client, S.WAITING, next(self._seq))
             self.tasks[spec.id] = t
             self.transactions.append(

@@ -40,7 +40,7 @@ from kubevine.manager.filestore import FileStore
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.persist import Persister
 from kubevine.manager.states import TaskState, WorkerState
-from kubevine.manager.store import MemoryStore, StateStore, StoreError
+from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore, StoreError
 from kubevine.manager.txlog import TxLog
 from kubevine.protocol import (
     PROTOCOL_VERSION,
@@ -98,7 +98,8 @@ class ManagerConfig:
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 30.0
     recover_grace: float = 30.0
-    lease_ttl: float = 15.0
+    lease_ttl: float = 15.0  # a dead manager's workflow can be taken over this long after
+    lease_wait: float | None = None  # how long to wait for a held lease (default: its TTL + 5 s)
     stats_interval: float = 2.0
     prefetch: int = 3
     metrics_port: int | None = None  # serve /metrics and /healthz over HTTP (0: any free port)
@@ -167,7 +168,7 @@ class ManagerService:
 
     def start(self) -> None:
         cfg = self.config
-        self.epoch = self.store.acquire(self.manager_id, cfg.lease_ttl)
+        self.epoch = self._acquire_lease()
         snap = self.store.load()
         self.core.now = time.time()
         self.core.restore(snap)
@@ -211,6 +212,23 @@ class ManagerService:
             "redis" if self.store.durable else "memory",
             self.epoch,
         )
+
+    def _acquire_lease(self) -> int:
+        """Take the workflow's lease, waiting while a predecessor's lease runs out (a manager
+        that was killed leaves its lease to expire); refuse if it is still held after that."""
+        cfg = self.config
+        deadline = time.monotonic() + (cfg.lease_wait if cfg.lease_wait is not None else cfg.lease_ttl + 5)
+        logged = False
+        while True:
+            try:
+                return self.store.acquire(self.manager_id, cfg.lease_ttl)
+            except LeaseHeld as e:
+                if time.monotonic() > deadline or not self.running:
+                    raise
+                if not logged:
+                    log.warning("%s; waiting for it to expire", e)
+                    logged = True
+                time.sleep(0.2)
 
     def stop(self, *_: object) -> None:
         self.running = False
