@@ -219,13 +219,17 @@ def test_an_input_the_manager_never_received_fails_the_task_clearly() -> None:
     assert res[0].outcome == Outcome.INPUT_MISSING and "x" in (res[0].error or "")
 
 
-def test_a_reused_task_id_is_refused_to_its_sender() -> None:
+def test_a_task_id_of_another_client_is_refused_and_a_resubmission_is_ignored() -> None:
     core = Core()
     core.submit(C, [spec(1)], [None])
-    core.submit(C, [spec(1)], [None])
+    core.submit(C, [spec(1)], [None])  # the same client again, after a reconnect: kept once
+    other = ClientId("c2")
+    core.submit(other, [spec(1)], [None])
     _, out = core.take()
     errs = [i for i in out if isinstance(i, ClientError)]
-    assert errs and errs[0].code == "duplicate_task_id" and errs[0].task_ids == [1]
+    assert len(errs) == 1 and errs[0].client == other
+    assert errs[0].code == "duplicate_task_id" and errs[0].task_ids == [1]
+    assert core.totals["submitted"] == 1
 
 
 def test_acknowledged_results_are_forgotten() -> None:
