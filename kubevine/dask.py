@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 TARGET_CALL_SECONDS = {"function-calls": 0.02, "tasks": 2.0}  # work per call once node times are known
 MAX_BATCH = 5000  # nodes in one call, at most
+ABSORB = 16  # nodes a call may hold beyond its ready ones when other slots have work enough
 _SITE = tuple(p for p in {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} if p)
 
 
@@ -558,8 +559,14 @@ class _Run:
             width = max(1, min(cap, math.ceil(self.planner.n_ready / self.parallel)))
             limit = MAX_BATCH
         else:
-            width = max(1, min(cap, math.ceil(self.planner.n_ready / (4 * self.parallel))))
+            spread = 4 * self.parallel
+            width = max(1, min(cap, math.ceil(self.planner.n_ready / spread)))
             limit = max(2, 2 * width)
+            if self.planner.n_ready >= spread:
+                # plenty of other work for the other slots: let a batch take all the consumers
+                # of what it computes (a partition's three histograms of one read), so the
+                # partition stays on its worker; with little ready work, fan-outs are spread
+                limit = max(limit, ABSORB)
         return width, limit if size is None else min(limit, size)
 
     def _probing(self) -> bool:
