@@ -102,7 +102,7 @@ def test_application_job_outcome_decides_succeeded_or_failed_then_ttl_deletes(
         assert "all 100 tasks succeeded" in kubectl(kube_api, "logs", "job/met-histogram-app").stdout
 
         # ttlSecondsAfterFinished=4: the whole workflow goes, children by owner references
-        wait_for(lambda: phase("app-ok") is None, timeout=20, interval=0.2, what="app-ok to be deleted")
+        wait_for(lambda: phase("app-ok") is None, timeout=30, interval=0.2, what="app-ok to be deleted")
         assert "ApplicationSucceeded" in [e["reason"] for e in events(kube_api, "app-ok")]
         assert "Expired" in [e["reason"] for e in events(kube_api, "app-ok")]
         wait_for(

@@ -118,13 +118,10 @@ def running_operator(
 ) -> Iterator[OperatorProcess]:
     operator = OperatorProcess(api, log_path, *args, settings=settings).start()
     try:
-        wait_for(
-            operator.healthy,
-            timeout=20,
-            interval=0.1,
-            what=f"the operator to be live:\n{operator.log_tail()}",
-        )
+        wait_for(operator.healthy, timeout=20, interval=0.1, what="the operator to be live")
         yield operator
+    except AssertionError as e:  # whatever the test waited for, the operator's log says why
+        raise AssertionError(f"{e}\n--- operator log (tail) ---\n{operator.log_tail(8000)}") from e
     finally:
         operator.stop()
 
