@@ -91,6 +91,24 @@ def test_every_graph_form_dask_uses_is_understood() -> None:
     assert len(g.nodes) >= 1
 
 
+class ExprLike:
+    """What dask >= 2025.4 hands a custom scheduler from dask.compute: not a mapping (no
+    ``.items()``), but an expression that renders its graph on request."""
+
+    def __init__(self, dsk: dict[object, object]) -> None:
+        self._dsk = dsk
+
+    def __dask_graph__(self) -> HighLevelGraph:
+        return HighLevelGraph.from_collections("expr", self._dsk)
+
+
+def test_an_expression_that_is_not_a_mapping_is_asked_for_its_graph() -> None:
+    g = Graph.build(ExprLike({"a": 1, "b": (operator.add, "a", 2)}), ["b"])
+    assert g.requested == ["b"] and set(g.nodes) == {"a", "b"}
+    with pytest.raises(TypeError, match="not a dask graph"):
+        Graph.build(object(), ["b"])
+
+
 def test_results_mirror_the_nesting_of_the_keys() -> None:
     values = {"a": 1, ("b", 0): 2}
     assert nested_get([["a"], [("b", 0), "a"]], values) == ((1,), (2, 1))
