@@ -123,6 +123,14 @@ class Options:
             raise ValueError(f"task_mode must be 'function-calls' or 'tasks', not {opts.task_mode!r}")
         if opts.retries < 0 or (opts.batch_size is not None and opts.batch_size < 1):
             raise ValueError("retries must be >= 0 and batch_size >= 1")
+        for what, given, allowed in (
+            ("resources", opts.resources, {"cores", "memory", "disk", "gpus"}),
+            ("lib_resources", opts.lib_resources, {"cores", "memory", "disk", "slots"}),
+        ):
+            unknown = set(given) - allowed
+            if unknown:
+                takes, bad = ", ".join(sorted(allowed)), ", ".join(sorted(unknown))
+                raise ValueError(f"{what} takes {takes}; not {bad}")
         if isinstance(opts.lib_modules, str):
             object.__setattr__(opts, "lib_modules", (opts.lib_modules,))
         return opts

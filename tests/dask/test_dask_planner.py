@@ -122,3 +122,5 @@ def test_options_take_daskvine_names_and_reject_typos() -> None:
         Options.parse({"task_mod": "tasks"})
     with pytest.raises(ValueError, match="task_mode"):
         Options.parse({"task_mode": "threads"})
+    with pytest.raises(ValueError, match="not gpu"):
+        Options.parse({"resources": {"gpu": 1}})
