@@ -53,7 +53,7 @@ def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_remo
         address = manager_address(kube_api, "pool")
         assert worker_pods(kube_api, "pool") == []  # min 0: nothing runs while nothing is asked
 
-        tasks = [Task(f"sleep 0.1; echo {i}", cores=1) for i in range(300)]
+        tasks = [Task(f"sleep 0.05; echo {i}", cores=1) for i in range(300)]
         with Manager(address, token=token(kube_api, "pool")) as m:
             for task in tasks:
                 m.submit(task)
