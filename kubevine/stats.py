@@ -9,7 +9,7 @@ from kubevine.resources import Resources
 
 
 class WorkerStatus(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # readers of a newer manager ignore new fields
 
     id: str
     node: str
@@ -30,7 +30,7 @@ class WorkerStatus(BaseModel):
 class Load(BaseModel):
     """How many tasks, and the resources they ask for in total."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # readers of a newer manager ignore new fields
 
     tasks: int = 0
     cores: float = 0.0
@@ -49,7 +49,7 @@ class Failure(BaseModel):
 class LibraryView(BaseModel):
     """A library as the manager sees it: where it runs and how busy it is."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # readers of a newer manager ignore new fields
 
     name: str
     mode: str  # fork | direct
@@ -68,7 +68,7 @@ WALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 class Histogram(BaseModel):
     """Counts of observations at or below each bound (cumulative, as Prometheus wants)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # readers of a newer manager ignore new fields
 
     bounds: list[float] = Field(default_factory=lambda: list(WALL_BUCKETS))
     cumulative: list[int] = Field(default_factory=lambda: [0] * len(WALL_BUCKETS))
@@ -79,7 +79,7 @@ class Histogram(BaseModel):
 class Perf(BaseModel):
     """The manager's performance counters, sampled every few seconds (``MANAGER perf`` lines)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # readers of a newer manager ignore new fields
 
     sampled: float = 0.0  # unix time of the sample the rates come from
     dispatched: int = 0  # attempts sent to workers since the manager started
@@ -96,7 +96,7 @@ class Perf(BaseModel):
 
 
 class ManagerStatus(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # readers of a newer manager ignore new fields
 
     workflow: str
     manager_id: str

@@ -574,6 +574,16 @@ class ManagerService:
     def status(self) -> ManagerStatus:
         core = self.core
         now = time.time()
+        # workers holding the only copy of a temp file some task still needs: never drain them
+        needed = {n for n, waiting in core.waiting_for.items() if waiting}
+        for t in core.tasks.values():
+            if t.state not in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+                needed.update(b.cache_name for b in t.spec.inputs if b.cache_name in core.producers)
+        unique_holders = {
+            next(iter(held))
+            for name, held in core.catalog.holders.items()
+            if len(held) == 1 and name in needed
+        }
         waiting, running, largest = Tally(), Tally(), Tally()
         n_waiting = n_running = 0
         for t in core.tasks.values():
@@ -616,6 +626,7 @@ class ManagerService:
                     idle_since=w.idle_since,
                     draining=w.state == WorkerState.DRAINING,
                     pod=w.info.pod,
+                    holds_unique_temps=w.id in unique_holders,
                     cached_files=len(w.cached),
                 )
                 for w in core.workers.values()

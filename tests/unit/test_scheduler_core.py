@@ -318,3 +318,33 @@ def test_a_library_that_fails_to_start_twice_fails_its_calls_with_the_reason() -
     _, out = core.take()
     res = [r for i in out if isinstance(i, SendResults) for r, _ in i.results]
     assert "cannot start" in (res[0].error or "")
+
+
+def test_a_temp_output_is_recorded_where_it_was_made_and_its_consumer_becomes_ready() -> None:
+    from kubevine.protocol import CacheName
+
+    core = Core(Settings(prefetch=0))
+    core.client_connected(C)
+    a, b = worker(core, "a"), worker(core, "b")
+    tmp = CacheName("temp-x")
+    out = FileBinding(cache_name=tmp, remote_name="o", kind=FileKind.TEMP)
+    inp = FileBinding(cache_name=tmp, remote_name="i", kind=FileKind.TEMP)
+    core.submit(C, [spec(1, outputs=[out]), spec(2, inputs=[inp])], [None, None])  # type: ignore[arg-type]
+    (w,) = dispatched(cycle(core))
+    t = core.tasks[TaskId(1)]
+    core.worker_update(
+        w,
+        [],
+        [
+            AttemptResult(
+                task_id=TaskId(1),
+                attempt=t.attempt,
+                outcome=Outcome.SUCCESS,
+                outputs=[{"remote_name": "o", "cache_name": tmp, "size": 3}],
+            )
+        ],
+        [],  # type: ignore[list-item]
+    )
+    assert core.catalog.holders[tmp] == {w}
+    assert core.tasks[TaskId(2)].state == TaskState.READY  # its input exists now
+    assert {a, b} >= {w}
