@@ -66,7 +66,7 @@ def test_a_worker_killed_mid_graph_leaves_the_result_unchanged(tmp_path: Path) -
     dsk: dict[Any, Any] = {("s", i): (slow, i, 0.1) for i in range(60)}
     dsk["total"] = (summed, *[("s", i) for i in range(60)])
     with (
-        LocalCluster(workers=2, workdir=tmp_path, heartbeat_timeout=2.0) as c,
+        LocalCluster(workers=2, workdir=tmp_path, heartbeat_timeout=4.0) as c,
         Manager(c.address, token=c.token) as m,
     ):
         victim = c.workers[0]
