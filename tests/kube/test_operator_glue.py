@@ -75,8 +75,7 @@ def test_a_worker_holding_a_queued_task_is_busy_not_idle() -> None:
 def test_a_newer_managers_unknown_fields_are_dropped_at_every_level() -> None:
     raw = status_json(flavour="new", perf={"completed": 3, "novelty": {"x": 1}})
     raw["workers"][0]["gpu_model"] = "H100"
-    with pytest.raises(ValueError):
-        ManagerStatus.model_validate(raw)  # the engine's own model refuses them
+    assert ManagerStatus.model_validate(raw).workers[0].pod == "wf-worker-abcde"  # ignored, not refused
     status = parse_status(json.dumps(raw))
     assert status.perf.completed == 3 and status.workers[0].pod == "wf-worker-abcde"
     assert "flavour" not in known_fields(ManagerStatus, raw)
