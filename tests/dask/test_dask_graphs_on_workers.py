@@ -55,7 +55,10 @@ def test_a_graph_run_twice_runs_every_node_again_with_the_same_result(m: Manager
     first = m.get(dsk, "all")
     second = m.get(dsk, "all")
     assert first == second == dask.get(dsk, "all") == sum(range(30))
-    assert len(list(tmp_path.iterdir())) == 2 * 30 + 30  # ours twice, sync once: nothing reused
+    # every node ran again in the second run (ours twice, sync once): no value was reused;
+    # at least, since execution is at-least-once (a call may rerun if its worker is lost)
+    runs = [p.name.split("-")[0] for p in tmp_path.iterdir()]
+    assert all(runs.count(str(i)) >= 3 for i in range(30))
 
 
 def test_intermediates_come_back_through_the_client_when_worker_transfers_is_off(m: Manager) -> None:
