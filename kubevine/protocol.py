@@ -159,6 +159,7 @@ class OutputFile(_Msg):
     size: int = 0
     checksum: str | None = None
     frame: int | None = None  # content, for to_client outputs
+    directory: bool = False  # the output is a directory (its frame is a tar of it)
 
 
 class AttemptResult(_Msg):

@@ -158,22 +158,7 @@ def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
             output_frame=0,
             error=f"ran longer than its time limit of {spec.time_max}s",
         )
-    outputs: list[OutputFile] = []
-    missing: list[str] = []
-    for b in spec.outputs:
-        p = att.sandbox / b.remote_name
-        if not p.exists():
-            missing.append(b.remote_name)
-            continue
-        if b.kind == FileKind.TEMP:  # stays on this worker: the worker caches it
-            outputs.append(OutputFile(remote_name=b.remote_name, cache_name=b.cache_name))
-            continue
-        data = _pack_dir(p) if p.is_dir() else p.read_bytes()
-        o = OutputFile(remote_name=b.remote_name, size=len(data))
-        if b.to_client:
-            att.frames.append(data)
-            o.frame = len(att.frames) - 1
-        outputs.append(o)
+    outputs, missing = _collect_outputs(att)
     if code != 0:
         outcome, err = Outcome.EXIT_NONZERO, f"exit code {code}"
     elif missing:
@@ -181,6 +166,29 @@ def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
     else:
         outcome, err = Outcome.SUCCESS, None
     return att.result(outcome, exit_code=code, output_frame=0, error=err, outputs=outputs)
+
+
+def _collect_outputs(att: Attempt) -> tuple[list[OutputFile], list[str]]:
+    """The declared outputs found in the sandbox (temps stay here: the worker caches them;
+    the others travel to the client as frames), and the names of those not produced."""
+    outputs: list[OutputFile] = []
+    missing: list[str] = []
+    for b in att.assignment.spec.outputs:
+        p = att.sandbox / b.remote_name
+        if not p.exists():
+            missing.append(b.remote_name)
+            continue
+        if b.kind == FileKind.TEMP:  # stays on this worker: the worker caches it
+            outputs.append(OutputFile(remote_name=b.remote_name, cache_name=b.cache_name))
+            continue
+        is_dir = p.is_dir()
+        data = _pack_dir(p) if is_dir else p.read_bytes()
+        o = OutputFile(remote_name=b.remote_name, size=len(data), directory=is_dir)
+        if b.to_client:
+            att.frames.append(data)
+            o.frame = len(att.frames) - 1
+        outputs.append(o)
+    return outputs, missing
 
 
 def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) -> AttemptResult:
@@ -206,8 +214,18 @@ def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) ->
             error=f"the Python process ended with code {code} before returning a result:\n{out[-2000:]}",
         )
     att.frames.append(data[1:])
-    ok = data[:1] == b"1"
-    return att.result(Outcome.SUCCESS if ok else Outcome.EXCEPTION, exit_code=code, output_frame=0)
+    if data[:1] != b"1":
+        return att.result(Outcome.EXCEPTION, exit_code=code, output_frame=0)
+    outputs, missing = _collect_outputs(att)  # declared outputs, as for a command
+    if missing:
+        return att.result(
+            Outcome.OUTPUT_MISSING,
+            exit_code=code,
+            output_frame=0,
+            error=f"output(s) not produced: {', '.join(missing)}",
+            outputs=outputs,
+        )
+    return att.result(Outcome.SUCCESS, exit_code=code, output_frame=0, outputs=outputs)
 
 
 def kill_process(proc: subprocess.Popen[bytes]) -> None:
