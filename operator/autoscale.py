@@ -207,6 +207,17 @@ class ScalingPolicy(_Model):
         )
 
 
+#: Why the decision is what it is, as one bounded word (a safe Prometheus label; the full
+#: sentence is `reason`): what set `desired` (`demand` of the tasks, raised to `min`, capped
+#: at `max`, `no_tasks`, `no_stats`), or what holds or forces a scale-down
+#: (`stabilization`, `not_removable`, `over_max`).
+DecisionCause = Literal[
+    "demand", "min", "max", "no_tasks", "no_stats", "stabilization", "not_removable", "over_max"
+]
+#: What a step does to the pool, as one word (`hold`: it wants a change it may not make yet).
+DecisionAction = Literal["scale_up", "scale_down", "steady", "hold"]
+
+
 class ScalingDecision(_Model):
     """What to do now. Carry out `delete`, then `drain`, then `create`."""
 
@@ -217,6 +228,16 @@ class ScalingDecision(_Model):
     reason: str
     current: int = Field(ge=0, description="serving workers before this step")
     target: int = Field(ge=0, description="serving workers once this step is carried out")
+    cause: DecisionCause = Field(default="demand", description="why, in one word (see DecisionCause)")
+
+    @property
+    def action(self) -> DecisionAction:
+        """Scale up, scale down, steady (nothing wanted), or hold (a change wanted, not made)."""
+        if self.target > self.current:
+            return "scale_up"
+        if self.target < self.current:
+            return "scale_down"
+        return "steady" if self.desired == self.current else "hold"
 
     @property
     def scaled(self) -> bool:
@@ -325,10 +346,12 @@ def decide(
         age = "none published" if stats is None else f"{now - stats.time:.0f}s old"
         desired = min(max(current, workers.min), workers.max)
         reason_base = f"manager stats unavailable ({age}); keeping {desired}"
+        cause: DecisionCause = "no_stats"
     else:
         needed, why = workers_needed(workers, fresh.demand)
         desired = min(max(needed, workers.min), workers.max)
         reason_base = why + _clamp_note(needed, desired, workers)
+        cause = _cause(needed, desired)
 
     if desired > current:
         room = workers.max - len(existing)
@@ -344,6 +367,7 @@ def decide(
             reason=reason,
             current=current,
             target=current + create,
+            cause=cause,
         )
 
     if desired < current and fresh is not None:
@@ -357,6 +381,7 @@ def decide(
             desired,
             delete,
             reason_base,
+            cause,
         )
 
     return ScalingDecision(
@@ -367,7 +392,16 @@ def decide(
         reason=f"steady at {current}: {reason_base}",
         current=current,
         target=current,
+        cause=cause,
     )
+
+
+def _cause(needed: int, desired: int) -> DecisionCause:
+    if needed > desired:
+        return "max"
+    if needed < desired:
+        return "min"
+    return "no_tasks" if needed == 0 else "demand"
 
 
 def _clamp_note(needed: int, desired: int, workers: WorkersSpec) -> str:
@@ -394,6 +428,7 @@ def _scale_down(
     desired: int,
     delete: list[str],
     reason_base: str,
+    cause: DecisionCause,
 ) -> ScalingDecision:
     by_pod = {w.pod: w for w in stats_workers if w.pod}
     current = len(serving)
@@ -406,14 +441,16 @@ def _scale_down(
         reason="",
         current=current,
         target=current,
+        cause=cause,
     )
     if last is not None and last.was_scale_up and not over_max:
         since = now - last.time
         if since < policy.stabilization_seconds:
             return hold.model_copy(
                 update={
+                    "cause": "stabilization",
                     "reason": f"holding {current} (want {desired}): last scale-up {since:.0f}s "
-                    f"ago, within the {policy.stabilization_seconds:g}s stabilisation window; " + reason_base
+                    f"ago, within the {policy.stabilization_seconds:g}s stabilisation window; " + reason_base,
                 }
             )
     timeout = 0.0 if over_max else float(workers.idle_timeout_seconds)
@@ -442,9 +479,10 @@ def _scale_down(
         busy = sum(1 for p in serving if p.name in by_pod and by_pod[p.name].running_tasks)
         return hold.model_copy(
             update={
+                "cause": "not_removable",
                 "reason": f"holding {current} (want {desired}): no worker is removable yet "
                 f"({busy} busy, the others idle < {workers.idle_timeout_seconds}s, "
-                f"holding unique temp files, or not yet connected); " + reason_base
+                f"holding unique temp files, or not yet connected); " + reason_base,
             }
         )
     return ScalingDecision(
@@ -457,6 +495,7 @@ def _scale_down(
         + reason_base,
         current=current,
         target=current - removed,
+        cause="over_max" if over_max else cause,
     )
 
 

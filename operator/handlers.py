@@ -8,6 +8,8 @@ Exists so that what kopf calls, and when, is visible on one page:
 * a timer every `scale_interval_seconds` → one autoscaler step
   (`kubevine.operator.scaler`): status, Events, worker pods, and deletion of a finished
   workflow after `ttlSecondsAfterFinished`.
+* every watch event → the workflow's phase for the operator's metrics
+  (`kubevine.operator.metrics`); a DELETED event drops what was remembered about it.
 * deletion → nothing to do: every child carries an owner reference and is garbage
   collected. kopf puts its finalizer on each workflow only so that it can stop the timer
   first; the timer's steps are bounded (every API and manager call has a timeout), so the
@@ -28,6 +30,7 @@ from typing import Any
 import kopf
 
 from kubevine.operator import children, scaler
+from kubevine.operator.autoscale import pool_limits
 from kubevine.operator.kube import KubeError
 from kubevine.operator.naming import GROUP, PLURAL, VERSION, WorkflowRef
 from kubevine.operator.settings import OperatorSettings
@@ -72,6 +75,27 @@ async def ensure_children(
 ) -> None:
     """Validate, then create (and on update, reconcile) the workflow's fixed children."""
     ctx = _context(memo)
+    try:
+        await _ensure_children(ctx, body, patch, update=update, logger=logger)
+    except kopf.PermanentError:  # an invalid spec
+        ctx.metrics.record_error("children", "invalid_spec")
+        raise
+    except kopf.TemporaryError:
+        ctx.metrics.record_error("children", "kube_api")
+        raise
+    except Exception:
+        ctx.metrics.record_error("children", "unexpected")
+        raise
+
+
+async def _ensure_children(
+    ctx: scaler.Context,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    *,
+    update: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
     previous = dict(body.get("status") or {})
     try:
         spec = validated_spec(body)
@@ -101,9 +125,11 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
         spec = validated_spec(body)
     except SpecError:
         return  # the create/update handler reported it; nothing runs for it
+    started = time.monotonic()
     try:
         result = await scaler.step(ctx, body, spec, time.time())
     except KubeError as e:
+        ctx.metrics.record_error("autoscale", "kube_api")
         log.warning(
             "workflow %s/%s: autoscaler step failed, next in %gs: %s",
             body["metadata"].get("namespace"),
@@ -112,15 +138,54 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
             e,
         )
         return
+    except Exception:
+        ctx.metrics.record_error("autoscale", "unexpected")
+        raise
+    ctx.metrics.step_seconds.observe(time.monotonic() - started)
+    _record(ctx, body, spec, result)
     for note in result.events:
         _event(body, note)
     if result.delete_workflow:
         try:
             await scaler.delete_workflow(ctx, body)
         except KubeError as e:
+            ctx.metrics.record_error("expire", "kube_api")
             log.warning("workflow %s: deletion after its TTL failed: %s", body["metadata"].get("name"), e)
         return
     patch.status.update(result.status_patch)
+
+
+def _record(ctx: scaler.Context, body: kopf.Body, spec: VineWorkflowSpec, result: scaler.StepResult) -> None:
+    decision = result.decision
+    finished = str(result.status.get("phase")) in ("Succeeded", "Failed")
+    limits = pool_limits(spec, finished=finished)
+    ctx.metrics.record_step(
+        str(body["metadata"].get("namespace") or ""),
+        str(body["metadata"]["name"]),
+        decision=decision,
+        status=result.status,
+        pool_min=limits.min,
+        pool_max=limits.max,
+        actual=result.actual,
+        pool_pods=result.pool_pods,
+        tasks=result.stats.tasks.model_dump() if result.stats is not None else None,
+        manager_reachable=result.stats is not None,
+        created=len(result.created),
+        drained=len(decision.drain) if decision is not None else 0,
+        deleted=len(result.deleted),
+        now=time.time(),
+    )
+
+
+def watched(ctx: scaler.Context, event_type: str | None, body: Mapping[str, Any]) -> None:
+    """A watch event of a workflow: note its phase, or forget it once it is deleted."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    if event_type == "DELETED":
+        ctx.metrics.forget(namespace, name)
+        ctx.forget(str(meta.get("uid") or ""))
+        return
+    ctx.metrics.record_phase(namespace, name, (body.get("status") or {}).get("phase"))
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
@@ -144,6 +209,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.on.update(*resource, id="children-update", field="spec", registry=registry, backoff=RETRY_DELAY)
     async def on_update(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
         await ensure_children(body, patch, memo, update=True, logger=logger)
+
+    @kopf.on.event(*resource, id="metrics", registry=registry)
+    def on_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+        watched(_context(memo), type, body)
 
     @kopf.timer(
         *resource,

@@ -17,6 +17,10 @@ chart's Deployment runs) and so that the choices kopf leaves open are made once,
   runs without peering, for a single replica or local development.
 * **Liveness.** kopf serves `--liveness` (default http://0.0.0.0:8080/healthz), which
   fails when its event loop stops making progress; `--liveness ''` turns it off.
+* **Metrics.** Prometheus `/metrics` on `--metrics-port` (default the setting
+  `KUBEVINE_OPERATOR_METRICS_PORT`, 8081; 0 turns it off): desired and actual workers,
+  the last decision and its cause, handler errors, workflows by phase
+  (`kubevine.operator.metrics`).
 * **Logs.** JSON lines with `--log-format json`, `KUBEVINE_LOG_FORMAT=json` or
   `KUBEVINE_OPERATOR_LOG_FORMAT=json` (the chart's value), else text.
 
@@ -71,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LIVENESS,
         metavar="URL",
         help=f"liveness endpoint to serve (default {DEFAULT_LIVENESS}; '' for none)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port (default: $KUBEVINE_OPERATOR_METRICS_PORT "
+        "or 8081; 0: off)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="0.0.0.0", metavar="ADDR", help="address /metrics binds (default 0.0.0.0)"
     )
     peering = parser.add_mutually_exclusive_group()
     peering.add_argument(
@@ -150,6 +165,18 @@ def main(argv: list[str]) -> int:
     context = Context(
         settings=settings, kube=KubeApi(load_api_client()), policy=ScalingPolicy.from_settings(settings)
     )
+    metrics_port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    metrics_server = None
+    if metrics_port:
+        try:
+            metrics_server = context.metrics.serve(metrics_port, args.metrics_host)
+        except OSError as e:
+            print(
+                f"kubevine operator: cannot serve /metrics on {args.metrics_host}:{metrics_port}: {e}",
+                file=sys.stderr,
+            )
+            return 2
+        log.info("kubevine operator: Prometheus /metrics on %s:%d", args.metrics_host, metrics_port)
     priority = args.priority if args.priority is not None else secrets.randbelow(1 << 30) + 1
     log.info(
         "kubevine operator: watching %s, %s, autoscaler every %gs",
@@ -159,6 +186,23 @@ def main(argv: list[str]) -> int:
         else f"peering {args.peering or settings.peering_name!r} (priority {priority})",
         settings.scale_interval_seconds,
     )
+    try:
+        _run_kopf(args, settings, registry, context, namespaces, priority)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+    return 0
+
+
+def _run_kopf(
+    args: argparse.Namespace,
+    settings: OperatorSettings,
+    registry: kopf.OperatorRegistry,
+    context: Context,
+    namespaces: list[str],
+    priority: int,
+) -> None:
     asyncio.run(
         kopf.operator(
             registry=registry,
@@ -172,4 +216,3 @@ def main(argv: list[str]) -> int:
             memo=context,
         )
     )
-    return 0

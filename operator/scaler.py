@@ -53,6 +53,7 @@ from kubevine.operator.autoscale import (
     pool_limits,
 )
 from kubevine.operator.kube import KubeApi, KubeError, Obj
+from kubevine.operator.metrics import OperatorMetrics
 from kubevine.operator.naming import (
     COMPONENT_MANAGER,
     COMPONENT_WORKER,
@@ -98,6 +99,7 @@ class Context:
     tokens: dict[str, str] = field(default_factory=dict)  # workflow uid -> token
     reachable: dict[str, bool] = field(default_factory=dict)  # workflow uid -> last outcome
     retiring: dict[str, dict[str, float]] = field(default_factory=dict)  # workflow uid -> pod uid -> until
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
     def forget(self, workflow_uid: str) -> None:
         """Drop what was remembered about a workflow (it is being deleted)."""
@@ -123,6 +125,12 @@ class StepResult:
     events: list[Note]
     decision: ScalingDecision | None  # None until the manager Deployment exists
     delete_workflow: bool = False
+    status: dict[str, Any] = field(default_factory=dict)  # the whole status the patch leads to
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    actual: int = 0  # serving workers connected to the manager
+    pool_pods: int = 0  # worker pods that exist (what max bounds)
+    stats: ManagerStats | None = None
 
 
 @dataclass(frozen=True)
@@ -380,12 +388,13 @@ async def step(
             decision.drain,
             deleted,
         )
+    pods_after = _after(seen.pods, created, deleted, now)
     observed = Observed(
         generation=int(body["metadata"].get("generation") or 0),
         has_application=spec.application is not None,
         manager_available=deployment_available(seen.manager),
         state_store_ready=seen.state_store_ready,
-        pods=_after(seen.pods, created, deleted, now),
+        pods=pods_after,
         stats=seen.stats,
         decision=decision,
         job=seen.job,
@@ -395,6 +404,12 @@ async def step(
         status_patch=merge_patch(status, previous),
         events=_events(previous, status, decision),
         decision=decision,
+        status=status,
+        created=created,
+        deleted=deleted,
+        actual=_serving_connected(pods_after, seen.stats),
+        pool_pods=sum(1 for p in pods_after if not p.finished),
+        stats=seen.stats,
     )
     left = seconds_until_deletion(status, spec.ttl_seconds_after_finished, now)
     if left == 0:
@@ -408,6 +423,16 @@ async def step(
         )
         result.delete_workflow = True
     return result
+
+
+def _serving_connected(pods: list[WorkerPod], stats: ManagerStats | None) -> int:
+    """Worker pods whose worker is connected to the manager and not draining."""
+    known = {w.pod: w for w in (stats.workers if stats else []) if w.pod}
+    return sum(
+        1
+        for p in pods
+        if not p.finished and not p.deleting and p.name in known and not known[p.name].draining
+    )
 
 
 async def delete_workflow(ctx: Context, body: Mapping[str, Any]) -> None:

@@ -44,6 +44,12 @@ class OperatorSettings(BaseModel):
     log_format: Literal["json", "text"] = Field(
         default="json", description="Format of the operator's own log lines."
     )
+    metrics_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="Port of the operator's Prometheus /metrics (0: not served).",
+    )
     scale_interval_seconds: float = Field(default=5.0, gt=0, description="Period of the autoscaler timer.")
     stabilization_seconds: float = Field(
         default=60.0,

@@ -37,6 +37,10 @@ VARIATIONS: dict[str, dict[str, Any]] = {
         },
         "imagePullSecrets": [{"name": "regcred"}],
     },
+    "operator-service-monitor": {
+        "metrics": {"operator": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}}
+    },
+    "operator-metrics-off": {"metrics": {"operator": {"port": 0}}},
     "shared-redis": {"redis": {"shared": {"enabled": True, "storageClassName": "fast"}}},
     "two-replicas": {"replicaCount": 2, "nodeSelector": {"role": "ops"}},
 }
@@ -355,6 +359,59 @@ def test_a_cluster_wide_service_monitor_looks_in_every_namespace(
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
 
 
+# --- the operator's own /metrics ---------------------------------------------------------
+
+
+def test_the_operator_serves_metrics_on_the_port_its_service_targets(chart: helm.Chart) -> None:
+    objects = render(chart, {})
+    container = operator_container(objects)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    port = OperatorSettings.from_env(env).metrics_port  # what the operator will bind
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == port == 8081
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    assert service["metadata"]["name"] == f"{RELEASE}-kubevine-metrics"
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (service_port,) = service["spec"]["ports"]
+    assert (service_port["name"], service_port["port"], service_port["targetPort"]) == (
+        "metrics",
+        port,
+        "metrics",
+    )
+
+
+def test_the_operator_service_monitor_scrapes_the_operator_service_only_when_asked(chart: helm.Chart) -> None:
+    objects = render(chart, VARIATIONS["operator-service-monitor"])
+    (monitor,) = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    service = next(
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics")
+    )
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # the managers' monitor must not pick the operator's Service up, nor this one a manager's
+    manager_selector = {"app.kubernetes.io/component": "manager"}
+    assert not manager_selector.items() <= service["metadata"]["labels"].items()
+    both = render(
+        chart,
+        {"metrics": {"serviceMonitor": {"enabled": True}, "operator": {"serviceMonitor": {"enabled": True}}}},
+    )
+    assert len([o for o in both if o["kind"] == "ServiceMonitor"]) == 2
+
+
+def test_metrics_port_0_turns_the_operator_endpoint_and_its_service_off(chart: helm.Chart) -> None:
+    objects = render(chart, VARIATIONS["operator-metrics-off"])
+    container = operator_container(objects)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert OperatorSettings.from_env(env).metrics_port == 0
+    assert "metrics" not in {p["name"] for p in container["ports"]}
+    assert "Service" not in kinds(objects)
+
+
 # --- shared Redis ------------------------------------------------------------------------
 
 
@@ -411,6 +468,9 @@ def test_no_redis_is_installed_by_default(chart: helm.Chart) -> None:
             "/metrics/serviceMonitor/interval",
         ),
         ({"redis": {"shared": {"storageSize": "-1Gi"}}}, "/redis/shared/storageSize"),
+        ({"metrics": {"operator": {"port": -1}}}, "/metrics/operator/port"),
+        ({"metrics": {"operator": {"port": 8080}}}, "/metrics/operator/port"),  # the liveness port
+        ({"metrics": {"operator": {"port": "http"}}}, "/metrics/operator/port"),
         ({"podLabels": {"team": 7}}, "/podLabels/team"),
     ],
 )

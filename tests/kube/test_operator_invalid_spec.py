@@ -81,6 +81,17 @@ def test_invalid_spec_sets_valid_false_and_a_warning_event_and_creates_nothing(
                 kubectl_json(kube_api, "get", CHILDREN, "-l", f"kubevine.io/workflow={name}")["items"] == []
             )
             assert kubectl_json(kube_api, "get", "vw", name)["status"]["phase"] == "Invalid"
+        # the operator's /metrics counts them too
+        wait_for(
+            lambda: operator.metrics().get(("kubevine_operator_workflows", (("phase", "Invalid"),))) == 2,
+            timeout=10,
+            what="two Invalid workflows in the operator's /metrics",
+        )
+        refusals = (
+            "kubevine_operator_handler_errors_total",
+            (("error", "invalid_spec"), ("handler", "children")),
+        )
+        assert operator.metrics()[refusals] >= 2
 
         # fixing the spec is enough: the operator creates what was missing
         apply(kube_api, workflow("bad", pool_spec(min=0, max=2)), binary=binary)

@@ -2,7 +2,8 @@
 real workers run by the process kubelet, driven with the real kubectl.
 
 `kubectl apply` a workflow with 0..3 workers; a client submits 300 tasks; the pool grows
-0 → 3 and never beyond; every task completes on its first attempt; once the workers have
+0 → 3 and never beyond, and the operator's Prometheus /metrics shows desired workers jump
+to 3 and actual ones catch up; every task completes on its first attempt; once the workers have
 been idle past idleTimeoutSeconds they are drained and the pool is back at 0 without a
 task killed; status, conditions and Events tell that story; `kubectl delete vw` removes
 everything and leaves no finalizer.
@@ -42,6 +43,7 @@ OLD, NEW = (
     KUBECTL_BINARIES.get("kubectl-venv", next(iter(KUBECTL_BINARIES.values()))),
 )
 CHILD_KINDS = "pods,deployments,services,statefulsets,secrets,jobs"
+WF = (("namespace", "default"), ("workflow", "pool"))
 
 
 def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_removes_all(
@@ -57,6 +59,17 @@ def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_remo
         with Manager(address, token=token(kube_api, "pool")) as m:
             for task in tasks:
                 m.submit(task)
+            seen = []
+
+            def converged() -> bool:
+                samples = operator.metrics()
+                seen.append((samples.get(("kubevine_operator_workers_desired", WF)),
+                             samples.get(("kubevine_operator_workers_actual", WF))))  # fmt: skip
+                return seen[-1] == (3, 3)
+
+            wait_for(converged, timeout=60, interval=0.2, what="desired = actual = 3 in /metrics")
+            # desired led, actual followed
+            assert any(d == 3 and a is not None and a < 3 for d, a in seen), seen
             deadline = time.monotonic() + 90
             while not m.empty():
                 assert time.monotonic() < deadline, (
@@ -81,6 +94,11 @@ def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_remo
             interval=0.3,
             what=f"the pool to drain back to 0; operator log:\n{operator.log_tail()}",
         )
+        drained = operator.metrics()
+        assert drained[("kubevine_operator_workers_desired", WF)] == 0
+        assert drained[("kubevine_operator_workers_actual", WF)] == 0
+        assert drained[("kubevine_operator_worker_pods_created_total", WF)] == 3
+        assert drained[("kubevine_operator_workflows", (("phase", "Running"),))] == 1
         history = worker_pod_history(kube_api, "pool")
         assert most_pods_at_once(history) == 3
         assert len({name for _, name, _ in history}) == 3  # three pods in all: none replaced, none extra
@@ -116,6 +134,12 @@ def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_remo
 
         kubectl(kube_api, "delete", "vw", "pool", "--timeout=30s", binary=NEW)
         assert kubectl(kube_api, "get", "vw", "pool", binary=NEW, check=False).returncode != 0
+        wait_for(
+            lambda: not [k for k in operator.metrics() if ("workflow", "pool") in k[1]],
+            timeout=10,
+            interval=0.2,
+            what="the deleted workflow's series to leave /metrics",
+        )
         wait_for(
             lambda: (
                 kubectl_json(kube_api, "get", CHILD_KINDS, "-l", "kubevine.io/workflow=pool")["items"] == []

@@ -66,6 +66,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.args = list(args) or ["--namespace", "default", "--standalone"]
         self.health = f"http://127.0.0.1:{free_port()}/healthz"
+        self.metrics_port = free_port()
         self.env = {k: v for k, v in api.env.items() if k != "KUBEVINE_LOG_FORMAT"}
         self.env.update({**FAST_SETTINGS, **(settings or {})})
         self.proc: subprocess.Popen[bytes] | None = None
@@ -73,7 +74,17 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [KUBEVINE, "operator", *self.args, "--liveness", self.health],
+            [
+                KUBEVINE,
+                "operator",
+                *self.args,
+                "--liveness",
+                self.health,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--metrics-host",
+                "127.0.0.1",
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -91,6 +102,21 @@ class OperatorProcess:
                 return bool(rsp.status == 200)
         except OSError:
             return False
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """One scrape of the operator's /metrics: (sample name, sorted labels) -> value."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as rsp:
+            text = rsp.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def kill(self) -> None:
         """SIGKILL: the operator gets no chance to finish what it was doing."""

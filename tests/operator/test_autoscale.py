@@ -541,3 +541,38 @@ def test_the_pool_never_exceeds_max_under_a_storm_of_work() -> None:
     assert peak == 3
     assert max(to for _, _, to in history) == 3
     assert history[-1][2] == 0
+
+
+# --- the one-word cause and action (the operator's metrics label them) -------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "st", "pods", "last", "action", "cause"),
+    [
+        (pool(max=10), stats(demand(waiting=9)), [], None, "scale_up", "demand"),
+        (pool(max=3), stats(demand(waiting=300)), [], None, "scale_up", "max"),
+        (pool(min=2), stats(demand()), [], None, "scale_up", "min"),
+        (pool(), stats(demand()), [], None, "steady", "no_tasks"),
+        (pool(min=1), None, [], None, "scale_up", "no_stats"),
+        (pool(max=3), stats(demand(waiting=300), *(busy(n) for n in "abc")), [pod(n) for n in "abc"], None,
+         "steady", "max"),
+        (pool(idle_timeout_seconds=0), stats(demand(), idle("a", 5)), [pod("a")],
+         LastScaling(time=NOW - 5, from_count=0, to_count=1), "hold", "stabilization"),
+        (pool(idle_timeout_seconds=600), stats(demand(), idle("a", 5)), [pod("a")], None, "hold",
+         "not_removable"),
+        (pool(idle_timeout_seconds=0), stats(demand(), idle("a", 5)), [pod("a")], None, "scale_down",
+         "no_tasks"),
+        (pool(max=1), stats(demand(waiting=8), busy("a"), idle("b", 1)), [pod("a"), pod("b")],
+         LastScaling(time=NOW - 5, from_count=0, to_count=2), "scale_down", "over_max"),
+    ],
+)  # fmt: skip
+def test_every_decision_names_its_action_and_cause_in_one_word(
+    spec: WorkersSpec,
+    st: ManagerStats | None,
+    pods: list[WorkerPod],
+    last: LastScaling | None,
+    action: str,
+    cause: str,
+) -> None:
+    decision = run(spec, st, pods, last)
+    assert (decision.action, decision.cause) == (action, cause), decision.reason
