@@ -8,7 +8,6 @@ as JSON lines. This module only parses arguments and prints; the work is elsewhe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -149,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["operator"]:  # the operator parses its own options (kopf's among them)
+    operator_argv = _operator_argv(argv)
+    if operator_argv is not None:  # the operator parses its own options (kopf's among them)
         from kubevine.operator.run import main as operator_main
 
-        return operator_main(argv[1:])
+        return operator_main(operator_argv)
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     try:
@@ -170,6 +170,27 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     return 2
+
+
+_GLOBAL_OPTIONS = ("--log-level", "--log-format")
+
+
+def _operator_argv(argv: list[str]) -> list[str] | None:
+    """The operator's arguments when the subcommand is ``operator`` (the global
+    ``--log-level``/``--log-format`` given before it passed on), else None."""
+    passed: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_OPTIONS and i + 1 < len(argv):
+            passed += argv[i : i + 2]
+            i += 2
+        elif arg.split("=", 1)[0] in _GLOBAL_OPTIONS:
+            passed.append(arg)
+            i += 1
+        else:
+            return [*passed, *argv[i + 1 :]] if arg == "operator" else None
+    return None
 
 
 def _manager(args: argparse.Namespace) -> int:
@@ -282,7 +303,7 @@ def _drain_local(args: argparse.Namespace) -> int:
     try:
         pid = int(pid_file.read_text())
     except (OSError, ValueError):
-        print(f"no worker pid in {pid_file}", file=sys.stderr)
+        log.error("no worker pid in %s", pid_file)
         return 1
     try:
         os.kill(pid, signal.SIGTERM)
@@ -295,5 +316,5 @@ def _drain_local(args: argparse.Namespace) -> int:
         except ProcessLookupError:
             return 0
         time.sleep(0.2)
-    print(json.dumps({"drained": False, "pid": pid}), file=sys.stderr)
+    log.error("the worker (pid %d) did not exit within %gs", pid, args.timeout)
     return 1

@@ -35,11 +35,11 @@ import asyncio
 import logging
 import os
 import secrets
-import sys
 from collections.abc import Mapping
 
 import kopf
 
+from kubevine import logs
 from kubevine.operator import handlers
 from kubevine.operator.autoscale import ScalingPolicy
 from kubevine.operator.kube import KubeApi, load_api_client
@@ -134,18 +134,25 @@ def kopf_settings(clusterwide: bool) -> kopf.OperatorSettings:
     return settings
 
 
+def _refuse(args: argparse.Namespace, message: str) -> int:
+    """Stop before kopf is configured: say why in the log format asked for (exit 2)."""
+    named = [os.environ.get(n) for n in ("KUBEVINE_LOG_FORMAT", OperatorSettings.env_name("log_format"))]
+    fmt = args.log_format or next((f for f in named if f in ("json", "text")), "text")
+    logs.setup(str(args.log_level), fmt)
+    log.error("kubevine operator: %s", message)
+    return 2
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = OperatorSettings.from_env(os.environ)
     except SettingsError as e:
-        print(f"kubevine operator: {e}", file=sys.stderr)
-        return 2
+        return _refuse(args, str(e))
     namespaces: list[str] = list(args.namespaces or [])
     if not args.all_namespaces and not namespaces:
         if not os.environ.get("POD_NAMESPACE"):
-            print("kubevine operator: give --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
-            return 2
+            return _refuse(args, "give --namespace NS (repeatable) or --all-namespaces")
         namespaces = [os.environ["POD_NAMESPACE"]]
     fmt = log_format(args.log_format, os.environ, settings)
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
@@ -171,9 +178,8 @@ def main(argv: list[str]) -> int:
         try:
             metrics_server = context.metrics.serve(metrics_port, args.metrics_host)
         except OSError as e:
-            print(
-                f"kubevine operator: cannot serve /metrics on {args.metrics_host}:{metrics_port}: {e}",
-                file=sys.stderr,
+            log.error(
+                "kubevine operator: cannot serve /metrics on %s:%d: %s", args.metrics_host, metrics_port, e
             )
             return 2
         log.info("kubevine operator: Prometheus /metrics on %s:%d", args.metrics_host, metrics_port)
