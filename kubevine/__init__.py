@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "ConnectionRefused": "kubevine.client",
+    "StoreUnavailable": "kubevine.client",
     "Manager": "kubevine.client",
     "as_completed": "kubevine.client",
     "Executor": "kubevine.executor",
@@ -42,6 +43,7 @@ __all__ = [
     "Outcome",
     "PythonTask",
     "RemoteError",
+    "StoreUnavailable",
     "Task",
     "as_completed",
     "keys",
@@ -62,7 +64,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from kubevine import keys
-    from kubevine.client import ConnectionRefused, Manager, as_completed
+    from kubevine.client import ConnectionRefused, Manager, StoreUnavailable, as_completed
     from kubevine.executor import Executor
     from kubevine.local import LocalCluster
     from kubevine.protocol import Outcome

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--recover-grace", type=float, default=30.0, help="seconds a restarted manager waits for workers"
     )
     m.add_argument(
+        "--redis-outage-grace",
+        type=float,
+        default=float(os.environ.get("KUBEVINE_REDIS_OUTAGE_GRACE") or 60.0),
+        help="seconds the manager runs on while Redis is unreachable before it refuses new work",
+    )
+    m.add_argument(
         "--metrics-port",
         type=int,
         default=_env_int("KUBEVINE_METRICS_PORT"),
@@ -216,6 +222,7 @@ def _manager(args: argparse.Namespace) -> int:
         heartbeat_timeout=args.heartbeat_timeout,
         recover_grace=args.recover_grace,
         lease_ttl=args.lease_ttl,
+        redis_outage_grace=args.redis_outage_grace,
         metrics_port=args.metrics_port,
         stats_interval=args.stats_interval,
         transactions_stdout=args.transactions_stdout,

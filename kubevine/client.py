@@ -10,7 +10,9 @@ tasks back one at a time, TaskVine-style; every task also has a ``future`` for t
 ``concurrent.futures`` style (see :func:`as_completed`).
 
 Results are acknowledged to the manager only once handed to user code, so a client that
-crashes and reattaches under the same ``name`` receives everything it had not yet seen.
+crashes and reattaches under the same ``name`` receives everything it had not yet seen;
+``Manager(address, name=..., attach=True)`` in a new process also learns which tasks the
+old one had submitted, so ``wait()`` goes on where the dead process stopped.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from kubevine.protocol import (
     StatusReply,
     StatusRequest,
     Submit,
+    TaskKind,
     TaskSpec,
     Welcome,
     _Msg,
@@ -63,7 +66,7 @@ from kubevine.protocol import (
     frame,
     send,
 )
-from kubevine.serverless import FunctionCall, Library, auto_library_name
+from kubevine.serverless import FunctionCall, Library, PythonTask, auto_library_name
 from kubevine.stats import ManagerStatus
 from kubevine.task import File, Task, declare_buffer, declare_local, declare_temp, declare_url, temp_name
 
@@ -74,6 +77,16 @@ FINAL_STATES = ("done", "failed", "cancelled")
 
 class ConnectionRefused(ConnectionError):
     """The manager refused this client (wrong token, protocol mismatch)."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The manager did not accept these tasks: its state store (Redis) has been unreachable
+    for longer than it may run without one. Tasks accepted earlier are safe and go on;
+    these may be submitted again (``m.submit(t)``) once the store is back."""
+
+    def __init__(self, message: str, tasks: list[Task]) -> None:
+        super().__init__(message)
+        self.tasks = tasks
 
 
 class Manager:
@@ -89,6 +102,7 @@ class Manager:
         cores_per_worker: float = 1,
         redis: str | None = None,
         connect_timeout: float = 30.0,
+        attach: bool = False,
     ) -> None:
         """Connect to ``address`` ("host:port"), or start a local manager.
 
@@ -96,7 +110,11 @@ class Manager:
         ``Manager(9123)`` starts a manager on that port with no workers of its own
         (connect some with ``kubevine worker HOST:9123``), as TaskVine's ``Manager(port)``.
         ``name`` identifies this client: reconnecting with the same name collects the
-        results the previous client had not received.
+        results the previous client had not received. With ``attach=True`` (a new process
+        taking over from one that died) the manager also tells which tasks that client had
+        submitted and not collected: they are ``wait()``-ed for like this process's own
+        (``m.attached`` lists them; command outputs and return values come back, output
+        files declared by the dead process are not written).
         """
         self._cluster = None
         if address is None or isinstance(address, int):
@@ -113,6 +131,11 @@ class Manager:
             raise auth.TokenError("no token: pass Manager(address, token=...) or set KUBEVINE_TOKEN")
         self._token = tok
         self.name = ClientId(name or f"client-{uuid.uuid4().hex[:12]}")
+        if attach and name is None:
+            raise ValueError("attach=True needs the name the earlier client used")
+        self._attach = attach
+        self.attached: list[Task] = []  # tasks of an earlier process under this name (attach=True)
+        self._refusals: deque[StoreUnavailable] = deque()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._tasks: dict[TaskId, Task] = {}
@@ -175,7 +198,7 @@ class Manager:
     def submit(self, task: Task) -> TaskId:
         """Queue a task; returns its id at once (TaskVine's ``submit``)."""
         self._check_open()
-        if task.id is not None and task.state not in FINAL_STATES:
+        if task.id is not None and task.state not in (*FINAL_STATES, "refused"):
             raise ValueError(f"task {task.id} was already submitted")
         inputs: list[FileBinding] = []
         files: list[tuple[CacheName, bytes]] = []
@@ -334,6 +357,8 @@ class Manager:
         with self._cv:
             while not self._done:
                 self._raise_if_broken()
+                if self._refusals:
+                    raise self._refusals.popleft()
                 if not self._tasks:
                     return None
                 remaining = None if forever else deadline - time.monotonic()
@@ -459,10 +484,13 @@ class Manager:
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         s.connect(f"tcp://{self.address}")
-        s.send_multipart(
-            encode(Hello(protocol=PROTOCOL_VERSION, token=self._token, role="client", client=self.name))
-        )
+        s.send_multipart(encode(self._hello()))
         return s
+
+    def _hello(self) -> Hello:
+        return Hello(
+            protocol=PROTOCOL_VERSION, token=self._token, role="client", client=self.name, attach=self._attach
+        )
 
     def _io_run(self) -> None:
         sock = self._connect()
@@ -504,6 +532,8 @@ class Manager:
                             if msg.first_task_id is not None:
                                 with self._lock:
                                     self._next_id, self._ids_left = msg.first_task_id, msg.id_block
+                            if msg.tasks:
+                                self._adopt(msg.tasks)
                             self._welcome.set()
                         elif isinstance(msg, Refused):
                             self._refused = msg.reason
@@ -511,16 +541,7 @@ class Manager:
                             return
                         elif isinstance(msg, ErrorMsg) and msg.code == "not_registered":
                             registered = False
-                            sock.send_multipart(
-                                encode(
-                                    Hello(
-                                        protocol=PROTOCOL_VERSION,
-                                        token=self._token,
-                                        role="client",
-                                        client=self.name,
-                                    )
-                                )
-                            )
+                            sock.send_multipart(encode(self._hello()))
                         else:
                             self._on_message(msg, frames)
                 if registered and self._flush(sock):
@@ -546,6 +567,18 @@ class Manager:
                     sock.send_multipart(encode(Goodbye(reason="client closed")))
             finally:
                 sock.close(linger=200)
+
+    def _adopt(self, specs: list[TaskSpec]) -> None:
+        """attach=True: take on the tasks an earlier process under our name left behind."""
+        with self._cv:
+            for spec in specs:
+                if spec.id in self._tasks:
+                    continue
+                t = _task_from_spec(spec)
+                self._tasks[spec.id] = t
+                self.attached.append(t)
+            self._cv.notify_all()
+        log.info("attached to %d task(s) of client %s", len(specs), self.name)
 
     def _resubmit(self) -> None:
         """After a manager restart, send every unfinished task again (and the libraries and
@@ -600,6 +633,22 @@ class Manager:
                 fut = self._replies.popleft() if self._replies else None
             if fut is not None:
                 fut.set_result(msg)
+        elif isinstance(msg, ErrorMsg) and msg.code == "store_unavailable":
+            log.error("manager: %s: %s", msg.code, msg.message)
+            refused: list[Task] = []
+            with self._cv:
+                for tid in msg.task_ids:
+                    t = self._tasks.pop(tid, None)
+                    self._outstanding.pop(tid, None)
+                    if t is not None:
+                        t.state = "refused"
+                        refused.append(t)
+                err = StoreUnavailable(msg.message, refused)
+                self._refusals.append(err)
+                self._cv.notify_all()
+            for t in refused:
+                if t._future is not None and not t._future.done():
+                    t._future.set_exception(err)
         elif isinstance(msg, ErrorMsg):
             log.error("manager: %s: %s", msg.code, msg.message)
             if msg.task_ids:
@@ -649,6 +698,24 @@ class Manager:
         for t in done:
             if t._future is not None and not t._future.done():
                 t._future.set_result(t)
+
+
+def _task_from_spec(spec: TaskSpec) -> Task:
+    """A task submitted by an earlier client process, rebuilt from what the manager holds."""
+    t: Task
+    if spec.kind == TaskKind.CALL:
+        t = FunctionCall(spec.library or "", spec.function or "")
+    elif spec.kind == TaskKind.PYTHON:
+        t = PythonTask.__new__(PythonTask)
+        Task.__init__(t, None)
+        t.func, t.args, t.kwargs = (lambda: None), (), {}
+    else:
+        t = Task(spec.command)
+    t.tag, t.category, t.priority, t.retries = spec.tag, spec.category, spec.priority, spec.retries
+    t.env, t.time_max = dict(spec.env), spec.time_max
+    t.id = spec.id
+    t.state = "submitted"
+    return t
 
 
 def _unsuccessful(t: Task) -> bool:

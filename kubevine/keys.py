@@ -54,6 +54,21 @@ def meta(workflow: str) -> str:
     return prefix(workflow) + "meta"
 
 
+def libraries(workflow: str) -> str:
+    """Hash: library name -> a packed LibrarySpec (JSON header + the pickled functions)."""
+    return prefix(workflow) + "lib"
+
+
+def files(workflow: str) -> str:
+    """Hash: cache name -> contents of a file a client sent (so a new manager can serve it)."""
+    return prefix(workflow) + "file"
+
+
+def replicas(workflow: str) -> str:
+    """Hash: "<worker id> <cache name>" -> cache group: which worker held which file."""
+    return prefix(workflow) + "replica"
+
+
 def stats(workflow: str) -> str:
     """String: the manager's latest published ManagerStatus JSON (read by the operator)."""
     return prefix(workflow) + "stats"
@@ -69,5 +84,8 @@ def all_keys(workflow: str) -> list[str]:
         results(workflow),
         workers(workflow),
         meta(workflow),
+        libraries(workflow),
+        files(workflow),
+        replicas(workflow),
         stats(workflow),
     ]

@@ -207,6 +207,7 @@ class Hello(_Msg):
     role: Literal["client", "worker", "admin"]
     client: ClientId | None = None
     worker: WorkerInfo | None = None
+    attach: bool = False  # a client: tell me every task of mine you hold (Welcome.tasks)
 
 
 class Welcome(_Msg):
@@ -217,6 +218,7 @@ class Welcome(_Msg):
     heartbeat_timeout: float
     first_task_id: TaskId | None = None  # clients: start of their id block
     id_block: int = 0
+    tasks: list[TaskSpec] = Field(default_factory=list)  # attach: this client's tasks not yet collected
 
 
 class Refused(_Msg):

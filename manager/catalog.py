@@ -38,6 +38,8 @@ class Catalog:
     inflight: dict[tuple[WorkerId, CacheName], str] = field(default_factory=dict)  # (dest, file) -> source
     arriving: dict[CacheName, set[str]] = field(default_factory=dict)  # file -> nodes it travels to
     failures: dict[str, int] = field(default_factory=dict)
+    # replicas added (cache group) or removed (None) since the core last took them: persisted
+    journal: dict[tuple[WorkerId, CacheName], str | None] = field(default_factory=dict)
 
     # -- replicas -------------------------------------------------------------------
 
@@ -45,6 +47,7 @@ class Catalog:
         held = self.holders.setdefault(name, set())
         if wid not in held:
             held.add(wid)
+            self.journal[(wid, name)] = node
             nodes = self.node_count.setdefault(name, {})
             nodes[node] = nodes.get(node, 0) + 1
 
@@ -53,6 +56,7 @@ class Catalog:
         if held is None or wid not in held:
             return
         held.discard(wid)
+        self.journal[(wid, name)] = None
         nodes = self.node_count.get(name, {})
         nodes[node] = nodes.get(node, 1) - 1
         if nodes[node] <= 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -181,6 +182,7 @@ class Core:
         self.connected_clients: set[ClientId] = set()
         self.counts: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.totals = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "retried": 0}
+        self._stored_totals = dict(self.totals)
         self.next_task_id = 1
         self.batch = WriteBatch()
         self.out: list[Instruction] = []
@@ -202,6 +204,12 @@ class Core:
             if tid in self.tasks:
                 self.batch.records[tid] = t.record()
         self._dirty.clear()
+        if self.totals != self._stored_totals:
+            self._stored_totals = dict(self.totals)
+            self.batch.meta["totals"] = json.dumps(self.totals)
+        if self.catalog.journal:
+            self.batch.replicas.update(self.catalog.journal)
+            self.catalog.journal.clear()
         for sd in self._dispatch.values():
             self.out.append(sd)
         self._dispatch.clear()
@@ -270,6 +278,11 @@ class Core:
 
     def files_received(self, names: Iterable[CacheName]) -> None:
         self.known_files.update(names)
+
+    def keep_file(self, name: CacheName, data: bytes) -> None:
+        """A client sent this file: store it with the workflow, so a new manager can serve it."""
+        self.known_files.add(name)
+        self.batch.files[name] = data
 
     def submit(self, client: ClientId, specs: list[TaskSpec], payloads: list[bytes | None]) -> None:
         dup: list[TaskId] = []
@@ -355,6 +368,11 @@ class Core:
         old = self.workers.get(wid)
         w = WorkerEntry(info, WorkerState.CONNECTED, self.now, idle_since=self.now)
         self.workers[wid] = w
+        if old is not None:  # replicas it no longer reports (evicted while we were apart)
+            now_held = set(info.cached)
+            group = old.info.cache_group or old.info.node
+            for name in [n for n, h in self.catalog.holders.items() if wid in h and n not in now_held]:
+                self.catalog.remove(name, wid, group)
         dataplane.on_cached(self, self.catalog, w, list(info.cached))
         self.batch.workers[wid] = info.model_copy(update={"running": [], "cached": []})
         self.transactions.append(
@@ -362,6 +380,11 @@ class Core:
             f" cached={len(info.cached)} running={len(info.running)}"
         )
         held = {r.task_id: r.attempt for r in info.running}
+        for lname in info.libraries:  # instances it still runs (after a manager restart)
+            lentry = self.libraries.get(lname)
+            if lentry is not None and lname not in w.libs:
+                w.libs[lname] = Instance("ready")
+                w.committed.add(lentry.spec.resources)
         # tasks we believe are on it: re-attach those it still holds, requeue the others
         if old is not None:
             for tid, attempt in old.tasks.items():
@@ -389,6 +412,11 @@ class Core:
         w.committed.add(t.spec.resources)
         if t.state == S.DISPATCHED:
             w.queued += 1
+        if t.spec.kind == TaskKind.CALL:
+            w.calls += 1
+            inst = w.libs.get(t.spec.library or "")
+            if inst is not None:
+                inst.active += 1
 
     def worker_seen(self, wid: WorkerId) -> None:
         w = self.workers.get(wid)
@@ -616,12 +644,14 @@ class Core:
         if old is not None:
             entry.ready = old.ready
         self.libraries[spec.name] = entry
+        self.batch.libraries[spec.name] = (spec, payload)
         self.transactions.append(f"LIBRARY {spec.name} registered mode={spec.exec_mode} slots={spec.slots}")
 
     def remove_library(self, client: ClientId, name: str) -> None:
         lib = self.libraries.pop(name, None)
         if lib is None:
             return
+        self.batch.libraries[name] = None
         for w in self.workers.values():
             if w.libs.pop(name, None) is not None:
                 w.committed.remove(lib.spec.resources)
@@ -906,8 +936,15 @@ class Core:
     # ------------------------------------------------------------- recovery
 
     def restore(self, snap: Snapshot) -> None:
-        """Rebuild state from what the store holds, after a manager restart."""
+        """Rebuild state from what the store holds, after a manager restart: tasks and their
+        uncollected results, libraries (before the calls that wait on them), the workers
+        seen (recovering until they say hello again), the replicas they held, the totals."""
         self.next_task_id = int(snap.meta.get("next_task_id", "1"))
+        if "totals" in snap.meta:
+            self.totals.update(json.loads(snap.meta["totals"]))
+            self._stored_totals = dict(self.totals)
+        for lname, (lspec, lpayload) in snap.libraries.items():
+            self.libraries[lname] = LibraryEntry(lspec, lpayload, ClientId(""))
         for tid, (spec, payload) in snap.specs.items():
             rec = snap.records.get(tid)
             if rec is None:
@@ -927,15 +964,47 @@ class Core:
                 t.result, t.frames = snap.results[tid]
             self.tasks[tid] = t
             self.counts[t.state] += 1
+            for b in spec.outputs:
+                if b.kind == FileKind.TEMP and b.cache_name is not None:
+                    self.producers.setdefault(b.cache_name, tid)
         self._seq = itertools.count(max((t.seq for t in self.tasks.values()), default=0) + 1)
         deadline = self.now + self.settings.recover_grace
         for wid, info in snap.workers.items():
             self.workers[wid] = WorkerEntry(info, WorkerState.RECOVERING, self.now, deadline=deadline)
+        for (wid, name), group in snap.replicas.items():
+            if wid in self.workers:  # a replica on a worker that may come back
+                self.catalog.add(name, wid, group)
+        self.catalog.journal.clear()
         for t in list(self.tasks.values()):
+            if t.spec.kind == TaskKind.CALL and (t.spec.library or "") not in self.libraries:
+                if t.state not in FINAL:  # its library was never stored: it cannot run
+                    self._finish(
+                        t, S.FAILED, Outcome.LIBRARY_ERROR, error=f"library {t.spec.library!r} is gone"
+                    )
+                continue
             if t.state in (S.WAITING, S.RETRYING):
-                self._make_ready(t, "recovered")
+                lacking = [
+                    b.cache_name
+                    for b in t.spec.inputs
+                    if b.kind == FileKind.TEMP
+                    and b.cache_name is not None
+                    and not self.catalog.available(b.cache_name)
+                ]
+                if t.state == S.WAITING and lacking:
+                    for n in lacking:  # it waits on: a replica, or its producer (still to run)
+                        self.waiting_for.setdefault(n, set()).add(t.spec.id)
+                    for n in lacking:
+                        p = self.tasks.get(self.producers.get(n, TaskId(0)))
+                        if p is not None and p.state == S.DONE:  # made, but no copy is known
+                            dataplane.regenerate(self, self.catalog, n, "no copy known after a restart")
+                else:
+                    self._make_ready(t, "recovered")
             elif t.state == S.READY:
-                heapq.heappush(self.ready, (-t.spec.priority, t.seq, t.spec.id))
+                item = (-t.spec.priority, t.seq, t.spec.id)
+                if t.spec.kind == TaskKind.CALL:
+                    heapq.heappush(self.libraries[t.spec.library or ""].ready, item)
+                else:
+                    heapq.heappush(self.ready, item)
             elif t.state in (S.DISPATCHED, S.RUNNING):
                 w = self.workers.get(t.worker) if t.worker else None
                 if w is None:
@@ -945,6 +1014,29 @@ class Core:
             elif t.result is not None:
                 self._pending_results.setdefault(t.client, []).append((t.result, t.frames))
         self.batch = WriteBatch()  # what was restored is stored already; the moves are dirty
+
+    def full_batch(self) -> WriteBatch:
+        """Everything this manager holds, as one batch that replaces what the store has
+        (after the store lost it: a Redis restarted without persistence)."""
+        b = WriteBatch(reseed=True)
+        for tid, t in self.tasks.items():
+            b.specs[tid] = (t.spec, t.payload)
+            b.records[tid] = t.record()
+            if t.result is not None:
+                b.results[tid] = (t.result, t.frames)
+        for wid, w in self.workers.items():
+            if w.state != WorkerState.LOST:
+                b.workers[wid] = w.info.model_copy(update={"running": [], "cached": []})
+        b.meta["next_task_id"] = str(self.next_task_id)
+        b.meta["totals"] = json.dumps(self.totals)
+        for name, lib in self.libraries.items():
+            b.libraries[name] = (lib.spec, lib.payload)
+        for name, held in self.catalog.holders.items():
+            for wid in held:
+                holder = self.workers.get(wid)
+                if holder is not None:
+                    b.replicas[(wid, name)] = holder.info.cache_group or holder.info.node
+        return b
 
     # ------------------------------------------------------------- views
 

@@ -19,40 +19,60 @@ from redis.connection import Connection
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
 
 from kubevine import keys
-from kubevine.ids import TaskId, WorkerId
+from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.manager.store import (
     LeaseHeld,
     Snapshot,
     StateStore,
     StoreError,
+    StoreWiped,
     TaskRecord,
     WriteBatch,
 )
-from kubevine.protocol import ClientResult, TaskSpec, WorkerInfo
+from kubevine.protocol import ClientResult, LibrarySpec, TaskSpec, WorkerInfo
 from kubevine.wire import pack_frames, unpack_frames
 
 log = logging.getLogger(__name__)
 
-# ARGV[1]: the fencing epoch; ARGV[2]: a msgpack array of operations, each
-# {"S", key, {f1, v1, f2, v2, ...}} (HSET) or {"D", key, {f1, f2, ...}} (HDEL).
+# KEYS[1]: the epoch key, KEYS[2]: the lease key. ARGV[1]: the fencing epoch; ARGV[2]: a
+# msgpack array of operations, each {"S", key, {f1, v1, f2, v2, ...}} (HSET),
+# {"D", key, {f1, f2, ...}} (HDEL) or {"X", key} (DEL); ARGV[3]: "1" for a reseed, which
+# also restores the epoch and the lease (ARGV[4]: owner, ARGV[5]: lease TTL in ms).
 # One packed argument instead of thousands: packing arguments one by one cost more than
 # the write itself.
 _APPLY = """
 local cur = redis.call('GET', KEYS[1])
-if cur ~= ARGV[1] then
+if ARGV[3] == '1' then
+  -- a reseed: the whole state of a manager whose store forgot it (or never had it)
+  if cur ~= false and cur ~= ARGV[1] then
+    return redis.error_reply('FENCED workflow now belongs to epoch ' .. tostring(cur))
+  end
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[4] then
+    return redis.error_reply('FENCED workflow now held by ' .. holder)
+  end
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+elseif cur == false then
+  return redis.error_reply('WIPED the store holds no epoch for this workflow')
+elseif cur ~= ARGV[1] then
   return redis.error_reply('FENCED workflow now belongs to epoch ' .. tostring(cur))
 end
 local ops = cmsgpack.unpack(ARGV[2])
 for _, op in ipairs(ops) do
-  local items = op[3]
-  local n = #items
-  local step = 4000
-  for i = 1, n, step do
-    local j = math.min(i + step - 1, n)
-    if op[1] == 'S' then
-      redis.call('HSET', op[2], unpack(items, i, j))
-    else
-      redis.call('HDEL', op[2], unpack(items, i, j))
+  if op[1] == 'X' then
+    redis.call('DEL', op[2])
+  else
+    local items = op[3]
+    local n = #items
+    local step = 4000
+    for i = 1, n, step do
+      local j = math.min(i + step - 1, n)
+      if op[1] == 'S' then
+        redis.call('HSET', op[2], unpack(items, i, j))
+      else
+        redis.call('HDEL', op[2], unpack(items, i, j))
+      end
     end
   end
 end
@@ -68,11 +88,21 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('INCR', KEYS[2])
 """
 
+# Renewal also takes the lease back if it ran out while no one else took it (the manager
+# was cut off from Redis for longer than the TTL): the epoch tells whether anyone did.
 _RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('LOST')
+local cur = redis.call('GET', KEYS[2])
+if cur == false then
+  return redis.error_reply('WIPED')
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if cur ~= ARGV[3] then
+  return redis.error_reply('LOST epoch ' .. cur)
+end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return redis.error_reply('LOST held by ' .. holder)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
@@ -90,7 +120,7 @@ class RedisStore(StateStore):
     def __init__(self, url: str, workflow: str, password: str | None = None) -> None:
         self.workflow = workflow
         try:
-            self.r = redis.Redis.from_url(url, password=password, socket_timeout=10)
+            self.r = redis.Redis.from_url(url, password=password, socket_timeout=10, socket_connect_timeout=3)
             self._apply = self.r.register_script(_APPLY)
             self._acquire = self.r.register_script(_ACQUIRE)
             self._renew = self.r.register_script(_RENEW)
@@ -98,6 +128,8 @@ class RedisStore(StateStore):
         except (RedisError, ValueError) as e:
             raise StoreError(f"cannot use Redis at {_safe_url(url)}: {e}") from e
         self._epoch: int | None = None
+        self._owner = ""
+        self._ttl_ms = 15000
         self._conn: Connection | None = None
         self.url = _safe_url(url)
         try:
@@ -122,13 +154,17 @@ class RedisStore(StateStore):
         except RedisError as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
         self._epoch = epoch
+        self._owner, self._ttl_ms = owner, int(ttl * 1000)
         return epoch
 
     def renew(self, owner: str, ttl: float) -> None:
+        w = self.workflow
         try:
-            self._renew(keys=[keys.lease(self.workflow)], args=[owner, int(ttl * 1000)])
+            self._renew(keys=[keys.lease(w), keys.epoch(w)], args=[owner, int(ttl * 1000), self._epoch])
         except ResponseError as e:
-            raise StoreError("lease lost: another manager took this workflow") from e
+            if str(e).startswith("WIPED"):
+                raise StoreWiped(f"Redis at {self.url} no longer holds workflow {w!r}") from e
+            raise StoreError(f"lease lost: another manager took this workflow ({e})") from e
         except RedisError as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
 
@@ -148,7 +184,10 @@ class RedisStore(StateStore):
                 pipe.hgetall(key)
             pipe.hgetall(keys.workers(w))
             pipe.hgetall(keys.meta(w))
-            specs, payloads, records, results, workers, meta = pipe.execute()
+            pipe.hgetall(keys.libraries(w))
+            pipe.hgetall(keys.files(w))
+            pipe.hgetall(keys.replicas(w))
+            specs, payloads, records, results, workers, meta, libs, files, replicas = pipe.execute()
         except RedisError as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
         snap = Snapshot()
@@ -163,6 +202,13 @@ class RedisStore(StateStore):
         for k, v in workers.items():
             snap.workers[WorkerId(k.decode())] = WorkerInfo.model_validate_json(v)
         snap.meta = {k.decode(): v.decode() for k, v in meta.items()}
+        for k, v in libs.items():
+            head, frames = unpack_frames(v)
+            snap.libraries[k.decode()] = (LibrarySpec.model_validate_json(head), frames[0] if frames else b"")
+        snap.files = {CacheName(k.decode()): v for k, v in files.items()}
+        for k, v in replicas.items():
+            wid, name = k.decode().split(" ", 1)
+            snap.replicas[(WorkerId(wid), CacheName(name))] = v.decode()
         return snap
 
     def apply(self, batch: WriteBatch) -> None:
@@ -170,6 +216,8 @@ class RedisStore(StateStore):
             raise StoreError("apply before acquire")
         ops: list[list[Any]] = []
         w = self.workflow
+        if batch.reseed:
+            ops += [["X", k] for k in _state_keys(w)]
         _hset(
             ops,
             keys.specs(w),
@@ -189,20 +237,30 @@ class RedisStore(StateStore):
         _hset(ops, keys.workers(w), workers_set)
         _hdel(ops, keys.workers(w), [wid for wid, i in batch.workers.items() if i is None])
         _hset(ops, keys.meta(w), batch.meta.items())
+        libs = batch.libraries.items()
+        packed_libs = ((n, pack_frames(lb[0].model_dump_json().encode(), [lb[1]])) for n, lb in libs if lb)
+        _hset(ops, keys.libraries(w), packed_libs)
+        _hdel(ops, keys.libraries(w), [n for n, lib in libs if lib is None])
+        _hset(ops, keys.files(w), batch.files.items())
+        reps = batch.replicas.items()
+        _hset(ops, keys.replicas(w), ((f"{wid} {n}", g) for (wid, n), g in reps if g is not None))
+        _hdel(ops, keys.replicas(w), [f"{wid} {n}" for (wid, n), g in reps if g is None])
         if batch.deleted:
             d = list(batch.deleted)
             for key in (keys.specs(w), keys.payloads(w), keys.records(w), keys.results(w)):
                 _hdel(ops, key, d)
         try:
-            self._eval_apply(keys.epoch(w), msgpack.packb(ops, use_bin_type=False))
+            self._eval_apply(w, msgpack.packb(ops, use_bin_type=False), batch.reseed)
         except ResponseError as e:
             if "FENCED" in str(e):
                 raise StoreError(f"fenced: {e}") from e
+            if "WIPED" in str(e):
+                raise StoreWiped(f"Redis at {self.url} no longer holds workflow {w!r}") from e
             raise StoreError(f"Redis rejected the write: {e}") from e
-        except RedisError as e:
+        except (RedisError, OSError) as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
 
-    def _eval_apply(self, epoch_key: str, packed: bytes) -> None:
+    def _eval_apply(self, w: str, packed: bytes, reseed: bool) -> None:
         """EVALSHA on a connection of our own: the pooled client's per-call bookkeeping
         cost more CPU than the write (the writer thread calls this once per group commit)."""
         if self._conn is None:
@@ -210,12 +268,23 @@ class RedisStore(StateStore):
         conn = self._conn
         for _ in range(2):
             try:
-                conn.send_command("EVALSHA", self._apply_sha, 1, epoch_key, self._epoch, packed)
+                conn.send_command(
+                    "EVALSHA",
+                    self._apply_sha,
+                    2,
+                    keys.epoch(w),
+                    keys.lease(w),
+                    self._epoch,
+                    packed,
+                    "1" if reseed else "0",
+                    self._owner,
+                    self._ttl_ms,
+                )
                 conn.read_response()
                 return
             except NoScriptError:  # Redis restarted and forgot the script: load it again
                 self._apply_sha = self.r.script_load(_APPLY)  # type: ignore[no-untyped-call]
-            except (ConnectionError, TimeoutError):
+            except (ConnectionError, TimeoutError, OSError):
                 conn.disconnect()
                 raise
         raise StoreError("Redis keeps forgetting the apply script")
@@ -243,6 +312,21 @@ def _hset(ops: list[list[Any]], key: str, items: Iterable[tuple[object, str | by
 def _hdel(ops: list[list[Any]], key: str, fields: Sequence[object]) -> None:
     if fields:
         ops.append(["D", key, [str(f) for f in fields]])
+
+
+def _state_keys(w: str) -> list[str]:
+    """The hashes a reseed replaces (not the lease, epoch or stats)."""
+    return [
+        keys.specs(w),
+        keys.payloads(w),
+        keys.records(w),
+        keys.results(w),
+        keys.workers(w),
+        keys.meta(w),
+        keys.libraries(w),
+        keys.files(w),
+        keys.replicas(w),
+    ]
 
 
 def _safe_url(url: str) -> str:

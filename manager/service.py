@@ -40,7 +40,7 @@ from kubevine.manager.filestore import FileStore
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.persist import Persister
 from kubevine.manager.states import TaskState, WorkerState
-from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore, StoreError
+from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore
 from kubevine.manager.txlog import TxLog
 from kubevine.protocol import (
     PROTOCOL_VERSION,
@@ -83,6 +83,8 @@ from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, Work
 
 log = logging.getLogger(__name__)
 
+MAX_STORED_FILE = 64 << 20  # client files up to this size are kept in the state store too
+
 
 @dataclass
 class ManagerConfig:
@@ -100,6 +102,7 @@ class ManagerConfig:
     recover_grace: float = 30.0
     lease_ttl: float = 15.0  # a dead manager's workflow can be taken over this long after
     lease_wait: float | None = None  # how long to wait for a held lease (default: its TTL + 5 s)
+    redis_outage_grace: float = 60.0  # seconds of Redis outage after which new work is refused
     stats_interval: float = 2.0
     prefetch: int = 3
     metrics_port: int | None = None  # serve /metrics and /healthz over HTTP (0: any free port)
@@ -161,26 +164,49 @@ class ManagerService:
         self._wake_rx.bind(self._wake_addr)
         self._wake_tx = self.ctx.socket(zmq.PUSH)
         self._wake_tx.connect(self._wake_addr)
-        self.persister = Persister(self.store, self._wake)
-        self._deferred: list[SendAck | tuple[bytes, _Msg]] = []  # sent once this cycle is durable
+        self.persister = Persister(
+            self.store,
+            self._wake,
+            owner=self.manager_id,
+            lease_ttl=config.lease_ttl,
+            stats_interval=config.stats_interval,
+        )
+        # sent once this cycle is durable
+        self._deferred: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = []
+        self._unwelcomed: set[str] = set()  # clients whose welcome waits for durability
+        self._refusing = False  # the store has been away longer than redis_outage_grace
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         cfg = self.config
         self.epoch = self._acquire_lease()
+        self.txlog.write([f"MANAGER {self.manager_id} loading workflow={cfg.name} epoch={self.epoch}"])
         snap = self.store.load()
         self.core.now = time.time()
+        have = set(self.files.names())
+        for name, data in snap.files.items():  # files clients sent to an earlier manager
+            if name not in have:
+                self.files.put(name, data)
+        self.core.files_received(snap.files)
         self.core.restore(snap)
-        if snap.records:
+        if snap.records or snap.libraries or snap.workers:
             log.info(
-                "workflow %s: reloaded %d task(s) and %d worker(s) from the store",
+                "workflow %s: reloaded %d task(s), %d worker(s), %d library(ies), %d file(s) "
+                "and %d replica(s) from the store",
                 cfg.name,
                 len(snap.records),
                 len(snap.workers),
+                len(snap.libraries),
+                len(snap.files),
+                len(snap.replicas),
             )
             self.txlog.write(
-                [f"MANAGER {self.manager_id} restored tasks={len(snap.records)} workers={len(snap.workers)}"]
+                [
+                    f"MANAGER {self.manager_id} restored tasks={len(snap.records)}"
+                    f" workers={len(snap.workers)} libraries={len(snap.libraries)}"
+                    f" files={len(snap.files)} replicas={len(snap.replicas)}"
+                ]
             )
         if cfg.port == 0:
             port = self.sock.bind_to_random_port(f"tcp://{cfg.host}")
@@ -275,7 +301,6 @@ class ManagerService:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
         next_tick = 0.0
-        next_lease = time.time() + cfg.lease_ttl / 3
         next_stats = 0.0
         while self.running:
             now = time.time()
@@ -293,24 +318,54 @@ class ManagerService:
             if now >= next_tick:
                 self.core.tick(now)
                 self._heartbeat()
+                self._watch_store()
                 next_tick = now + min(cfg.heartbeat_interval, 1.0)
-            if now >= next_lease:
-                try:
-                    self.store.renew(self.manager_id, cfg.lease_ttl)
-                except StoreError as e:
-                    log.error("manager %s: %s; stopping", self.manager_id, e)
-                    raise
-                next_lease = now + cfg.lease_ttl / 3
+            if self.persister.wiped and not self.persister.reseed_requested:
+                self._reseed()
             self.core.schedule()
             self._flush()
             if now >= next_stats:
                 self.counters.sample(now)
                 st = self.status()
-                self.store.publish_stats(st.model_dump_json())
+                self.persister.publish(st.model_dump_json())
                 self.txlog.perf(st)
                 if self.metrics is not None:
                     self.metrics.update(st)
                 next_stats = now + cfg.stats_interval
+
+    def _watch_store(self) -> None:
+        """Past ``redis_outage_grace`` of outage, refuse new work (and say so once)."""
+        outage = self.persister.outage
+        refusing = outage > self.config.redis_outage_grace
+        if refusing and not self._refusing:
+            log.error(
+                "state store unreachable for %.0fs (more than --redis-outage-grace %.0fs): refusing "
+                "new work until it returns; running work goes on and nothing stored is lost",
+                outage,
+                self.config.redis_outage_grace,
+            )
+            self.txlog.write([f"MANAGER {self.manager_id} refusing-work cause=store-unavailable"])
+        elif self._refusing and not refusing:
+            log.warning("state store is back: accepting new work again")
+            self.txlog.write([f"MANAGER {self.manager_id} accepting-work"])
+        self._refusing = refusing
+
+    def _reseed(self) -> None:
+        """The store forgot the workflow: write everything we hold again, in one batch."""
+        self._flush()  # this cycle's changes first (the full batch subsumes them anyway)
+        batch = self.core.full_batch()
+        for name in self.files.names():
+            data = self.files.get(name)
+            if data is not None and len(data) <= MAX_STORED_FILE:
+                batch.files[name] = data
+        log.warning(
+            "manager %s: the state store lost workflow %s; writing it again (%d task(s))",
+            self.manager_id,
+            self.config.name,
+            len(batch.records),
+        )
+        self.txlog.write([f"MANAGER {self.manager_id} reseed tasks={len(batch.records)}"])
+        self.persister.submit(batch, [])
 
     def _drain_wake(self) -> None:
         while True:
@@ -324,6 +379,10 @@ class ManagerService:
             if isinstance(item, SendAck):
                 self._send_to("worker", item.worker, UpdateAck(tasks=item.tasks))
             else:
+                if isinstance(item[1], Welcome):
+                    peer = self.peers.get(item[0])
+                    if peer is not None:
+                        self._unwelcomed.discard(peer.id)
                 self._send(*item)
 
     def _drain_socket(self) -> None:
@@ -348,11 +407,11 @@ class ManagerService:
 
     def _flush(self) -> None:
         batch, out = self.core.take()
-        after: list[SendAck | tuple[bytes, _Msg]] = [i for i in out if isinstance(i, SendAck)]
+        after: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = [
+            i for i in out if isinstance(i, SendAck)
+        ]
         after += self._deferred
         self._deferred = []
-        self.persister.submit(batch, after)
-        self._send_durable()  # an in-memory store is durable at once
         self.txlog.write(self.core.transactions)
         self.core.transactions.clear()
         for ins in out:
@@ -377,7 +436,11 @@ class ManagerService:
                                 exit_code=r.exit_code,
                             )
                         )
-                self._send_to("client", ins.client, Results(results=res), frames)
+                ident = self.routes.get(("client", ins.client))
+                if ins.client in self._unwelcomed and ident is not None:
+                    after.append((ident, Results(results=res), frames))  # after its welcome
+                else:
+                    self._send_to("client", ins.client, Results(results=res), frames)
             elif isinstance(ins, SendKill):
                 self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
             elif isinstance(ins, SendDrain):
@@ -394,6 +457,8 @@ class ManagerService:
                     ins.client,
                     ErrorMsg(code=ins.code, message=ins.message, task_ids=ins.task_ids),
                 )
+        self.persister.submit(batch, after)
+        self._send_durable()  # an in-memory store is durable at once
 
     # ------------------------------------------------------------------ sending
 
@@ -412,7 +477,9 @@ class ManagerService:
 
     def _heartbeat(self) -> None:
         hb = encode(Heartbeat(manager_id=self.manager_id))
-        for ident in list(self.routes.values()):
+        for (role, pid), ident in list(self.routes.items()):
+            if role == "client" and pid in self._unwelcomed:
+                continue  # its welcome comes first
             try:
                 self.sock.send_multipart([ident, *hb])
             except zmq.ZMQError:
@@ -465,7 +532,22 @@ class ManagerService:
                 )
             return
         cid = ClientId(peer.id)
-        if isinstance(msg, Submit):
+        if isinstance(msg, Submit) and self._refusing:
+            ids = [s.id for s in msg.tasks]
+            self._send(
+                ident,
+                ErrorMsg(
+                    code="store_unavailable",
+                    message=(
+                        f"the state store has been unreachable for {self.persister.outage:.0f}s "
+                        f"(longer than the manager's --redis-outage-grace of "
+                        f"{self.config.redis_outage_grace:.0f}s): {len(ids)} task(s) not accepted; "
+                        "submit them again once it is back (tasks accepted before are safe)"
+                    ),
+                    task_ids=ids,
+                ),
+            )
+        elif isinstance(msg, Submit):
             payloads = []
             specs = []
             for s in msg.tasks:
@@ -480,6 +562,15 @@ class ManagerService:
                 if len(data) != f.size:
                     raise ProtocolError(f"file {f.cache_name}: {len(data)} bytes sent, {f.size} declared")
                 self.files.put(f.cache_name, data)
+                if len(data) <= MAX_STORED_FILE:
+                    core.keep_file(f.cache_name, data)
+                else:
+                    log.warning(
+                        "file %s (%d bytes) is too large to keep in the state store; a new manager "
+                        "gets it from a worker's cache or the client",
+                        f.cache_name,
+                        len(data),
+                    )
             core.files_received(f.cache_name for f in msg.files)
         elif isinstance(msg, ResultsAck):
             core.results_acked(cid, msg.task_ids)
@@ -545,6 +636,9 @@ class ManagerService:
             if msg.role == "client":
                 first, count = self.core.client_connected(ClientId(cid))
                 welcome.first_task_id, welcome.id_block = first, count
+                if msg.attach:  # a client process restarted: what it submitted and not collected
+                    welcome.tasks = [t.spec for t in self.core.tasks.values() if t.client == cid]
+                self._unwelcomed.add(cid)  # its results go out after the welcome
                 self._deferred.append((ident, welcome))  # its id block must be durable first
             else:
                 self._send(ident, welcome)

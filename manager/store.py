@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kubevine.ids import ClientId, TaskId, WorkerId
-from kubevine.protocol import ClientResult, TaskSpec, WorkerInfo
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.protocol import ClientResult, LibrarySpec, TaskSpec, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ class StoreError(Exception):
 
 class LeaseHeld(StoreError):
     """Another live manager holds this workflow."""
+
+
+class StoreWiped(StoreError):
+    """The store lost this workflow's state (a Redis restarted without persistence): the
+    manager, which still holds everything in memory, must write it all again (a reseed)."""
 
 
 class TaskRecord(NamedTuple):
@@ -63,9 +68,24 @@ class WriteBatch:
     deleted: set[TaskId] = field(default_factory=set)
     workers: dict[WorkerId, WorkerInfo | None] = field(default_factory=dict)  # None = gone
     meta: dict[str, str] = field(default_factory=dict)
+    libraries: dict[str, tuple[LibrarySpec, bytes] | None] = field(default_factory=dict)  # None = removed
+    files: dict[CacheName, bytes] = field(default_factory=dict)  # contents clients sent
+    replicas: dict[tuple[WorkerId, CacheName], str | None] = field(default_factory=dict)  # None = gone
+    reseed: bool = False  # the whole state: replace whatever the store holds
 
     def __bool__(self) -> bool:
-        return bool(self.specs or self.records or self.results or self.deleted or self.workers or self.meta)
+        return bool(
+            self.specs
+            or self.records
+            or self.results
+            or self.deleted
+            or self.workers
+            or self.meta
+            or self.libraries
+            or self.files
+            or self.replicas
+            or self.reseed
+        )
 
 
 @dataclass
@@ -77,6 +97,9 @@ class Snapshot:
     results: dict[TaskId, tuple[ClientResult, list[bytes]]] = field(default_factory=dict)
     workers: dict[WorkerId, WorkerInfo] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+    libraries: dict[str, tuple[LibrarySpec, bytes]] = field(default_factory=dict)
+    files: dict[CacheName, bytes] = field(default_factory=dict)
+    replicas: dict[tuple[WorkerId, CacheName], str] = field(default_factory=dict)
 
 
 class StateStore(abc.ABC):
@@ -91,7 +114,9 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def renew(self, owner: str, ttl: float) -> None:
-        """Extend the lease; StoreError if it was lost to another manager."""
+        """Extend the lease (taking it again if it ran out while no one else took it);
+        StoreError if it was lost to another manager, StoreWiped if the store forgot the
+        workflow altogether."""
 
     @abc.abstractmethod
     def release(self, owner: str) -> None:
@@ -147,6 +172,8 @@ class MemoryStore(StateStore):
         return self._snap
 
     def apply(self, batch: WriteBatch) -> None:
+        if batch.reseed:
+            self._snap = Snapshot()
         s = self._snap
         s.specs.update(batch.specs)
         s.records.update(batch.records)
@@ -161,6 +188,17 @@ class MemoryStore(StateStore):
             else:
                 s.workers[wid] = info
         s.meta.update(batch.meta)
+        for name, lib in batch.libraries.items():
+            if lib is None:
+                s.libraries.pop(name, None)
+            else:
+                s.libraries[name] = lib
+        s.files.update(batch.files)
+        for key, group in batch.replicas.items():
+            if group is None:
+                s.replicas.pop(key, None)
+            else:
+                s.replicas[key] = group
 
     def publish_stats(self, stats_json: str) -> None:
         self.stats_json = stats_json

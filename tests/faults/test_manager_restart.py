@@ -1,140 +1,90 @@
 """The manager is SIGKILLed mid-run and started again on its Redis state: every task
-completes exactly once, the workers were never restarted, and the client's wait() goes on."""
+completes exactly once, the workers were never restarted, and the client's wait() goes on.
+A second manager on a live workflow is refused."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from kubevine import Manager, Task
-from kubevine.testing import wait_for
+from kubevine import FunctionCall, Manager, Task
 
-TOKEN = "restart-token"
+from .procs import TOKEN, Procs, count_runs, kubevine_env, record, runs_command, tx_lines
 
-
-def start_manager(tmp: Path, port: int, redis_url: str, name: str) -> subprocess.Popen[bytes]:
-    (tmp / "m" / "address").unlink(missing_ok=True)
-    args = [
-        sys.executable,
-        "-m",
-        "kubevine",
-        "manager",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--name",
-        name,
-        "--redis",
-        redis_url,
-        "--workdir",
-        str(tmp / "m"),
-        "--heartbeat-timeout",
-        "4",
-        "--recover-grace",
-        "10",
-        "--lease-ttl",
-        "2",
-    ]
-    with open(tmp / "manager.log", "ab") as log:
-        p = subprocess.Popen(
-            args, env={**os.environ, "KUBEVINE_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT
-        )
-    wait_for(lambda: (tmp / "m" / "address").exists(), timeout=30, what="manager up")
-    return p
+N_CMD, N_CALL = 1500, 3500  # 5,000 tasks
 
 
 def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
     tmp_path: Path, redis_url: str, workflow_name: str
 ) -> None:
-    first = start_manager(tmp_path, 0, redis_url, workflow_name)
-    address = (tmp_path / "m" / "address").read_text().strip()
-    port = int(address.rsplit(":", 1)[1])
-    env = {**os.environ, "KUBEVINE_TOKEN": TOKEN}
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubevine",
-                "worker",
-                address,
-                "--cores",
-                "1",
-                "--workdir",
-                str(tmp_path / f"w{i}"),
-            ],
-            env=env,
-        )
-        for i in range(2)
-    ]
-    second = None
+    procs = Procs(tmp_path)
+    runs = tmp_path / "runs"
     try:
+        address = procs.manager(redis_url, workflow_name)
+        port = int(address.rsplit(":", 1)[1])
+        for i in range(2):
+            procs.worker(address, i)
+        pids = [w.pid for w in procs.workers]
         with Manager(address, token=TOKEN, name="analyst") as m:
-            tasks = [Task(f"sleep 0.02; echo {i}") for i in range(400)]
+            m.install_library(m.create_library_from_functions("rec", record, exec_mode="direct"))
+            tasks: list[Task] = []
+            for i in range(N_CMD + N_CALL):  # interleaved: both kinds are in flight at the kill
+                if i % 10 < 3:
+                    tasks.append(Task(runs_command(i, runs)))
+                else:
+                    tasks.append(FunctionCall("rec", "record", i, str(runs)))
             for t in tasks:
                 m.submit(t)
             got = []
-            while len(got) < 200:
+            while len(got) < (N_CMD + N_CALL) // 2:
                 t = m.wait(60)
                 assert t is not None
                 got.append(t)
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-            t0 = time.monotonic()
-            second = start_manager(tmp_path, port, redis_url, workflow_name)
+            procs.kill_manager()
+            procs.manager(redis_url, workflow_name, port=port)
             while (t := m.wait(120)) is not None:
                 got.append(t)
-            elapsed = time.monotonic() - t0
-        assert len(got) == 400 and len({t.id for t in got}) == 400  # each exactly once
-        assert sorted(t.output for t in got) == sorted(f"{i}\n" for i in range(400))
-        assert all(t.successful() for t in got)
-        assert all(w.poll() is None for w in workers)  # the same worker processes throughout
-        assert elapsed < 60
+        assert len(got) == N_CMD + N_CALL and len({t.id for t in got}) == len(got)  # each exactly once
+        assert all(t.successful() for t in got), [t.error for t in got if not t.successful()][:3]
+        for i, t in enumerate(tasks):  # outputs correct, each from its own task
+            assert t.output == (i * i if isinstance(t, FunctionCall) else f"out{i}\n")
+        assert [w.pid for w in procs.workers] == pids and all(w.poll() is None for w in procs.workers)
+
+        # re-executions: only tasks the workers held when the manager died
+        counts = count_runs(runs)
+        assert len(counts) == N_CMD + N_CALL  # every task ran
+        re_executed = sum(n - 1 for n in counts.values())
+        log = tx_lines(tmp_path / "m" / "transactions.log")  # both managers append to it
+        start = [ts for ts, text in log if text.startswith("MANAGER ") and " loading " in text][-1]
+        second = [(ts, text) for ts, text in log if ts >= start]
+        held = sum(
+            int(text.split(" running=")[1].split()[0])
+            for _, text in second
+            if text.startswith("WORKER ") and " connected " in text
+        )
+        # manager start (lease taken, state loading) -> first dispatch of the new manager
+        first_dispatch = min(ts for ts, text in second if " dispatched " in text)
+        recovery = first_dispatch - start
+        print(f"re-executed {re_executed} of {held} held by workers; start->dispatch {recovery:.3f}s")
+        assert re_executed <= held
+        assert recovery < 5.0  # target 2 s; loose for a loaded 2-core machine
     finally:
-        for w in workers:
-            w.terminate()
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                p.wait(10)
-        for w in workers:
-            w.wait(10)
+        procs.stop()
 
 
 def test_a_second_manager_on_a_live_workflow_is_refused_clearly(
     tmp_path: Path, redis_url: str, workflow_name: str
 ) -> None:
-    first = start_manager(tmp_path, 0, redis_url, workflow_name)
+    procs = Procs(tmp_path)
     try:
-        args = [
-            sys.executable,
-            "-m",
-            "kubevine",
-            "manager",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--name",
-            workflow_name,
-            "--redis",
-            redis_url,
-            "--workdir",
-            str(tmp_path / "m2"),
-            "--lease-ttl",
-            "1",
-        ]
-        out = subprocess.run(
-            args, env={**os.environ, "KUBEVINE_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60
-        )
+        procs.manager(redis_url, workflow_name)
+        args = [sys.executable, "-m", "kubevine", "manager", "--host", "127.0.0.1", "--port", "0"]
+        args += ["--name", workflow_name, "--redis", redis_url, "--workdir", str(tmp_path / "m2")]
+        args += ["--lease-ttl", "1"]
+        out = subprocess.run(args, env=kubevine_env(), capture_output=True, text=True, timeout=60)
         assert out.returncode == 3
         assert "driven by another live manager" in out.stderr and "lease" in out.stderr
-        assert first.poll() is None  # the first one is unharmed
+        assert procs.managers[0].poll() is None  # the first one is unharmed
     finally:
-        first.terminate()
-        first.wait(10)
+        procs.stop()
