@@ -336,7 +336,13 @@ class Core:
             if t is None or t.client != client or t.state not in FINAL:
                 continue
             if any(b.kind == FileKind.TEMP for b in t.spec.outputs):
-                continue  # kept: it may have to run again to regenerate a lost temp file
+                # kept: it may have to run again to regenerate a lost temp file; its result
+                # is the client's now (never sent again)
+                if t.result is not None:
+                    t.result, t.frames = None, []
+                    self.batch.collected.add(tid)
+                    self.batch.results.pop(tid, None)
+                continue
             del self.tasks[tid]
             self.counts[t.state] -= 1
             self.batch.deleted.add(tid)

@@ -47,6 +47,7 @@ def merge(into: WriteBatch, b: WriteBatch) -> None:
         into.specs, into.records, into.results = {}, {}, {}
         into.deleted, into.workers, into.meta = set(), {}, {}
         into.libraries, into.files, into.replicas = {}, {}, {}
+        into.collected = set()
         into.reseed = True
     into.specs.update(b.specs)
     into.records.update(b.records)
@@ -56,6 +57,9 @@ def merge(into: WriteBatch, b: WriteBatch) -> None:
     into.libraries.update(b.libraries)
     into.files.update(b.files)
     into.replicas.update(b.replicas)
+    for tid in b.collected:
+        into.collected.add(tid)
+        into.results.pop(tid, None)
     if b.deleted:
         into.deleted |= b.deleted
         for tid in b.deleted:

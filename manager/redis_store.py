@@ -245,6 +245,7 @@ class RedisStore(StateStore):
         reps = batch.replicas.items()
         _hset(ops, keys.replicas(w), ((f"{wid} {n}", g) for (wid, n), g in reps if g is not None))
         _hdel(ops, keys.replicas(w), [f"{wid} {n}" for (wid, n), g in reps if g is None])
+        _hdel(ops, keys.results(w), list(batch.collected))
         if batch.deleted:
             d = list(batch.deleted)
             for key in (keys.specs(w), keys.payloads(w), keys.records(w), keys.results(w)):

@@ -39,7 +39,7 @@ from kubevine.manager.core import (
 from kubevine.manager.filestore import FileStore
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.persist import Persister
-from kubevine.manager.states import TaskState, WorkerState
+from kubevine.manager.states import FINAL, TaskState, WorkerState
 from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore
 from kubevine.manager.txlog import TxLog
 from kubevine.protocol import (
@@ -637,7 +637,12 @@ class ManagerService:
                 first, count = self.core.client_connected(ClientId(cid))
                 welcome.first_task_id, welcome.id_block = first, count
                 if msg.attach:  # a client process restarted: what it submitted and not collected
-                    welcome.tasks = [t.spec for t in self.core.tasks.values() if t.client == cid]
+                    welcome.tasks = [
+                        t.spec
+                        for t in self.core.tasks.values()
+                        if t.client == cid
+                        and (t.result is not None or (t.state not in FINAL and not t.rerun))
+                    ]
                 self._unwelcomed.add(cid)  # its results go out after the welcome
                 self._deferred.append((ident, welcome))  # its id block must be durable first
             else:

@@ -71,6 +71,7 @@ class WriteBatch:
     libraries: dict[str, tuple[LibrarySpec, bytes] | None] = field(default_factory=dict)  # None = removed
     files: dict[CacheName, bytes] = field(default_factory=dict)  # contents clients sent
     replicas: dict[tuple[WorkerId, CacheName], str | None] = field(default_factory=dict)  # None = gone
+    collected: set[TaskId] = field(default_factory=set)  # results the client has (task kept)
     reseed: bool = False  # the whole state: replace whatever the store holds
 
     def __bool__(self) -> bool:
@@ -84,6 +85,7 @@ class WriteBatch:
             or self.libraries
             or self.files
             or self.replicas
+            or self.collected
             or self.reseed
         )
 
@@ -178,6 +180,8 @@ class MemoryStore(StateStore):
         s.specs.update(batch.specs)
         s.records.update(batch.records)
         s.results.update(batch.results)
+        for tid in batch.collected:
+            s.results.pop(tid, None)
         for tid in batch.deleted:
             s.specs.pop(tid, None)
             s.records.pop(tid, None)

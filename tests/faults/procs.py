@@ -101,13 +101,20 @@ class Procs:
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def manager(
-        self, redis_url: str, name: str, *extra: str, port: int = 0, env: dict[str, str] | None = None
+        self,
+        redis_url: str,
+        name: str,
+        *extra: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> str:
         """Start a manager on the workflow; returns its address once it serves."""
-        addr_file = self.tmp / "m" / "address"
+        workdir = workdir or self.tmp / "m"
+        addr_file = workdir / "address"
         addr_file.unlink(missing_ok=True)
         args = [sys.executable, "-m", "kubevine", "manager", "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--name", name, "--redis", redis_url, "--workdir", str(self.tmp / "m")]
+        args += ["--name", name, "--redis", redis_url, "--workdir", str(workdir)]
         args += ["--heartbeat-timeout", "4", "--recover-grace", "10", "--lease-ttl", "2", *extra]
         n = len(self.managers)
         with open(self.tmp / f"manager-{n}.log", "ab") as log:
@@ -152,6 +159,13 @@ def record(i: int, runs: str) -> int:
 def runs_command(i: int, runs: Path) -> str:
     """A command task that leaves a trace of each execution and prints ``out<i>``."""
     return f"echo t{i} >> {runs}; echo out{i}"
+
+
+def slow_square(x: int) -> int:
+    import time
+
+    time.sleep(0.05)
+    return x * x
 
 
 def count_runs(runs: Path) -> dict[str, int]:
