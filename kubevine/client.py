@@ -27,17 +27,19 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import zmq
 
-from kubevine import auth
+from kubevine import auth, filetree
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     ClientResult,
     ErrorMsg,
+    FetchedFile,
+    FetchFile,
     FileBinding,
     FileKind,
     FileMeta,
@@ -68,7 +70,17 @@ from kubevine.protocol import (
 )
 from kubevine.serverless import FunctionCall, Library, PythonTask, auto_library_name
 from kubevine.stats import ManagerStatus
-from kubevine.task import File, Task, declare_buffer, declare_local, declare_temp, declare_url, temp_name
+from kubevine.task import (
+    File,
+    Task,
+    declare_buffer,
+    declare_local,
+    declare_minitask,
+    declare_temp,
+    declare_untar,
+    declare_url,
+    temp_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +161,8 @@ class Manager:
         self._outstanding: dict[TaskId, tuple[TaskSpec, bytes | None]] = {}  # to resend after a restart
         self._setup: list[tuple[_Msg, list[bytes]]] = []  # sent before submissions
         self._replies: deque[concurrent.futures.Future[Any]] = deque()
+        self._fetches: dict[int, concurrent.futures.Future[tuple[FetchedFile, bytes | None]]] = {}
+        self._fetch_seq = 0
         self._next_id = 0
         self._ids_left = 0
         self._closed = False
@@ -193,6 +207,72 @@ class Manager:
         worker is lost before it is used, the task that made it runs again."""
         return declare_temp()
 
+    def declare_untar(self, archive: File, cache: str = "workflow") -> File:
+        """A directory: the tar archive ``archive`` (any declared file; gzip, bzip2 and xz are
+        recognised) unpacked by the worker, once per node cache, and kept unpacked there."""
+        return declare_untar(archive, cache)
+
+    def declare_minitask(self, task: Task, path: str, cache: str = "workflow") -> File:
+        """A file (or directory) made on the worker by running the command ``task`` (with its
+        inputs) and taking what it leaves at ``path`` in its sandbox; made once per node cache
+        and named after the task's definition. ``task`` is never submitted itself."""
+        return declare_minitask(task, path, cache)
+
+    @overload
+    def fetch_file(self, file: File, path: None = None, *, timeout: float = 120.0) -> bytes: ...
+
+    @overload
+    def fetch_file(self, file: File, path: str | Path, *, timeout: float = 120.0) -> Path: ...
+
+    def fetch_file(
+        self, file: File, path: str | Path | None = None, *, timeout: float = 120.0
+    ) -> bytes | Path:
+        """A declared file's content, from wherever it is (TaskVine's ``fetch_file``).
+
+        A temp, an unpacked archive, a minitask's product or a URL's content comes from a
+        worker that holds it, through the manager (nothing runs again). Returns the bytes;
+        with ``path``, writes the file — or directory — there instead and returns the path.
+        :class:`FileNotFoundError` when no worker holds the file (not made yet, or lost).
+        """
+        self._check_open()
+        dest = Path(path) if path is not None else None
+        if file.kind == FileKind.LOCAL:  # on this machine already (an output comes back by itself)
+            assert file.path is not None
+            if not file.path.exists():
+                raise FileNotFoundError(f"{file.path} does not exist (an output arrives when its task ends)")
+            if file.path.is_dir():
+                if dest is None:
+                    raise IsADirectoryError(f"{file.path} is a directory: pass path= to copy it somewhere")
+                _write_atomic(dest, filetree.pack(file.path), directory=True)
+                return dest
+            data: bytes = file.path.read_bytes()
+            directory = False
+        elif file.kind == FileKind.BUFFER:
+            data, directory = file.data or b"", False
+        else:
+            name = file.cache_name()  # ValueError for a temp whose producer was never submitted
+            fut: concurrent.futures.Future[tuple[FetchedFile, bytes | None]] = concurrent.futures.Future()
+            with self._lock:
+                self._fetch_seq += 1
+                request = self._fetch_seq
+                self._fetches[request] = fut
+            self._send_control(FetchFile(request=request, cache_name=name))
+            try:
+                reply, content = fut.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                with self._lock:
+                    self._fetches.pop(request, None)
+                raise TimeoutError(f"fetching {file!r} took longer than {timeout}s") from None
+            if reply.error is not None or content is None:
+                raise FileNotFoundError(f"cannot fetch {file!r}: {reply.error or 'no content'}")
+            data, directory = content, reply.directory
+        if dest is not None:
+            _write_atomic(dest, data, directory)
+            return dest
+        if directory:
+            raise IsADirectoryError(f"{file!r} is a directory: pass path= to write it somewhere")
+        return data
+
     # ------------------------------------------------------------------ submit
 
     def submit(self, task: Task) -> TaskId:
@@ -203,13 +283,11 @@ class Manager:
         inputs: list[FileBinding] = []
         files: list[tuple[CacheName, bytes]] = []
         for f, remote in task.inputs:
-            name = f.cache_name()  # raises FileNotFoundError for a missing input
-            if name not in self._sent_files and f.kind in (FileKind.LOCAL, FileKind.BUFFER):
-                data = f.data if f.kind == FileKind.BUFFER else Path(f.path or "").read_bytes()
-                files.append((name, data or b""))
-            inputs.append(
-                FileBinding(cache_name=name, remote_name=remote, kind=f.kind, cache=f.cache, url=f.url)
-            )
+            inputs.append(f.binding(remote))  # raises FileNotFoundError for a missing input
+            for u in f.uploads():  # the client's files it needs: sent once
+                name = u.cache_name()
+                if name not in self._sent_files and all(n != name for n, _ in files):
+                    files.append((name, u.content()))
         outputs = []
         for f, remote in task.outputs:
             b = FileBinding(
@@ -649,6 +727,11 @@ class Manager:
             for t in refused:
                 if t._future is not None and not t._future.done():
                     t._future.set_exception(err)
+        elif isinstance(msg, FetchedFile):
+            with self._lock:
+                pending = self._fetches.pop(msg.request, None)
+            if pending is not None:
+                pending.set_result((msg, frame(frames, msg.frame)))
         elif isinstance(msg, ErrorMsg):
             log.error("manager: %s: %s", msg.code, msg.message)
             if msg.task_ids:
@@ -683,7 +766,7 @@ class Manager:
                     continue
                 for f, remote in t.outputs:
                     if remote == o.remote_name and f.path is not None:
-                        _write_atomic(f.path, data)
+                        _write_atomic(f.path, data, o.directory)
             done.append(t)
         with self._cv:
             for t in done:
@@ -731,11 +814,15 @@ def _definition(task: Task, inputs: list[FileBinding]) -> str:
         task.id = saved
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, directory: bool = False) -> None:
+    """Put a file (or a directory, from its tar) at ``path``, replacing what is there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.kubevine-tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.kubevine-tmp-{uuid.uuid4().hex[:8]}")
+    if directory:
+        filetree.unpack(data, tmp)
+    else:
+        tmp.write_bytes(data)
+    filetree.place(tmp, path)
 
 
 def as_completed(

@@ -15,7 +15,7 @@ token; the manager answers :class:`Welcome` or :class:`Refused` (and closes noth
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -89,6 +89,32 @@ class FileBinding(_Msg):
     size: int | None = None
     url: str | None = None  # for FileKind.URL
     to_client: bool = False  # output: send the content back to the client
+    source: FileBinding | None = None  # UNTAR: the archive the worker unpacks
+    mini: MiniTaskSpec | None = None  # MINITASK: the command the worker runs to make it
+
+
+class MiniTaskSpec(_Msg):
+    """A command a worker runs to make a file (``declare_minitask``): its inputs are staged
+    like a task's, and what it leaves at ``output`` in its sandbox is cached."""
+
+    command: str
+    inputs: list[FileBinding] = Field(default_factory=list)
+    output: str
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+FileBinding.model_rebuild()
+
+
+def walk_bindings(bindings: Sequence[FileBinding]) -> Iterator[FileBinding]:
+    """Every file a list of inputs needs: each input, then (depth first) what it is made from
+    (an untar's archive, a minitask's inputs)."""
+    for b in bindings:
+        yield b
+        if b.source is not None:
+            yield from walk_bindings([b.source])
+        if b.mini is not None:
+            yield from walk_bindings(b.mini.inputs)
 
 
 class TaskSpec(_Msg):
@@ -347,6 +373,29 @@ class FileData(_Msg):
     cache_name: CacheName
     frame: int | None = None
     error: str | None = None
+    directory: bool = False  # the frame is a tar of a directory
+
+
+class FetchFile(_Msg):
+    """Client → manager: send me this file's content, from wherever it is held
+    (``m.fetch_file``). Answered by :class:`FetchedFile` with the same ``request``."""
+
+    type: Literal["fetch_file"] = "fetch_file"
+    request: int
+    cache_name: CacheName
+
+
+class FetchedFile(_Msg):
+    """Manager → client: a fetched file's content (``frame``; a tar when ``directory``), or
+    why it cannot be had (``error``)."""
+
+    type: Literal["fetched_file"] = "fetched_file"
+    request: int
+    cache_name: CacheName
+    frame: int | None = None
+    error: str | None = None
+    directory: bool = False
+    source: str | None = None  # "manager", or the worker it came from
 
 
 class StatusRequest(_Msg):
@@ -433,6 +482,8 @@ Message = Annotated[
     | UpdateAck
     | FileRequest
     | FileData
+    | FetchFile
+    | FetchedFile
     | StatusRequest
     | StatusReply
     | DrainWorkers

@@ -164,7 +164,7 @@ def build(events: Iterable[Event]) -> Run:
                 run.states.append((e.time, dict(counts)))
         elif kind == "WORKER":
             _worker_event(run, e, open_spans)
-        elif kind == "TRANSFER":
+        elif kind == "TRANSFER" and e.event in ("sent", "failed"):  # not client fetches
             src = e.get("source", "manager") or "manager"
             run.transfers.append(
                 Transfer(e.time, e.subject, src, e.get("dest"), int(e.num("bytes")), e.event == "sent")

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubevine import filetree
 from kubevine.ids import CacheName, TaskId
-from kubevine.protocol import CacheLevel, FileBinding, FileKind, Outcome, TaskKind, TaskSpec
+from kubevine.protocol import CacheLevel, FileBinding, FileKind, MiniTaskSpec, Outcome, TaskKind, TaskSpec
 from kubevine.resources import Resources
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
@@ -45,7 +46,10 @@ class File:
     path: Path | None = None  # LOCAL: the client-side path (input source or output target)
     data: bytes | None = None  # BUFFER
     url: str | None = None
-    name: CacheName | None = None  # TEMP: set when the task that writes it is submitted
+    name: CacheName | None = None  # TEMP: set when the task that writes it is submitted; URL: at declare
+    archive: File | None = None  # UNTAR: the archive to unpack
+    mini: Task | None = None  # MINITASK: the command task that makes it
+    mini_output: str | None = None  # MINITASK: where that task leaves it in its sandbox
 
     def cache_name(self) -> CacheName:
         """The name workers cache it under: derived from what the file is."""
@@ -56,12 +60,21 @@ class File:
             assert self.path is not None
             if not self.path.exists():
                 raise FileNotFoundError(f"input file {self.path} does not exist")
-            if self.path.is_dir():
-                raise IsADirectoryError(f"{self.path} is a directory; directory inputs are not supported yet")
+            if self.path.is_dir():  # named by what it holds (file hashes memoised as above)
+                return CacheName("dir-" + filetree.tree_hash(self.path, hash_path))
             return CacheName("file-" + hash_path(self.path))
         if self.kind == FileKind.URL:
             assert self.url is not None
-            return CacheName("url-" + hashlib.sha256(self.url.encode()).hexdigest())
+            return self.name or CacheName("url-" + hashlib.sha256(self.url.encode()).hexdigest())
+        if self.kind == FileKind.UNTAR:  # named after the archive it unpacks
+            assert self.archive is not None
+            return CacheName(
+                "untar-" + hashlib.sha256(b"untar\0" + self.archive.cache_name().encode()).hexdigest()
+            )
+        if self.kind == FileKind.MINITASK:  # named after the definition of the task that makes it
+            return CacheName(
+                "mini-" + hashlib.sha256(self.mini_spec().model_dump_json().encode()).hexdigest()
+            )
         if self.kind == FileKind.TEMP:
             if self.name is None:
                 raise ValueError(
@@ -70,7 +83,53 @@ class File:
             return self.name
         raise NotImplementedError(f"{self.kind.value} files are not supported yet")
 
+    def mini_spec(self) -> MiniTaskSpec:
+        assert self.mini is not None and self.mini_output is not None
+        t = self.mini
+        return MiniTaskSpec(
+            command=t.command or "",
+            inputs=[f.binding(remote) for f, remote in t.inputs],
+            output=self.mini_output,
+            env=t.env,
+        )
+
+    def binding(self, remote_name: str) -> FileBinding:
+        """How a task (or a file made from this one) refers to it, on the wire."""
+        b = FileBinding(
+            cache_name=self.cache_name(),
+            remote_name=remote_name,
+            kind=self.kind,
+            cache=self.cache,
+            url=self.url,
+        )
+        if self.archive is not None:
+            b.source = self.archive.binding("archive")
+        if self.mini is not None:
+            b.mini = self.mini_spec()
+        return b
+
+    def uploads(self) -> list[File]:
+        """The client's own files this one needs (itself, or what it is made from)."""
+        if self.kind in (FileKind.LOCAL, FileKind.BUFFER):
+            return [self]
+        if self.archive is not None:
+            return self.archive.uploads()
+        if self.mini is not None:
+            return [u for f, _ in self.mini.inputs for u in f.uploads()]
+        return []
+
+    def content(self) -> bytes:
+        """What to upload: a buffer's bytes, a local file's, or a local directory as a tar."""
+        if self.kind == FileKind.BUFFER:
+            return self.data or b""
+        assert self.path is not None
+        return filetree.pack(self.path) if self.path.is_dir() else self.path.read_bytes()
+
     def source(self) -> str:
+        if self.archive is not None:
+            return f"untar of {self.archive.source()}"
+        if self.mini is not None:
+            return f"output {self.mini_output} of {self.mini.command!r}"
         if self.path is not None:
             return str(self.path)
         if self.url is not None:
@@ -259,3 +318,24 @@ def temp_name(spec_json: str, remote_name: str) -> CacheName:
 def declare_buffer(data: bytes | str, cache: str | CacheLevel) -> File:
     raw = data.encode() if isinstance(data, str) else bytes(data)
     return File(FileKind.BUFFER, CacheLevel(cache), data=raw)
+
+
+def declare_untar(archive: File, cache: str | CacheLevel) -> File:
+    if not isinstance(archive, File):
+        raise TypeError(
+            "declare_untar takes a declared file (m.declare_file, declare_url, declare_temp, ...)"
+        )
+    if archive.kind == FileKind.LOCAL and archive.path is not None and archive.path.is_dir():
+        raise ValueError(f"{archive.path} is a directory, not an archive: declare it with m.declare_file")
+    return File(FileKind.UNTAR, CacheLevel(cache), archive=archive)
+
+
+def declare_minitask(task: Task, path: str, cache: str | CacheLevel) -> File:
+    if type(task) is not Task or task.command is None:
+        raise TypeError("declare_minitask takes a command Task (Task('...')), not a PythonTask or call")
+    if task.id is not None:
+        raise ValueError(f"task {task.id} was submitted: a minitask is run by workers, never submitted")
+    if task.outputs:
+        raise ValueError("a minitask's product is its `path`; it declares no outputs of its own")
+    _check_remote_name(path)
+    return File(FileKind.MINITASK, CacheLevel(cache), mini=task, mini_output=path)

@@ -42,6 +42,7 @@ from kubevine.protocol import (
     TaskSpec,
     TransferRecord,
     WorkerInfo,
+    walk_bindings,
 )
 from kubevine.resources import Resources, Tally
 from kubevine.txformat import q
@@ -306,7 +307,7 @@ class Core:
                 continue
             missing = [
                 b.remote_name
-                for b in spec.inputs
+                for b in walk_bindings(spec.inputs)
                 if b.kind in (FileKind.LOCAL, FileKind.BUFFER)
                 and (b.cache_name is None or b.cache_name not in self.known_files)
             ]

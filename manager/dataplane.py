@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING
 from kubevine.ids import CacheName, WorkerId
 from kubevine.manager.catalog import Catalog, FileInfo
 from kubevine.manager.states import TaskState
-from kubevine.protocol import FileKind, Outcome, OutputFile, StageIn, TaskSpec, TransferRecord
+from kubevine.protocol import (
+    FileKind,
+    Outcome,
+    OutputFile,
+    StageIn,
+    TaskSpec,
+    TransferRecord,
+    walk_bindings,
+)
 from kubevine.txformat import q
 
 if TYPE_CHECKING:
@@ -42,7 +50,7 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
             catalog.info.setdefault(b.cache_name, FileInfo()).producer = spec.id
             core.producers.setdefault(b.cache_name, spec.id)
     wait = False
-    for b in spec.inputs:
+    for b in walk_bindings(spec.inputs):  # inputs, and what they are made from
         name = b.cache_name
         if name is None:
             continue
@@ -136,7 +144,7 @@ def arrived(core: Core, name: CacheName) -> None:
             continue
         still = [
             b.cache_name
-            for b in t.spec.inputs
+            for b in walk_bindings(t.spec.inputs)
             if b.kind == FileKind.TEMP
             and b.cache_name is not None
             and not core.catalog.available(b.cache_name)
@@ -175,7 +183,8 @@ def needed(core: Core, name: CacheName) -> bool:
     if core.waiting_for.get(name):
         return True
     return any(
-        t.state not in (S.DONE, S.FAILED, S.CANCELLED) and any(b.cache_name == name for b in t.spec.inputs)
+        t.state not in (S.DONE, S.FAILED, S.CANCELLED)
+        and any(b.cache_name == name for b in walk_bindings(t.spec.inputs))
         for t in core.tasks.values()
     )
 
@@ -187,7 +196,7 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
     if p is None:
         return
     for t in list(core.tasks.values()):  # consumers that were about to run wait instead
-        if t.state == S.READY and any(b.cache_name == name for b in t.spec.inputs):
+        if t.state == S.READY and any(b.cache_name == name for b in walk_bindings(t.spec.inputs)):
             core._move(t, S.WAITING, f"input {name} lost")
             core.waiting_for.setdefault(name, set()).add(t.spec.id)
     if p.state != S.DONE:
@@ -197,8 +206,34 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
     p.result = None
     core._move(p, S.READY, f"regenerating {name}: {why}")
     heapq.heappush(core.ready, (-p.spec.priority, p.seq, p.spec.id))
-    for b in p.spec.inputs:  # its own lost inputs come first
+    for b in walk_bindings(p.spec.inputs):  # its own lost inputs come first
         if b.kind == FileKind.TEMP and b.cache_name is not None and not catalog.available(b.cache_name):
             core._move(p, S.WAITING, f"input {b.cache_name} lost too")
             core.waiting_for.setdefault(b.cache_name, set()).add(p.spec.id)
             regenerate(core, catalog, b.cache_name, f"task {p.spec.id} needs it")
+
+
+def fetch_sources(core: Core, name: CacheName) -> tuple[list[tuple[WorkerId, str]], str]:
+    """Workers a client's ``fetch_file`` can get ``name`` from (id, transfer address), best
+    first; when there are none, why, in words for the user."""
+    from kubevine.manager.states import WorkerState
+
+    cat = core.catalog
+    live = [
+        (wid, w.info.transfer_address)
+        for wid in cat.holders.get(name, ())
+        if (w := core.workers.get(wid)) is not None
+        and w.state in (WorkerState.CONNECTED, WorkerState.DRAINING)
+        and w.info.transfer_address
+    ]
+    live.sort(key=lambda s: (cat.failures.get(s[0], 0), cat.outgoing.get(s[0], 0)))
+    sources = [(wid, addr) for wid, addr in live if addr is not None]
+    if sources:
+        return sources, ""
+    pid = core.producers.get(name)
+    p = core.tasks.get(pid) if pid is not None else None
+    if p is not None and p.state != S.DONE:
+        return [], f"no worker holds file {name}: the task that makes it ({pid}) is {p.state}"
+    if p is not None:
+        return [], f"no worker holds file {name} any more: its only copy was lost (task {pid} made it)"
+    return [], f"no worker holds file {name}: no task has made or used it in this workflow"

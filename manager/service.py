@@ -24,6 +24,7 @@ import zmq
 
 from kubevine import auth, logs
 from kubevine.ids import CacheName, ClientId, WorkerId
+from kubevine.manager import dataplane
 from kubevine.manager.core import (
     ClientError,
     Core,
@@ -38,6 +39,7 @@ from kubevine.manager.core import (
 )
 from kubevine.manager.filestore import FileStore
 from kubevine.manager.metrics import Counters, MetricsServer
+from kubevine.manager.peerfetch import PeerFetcher
 from kubevine.manager.persist import Persister
 from kubevine.manager.states import FINAL, TaskState, WorkerState
 from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore
@@ -50,6 +52,8 @@ from kubevine.protocol import (
     Drain,
     DrainWorkers,
     ErrorMsg,
+    FetchedFile,
+    FetchFile,
     FileData,
     FileRequest,
     Goodbye,
@@ -80,6 +84,7 @@ from kubevine.protocol import (
 )
 from kubevine.resources import Tally
 from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, WorkerStatus
+from kubevine.txformat import q
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +180,8 @@ class ManagerService:
         self._deferred: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = []
         self._unwelcomed: set[str] = set()  # clients whose welcome waits for durability
         self._refusing = False  # the store has been away longer than redis_outage_grace
+        self.peer_fetch = PeerFetcher(self.ctx, self._wake_addr)  # m.fetch_file of files workers hold
+        self.fetch_clients: dict[tuple[bytes, int], ClientId] = {}  # fetches under way -> who asked
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -266,6 +273,7 @@ class ManagerService:
             pass
 
     def close(self) -> None:
+        self.peer_fetch.close()
         self.persister.flush()
         self._drain_wake()
         self._send_durable()
@@ -312,6 +320,7 @@ class ManagerService:
                 self._drain_socket()
                 if any(s is self._wake_rx for s, _ in events):
                     self._drain_wake()
+                    self._deliver_fetches()
                 self._send_durable()
             if self.persister.fatal is not None:
                 raise self.persister.fatal
@@ -586,6 +595,8 @@ class ManagerService:
             self._deferred.append((ident, IdBlock(first_task_id=first, count=count)))
         elif isinstance(msg, StatusRequest):
             self._send(ident, StatusReply(status=self.status().model_dump_json()))
+        elif isinstance(msg, FetchFile):
+            self._fetch_for_client(ident, cid, msg)
         elif isinstance(msg, DrainWorkers):
             core.drain(msg.worker_ids)
         elif isinstance(msg, Goodbye):
@@ -666,7 +677,47 @@ class ManagerService:
             if data is None:  # the worker reports the failed transfer and tries its next source
                 self._send(ident, FileData(cache_name=name, error=f"the manager has no file {name}"))
             else:  # the worker reports the arrival (TRANSFER line, counters)
-                self._send(ident, FileData(cache_name=name, frame=0), [data])
+                self._send(ident, FileData(cache_name=name, frame=0, directory=_is_dir(name)), [data])
+
+    def _fetch_for_client(self, ident: bytes, cid: ClientId, msg: FetchFile) -> None:
+        """``m.fetch_file``: from the manager's own store, else from a worker that holds it."""
+        name = msg.cache_name
+        data = self.files.get(name)
+        if data is not None:
+            reply = FetchedFile(
+                request=msg.request, cache_name=name, frame=0, directory=_is_dir(name), source="manager"
+            )
+            self._send(ident, reply, [data])
+            self._fetch_logged(name, "manager", None, cid, len(data), 0.0)
+            return
+        sources, why = dataplane.fetch_sources(self.core, name)
+        if not sources:
+            self._send(ident, FetchedFile(request=msg.request, cache_name=name, error=why))
+            return
+        self.peer_fetch.submit(ident, msg.request, name, sources)
+        self.fetch_clients[(ident, msg.request)] = cid
+
+    def _deliver_fetches(self) -> None:
+        for f in self.peer_fetch.done():
+            cid = self.fetch_clients.pop((f.ident, f.request), ClientId("-"))
+            reply = FetchedFile(request=f.request, cache_name=f.name, directory=f.directory, source=f.source)
+            if f.data is None:
+                reply.error = f.error
+                self._send(f.ident, reply)
+                continue
+            reply.frame = 0
+            self._send(f.ident, reply, [f.data])
+            self._fetch_logged(f.name, "peer", f.source, cid, len(f.data), f.seconds)
+
+    def _fetch_logged(
+        self, name: CacheName, source: str, peer: str | None, cid: str, size: int, seconds: float
+    ) -> None:
+        self.txlog.write(
+            [
+                f"TRANSFER {name} fetched source={source} peer={q(peer)} dest={q('client:' + cid)}"
+                f" bytes={size} seconds={seconds:.3f}"
+            ]
+        )
 
     # ------------------------------------------------------------------ status
 
@@ -764,6 +815,11 @@ class ManagerService:
                 total += w.info.resources.cores
                 in_use += w.committed.cores
         return self.counters.perf(total, in_use)
+
+
+def _is_dir(name: CacheName) -> bool:
+    """Whether a file the client sent is a directory (its name says so; it is stored as a tar)."""
+    return name.startswith("dir-")
 
 
 def _local(host: str) -> str:

@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+from kubevine import filetree
 from kubevine.ids import CacheName
 from kubevine.protocol import CacheLevel
 
@@ -40,8 +41,9 @@ def sha256_file(path: Path) -> str:
 
 
 def content_checksum(name: CacheName) -> str | None:
-    """The sha256 a name promises, for names made from content ("file-…", "buf-…")."""
-    for prefix in ("file-", "buf-"):
+    """The sha256 a name promises, for names made from content ("file-…", "buf-…", and
+    "dir-…", a directory's :func:`~kubevine.filetree.tree_hash`)."""
+    for prefix in ("file-", "buf-", "dir-"):
         if name.startswith(prefix):
             return name[len(prefix) :]
     return None
@@ -164,7 +166,7 @@ class Cache:
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.used_at[name] = time.monotonic()
         if src.is_dir():
-            shutil.copytree(src, dest, symlinks=True)
+            filetree.link_tree(src, dest)
             return
         try:
             os.link(src, dest)
@@ -175,10 +177,10 @@ class Cache:
         """Whether the entry's content matches its expected sha256 (when one is known)."""
         want = expected or content_checksum(name)
         p = self.path(name)
-        if want is None or p.is_dir():
+        if want is None:
             return p.exists()
         try:
-            return sha256_file(p) == want
+            return (filetree.tree_hash(p) if p.is_dir() else sha256_file(p)) == want
         except OSError:
             return False
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubevine import filetree
 from kubevine.protocol import Assignment, AttemptResult, FileKind, Outcome, OutputFile, TaskKind
 
 # Characters that make a command need a shell. A command without them is run directly
@@ -182,7 +183,7 @@ def _collect_outputs(att: Attempt) -> tuple[list[OutputFile], list[str]]:
             outputs.append(OutputFile(remote_name=b.remote_name, cache_name=b.cache_name))
             continue
         is_dir = p.is_dir()
-        data = _pack_dir(p) if is_dir else p.read_bytes()
+        data = filetree.pack(p) if is_dir else p.read_bytes()
         o = OutputFile(remote_name=b.remote_name, size=len(data), directory=is_dir)
         if b.to_client:
             att.frames.append(data)
@@ -243,16 +244,6 @@ def _read_capped(path: Path, cap: int) -> bytes:
         size = path.stat().st_size
         data = data[:cap] + f"\n[kubevine: output truncated at {cap} of {size} bytes]\n".encode()
     return data
-
-
-def _pack_dir(p: Path) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(p, arcname=".")
-    return buf.getvalue()
 
 
 def stdout_path(box: Path) -> Path:

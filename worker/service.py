@@ -26,6 +26,7 @@ from types import FrameType
 
 import zmq
 
+from kubevine import filetree
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
@@ -65,7 +66,7 @@ from kubevine.protocol import (
 )
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
-from kubevine.worker.cache import Cache, sha256_file
+from kubevine.worker.cache import Cache, dir_size, sha256_file
 from kubevine.worker.library import LibraryInstance
 from kubevine.worker.transfer import Fetcher, TransferServer
 
@@ -377,7 +378,7 @@ class WorkerService:
         self._fetches_settled()
 
     def _file_arrived(self, msg: FileData, frames: list[bytes]) -> None:
-        self.fetcher.on_manager(msg.cache_name, frame(frames, msg.frame), msg.error)
+        self.fetcher.on_manager(msg.cache_name, frame(frames, msg.frame), msg.error, msg.directory)
         self._fetches_settled()
 
     def _transfer_events(self, events: dict[object, int]) -> None:
@@ -585,8 +586,8 @@ class WorkerService:
                 outs.append(o)
                 continue
             src = att.sandbox / o.remote_name
-            checksum = None if src.is_dir() else sha256_file(src)
-            self.evicted += self.cache.evict_for(src.stat().st_size if src.is_file() else 0)
+            checksum = filetree.tree_hash(src) if src.is_dir() else sha256_file(src)
+            self.evicted += self.cache.evict_for(dir_size(src))
             size = self.cache.put_path(o.cache_name, src, levels.get(o.remote_name, CacheLevel.WORKFLOW))
             self.new_cached.append(o.cache_name)
             outs.append(o.model_copy(update={"size": size, "checksum": checksum}))

@@ -15,6 +15,8 @@ import hashlib
 import logging
 import os
 import queue
+import shutil
+import tarfile
 import threading
 import time
 import urllib.request
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import zmq
 
+from kubevine import filetree
 from kubevine.ids import CacheName
 from kubevine.protocol import StageIn, TransferRecord
 from kubevine.worker.cache import Cache, content_checksum
@@ -56,17 +59,26 @@ class TransferServer:
                 continue
             name = CacheName(name_b.decode())
             try:
-                if op != b"get" or not self.cache.sound(name):
-                    raise FileNotFoundError(f"no intact copy of {name} here")
-                data = self.cache.path(name).read_bytes()
+                status, data = serve(self.cache, name, op)
             except (OSError, ValueError) as e:
                 self.sock.send_multipart([ident, b"err", name_b, str(e).encode()])
                 continue
             self.served_bytes += len(data)
-            self.sock.send_multipart([ident, b"ok", name_b, data], copy=len(data) < 65536)
+            self.sock.send_multipart([ident, status, name_b, data], copy=len(data) < 65536)
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+def serve(cache: Cache, name: CacheName, op: bytes = b"get") -> tuple[bytes, bytes]:
+    """What a peer asking for ``name`` gets: (b"ok", the file's bytes) or (b"dir", a tar of
+    the directory); OSError when this cache holds no intact copy."""
+    if op != b"get" or not cache.sound(name):
+        raise FileNotFoundError(f"no intact copy of {name} here")
+    p = cache.path(name)
+    if p.is_dir():
+        return b"dir", filetree.pack(p)
+    return b"ok", p.read_bytes()
 
 
 @dataclass
@@ -177,20 +189,36 @@ class Fetcher:
 
     # -- arrivals -------------------------------------------------------------------
 
-    def _arrived(self, name: CacheName, data: bytes | None, path: Path | None) -> None:
+    def _arrived(
+        self, name: CacheName, data: bytes | None, path: Path | None, directory: bool = False
+    ) -> None:
         f = self.fetches.get(name)
         if f is None:
             return
         src = f.stage.sources[f.source]
+        received = len(data or b"")
+        if directory and data is not None:  # a directory travels as a tar: unpack it first
+            path = self.cache.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}.unpack"
+            try:
+                filetree.unpack(data, path)
+            except (tarfile.TarError, OSError) as e:
+                self._fail_source(f, f"unreadable directory archive ({received} bytes): {e}")
+                return
+            data = None
         expected = f.stage.checksum or content_checksum(name)
         if expected is not None:
-            got = hashlib.sha256(data).hexdigest() if data is not None else _sha(path)
+            if data is not None:
+                got = hashlib.sha256(data).hexdigest()
+            elif path is not None and path.is_dir():
+                got = filetree.tree_hash(path)
+            else:
+                got = _sha(path)
             if got != expected:
                 if path is not None:
-                    path.unlink(missing_ok=True)
-                self._fail_source(f, f"checksum mismatch ({len(data or b'')} bytes received)")
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                self._fail_source(f, f"checksum mismatch ({received} bytes received)")
                 return
-        evicted = self.cache.evict_for(len(data) if data is not None else 0)
+        evicted = self.cache.evict_for(len(data) if data is not None else received)
         if evicted:
             log.info("cache full: evicted %d file(s) for %s", len(evicted), name)
             self.evicted.extend(evicted)
@@ -229,19 +257,21 @@ class Fetcher:
             f = self.fetches.get(name)
             if f is None or f.sibling:
                 continue
-            if status == b"ok":
-                self._arrived(name, payload, None)
+            if status in (b"ok", b"dir"):
+                self._arrived(name, payload, None, directory=status == b"dir")
             else:
                 self._fail_source(f, payload.decode(errors="replace"))
 
-    def on_manager(self, name: CacheName, data: bytes | None, error: str | None) -> None:
+    def on_manager(
+        self, name: CacheName, data: bytes | None, error: str | None, directory: bool = False
+    ) -> None:
         f = self.fetches.get(name)
         if f is None or f.sibling:
             return
         if error is not None or data is None:
             self._fail_source(f, error or "no data")
         else:
-            self._arrived(name, data, None)
+            self._arrived(name, data, None, directory)
 
     def _download(self, name: CacheName, url: str) -> None:
         tmp = self.cache.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}.download"

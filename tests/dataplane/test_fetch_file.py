@@ -1,0 +1,68 @@
+"""``m.fetch_file``: the bytes of a file that only workers hold come back to the client —
+from a worker's cache, through the manager, with no task run again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubevine import LocalCluster, Manager, Task, txformat
+
+
+def log_of(c: LocalCluster) -> list[txformat.Event]:
+    return txformat.read(c.workdir / "manager" / "transactions.log")
+
+
+def test_a_temp_comes_back_from_the_worker_that_holds_it_without_a_rerun(tmp_path: Path) -> None:
+    with LocalCluster(workers=2, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        tmp = m.declare_temp()
+        a = Task("seq 1 100000 > numbers")
+        a.add_output(tmp, "numbers")
+        m.submit(a)
+        assert m.wait(60) is a and a.successful()
+        expected = "".join(f"{i}\n" for i in range(1, 100001)).encode()
+        assert m.fetch_file(tmp) == expected
+        assert m.fetch_file(tmp, tmp_path / "out" / "numbers.txt") == tmp_path / "out" / "numbers.txt"
+        assert (tmp_path / "out" / "numbers.txt").read_bytes() == expected
+        buf = m.declare_buffer(b"kept by the client")
+        assert m.fetch_file(buf) == b"kept by the client"
+    events = log_of(c)
+    ran = [e for e in events if e.kind == "TASK" and e.subject == str(a.id) and e.event == "running"]
+    assert len(ran) == 1  # fetched, not made again
+    fetched = [e for e in events if e.kind == "TRANSFER" and e.event == "fetched"]
+    assert [(e.get("source"), e.get("peer"), int(e.num("bytes"))) for e in fetched] == [
+        ("peer", a.worker, len(expected)),
+        ("peer", a.worker, len(expected)),
+    ]
+
+
+def test_an_output_bound_to_a_local_path_is_there_and_fetch_file_reads_it(tmp_path: Path) -> None:
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        out = m.declare_file(tmp_path / "result.txt")
+        t = Task("echo 42 > r")
+        t.add_output(out, "r")
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            m.fetch_file(out)  # not produced yet
+        m.submit(t)
+        assert m.wait(60) is t and t.successful()
+        assert m.fetch_file(out) == b"42\n"
+
+
+def test_a_file_nobody_holds_is_a_clear_error(tmp_path: Path) -> None:
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        with pytest.raises(ValueError, match="no producer yet"):
+            m.fetch_file(m.declare_temp())  # never written by any submitted task
+        tmp = m.declare_temp()
+        slow = Task("sleep 30; echo late > f")
+        slow.add_output(tmp, "f")
+        m.submit(slow)
+        with pytest.raises(
+            FileNotFoundError, match=rf"task that makes it \({slow.id}\) is (ready|dispatched|running)"
+        ):
+            m.fetch_file(tmp)
+        m.cancel_by_task_id(slow.id or 0)
+        never = m.declare_url("http://127.0.0.1:9/never-fetched")
+        with pytest.raises(FileNotFoundError, match="no worker holds file url-"):
+            m.fetch_file(never)
+        assert m.wait(30) is slow  # the manager and the client are still fine
