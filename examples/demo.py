@@ -3,13 +3,16 @@
 Counts the words of 300 generated text chunks. Each chunk is a declared input file; each
 task runs a shell pipeline on it in its own sandbox and sends back an output file; the
 client merges the counts. A progress bar runs while tasks finish, and a one-screen
-summary follows.
+summary follows. `--report run.png` (or `run.html`, repeatable) also draws the run from the
+manager's transactions log, as `kubevine report` would
+(`make demo DEMO_ARGS="--report run.png"`).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import random
 import sys
 import tempfile
@@ -42,14 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=300)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument(
+        "--report",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="draw the run to PATH (.png or .html; repeatable), from the manager's transactions log",
+    )
     args = ap.parse_args(argv)
+    for out in args.report:
+        if Path(out).suffix.lower() not in (".png", ".html", ".htm"):
+            ap.error(f"--report {out}: the picture is written as .png or .html")
     show = sys.stderr.isatty() if args.progress is None else args.progress
 
     with tempfile.TemporaryDirectory(prefix="kubevine-demo-") as tmp:
         root = Path(tmp)
         chunks = make_chunks(root, args.tasks, seed=7)
         t0 = time.perf_counter()
-        with kubevine.Manager(workers=args.workers) as m:
+        with contextlib.ExitStack() as stack:
+            if args.report:  # a cluster of our own, to keep the manager's transactions log
+                cluster = stack.enter_context(kubevine.LocalCluster(args.workers, workdir=root / "cluster"))
+                m = stack.enter_context(kubevine.Manager(cluster.address, token=cluster.token))
+            else:
+                m = stack.enter_context(kubevine.Manager(workers=args.workers))
             started = time.perf_counter()
             for i, chunk in enumerate(chunks):
                 t = kubevine.Task("tr -s ' ' '\\n' < chunk.txt | sort | uniq -c > counts.txt")
@@ -74,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             for line in p.read_text().splitlines():
                 n, word = line.split()
                 counts[word] += int(n)
+        drawn = []
+        if args.report:  # the cluster has stopped: its transactions log is complete
+            from kubevine import report
+
+            run = report.load(root / "cluster" / "manager" / "transactions.log")
+            drawn = [report.render(run, out, title="make demo") for out in args.report]
 
     words = sum(counts.values())
     print("kubevine demo: word count over generated text")
@@ -92,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print("  most common  " + ", ".join(f"{w} {n}" for w, n in counts.most_common(5)))
     for t in failed[:5]:
         print(f"  failed       task {t.id}: {t.result} {t.error}")
+    for path in drawn:
+        print(f"  report       {path}")
     ok = not failed and words == args.tasks * 2000
     return 0 if ok else 1
 

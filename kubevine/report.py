@@ -112,6 +112,15 @@ class Run:
         return max(0.0, self.end - self.start)
 
     @property
+    def busy_from(self) -> float:
+        """When the first worker connected or the first task was submitted (``start`` if
+        neither happened): before it, only the manager was there."""
+        times = [s.connected for s in self.spans]
+        times += [t.submitted for t in self.tasks.values() if t.submitted is not None]
+        times += [a.dispatched for t in self.tasks.values() for a in t.attempts]
+        return max(self.start, min(times, default=self.start))
+
+    @property
     def workers(self) -> list[str]:
         """Worker ids in the order they first connected (or first ran something)."""
         seen: dict[str, None] = {}

@@ -8,6 +8,7 @@ Agg backend, so it works on a headless machine and never opens a window.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ STATE_STYLE = (
     ("waiting", "#b0a890", "waiting (for inputs)"),
 )
 LIBRARY_COLOUR = "#3b3b3b"
+#: failed attempts keep their group's colour (the legend must match what is drawn) under red hatching
+FAILED = "#d1495b"
 SOURCE_COLOURS = {"peer": "#2f6fb0", "manager": "#e07b39", "url": "#7a5fa8"}
 PALETTE = (
     "#4e79a7",
@@ -69,9 +72,18 @@ def human_bytes(n: float, _pos: object = None) -> str:
 
 def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.0) -> int:
     """Draw the run into ``path``; returns the number of task bars drawn."""
+    fig, drawn = figure(run, title=title, width=width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return drawn
+
+
+def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[Any, int]:
+    """The matplotlib ``Figure`` of the run (not saved), and the number of task bars in it."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -83,14 +95,17 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     timeline_h = min(9.0, max(2.6, 0.42 * len(workers) + 0.012 * lanes.total + 1.0))
     height = round(timeline_h + 3.6, 1)
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # drawable without pyplot: savefig, or canvas.draw() and its pixels
     grid = fig.add_gridspec(2, 2, height_ratios=[timeline_h, 3.0])
     ax = fig.add_subplot(grid[0, :])
     ax_states = fig.add_subplot(grid[1, 0])
     ax_bytes = fig.add_subplot(grid[1, 1])
-    fig.suptitle(f"{title or 'kubevine run ' + run.workflow}: {summary(run)}", fontsize=12)
+    heading = f"{title or 'kubevine run ' + run.workflow}: {summary(run)}"
+    fig.suptitle(textwrap.fill(heading, int(width * 8.5)), fontsize=12)  # ~8.5 characters an inch at 12 pt
 
     # ---- timeline: one band per worker, one lane per task running at once
     t0 = run.start
+    x0 = _left_edge(run)
     band: dict[str, tuple[float, float]] = {}  # worker -> (y of its band's bottom, lane height)
     for i, wid in enumerate(workers):
         _first, n = lanes.rows[wid]
@@ -152,10 +167,13 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     ax.set_yticklabels([short(w) for w in workers[::step]], fontsize=8)
     ax.set_ylim(0, max(len(workers), 1))
     ax.invert_yaxis()
-    ax.set_xlim(0, max(run.duration, 1e-3) * 1.01)
+    ax.set_xlim(x0, max(run.duration, 1e-3) * 1.01)
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel("worker")
-    ax.set_title("tasks on workers (one bar per attempt)", fontsize=10, loc="left")
+    heading = "tasks on workers (one bar per attempt)"
+    if x0 > 0:
+        heading += f"; not shown: the first {x0:.1f} s, when no worker or task was there yet"
+    ax.set_title(textwrap.fill(heading, int((width - 2.6) * 12)), fontsize=10, loc="left")
     ax.grid(axis="x", color="#e5e5e5", lw=0.6)
     ax.set_axisbelow(True)
     handles: list[Any] = [Patch(facecolor=palette[g], label=g) for g in names]
@@ -164,7 +182,7 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
     if starts:
         handles.append(Patch(facecolor=LIBRARY_COLOUR, label=f"library starting ({len(starts)})"))
     if any(not ok for _g, ok in bars):
-        handles.append(Patch(facecolor="white", edgecolor="#d1495b", hatch="////", label="failed attempt"))
+        handles.append(Patch(facecolor="#e8e8e8", edgecolor=FAILED, hatch="////", label="failed attempt"))
     if run.transfers:
         from matplotlib.lines import Line2D
 
@@ -193,43 +211,92 @@ def render(run: Run, path: Path, *, title: str | None = None, width: float = 14.
             labels=[label for _s, _c, label in present],
             linewidth=0,
         )
-    ax_states.set_xlim(0, max(run.duration, 1e-3))
+    ax_states.set_xlim(x0, max(run.duration, 1e-3))
     ax_states.set_title("tasks by state", fontsize=10, loc="left")
     ax_states.set_xlabel("seconds since the run started")
     ax_states.set_ylabel("tasks")
     ax_states.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if present:
+    panel = (width - 1.6) / 2  # inches of one bottom panel
+    if present:  # below the panel, so both bottom panels get the same width and no data is hidden
         ax_states.legend(
-            loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False, reverse=True
+            **_legend_below(ax_states, [label for _s, _c, label in present], panel), reverse=True
         )
 
     # ---- bytes moved by source
     moved = bytes_series(run)
-    for src in SOURCES:
-        at, total = moved[src]
-        ax_bytes.step(
-            at,
-            total,
-            where="post",
-            color=SOURCE_COLOURS[src],
-            lw=1.6,
-            label=f"{src}: {human_bytes(total[-1])}",
-        )
-    ax_bytes.set_xlim(0, max(run.duration, 1e-3))
+    # stacked, so a source that moved as much as another is not hidden under its line
+    at = sorted({x for src in SOURCES for x in moved[src][0]} | {run.duration})
+    stacks = [_steps(moved[src], at) for src in SOURCES]
+    ax_bytes.stackplot(
+        at,
+        *stacks,
+        colors=[SOURCE_COLOURS[src] for src in SOURCES],
+        labels=[f"{src}: {human_bytes(moved[src][1][-1])}" for src in SOURCES],
+        step="post",
+        alpha=0.85,
+        linewidth=0,
+    )
+    ax_bytes.set_xlim(x0, max(run.duration, 1e-3))
     ax_bytes.set_ylim(bottom=0)
     if not any(moved[src][1][-1] for src in SOURCES):
         ax_bytes.set_ylim(0, 1)
         ax_bytes.set_yticks([0])
         ax_bytes.text(0.5, 0.5, "no files moved", transform=ax_bytes.transAxes, ha="center", color="#777777")
     ax_bytes.yaxis.set_major_formatter(FuncFormatter(human_bytes))
-    ax_bytes.set_title("bytes moved to workers, by source", fontsize=10, loc="left")
+    ax_bytes.set_title(
+        textwrap.fill("bytes moved to workers, by source (stacked)", int(panel * 12)), fontsize=10, loc="left"
+    )
     ax_bytes.set_xlabel("seconds since the run started")
-    ax_bytes.legend(loc="upper left", fontsize=8, frameon=False)
+    ax_bytes.legend(
+        **_legend_below(ax_bytes, [f"{src}: {human_bytes(moved[src][1][-1])}" for src in SOURCES], panel)
+    )
     ax_bytes.grid(color="#e5e5e5", lw=0.6)
+    ax_bytes.set_axisbelow(True)
+    return fig, drawn
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return drawn
+
+def _steps(series: tuple[list[float], list[int]], at: list[float]) -> list[int]:
+    """A cumulative step series read at the times ``at`` (the last value at or before each)."""
+    xs, ys = series
+    out, i = [], 0
+    for t in at:
+        while i + 1 < len(xs) and xs[i + 1] <= t:
+            i += 1
+        out.append(ys[i])
+    return out
+
+
+#: a lead-in (the manager alone) longer than this share of the run is cut from the picture
+LEAD_IN_SHARE = 0.15
+
+
+def _left_edge(run: Run) -> float:
+    """Where the time axes start: 0, or just before the first worker or task when the manager
+    was alone for a good part of the run (a slow start would squeeze the work to one side)."""
+    lead = run.busy_from - run.start
+    if run.duration <= 0 or lead <= LEAD_IN_SHARE * run.duration:
+        return 0.0
+    return max(0.0, lead - 0.03 * (run.duration - lead))
+
+
+def _legend_below(ax: Any, labels: list[str], inches: float) -> dict[str, Any]:
+    """Legend keywords: under a bottom panel's x label, in as many columns as fit its width
+    (at 8 pt a character is about 0.07 in; a handle and the gaps about 0.5 in)."""
+    per_entry = 0.5 + 0.07 * max((len(label) for label in labels), default=1)
+    fit = max(1, min(len(labels), int(inches / per_entry)))
+    rows = -(-len(labels) // fit)
+    from matplotlib.transforms import offset_copy
+
+    return {
+        "loc": "upper center",
+        "bbox_to_anchor": (0.5, 0.0),
+        # below the tick labels and the x label, whatever the panel's height
+        "bbox_transform": offset_copy(ax.transAxes, fig=ax.figure, y=-34, units="points"),
+        "ncols": -(-len(labels) // rows),  # the same rows, as evenly filled as possible
+        "fontsize": 8,
+        "frameon": False,
+        "borderaxespad": 0.0,
+    }
 
 
 def _lost(cause: str | None) -> bool:
@@ -257,7 +324,7 @@ def _draw_bars(
     style: dict[str, Any] = (
         {"facecolors": colour, "edgecolor": "white" if outline else "none", "linewidth": 0.5}
         if ok
-        else {"facecolors": "white", "edgecolor": "#d1495b", "hatch": "////", "linewidth": 0.6}
+        else {"facecolors": colour, "edgecolor": FAILED, "hatch": "////", "linewidth": 0.6}
     )
     for y, spans in by_y.items():
         ax.broken_barh(spans, y, zorder=3, **style)
