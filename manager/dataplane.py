@@ -22,6 +22,7 @@ from kubevine.ids import CacheName, WorkerId
 from kubevine.manager.catalog import Catalog, FileInfo
 from kubevine.manager.states import TaskState
 from kubevine.protocol import (
+    FileBinding,
     FileKind,
     Outcome,
     OutputFile,
@@ -73,22 +74,37 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
 def stage_for(
     core: Core, catalog: Catalog, t: TaskEntry, w: WorkerEntry, peers: dict[WorkerId, tuple[str | None, str]]
 ) -> list[StageIn] | None:
-    """How ``w`` gets each input of ``t``; None when an input must be awaited first."""
+    """How ``w`` gets each input of ``t``; None when an input must be awaited first.
+
+    An unpacked archive or a minitask's product is made by the worker itself (once per node
+    cache): what is staged is what it is made from, unless the node has it already.
+    """
     stages: list[StageIn] = []
     planned: list[CacheName] = []
-    for b in t.spec.inputs:
+    group = w.info.cache_group or w.info.node
+
+    def need(b: FileBinding) -> bool:
         name = b.cache_name
-        if name is None or name in w.cached:
-            continue
-        group = w.info.cache_group or w.info.node
+        if name is None or name in w.cached or any(s.cache_name == name for s in stages):
+            return True
+        if b.kind in (FileKind.UNTAR, FileKind.MINITASK):
+            if catalog.on_node(name, group):
+                return True
+            parts = [b.source] if b.source is not None else list(b.mini.inputs if b.mini else [])
+            return all(need(p) for p in parts)
         stage = catalog.plan(name, w.id, group, peers, name in core.known_files, b.cache)
         if stage is None:
-            for n in planned:  # undo the transfers planned for this task's other inputs
-                catalog.done(w.id, n, w.info.cache_group or w.info.node)
-            return None
+            return False
         if stage.sources:
             planned.append(name)
         stages.append(stage)
+        return True
+
+    for b in t.spec.inputs:
+        if not need(b):
+            for n in planned:  # undo the transfers planned for this task's other inputs
+                catalog.done(w.id, n, group)
+            return None
     return stages
 
 

@@ -36,7 +36,9 @@ from kubevine.protocol import (
     Dispatch,
     Drain,
     ErrorMsg,
+    FileBinding,
     FileData,
+    FileKind,
     FileRequest,
     FileSource,
     Goodbye,
@@ -63,10 +65,12 @@ from kubevine.protocol import (
     encode,
     frame,
     send,
+    walk_bindings,
 )
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache, dir_size, sha256_file
+from kubevine.worker.derive import Deriver
 from kubevine.worker.library import LibraryInstance
 from kubevine.worker.transfer import Fetcher, TransferServer
 
@@ -157,6 +161,8 @@ class WorkerService:
         self.idle_since = time.time()
         self.base_env = dict(os.environ)
         self.base_env.pop("KUBEVINE_TOKEN", None)  # tasks never see the workflow secret
+        self.deriver = Deriver(self.cache, config.workdir / "minitasks", self.base_env)  # untar, minitask
+        self.poller.register(self.deriver.wake_r, zmq.POLLIN)
         self.heartbeat_timeout = 30.0
         self._payloads: dict[TaskId, bytes] = {}
         self.libraries: dict[str, LibraryInstance] = {}
@@ -249,7 +255,7 @@ class WorkerService:
                 self._drain_requested = False
                 self._send(Drain())
             self._enforce_time_limits()
-            if self.fetcher.fetches:
+            if self.fetcher.fetches or self.deriver.jobs:
                 self.fetcher.tick()
                 self._fetches_settled()
             self._start_runnable()
@@ -364,18 +370,29 @@ class WorkerService:
         self.slots[tid] = slot
         self.queue.append(tid)
         stages = {s.cache_name: s for s in a.stage}
+        for b in walk_bindings(a.spec.inputs):  # inputs and what they are made from stay
+            if b.cache_name is not None:
+                self.cache.pin(b.cache_name)
         for b in a.spec.inputs:
-            name = b.cache_name
-            if name is None:
-                continue
-            self.cache.pin(name)
-            if self.cache.sound(name, stages[name].checksum if name in stages else None):
-                self.cache.adopt(name, b.cache)
-                continue
-            slot.missing.add(name)
+            if b.cache_name is not None and not self._obtain(b, stages):
+                slot.missing.add(b.cache_name)
+        self._fetches_settled()
+
+    def _obtain(self, b: FileBinding, stages: dict[CacheName, StageIn]) -> bool:
+        """Whether ``b`` is in the cache; if not, start fetching or making it."""
+        name = b.cache_name
+        assert name is not None
+        if self.cache.sound(name, stages[name].checksum if name in stages else None):
+            self.cache.adopt(name, b.cache)
+            return True
+        if b.kind in (FileKind.UNTAR, FileKind.MINITASK):  # made here, from its parts
+            self.deriver.want(b)
+            for part in Deriver.parts_of(b):
+                self._obtain(part, stages)
+        else:
             stage = stages.get(name) or StageIn(cache_name=name, sources=[FileSource(kind="manager")])
             self.fetcher.want(stage)
-        self._fetches_settled()
+        return False
 
     def _file_arrived(self, msg: FileData, frames: list[bytes]) -> None:
         self.fetcher.on_manager(msg.cache_name, frame(frames, msg.frame), msg.error, msg.directory)
@@ -389,6 +406,8 @@ class WorkerService:
                 self.fetcher.on_peer(sock)
         if self.fetcher.wake_r in events:
             self.fetcher.on_wake()
+        if self.deriver.wake_r in events:
+            self.evicted += self.deriver.on_wake()
         self._fetches_settled()
 
     def _fetches_settled(self) -> None:
@@ -403,6 +422,16 @@ class WorkerService:
                 self.new_cached.append(name)
             for slot in self.slots.values():
                 slot.missing.discard(name)
+        for name, why in failed:
+            self.deriver.part_failed(name, why)
+        if self.deriver.jobs:
+            self.deriver.advance()  # parts that arrived: make what is made from them
+        made, found, not_made = self.deriver.take()
+        self.new_cached += made
+        for name in made + found:
+            for slot in self.slots.values():
+                slot.missing.discard(name)
+        failed = failed + not_made
         for name, why in failed:
             for slot in list(self.slots.values()):
                 if name in slot.missing and slot.attempt is None:
@@ -570,7 +599,7 @@ class WorkerService:
 
     def _release_inputs(self, a: Assignment) -> None:
         """The task no longer needs its inputs: unpin them; drop task-level ones."""
-        for b in a.spec.inputs:
+        for b in walk_bindings(a.spec.inputs):
             if b.cache_name is not None:
                 self.cache.unpin(b.cache_name)
                 if b.cache == CacheLevel.TASK and not self.cache.pins.get(b.cache_name):
@@ -674,6 +703,7 @@ class WorkerService:
         self.sandboxes.clear()
         self.server.close()
         self.fetcher.close()
+        self.deriver.close()
         self.cache.forget_levels({CacheLevel.TASK, CacheLevel.WORKFLOW, CacheLevel.WORKER})
         self.cache.close()
         if self.sock is not None:

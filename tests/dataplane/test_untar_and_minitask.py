@@ -1,0 +1,116 @@
+"""Files workers make themselves: ``declare_untar`` (an archive unpacked once per node cache)
+and ``declare_minitask`` (a command's product, made once per node cache)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from kubevine import LocalCluster, Manager, Task, txformat
+from kubevine.protocol import Outcome
+
+
+def tarball(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def one_node(c: LocalCluster, tmp_path: Path, n: int) -> None:
+    for _ in range(n):
+        c.add_worker(cache_dir=str(tmp_path / "node-a"), node="a")
+    c.wait_for_workers(n)
+
+
+def inserts(c: LocalCluster, name: str) -> list[txformat.Event]:
+    log = txformat.read(c.workdir / "manager" / "transactions.log")
+    return [e for e in log if e.kind == "CACHE" and e.event == "insert" and e.get("file") == name]
+
+
+def test_an_archive_is_unpacked_once_per_node_and_tasks_see_the_directory(tmp_path: Path) -> None:
+    archive = tmp_path / "calib.tar.gz"
+    archive.write_bytes(tarball({"calib/a.txt": b"alpha\n", "calib/sub/b.txt": b"beta\n"}))
+    with LocalCluster(workers=0, workdir=tmp_path / "c") as c:
+        one_node(c, tmp_path, 2)
+        with Manager(c.address, token=c.token) as m:
+            src = m.declare_file(archive)
+            unpacked = m.declare_untar(src)
+            assert m.declare_untar(m.declare_file(archive)).cache_name() == unpacked.cache_name()
+            tasks = []
+            for _ in range(6):
+                t = Task("sleep 0.3; cat d/calib/a.txt d/calib/sub/b.txt")
+                t.add_input(unpacked, "d")
+                tasks.append(t)
+                m.submit(t)
+            for _ in tasks:
+                assert m.wait(60) is not None
+            assert all(t.successful() for t in tasks), [(t.result, t.error) for t in tasks]
+            assert {t.output for t in tasks} == {"alpha\nbeta\n"}
+            assert len({t.worker for t in tasks}) == 2
+        assert len(inserts(c, unpacked.cache_name())) == 1  # unpacked once on the node
+        node_cache = tmp_path / "node-a"
+        assert [p.name for p in node_cache.iterdir() if p.name.startswith("untar-")] == [
+            unpacked.cache_name()
+        ]
+
+
+def test_a_temp_archive_is_unpacked_and_a_bad_one_fails_its_consumer_clearly(tmp_path: Path) -> None:
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        packed = m.declare_temp()
+        make = Task("mkdir -p out/x && echo made > out/x/f && tar cjf out.tbz out")
+        make.add_output(packed, "out.tbz")
+        use = Task("cat tree/out/x/f")
+        use.add_input(m.declare_untar(packed), "tree")
+        junk = m.declare_buffer(b"this is not a tar archive")
+        bad = Task("ls tree")
+        bad.add_input(m.declare_untar(junk), "tree")
+        for t in (make, use, bad):
+            m.submit(t)
+        assert {m.wait(60) for _ in range(3)} == {make, use, bad}
+        assert use.successful() and use.output == "made\n", (use.result, use.error)
+        assert bad.result == Outcome.INPUT_MISSING and "cannot unpack the archive" in (bad.error or "")
+        after = Task("echo still fine")
+        m.submit(after)
+        assert m.wait(60) is after and after.successful()
+
+
+def test_a_minitask_runs_once_per_node_and_its_product_is_an_input(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    with LocalCluster(workers=0, workdir=tmp_path / "c") as c:
+        one_node(c, tmp_path, 2)
+        with Manager(c.address, token=c.token) as m:
+            table = m.declare_buffer("3\n4\n5\n")
+            maker = Task(f"echo run >> {runs}; awk '{{print $1*$1}}' table > squares")
+            maker.add_input(table, "table")
+            squares = m.declare_minitask(maker, "squares")
+            same = Task(f"echo run >> {runs}; awk '{{print $1*$1}}' table > squares")
+            same.add_input(m.declare_buffer("3\n4\n5\n"), "table")
+            assert m.declare_minitask(same, "squares").cache_name() == squares.cache_name()
+            other = Task(f"echo run >> {runs}; awk '{{print $1+$1}}' table > squares")
+            other.add_input(table, "table")
+            assert m.declare_minitask(other, "squares").cache_name() != squares.cache_name()
+            tasks = []
+            for _ in range(6):
+                t = Task("sleep 0.3; paste -sd+ sq | bc")
+                t.add_input(squares, "sq")
+                tasks.append(t)
+                m.submit(t)
+            for _ in tasks:
+                assert m.wait(60) is not None
+            assert all(t.successful() for t in tasks), [(t.result, t.error) for t in tasks]
+            assert {t.output for t in tasks} == {"50\n"}
+            assert len({t.worker for t in tasks}) == 2
+            assert m.fetch_file(squares) == b"9\n16\n25\n"
+            broken = m.declare_minitask(Task("echo oops; exit 3"), "nothing")
+            t = Task("cat nothing")
+            t.add_input(broken, "nothing")
+            m.submit(t)
+            assert m.wait(60) is t and t.result == Outcome.INPUT_MISSING
+            assert "exited with code 3" in (t.error or "") and "oops" in (t.error or "")
+        assert runs.read_text() == "run\n"  # made once for the node's two workers
+        assert len(inserts(c, squares.cache_name())) == 1
