@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import logging
 import os
+import urllib.parse
+import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from kubevine import filetree
 from kubevine.ids import CacheName, TaskId
 from kubevine.protocol import CacheLevel, FileBinding, FileKind, MiniTaskSpec, Outcome, TaskKind, TaskSpec
 from kubevine.resources import Resources
+
+log = logging.getLogger(__name__)
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -300,10 +306,45 @@ def declare_local(path: str | os.PathLike[str], cache: str | CacheLevel) -> File
     return File(FileKind.LOCAL, CacheLevel(cache), path=Path(path).absolute())
 
 
+URL_HEAD_TIMEOUT = 10.0  # seconds the client waits for a URL's validators at declare time
+
+
 def declare_url(url: str, cache: str | CacheLevel) -> File:
+    """A URL, named after the URL and its validators as they are now (see :func:`url_validators`).
+
+    With no validator to be had, the name is unique to this declaration: the content is
+    fetched again rather than risk serving an old copy.
+    """
     if not url.startswith(("http://", "https://", "file://")):
         raise ValueError(f"unsupported URL {url!r}: http, https and file URLs are fetched by workers")
-    return File(FileKind.URL, CacheLevel(cache), url=url)
+    validators = url_validators(url)
+    if not validators:
+        log.warning("no validators for %s (ETag, Last-Modified, Content-Length): it will not be reused", url)
+        validators = f"unvalidated {uuid.uuid4().hex}"
+    digest = hashlib.sha256(f"{url}\0{validators}".encode()).hexdigest()
+    return File(FileKind.URL, CacheLevel(cache), url=url, name=CacheName("url-" + digest))
+
+
+def url_validators(url: str) -> str:
+    """What tells this version of a URL's content from another: ETag, Last-Modified and
+    Content-Length from a HEAD request (a file's size and modification time for ``file://``);
+    "" when there are none. The HEAD fetches no content."""
+    if url.startswith("file://"):
+        try:
+            st = Path(urllib.parse.urlparse(url).path).stat()
+        except OSError:
+            return ""  # not visible from here (it may be on the workers' side)
+        return f"size={st.st_size} mtime={st.st_mtime_ns}"
+    try:
+        req = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(req, timeout=URL_HEAD_TIMEOUT) as r:
+            h = r.headers
+    except (OSError, ValueError) as e:  # unreachable from here, or HEAD refused
+        log.debug("HEAD %s failed: %s", url, e)
+        return ""
+    if not (h.get("ETag") or h.get("Last-Modified")):
+        return ""  # a length alone does not tell two versions apart
+    return " ".join(f"{k}={h[k]}" for k in ("ETag", "Last-Modified", "Content-Length") if h.get(k))
 
 
 def declare_temp() -> File:
