@@ -903,8 +903,12 @@ class Core:
         load = 0.0
         for w in workers:
             total = w.info.resources
+            # library instances keep their cores: a task queued behind an idle one would
+            # wait for ever (it is evicted only when no worker can take the task)
+            lib_cores = sum(lib.spec.resources.cores for n in w.libs if (lib := self.libraries.get(n)))
             if (
                 need.fits_in(total)
+                and need.cores <= total.cores - lib_cores + 1e-9
                 and w.committed.cores + need.cores <= total.cores * (1 + self.prefetch) + 1e-9
                 and len(w.tasks) - w.calls < self._max_tasks(w)
             ):

@@ -300,6 +300,25 @@ def test_an_idle_library_makes_room_for_a_task_that_needs_its_cores() -> None:
     assert dispatched(out) == {w: [2]}
 
 
+def test_a_short_task_is_not_queued_behind_an_idle_library_that_holds_the_cores() -> None:
+    core = Core(Settings(prefetch=1))
+    core.client_connected(C)
+    w = worker(core, "w", cores=1)
+    core.submit(C, [spec(1)], [None])
+    cycle(core)
+    finish(core, w, 1)  # recent tasks are short: queueing ahead is on
+    core.install_library(C, lib_spec(), b"code")
+    core.submit(C, [call(2)], [b""])
+    cycle(core)
+    core.library_status(w, "L", "ready", None)
+    cycle(core)
+    finish(core, w, 2)
+    core.submit(C, [spec(3)], [None])
+    out = cycle(core)  # queued there it would wait for ever: the idle library goes instead
+    assert [(i.worker, i.library) for i in out if isinstance(i, SendRemove)] == [(w, "L")]
+    assert dispatched(out) == {w: [3]}
+
+
 def test_a_library_that_fails_to_start_twice_fails_its_calls_with_the_reason() -> None:
     core = Core()
     core.client_connected(C)
