@@ -10,6 +10,7 @@ instead of overwriting its successor's state.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -331,8 +332,8 @@ def _state_keys(w: str) -> list[str]:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, fit for logs."""
+    """The URL without its credentials (user info, a ``password=`` query), fit for logs."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+        url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)

@@ -242,7 +242,7 @@ class ManagerService:
             self.manager_id,
             cfg.name,
             port,
-            "redis" if self.store.durable else "memory",
+            f"redis at {getattr(self.store, 'url', '?')}" if self.store.durable else "memory",
             self.epoch,
         )
 

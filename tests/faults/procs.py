@@ -57,7 +57,8 @@ class RedisServer:
         else:
             args += ["--port", str(self.port)]
         if self.password and self.user:
-            args += ["--user", f"{self.user} on >{self.password} ~* &* +@all", "--user", "default off"]
+            args += ["--user", self.user, "on", f">{self.password}", "~*", "&*", "+@all"]
+            args += ["--user", "default", "off"]
         elif self.password:
             args += ["--requirepass", self.password]
         with open(self.dir / "redis.log", "ab") as log:
@@ -117,6 +118,7 @@ class Procs:
         args += ["--name", name, "--redis", redis_url, "--workdir", str(workdir)]
         args += ["--heartbeat-timeout", "4", "--recover-grace", "10", "--lease-ttl", "2", *extra]
         n = len(self.managers)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         with open(self.tmp / f"manager-{n}.log", "ab") as log:
             p = subprocess.Popen(args, env=env or kubevine_env(), stdout=log, stderr=subprocess.STDOUT)
         self.managers.append(p)
@@ -127,6 +129,7 @@ class Procs:
     def worker(self, address: str, i: int, cores: int = 1, env: dict[str, str] | None = None) -> None:
         args = [sys.executable, "-m", "kubevine", "worker", address, "--cores", str(cores)]
         args += ["--workdir", str(self.tmp / f"w{i}")]
+        self.tmp.mkdir(parents=True, exist_ok=True)
         with open(self.tmp / f"worker-{i}.log", "ab") as log:
             self.workers.append(
                 subprocess.Popen(args, env=env or kubevine_env(), stdout=log, stderr=subprocess.STDOUT)

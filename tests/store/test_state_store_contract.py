@@ -117,3 +117,6 @@ def test_the_redis_url_password_never_reaches_messages() -> None:
     with pytest.raises(StoreError) as e:
         RedisStore("redis://:sekret@127.0.0.1:1/0", "x").acquire("m", 1)
     assert "sekret" not in str(e.value)
+    with pytest.raises(StoreError) as e:
+        RedisStore("redis://127.0.0.1:1/0?password=sekret&db=0", "x").acquire("m", 1)
+    assert "sekret" not in str(e.value) and "password=***" in str(e.value)
