@@ -601,6 +601,7 @@ class ManagerService:
             core.drain(msg.worker_ids)
         elif isinstance(msg, Goodbye):
             core.client_disconnected(cid)
+            self._unwelcomed.discard(cid)
             self._forget(ident)
         elif not isinstance(msg, Heartbeat):
             self._send(
