@@ -39,6 +39,16 @@ def _logging_options(p: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be 1 or more")
+    return n
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None
@@ -88,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(os.environ.get("KUBEVINE_STATS_INTERVAL") or 2.0),
         help="seconds between performance snapshots (status, /metrics, the transactions log)",
+    )
+    m.add_argument(
+        "--transfers-per-source",
+        type=_positive_int,
+        default=_env_int("KUBEVINE_TRANSFERS_PER_SOURCE") or 4,
+        help="files one worker, the manager or a URL sends at once; more wait for a free source",
     )
     m.add_argument(
         "--transactions-stdout",
@@ -225,6 +241,7 @@ def _manager(args: argparse.Namespace) -> int:
         redis_outage_grace=args.redis_outage_grace,
         metrics_port=args.metrics_port,
         stats_interval=args.stats_interval,
+        transfers_per_source=args.transfers_per_source,
         transactions_stdout=args.transactions_stdout,
         transactions_json=args.log_format == "json",
     )

@@ -36,6 +36,7 @@ class LocalCluster:
         workdir: str | os.PathLike[str] | None = None,
         heartbeat_timeout: float = 30.0,
         log_level: str = "WARNING",
+        transfers_per_source: int | None = None,
     ) -> None:
         self.n_workers = workers
         self.cores, self.memory, self.disk = cores, memory, disk
@@ -46,6 +47,7 @@ class LocalCluster:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubevine-"))
         self.heartbeat_timeout = heartbeat_timeout
         self.log_level = log_level
+        self.transfers_per_source = transfers_per_source
         self.token = auth.generate_token()
         self.token_file = auth.write_token(self.workdir / "token", self.token)
         self.manager: subprocess.Popen[bytes] | None = None
@@ -77,10 +79,12 @@ class LocalCluster:
         ]
         if self.redis:
             args += ["--redis", self.redis]
+        if self.transfers_per_source is not None:
+            args += ["--transfers-per-source", str(self.transfers_per_source)]
         with open(mdir / "manager.log", "ab") as log:
             self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not addr_file.exists():
+        while not (addr_file.exists() and addr_file.read_text().strip()):  # written, not just created
             if self.manager.poll() is not None:
                 raise RuntimeError(
                     f"the local manager exited with {self.manager.returncode}: "

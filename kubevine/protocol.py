@@ -398,6 +398,15 @@ class FetchedFile(_Msg):
     source: str | None = None  # "manager", or the worker it came from
 
 
+class PeerLost(_Msg):
+    """Manager → worker: this peer is gone; a fetch from it fails now and moves on to the
+    next source instead of waiting for an answer."""
+
+    type: Literal["peer_lost"] = "peer_lost"
+    worker: WorkerId
+    address: str | None = None
+
+
 class StatusRequest(_Msg):
     type: Literal["status_request"] = "status_request"
 
@@ -484,6 +493,7 @@ Message = Annotated[
     | FileData
     | FetchFile
     | FetchedFile
+    | PeerLost
     | StatusRequest
     | StatusReply
     | DrainWorkers

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import CacheLevel, FileSource, StageIn
 
-MAX_OUT = 4  # transfers one source serves at once before others are preferred
+MAX_OUT = 4  # default: transfers one source (a worker, the manager, a URL) serves at once
 BAD_SOURCE = 3  # failures after which a peer is used only as a last resort
 
 
@@ -38,6 +38,7 @@ class Catalog:
     inflight: dict[tuple[WorkerId, CacheName], str] = field(default_factory=dict)  # (dest, file) -> source
     arriving: dict[CacheName, set[str]] = field(default_factory=dict)  # file -> nodes it travels to
     failures: dict[str, int] = field(default_factory=dict)
+    source_limit: int = MAX_OUT  # concurrent transfers from one source (Settings.transfers_per_source)
     # replicas added (cache group) or removed (None) since the core last took them: persisted
     journal: dict[tuple[WorkerId, CacheName], str | None] = field(default_factory=dict)
 
@@ -105,24 +106,41 @@ class Catalog:
         holders = [
             w for w in self.holders.get(name, ()) if w != dest and w in peers and peers[w][0] is not None
         ]
-        holders.sort(key=lambda w: (self.failures.get(w, 0) >= BAD_SOURCE, self.outgoing.get(w, 0)))
-        if not holders and self.arriving.get(name) and not info.url:
+        good = sorted((w for w in holders if self.failures.get(w, 0) < BAD_SOURCE), key=self.busy)
+        bad = sorted((w for w in holders if self.failures.get(w, 0) >= BAD_SOURCE), key=self.busy)
+        if not good and self.arriving.get(name) and not info.url:
             return None  # its first copy is still travelling: fetch from that one once it lands
-        if holders and self.outgoing.get(holders[0], 0) >= MAX_OUT and self.arriving.get(name):
-            return None  # every holder is busy and more copies are on their way: wait for them
-        for w in holders:
-            stage.sources.append(FileSource(kind="peer", address=peers[w][0], worker=w))
-        if manager_has:
-            stage.sources.append(FileSource(kind="manager"))
+        peer = [FileSource(kind="peer", address=peers[w][0], worker=w) for w in good]
+        origin = [FileSource(kind="manager")] if manager_has else []
         if info.url:
-            stage.sources.append(FileSource(kind="url", address=info.url))
-        if stage.sources:
-            first = stage.sources[0]
-            src = first.worker if first.kind == "peer" and first.worker else first.kind
+            origin.append(FileSource(kind="url", address=info.url))
+        last = [FileSource(kind="peer", address=peers[w][0], worker=w) for w in bad]
+        # Peers first: each copy that lands is one more source, so a popular file fans out as
+        # a tree. The manager and the URL serve only when no sound peer has it.
+        candidates = peer if peer else origin + last
+        first = next((s for s in candidates if self.busy(self.source_key(s)) < self.source_limit), None)
+        if first is None and candidates:
+            return None  # every source that should serve it is at its limit: wait for one
+        stage.sources = ([first] if first else []) + [s for s in peer + origin + last if s is not first]
+        if first is not None:
+            src = self.source_key(first)
             self.inflight[(dest, name)] = src
             self.outgoing[src] = self.outgoing.get(src, 0) + 1
             self.arriving.setdefault(name, set()).add(node)
         return stage
+
+    def busy(self, source: str) -> int:
+        """Transfers ``source`` is serving now."""
+        return self.outgoing.get(source, 0)
+
+    @staticmethod
+    def source_key(s: FileSource) -> str:
+        """Who serves a transfer from ``s``: a worker id, "manager", or "url:<url>"."""
+        if s.kind == "peer" and s.worker:
+            return s.worker
+        if s.kind == "url":
+            return f"url:{s.address}"
+        return s.kind
 
     def done(self, dest: WorkerId, name: CacheName, node: str | None = None) -> None:
         """A transfer to ``dest`` ended (arrived or gave up)."""

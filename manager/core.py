@@ -150,8 +150,25 @@ class SendRemove:
     library: str
 
 
+@dataclass(slots=True)
+class SendPeerLost:
+    """Tell ``worker`` that ``lost`` is gone: stop waiting for files from it."""
+
+    worker: WorkerId
+    lost: WorkerId
+    address: str | None
+
+
 Instruction = (
-    SendDispatch | SendKill | SendResults | SendAck | SendDrain | ClientError | SendInstall | SendRemove
+    SendDispatch
+    | SendKill
+    | SendResults
+    | SendAck
+    | SendDrain
+    | ClientError
+    | SendInstall
+    | SendRemove
+    | SendPeerLost
 )
 
 
@@ -164,6 +181,7 @@ class Settings:
     # queued ahead: that would leave another worker idle while they wait.
     prefetch: int = 3
     prefetch_below: float = 0.05  # seconds: recent task wall time under which we prefetch
+    transfers_per_source: int = 4  # files one worker (or the manager, or a URL) sends at once
 
 
 class Core:
@@ -176,7 +194,8 @@ class Core:
         self.ready: list[tuple[float, int, TaskId]] = []  # (-priority, seq, id)
         self.unschedulable: set[TaskId] = set()
         self.known_files: set[CacheName] = set()
-        self.catalog = Catalog()  # which worker and node holds which file
+        # which worker and node holds which file
+        self.catalog = Catalog(source_limit=self.settings.transfers_per_source)
         self.producers: dict[CacheName, TaskId] = {}  # temp file -> the task that makes it
         self.waiting_for: dict[CacheName, set[TaskId]] = {}  # temp file -> tasks waiting for it
         self.moved: dict[str, int] = {}  # bytes moved to workers, by source kind
@@ -442,6 +461,10 @@ class Core:
             if t is not None and t.worker == wid and t.state in (S.DISPATCHED, S.RUNNING):
                 self._requeue_lost(t, f"worker {wid} {why}")
         dataplane.on_worker_lost(self, self.catalog, w)
+        if w.info.transfer_address:  # fetches from it would wait for an answer that never comes
+            for other in self.workers.values():
+                if other.state in (WorkerState.CONNECTED, WorkerState.DRAINING):
+                    self.out.append(SendPeerLost(other.id, wid, w.info.transfer_address))
 
     def _requeue_lost(self, t: TaskEntry, why: str) -> None:
         t.lost += 1

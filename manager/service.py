@@ -33,6 +33,7 @@ from kubevine.manager.core import (
     SendDrain,
     SendInstall,
     SendKill,
+    SendPeerLost,
     SendRemove,
     SendResults,
     Settings,
@@ -64,6 +65,7 @@ from kubevine.protocol import (
     InstallLibrary,
     Kill,
     LibraryStatus,
+    PeerLost,
     ProtocolError,
     PutFiles,
     Refused,
@@ -110,6 +112,7 @@ class ManagerConfig:
     redis_outage_grace: float = 60.0  # seconds of Redis outage after which new work is refused
     stats_interval: float = 2.0
     prefetch: int = 3
+    transfers_per_source: int = 4  # concurrent transfers one source serves (a popular file fans out)
     metrics_port: int | None = None  # serve /metrics and /healthz over HTTP (0: any free port)
     transactions_stdout: bool = False  # also echo the transactions log to stdout
     transactions_json: bool = False  # ... as JSON objects, one a line
@@ -140,6 +143,7 @@ class ManagerService:
                 heartbeat_timeout=config.heartbeat_timeout,
                 recover_grace=config.recover_grace,
                 prefetch=config.prefetch,
+                transfers_per_source=config.transfers_per_source,
             )
         )
         self.files = FileStore(config.workdir / "files")
@@ -460,6 +464,8 @@ class ManagerService:
                     self._send_to("worker", ins.worker, InstallLibrary(spec=lib.spec, frame=0), [lib.payload])
             elif isinstance(ins, SendRemove):
                 self._send_to("worker", ins.worker, RemoveLibrary(name=ins.library))
+            elif isinstance(ins, SendPeerLost):
+                self._send_to("worker", ins.worker, PeerLost(worker=ins.lost, address=ins.address))
             elif isinstance(ins, ClientError):
                 self._send_to(
                     "client",

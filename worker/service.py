@@ -49,6 +49,7 @@ from kubevine.protocol import (
     LibrarySpec,
     LibraryStatus,
     Outcome,
+    PeerLost,
     ProtocolError,
     Refused,
     RemoveLibrary,
@@ -345,6 +346,9 @@ class WorkerService:
             self._remove_library(msg.name, "removed by the manager")
         elif isinstance(msg, FileData):
             self._file_arrived(msg, frames)
+        elif isinstance(msg, PeerLost):
+            self.fetcher.source_lost(msg.worker, msg.address)
+            self._fetches_settled()
         elif isinstance(msg, Drain):
             log.info("worker %s released by the manager", self.worker_id)
             self._send(Goodbye(reason="drained"))

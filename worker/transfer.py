@@ -262,6 +262,15 @@ class Fetcher:
             else:
                 self._fail_source(f, payload.decode(errors="replace"))
 
+    def source_lost(self, worker: str, address: str | None) -> None:
+        """The manager declared a peer lost: fetches waiting on it move to their next source."""
+        for f in list(self.fetches.values()):
+            if f.sibling or not 0 <= f.source < len(f.stage.sources):
+                continue
+            src = f.stage.sources[f.source]
+            if src.kind == "peer" and (src.worker == worker or (address and src.address == address)):
+                self._fail_source(f, f"peer {worker} was declared lost by the manager")
+
     def on_manager(
         self, name: CacheName, data: bytes | None, error: str | None, directory: bool = False
     ) -> None:
