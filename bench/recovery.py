@@ -4,8 +4,8 @@ Recovery: 10,000 tasks in Redis — 8 long tasks running on two 4-core workers, 
 for room — then the manager is SIGKILLed and a new one started on the same workflow
 (``--lease-ttl 1``: the dead manager's lease is out a second later), with a free 4-core
 worker waiting for it. Measured from the new manager's transactions log:
-  start -> first dispatch   from "loading" (lease taken, state load begins) to its first dispatch
-  start -> re-attached      from "loading" to both old workers reconnected with their 8 running tasks
+  start -> first dispatch   from its "started" line (lease taken, state not yet loaded) to a dispatch
+  start -> re-attached      from "started" to both old workers reconnected with their 8 running tasks
 and, for reference, process start -> serving (includes waiting out the lease).
 
 Durability cost: the calls benchmark (``bench/calls.py``: 10,000 FunctionCalls on 2 workers
@@ -99,7 +99,8 @@ def recovery(n_tasks: int, url: str) -> dict[str, float]:
                     time.sleep(0.05)
                     lines = [ln.split(" ", 2) for ln in log.read_text().splitlines()]
                     mine = [(int(ts) / 1e6, text) for ts, mid, text in lines if mid != lines[0][1]]
-                    loading = next((ts for ts, text in mine if " loading " in text), None)
+                    starts = [ts for ts, text in mine if text.startswith("MANAGER") and " started " in text]
+                    loading = starts[0] if starts else None
                     dispatch = next((ts for ts, text in mine if " dispatched " in text), None)
                     back = [ts for ts, text in mine if text.startswith("WORKER") and "running=4" in text]
                     reattached = max(back) if len(back) >= 2 else None

@@ -192,7 +192,22 @@ class ManagerService:
     def start(self) -> None:
         cfg = self.config
         self.epoch = self._acquire_lease()
-        self.txlog.write([f"MANAGER {self.manager_id} loading workflow={cfg.name} epoch={self.epoch}"])
+        # bind at once (peers may queue messages while the state loads), then load
+        if cfg.port == 0:
+            port = self.sock.bind_to_random_port(f"tcp://{cfg.host}")
+        else:
+            self.sock.bind(f"tcp://{cfg.host}:{cfg.port}")
+            port = cfg.port
+        host = cfg.host if cfg.host not in ("0.0.0.0", "*") else socket.gethostname()
+        self.address = f"{host}:{port}"
+        self.port = port
+        self.txlog.write(
+            [
+                f"MANAGER {self.manager_id} started workflow={cfg.name} port={port} "
+                f"durable={str(self.store.durable).lower()} epoch={self.epoch}"
+            ]
+        )
+        t0 = time.monotonic()
         snap = self.store.load()
         self.core.now = time.time()
         have = set(self.files.names())
@@ -204,36 +219,24 @@ class ManagerService:
         if snap.records or snap.libraries or snap.workers:
             log.info(
                 "workflow %s: reloaded %d task(s), %d worker(s), %d library(ies), %d file(s) "
-                "and %d replica(s) from the store",
+                "and %d replica(s) from the store in %.3fs",
                 cfg.name,
                 len(snap.records),
                 len(snap.workers),
                 len(snap.libraries),
                 len(snap.files),
                 len(snap.replicas),
+                time.monotonic() - t0,
             )
             self.txlog.write(
                 [
                     f"MANAGER {self.manager_id} restored tasks={len(snap.records)}"
                     f" workers={len(snap.workers)} libraries={len(snap.libraries)}"
                     f" files={len(snap.files)} replicas={len(snap.replicas)}"
+                    f" seconds={time.monotonic() - t0:.3f}"
                 ]
             )
-        if cfg.port == 0:
-            port = self.sock.bind_to_random_port(f"tcp://{cfg.host}")
-        else:
-            self.sock.bind(f"tcp://{cfg.host}:{cfg.port}")
-            port = cfg.port
-        host = cfg.host if cfg.host not in ("0.0.0.0", "*") else socket.gethostname()
-        self.address = f"{host}:{port}"
-        self.port = port
         (cfg.workdir / "address").write_text(f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n")
-        self.txlog.write(
-            [
-                f"MANAGER {self.manager_id} started workflow={cfg.name} port={port} "
-                f"durable={str(self.store.durable).lower()} epoch={self.epoch}"
-            ]
-        )
         if cfg.metrics_port is not None:
             stale = max(60.0, 10 * cfg.stats_interval)
             self.metrics = MetricsServer(cfg.host, cfg.metrics_port, stale_after=stale)

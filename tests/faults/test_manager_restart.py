@@ -56,14 +56,14 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
         assert len(counts) == N_CMD + N_CALL  # every task ran
         re_executed = sum(n - 1 for n in counts.values())
         log = tx_lines(tmp_path / "m" / "transactions.log")  # both managers append to it
-        start = [ts for ts, text in log if text.startswith("MANAGER ") and " loading " in text][-1]
+        start = [ts for ts, text in log if text.startswith("MANAGER ") and " started " in text][-1]
         second = [(ts, text) for ts, text in log if ts >= start]
         held = sum(
             int(text.split(" running=")[1].split()[0])
             for _, text in second
             if text.startswith("WORKER ") and " connected " in text
         )
-        # manager start (lease taken, state loading) -> first dispatch of the new manager
+        # manager start (lease taken, port bound, before the state loads) -> first dispatch of the new manager
         first_dispatch = min(ts for ts, text in second if " dispatched " in text)
         recovery = first_dispatch - start
         print(f"re-executed {re_executed} of {held} held by workers; start->dispatch {recovery:.3f}s")

@@ -116,7 +116,7 @@ def test_a_restarted_manager_reloads_libraries_files_replicas_workers_and_totals
         line = next(
             ln for ln in (tmp_path / "m2" / "transactions.log").read_text().splitlines() if " restored " in ln
         )
-        assert "workers=2 libraries=1" in line and "files=1" in line
+        assert "workers=2 libraries=1" in line and "files=1" in line and " seconds=" in line
         assert all(w.poll() is None for w in procs.workers)
     finally:
         procs.stop()
