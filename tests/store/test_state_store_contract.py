@@ -10,10 +10,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from kubevine.ids import ClientId, TaskId, WorkerId
+from kubevine import keys
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.manager.redis_store import RedisStore
-from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore, StoreError, TaskRecord, WriteBatch
-from kubevine.protocol import ClientResult, Outcome, TaskSpec, WorkerInfo
+from kubevine.manager.store import (
+    LeaseHeld,
+    MemoryStore,
+    StateStore,
+    StoreError,
+    StoreWiped,
+    TaskRecord,
+    WriteBatch,
+)
+from kubevine.protocol import ClientResult, LibrarySpec, Outcome, TaskSpec, WorkerInfo
 from kubevine.resources import Resources
 
 
@@ -72,6 +81,54 @@ def test_deleted_tasks_and_departed_workers_are_gone(make_store) -> None:  # typ
     assert TaskId(1) in snap.records and not snap.workers
 
 
+def test_libraries_files_replicas_and_collected_results(make_store) -> None:  # type: ignore[no-untyped-def]
+    s = make_store()
+    s.acquire("m1", 10)
+    b = batch_with_everything()
+    b.libraries["L"] = (LibrarySpec(name="L", functions=["f"]), b"\x80code")
+    b.libraries["gone"] = (LibrarySpec(name="gone", functions=["g"]), b"x")
+    b.files[CacheName("file-1")] = b"\x00contents\xff"
+    b.replicas[(WorkerId("w1"), CacheName("file-1"))] = "node-a:/cache"
+    b.replicas[(WorkerId("w1"), CacheName("temp-9"))] = "node-a:/cache"
+    s.apply(b)
+    later = WriteBatch()
+    later.libraries["gone"] = None
+    later.replicas[(WorkerId("w1"), CacheName("temp-9"))] = None
+    later.collected = {TaskId(2)}  # the client has the result; the task is kept
+    s.apply(later)
+    snap = make_store().load()
+    assert snap.libraries == {"L": (LibrarySpec(name="L", functions=["f"]), b"\x80code")}
+    assert snap.files == {CacheName("file-1"): b"\x00contents\xff"}
+    assert snap.replicas == {(WorkerId("w1"), CacheName("file-1")): "node-a:/cache"}
+    assert TaskId(2) not in snap.results and TaskId(2) in snap.records and TaskId(2) in snap.specs
+
+
+def test_a_reseed_replaces_everything_and_restores_an_emptied_store(  # type: ignore[no-untyped-def]
+    make_store,
+) -> None:
+    s = make_store()
+    epoch = s.acquire("m1", 10)
+    s.apply(batch_with_everything())
+    full = WriteBatch(reseed=True)
+    full.specs[TaskId(5)] = (TaskSpec(id=TaskId(5), command="echo 5"), None)
+    full.records[TaskId(5)] = TaskRecord(ClientId("c"), "ready", 0, 0, 0, None, 1)
+    s.apply(full)
+    snap = make_store().load()
+    assert set(snap.records) == {TaskId(5)} and not snap.results and not snap.workers
+    if isinstance(s, RedisStore):  # Redis restarted without persistence: the store is empty
+        s.r.delete(*[k for k in keys.all_keys(s.workflow)])
+        with pytest.raises(StoreWiped):
+            s.apply(batch_with_everything())
+        with pytest.raises(StoreWiped):
+            s.renew("m1", 10)
+        s.apply(full)  # writes the epoch and the lease back
+        assert int(s.r.get(keys.epoch(s.workflow)) or 0) == epoch
+        assert s.r.get(keys.lease(s.workflow)) == b"m1"
+        s.apply(batch_with_everything())  # and ordinary writes go on
+        s.renew("m1", 10)
+        assert set(s.load().records) == {TaskId(1), TaskId(2), TaskId(5)}
+
+
 def test_a_large_batch_lands_whole(make_store) -> None:  # type: ignore[no-untyped-def]
     s = make_store()
     s.acquire("m1", 10)
@@ -120,3 +177,20 @@ def test_the_redis_url_password_never_reaches_messages() -> None:
     with pytest.raises(StoreError) as e:
         RedisStore("redis://127.0.0.1:1/0?password=sekret&db=0", "x").acquire("m", 1)
     assert "sekret" not in str(e.value) and "password=***" in str(e.value)
+
+
+def test_group_commit_merges_later_over_earlier_and_a_reseed_over_everything() -> None:
+    from kubevine.manager.persist import merge
+
+    into = batch_with_everything()
+    later = WriteBatch()
+    later.collected = {TaskId(2)}
+    later.records[TaskId(1)] = TaskRecord(ClientId("c"), "done", 1, 0, 0, WorkerId("w1"), 7)
+    merge(into, later)
+    assert TaskId(2) not in into.results and into.collected == {TaskId(2)}
+    assert into.records[TaskId(1)].state == "done"
+    full = WriteBatch(reseed=True)
+    full.meta["next_task_id"] = "5"
+    merge(into, full)
+    assert into.reseed and not into.specs and not into.records and not into.collected
+    assert into.meta == {"next_task_id": "5"}
