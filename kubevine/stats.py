@@ -105,7 +105,9 @@ class ManagerStatus(BaseModel):
     time: float
     started: float
     tasks: dict[str, int] = Field(description="tasks held by the manager, by state")
-    totals: dict[str, int] = Field(description="since the manager started: submitted, done, ...")
+    totals: dict[str, int] = Field(
+        description="of the workflow (kept across manager restarts): submitted, done, ..."
+    )
     unschedulable: int = 0
     demand: Resources = Resources()  # resources asked for by tasks waiting for a worker
     waiting: Load = Load()  # tasks waiting for a worker (ready, waiting, retrying)
@@ -116,3 +118,5 @@ class ManagerStatus(BaseModel):
     recent_failures: list[Failure] = Field(default_factory=list)
     perf: Perf = Field(default_factory=Perf)
     libraries: list[LibraryView] = Field(default_factory=list)
+    store_outage: float = 0.0  # seconds the state store (Redis) has been unreachable; 0 when fine
+    refusing_work: bool = False  # the outage outlasted --redis-outage-grace: submissions are refused

@@ -44,6 +44,11 @@ def render(st: ManagerStatus) -> str:
         f"workflow {st.workflow}   manager {st.manager_id} ({st.address})   up {up}   "
         f"state in {'redis' if st.durable else 'memory (not fault tolerant)'}   clients {st.clients}"
     )
+    if st.store_outage:
+        out.append(
+            f"STATE STORE UNREACHABLE for {human_seconds(st.store_outage)}"
+            + ("; new work is refused until it returns" if st.refusing_work else "; running from memory")
+        )
     held = sum(st.tasks.values())
     out.append(
         f"tasks    {held} held: "

@@ -796,6 +796,8 @@ class ManagerService:
             recent_failures=self.recent_failures[-20:],
             perf=self._perf(),
             libraries=self._libraries(),
+            store_outage=self.persister.outage,
+            refusing_work=self._refusing,
         )
 
     def _libraries(self) -> list[LibraryView]:

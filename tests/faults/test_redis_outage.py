@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kubevine import Manager, StoreUnavailable, Task, keys
+from kubevine.statusview import render
 from kubevine.testing import wait_for
 
 from .procs import TOKEN, Procs, RedisServer, count_runs, runs_command
@@ -85,6 +86,9 @@ def test_past_the_outage_grace_new_work_is_refused_with_a_clear_error(tmp_path: 
                 timeout=30,
                 what="the manager to give up waiting",
             )
+            st = m.status()  # the manager answers from memory, and says what is wrong
+            assert st.refusing_work and st.store_outage > 1
+            assert "STATE STORE UNREACHABLE" in render(st) and "new work is refused" in render(st)
             refused = Task("echo refused")
             m.submit(refused)
             with pytest.raises(StoreUnavailable) as err:
@@ -100,6 +104,8 @@ def test_past_the_outage_grace_new_work_is_refused_with_a_clear_error(tmp_path: 
                 timeout=30,
                 what="the manager to accept work again",
             )
+            st = m.status()
+            assert not st.refusing_work and st.store_outage == 0
             m.submit(refused)  # the same task, again
             again = m.wait(30)
             assert again is refused and refused.output == "refused\n"
