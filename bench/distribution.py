@@ -9,7 +9,13 @@ Naive baseline, in the same run: every task ships its own copy of the file from 
 (a distinct buffer per task, as a job system without a data plane does); run at a smaller
 size (--naive-mb) because it moves tasks x size bytes, and reported per task and scaled.
 
+Fan-out, in the same run: one file needed on --fanout-nodes nodes (a worker each), moved
+with one transfer per source at a time (a tree: every copy that lands becomes a source) and
+with --fanout-wide per source (a star from the first holder). Reported: manager egress,
+peer transfers, the depth of the tree, and wall time.
+
     python bench/distribution.py [--mb 200] [--tasks 200] [--naive-mb 10]
+                                 [--fanout-nodes 8] [--fanout-mb 100] [--fanout-wide 8]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 from kubevine import LocalCluster, Manager, Task, txformat
+from kubevine.testing import wait_for
 
 MB = 1 << 20
 
@@ -75,16 +82,68 @@ def naive_run(root: Path, mb: int, tasks: int) -> tuple[float, dict[str, float]]
     return dt, moved(c)
 
 
+def fanout_run(root: Path, mb: int, nodes: int, limit: int) -> tuple[float, dict[str, float]]:
+    """One task per node, each needing the file; ``limit`` transfers per source at once."""
+    big = root / "fan.bin"
+    if not big.exists():
+        big.write_bytes(os.urandom(mb * MB))
+    c = LocalCluster(workers=0, workdir=root / f"fan-{limit}", disk=4096, transfers_per_source=limit).start()
+    for i in range(nodes):
+        c.add_worker(cache_dir=str(root / f"fan-{limit}-node-{i}"), node=f"n{i}")
+    c.wait_for_workers(nodes)
+    with Manager(c.address, token=c.token) as m:
+        f = m.declare_file(big)
+        hold = Task("sleep 600")  # the first copy lands on one node, whose worker it then keeps busy
+        hold.add_input(f, "big")
+        m.submit(hold)
+        wait_for(lambda: any(w.cached_files for w in m.status().workers), timeout=600, what="first copy")
+        t0 = time.perf_counter()
+        tasks = []
+        for _ in range(nodes - 1):  # one per other node: each worker has one core
+            t = Task("wc -c < big; sleep 2")
+            t.add_input(f, "big")
+            tasks.append(t)
+            m.submit(t)
+        for _ in tasks:
+            t = m.wait(600)
+            assert t is not None and t.successful(), (t and t.result, t and t.error)
+        dt = time.perf_counter() - t0 - 2.0  # less the sleep
+        assert len({t.worker for t in tasks} | {hold.worker}) == nodes
+        m.cancel_by_task_id(hold.id or 0)
+        m.wait(60)
+    c.stop()
+    parent: dict[str, str] = {}
+    out = {"manager": 0.0, "peer_transfers": 0.0, "depth": 0.0}
+    for e in txformat.read(c.workdir / "manager" / "transactions.log"):
+        if e.kind == "TRANSFER" and e.event == "sent":
+            if e.get("source") == "manager":
+                out["manager"] += e.num("bytes")
+            else:
+                out["peer_transfers"] += 1
+                parent[e.get("dest") or ""] = e.get("peer") or ""
+    for w in parent:
+        d, x = 0, w
+        while x in parent:
+            d, x = d + 1, parent[x]
+        out["depth"] = max(out["depth"], d)
+    return dt, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--naive-mb", type=int, default=10)
+    ap.add_argument("--fanout-nodes", type=int, default=8)
+    ap.add_argument("--fanout-mb", type=int, default=100)
+    ap.add_argument("--fanout-wide", type=int, default=8)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kubevine-bench-") as tmp:
         root = Path(tmp)
         kv_t, kv = kubevine_run(root, a.mb, a.tasks)
         nv_t, nv = naive_run(root, a.naive_mb, a.tasks)
+        tree_t, tree = fanout_run(root, a.fanout_mb, a.fanout_nodes, 1)
+        star_t, star = fanout_run(root, a.fanout_mb, a.fanout_nodes, a.fanout_wide)
     size = a.mb * MB
     print(f"\n{a.mb} MB file, {a.tasks} tasks, 4 workers on 2 nodes")
     print(
@@ -101,6 +160,15 @@ def main() -> None:
         f"  target: manager egress = 1 x file size ({'met' if round(kv['manager']) == size else 'NOT met'}); "
         f"per-node arrivals = 1 ({'met' if kv['arrivals'] == 2 else 'NOT met'})"
     )
+    fsize = a.fanout_mb * MB
+    print(f"\n{a.fanout_mb} MB file from one node to {a.fanout_nodes - 1} more (a worker per node)")
+    runs = (("1 per source (tree)", tree_t, tree), (f"{a.fanout_wide} per source", star_t, star))
+    for label, dt, r in runs:
+        print(
+            f"  {label:22s} {dt:6.2f} s   manager sent {r['manager'] / fsize:.2f} x file   "
+            f"peer transfers {r['peer_transfers']:.0f}   tree depth {r['depth']:.0f}"
+        )
+    print(f"  tree / wide wall time: {tree_t / star_t:.2f}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ from kubevine.protocol import (
     encode,
     frame,
     send,
+    walk_bindings,
 )
 from kubevine.resources import Tally
 from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, WorkerStatus
@@ -738,7 +739,9 @@ class ManagerService:
         needed = {n for n, waiting in core.waiting_for.items() if waiting}
         for t in core.tasks.values():
             if t.state not in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
-                needed.update(b.cache_name for b in t.spec.inputs if b.cache_name in core.producers)
+                needed.update(
+                    b.cache_name for b in walk_bindings(t.spec.inputs) if b.cache_name in core.producers
+                )
         unique_holders = {
             next(iter(held))
             for name, held in core.catalog.holders.items()
