@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import tarfile
 import threading
 import time
 import types
@@ -766,7 +767,11 @@ class Manager:
                     continue
                 for f, remote in t.outputs:
                     if remote == o.remote_name and f.path is not None:
-                        _write_atomic(f.path, data, o.directory)
+                        try:
+                            _write_atomic(f.path, data, o.directory)
+                        except (OSError, tarfile.TarError) as e:  # the task's result still arrives
+                            log.error("task %s: could not write output %s to %s: %s", t.id, remote, f.path, e)
+                            t.error = f"{t.error + '; ' if t.error else ''}output {remote} not written: {e}"
             done.append(t)
         with self._cv:
             for t in done:

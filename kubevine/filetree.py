@@ -87,6 +87,8 @@ def place(src: Path, dest: Path) -> None:
         os.replace(src, dest)
         shutil.rmtree(old, ignore_errors=True)
     else:
+        if src.is_dir() and (dest.is_symlink() or dest.exists()):
+            dest.unlink()  # a directory replaces a file: no single rename does that
         os.replace(src, dest)
 
 

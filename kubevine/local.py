@@ -95,9 +95,13 @@ class LocalCluster:
                 raise TimeoutError("the local manager did not start")
             time.sleep(0.02)
         self.address = addr_file.read_text().strip()
-        for _ in range(self.n_workers):
-            self.add_worker()
-        self.wait_for_workers(self.n_workers, timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            for _ in range(self.n_workers):
+                self.add_worker()
+            self.wait_for_workers(self.n_workers, timeout=max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()  # never leave a manager or workers running behind a failed start
+            raise
         return self
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:

@@ -33,6 +33,7 @@ def test_a_directory_input_arrives_whole_and_a_directory_output_comes_back(tmp_p
     with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
         d = m.declare_file(src)
         assert d.cache_name().startswith("dir-")
+        (tmp_path / "back").write_text("an old file where the directory will land\n")
         out = m.declare_file(tmp_path / "back")
         t = Task(
             "cd tree && ./run.sh && find . | sort && cd .. && cp -r tree back && echo new > back/new.txt"
