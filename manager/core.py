@@ -421,6 +421,17 @@ class Core:
                     self._attach(w, t)
                 else:
                     self._requeue_lost(t, "worker came back without it")
+        for tid, a in held.items():
+            t = self.tasks.get(tid)
+            if tid in w.tasks or t is None or t.state != S.READY or a <= t.attempt:
+                continue
+            # a dispatch the store never recorded (the manager died first): the worker runs
+            # or has run it; adopt that attempt instead of running the task again
+            if t.spec.kind == TaskKind.CALL and (t.spec.library or "") not in w.libs:
+                continue
+            t.attempt, t.worker = a, wid
+            self._move(t, S.DISPATCHED, f"adopted from {wid}")
+            self._attach(w, t)
         stale = [TaskRef(task_id=tid, attempt=a) for tid, a in held.items() if tid not in w.tasks]
         if stale:
             self.out.append(SendKill(wid, stale))

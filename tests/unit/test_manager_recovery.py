@@ -1,0 +1,92 @@
+"""Pure-core recovery: what a restarted manager makes of a snapshot and of the workers that
+come back to it (no sockets, no Redis)."""
+
+from __future__ import annotations
+
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
+from kubevine.manager.core import Core, SendDispatch, SendKill, SendResults
+from kubevine.manager.states import TaskState
+from kubevine.manager.store import Snapshot, TaskRecord
+from kubevine.protocol import (
+    AttemptResult,
+    FileBinding,
+    FileKind,
+    LibrarySpec,
+    Outcome,
+    TaskKind,
+    TaskRef,
+    TaskSpec,
+    WorkerInfo,
+)
+from kubevine.resources import Resources
+
+C = ClientId("c")
+W = WorkerId("w1")
+
+
+def info(running: list[TaskRef] | None = None, libraries: list[str] | None = None) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=W,
+        node="n",
+        host="h",
+        pid=1,
+        resources=Resources(cores=2, memory=1000, disk=1000),
+        running=running or [],
+        libraries=libraries or [],
+    )
+
+
+def snapshot() -> Snapshot:
+    snap = Snapshot()
+    snap.specs[TaskId(1)] = (TaskSpec(id=TaskId(1), command="true"), None)
+    snap.records[TaskId(1)] = TaskRecord(C, "ready", 0, 0, 0, None, 1)  # its dispatch never stored
+    call = TaskSpec(id=TaskId(2), kind=TaskKind.CALL, library="L", function="f", resources=Resources(cores=0))
+    snap.specs[TaskId(2)] = (call, b"args")
+    snap.records[TaskId(2)] = TaskRecord(C, "ready", 0, 0, 0, None, 2)  # waits on the library
+    snap.libraries["L"] = (LibrarySpec(name="L", functions=["f"], resources=Resources(cores=1)), b"code")
+    snap.workers[W] = info()
+    snap.meta["totals"] = '{"submitted": 7, "done": 5, "failed": 0, "cancelled": 0, "retried": 1}'
+    snap.meta["next_task_id"] = "1000001"
+    return snap
+
+
+def test_a_worker_still_running_an_unrecorded_dispatch_keeps_it() -> None:
+    core = Core()
+    core.restore(snapshot())
+    assert core.totals["done"] == 5 and core.next_task_id == 1000001
+    assert "L" in core.libraries and core.tasks[TaskId(2)].state == TaskState.READY
+    core.client_connected(C)
+    core.worker_connected(info(running=[TaskRef(task_id=TaskId(1), attempt=1)], libraries=["L"]))
+    core.schedule()
+    _, out = core.take()
+    assert not [i for i in out if isinstance(i, SendKill)]  # not killed ...
+    sent = [a.spec.id for i in out if isinstance(i, SendDispatch) for a in i.tasks]
+    assert TaskId(1) not in sent and TaskId(2) in sent  # ... nor run again; the call goes to L
+    t = core.tasks[TaskId(1)]
+    assert t.state == TaskState.DISPATCHED and t.attempt == 1 and t.worker == W
+    core.worker_update(W, [], [AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS)], [])
+    _, out = core.take()
+    assert [r.task_id for i in out if isinstance(i, SendResults) for r, _ in i.results] == [TaskId(1)]
+    assert core.totals["done"] == 6
+
+
+def test_a_waiting_consumer_of_a_temp_held_by_a_known_worker_waits_for_it() -> None:
+    snap = snapshot()
+    temp = CacheName("temp-x")
+    out = FileBinding(cache_name=temp, remote_name="o", kind=FileKind.TEMP)
+    snap.specs[TaskId(3)] = (TaskSpec(id=TaskId(3), command="make o", outputs=[out]), None)
+    snap.records[TaskId(3)] = TaskRecord(C, "done", 1, 0, 0, W, 3)
+    inp = FileBinding(cache_name=temp, remote_name="i", kind=FileKind.TEMP)
+    snap.specs[TaskId(4)] = (TaskSpec(id=TaskId(4), command="use i", inputs=[inp]), None)
+    snap.records[TaskId(4)] = TaskRecord(C, "waiting", 0, 0, 0, None, 4)
+    snap.replicas[(W, temp)] = "n"
+    core = Core()
+    core.restore(snap)
+    assert core.tasks[TaskId(3)].state == TaskState.DONE  # not made again: a copy is known
+    assert core.tasks[TaskId(4)].state == TaskState.READY
+    # the replica was not persisted: the producer runs again, the consumer waits for it
+    del snap.replicas[(W, temp)]
+    core = Core()
+    core.restore(snap)
+    assert core.tasks[TaskId(3)].state == TaskState.READY and core.tasks[TaskId(3)].rerun
+    assert core.tasks[TaskId(4)].state == TaskState.WAITING
