@@ -370,6 +370,37 @@ def bytes_series(run: Run) -> dict[str, tuple[list[float], list[int]]]:
     return out
 
 
+#: a lead-in (the manager alone) longer than this share of the run is cut from the pictures
+LEAD_IN_SHARE = 0.15
+
+
+def view_start(run: Run) -> float:
+    """Where the pictures' time axes start (seconds since the run started): 0, or just before
+    the first worker or task when the manager was alone for a good part of the run (a slow
+    start would squeeze the work to one side)."""
+    lead = run.busy_from - run.start
+    if run.duration <= 0 or lead <= LEAD_IN_SHARE * run.duration:
+        return 0.0
+    return max(0.0, lead - 0.03 * (run.duration - lead))
+
+
+def stacked_bytes(run: Run) -> tuple[list[float], dict[str, list[int]]]:
+    """Cumulative bytes by source read at every time any of them changed: one common time
+    axis, so the sources can be stacked."""
+    moved = bytes_series(run)
+    at = sorted({x for src in SOURCES for x in moved[src][0]} | {run.duration})
+    out: dict[str, list[int]] = {}
+    for src in SOURCES:
+        xs, ys = moved[src]
+        values, i = [], 0
+        for t in at:
+            while i + 1 < len(xs) and xs[i + 1] <= t:
+                i += 1
+            values.append(ys[i])
+        out[src] = values
+    return at, out
+
+
 def groups(run: Run, limit: int = 12) -> list[str]:
     """Bar colour groups, most tasks first; beyond ``limit`` they share "other"."""
     n: dict[str, int] = {}

@@ -15,7 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubevine.report import Run, bytes_series, groups, layout, state_series, summary
+from kubevine.report import (
+    Run,
+    bytes_series,
+    groups,
+    layout,
+    stacked_bytes,
+    state_series,
+    summary,
+    view_start,
+)
 from kubevine.report_png import PALETTE, SOURCE_COLOURS, STATE_STYLE
 from kubevine.txformat import SOURCES, TASK_STATES
 
@@ -46,6 +55,7 @@ def data(run: Run, title: str | None = None) -> dict[str, Any]:
         spans[s.id].append([rel(s.connected), rel(s.disconnected), s.cause])
     times, series = state_series(run)
     moved = bytes_series(run)
+    at, stacks = stacked_bytes(run)
     return {
         "version": 1,
         "title": title or f"kubevine run {run.workflow}",
@@ -53,6 +63,8 @@ def data(run: Run, title: str | None = None) -> dict[str, Any]:
         "summary": summary(run),
         "start": t0,
         "duration": round(run.duration, 6),
+        # the axes start here (a long manager-only lead-in is cut, as in the PNG)
+        "view_from": round(view_start(run), 6),
         "workers": [{"id": w, "lanes": lanes.rows[w][1], "spans": spans[w]} for w in workers],
         "groups": [{"name": g, "colour": PALETTE[i % len(PALETTE)]} for i, g in enumerate(names)],
         "bar_fields": list(BAR_FIELDS),
@@ -82,6 +94,7 @@ def data(run: Run, title: str | None = None) -> dict[str, Any]:
             }
             for src in SOURCES
         },
+        "bytes_stacked": {"times": [round(x, 6) for x in at], "series": stacks},
     }
 
 
@@ -117,12 +130,13 @@ border-radius:3px;font-size:12px;display:none;box-shadow:0 1px 4px rgba(0,0,0,.1
 </style></head><body>
 <h1>@@TITLE@@</h1><div class="sub">@@SUMMARY@@</div>
 <div class="legend" id="legend"></div>
-<h2>tasks on workers <span class="hint">(one bar per attempt; drag to zoom, double-click to reset)</span></h2>
+<h2>tasks on workers <span class="hint">(one bar per attempt; drag to zoom, double-click for the whole run)
+<span id="cut"></span></span></h2>
 <div id="timeline"></div>
 <div class="panels">
 <div class="panel"><h2>tasks by state</h2><div id="states"></div>
 <div class="legend" id="states-legend"></div></div>
-<div class="panel"><h2>bytes moved to workers, by source</h2><div id="bytes"></div>
+<div class="panel"><h2>bytes moved to workers, by source (stacked)</h2><div id="bytes"></div>
 <div class="legend" id="bytes-legend"></div></div>
 </div>
 <div id="tip"></div>
@@ -183,7 +197,9 @@ _SCRIPT = r"""
   if (D.transfers.length) groupItems.push(["file transfer (" + D.transfers.length + ")", "#333"]);
   legend(document.getElementById("legend"), groupItems);
 
-  var full = [0, Math.max(D.duration, 1e-3)], view = full.slice();
+  var from = D.view_from || 0, full = [0, Math.max(D.duration, 1e-3)], view = [from, full[1]];
+  if (from > 0) document.getElementById("cut").textContent =
+    "; not shown at first: the first " + from.toFixed(1) + " s, when no worker or task was there yet";
   var rowH = D.workers.length > 40 ? 10 : 22, left = 190, right = 12, top = 4, axisH = 32;
 
   function drawTimeline() {
@@ -282,17 +298,18 @@ _SCRIPT = r"""
 
   function chart(box, series, stacked, yfmt) {
     var W = Math.max(360, box.clientWidth || 520), H = 220, l = 60, r = 10, t = 8, b = 34;
-    var pw = W - l - r, ph = H - t - b, xmax = full[1], ymax = 1;
+    var pw = W - l - r, ph = H - t - b, xmin = from, xmax = full[1], ymax = 1;
     series.forEach(function (s) {
       s.y.forEach(function (v, i) { ymax = Math.max(ymax, v + (stacked ? s.base[i] : 0)); });
     });
-    var X = function (v) { return l + v / xmax * pw; }, Y = function (v) { return t + ph - v / ymax * ph; };
+    var X = function (v) { return l + (Math.max(v, xmin) - xmin) / (xmax - xmin) * pw; };
+    var Y = function (v) { return t + ph - v / ymax * ph; };
     var p = [];
     ticks(0, ymax, 5).filter(function (v) { return v === Math.round(v); }).forEach(function (v) {  // counts
       p.push(el("line", {x1: l, x2: l + pw, y1: Y(v), y2: Y(v), stroke: "#eee"}));
       p.push(text(l - 4, Y(v) + 4, yfmt(v), "end"));
     });
-    ticks(0, xmax, 6).forEach(function (v) { p.push(text(X(v), t + ph + 14, v, "middle")); });
+    ticks(xmin, xmax, 6).forEach(function (v) { p.push(text(X(v), t + ph + 14, v, "middle")); });
     p.push(text(l + pw / 2, H - 3, "seconds since the run started", "middle"));
     series.forEach(function (s) {
       if (stacked) {
@@ -319,11 +336,21 @@ _SCRIPT = r"""
     chart(document.getElementById("states"), series, true, function (v) { return v; });
     legend(document.getElementById("states-legend"),
            series.slice().reverse().map(function (s) { return [s.name, s.colour]; }));
-    var bs = Object.keys(D.bytes).map(function (k) {
-      var b = D.bytes[k];
-      return {name: k, colour: b.colour, x: b.x, y: b.y};
+    var bst = D.bytes_stacked, at = [];  // cumulative steps: each value holds until the next time
+    bst.times.forEach(function (x, i) { if (i) at.push(x); at.push(x); });
+    var steps = function (ys) {
+      var out = [];
+      ys.forEach(function (v, i) { if (i) out.push(ys[i - 1]); out.push(v); });
+      return out;
+    };
+    var under = at.map(function () { return 0; });
+    var bs = Object.keys(D.bytes).map(function (k) {  // stacked: one source never hides another
+      var y = steps(bst.series[k]);
+      var s = {name: k, colour: D.bytes[k].colour, x: at, y: y, base: under.slice()};
+      under = under.map(function (v, i) { return v + y[i]; });
+      return s;
     });
-    chart(document.getElementById("bytes"), bs, false, fmtBytes);
+    chart(document.getElementById("bytes"), bs, true, fmtBytes);
     legend(document.getElementById("bytes-legend"), bs.map(function (s) {
       return [s.name + ": " + fmtBytes(s.y[s.y.length - 1]), s.colour];
     }));

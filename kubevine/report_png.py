@@ -12,7 +12,17 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from kubevine.report import NO_GROUP, Run, bytes_series, groups, layout, state_series, summary
+from kubevine.report import (
+    NO_GROUP,
+    Run,
+    bytes_series,
+    groups,
+    layout,
+    stacked_bytes,
+    state_series,
+    summary,
+    view_start,
+)
 from kubevine.txformat import SOURCES
 
 DPI = 100
@@ -105,7 +115,7 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
 
     # ---- timeline: one band per worker, one lane per task running at once
     t0 = run.start
-    x0 = _left_edge(run)
+    x0 = view_start(run)
     band: dict[str, tuple[float, float]] = {}  # worker -> (y of its band's bottom, lane height)
     for i, wid in enumerate(workers):
         _first, n = lanes.rows[wid]
@@ -225,11 +235,10 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     # ---- bytes moved by source
     moved = bytes_series(run)
     # stacked, so a source that moved as much as another is not hidden under its line
-    at = sorted({x for src in SOURCES for x in moved[src][0]} | {run.duration})
-    stacks = [_steps(moved[src], at) for src in SOURCES]
+    at, stacks = stacked_bytes(run)
     ax_bytes.stackplot(
         at,
-        *stacks,
+        *[stacks[src] for src in SOURCES],
         colors=[SOURCE_COLOURS[src] for src in SOURCES],
         labels=[f"{src}: {human_bytes(moved[src][1][-1])}" for src in SOURCES],
         step="post",
@@ -253,30 +262,6 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     ax_bytes.grid(color="#e5e5e5", lw=0.6)
     ax_bytes.set_axisbelow(True)
     return fig, drawn
-
-
-def _steps(series: tuple[list[float], list[int]], at: list[float]) -> list[int]:
-    """A cumulative step series read at the times ``at`` (the last value at or before each)."""
-    xs, ys = series
-    out, i = [], 0
-    for t in at:
-        while i + 1 < len(xs) and xs[i + 1] <= t:
-            i += 1
-        out.append(ys[i])
-    return out
-
-
-#: a lead-in (the manager alone) longer than this share of the run is cut from the picture
-LEAD_IN_SHARE = 0.15
-
-
-def _left_edge(run: Run) -> float:
-    """Where the time axes start: 0, or just before the first worker or task when the manager
-    was alone for a good part of the run (a slow start would squeeze the work to one side)."""
-    lead = run.busy_from - run.start
-    if run.duration <= 0 or lead <= LEAD_IN_SHARE * run.duration:
-        return 0.0
-    return max(0.0, lead - 0.03 * (run.duration - lead))
 
 
 def _legend_below(ax: Any, labels: list[str], inches: float) -> dict[str, Any]:
