@@ -75,9 +75,9 @@ def test_workers_transfers_and_cache_inserts_are_logged(finished_run: RunResult)
 def test_the_manager_logs_its_start_stop_and_performance(finished_run: RunResult) -> None:
     events = txformat.read(finished_run.log)
     manager = [e for e in events if e.kind == "MANAGER"]
-    # it loads its state (from Redis, or nothing), then serves, then stops
-    assert [e.event for e in manager if e.event in ("loading", "started")] == ["loading", "started"]
-    assert manager[0].event == "loading" and manager[-1].event == "stopped"
+    # it starts serving once (no restart in this run), and stops last
+    assert [e.event for e in manager].count("started") == 1
+    assert manager[0].event in ("loading", "started") and manager[-1].event == "stopped"
     perf = [e for e in manager if e.event == "perf"]
     assert perf, "no performance snapshot"
     assert perf[-1].num("submitted_total") <= N_TASKS
