@@ -18,7 +18,7 @@ chart's Deployment runs) and so that the choices kopf leaves open are made once,
 * **Liveness.** kopf serves `--liveness` (default http://0.0.0.0:8080/healthz), which
   fails when its event loop stops making progress; `--liveness ''` turns it off.
 * **Metrics.** Prometheus `/metrics` on `--metrics-port` (default the setting
-  `KUBEVINE_OPERATOR_METRICS_PORT`, 8081; 0 turns it off): desired and actual workers,
+  `KUBEVINE_OPERATOR_METRICS_PORT`, 9091; 0 turns it off): desired and actual workers,
   the last decision and its cause, handler errors, workflows by phase
   (`kubevine.operator.metrics`).
 * **Logs.** JSON lines with `--log-format json`, `KUBEVINE_LOG_FORMAT=json` or
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PORT",
         help="serve Prometheus /metrics on this port (default: $KUBEVINE_OPERATOR_METRICS_PORT "
-        "or 8081; 0: off)",
+        "or 9091; 0: off)",
     )
     parser.add_argument(
         "--metrics-host", default="0.0.0.0", metavar="ADDR", help="address /metrics binds (default 0.0.0.0)"

@@ -45,7 +45,7 @@ class OperatorSettings(BaseModel):
         default="json", description="Format of the operator's own log lines."
     )
     metrics_port: int = Field(
-        default=8081,
+        default=9091,
         ge=0,
         le=65535,
         description="Port of the operator's Prometheus /metrics (0: not served).",

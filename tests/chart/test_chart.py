@@ -368,7 +368,7 @@ def test_the_operator_serves_metrics_on_the_port_its_service_targets(chart: helm
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     port = OperatorSettings.from_env(env).metrics_port  # what the operator will bind
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["metrics"] == port == 8081
+    assert ports["metrics"] == port == 9091
     (service,) = [o for o in objects if o["kind"] == "Service"]
     assert service["metadata"]["name"] == f"{RELEASE}-kubevine-metrics"
     pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]

@@ -182,7 +182,7 @@ def test_workflows_are_counted_by_phase_and_a_deleted_one_leaves_no_series() -> 
 
 
 def test_the_metrics_port_comes_from_the_flag_else_the_setting() -> None:
-    assert OperatorSettings().metrics_port == 8081
+    assert OperatorSettings().metrics_port == 9091
     assert OperatorSettings.from_env({"KUBEVINE_OPERATOR_METRICS_PORT": "9300"}).metrics_port == 9300
     assert build_parser().parse_args(["--metrics-port", "0"]).metrics_port == 0
     assert build_parser().parse_args([]).metrics_port is None  # then the setting decides
