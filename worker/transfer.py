@@ -318,7 +318,9 @@ class Fetcher:
         for f in list(self.fetches.values()):
             if f.sibling:
                 self._advance(f)  # its copy may have landed, or the sibling gave up
-            elif f.source >= 0 and now > f.deadline and f.stage.sources[f.source].kind != "manager":
+            elif f.source >= 0 and now > f.deadline and f.stage.sources[f.source].kind == "peer":
+                # (a URL download times out on its own when it stops making progress, so a big
+                # one may take as long as it needs; the manager answers or reports a failure)
                 self._fail_source(f, f"no answer in {PEER_TIMEOUT:.0f}s")
 
     def take(
