@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from kubevine import auth, logs
+from kubevine import auth, gctune, logs
 from kubevine.protocol import DEFAULT_PORT
 
 log = logging.getLogger("kubevine")
@@ -245,6 +245,7 @@ def _manager(args: argparse.Namespace) -> int:
         transactions_stdout=args.transactions_stdout,
         transactions_json=args.log_format == "json",
     )
+    gctune.for_service()
     try:
         ManagerService(cfg).serve_forever()
     except StoreError as e:
@@ -274,6 +275,7 @@ def _worker(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
     )
+    gctune.for_service()
     try:
         service = WorkerService(cfg)
         logs.bind(worker=service.worker_id)

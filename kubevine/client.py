@@ -67,6 +67,7 @@ from kubevine.protocol import (
     decode,
     encode,
     frame,
+    replace,
     send,
 )
 from kubevine.serverless import FunctionCall, Library, PythonTask, auto_library_name
@@ -692,7 +693,7 @@ class Manager:
             for spec, payload in pending:
                 if payload is not None:
                     frames.append(payload)
-                    spec = spec.model_copy(update={"payload": len(frames) - 1})
+                    spec = replace(spec, payload=len(frames) - 1)
                 specs.append(spec)
             send(sock, encode(Submit(tasks=specs), frames))
             sent = True

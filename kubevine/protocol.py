@@ -6,7 +6,10 @@ functions, stdout, file contents). Headers refer to binary frames by index (``fr
 fields count from 0 = the first frame after the header); binary data never sits inside JSON.
 
 Batching is built in: submissions, dispatches, worker updates and client results carry
-lists, so a busy cycle costs one message per peer, not one per task.
+lists, so a busy cycle costs one message per peer, not one per task. A batch of small
+frames (a pickled argument or result per call) travels packed into one frame (a msgpack
+array of byte strings, flagged by a 0 byte before the header): ZeroMQ then moves one frame
+instead of thousands, and :func:`decode` unpacks them, so frame indices mean the same.
 
 Every connection starts with :class:`Hello` carrying the protocol version and the workflow's
 token; the manager answers :class:`Welcome` or :class:`Refused` (and closes nothing else).
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
+import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
@@ -33,6 +37,9 @@ class ProtocolError(Exception):
 
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_M = TypeVar("_M", bound=_Msg)
 
 
 # --------------------------------------------------------------------------- enums
@@ -125,7 +132,7 @@ class TaskSpec(_Msg):
     command: str | None = None
     library: str | None = None
     function: str | None = None
-    payload: int | None = None  # frame index of the pickled function/arguments
+    payload: int | None = None  # in a Submit: frame index of the pickled function/arguments
     resources: Resources = Resources(cores=1)
     env: dict[str, str] = Field(default_factory=dict)
     inputs: list[FileBinding] = Field(default_factory=list)
@@ -174,9 +181,10 @@ class CachedFile(_Msg):
 class Assignment(_Msg):
     """One task sent to a worker for one attempt."""
 
-    spec: TaskSpec
+    spec: TaskSpec  # as submitted (its ``payload`` index refers to the Submit, not to this message)
     attempt: int
     stage: list[StageIn] = Field(default_factory=list)
+    payload: int | None = None  # frame index of the pickled function/arguments in this Dispatch
 
 
 class OutputFile(_Msg):
@@ -508,9 +516,33 @@ Message = Annotated[
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
 
+PACKED = b"\x00"  # a header that starts with this byte is followed by one packed frame
+PACK_BELOW = 1 << 16  # frames at least this large travel on their own (no copy into a pack)
+
+
 def encode(msg: _Msg, frames: Sequence[bytes] = ()) -> list[bytes]:
-    """Header plus binary frames, ready for ``send_multipart``."""
-    return [msg.model_dump_json(exclude_none=True).encode(), *frames]
+    """Header plus binary frames, ready for ``send_multipart`` (small frames packed)."""
+    head = msg.model_dump_json(exclude_none=True).encode()
+    if len(frames) > 1 and max(map(len, frames)) < PACK_BELOW:
+        return [PACKED + head, msgpack.packb(frames)]
+    return [head, *frames]
+
+
+_set = object.__setattr__
+
+
+def replace(msg: _M, **changes: object) -> _M:
+    """A shallow copy of ``msg`` with some fields changed, not validated: for values that
+    are ours to set (frame indices moved when parts share a message). Three times cheaper
+    than ``model_copy``, which matters once per result at thousands of results a second."""
+    new = object.__new__(type(msg))
+    d = dict(msg.__dict__)
+    d.update(changes)
+    _set(new, "__dict__", d)
+    _set(new, "__pydantic_fields_set__", msg.__pydantic_fields_set__ | changes.keys())
+    _set(new, "__pydantic_extra__", None)
+    _set(new, "__pydantic_private__", None)
+    return new
 
 
 BIG_FRAME = 1 << 16
@@ -527,14 +559,31 @@ def decode(parts: Sequence[bytes]) -> tuple[Message, list[bytes]]:
     """Parse a multipart message; :class:`ProtocolError` says what is wrong with it."""
     if not parts:
         raise ProtocolError("empty message")
+    head = parts[0]
+    if head[:1] == PACKED:
+        head = head[1:]
+        frames = _unpack(parts[1:])
+    else:
+        frames = list(parts[1:])
     try:
-        msg = _ADAPTER.validate_json(parts[0])
+        msg = _ADAPTER.validate_json(head)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "header"
         raise ProtocolError(f"malformed message: {where}: {first.get('msg')}") from e
-    frames = list(parts[1:])
     return msg, frames
+
+
+def _unpack(parts: Sequence[bytes]) -> list[bytes]:
+    if len(parts) != 1:
+        raise ProtocolError(f"malformed message: packed frames: one frame expected, not {len(parts)}")
+    try:
+        frames = msgpack.unpackb(parts[0], use_list=True)
+    except Exception as e:  # msgpack raises several types for bad input
+        raise ProtocolError(f"malformed message: packed frames cannot be read: {e}") from e
+    if not isinstance(frames, list) or not all(isinstance(f, bytes) for f in frames):
+        raise ProtocolError("malformed message: packed frames must be an array of byte strings")
+    return frames
 
 
 def frame(frames: Sequence[bytes], index: int | None) -> bytes | None:

@@ -15,6 +15,7 @@ its own resources allow, so a queued task never shares resources it does not hav
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -42,11 +43,15 @@ from kubevine.protocol import (
     TaskSpec,
     TransferRecord,
     WorkerInfo,
+    replace,
     walk_bindings,
 )
 from kubevine.resources import Resources, Tally
 from kubevine.txformat import q
 from kubevine.txformat import resources as res_kv
+
+# the same few causes, libraries and tags repeat on every task's lines: quote each once
+_q = functools.lru_cache(maxsize=4096)(q)
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +259,7 @@ class Core:
         t.story.append((self.now, to.value, cause))
         self._dirty[t.spec.id] = t
         self.transactions.append(
-            f"TASK {t.spec.id} {to} attempt={t.attempt} worker={t.worker or '-'} cause={q(cause or reason)}"
+            f"TASK {t.spec.id} {to} attempt={t.attempt} worker={t.worker or '-'} cause={_q(cause or reason)}"
             + detail
         )
 
@@ -315,7 +320,7 @@ class Core:
             self.tasks[spec.id] = t
             self.transactions.append(
                 f"TASK {spec.id} waiting type={spec.kind} {res_kv(spec.resources)}"
-                f" category={q(spec.category)} library={q(spec.library)} tag={q(spec.tag)}"
+                f" category={_q(spec.category)} library={_q(spec.library)} tag={_q(spec.tag)}"
             )
             self.counts[S.WAITING] += 1
             self.totals["submitted"] += 1
@@ -589,9 +594,14 @@ class Core:
             out_frames.append(frames[i])
             return len(out_frames) - 1
 
+        ok = r.outcome == Outcome.SUCCESS
+        if not ok:
+            t.failures += 1
+        retry = not ok and t.failures <= t.spec.retries
+        ran = f" started={r.started:.6f} wall={r.wall_time:.6f} exit={_q(r.exit_code)}"
         result = ClientResult(
             task_id=t.spec.id,
-            state="done",
+            state="done" if ok else "failed",
             attempts=t.attempt,
             outcome=r.outcome,
             exit_code=r.exit_code,
@@ -599,10 +609,9 @@ class Core:
             error=r.error,
             wall_time=r.wall_time,
             worker=wid,
-            outputs=[o.model_copy(update={"frame": take(o.frame)}) for o in r.outputs],
+            outputs=[o if o.frame is None else replace(o, frame=take(o.frame)) for o in r.outputs],
         )
-        ran = f" started={r.started:.6f} wall={r.wall_time:.6f} exit={q(r.exit_code)}"
-        if r.outcome == Outcome.SUCCESS:
+        if ok:
             w_entry = self.workers.get(wid)
             if w_entry is not None:
                 dataplane.on_outputs(self, self.catalog, w_entry, r.outputs)
@@ -613,8 +622,7 @@ class Core:
             for b in t.spec.inputs:
                 if b.cache_name is not None:
                     self.catalog.done(wid, b.cache_name, node)
-        t.failures += 1
-        if t.failures <= t.spec.retries:
+        if retry:
             self.totals["retried"] += 1
             t.worker = None
             self._move(t, S.RETRYING, f"attempt {t.attempt} {r.outcome.value}", ran)
@@ -638,7 +646,7 @@ class Core:
             result = ClientResult(
                 task_id=t.spec.id, state=state, attempts=t.attempt, outcome=outcome, error=error
             )
-        else:
+        elif result.state != state:
             result = result.model_copy(update={"state": state})
         t.result, t.frames = result, frames or []
         makes_temps = any(b.kind == FileKind.TEMP for b in t.spec.outputs)
@@ -970,13 +978,13 @@ class Core:
         sd = self._dispatch.get(w.id)
         if sd is None:
             sd = self._dispatch[w.id] = SendDispatch(w.id, [], [])
-        spec = t.spec
+        index = None
         if t.payload is not None:
+            index = len(sd.frames)
             sd.frames.append(t.payload)
-            spec = spec.model_copy(update={"payload": len(sd.frames) - 1})
         if stages is None and t.spec.inputs:
             stages = dataplane.stage_for(self, self.catalog, t, w, self._peers()) or []
-        sd.tasks.append(Assignment(spec=spec, attempt=t.attempt, stage=stages or []))
+        sd.tasks.append(Assignment(spec=t.spec, attempt=t.attempt, stage=stages or [], payload=index))
 
     # ------------------------------------------------------------- recovery
 

@@ -82,6 +82,7 @@ from kubevine.protocol import (
     decode,
     encode,
     frame,
+    replace,
     send,
     walk_bindings,
 )
@@ -567,13 +568,8 @@ class ManagerService:
                 ),
             )
         elif isinstance(msg, Submit):
-            payloads = []
-            specs = []
-            for s in msg.tasks:
-                p = frame(frames, s.payload)
-                payloads.append(p)
-                specs.append(s if s.payload is None else s.model_copy(update={"payload": None}))
-            core.submit(cid, specs, payloads)
+            # a spec keeps the payload index it came with; dispatches carry their own
+            core.submit(cid, msg.tasks, [frame(frames, s.payload) for s in msg.tasks])
         elif isinstance(msg, PutFiles):
             for f in msg.files:
                 data = frame(frames, f.frame)
@@ -848,11 +844,9 @@ def _load(n: int, t: Tally) -> Load:
 
 def _shift(r: ClientResult, base: int) -> ClientResult:
     """The same result with its frame indices moved by ``base`` (results share a message)."""
-    return r.model_copy(
-        update={
-            "output_frame": None if r.output_frame is None else r.output_frame + base,
-            "outputs": [
-                o.model_copy(update={"frame": None if o.frame is None else o.frame + base}) for o in r.outputs
-            ],
-        }
-    )
+    if r.outputs:
+        outputs = [o if o.frame is None else replace(o, frame=o.frame + base) for o in r.outputs]
+        return replace(
+            r, output_frame=None if r.output_frame is None else r.output_frame + base, outputs=outputs
+        )
+    return r if r.output_frame is None else replace(r, output_frame=r.output_frame + base)

@@ -9,15 +9,14 @@ threads otherwise): fastest, and calls share module state. ``fork`` forks a chil
 a call that mutates globals, leaks or crashes affects only itself.
 
 Frames from the worker: ``init`` (spec JSON, pickled functions and context), ``calls``
-(JSON list of [task id, attempt, function], then one pickled (args, kwargs) per call),
-``stop``. To the worker: ``ready`` or ``failed`` (traceback), then ``results`` (JSON list of
-[task id, attempt, ok, wall seconds], then one encoded result per call).
+(one msgpack frame: a list of [task id, attempt, function, pickled (args, kwargs)]),
+``stop``. To the worker: ``ready`` or ``failed`` (traceback), then ``results`` (one msgpack
+frame: a list of [task id, attempt, ok, wall seconds, encoded result]).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import queue
 import sys
@@ -29,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
+import msgpack
 import zmq
 
-from kubevine import results
+from kubevine import gctune, results
 from kubevine.protocol import LibrarySpec
 
 Call = tuple[int, int, str]
@@ -85,6 +85,7 @@ def main(argv: list[str]) -> int:
         sock.send_multipart([b"failed", traceback.format_exc().encode()])
         sock.close()
         return 1
+    gctune.for_service()  # after the imports and the context: the collector never walks them
     sock.send_multipart([b"ready"])
     if spec.exec_mode == "fork":
         return serve_forked(sock, spec, functions)
@@ -92,13 +93,11 @@ def main(argv: list[str]) -> int:
 
 
 def _send_results(sock: zmq.Socket[bytes], results: list[Result]) -> None:
-    head = json.dumps([[t, a, ok, w] for t, a, ok, w, _ in results]).encode()
-    sock.send_multipart([b"results", head, *[r[4] for r in results]])
+    sock.send_multipart([b"results", msgpack.packb(results)])
 
 
 def _recv_calls(parts: list[bytes]) -> list[tuple[Call, bytes]]:
-    calls = json.loads(parts[1])
-    return [((c[0], c[1], c[2]), p) for c, p in zip(calls, parts[2:], strict=True)]
+    return [((t, a, fn), p) for t, a, fn, p in msgpack.unpackb(parts[1])]
 
 
 def serve_direct(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str, Callable[..., Any]]) -> int:

@@ -1,14 +1,14 @@
 """Library instances on a worker: start them, feed them calls, notice when they die.
 
 Each installed library is a ``kubevine.worker.libproc`` process connected to the worker by
-a ZeroMQ PAIR socket over ipc. The worker loop polls the socket (results, ready/failed)
-and a pidfd (the process died). A library that crashes fails its in-flight calls with a
-clear error and is started again; one that keeps crashing at start-up is reported failed.
+a ZeroMQ PAIR socket over ipc; a batch of calls, and a batch of results, is one msgpack
+frame. The worker loop polls the socket (results, ready/failed) and a pidfd (the process
+died). A library that crashes fails its in-flight calls with a clear error and is started
+again; one that keeps crashing at start-up is reported failed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import zmq
 
 from kubevine.protocol import Assignment, AttemptResult, LibrarySpec, Outcome
@@ -70,14 +71,14 @@ class LibraryInstance:
         if self.state != "ready" or not self.outbox or self.sock is None:
             return
         now = time.perf_counter()
-        head = []
-        frames = []
+        calls = []
+        inflight = self.inflight
         for a, payload in self.outbox:
-            head.append([a.spec.id, a.attempt, a.spec.function])
-            frames.append(payload)
-            self.inflight[(a.spec.id, a.attempt)] = (a, now)
+            spec = a.spec
+            calls.append((spec.id, a.attempt, spec.function, payload))
+            inflight[(spec.id, a.attempt)] = (a, now)
         self.outbox.clear()
-        self.sock.send_multipart([b"calls", json.dumps(head).encode(), *frames])
+        self.sock.send_multipart([b"calls", msgpack.packb(calls)])
 
     def read(self) -> tuple[str, list[tuple[AttemptResult, list[bytes]]], str | None]:
         """One message from the library: ("ready"|"failed"|"results", results, error)."""
@@ -91,7 +92,8 @@ class LibraryInstance:
             self.state = "failed"
             return kind, [], parts[1].decode(errors="replace")
         out: list[tuple[AttemptResult, list[bytes]]] = []
-        for (tid, attempt, ok, wall), data in zip(json.loads(parts[1]), parts[2:], strict=True):
+        now = time.time()
+        for tid, attempt, ok, wall, data in msgpack.unpackb(parts[1]):
             entry = self.inflight.pop((tid, attempt), None)
             if entry is None:
                 continue  # killed meanwhile
@@ -103,7 +105,7 @@ class LibraryInstance:
                         outcome=Outcome.SUCCESS if ok else Outcome.EXCEPTION,
                         output_frame=0,
                         wall_time=wall,
-                        started=time.time() - wall,
+                        started=now - wall,
                     ),
                     [data],
                 )

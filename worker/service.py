@@ -65,6 +65,7 @@ from kubevine.protocol import (
     decode,
     encode,
     frame,
+    replace,
     send,
     walk_bindings,
 )
@@ -78,6 +79,7 @@ from kubevine.worker.transfer import Fetcher, TransferServer
 log = logging.getLogger(__name__)
 
 UPDATE_WINDOW = 0.002  # seconds between updates while busy (see _flush)
+CALL_START_DELAY = 0.005  # a call's start is reported only once it has run this long
 
 
 class WorkerRefused(Exception):
@@ -170,6 +172,7 @@ class WorkerService:
         self.lib_by_fd: dict[int, LibraryInstance] = {}
         self._last_update = 0.0
         self._flush_due: float | None = None
+        self.call_starts: list[tuple[float, TaskId, int]] = []  # calls handed to a library, unreported
         self._drain_requested = False
         self.hello_sent = 0.0
 
@@ -366,10 +369,8 @@ class WorkerService:
 
     def _accept(self, a: Assignment, frames: list[bytes]) -> None:
         tid = a.spec.id
-        if a.spec.payload is not None:
-            payload = frame(frames, a.spec.payload)
-            a = a.model_copy(update={"spec": a.spec.model_copy(update={"payload": None})})
-            self._payloads[tid] = payload or b""
+        if a.payload is not None:
+            self._payloads[tid] = frame(frames, a.payload) or b""
         slot = Slot(a, set())
         self.slots[tid] = slot
         self.queue.append(tid)
@@ -536,7 +537,7 @@ class WorkerService:
     def _start_call(self, slot: Slot) -> None:
         a = slot.assignment
         lib = self.libraries.get(a.spec.library or "")
-        self.started.append(TaskRef(task_id=a.spec.id, attempt=a.attempt))
+        self.call_starts.append((time.perf_counter(), a.spec.id, a.attempt))
         slot.started = True
         if lib is None or lib.state not in ("starting", "ready"):
             self._call_failed(a, f"library {a.spec.library!r} is not running on this worker")
@@ -653,14 +654,30 @@ class WorkerService:
             if slot.attempt.proc is not None:
                 sandbox.kill_process(slot.attempt.proc)
 
+    def _settle_call_starts(self, now: float) -> None:
+        """Report the start of calls still running after CALL_START_DELAY (or along with an
+        update that goes out anyway); a call that has finished needs no start report."""
+        if self.finished:
+            done = {(r.task_id, r.attempt) for r, _ in self.finished}
+            self.call_starts = [c for c in self.call_starts if (c[1], c[2]) not in done]
+        if not self.call_starts:
+            return
+        anyway = self.started or self.finished or self.new_cached or self.transfers or self.evicted
+        if anyway or now - self.call_starts[0][0] >= CALL_START_DELAY:
+            self.started += [TaskRef(task_id=t, attempt=a) for _, t, a in self.call_starts]
+            self.call_starts = []
+
     def _flush(self) -> None:
-        if not self.registered or not (
-            self.started or self.finished or self.new_cached or self.transfers or self.evicted
-        ):
+        if not self.registered:
+            return
+        now = time.perf_counter()
+        if self.call_starts:
+            self._settle_call_starts(now)
+        if not (self.started or self.finished or self.new_cached or self.transfers or self.evicted):
+            self._flush_due = self.call_starts[0][0] + CALL_START_DELAY if self.call_starts else None
             return
         # Coalesce under load: while tasks are still running here, send at most one update
         # per UPDATE_WINDOW; an idle worker (or a first result) reports at once.
-        now = time.perf_counter()
         if self.by_fd and now - self._last_update < UPDATE_WINDOW:
             self._flush_due = self._last_update + UPDATE_WINDOW
             return
@@ -672,15 +689,16 @@ class WorkerService:
             base = len(frames)
             frames += fr
             if base:
-                res = res.model_copy(
-                    update={
-                        "output_frame": None if res.output_frame is None else res.output_frame + base,
-                        "outputs": [
-                            o.model_copy(update={"frame": None if o.frame is None else o.frame + base})
-                            for o in res.outputs
+                if res.outputs:
+                    res = replace(
+                        res,
+                        output_frame=None if res.output_frame is None else res.output_frame + base,
+                        outputs=[
+                            o if o.frame is None else replace(o, frame=o.frame + base) for o in res.outputs
                         ],
-                    }
-                )
+                    )
+                elif res.output_frame is not None:
+                    res = replace(res, output_frame=res.output_frame + base)
             results.append(res)
         for res, fr in self.finished:
             self.unacked[(res.task_id, res.attempt)] = (res, fr)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import zmq
 
@@ -41,7 +42,14 @@ def still_serves(c: LocalCluster) -> None:
 def test_a_malformed_message_gets_an_error_back(cluster, raw) -> None:
     c = cluster(workers=1)
     s = raw(c.address)
-    for junk in ([b"not json at all"], [b'{"type": "no-such-type"}'], [b'{"type": "submit", "tasks": "x"}']):
+    for junk in (
+        [b"not json at all"],
+        [b'{"type": "no-such-type"}'],
+        [b'{"type": "submit", "tasks": "x"}'],
+        [b'\x00{"type": "heartbeat"}', b"\xc1 not msgpack"],  # packed frames that do not unpack
+        [b'\x00{"type": "heartbeat"}', msgpack.packb([1, 2])],  # ... or are not byte strings
+        [b'\x00{"type": "heartbeat"}', msgpack.packb([b"a"]), b"extra"],
+    ):
         s.send_multipart(junk)
         msg, _ = decode(s.recv_multipart())
         assert msg.type == "error" and msg.code == "malformed", msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         f"import time\ntime.sleep({SLOW_IMPORT})\nIMPORTED_AT = time.time()\ndef value():\n    return 41\n"
     )
     (d / "brokenmod.py").write_text("raise ImportError('brokenmod cannot be imported on purpose')\n")
-    monkeypatch.setenv("PYTHONPATH", str(d))
+    # kept in front of the caller's path, so the engine under test is the one that runs there
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(d), os.environ.get("PYTHONPATH")) if p))
     return d
 
 
