@@ -150,6 +150,7 @@ class Manager:
         self._attach = attach
         self.attached: list[Task] = []  # tasks of an earlier process under this name (attach=True)
         self._refusals: deque[StoreUnavailable] = deque()
+        self._unwelcome: StoreUnavailable | None = None  # the manager cannot welcome us now
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._tasks: dict[TaskId, Task] = {}
@@ -187,6 +188,10 @@ class Manager:
             reason = self._refused
             self.close()
             raise ConnectionRefused(f"manager at {address} refused the connection: {reason}")
+        if self._unwelcome is not None:
+            err = self._unwelcome
+            self.close()
+            raise err
 
     # ------------------------------------------------------------------ files
 
@@ -713,6 +718,12 @@ class Manager:
                 fut = self._replies.popleft() if self._replies else None
             if fut is not None:
                 fut.set_result(msg)
+        elif isinstance(msg, ErrorMsg) and msg.code == "store_unavailable" and not msg.task_ids:
+            if not self._welcome.is_set():  # a new client: say so now rather than time out
+                self._unwelcome = StoreUnavailable(msg.message, [])
+                self._welcome.set()
+            else:  # reconnecting: the welcome follows once the store is back
+                log.warning("manager: %s", msg.message)
         elif isinstance(msg, ErrorMsg) and msg.code == "store_unavailable":
             log.error("manager: %s: %s", msg.code, msg.message)
             refused: list[Task] = []

@@ -662,6 +662,17 @@ class ManagerService:
                         and (t.result is not None or (t.state not in FINAL and not t.rerun))
                     ]
                 self._unwelcomed.add(cid)  # its results go out after the welcome
+                if self._refusing:  # its welcome must wait for the store: say so now
+                    self._send(
+                        ident,
+                        ErrorMsg(
+                            code="store_unavailable",
+                            message=(
+                                f"the state store has been unreachable for {self.persister.outage:.0f}s: "
+                                "a client can be welcomed only once it is back"
+                            ),
+                        ),
+                    )
                 self._deferred.append((ident, welcome))  # its id block must be durable first
             else:
                 self._send(ident, welcome)

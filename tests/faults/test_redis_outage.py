@@ -89,6 +89,8 @@ def test_past_the_outage_grace_new_work_is_refused_with_a_clear_error(tmp_path: 
             st = m.status()  # the manager answers from memory, and says what is wrong
             assert st.refusing_work and st.store_outage > 1
             assert "STATE STORE UNREACHABLE" in render(st) and "new work is refused" in render(st)
+            with pytest.raises(StoreUnavailable, match="can be welcomed only once it is back"):
+                Manager(address, token=TOKEN, name="newcomer", connect_timeout=20)
             refused = Task("echo refused")
             m.submit(refused)
             with pytest.raises(StoreUnavailable) as err:
