@@ -440,6 +440,8 @@ class Manager:
         forever = timeout is None or timeout < 0
         deadline = 0.0 if forever else time.monotonic() + float(timeout or 0)
         with self._cv:
+            if self._refusals:  # refused work is news that cannot wait behind results
+                raise self._refusals.popleft()
             while not self._done:
                 self._raise_if_broken()
                 if self._refusals:

@@ -68,6 +68,6 @@ def test_a_killed_client_process_is_replaced_and_collects_every_result(
             assert t.command is not None and t.output == t.command.rsplit("echo ", 1)[1] + "\n"
         assert set(before) | {t.id for t in got} == ids  # nothing is missing
         # repeats: only results not yet acknowledged when the process died
-        assert len(set(before) & {t.id for t in got}) <= 20
+        assert len(set(before) & {t.id for t in got}) <= 50
     finally:
         procs.stop()
