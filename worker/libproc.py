@@ -1,8 +1,10 @@
-"""``python -m kubevine.worker.libproc ENDPOINT``: a library process, serving calls warm.
+"""``python -m kubevine.worker.libproc ENDPOINT WORKER_PID``: a library process, serving calls warm.
 
 Started by a worker for each installed library. It imports the library's modules and runs
 its context setup once, says ``ready``, then serves batches of calls over a ZeroMQ PAIR
-socket to its worker until told to stop or its worker goes away.
+socket to its worker until told to stop or its worker goes away. It dies with its worker,
+even one killed by SIGKILL (PR_SET_PDEATHSIG), and so do the children it forked for calls.
+``KUBEVINE_CACHE_DIR`` in its environment names the worker's file cache.
 
 exec_mode ``direct`` runs calls in this process (one at a time with one slot, on ``slots``
 threads otherwise): fastest, and calls share module state. ``fork`` forks a child per call:
@@ -16,9 +18,11 @@ frame: a list of [task id, attempt, ok, wall seconds, encoded result]).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -64,8 +68,31 @@ class Forked:
         self.t0 = time.perf_counter()
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with(parent: int) -> None:
+    """Exit when the worker that started us dies, even by SIGKILL (it cannot stop us then):
+    the kernel sends SIGKILL on the parent's death; where prctl is missing, a thread watches."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError):
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(70)
+
+        threading.Thread(target=watch, name="kubevine-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before we asked to be told
+        os._exit(70)
+
+
 def main(argv: list[str]) -> int:
-    (endpoint,) = argv
+    endpoint, parent = argv
+    die_with(int(parent))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 1000)
@@ -146,6 +173,7 @@ def serve_direct(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
 def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str, Callable[..., Any]]) -> int:
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    library = os.getpid()
     running: dict[int, Forked] = {}
     waiting: list[tuple[Call, bytes]] = []
     while True:
@@ -154,6 +182,7 @@ def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:  # the child: run the call, write its result, vanish
+                die_with(library)
                 os.close(r)
                 ok, out = run_call(functions, call[2], payload, spec.name)
                 data = (b"1" if ok else b"0") + out

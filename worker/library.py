@@ -54,7 +54,7 @@ class LibraryInstance:
         self.log_path = self.workdir / f"{self.spec.name}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubevine.worker.libproc", endpoint],
+                [sys.executable, "-m", "kubevine.worker.libproc", endpoint, str(os.getpid())],
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -501,7 +501,8 @@ class WorkerService:
             if old.state == "ready":
                 self._send(LibraryStatus(name=spec.name, state="ready"))
             return
-        lib = LibraryInstance(spec, payload, self.config.workdir / "libraries", self.ctx, self.base_env)
+        env = {**self.base_env, "KUBEVINE_CACHE_DIR": str(self.cache.root)}  # where its files are
+        lib = LibraryInstance(spec, payload, self.config.workdir / "libraries", self.ctx, env)
         self.libraries[spec.name] = lib
         self.used.add(spec.resources)
         self._start_library(lib)

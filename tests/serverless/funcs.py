@@ -53,3 +53,7 @@ def setup_context(name: str) -> dict[str, str]:
 
 def pid() -> int:
     return os.getpid()
+
+
+def cache_dir() -> str | None:
+    return os.environ.get("KUBEVINE_CACHE_DIR")
