@@ -105,9 +105,10 @@ class Persister:
         self._thread: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
         if not self._sync:
-            self._thread = threading.Thread(target=self._run, name="kubevine-persist", daemon=True)
+            writer, keeper = self._guard(self._run), self._guard(self._keep)
+            self._thread = threading.Thread(target=writer, name="kubevine-persist", daemon=True)
             self._thread.start()
-            self._keeper = threading.Thread(target=self._keep, name="kubevine-lease", daemon=True)
+            self._keeper = threading.Thread(target=keeper, name="kubevine-lease", daemon=True)
             self._keeper.start()
 
     def submit(self, batch: WriteBatch, after: list[Any]) -> None:
@@ -189,6 +190,19 @@ class Persister:
         self._wake()
 
     # ------------------------------------------------------------------ threads
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """A thread that dies of a bug stops the manager (loudly) instead of silently
+        leaving it without durability."""
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception as e:
+                log.exception("state store thread %s failed", fn.__name__)
+                self._lost(StoreError(f"the state store writer failed: {e!r}"))
+
+        return run
 
     def _keep(self) -> None:
         """Renew the lease every TTL/3 and publish the latest stats."""

@@ -194,3 +194,21 @@ def test_group_commit_merges_later_over_earlier_and_a_reseed_over_everything() -
     merge(into, full)
     assert into.reseed and not into.specs and not into.records and not into.collected
     assert into.meta == {"next_task_id": "5"}
+
+
+def test_a_writer_thread_that_fails_is_fatal_not_silent(redis_url: str, workflow_name: str) -> None:
+    from kubevine.manager.persist import Persister
+    from kubevine.testing import wait_for
+
+    s = RedisStore(redis_url, workflow_name)
+    s.acquire("m1", 10)
+    p = Persister(s, lambda: None, owner="m1", lease_ttl=10)
+    try:
+        b = WriteBatch()
+        b.meta["broken"] = object()  # type: ignore[assignment]  # cannot be packed: a bug
+        p.submit(b, [])
+        wait_for(lambda: p.fatal is not None, timeout=10, what="the writer to report its failure")
+        assert "state store writer failed" in str(p.fatal)
+    finally:
+        p.close()
+        s.close()
