@@ -108,6 +108,7 @@ class MiniTaskSpec(_Msg):
     inputs: list[FileBinding] = Field(default_factory=list)
     output: str
     env: dict[str, str] = Field(default_factory=dict)
+    time_max: float | None = None  # seconds before it is killed (and the file is not made)
 
 
 FileBinding.model_rebuild()

@@ -97,6 +97,7 @@ class File:
             inputs=[f.binding(remote) for f, remote in t.inputs],
             output=self.mini_output,
             env=t.env,
+            time_max=t.time_max,
         )
 
     def binding(self, remote_name: str) -> FileBinding:

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tarfile
 import threading
@@ -134,7 +135,7 @@ class Deriver:
         assert b.mini is not None
         env = {**self.base_env, **b.mini.env}
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 b.mini.command,
                 shell=True,
                 cwd=box,
@@ -144,8 +145,17 @@ class Deriver:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            try:
+                stdout, _ = proc.communicate(timeout=b.mini.time_max)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the command and whatever it started
+                stdout, _ = proc.communicate()
+                tail = stdout.decode(errors="replace")[-MINITASK_OUTPUT_TAIL:]
+                self._done.put((name, None, f"the minitask ran longer than {b.mini.time_max:g}s:\n{tail}"))
+                self._poke()
+                return
             out = box / b.mini.output
-            tail = proc.stdout.decode(errors="replace")[-MINITASK_OUTPUT_TAIL:]
+            tail = stdout.decode(errors="replace")[-MINITASK_OUTPUT_TAIL:]
             if proc.returncode != 0:
                 self._done.put((name, None, f"the minitask exited with code {proc.returncode}:\n{tail}"))
             elif not out.exists():

@@ -440,7 +440,9 @@ class WorkerService:
         for name, why in failed:
             for slot in list(self.slots.values()):
                 if name in slot.missing and slot.attempt is None:
-                    self._fail_now(slot, Outcome.INPUT_MISSING, f"input {name} could not be fetched: {why}")
+                    self._fail_now(
+                        slot, Outcome.INPUT_MISSING, f"input {name} could not be fetched or made: {why}"
+                    )
 
     def _fail_now(self, slot: Slot, outcome: Outcome, error: str) -> None:
         a = slot.assignment

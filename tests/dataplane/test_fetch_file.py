@@ -3,11 +3,13 @@ from a worker's cache, through the manager, with no task run again."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from kubevine import LocalCluster, Manager, Task, txformat
+from kubevine.testing import wait_for
 
 
 def log_of(c: LocalCluster) -> list[txformat.Event]:
@@ -66,3 +68,23 @@ def test_a_file_nobody_holds_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match="no worker holds file url-"):
             m.fetch_file(never)
         assert m.wait(30) is slow  # the manager and the client are still fine
+
+
+def test_a_temp_whose_only_copy_was_lost_is_a_clear_error_not_a_rerun(tmp_path: Path) -> None:
+    with (
+        LocalCluster(workers=2, workdir=tmp_path / "c", heartbeat_timeout=2.0) as c,
+        Manager(c.address, token=c.token) as m,
+    ):
+        tmp = m.declare_temp()
+        a = Task("echo once > f")
+        a.add_output(tmp, "f")
+        m.submit(a)
+        assert m.wait(60) is a and a.successful()
+        victim = next(p for p in c.workers if f"-{p.pid}-" in (a.worker or ""))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        wait_for(lambda: len(m.status().workers) == 1, timeout=30, what="the worker to be declared lost")
+        with pytest.raises(FileNotFoundError, match=rf"only copy was lost \(task {a.id} made it\)"):
+            m.fetch_file(tmp)
+    ran = [e for e in log_of(c) if e.kind == "TASK" and e.subject == str(a.id) and e.event == "running"]
+    assert len(ran) == 1

@@ -112,5 +112,34 @@ def test_a_minitask_runs_once_per_node_and_its_product_is_an_input(tmp_path: Pat
             m.submit(t)
             assert m.wait(60) is t and t.result == Outcome.INPUT_MISSING
             assert "exited with code 3" in (t.error or "") and "oops" in (t.error or "")
+            hung = m.declare_minitask(Task("sleep 60 && echo late > x", time_max=1), "x")
+            t = Task("cat x")
+            t.add_input(hung, "x")
+            m.submit(t)
+            assert m.wait(30) is t and t.result == Outcome.INPUT_MISSING
+            assert "ran longer than 1s" in (t.error or "")
         assert runs.read_text() == "run\n"  # made once for the node's two workers
         assert len(inserts(c, squares.cache_name())) == 1
+
+
+def test_files_made_from_files_made_on_the_worker(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tools.tar").write_bytes(tarball({"bin/tool.sh": b"echo tool ran\n"}, mode="w"))
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        tools = m.declare_untar(m.declare_url(f"file://{site / 'tools.tar'}"))  # an archive at a URL
+        build = Task("mkdir -p out/data && sh tools/bin/tool.sh > out/log && seq 3 > out/data/n")
+        build.add_input(tools, "tools")
+        built = m.declare_minitask(build, "out")  # a directory made by a minitask
+        packer = Task("tar czf built.tgz -C built .")
+        packer.add_input(built, "built")
+        repacked = m.declare_untar(m.declare_minitask(packer, "built.tgz"))  # and unpacked again
+        t = Task("cat b/log t/log; cat r/data/n")
+        t.add_input(built, "b")
+        t.add_input(tools, "t0")
+        t.add_input(repacked, "r")
+        t.add_input(m.declare_buffer("echo direct\n"), "t/log")
+        m.submit(t)
+        assert m.wait(60) is t and t.successful(), (t.result, t.error)
+        assert t.output == "tool ran\necho direct\n1\n2\n3\n"
+        assert m.fetch_file(built, tmp_path / "built").joinpath("data", "n").read_text() == "1\n2\n3\n"
