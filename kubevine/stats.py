@@ -92,6 +92,10 @@ class Perf(BaseModel):
     transfer_bytes: dict[str, int] = Field(default_factory=dict)  # bytes moved, by source kind
     cache_hits: int = 0  # task inputs a worker already held when the task was dispatched
     cache_misses: int = 0  # task inputs that had to be staged in
+    # messages that carried those attempts: far fewer than attempts when batching works
+    dispatch_messages: int = 0  # Dispatch messages sent to workers
+    update_messages: int = 0  # WorkerUpdate messages that reported attempts ending
+    result_messages: int = 0  # Results messages sent to clients
     task_wall: Histogram = Field(default_factory=Histogram)  # seconds per attempt, as workers measure
 
 

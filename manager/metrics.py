@@ -53,6 +53,9 @@ class Counters:
         self.transfer_bytes = dict.fromkeys(SOURCES, 0)
         self.cache_hits = 0
         self.cache_misses = 0
+        self.dispatch_messages = 0
+        self.update_messages = 0
+        self.result_messages = 0
         self._bounds = WALL_BUCKETS
         self._buckets = [0] * (len(WALL_BUCKETS) + 1)  # the last one: above every bound
         self._wall_sum = 0.0
@@ -65,6 +68,7 @@ class Counters:
     def dispatch(self, assignments: Sequence[Assignment]) -> None:
         """A batch of attempts went to a worker; inputs it holds already are cache hits."""
         self.dispatched += len(assignments)
+        self.dispatch_messages += 1
         inputs = staged = 0
         for a in assignments:
             inputs += len(a.spec.inputs)
@@ -74,6 +78,8 @@ class Counters:
 
     def attempts_ended(self, results: Iterable[AttemptResult]) -> None:
         bounds, buckets = self._bounds, self._buckets
+        if results:
+            self.update_messages += 1
         for r in results:
             self.completed += 1
             self._wall_sum += r.wall_time
@@ -120,6 +126,9 @@ class Counters:
             transfer_bytes=dict(self.transfer_bytes),
             cache_hits=self.cache_hits,
             cache_misses=self.cache_misses,
+            dispatch_messages=self.dispatch_messages,
+            update_messages=self.update_messages,
+            result_messages=self.result_messages,
             task_wall=self.histogram(),
         )
 

@@ -75,6 +75,7 @@ from kubevine.protocol import (
     StatusReply,
     StatusRequest,
     Submit,
+    TaskRef,
     UpdateAck,
     Welcome,
     WorkerUpdate,
@@ -91,6 +92,12 @@ from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, Work
 from kubevine.txformat import q
 
 log = logging.getLogger(__name__)
+
+# A worker keeps each result until told it is stored. One acknowledgement covers the updates of
+# ACK_DELAY seconds (or ACK_BATCH results), so a busy worker is not interrupted once per update
+# and a single call's reply is not followed by a second message on the same path.
+ACK_DELAY = 0.05
+ACK_BATCH = 5000
 
 MAX_STORED_FILE = 64 << 20  # client files up to this size are kept in the state store too
 
@@ -184,6 +191,9 @@ class ManagerService:
         )
         # sent once this cycle is durable
         self._deferred: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = []
+        self._acks: dict[WorkerId, list[TaskRef]] = {}  # stored results, not yet acknowledged
+        self._acks_held = 0
+        self._acks_due: float | None = None  # when the oldest of them must go out
         self._unwelcomed: set[str] = set()  # clients whose welcome waits for durability
         self._refusing = False  # the store has been away longer than redis_outage_grace
         self.peer_fetch = PeerFetcher(self.ctx, self._wake_addr)  # m.fetch_file of files workers hold
@@ -286,6 +296,7 @@ class ManagerService:
         self.persister.flush()
         self._drain_wake()
         self._send_durable()
+        self._send_acks()
         self.persister.close()
         self._wake_tx.close(0)
         self._wake_rx.close(0)
@@ -321,7 +332,7 @@ class ManagerService:
         next_stats = 0.0
         while self.running:
             now = time.time()
-            wait = max(0.0, min(next_tick, next_stats) - now)
+            wait = max(0.0, min(next_tick, next_stats, self._acks_due or next_tick) - now)
             events = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
             now = time.time()
             self.core.now = now
@@ -342,6 +353,8 @@ class ManagerService:
                 self._reseed()
             self.core.schedule()
             self._flush()
+            if self._acks_due is not None and (now >= self._acks_due or self._acks_held >= ACK_BATCH):
+                self._send_acks()
             if now >= next_stats:
                 self.counters.sample(now)
                 st = self.status()
@@ -394,14 +407,24 @@ class ManagerService:
 
     def _send_durable(self) -> None:
         for item in self.persister.done():
-            if isinstance(item, SendAck):
-                self._send_to("worker", item.worker, UpdateAck(tasks=item.tasks))
+            if isinstance(item, SendAck):  # held a little: one ack for many updates
+                self._acks.setdefault(item.worker, []).extend(item.tasks)
+                self._acks_held += len(item.tasks)
+                if self._acks_due is None:
+                    self._acks_due = time.time() + ACK_DELAY
             else:
                 if isinstance(item[1], Welcome):
                     peer = self.peers.get(item[0])
                     if peer is not None:
                         self._unwelcomed.discard(peer.id)
                 self._send(*item)
+
+    def _send_acks(self) -> None:
+        """Tell workers which results are stored (they may forget them now)."""
+        acks, self._acks = self._acks, {}
+        self._acks_due, self._acks_held = None, 0
+        for wid, refs in acks.items():
+            self._send_to("worker", wid, UpdateAck(tasks=refs))
 
     def _drain_socket(self) -> None:
         for _ in range(5000):
@@ -454,6 +477,7 @@ class ManagerService:
                                 exit_code=r.exit_code,
                             )
                         )
+                self.counters.result_messages += 1
                 ident = self.routes.get(("client", ins.client))
                 if ins.client in self._unwelcomed and ident is not None:
                     after.append((ident, Results(results=res), frames))  # after its welcome

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from funcs import SLOW_IMPORT
 
 from kubevine import LocalCluster, Manager
-
-SLOW_IMPORT = 0.6  # seconds the test module `slowmod` takes to import
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 import kubevine
 
+SLOW_IMPORT = 0.6  # seconds the test module `slowmod` takes to import
 COUNTER = {"n": 0}
 
 

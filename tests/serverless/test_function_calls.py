@@ -7,7 +7,7 @@ import time
 
 import funcs
 import pytest
-from conftest import SLOW_IMPORT
+from funcs import SLOW_IMPORT
 
 import kubevine
 from kubevine import FunctionCall, PythonTask
@@ -212,3 +212,19 @@ def test_map_and_the_executor_return_values_in_order(manager) -> None:
     f = ex.submit(funcs.fail, 3)
     with pytest.raises(KeyError):
         f.result(timeout=60)
+
+
+def test_calls_travel_in_batches_both_ways(manager) -> None:
+    """Many calls share each message: to the workers, back from them, and to the client."""
+    m = manager(workers=2)
+    m.install_library(m.create_library_from_functions("batched", funcs.add, exec_mode="direct"))
+    n = 3000
+    calls = [FunctionCall("batched", "add", i) for i in range(n)]
+    for c in calls:
+        m.submit(c)
+    drain(m)
+    assert [c.output for c in calls] == [i + 1 for i in range(n)]
+    perf = m.status().perf
+    assert perf.dispatched == perf.completed == n
+    for messages in (perf.dispatch_messages, perf.update_messages, perf.result_messages):
+        assert 0 < messages <= n / 10, perf
