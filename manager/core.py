@@ -618,8 +618,9 @@ class Core:
             self._finish(t, S.DONE, r.outcome, result=result, frames=out_frames, detail=ran)
             return
         if r.outcome == Outcome.INPUT_MISSING:
-            node = self.workers[wid].info.cache_group if wid in self.workers else None
-            for b in t.spec.inputs:
+            we = self.workers.get(wid)
+            node = (we.info.cache_group or we.info.node) if we is not None else None
+            for b in walk_bindings(t.spec.inputs):  # what an untar or minitask is made from too
                 if b.cache_name is not None:
                     self.catalog.done(wid, b.cache_name, node)
         if retry:

@@ -4,10 +4,15 @@ stops holding up the fetches that were waiting on it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
+import io
 import itertools
 import os
 import signal
+import tarfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +20,7 @@ from pathlib import Path
 from kubevine import LocalCluster, Manager, Task, txformat
 from kubevine.ids import CacheName, WorkerId
 from kubevine.manager.catalog import BAD_SOURCE, Catalog
-from kubevine.protocol import CacheLevel
+from kubevine.protocol import CacheLevel, Outcome
 from kubevine.testing import wait_for
 
 MB = 1 << 20
@@ -118,3 +123,34 @@ def test_a_source_that_keeps_failing_is_used_only_as_a_last_resort() -> None:
     # the good peer at its limit: wait for it rather than turn to the failing one or the manager
     cat.outgoing["good"] = 2
     assert cat.plan(name, WorkerId("d2"), "n3", peers, manager_has=True, cache=CacheLevel.WORKFLOW) is None
+
+
+def test_a_failed_fetch_frees_its_source_for_the_next_one(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/tools.tar"
+    try:
+        with (
+            LocalCluster(workers=1, workdir=tmp_path / "c", transfers_per_source=1) as c,
+            Manager(c.address, token=c.token) as m,
+        ):
+            first = Task("ls tools")
+            first.add_input(m.declare_untar(m.declare_url(url)), "tools")  # not there yet: 404
+            m.submit(first)
+            assert m.wait(60) is first and first.result == Outcome.INPUT_MISSING
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                info = tarfile.TarInfo("hello.txt")
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"hi\n"))
+            (site / "tools.tar").write_bytes(buf.getvalue())
+            second = Task("cat tools/hello.txt")
+            second.add_input(m.declare_untar(m.declare_url(url)), "tools")  # the same URL, one slot
+            m.submit(second)
+            assert m.wait(60) is second and second.output == "hi\n", (second.result, second.error)
+    finally:
+        server.shutdown()
+        server.server_close()
