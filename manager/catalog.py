@@ -156,5 +156,13 @@ class Catalog:
         elif src is not None:
             self.arriving.pop(name, None)
 
+    def release(self, dest: WorkerId, name: CacheName, source: str | None = None) -> None:
+        """The planned transfer to ``dest`` no longer occupies its source (``source`` failed
+        it, or ``dest`` found the file on its node); the file may still be on its way."""
+        src = self.inflight.get((dest, name))
+        if src is not None and (source is None or source == src):
+            del self.inflight[(dest, name)]
+            self.outgoing[src] = max(0, self.outgoing.get(src, 0) - 1)
+
     def failed_source(self, source: str) -> None:
         self.failures[source] = self.failures.get(source, 0) + 1

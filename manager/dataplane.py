@@ -124,7 +124,8 @@ def on_evicted(catalog: Catalog, w: WorkerEntry, names: list[CacheName]) -> None
 
 def on_transfers(core: Core, catalog: Catalog, w: WorkerEntry, records: list[TransferRecord]) -> None:
     for r in records:
-        if r.source == "node":
+        if r.source == "node":  # found on its node: the transfer planned for it never ran
+            catalog.release(w.id, r.cache_name)
             continue
         src = r.source_worker or r.source
         if r.ok:
@@ -135,6 +136,9 @@ def on_transfers(core: Core, catalog: Catalog, w: WorkerEntry, records: list[Tra
             core.moved[r.source] = core.moved.get(r.source, 0) + r.bytes
         else:
             catalog.failed_source(src)
+            info = catalog.info.get(r.cache_name)
+            key = r.source_worker or (f"url:{info.url}" if r.source == "url" and info else r.source)
+            catalog.release(w.id, r.cache_name, key)  # that source serves this transfer no more
             core.transactions.append(
                 f"TRANSFER {r.cache_name} failed source={r.source} peer={q(r.source_worker)} dest={w.id}"
                 f" cause={q(r.error)}"

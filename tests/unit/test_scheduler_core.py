@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubevine.ids import ClientId, TaskId, WorkerId
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.manager.core import ClientError, Core, SendDispatch, SendDrain, SendKill, SendResults, Settings
 from kubevine.manager.states import TaskState
 from kubevine.protocol import AttemptResult, FileBinding, FileKind, Outcome, TaskRef, TaskSpec, WorkerInfo
@@ -367,3 +367,32 @@ def test_a_temp_output_is_recorded_where_it_was_made_and_its_consumer_becomes_re
     assert core.catalog.holders[tmp] == {w}
     assert core.tasks[TaskId(2)].state == TaskState.READY  # its input exists now
     assert {a, b} >= {w}
+
+
+def test_a_failed_or_unneeded_transfer_gives_its_source_slot_back() -> None:
+    from kubevine.protocol import TransferRecord
+
+    core = Core(Settings(transfers_per_source=1))
+    name = CacheName("file-abc")
+    core.files_received([name])
+    holder = worker(core, "w1")
+    core.workers[holder].info.transfer_address = "127.0.0.1:1"
+    core.worker_update(holder, [], [], [], cached=[name])
+    other = WorkerInfo(
+        worker_id=WorkerId("w2"),
+        node="m",
+        host="h",
+        pid=2,
+        resources=Resources(cores=1),
+        transfer_address="x:2",
+    )
+    core.worker_connected(other)
+    core.submit(
+        C, [spec(1, inputs=[FileBinding(cache_name=name, remote_name="f", kind=FileKind.LOCAL)])], [None]
+    )
+    core.workers[holder].committed.add(Resources(cores=1))  # w1 is full: the task goes to w2
+    assert dispatched(cycle(core)) == {"w2": [1]}
+    assert core.catalog.busy("w1") == 1
+    failed = TransferRecord(cache_name=name, source="peer", source_worker=WorkerId("w1"), ok=False, error="x")
+    core.worker_update(WorkerId("w2"), [], [], [], transfers=[failed])
+    assert core.catalog.busy("w1") == 0  # w1 serves nothing now, though w2 still fetches elsewhere
