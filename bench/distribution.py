@@ -54,31 +54,39 @@ def kubevine_run(root: Path, mb: int, tasks: int) -> tuple[float, dict[str, floa
     big = root / "big.bin"
     big.write_bytes(os.urandom(mb * MB))
     c = cluster(root / "kv")
-    with Manager(c.address, token=c.token) as m:
-        f = m.declare_file(big)
-        t0 = time.perf_counter()
-        for _ in range(tasks):
-            t = Task("wc -c < big")
-            t.add_input(f, "big")
-            m.submit(t)
-        while (t := m.wait(600)) is not None:
-            assert t.successful() and int(t.output) == mb * MB, (t.result, t.error)
-        dt = time.perf_counter() - t0
+    try:
+        with Manager(c.address, token=c.token) as m:
+            f = m.declare_file(big)
+            t0 = time.perf_counter()
+            for _ in range(tasks):
+                t = Task("wc -c < big")
+                t.add_input(f, "big")
+                m.submit(t)
+            while (t := m.wait(600)) is not None:
+                assert t.successful() and int(t.output) == mb * MB, (t.result, t.error)
+            dt = time.perf_counter() - t0
+    except BaseException:
+        c.stop()  # never leave the cluster running behind a failed run
+        raise
     return dt, moved(c)
 
 
 def naive_run(root: Path, mb: int, tasks: int) -> tuple[float, dict[str, float]]:
     c = cluster(root / "naive")
     payload = os.urandom(mb * MB)
-    with Manager(c.address, token=c.token) as m:
-        t0 = time.perf_counter()
-        for i in range(tasks):
-            t = Task("wc -c < big")
-            t.add_input(m.declare_buffer(payload + i.to_bytes(4, "big")), "big")  # a copy per task
-            m.submit(t)
-        while (t := m.wait(600)) is not None:
-            assert t.successful(), (t.result, t.error)
-        dt = time.perf_counter() - t0
+    try:
+        with Manager(c.address, token=c.token) as m:
+            t0 = time.perf_counter()
+            for i in range(tasks):
+                t = Task("wc -c < big")
+                t.add_input(m.declare_buffer(payload + i.to_bytes(4, "big")), "big")  # a copy per task
+                m.submit(t)
+            while (t := m.wait(600)) is not None:
+                assert t.successful(), (t.result, t.error)
+            dt = time.perf_counter() - t0
+    except BaseException:
+        c.stop()  # never leave the cluster running behind a failed run
+        raise
     return dt, moved(c)
 
 
@@ -92,26 +100,28 @@ def fanout_run(root: Path, mb: int, nodes: int, limit: int) -> tuple[float, dict
     for i in range(nodes):
         c.add_worker(cache_dir=str(root / f"fan-{limit}-node-{i}"), node=f"n{i}")
     c.wait_for_workers(nodes)
-    with Manager(c.address, token=c.token) as m:
-        f = m.declare_file(big)
-        hold = Task("sleep 600")  # the first copy lands on one node, whose worker it then keeps busy
-        hold.add_input(f, "big")
-        m.submit(hold)
-        wait_for(lambda: any(w.cached_files for w in m.status().workers), timeout=600, what="first copy")
-        t0 = time.perf_counter()
-        for _ in range(nodes - 1):  # one per other node: each worker has one core
-            t = Task("sleep 600")
-            t.add_input(f, "big")
-            t.set_tag("fan")
-            m.submit(t)
-        # a task starts once its input has arrived: all running = the file is on every node
-        wait_for(lambda: m.status().tasks.get("running") == nodes, 600, 0.05, "all nodes")
-        dt = time.perf_counter() - t0
-        m.cancel_by_task_tag("fan")
-        m.cancel_by_task_id(hold.id or 0)
-        for _ in range(nodes):
-            m.wait(60)
-    c.stop()
+    try:
+        with Manager(c.address, token=c.token) as m:
+            f = m.declare_file(big)
+            hold = Task("sleep 600")  # the first copy lands on one node, whose worker it then keeps busy
+            hold.add_input(f, "big")
+            m.submit(hold)
+            wait_for(lambda: any(w.cached_files for w in m.status().workers), timeout=600, what="first copy")
+            t0 = time.perf_counter()
+            for _ in range(nodes - 1):  # one per other node: each worker has one core
+                t = Task("sleep 600")
+                t.add_input(f, "big")
+                t.set_tag("fan")
+                m.submit(t)
+            # a task starts once its input has arrived: all running = the file is on every node
+            wait_for(lambda: m.status().tasks.get("running") == nodes, 600, 0.05, "all nodes")
+            dt = time.perf_counter() - t0
+            m.cancel_by_task_tag("fan")
+            m.cancel_by_task_id(hold.id or 0)
+            for _ in range(nodes):
+                m.wait(60)
+    finally:
+        c.stop()
     parent: dict[str, str] = {}
     out = {"manager": 0.0, "peer_transfers": 0.0, "depth": 0.0}
     for e in txformat.read(c.workdir / "manager" / "transactions.log"):
