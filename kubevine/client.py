@@ -163,8 +163,10 @@ class Manager:
         self._libraries: dict[str, Library] = {}
         self._outstanding: dict[TaskId, tuple[TaskSpec, bytes | None]] = {}  # to resend after a restart
         self._setup: list[tuple[_Msg, list[bytes]]] = []  # sent before submissions
-        self._replies: deque[concurrent.futures.Future[Any]] = deque()
+        # requests awaiting their reply, kept to be asked again on a new connection
+        self._replies: deque[tuple[_Msg, concurrent.futures.Future[Any]]] = deque()
         self._fetches: dict[int, concurrent.futures.Future[tuple[FetchedFile, bytes | None]]] = {}
+        self._fetch_msgs: dict[int, FetchFile] = {}
         self._fetch_seq = 0
         self._next_id = 0
         self._ids_left = 0
@@ -263,12 +265,14 @@ class Manager:
                 self._fetch_seq += 1
                 request = self._fetch_seq
                 self._fetches[request] = fut
-            self._send_control(FetchFile(request=request, cache_name=name))
+                self._fetch_msgs[request] = FetchFile(request=request, cache_name=name)
+            self._send_control(self._fetch_msgs[request])
             try:
                 reply, content = fut.result(timeout=timeout)
             except concurrent.futures.TimeoutError:
                 with self._lock:
                     self._fetches.pop(request, None)
+                    self._fetch_msgs.pop(request, None)
                 raise TimeoutError(f"fetching {file!r} took longer than {timeout}s") from None
             if reply.error is not None or content is None:
                 raise FileNotFoundError(f"cannot fetch {file!r}: {reply.error or 'no content'}")
@@ -552,7 +556,7 @@ class Manager:
 
     def _request(self, msg: _Msg, fut: concurrent.futures.Future[Any]) -> None:
         with self._lock:
-            self._replies.append(fut)
+            self._replies.append((msg, fut))
             self._control.append((msg, []))
         self._wake()
 
@@ -611,8 +615,10 @@ class Manager:
                             log.error("bad message from the manager: %s", e)
                             continue
                         if isinstance(msg, Welcome):
-                            if manager_id is not None and msg.manager_id != manager_id:
-                                self._resubmit()  # a new manager: what it may not have stored
+                            if manager_id is not None:
+                                # a new manager may not have stored everything; and what the
+                                # old socket still held when we gave up on it was dropped
+                                self._resubmit(new_manager=msg.manager_id != manager_id)
                             manager_id = msg.manager_id
                             registered = True
                             hb_interval, hb_timeout = msg.heartbeat_interval, msg.heartbeat_timeout
@@ -627,6 +633,8 @@ class Manager:
                             self._welcome.set()
                             return
                         elif isinstance(msg, ErrorMsg) and msg.code == "not_registered":
+                            if registered:
+                                self._ask_again()
                             registered = False
                             sock.send_multipart(encode(self._hello()))
                         else:
@@ -642,6 +650,8 @@ class Manager:
                     sock.close(0)
                     sock = self._connect()
                     poller.register(sock, zmq.POLLIN)
+                    if registered:
+                        self._ask_again()
                     registered = False
                     last_heard = now
         finally:
@@ -667,17 +677,43 @@ class Manager:
             self._cv.notify_all()
         log.info("attached to %d task(s) of client %s", len(specs), self.name)
 
-    def _resubmit(self) -> None:
-        """After a manager restart, send every unfinished task again (and the libraries and
-        files they need): the manager keeps the ones it had stored and takes the others."""
+    def _ask_again(self) -> None:
+        """The manager will never answer what we asked on a connection it lost: ask again on
+        the next one (ids, status, fetches), in the order first asked."""
+        with self._lock:
+            asked: list[tuple[_Msg, list[bytes]]] = [(m, []) for m, _ in self._replies] + [
+                (m, []) for m in self._fetch_msgs.values()
+            ]
+            sent = {id(m) for m, _ in asked}
+            self._control[:] = asked + [c for c in self._control if id(c[0]) not in sent]
+
+    def _resubmit(self, new_manager: bool) -> None:
+        """After a reconnect, send every unfinished task again with the client files it needs
+        (and the libraries): the manager keeps what it already had and takes the rest. Needed
+        for a new manager (it may not have stored everything) and for the same one (messages
+        still queued on the abandoned socket were dropped with it)."""
         with self._lock:
             again = [item for tid, item in self._outstanding.items() if tid in self._tasks]
             queued = {s.id for s, _ in self._pending}
             self._pending[:0] = [item for item in again if item[0].id not in queued]
             libs = self._libraries.values()
             self._setup[:0] = [(InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]) for lib in libs]
-            self._sent_files.clear()
-        log.warning("reconnected to a new manager: sent %d unfinished task(s) again", len(again))
+            files: dict[CacheName, bytes] = {}
+            for spec, _ in again:
+                task = self._tasks[spec.id]
+                for f, _remote in task.inputs:
+                    for u in f.uploads():
+                        name = u.cache_name()
+                        if name not in files:
+                            try:
+                                files[name] = u.content()
+                            except OSError as e:  # its task fails on the manager, saying so
+                                log.error("task %s: input %s cannot be read again: %s", spec.id, name, e)
+            queued_files = {n for n, _ in self._files_out}
+            self._files_out[:0] = [(n, d) for n, d in files.items() if n not in queued_files]
+            self._sent_files = set(files) | {n for n, _ in self._files_out}
+        what = "a new manager" if new_manager else "the manager"
+        log.warning("reconnected to %s: sent %d unfinished task(s) again", what, len(again))
 
     def _flush(self, sock: zmq.Socket[bytes]) -> bool:
         with self._lock:
@@ -717,7 +753,7 @@ class Manager:
             self._on_results(msg.results, frames)
         elif isinstance(msg, (StatusReply, IdBlock)):
             with self._lock:
-                fut = self._replies.popleft() if self._replies else None
+                fut = self._replies.popleft()[1] if self._replies else None
             if fut is not None:
                 fut.set_result(msg)
         elif isinstance(msg, ErrorMsg) and msg.code == "store_unavailable" and not msg.task_ids:
@@ -745,6 +781,7 @@ class Manager:
         elif isinstance(msg, FetchedFile):
             with self._lock:
                 pending = self._fetches.pop(msg.request, None)
+                self._fetch_msgs.pop(msg.request, None)
             if pending is not None:
                 pending.set_result((msg, frame(frames, msg.frame)))
         elif isinstance(msg, ErrorMsg):
