@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import kubevine
 from kubevine import FunctionCall, PythonTask
@@ -144,7 +148,10 @@ def parsl_calls(n: int) -> float | None:
     from parsl.config import Config  # type: ignore[import-not-found]
     from parsl.executors import HighThroughputExecutor  # type: ignore[import-not-found]
 
-    parsl.load(Config(executors=[HighThroughputExecutor(max_workers_per_node=2)]))
+    # parsl starts its interchange as a console script: find it next to this interpreter
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    run_dir = tempfile.mkdtemp(prefix="parsl-bench-")
+    parsl.load(Config(executors=[HighThroughputExecutor(max_workers_per_node=2)], run_dir=run_dir))
     try:
         f = parsl.python_app(inc)
         [x.result() for x in [f(i) for i in range(200)]]
