@@ -58,3 +58,7 @@ def pid() -> int:
 
 def cache_dir() -> str | None:
     return os.environ.get("KUBEVINE_CACHE_DIR")
+
+
+def echo_reversed(data: bytes) -> bytes:
+    return data[::-1]

@@ -228,3 +228,16 @@ def test_calls_travel_in_batches_both_ways(manager) -> None:
     assert perf.dispatched == perf.completed == n
     for messages in (perf.dispatch_messages, perf.update_messages, perf.result_messages):
         assert 0 < messages <= n / 10, perf
+
+
+def test_large_arguments_and_results_arrive_intact_next_to_small_ones(manager) -> None:
+    """Big values travel as frames of their own, small ones packed together; none is mixed up."""
+    m = manager(workers=1)
+    m.install_library(m.create_library_from_functions("big", funcs.echo_reversed, exec_mode="direct"))
+    big = bytes(range(256)) * (32 << 10)  # 8 MiB
+    values = [big, b"small", big[: 1 << 16], b"", b"tiny"]
+    calls = [FunctionCall("big", "echo_reversed", v) for v in values]
+    for c in calls:
+        m.submit(c)
+    drain(m)
+    assert [c.output for c in calls] == [v[::-1] for v in values]
