@@ -13,12 +13,15 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from kubevine import auth, gctune, logs
 from kubevine.protocol import DEFAULT_PORT
 
 log = logging.getLogger("kubevine")
+T = TypeVar("T")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,9 +52,51 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
+def _env(name: str, default: str | None) -> str | None:
+    """``$name`` (or ``default``) as a string default, so argparse validates it with the option's
+    ``type=`` like a command-line value; a bad value names the variable in the error."""
+    return os.environ.get(name) or default
+
+
+def _from_env(name: str, convert: Callable[[str], T]) -> Callable[[str], T]:
+    """``convert`` whose error message says the bad value may have come from ``$name``."""
+
+    def checked(text: str) -> T:
+        try:
+            return convert(text)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            detail = str(e) if isinstance(e, argparse.ArgumentTypeError) else f"{text!r} is not a number"
+            raise argparse.ArgumentTypeError(f"{detail} (from the option or ${name})") from None
+
+    checked.__name__ = getattr(convert, "__name__", "value")
+    return checked
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"{x} must be a finite number of seconds, 0 or more")
+    return x
+
+
+def _positive_float(text: str) -> float:
+    x = _nonneg_float(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"{x} must be more than 0 seconds")
+    return x
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port number (0-65535)")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,26 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--redis-outage-grace",
-        type=float,
-        default=float(os.environ.get("KUBEVINE_REDIS_OUTAGE_GRACE") or 60.0),
+        type=_from_env("KUBEVINE_REDIS_OUTAGE_GRACE", _nonneg_float),
+        default=_env("KUBEVINE_REDIS_OUTAGE_GRACE", "60"),
         help="seconds the manager runs on while Redis is unreachable before it refuses new work",
     )
     m.add_argument(
         "--metrics-port",
-        type=int,
-        default=_env_int("KUBEVINE_METRICS_PORT"),
+        type=_from_env("KUBEVINE_METRICS_PORT", _port),
+        default=_env("KUBEVINE_METRICS_PORT", None),
         help="serve /metrics (Prometheus) and /healthz over HTTP on this port (0: any free port)",
     )
     m.add_argument(
         "--stats-interval",
-        type=float,
-        default=float(os.environ.get("KUBEVINE_STATS_INTERVAL") or 2.0),
+        type=_from_env("KUBEVINE_STATS_INTERVAL", _positive_float),
+        default=_env("KUBEVINE_STATS_INTERVAL", "2"),
         help="seconds between performance snapshots (status, /metrics, the transactions log)",
     )
     m.add_argument(
         "--transfers-per-source",
-        type=_positive_int,
-        default=_env_int("KUBEVINE_TRANSFERS_PER_SOURCE") or 4,
+        type=_from_env("KUBEVINE_TRANSFERS_PER_SOURCE", _positive_int),
+        default=_env("KUBEVINE_TRANSFERS_PER_SOURCE", "4"),
         help="files one worker, the manager or a URL sends at once; more wait for a free source",
     )
     m.add_argument(

@@ -335,5 +335,8 @@ def _safe_url(url: str) -> str:
     """The URL without its credentials (user info, a ``password=`` query), fit for logs."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        # The password may hold '@' or '/' (unencoded): cut at the last '@' before the query.
+        head, q, query = rest.partition("?")
+        if "@" in head:
+            url = f"{scheme}://***@{head.rpartition('@')[2]}{q}{query}"
     return re.sub(r"([?&]password=)[^&]*", r"\1***", url)

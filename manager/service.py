@@ -248,13 +248,15 @@ class ManagerService:
                     f" seconds={time.monotonic() - t0:.3f}"
                 ]
             )
-        (cfg.workdir / "address").write_text(f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n")
+        write_atomic(
+            cfg.workdir / "address", f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n"
+        )
         if cfg.metrics_port is not None:
             stale = max(60.0, 10 * cfg.stats_interval)
             self.metrics = MetricsServer(cfg.host, cfg.metrics_port, stale_after=stale)
             self.metrics.update(self.status())
             self.metrics.start()
-            (cfg.workdir / "metrics-address").write_text(f"{_local(cfg.host)}:{self.metrics.port}\n")
+            write_atomic(cfg.workdir / "metrics-address", f"{_local(cfg.host)}:{self.metrics.port}\n")
             log.info("manager %s: /metrics and /healthz on port %d", self.manager_id, self.metrics.port)
         log.info(
             "manager %s serving workflow %s on port %d (state: %s, epoch %d)",
@@ -866,6 +868,13 @@ class ManagerService:
 def _is_dir(name: CacheName) -> bool:
     """Whether a file the client sent is a directory (its name says so; it is stored as a tar)."""
     return name.startswith("dir-")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a concurrent reader sees the old file or the whole new one, never ""."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _local(host: str) -> str:
