@@ -291,6 +291,11 @@ class Manager:
         self._check_open()
         if task.id is not None and task.state not in (*FINAL_STATES, "refused"):
             raise ValueError(f"task {task.id} was already submitted")
+        if task._attached:
+            raise ValueError(
+                f"task {task.id} was attached from an earlier client process and lacks what it "
+                "ran with (function and arguments, files, resources): build it again to resubmit"
+            )
         inputs: list[FileBinding] = []
         files: list[tuple[CacheName, bytes]] = []
         for f, remote in task.inputs:
@@ -854,6 +859,7 @@ def _task_from_spec(spec: TaskSpec) -> Task:
     t.env, t.time_max = dict(spec.env), spec.time_max
     t.id = spec.id
     t.state = "submitted"
+    t._attached = True  # rebuilt without payload, inputs or outputs: not to be run again
     return t
 
 

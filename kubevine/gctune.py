@@ -6,7 +6,9 @@ imported numpy and awkward, then spends more time in the collector than in its o
 measured on the calls benchmark, the collector took about half of the manager's and the
 client's CPU. Our own state is free of reference cycles (tasks, messages and results are
 freed by reference counting), so collecting rarely loses nothing. Only process entry points
-call this — never a user's process.
+call this — never a user's process. A library process runs user functions, whose garbage may
+well be cyclic: it only moves what its imports and context made out of the collector's sight
+(``for_library``) and keeps CPython's thresholds.
 """
 
 from __future__ import annotations
@@ -23,3 +25,10 @@ def for_service() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG, OLDER, OLDER)
+
+
+def for_library() -> None:
+    """A library after its imports and context set-up: what exists now (numpy, awkward,
+    coffea, the context) is never walked again; the user's calls are collected as usual."""
+    gc.collect()
+    gc.freeze()

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.resources import Resources
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: small frames packed into one, payload frame indices on assignments
 DEFAULT_PORT = 9123
 
 

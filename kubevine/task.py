@@ -192,6 +192,7 @@ class Task:
         self.wall_time = 0.0
         self.worker: str | None = None
         self._output: bytes | None = None
+        self._attached = False  # rebuilt from the manager by Manager(attach=True)
         self._future: concurrent.futures.Future[Task] | None = None
 
     # -- TaskVine setters --------------------------------------------------------

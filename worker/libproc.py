@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
         sock.send_multipart([b"failed", traceback.format_exc().encode()])
         sock.close()
         return 1
-    gctune.for_service()  # after the imports and the context: the collector never walks them
+    gctune.for_library()  # after the imports and the context: the collector never walks them
     sock.send_multipart([b"ready"])
     if spec.exec_mode == "fork":
         return serve_forked(sock, spec, functions)

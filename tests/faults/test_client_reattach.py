@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kubevine import Manager
 from kubevine.testing import wait_for
 
@@ -63,6 +65,9 @@ def test_a_killed_client_process_is_replaced_and_collects_every_result(
             assert ids - set(before) <= attached
             got = list(m)
             assert m.empty()
+            # an attached task lacks what it ran with: resubmitting it is refused, not run wrongly
+            with pytest.raises(ValueError, match="attached from an earlier client process"):
+                m.submit(got[0])
         assert {t.id for t in got} == attached
         for t in got:  # each output belongs to its own command
             assert t.command is not None and t.output == t.command.rsplit("echo ", 1)[1] + "\n"

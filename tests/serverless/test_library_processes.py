@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import funcs
@@ -46,6 +45,4 @@ def test_library_processes_and_their_forked_calls_die_when_their_worker_is_sigki
         victims = [p.pid for p in libs] + [call_child.pid]
         assert direct[0].output in victims
         worker.send_signal(signal.SIGKILL)
-        t0 = time.monotonic()
         wait_for(lambda: all(gone(pid) for pid in victims), timeout=10, what="library processes to die")
-        assert time.monotonic() - t0 < 10
