@@ -161,12 +161,14 @@ class Cache:
             self.pins[name] = n
 
     def link_into(self, name: CacheName, dest: Path) -> None:
-        """Place a cached file in a sandbox: a hard link when possible, else a copy."""
+        """Place a cached file in a sandbox: a hard link when possible, else a copy. A
+        directory is copied: ``sound`` signs it by its top-level stat only, so a task writing
+        through a hard link inside it would change the cached copy unnoticed."""
         src = self.path(name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.used_at[name] = time.monotonic()
         if src.is_dir():
-            filetree.link_tree(src, dest)
+            shutil.copytree(src, dest, symlinks=True)
             return
         try:
             os.link(src, dest)

@@ -127,7 +127,8 @@ class Deriver:
                 raise tarfile.ReadError("the file to unpack is a directory, not an archive")
             filetree.unpack(archive, dest)
             self._done.put((name, dest, None))
-        except (tarfile.TarError, OSError) as e:
+        except Exception as e:  # any failure (EOFError, zlib.error, ...) fails the job
+            shutil.rmtree(dest, ignore_errors=True)
             self._done.put((name, None, f"cannot unpack the archive: {type(e).__name__}: {e}"))
         self._poke()
 
@@ -162,8 +163,8 @@ class Deriver:
                 self._done.put((name, None, f"the minitask did not produce {b.mini.output!r}:\n{tail}"))
             else:
                 self._done.put((name, out, None))
-        except OSError as e:
-            self._done.put((name, None, f"the minitask could not run: {e}"))
+        except Exception as e:  # the job must end, whatever went wrong
+            self._done.put((name, None, f"the minitask could not run: {type(e).__name__}: {e}"))
         self._poke()
 
     def _poke(self) -> None:
@@ -186,8 +187,17 @@ class Deriver:
                 continue
             try:
                 if err is None and path is not None:
-                    evicted += self.cache.evict_for(dir_size(path))
-                    self.cache.put_path(name, path, job.binding.cache)
+                    try:
+                        evicted += self.cache.evict_for(dir_size(path))
+                        self.cache.put_path(name, path, job.binding.cache)
+                    except OSError as e:  # e.g. the disk is full: the job fails, the worker lives
+                        if path.is_dir():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+                        log.warning("could not store %s: %s", name, e)
+                        self.failed.append((name, f"could not store the made file in the cache: {e}"))
+                        continue
                     self.made.append(name)
                 else:
                     log.warning("making %s failed: %s", name, err)

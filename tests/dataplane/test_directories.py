@@ -92,3 +92,21 @@ def test_a_directory_temp_moves_peer_to_peer_as_a_unit_and_can_be_fetched(tmp_pa
     assert [(e.get("source"), e.get("peer")) for e in sent] == [("peer", make.worker)]
     tree_bytes = sum(len(f"{i}\n") for i in range(1, 1001)) + len("top\n")
     assert int(sent[0].num("bytes")) == tree_bytes  # the whole tree, in one transfer
+
+
+def test_a_task_writing_into_its_input_directory_leaves_the_cached_copy_intact(tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "log.txt").write_text("original\n")
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        d = m.declare_file(src)
+        writer = Task("echo tampered >> tree/sub/log.txt && cat tree/sub/log.txt")
+        writer.add_input(d, "tree")
+        m.submit(writer)
+        assert m.wait(60) is writer and writer.successful(), (writer.result, writer.error)
+        assert writer.output == "original\ntampered\n"
+        reader = Task("cat tree/sub/log.txt")
+        reader.add_input(d, "tree")
+        m.submit(reader)
+        assert m.wait(60) is reader and reader.successful(), (reader.result, reader.error)
+        assert reader.output == "original\n"

@@ -79,6 +79,19 @@ def test_a_temp_archive_is_unpacked_and_a_bad_one_fails_its_consumer_clearly(tmp
         assert m.wait(60) is after and after.successful()
 
 
+def test_a_truncated_archive_fails_its_consumer_instead_of_hanging(tmp_path: Path) -> None:
+    whole = tarball({"d/big.bin": bytes(range(256)) * 4000})
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
+        t = Task("ls tree")
+        t.add_input(m.declare_untar(m.declare_buffer(whole[: len(whole) // 2])), "tree")
+        m.submit(t)
+        assert m.wait(60) is t  # before the fix: the unpacking thread died and this timed out
+        assert t.result == Outcome.INPUT_MISSING and "cannot unpack the archive" in (t.error or ""), t.error
+        after = Task("echo still fine")
+        m.submit(after)
+        assert m.wait(60) is after and after.successful()
+
+
 def test_a_minitask_runs_once_per_node_and_its_product_is_an_input(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     with LocalCluster(workers=0, workdir=tmp_path / "c") as c:
