@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubevine.manager.store import StateStore, StoreError, StoreWiped, WriteBatch
+from kubevine.manager.store import StateStore, StoreError, StoreRejected, StoreWiped, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,8 @@ class Persister:
                     self._wake()
                     break
                 except StoreError as e:
-                    if "fenced" in str(e):
-                        self._lost(e)
+                    if "fenced" in str(e) or isinstance(e, StoreRejected):
+                        self._lost(e)  # retrying the identical batch cannot help
                         return
                     self._failed(e)
                     log.debug("state store unavailable (%s); retrying in %.2fs", e, backoff)

@@ -26,6 +26,7 @@ from kubevine.manager.store import (
     Snapshot,
     StateStore,
     StoreError,
+    StoreRejected,
     StoreWiped,
     TaskRecord,
     WriteBatch,
@@ -34,6 +35,14 @@ from kubevine.protocol import ClientResult, LibrarySpec, TaskSpec, WorkerInfo
 from kubevine.wire import pack_frames, unpack_frames
 
 log = logging.getLogger(__name__)
+
+# Client files kept in Redis per group commit: the rest of a commit's files are left out
+# (a new manager gets them from a worker's cache or the client), so that one EVALSHA
+# argument stays far below Redis's 512 MB limit on a single argument (proto-max-bulk-len).
+MAX_COMMIT_FILE_BYTES = 128 << 20
+
+# Redis refusals that pass (a failover, a restart loading its data, a long script): an outage.
+_TRANSIENT = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 
 # KEYS[1]: the epoch key, KEYS[2]: the lease key. ARGV[1]: the fencing epoch; ARGV[2]: a
 # msgpack array of operations, each {"S", key, {f1, v1, f2, v2, ...}} (HSET),
@@ -58,6 +67,12 @@ elseif cur == false then
   return redis.error_reply('WIPED the store holds no epoch for this workflow')
 elseif cur ~= ARGV[1] then
   return redis.error_reply('FENCED workflow now belongs to epoch ' .. tostring(cur))
+else
+  -- epochs restart at 1 after a wipe: the same number may belong to a newer manager
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[4] then
+    return redis.error_reply('FENCED workflow now held by ' .. holder)
+  end
 end
 local ops = cmsgpack.unpack(ARGV[2])
 for _, op in ipairs(ops) do
@@ -131,6 +146,7 @@ class RedisStore(StateStore):
         self._epoch: int | None = None
         self._owner = ""
         self._ttl_ms = 15000
+        self.max_commit_file_bytes = MAX_COMMIT_FILE_BYTES
         self._conn: Connection | None = None
         self.url = _safe_url(url)
         try:
@@ -242,7 +258,7 @@ class RedisStore(StateStore):
         packed_libs = ((n, pack_frames(lb[0].model_dump_json().encode(), [lb[1]])) for n, lb in libs if lb)
         _hset(ops, keys.libraries(w), packed_libs)
         _hdel(ops, keys.libraries(w), [n for n, lib in libs if lib is None])
-        _hset(ops, keys.files(w), batch.files.items())
+        _hset(ops, keys.files(w), self._files_within_budget(batch.files))
         reps = batch.replicas.items()
         _hset(ops, keys.replicas(w), ((f"{wid} {n}", g) for (wid, n), g in reps if g is not None))
         _hdel(ops, keys.replicas(w), [f"{wid} {n}" for (wid, n), g in reps if g is None])
@@ -258,9 +274,28 @@ class RedisStore(StateStore):
                 raise StoreError(f"fenced: {e}") from e
             if "WIPED" in str(e):
                 raise StoreWiped(f"Redis at {self.url} no longer holds workflow {w!r}") from e
-            raise StoreError(f"Redis rejected the write: {e}") from e
+            if str(e).startswith(_TRANSIENT):
+                raise StoreError(f"Redis at {self.url} refused the write for now: {e}") from e
+            raise StoreRejected(f"Redis at {self.url} rejected the write: {e}") from e
         except (RedisError, OSError) as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+
+    def _files_within_budget(self, files: dict[CacheName, bytes]) -> list[tuple[CacheName, bytes]]:
+        kept: list[tuple[CacheName, bytes]] = []
+        total = 0
+        for name, data in files.items():
+            if total + len(data) > self.max_commit_file_bytes:
+                log.warning(
+                    "file %s (%d bytes) not kept in the state store: this write already holds %d bytes"
+                    " of files; a new manager gets it from a worker's cache or the client",
+                    name,
+                    len(data),
+                    total,
+                )
+                continue
+            total += len(data)
+            kept.append((name, data))
+        return kept
 
     def _eval_apply(self, w: str, packed: bytes, reseed: bool) -> None:
         """EVALSHA on a connection of our own: the pooled client's per-call bookkeeping

@@ -99,7 +99,7 @@ log = logging.getLogger(__name__)
 ACK_DELAY = 0.05
 ACK_BATCH = 5000
 
-MAX_STORED_FILE = 64 << 20  # client files up to this size are kept in the state store too
+MAX_STORED_FILE = 16 << 20  # client files up to this size are kept in the state store too
 
 
 @dataclass

@@ -30,6 +30,11 @@ class LeaseHeld(StoreError):
     """Another live manager holds this workflow."""
 
 
+class StoreRejected(StoreError):
+    """The store answered but refused this write for a reason other than fencing (Redis said
+    no to the command itself): retrying the identical batch cannot help, so it is fatal."""
+
+
 class StoreWiped(StoreError):
     """The store lost this workflow's state (a Redis restarted without persistence): the
     manager, which still holds everything in memory, must write it all again (a reseed)."""

@@ -212,3 +212,60 @@ def test_a_writer_thread_that_fails_is_fatal_not_silent(redis_url: str, workflow
     finally:
         p.close()
         s.close()
+
+
+def test_a_wipe_does_not_let_an_old_manager_write_under_a_reused_epoch(
+    redis_url: str, workflow_name: str
+) -> None:
+    import redis
+
+    old, new = RedisStore(redis_url, workflow_name), RedisStore(redis_url, workflow_name)
+    assert old.acquire("old", 10) == 1
+    redis.Redis.from_url(redis_url).delete(keys.epoch(workflow_name), keys.lease(workflow_name))  # a wipe
+    assert new.acquire("new", 10) == 1  # the same epoch number again
+    with pytest.raises(StoreError, match="fenced"):
+        old.apply(batch_with_everything())
+    assert not new.load().records
+
+
+def test_files_beyond_a_commits_budget_are_left_out_and_a_rejection_is_fatal(
+    redis_url: str, workflow_name: str
+) -> None:
+    import redis
+
+    from kubevine.manager.store import StoreRejected
+
+    s = RedisStore(redis_url, workflow_name)
+    s.acquire("m1", 10)
+    s.max_commit_file_bytes = 10
+    b = WriteBatch()
+    b.files[CacheName("a")] = b"123456"
+    b.files[CacheName("b")] = b"1234567"  # would pass the budget: left out
+    b.files[CacheName("c")] = b"1234"
+    s.apply(b)
+    assert s.load().files == {"a": b"123456", "c": b"1234"}
+    redis.Redis.from_url(redis_url).set(keys.records(workflow_name), "not a hash")
+    with pytest.raises(StoreRejected, match="WRONGTYPE"):  # not an outage: no retry for ever
+        s.apply(batch_with_everything())
+    s.close()
+
+
+def test_a_write_redis_rejects_stops_the_writer_instead_of_retrying(
+    redis_url: str, workflow_name: str
+) -> None:
+    import redis
+
+    from kubevine.manager.persist import Persister
+    from kubevine.testing import wait_for
+
+    s = RedisStore(redis_url, workflow_name)
+    s.acquire("m1", 10)
+    redis.Redis.from_url(redis_url).set(keys.records(workflow_name), "not a hash")
+    p = Persister(s, lambda: None, owner="m1", lease_ttl=10)
+    try:
+        p.submit(batch_with_everything(), [])
+        wait_for(lambda: p.fatal is not None, timeout=10, what="the writer to give up on the rejected write")
+        assert "rejected the write" in str(p.fatal) and "WRONGTYPE" in str(p.fatal)
+    finally:
+        p.close()
+        s.close()
