@@ -58,6 +58,9 @@ class Deriver:
         self._done: queue.SimpleQueue[tuple[CacheName, Path | None, str | None]] = queue.SimpleQueue()
         self.wake_r, self._wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
+        self._procs: dict[CacheName, subprocess.Popen[bytes]] = {}  # running minitasks
+        self._guard = threading.Lock()  # _procs, _closed and the wake pipe, shared with threads
+        self._closed = False
 
     @staticmethod
     def parts_of(b: FileBinding) -> list[FileBinding]:
@@ -146,6 +149,10 @@ class Deriver:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            with self._guard:
+                self._procs[name] = proc
+                if self._closed:  # closed while it started: it must not outlive the worker
+                    os.killpg(proc.pid, signal.SIGKILL)
             try:
                 stdout, _ = proc.communicate(timeout=b.mini.time_max)
             except subprocess.TimeoutExpired:
@@ -165,10 +172,15 @@ class Deriver:
                 self._done.put((name, out, None))
         except Exception as e:  # the job must end, whatever went wrong
             self._done.put((name, None, f"the minitask could not run: {type(e).__name__}: {e}"))
+        finally:
+            with self._guard:
+                self._procs.pop(name, None)
         self._poke()
 
     def _poke(self) -> None:
-        os.write(self._wake_w, b"x")
+        with self._guard:
+            if not self._closed:  # after close the pipe's fd may already be someone else's
+                os.write(self._wake_w, b"x")
 
     def on_wake(self) -> list[CacheName]:
         """Finished derivations go into the cache; the names that evicted others to fit."""
@@ -225,5 +237,13 @@ class Deriver:
         return out
 
     def close(self) -> None:
-        os.close(self.wake_r)
-        os.close(self._wake_w)
+        """Kill running minitasks (each in a session of its own) and close the wake pipe."""
+        with self._guard:
+            self._closed = True
+            for proc in self._procs.values():
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.close(self.wake_r)
+            os.close(self._wake_w)

@@ -4,12 +4,14 @@ fails its job and frees the node lock instead of raising into the worker's loop.
 from __future__ import annotations
 
 import io
+import os
 import select
 import tarfile
 from pathlib import Path
 
 from kubevine.ids import CacheName
-from kubevine.protocol import FileBinding, FileKind
+from kubevine.protocol import FileBinding, FileKind, MiniTaskSpec
+from kubevine.testing import wait_for
 from kubevine.worker.cache import Cache
 from kubevine.worker.derive import Deriver
 
@@ -45,3 +47,26 @@ def test_an_error_storing_the_made_file_fails_the_job_and_frees_the_lock(tmp_pat
     finally:
         d.close()
         cache.close()
+
+
+def test_closing_kills_a_running_minitask(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    d = Deriver(cache, tmp_path / "scratch", {})
+    name = CacheName("mini-x")
+    mini = MiniTaskSpec(command="echo $$ > pid; sleep 120; echo late > out", output="out")
+    d.want(FileBinding(cache_name=name, remote_name="o", kind=FileKind.MINITASK, mini=mini))
+    d.advance()
+    box = d.jobs[name].box
+    assert box is not None
+    pid = int(wait_for(lambda: (box / "pid").exists() and (box / "pid").read_text().strip(), what="pid"))
+    d.close()  # before the fix: the minitask ran on for two minutes after its worker closed
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout=20, what="the minitask to be killed")
+    cache.close()
