@@ -14,7 +14,7 @@ import abc
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.protocol import ClientResult, LibrarySpec, TaskSpec, WorkerInfo
@@ -191,23 +191,24 @@ class MemoryStore(StateStore):
             s.specs.pop(tid, None)
             s.records.pop(tid, None)
             s.results.pop(tid, None)
-        for wid, info in batch.workers.items():
-            if info is None:
-                s.workers.pop(wid, None)
-            else:
-                s.workers[wid] = info
+        _merge(s.workers, batch.workers)
         s.meta.update(batch.meta)
-        for name, lib in batch.libraries.items():
-            if lib is None:
-                s.libraries.pop(name, None)
-            else:
-                s.libraries[name] = lib
+        _merge(s.libraries, batch.libraries)
         s.files.update(batch.files)
-        for key, group in batch.replicas.items():
-            if group is None:
-                s.replicas.pop(key, None)
-            else:
-                s.replicas[key] = group
+        _merge(s.replicas, batch.replicas)
 
     def publish_stats(self, stats_json: str) -> None:
         self.stats_json = stats_json
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _merge(into: dict[_K, _V], updates: dict[_K, _V | None]) -> None:
+    """Apply a batch's updates to one table: a value is set, ``None`` deletes."""
+    for key, value in updates.items():
+        if value is None:
+            into.pop(key, None)
+        else:
+            into[key] = value

@@ -517,7 +517,7 @@ def test_pods_follow_node_selector_and_spread_round_robin(kube_api: KubeAPI, kub
     sleeper = {
         "name": "main",
         "image": "kubevine/test:dev",
-        "command": ["python", "-c", "import time; time.sleep(60)"],
+        "command": ["python", "-c", "import signal; signal.pause()"],
     }
     apply(
         kube_api,
@@ -539,7 +539,7 @@ def test_failing_liveness_probe_restarts_the_container(kube_api: KubeAPI, kubele
                 {
                     "name": "main",
                     "image": "kubevine/test:dev",
-                    "command": ["python", "-c", "import time; time.sleep(60)"],
+                    "command": ["python", "-c", "import signal; signal.pause()"],
                     "livenessProbe": {
                         "exec": {"command": ["python", "-c", "raise SystemExit(1)"]},
                         "periodSeconds": 1,
