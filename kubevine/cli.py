@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--connect-timeout", type=float, default=0.0, help="give up if no manager answers (0: never)"
     )
+    w.add_argument(
+        "--python-tasks",
+        choices=["fork", "exec"],
+        default="fork",
+        help="start each PythonTask forked from a clean, pre-started interpreter (fork, fast) "
+        "or as a new interpreter (exec)",
+    )
 
     s = sub.add_parser("status", help="show a manager's tasks and workers")
     _common(s)
@@ -319,6 +326,7 @@ def _worker(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
+        python_fork=args.python_tasks == "fork",
     )
     gctune.for_service()
     try:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -37,6 +38,7 @@ class LocalCluster:
         heartbeat_timeout: float = 30.0,
         log_level: str = "WARNING",
         transfers_per_source: int | None = None,
+        worker_args: Sequence[str] = (),
     ) -> None:
         self.n_workers = workers
         self.cores, self.memory, self.disk = cores, memory, disk
@@ -48,6 +50,7 @@ class LocalCluster:
         self.heartbeat_timeout = heartbeat_timeout
         self.log_level = log_level
         self.transfers_per_source = transfers_per_source
+        self.worker_args = list(worker_args)  # more `kubevine worker` options: ["--python-tasks", "exec"]
         self.token = auth.generate_token()
         self.token_file = auth.write_token(self.workdir / "token", self.token)
         self.manager: subprocess.Popen[bytes] | None = None
@@ -142,6 +145,7 @@ class LocalCluster:
             args += ["--cache-dir", cache_dir]
         if node:
             args += ["--node", node]
+        args += self.worker_args
         with open(wdir / "worker.log", "ab") as log:
             p = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(p)

@@ -18,11 +18,9 @@ frame: a list of [task id, attempt, ok, wall seconds, encoded result]).
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -37,6 +35,7 @@ import zmq
 
 from kubevine import gctune, results
 from kubevine.protocol import LibrarySpec
+from kubevine.worker.lifeline import die_with
 
 Call = tuple[int, int, str]
 Result = tuple[int, int, bool, float, bytes]
@@ -66,28 +65,6 @@ class Forked:
         self.call, self.fd, self.pid = call, fd, pid
         self.chunks: list[bytes] = []
         self.t0 = time.perf_counter()
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with(parent: int) -> None:
-    """Exit when the worker that started us dies, even by SIGKILL (it cannot stop us then):
-    the kernel sends SIGKILL on the parent's death; where prctl is missing, a thread watches."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    except (OSError, AttributeError):
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os._exit(70)
-
-        threading.Thread(target=watch, name="kubevine-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # it died before we asked to be told
-        os._exit(70)
 
 
 def main(argv: list[str]) -> int:

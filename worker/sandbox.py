@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kubevine import filetree
 from kubevine.protocol import Assignment, AttemptResult, FileKind, Outcome, OutputFile, TaskKind
+from kubevine.worker.pystarter import Forked, Starter
 
 # Characters that make a command need a shell. A command without them is run directly
 # (the same argv the shell would build, one exec fewer: ~0.5 ms per task).
@@ -70,7 +71,7 @@ class Attempt:
 
     assignment: Assignment
     sandbox: Path
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | Forked | None = None
     pidfd: int | None = None  # becomes readable when the process exits
     payload_path: Path | None = None  # PythonTask: the pickled function and arguments
     killed: bool = False
@@ -100,12 +101,7 @@ def start_command(
     to the shell so that the user sees the shell's own message and exit code 127.
     """
     spec = att.assignment.spec
-    att.started = time.time()
-    att.t0 = time.perf_counter()
-    if spec.time_max:
-        att.deadline = att.t0 + spec.time_max
-    env = dict(base_env)
-    env.update(spec.env)
+    env = _begin(att, base_env)
     if argv is None and not force_shell:
         argv = argv_for(spec.command or "")
     try:
@@ -130,12 +126,39 @@ def start_command(
     return None
 
 
-def start_python(att: Attempt, base_env: Mapping[str, str], payload: bytes) -> AttemptResult | None:
-    """Start a PythonTask: a fresh interpreter in the sandbox runs the pickled function."""
+def _begin(att: Attempt, base_env: Mapping[str, str]) -> dict[str, str]:
+    """Start the attempt's clocks; the environment its process gets."""
+    spec = att.assignment.spec
+    att.started = time.time()
+    att.t0 = time.perf_counter()
+    if spec.time_max:
+        att.deadline = att.t0 + spec.time_max
+    env = dict(base_env)
+    env.update(spec.env)
+    return env
+
+
+# Variables an interpreter reads as it starts: a task that sets one gets a new interpreter
+# rather than a child forked from the starter, which started without them.
+_START_VARS = ("PYTHON", "LD_", "LC_", "LANG")
+
+
+def start_python(
+    att: Attempt, base_env: Mapping[str, str], payload: bytes, starter: Starter | None = None
+) -> AttemptResult | None:
+    """Start a PythonTask: an interpreter of its own in the sandbox runs the pickled function,
+    forked from the worker's starter when there is one (see ``worker/pystarter.py``)."""
     att.payload_path = att.sandbox.with_name(att.sandbox.name + ".payload")
     att.payload_path.write_bytes(payload)
     result = att.sandbox.with_name(att.sandbox.name + ".result")
     result.unlink(missing_ok=True)
+    spec = att.assignment.spec
+    if starter is not None and not any(k.startswith(_START_VARS) for k in spec.env):
+        env = _begin(att, base_env)
+        att.proc = starter.start(att.sandbox, env, att.payload_path, result, stdout_path(att.sandbox))
+        if att.proc is not None:
+            att.pidfd = os.pidfd_open(att.proc.pid)  # the starter keeps it unreaped until we ask
+            return None
     argv = [sys.executable, "-m", "kubevine.worker.pyrunner", str(att.payload_path), str(result)]
     return start_command(att, base_env, argv=argv)
 
@@ -229,7 +252,7 @@ def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) ->
     return att.result(Outcome.SUCCESS, exit_code=code, output_frame=0, outputs=outputs)
 
 
-def kill_process(proc: subprocess.Popen[bytes]) -> None:
+def kill_process(proc: subprocess.Popen[bytes] | Forked) -> None:
     """SIGKILL the task's whole process group (it runs in a session of its own)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)

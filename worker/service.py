@@ -74,6 +74,7 @@ from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache, dir_size, sha256_file
 from kubevine.worker.derive import Deriver
 from kubevine.worker.library import LibraryInstance
+from kubevine.worker.pystarter import Starter
 from kubevine.worker.transfer import Fetcher, TransferServer
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class WorkerConfig:
     connect_timeout: float = 0.0  # give up if no manager answers for this long (0 = never)
     transfer_host: str = field(default_factory=lambda: os.environ.get("KUBEVINE_BIND_HOST") or "127.0.0.1")
     cache_limit_mb: int | None = None  # default: --disk (KUBEVINE_CACHE_SIZE_MB overrides)
+    python_fork: bool = True  # PythonTasks forked from a clean starter (False: exec a new interpreter)
 
 
 @dataclass
@@ -166,6 +168,7 @@ class WorkerService:
         self.base_env.pop("KUBEVINE_TOKEN", None)  # tasks never see the workflow secret
         self.deriver = Deriver(self.cache, config.workdir / "minitasks", self.base_env)  # untar, minitask
         self.poller.register(self.deriver.wake_r, zmq.POLLIN)
+        self.starter = Starter(config.workdir / "pystarter", self.base_env) if config.python_fork else None
         self.heartbeat_timeout = 30.0
         self._payloads: dict[TaskId, bytes] = {}
         self.libraries: dict[str, LibraryInstance] = {}
@@ -485,7 +488,8 @@ class WorkerService:
             self._ended(att, att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the sandbox: {e}"))
             return
         if a.spec.kind == TaskKind.PYTHON:
-            failed = sandbox.start_python(att, self.base_env, self._payloads.pop(a.spec.id, b""))
+            payload = self._payloads.pop(a.spec.id, b"")
+            failed = sandbox.start_python(att, self.base_env, payload, self.starter)
         else:
             failed = sandbox.start_command(att, self.base_env)
         if failed is not None:
@@ -725,6 +729,8 @@ class WorkerService:
             if att.proc is not None:
                 sandbox.kill_process(att.proc)
                 att.proc.wait()
+        if self.starter is not None:
+            self.starter.close()
         self.sandboxes.clear()
         self.server.close()
         self.fetcher.close()
