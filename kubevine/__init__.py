@@ -28,6 +28,7 @@ _WHERE = {
     "PythonTask": "kubevine.serverless",
     "RemoteError": "kubevine.results",
     "library_context": "kubevine.results",
+    "input_path": "kubevine.results",
     "File": "kubevine.task",
     "Task": "kubevine.task",
 }
@@ -46,6 +47,7 @@ __all__ = [
     "StoreUnavailable",
     "Task",
     "as_completed",
+    "input_path",
     "keys",
     "library_context",
 ]
@@ -68,6 +70,6 @@ if TYPE_CHECKING:
     from kubevine.executor import Executor
     from kubevine.local import LocalCluster
     from kubevine.protocol import Outcome
-    from kubevine.results import RemoteError, library_context
+    from kubevine.results import RemoteError, input_path, library_context
     from kubevine.serverless import FunctionCall, Library, PythonTask
     from kubevine.task import File, Task

@@ -323,6 +323,7 @@ class Manager:
             self._next_id += 1
             self._ids_left -= 1
             task.state = "submitted"
+            task._manager, task._value = self, None
             if task._future is not None and task._future.done():
                 task._future = None  # a resubmitted task gets a fresh future
             spec = task.spec(inputs, outputs)

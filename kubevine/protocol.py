@@ -27,7 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.resources import Resources
 
-PROTOCOL_VERSION = 2  # 2: small frames packed into one, payload frame indices on assignments
+PROTOCOL_VERSION = (
+    3  # 2: small frames packed into one, payload frame indices on assignments; 3: values kept as temp outputs
+)
+
+# A PythonTask's or FunctionCall's return value kept on its worker (``enable_temp_output``):
+# the name of the temp output it is written to, as ``cloudpickle.dumps(value)``.
+VALUE_FILE = "kubevine-value.pkl"
 DEFAULT_PORT = 9123
 
 

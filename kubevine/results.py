@@ -6,7 +6,10 @@ PythonTask's fresh interpreter, a library process) import nothing but cloudpickl
 
 from __future__ import annotations
 
+import os
+import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -63,3 +66,24 @@ def library_context() -> Any:
 def set_context(value: Any) -> None:
     global _context
     _context = value
+
+
+_call = threading.local()  # a library call's input files, per thread (direct mode runs calls on threads)
+
+
+def set_inputs(inputs: dict[str, str] | None) -> None:
+    _call.inputs = inputs
+
+
+def input_path(name: str) -> Path:
+    """Where an input file of the running task is, by the name it was added with
+    (``t.add_input(f, name)``). In a PythonTask or a command that is the sandbox, its working
+    directory; in a FunctionCall it is the worker's file cache (read it, do not change it)."""
+    inputs: dict[str, str] | None = getattr(_call, "inputs", None)
+    if inputs is None:
+        return Path(os.getcwd(), name)
+    try:
+        return Path(inputs[name])
+    except KeyError:
+        have = ", ".join(sorted(inputs)) or "none"
+        raise FileNotFoundError(f"this call has no input named {name!r} (its inputs: {have})") from None

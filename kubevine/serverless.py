@@ -23,13 +23,13 @@ from typing import Any
 
 import cloudpickle
 
-from kubevine.protocol import LibrarySpec, TaskKind
+from kubevine.protocol import VALUE_FILE, LibrarySpec, TaskKind
 from kubevine.resources import Resources
 from kubevine.results import RemoteError, decode_result
 from kubevine.results import encode_error as encode_error
 from kubevine.results import encode_ok as encode_ok
 from kubevine.results import library_context as library_context
-from kubevine.task import Task
+from kubevine.task import File, Task, declare_temp
 
 _STD_PATHS = tuple(
     p for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")} if p
@@ -69,19 +69,45 @@ class PythonTask(Task):
 
     _kind = TaskKind.PYTHON
 
+    _output_file: File | None = None
+
     def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(None)
         self.func = func
         self.args = args
         self.kwargs = kwargs
-        self._value_read = False
 
     def payload(self) -> bytes:
-        return dumps((self.func, self.args, self.kwargs), self.func)
+        value_file = VALUE_FILE if self._output_file is not None else None
+        return dumps((self.func, self.args, self.kwargs, value_file), self.func)
+
+    def enable_temp_output(self) -> None:
+        """Keep the return value on the worker that computed it, as a temp file (TaskVine's
+        call): it does not travel back; ``t.output_file`` is that file, an input for other
+        tasks (it holds ``cloudpickle.dumps(value)``), and ``t.output`` fetches it when read.
+        An exception still comes back as usual."""
+        if self._output_file is None:
+            self._output_file = declare_temp()
+            self.add_output(self._output_file, VALUE_FILE)
+
+    @property
+    def output_file(self) -> File | None:
+        """The temp file holding the return value (``enable_temp_output``), else None."""
+        return self._output_file
 
     @property
     def output(self) -> Any:
-        """The function's return value; raises the function's exception if it raised."""
+        """The function's return value; raises the function's exception if it raised.
+
+        With ``enable_temp_output``, the value is fetched from the worker holding it the
+        first time it is read (through the manager; ``FileNotFoundError`` if it is lost).
+        """
+        if self._output_file is not None and self.successful():
+            if self._value is None:
+                if self._manager is None:
+                    raise RuntimeError(f"{self!r} was not submitted here: there is no value to fetch")
+                self._value = self._manager.fetch_file(self._output_file)
+            return cloudpickle.loads(self._value)
         if self._output is None:
             if self.error:
                 raise RemoteError(self.error)
@@ -105,7 +131,7 @@ class FunctionCall(PythonTask):
         self.args = args
         self.kwargs = kwargs
 
-    def payload(self) -> bytes:
+    def payload(self) -> bytes:  # whether the value stays on the worker is in the spec's outputs
         data: bytes = cloudpickle.dumps((self.args, self.kwargs))
         return data
 

@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kubevine import filetree
 from kubevine.ids import CacheName, TaskId
@@ -147,6 +147,12 @@ class File:
         return f"File({self.kind.value}, {self.source()})"
 
 
+class _Fetches(Protocol):
+    """The manager a task was submitted to, as far as a task needs it."""
+
+    def fetch_file(self, file: File) -> bytes: ...
+
+
 class Task:
     """A command to run on a worker (TaskVine's ``Task``)."""
 
@@ -192,6 +198,8 @@ class Task:
         self.wall_time = 0.0
         self.worker: str | None = None
         self._output: bytes | None = None
+        self._value: bytes | None = None  # a temp output value, once fetched
+        self._manager: _Fetches | None = None  # set on submit
         self._attached = False  # rebuilt from the manager by Manager(attach=True)
         self._future: concurrent.futures.Future[Task] | None = None
 

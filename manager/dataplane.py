@@ -15,7 +15,6 @@ appends instructions, nothing else.
 
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING
 
 from kubevine.ids import CacheName, WorkerId
@@ -184,11 +183,15 @@ def producer_ended(core: Core, t: TaskEntry) -> None:
         for tid in core.waiting_for.pop(b.cache_name, set()):
             c = core.tasks.get(tid)
             if c is not None and c.state == S.WAITING:
+                mine = next(
+                    (i.remote_name for i in walk_bindings(c.spec.inputs) if i.cache_name == b.cache_name),
+                    b.remote_name,
+                )
                 core._finish(
                     c,
                     S.FAILED,
                     Outcome.INPUT_MISSING,
-                    error=f"input {b.remote_name!r} cannot be produced: task {t.spec.id} {t.state}",
+                    error=f"input {mine!r} ({b.cache_name}) cannot be produced: task {t.spec.id} {t.state}",
                 )
 
 
@@ -224,8 +227,7 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
     core.transactions.append(f"TASK {p.spec.id} regenerate file={name} cause={q(why)}")
     p.rerun = True
     p.result = None
-    core._move(p, S.READY, f"regenerating {name}: {why}")
-    heapq.heappush(core.ready, (-p.spec.priority, p.seq, p.spec.id))
+    core._make_ready(p, f"regenerating {name}: {why}")  # a call goes to its library's queue
     for b in walk_bindings(p.spec.inputs):  # its own lost inputs come first
         if b.kind == FileKind.TEMP and b.cache_name is not None and not catalog.available(b.cache_name):
             core._move(p, S.WAITING, f"input {b.cache_name} lost too")

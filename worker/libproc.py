@@ -11,7 +11,8 @@ threads otherwise): fastest, and calls share module state. ``fork`` forks a chil
 a call that mutates globals, leaks or crashes affects only itself.
 
 Frames from the worker: ``init`` (spec JSON, pickled functions and context), ``calls``
-(one msgpack frame: a list of [task id, attempt, function, pickled (args, kwargs)]),
+(one msgpack frame: a list of [task id, attempt, function, pickled (args, kwargs), extra],
+extra being nil or ``{"inputs": {name: path in the cache}, "value": keep the value}``),
 ``stop``. To the worker: ``ready`` or ``failed`` (traceback), then ``results`` (one msgpack
 frame: a list of [task id, attempt, ok, wall seconds, encoded result]).
 """
@@ -37,25 +38,34 @@ from kubevine import gctune, results
 from kubevine.protocol import LibrarySpec
 from kubevine.worker.lifeline import die_with
 
-Call = tuple[int, int, str]
+Call = tuple[int, int, str, dict[str, Any] | None]  # task id, attempt, function, inputs/value
 Result = tuple[int, int, bool, float, bytes]
 
 
 def run_call(
-    functions: dict[str, Callable[..., Any]], name: str, payload: bytes, lib: str
+    functions: dict[str, Callable[..., Any]], call: Call, payload: bytes, lib: str
 ) -> tuple[bool, bytes]:
-    """Run one call; (True, encoded value) or (False, encoded exception)."""
+    """Run one call; (True, encoded value) or (False, encoded exception). A call whose value
+    is kept on the worker gets back ``cloudpickle.dumps(value)`` itself (the temp's bytes)."""
+    name, extra = call[2], call[3] or {}
     fn = functions.get(name)
     if fn is None:
         err = LookupError(
             f"library {lib!r} has no function {name!r} (it has: {', '.join(sorted(functions))})"
         )
         return False, results.encode_error(err)
+    results.set_inputs(extra.get("inputs") or {})
     try:
         args, kwargs = cloudpickle.loads(payload)
-        return True, results.encode_ok(fn(*args, **kwargs))
+        value = fn(*args, **kwargs)
+        if extra.get("value"):
+            data: bytes = cloudpickle.dumps(value)
+            return True, data
+        return True, results.encode_ok(value)
     except BaseException as e:  # the user's exception travels back, the library stays up
         return False, results.encode_error(results.user_frames(e))
+    finally:
+        results.set_inputs(None)
 
 
 class Forked:
@@ -101,7 +111,7 @@ def _send_results(sock: zmq.Socket[bytes], results: list[Result]) -> None:
 
 
 def _recv_calls(parts: list[bytes]) -> list[tuple[Call, bytes]]:
-    return [((t, a, fn), p) for t, a, fn, p in msgpack.unpackb(parts[1])]
+    return [((t, a, fn, extra), p) for t, a, fn, p, extra in msgpack.unpackb(parts[1])]
 
 
 def serve_direct(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str, Callable[..., Any]]) -> int:
@@ -114,7 +124,7 @@ def serve_direct(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
 
     def one(call: Call, payload: bytes) -> Result:
         t0 = time.perf_counter()
-        ok, out = run_call(functions, call[2], payload, spec.name)
+        ok, out = run_call(functions, call, payload, spec.name)
         return (call[0], call[1], ok, time.perf_counter() - t0, out)
 
     def threaded(call: Call, payload: bytes) -> None:
@@ -161,7 +171,7 @@ def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
             if pid == 0:  # the child: run the call, write its result, vanish
                 die_with(library)
                 os.close(r)
-                ok, out = run_call(functions, call[2], payload, spec.name)
+                ok, out = run_call(functions, call, payload, spec.name)
                 data = (b"1" if ok else b"0") + out
                 view = memoryview(data)
                 while view:

@@ -38,7 +38,9 @@ class LibraryInstance:
     pidfd: int | None = None
     state: str = "starting"  # starting | ready | failed | stopped
     inflight: dict[tuple[int, int], tuple[Assignment, float]] = field(default_factory=dict)
-    outbox: list[tuple[Assignment, bytes]] = field(default_factory=list)
+    # calls to send: assignment, pickled arguments, and (if any) the paths of its inputs and
+    # whether its value is to be kept here (``{"inputs": {remote name: path}, "value": bool}``)
+    outbox: list[tuple[Assignment, bytes, dict[str, object] | None]] = field(default_factory=list)
     crashes: list[float] = field(default_factory=list)
     log_path: Path | None = None
 
@@ -73,9 +75,9 @@ class LibraryInstance:
         now = time.perf_counter()
         calls = []
         inflight = self.inflight
-        for a, payload in self.outbox:
+        for a, payload, extra in self.outbox:
             spec = a.spec
-            calls.append((spec.id, a.attempt, spec.function, payload))
+            calls.append((spec.id, a.attempt, spec.function, payload, extra))
             inflight[(spec.id, a.attempt)] = (a, now)
         self.outbox.clear()
         self.sock.send_multipart([b"calls", msgpack.packb(calls)])

@@ -3,7 +3,8 @@
 A PythonTask gets a process of its own, as a command does: isolation at the price of
 interpreter start-up and imports. (A FunctionCall in a library avoids both.) The result,
 or the exception with its traceback, is written to RESULT for the worker to send back,
-prefixed by one byte: ``1`` for a value, ``0`` for an exception.
+prefixed by one byte: ``1`` for a value, ``0`` for an exception. A task whose value stays on
+the worker (``enable_temp_output``) writes it to its temp output file in the sandbox instead.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ def main(argv: list[str]) -> int:
     payload_path, result_path = argv
     try:
         with open(payload_path, "rb") as f:
-            func, args, kwargs = cloudpickle.load(f)
-        out = b"1" + encode_ok(func(*args, **kwargs))
+            func, args, kwargs, value_file = cloudpickle.load(f)
+        value = func(*args, **kwargs)
+        if value_file:  # kept on the worker as a temp output: the result says only "done"
+            with open(value_file, "wb") as f:
+                cloudpickle.dump(value, f)
+            value = None
+        out = b"1" + encode_ok(value)
     except BaseException as e:  # the user's exception, reported, not raised
         out = b"0" + encode_error(user_frames(e))
     tmp = result_path + ".tmp"

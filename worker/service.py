@@ -13,6 +13,7 @@ starts only when its cores, memory, disk and gpus are free here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from kubevine import filetree
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
+    VALUE_FILE,
     Assignment,
     AttemptResult,
     CacheLevel,
@@ -49,6 +51,7 @@ from kubevine.protocol import (
     LibrarySpec,
     LibraryStatus,
     Outcome,
+    OutputFile,
     PeerLost,
     ProtocolError,
     Refused,
@@ -533,7 +536,7 @@ class WorkerService:
         if lib is None:
             return
         self._forget_library(lib)
-        for a, _ in lib.outbox:
+        for a, _, _ in lib.outbox:
             self._call_failed(a, f"library {name!r} is gone from this worker: {why}")
         for a, _ in list(lib.inflight.values()):
             self._call_failed(a, f"library {name!r} is gone from this worker: {why}")
@@ -549,14 +552,57 @@ class WorkerService:
         if lib is None or lib.state not in ("starting", "ready"):
             self._call_failed(a, f"library {a.spec.library!r} is not running on this worker")
             return
-        lib.outbox.append((a, self._payloads.pop(a.spec.id, b"")))
+        extra = None
+        if a.spec.inputs or a.spec.outputs:  # the call finds its inputs in the cache
+            extra = {
+                "inputs": {
+                    b.remote_name: str(self.cache.path(b.cache_name))
+                    for b in a.spec.inputs
+                    if b.cache_name is not None
+                },
+                "value": any(b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP for b in a.spec.outputs),
+            }
+        lib.outbox.append((a, self._payloads.pop(a.spec.id, b""), extra))
 
     def _call_failed(self, a: Assignment, why: str) -> None:
-        slot = self.slots.pop(a.spec.id, None)
+        slot = self.slots.get(a.spec.id)
         if slot is None or slot.assignment.attempt != a.attempt:
             return
         res = AttemptResult(task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.LIBRARY_ERROR, error=why)
-        self.finished.append((res, []))
+        self._call_ended(a, res, [])
+
+    def _call_ended(self, a: Assignment, res: AttemptResult, frames: list[bytes]) -> None:
+        """A call's result (or failure) is in: its inputs are free; a value to keep goes to the cache."""
+        del self.slots[a.spec.id]
+        self._release_inputs(a)
+        if res.outcome == Outcome.SUCCESS and frames:
+            for b in a.spec.outputs:
+                if b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP and b.cache_name is not None:
+                    res, frames = self._keep_value(b, res, frames[0]), []
+        self.finished.append((res, frames))
+
+    def _keep_value(self, b: FileBinding, res: AttemptResult, data: bytes) -> AttemptResult:
+        """A call's return value (pickled) stays here as its temp output, for its consumers."""
+        assert b.cache_name is not None
+        try:
+            self.evicted += self.cache.evict_for(len(data))
+            self.cache.put_bytes(b.cache_name, data, b.cache)
+        except OSError as e:
+            return res.model_copy(
+                update={
+                    "outcome": Outcome.SANDBOX_ERROR,
+                    "output_frame": None,
+                    "error": f"could not keep the value: {e}",
+                }
+            )
+        self.new_cached.append(b.cache_name)
+        out = OutputFile(
+            remote_name=b.remote_name,
+            cache_name=b.cache_name,
+            size=len(data),
+            checksum=hashlib.sha256(data).hexdigest(),
+        )
+        return res.model_copy(update={"output_frame": None, "outputs": [out]})
 
     def _library_events(self, events: dict[object, int]) -> None:
         for lib in list(self.libraries.values()):
@@ -575,8 +621,7 @@ class WorkerService:
                     slot = self.slots.get(res.task_id)
                     if slot is None or slot.assignment.attempt != res.attempt:
                         continue  # killed: nobody wants it
-                    del self.slots[res.task_id]
-                    self.finished.append((res, fr))
+                    self._call_ended(slot.assignment, res, fr)
             if lib.pidfd is not None and lib.pidfd in events:
                 self._library_died(lib)
         if not self.slots:
@@ -589,8 +634,9 @@ class WorkerService:
         why, failed = lib.died()
         log.warning("worker %s: %s; %d call(s) failed", self.worker_id, why, len(failed))
         for res, fr in failed:
-            if self.slots.pop(res.task_id, None) is not None:
-                self.finished.append((res, fr))
+            slot = self.slots.get(res.task_id)
+            if slot is not None:
+                self._call_ended(slot.assignment, res, fr)
         if was_ready and lib.may_restart():
             self._start_library(lib)  # the calls still queued will go to the new process
         else:
@@ -651,9 +697,10 @@ class WorkerService:
             return
         if slot.assignment.spec.kind == TaskKind.CALL:
             del self.slots[ref.task_id]  # a call in a library cannot be interrupted: its result is dropped
+            self._release_inputs(slot.assignment)
             lib = self.libraries.get(slot.assignment.spec.library or "")
             if lib is not None:
-                lib.outbox = [(a, p) for a, p in lib.outbox if a.spec.id != ref.task_id]
+                lib.outbox = [c for c in lib.outbox if c[0].spec.id != ref.task_id]
         elif slot.attempt is None:
             del self.slots[ref.task_id]
         else:
