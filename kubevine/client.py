@@ -62,6 +62,7 @@ from kubevine.protocol import (
     Submit,
     TaskKind,
     TaskSpec,
+    UndeclareFiles,
     Welcome,
     _Msg,
     decode,
@@ -499,6 +500,22 @@ class Manager:
 
     def cancel_by_task_tag(self, tag: str) -> None:
         self._send_control(Cancel(tag=tag))
+
+    def undeclare_file(self, file: File) -> None:
+        """The workflow no longer needs this file (TaskVine's call): workers delete their
+        copies — a copy a running task reads goes when that task ends — and for a temp the
+        manager forgets the task that wrote it, which is not run again to remake it. A file an
+        unfinished task still reads or writes is left alone, and the manager says so (logged
+        here as an error). Using the file again later sends or makes it anew."""
+        if file.kind == FileKind.TEMP and file.name is None:
+            return  # never made: nothing to forget
+        try:
+            name = file.cache_name()
+        except FileNotFoundError:
+            return  # a local file gone from disk was never sent under its current name
+        with self._lock:
+            self._sent_files.discard(name)
+        self._send_control(UndeclareFiles(cache_names=[name]))
 
     def status(self, timeout: float = 10.0) -> ManagerStatus:
         """What the manager says about the workflow now."""

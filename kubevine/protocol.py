@@ -317,6 +317,21 @@ class Cancel(_Msg):
     tag: str | None = None
 
 
+class UndeclareFiles(_Msg):
+    """Client → manager: these files are no longer needed (``m.undeclare_file``): workers
+    drop their copies; a temp's producer is forgotten (it will not be run again)."""
+
+    type: Literal["undeclare_files"] = "undeclare_files"
+    cache_names: list[CacheName]
+
+
+class ForgetFiles(_Msg):
+    """Manager → worker: delete these files from the cache (once no running task reads them)."""
+
+    type: Literal["forget_files"] = "forget_files"
+    cache_names: list[CacheName]
+
+
 class ClientResult(_Msg):
     """The final word on a task, as the client sees it."""
 
@@ -498,6 +513,8 @@ Message = Annotated[
     | PutFiles
     | Submit
     | Cancel
+    | UndeclareFiles
+    | ForgetFiles
     | Results
     | ResultsAck
     | Dispatch

@@ -66,6 +66,17 @@ class Catalog:
             self.holders.pop(name, None)
             self.node_count.pop(name, None)
 
+    def forget(self, name: CacheName, node_of: dict[WorkerId, str]) -> set[WorkerId]:
+        """Drop every trace of a file (undeclared); the workers that held it."""
+        held = set(self.holders.get(name, ()))
+        for wid in held:
+            self.remove(name, wid, node_of.get(wid, ""))
+        self.holders.pop(name, None)
+        self.node_count.pop(name, None)
+        self.info.pop(name, None)
+        self.arriving.pop(name, None)
+        return held
+
     def drop_worker(self, wid: WorkerId, node: str) -> list[CacheName]:
         """Forget a lost worker's files; the names no worker holds any more."""
         lost = []

@@ -164,9 +164,18 @@ class SendPeerLost:
     address: str | None
 
 
+@dataclass(slots=True)
+class SendForget:
+    """Tell ``worker`` to delete these files from its cache (undeclared by the client)."""
+
+    worker: WorkerId
+    names: list[CacheName]
+
+
 Instruction = (
     SendDispatch
     | SendKill
+    | SendForget
     | SendResults
     | SendAck
     | SendDrain
@@ -360,7 +369,7 @@ class Core:
             t = self.tasks.get(tid)
             if t is None or t.client != client or t.state not in FINAL:
                 continue
-            if any(b.kind == FileKind.TEMP for b in t.spec.outputs):
+            if self._makes_live_temps(t):
                 # kept: it may have to run again to regenerate a lost temp file; its result
                 # is the client's now (never sent again)
                 if t.result is not None:
@@ -368,13 +377,56 @@ class Core:
                     self.batch.collected.add(tid)
                     self.batch.results.pop(tid, None)
                 continue
-            del self.tasks[tid]
-            self.counts[t.state] -= 1
-            self.batch.deleted.add(tid)
-            self._dirty.pop(tid, None)
-            self.batch.records.pop(tid, None)
-            self.batch.results.pop(tid, None)
-            self.batch.specs.pop(tid, None)
+            self._forget_task(t)
+
+    def _makes_live_temps(self, t: TaskEntry) -> bool:
+        """It wrote a temp file that is still declared (it may have to write it again)."""
+        return any(
+            b.kind == FileKind.TEMP
+            and b.cache_name is not None
+            and self.producers.get(b.cache_name) == t.spec.id
+            for b in t.spec.outputs
+        )
+
+    def _forget_task(self, t: TaskEntry) -> None:
+        tid = t.spec.id
+        del self.tasks[tid]
+        self.counts[t.state] -= 1
+        self.batch.deleted.add(tid)
+        self._dirty.pop(tid, None)
+        self.batch.records.pop(tid, None)
+        self.batch.results.pop(tid, None)
+        self.batch.specs.pop(tid, None)
+
+    def undeclare(self, client: ClientId, names: Iterable[CacheName]) -> None:
+        """The client no longer needs these files: workers drop their copies, and a temp's
+        producer is forgotten once its result is delivered. A file that a task still to finish
+        reads or writes is left alone, and the client is told why."""
+        wanted = set(names)
+        busy: dict[CacheName, TaskId] = {}
+        for t in self.tasks.values():
+            if t.state in FINAL:
+                continue
+            for b in (*walk_bindings(t.spec.inputs), *t.spec.outputs):
+                if b.cache_name in wanted:
+                    busy.setdefault(b.cache_name, t.spec.id)
+        if busy:
+            what = ", ".join(f"{n} (task {tid})" for n, tid in sorted(busy.items())[:5])
+            why = f"not undeclared: still in use by unfinished tasks: {what}"
+            self.out.append(ClientError(client, "file_in_use", why, []))  # the tasks themselves go on
+        node_of = {wid: w.info.cache_group or w.info.node for wid, w in self.workers.items()}
+        by_worker: dict[WorkerId, list[CacheName]] = {}
+        for name in sorted(wanted - busy.keys()):
+            for wid in self.catalog.forget(name, node_of):
+                by_worker.setdefault(wid, []).append(name)
+            self.waiting_for.pop(name, None)
+            self.known_files.discard(name)
+            pid = self.producers.pop(name, None)
+            p = self.tasks.get(pid) if pid is not None else None
+            if p is not None and p.state in FINAL and p.result is None and not self._makes_live_temps(p):
+                self._forget_task(p)  # its result was delivered: nothing left of it to keep
+        for wid, forgotten in by_worker.items():
+            self.out.append(SendForget(wid, forgotten))
 
     def cancel(self, client: ClientId, task_ids: Iterable[TaskId], tag: str | None) -> list[TaskId]:
         chosen = [self.tasks[i] for i in task_ids if i in self.tasks]

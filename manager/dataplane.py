@@ -59,7 +59,10 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
         elif b.kind == FileKind.TEMP and not catalog.available(name):
             producer = core.producers.get(name)
             if producer is None:
-                return f"temp file for input {b.remote_name!r} has no task that produces it"
+                return (
+                    f"temp file for input {b.remote_name!r} ({name}) has no task that produces it "
+                    "(its producer was never submitted, or the file was undeclared)"
+                )
             p = core.tasks.get(producer)
             if p is not None and p.state in (S.FAILED, S.CANCELLED):
                 return f"input {b.remote_name!r} cannot be produced: its producer task {producer} {p.state}"

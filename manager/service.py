@@ -31,6 +31,7 @@ from kubevine.manager.core import (
     SendAck,
     SendDispatch,
     SendDrain,
+    SendForget,
     SendInstall,
     SendKill,
     SendPeerLost,
@@ -57,6 +58,7 @@ from kubevine.protocol import (
     FetchFile,
     FileData,
     FileRequest,
+    ForgetFiles,
     Goodbye,
     Heartbeat,
     Hello,
@@ -76,6 +78,7 @@ from kubevine.protocol import (
     StatusRequest,
     Submit,
     TaskRef,
+    UndeclareFiles,
     UpdateAck,
     Welcome,
     WorkerUpdate,
@@ -487,6 +490,8 @@ class ManagerService:
                     self._send_to("client", ins.client, Results(results=res), frames)
             elif isinstance(ins, SendKill):
                 self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
+            elif isinstance(ins, SendForget):
+                self._send_to("worker", ins.worker, ForgetFiles(cache_names=ins.names))
             elif isinstance(ins, SendDrain):
                 self._send_to("worker", ins.worker, Drain())
             elif isinstance(ins, SendInstall):
@@ -622,6 +627,8 @@ class ManagerService:
             core.remove_library(cid, msg.name)
         elif isinstance(msg, Cancel):
             core.cancel(cid, msg.task_ids, msg.tag)
+        elif isinstance(msg, UndeclareFiles):
+            core.undeclare(cid, msg.cache_names)
         elif isinstance(msg, IdBlockRequest):
             first, count = core.grant_ids()
             self._deferred.append((ident, IdBlock(first_task_id=first, count=count)))

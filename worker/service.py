@@ -43,6 +43,7 @@ from kubevine.protocol import (
     FileKind,
     FileRequest,
     FileSource,
+    ForgetFiles,
     Goodbye,
     Heartbeat,
     Hello,
@@ -160,6 +161,7 @@ class WorkerService:
         self.finished: list[tuple[AttemptResult, list[bytes]]] = []
         self.unacked: dict[tuple[TaskId, int], tuple[AttemptResult, list[bytes]]] = {}
         self.new_cached: list[CacheName] = []
+        self.doomed: set[CacheName] = set()  # undeclared while a task read them
         self.manager_id: str | None = None
         self.registered = False
         self.last_heard = 0.0
@@ -355,6 +357,12 @@ class WorkerService:
             self._remove_library(msg.name, "removed by the manager")
         elif isinstance(msg, FileData):
             self._file_arrived(msg, frames)
+        elif isinstance(msg, ForgetFiles):
+            for name in msg.cache_names:
+                if self.cache.pins.get(name):
+                    self.doomed.add(name)  # a running task reads it: deleted when it ends
+                else:
+                    self._drop(name)
         elif isinstance(msg, PeerLost):
             self.fetcher.source_lost(msg.worker, msg.address)
             self._fetches_settled()
@@ -656,13 +664,20 @@ class WorkerService:
             self._ended(att, res)
 
     def _release_inputs(self, a: Assignment) -> None:
-        """The task no longer needs its inputs: unpin them; drop task-level ones."""
+        """The task no longer needs its inputs: unpin them; drop task-level and undeclared ones."""
         for b in walk_bindings(a.spec.inputs):
             if b.cache_name is not None:
                 self.cache.unpin(b.cache_name)
-                if b.cache == CacheLevel.TASK and not self.cache.pins.get(b.cache_name):
-                    self.cache.remove(b.cache_name)
-                    self.evicted.append(b.cache_name)
+                if self.cache.pins.get(b.cache_name):
+                    continue
+                if b.cache == CacheLevel.TASK or b.cache_name in self.doomed:
+                    self._drop(b.cache_name)
+
+    def _drop(self, name: CacheName) -> None:
+        self.doomed.discard(name)
+        if self.cache.has(name):
+            self.cache.remove(name)
+            self.evicted.append(name)
 
     def _keep_temps(self, att: sandbox.Attempt, res: AttemptResult) -> AttemptResult:
         """Move temp outputs from the sandbox into the cache, where consumers fetch them."""

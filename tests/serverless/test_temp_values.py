@@ -97,7 +97,9 @@ def test_a_python_task_value_feeds_a_call(manager: Callable[..., Manager]) -> No
     assert [p.output for p in parts] == [[0, 1, 4], [0, 1, 4, 9]]
 
 
-def test_a_producer_that_raises_fails_clearly_and_so_does_its_consumer(manager: Callable[..., Manager]) -> None:
+def test_a_producer_that_raises_fails_clearly_and_so_does_its_consumer(
+    manager: Callable[..., Manager],
+) -> None:
     m = manager(workers=1)
     library(m)
     bad = FunctionCall("vals", "explode", 3)
@@ -113,7 +115,10 @@ def test_a_producer_that_raises_fails_clearly_and_so_does_its_consumer(manager: 
         _ = bad.output
     assert not consumer.successful()
     assert consumer.result == Outcome.INPUT_MISSING
-    assert f"input 'v' ({bad.output_file.cache_name()}) cannot be produced: task {bad.id} failed" == consumer.error
+    assert (
+        f"input 'v' ({bad.output_file.cache_name()}) cannot be produced: task {bad.id} failed"
+        == consumer.error
+    )
 
 
 def test_a_call_asking_for_an_input_it_lacks_gets_a_clear_error(manager: Callable[..., Manager]) -> None:

@@ -1,0 +1,99 @@
+"""``m.undeclare_file``: workers delete their copies, a temp's producer is forgotten by the
+manager, a file still in use is left alone with a clear message, and a file used again
+after being undeclared is sent or made anew."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kubevine import LocalCluster, Manager, Task
+from kubevine.protocol import Outcome
+
+
+def until(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def live_tasks(m: Manager) -> int:
+    return sum(m.status().tasks.values())
+
+
+def test_an_undeclared_temp_leaves_the_workers_and_its_producer_is_forgotten(tmp_path: Path) -> None:
+    with (
+        LocalCluster(workers=1, workdir=tmp_path / "c") as c,
+        Manager(c.address, token=c.token) as m,
+    ):
+        tmp = m.declare_temp()
+        producer = Task("seq 1 1000 > numbers")
+        producer.add_output(tmp, "numbers")
+        consumer = Task("wc -l < numbers")
+        consumer.add_input(tmp, "numbers")
+        m.submit(producer)
+        m.submit(consumer)
+        assert {m.wait(60), m.wait(60)} == {producer, consumer}
+        assert consumer.output.strip() == "1000"
+        cached = tmp_path / "c" / "worker-0" / "cache" / tmp.cache_name()
+        assert cached.exists()
+        until(lambda: live_tasks(m) == 1, "only the producer is kept (it may have to run again)")
+
+        m.undeclare_file(tmp)
+        until(lambda: not cached.exists(), "the worker deleted the temp")
+        until(lambda: live_tasks(m) == 0, "the manager forgot the producer")
+
+        late = Task("cat numbers")
+        late.add_input(tmp, "numbers")
+        m.submit(late)
+        assert m.wait(60) is late and late.result == Outcome.INPUT_MISSING
+        assert f"({tmp.cache_name()}) has no task that produces it" in (late.error or "")
+        assert "undeclared" in (late.error or "")
+
+
+def test_a_file_in_use_is_not_undeclared_and_the_client_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        LocalCluster(workers=1, workdir=tmp_path / "c") as c,
+        Manager(c.address, token=c.token) as m,
+    ):
+        data = m.declare_buffer("hello\n" * 100)
+        started = tmp_path / "started"
+        reader = Task(f"touch {started} && sleep 1 && wc -l < data")
+        reader.add_input(data, "data")
+        m.submit(reader)
+        until(started.exists, "the reader runs")
+        with caplog.at_level(logging.ERROR, logger="kubevine"):
+            m.undeclare_file(data)
+            until(lambda: "file_in_use" in caplog.text, "the manager says the file is in use")
+        assert f"{data.cache_name()} (task {reader.id})" in caplog.text
+        assert m.wait(60) is reader and reader.successful(), reader.error
+        assert reader.output.strip() == "100"
+        cached = tmp_path / "c" / "worker-0" / "cache" / data.cache_name()
+        assert cached.exists()
+
+
+def test_a_buffer_undeclared_and_used_again_is_sent_again(tmp_path: Path) -> None:
+    with (
+        LocalCluster(workers=1, workdir=tmp_path / "c") as c,
+        Manager(c.address, token=c.token) as m,
+    ):
+        data = m.declare_buffer("a\nb\nc\n")
+        cached = tmp_path / "c" / "worker-0" / "cache" / data.cache_name()
+        first = Task("wc -l < data")
+        first.add_input(data, "data")
+        m.submit(first)
+        assert m.wait(60) is first and first.output.strip() == "3"
+        m.undeclare_file(data)
+        until(lambda: not cached.exists(), "the worker deleted the buffer")
+        again = Task("wc -l < data")
+        again.add_input(data, "data")
+        m.submit(again)
+        assert m.wait(60) is again and again.successful(), again.error
+        assert again.output.strip() == "3"
