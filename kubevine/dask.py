@@ -398,6 +398,7 @@ class RunStats:
     graph_sends: int = 0  # calls that carried the graph inside (a library missed the cached file)
     bytes_to_workers: int = 0  # input values sent with calls (graph excluded)
     bytes_to_client: int = 0  # values that came back
+    kept_calls: int = 0  # calls whose values stayed on their worker, read there by later calls
     seconds: float = 0.0
     node_seconds: float = 0.0  # time spent running nodes, as the workers measured it
 
@@ -447,7 +448,7 @@ class _Run:
         )
         self.values: dict[Key, bytes] = {}
         self.results: queue.SimpleQueue[tuple[Batch, Task]] = queue.SimpleQueue()
-        self.inflight: dict[int, Task] = {}
+        self.inflight: dict[int, PythonTask] = {}
         self.tag = f"kubevine-dask-{uuid.uuid4().hex[:12]}"
         self.est: float | None = None  # seconds per node, measured
         self.parallel = 1
@@ -456,6 +457,11 @@ class _Run:
         self.library = ""
         self.graph_file: File | None = None
         self.stats = RunStats()
+        # values left on workers (worker_transfers): batch id -> its value file, key -> batch
+        # id, batch id -> its outputs still needed (the file is undeclared at zero)
+        self.kept_files: dict[int, File] = {}
+        self.where: dict[Key, int] = {}
+        self.kept_refs: dict[int, int] = {}
 
     # -- setup -----------------------------------------------------------------------
 
@@ -519,6 +525,8 @@ class _Run:
                 except BaseException:
                     self._cancel()
                     raise
+                finally:
+                    self._undeclare(list(self.kept_files))
         out = {}
         for k in self.g.requested:
             out[k] = self.g.nodes[k]() if k in self.g.data else dask_exec.loads(self.values[k])
@@ -594,21 +602,50 @@ class _Run:
             self._submit(batch)
 
     def _submit(self, batch: Batch, *, with_graph: bool = False) -> None:
-        inputs = {k: self.values[k] for k in batch.inputs}
+        inputs = {k: self.values[k] for k in batch.inputs if k in self.values}
         self.stats.bytes_to_workers += sum(len(v) for v in inputs.values())
-        call: Task
+        from_files: dict[int, list[Key]] = {}  # values other batches left on workers
+        for k in batch.inputs:
+            if k not in inputs:
+                from_files.setdefault(self.where[k], []).append(k)
+        kept = {f"kept-{bid}": ks for bid, ks in from_files.items()} or None
+        # a batch whose values only other batches read leaves them on its worker (not while
+        # probing node times: a kept call reports only its wall time, start-up included)
+        keep = (
+            not self._probing()
+            and self.opts.worker_transfers
+            and bool(batch.outputs)
+            and not any(k in self.planner.requested for k in batch.outputs)
+        )
+        call: PythonTask
         if self.opts.task_mode == "tasks":
-            call = PythonTask(dask_exec.kubevine_dask_task, self.graph_id, batch.keys, inputs, batch.outputs)
+            call = PythonTask(
+                dask_exec.kubevine_dask_task, self.graph_id, batch.keys, inputs, batch.outputs, kept
+            )
             for name, value in self.opts.resources.items():
                 getattr(call, f"set_{name}")(value)
         else:
             blob = self.blob if with_graph else None
             self.stats.graph_sends += with_graph
             call = FunctionCall(
-                self.library, "kubevine_dask_batch", self.graph_id, blob, batch.keys, inputs, batch.outputs
+                self.library,
+                "kubevine_dask_batch",
+                self.graph_id,
+                blob,
+                batch.keys,
+                inputs,
+                batch.outputs,
+                kept,
+                keep,
             )
         assert self.graph_file is not None
         call.add_input(self.graph_file, dask_exec.GRAPH_FILE)
+        for bid in from_files:
+            call.add_input(self.kept_files[bid], f"kept-{bid}")
+        if keep:
+            call.enable_temp_output()
+            assert call.output_file is not None
+            self.kept_files[batch.id] = call.output_file
         call.set_retries(self.opts.retries)
         call.set_tag(self.tag)
         call.future.add_done_callback(functools.partial(self._arrived, batch))
@@ -625,22 +662,51 @@ class _Run:
         if task.result != Outcome.SUCCESS and task.result != Outcome.EXCEPTION:
             keys = ", ".join(repr(k) for k in batch.keys[:3]) + (" ..." if len(batch.keys) > 3 else "")
             raise RemoteError(f"dask keys {keys} could not run: {task.result}: {task.error}")
-        reply = task.output  # raises the node's own exception, with its remote traceback
+        kept = batch.id in self.kept_files
+        try:
+            # raises the node's own exception, with its remote traceback; a kept value stays put
+            reply = (OK, {}, task.wall_time) if kept and task.successful() else task.output
+        except dask_exec.NeedGraph:
+            self._submit(batch, with_graph=True)
+            return 0
         if reply[0] == NEED_GRAPH:
             self._submit(batch, with_graph=True)
             return 0
         assert reply[0] == OK, reply[0]
         _, out, seconds = reply
+        if kept:
+            self.stats.kept_calls += 1
+            self.kept_refs[batch.id] = len(batch.outputs)
+            for k in batch.outputs:
+                self.where[k] = batch.id
         per_node = seconds / max(1, len(batch.keys))
         self.est = per_node if self.est is None else 0.7 * self.est + 0.3 * per_node
         self.stats.node_seconds += seconds
         self.stats.nodes += len(batch.keys)
         self.stats.bytes_to_client += sum(len(v) for v in out.values())
         self.values.update(out)
+        done: list[int] = []
         for k in self.planner.done(batch):
             if self.opts.prune:
                 self.values.pop(k, None)
+                bid = self.where.pop(k, None)
+                if bid is not None:
+                    self.kept_refs[bid] -= 1
+                    if self.kept_refs[bid] == 0:
+                        done.append(bid)
+        self._undeclare(done)
         return len(batch.keys)
+
+    def _undeclare(self, batch_ids: list[int]) -> None:
+        """Values left on workers that no call needs any more: workers drop them."""
+        for bid in batch_ids:
+            f = self.kept_files.pop(bid, None)
+            self.kept_refs.pop(bid, None)
+            if f is not None and f.name is not None:
+                try:
+                    self.m.undeclare_file(f)
+                except Exception:  # a closed manager: its workers forget the workflow anyway
+                    log.debug("could not undeclare %s", f.name, exc_info=True)
 
     def _cancel(self) -> None:
         """Stop what is left of this graph only; the manager and workers keep serving."""

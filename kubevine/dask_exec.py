@@ -29,6 +29,8 @@ from typing import Any
 
 import cloudpickle
 
+from kubevine import results
+
 Key = Hashable
 NEED_GRAPH = "need-graph"
 OK = "ok"
@@ -104,9 +106,13 @@ def _graph(graph_id: str, blob: bytes | None) -> Mapping[Key, Any] | None:
             _graphs.move_to_end(graph_id)
             return g
     if blob is None:
-        for d in _cache_dirs():
+        try:
+            places = [str(results.input_path(GRAPH_FILE))]  # the call's own input
+        except FileNotFoundError:
+            places = []
+        for path in places + [os.path.join(d, graph_id) for d in _cache_dirs()]:
             try:
-                with open(os.path.join(d, graph_id), "rb") as f:
+                with open(path, "rb") as f:
                     blob = f.read()
                 break
             except OSError:
@@ -121,31 +127,63 @@ def _graph(graph_id: str, blob: bytes | None) -> Mapping[Key, Any] | None:
     return loaded
 
 
+class NeedGraph(LookupError):
+    """A batch whose values stay on the worker found no graph: it cannot answer NEED_GRAPH."""
+
+
+def kept_inputs(inputs: dict[Key, bytes], kept: Mapping[str, list[Key]] | None) -> dict[Key, bytes]:
+    """``inputs`` plus the values other batches left on workers: ``kept`` maps the name of
+    each such batch's value file (an input of this call) to the keys needed from it."""
+    if not kept:
+        return inputs
+    merged = dict(inputs)
+    for name, wanted in kept.items():
+        with open(results.input_path(name), "rb") as f:
+            reply = cloudpickle.load(f)  # (OK, {key: pickled value}, seconds), as returned
+        values = reply[1]
+        for k in wanted:
+            merged[k] = values[k]
+    return merged
+
+
 def kubevine_dask_batch(
-    graph_id: str, blob: bytes | None, keys: list[Key], inputs: dict[Key, bytes], outputs: list[Key]
+    graph_id: str,
+    blob: bytes | None,
+    keys: list[Key],
+    inputs: dict[Key, bytes],
+    outputs: list[Key],
+    kept: Mapping[str, list[Key]] | None = None,
+    keep: bool = False,
 ) -> tuple[Any, ...]:
     """A library function: run a batch of nodes of graph ``graph_id`` (a cache name).
 
-    Returns ``(OK, {key: pickled value}, seconds spent running nodes)``, or ``(NEED_GRAPH,)``.
+    Returns ``(OK, {key: pickled value}, seconds spent running nodes)``, or ``(NEED_GRAPH,)``
+    (raised as :class:`NeedGraph` when ``keep``: the reply stays on the worker, unread).
     A node's exception propagates unchanged (with a note naming its key).
     """
     graph = _graph(graph_id, blob)
     if graph is None:
+        if keep:
+            raise NeedGraph(f"dask graph {graph_id} is not in this worker's cache")
         return (NEED_GRAPH,)
     enable_file_cache()
     t0 = time.perf_counter()
-    out = run_nodes(graph, keys, inputs, outputs)
+    out = run_nodes(graph, keys, kept_inputs(inputs, kept), outputs)
     return (OK, out, time.perf_counter() - t0)
 
 
 def kubevine_dask_task(
-    graph_id: str, keys: list[Key], inputs: dict[Key, bytes], outputs: list[Key]
+    graph_id: str,
+    keys: list[Key],
+    inputs: dict[Key, bytes],
+    outputs: list[Key],
+    kept: Mapping[str, list[Key]] | None = None,
 ) -> tuple[Any, ...]:
     """A PythonTask ("tasks" mode): the graph is the sandbox's input file ``GRAPH_FILE``."""
     with open(GRAPH_FILE, "rb") as f:
         graph = pickle.load(f)
     t0 = time.perf_counter()
-    out = run_nodes(graph, keys, inputs, outputs)
+    out = run_nodes(graph, keys, kept_inputs(inputs, kept), outputs)
     return (OK, out, time.perf_counter() - t0)
 
 

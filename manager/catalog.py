@@ -105,10 +105,14 @@ class Catalog:
         peers: dict[WorkerId, tuple[str | None, str]],
         manager_has: bool,
         cache: CacheLevel,
+        serving: set[str] | None = None,
     ) -> StageIn | None:
         """Sources for ``dest`` to fetch ``name`` from, best first; None: wait, it is on its way.
 
-        ``peers`` maps worker ids to (transfer address, node) for connected workers.
+        ``peers`` maps worker ids to (transfer address, node) for connected workers. The limit
+        of transfers per source gates a task, not each of its files: a source in ``serving``
+        already serves this task's other inputs and takes this one too (a task reading more
+        files from one peer than the limit would otherwise wait for ever).
         """
         info = self.info.get(name) or FileInfo()
         stage = StageIn(cache_name=name, sources=[], checksum=info.checksum, size=info.size, cache=cache)
@@ -129,12 +133,21 @@ class Catalog:
         # Peers first: each copy that lands is one more source, so a popular file fans out as
         # a tree. The manager and the URL serve only when no sound peer has it.
         candidates = peer if peer else origin + last
-        first = next((s for s in candidates if self.busy(self.source_key(s)) < self.source_limit), None)
+        taken = serving if serving is not None else set()
+        first = next(
+            (
+                s
+                for s in candidates
+                if self.source_key(s) in taken or self.busy(self.source_key(s)) < self.source_limit
+            ),
+            None,
+        )
         if first is None and candidates:
             return None  # every source that should serve it is at its limit: wait for one
         stage.sources = ([first] if first else []) + [s for s in peer + origin + last if s is not first]
         if first is not None:
             src = self.source_key(first)
+            taken.add(src)
             self.inflight[(dest, name)] = src
             self.outgoing[src] = self.outgoing.get(src, 0) + 1
             self.arriving.setdefault(name, set()).add(node)

@@ -801,6 +801,8 @@ class Core:
         cap = lib.capacity()
         ready = lib.ready
         usable = [w for w in workers if (i := w.libs.get(name)) is not None and i.state == "ready"]
+        later: list[tuple[float, int, TaskId]] = []  # calls whose inputs cannot be staged yet
+        peers: dict[WorkerId, tuple[str | None, str]] | None = None
         while ready:
             best: WorkerEntry | None = None
             best_active = cap
@@ -814,7 +816,16 @@ class Core:
             t = self.tasks.get(item[2])
             if t is None or t.state != S.READY:
                 continue
-            self._dispatch_call(t, best, best.libs[name])
+            stages: list[StageIn] | None = []
+            if t.spec.inputs:
+                peers = self._peers() if peers is None else peers
+                stages = dataplane.stage_for(self, self.catalog, t, best, peers)
+            if stages is None:  # an input's sources are all busy: the call waits for a free one
+                later.append(item)
+                continue
+            self._dispatch_call(t, best, best.libs[name], stages)
+        for item in later:
+            heapq.heappush(ready, item)
         if (
             ready
             and lib.broken is None
@@ -888,10 +899,10 @@ class Core:
                 w.committed.add(o.spec.resources)
         return None
 
-    def _dispatch_call(self, t: TaskEntry, w: WorkerEntry, inst: Instance) -> None:
+    def _dispatch_call(self, t: TaskEntry, w: WorkerEntry, inst: Instance, stages: list[StageIn]) -> None:
         inst.active += 1
         w.calls += 1
-        self._dispatch_to(t, w)
+        self._dispatch_to(t, w, stages)
 
     # ------------------------------------------------------------- time
 

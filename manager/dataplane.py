@@ -83,6 +83,7 @@ def stage_for(
     """
     stages: list[StageIn] = []
     planned: list[CacheName] = []
+    serving: set[str] = set()  # sources this task already takes a file from
     group = w.info.cache_group or w.info.node
 
     def need(b: FileBinding) -> bool:
@@ -94,7 +95,7 @@ def stage_for(
                 return True
             parts = [b.source] if b.source is not None else list(b.mini.inputs if b.mini else [])
             return all(need(p) for p in parts)
-        stage = catalog.plan(name, w.id, group, peers, name in core.known_files, b.cache)
+        stage = catalog.plan(name, w.id, group, peers, name in core.known_files, b.cache, serving)
         if stage is None:
             return False
         if stage.sources:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -87,3 +89,23 @@ def test_tasks_mode_runs_batches_as_python_tasks_with_the_same_result(m: Manager
     assert m.get(dsk, root, task_mode="tasks", resources={"cores": 1}) == dask.get(dsk, root)
     stats = last_stats(m)
     assert stats is not None and stats.nodes == len(dsk) and stats.calls <= 4  # one batch per slot, at first
+
+
+def test_values_crossing_batches_stay_on_workers_and_are_dropped_after(m: Manager, dask_cluster: Any) -> None:
+    """worker_transfers: a value one batch makes and another reads moves worker to worker (or
+    not at all), never through the client; once the graph is done, workers drop them."""
+    n, mb = 6, 2
+    dsk: dict[object, object] = {("big", i): (big_array, i, mb) for i in range(n)}
+    for i in range(n):
+        dsk[("total", i)] = (total, ("big", i))
+    dsk["sum"] = (summed, *[("total", i) for i in range(n)])
+    # one node per call: every big array crosses from its batch to the one that sums it
+    assert m.get(dsk, "sum", batch_size=1) == dask.get(dsk, "sum")
+    stats = last_stats(m)
+    assert stats is not None and stats.kept_calls >= n
+    assert stats.bytes_to_client < 10_000 and stats.bytes_to_workers < 10_000
+    caches = [p for p in Path(dask_cluster.workdir).glob("worker-*/cache")]
+    deadline = time.monotonic() + 30
+    while left := [f.name for c in caches for f in c.iterdir() if f.name.startswith("temp-")]:
+        assert time.monotonic() < deadline, f"kept values were not dropped after the graph finished: {left}"
+        time.sleep(0.05)
