@@ -36,6 +36,7 @@ from kubevine import auth, filetree
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
+    VALUE_FILE,
     Cancel,
     ClientResult,
     ErrorMsg,
@@ -311,7 +312,7 @@ class Manager:
                 remote_name=remote, kind=f.kind, cache=f.cache, to_client=f.kind == FileKind.LOCAL
             )
             if f.kind == FileKind.TEMP:  # named after the task that writes it
-                f.name = b.cache_name = temp_name(_definition(task, inputs), remote)
+                f.name = b.cache_name = temp_name(_definition(task, inputs) + (f.nonce or ""), remote)
             outputs.append(b)
         with self._lock:
             if self._ids_left == 0:
@@ -695,6 +696,7 @@ class Manager:
                 if spec.id in self._tasks:
                     continue
                 t = _task_from_spec(spec)
+                t._manager = self  # a value kept on a worker is fetched through us
                 self._tasks[spec.id] = t
                 self.attached.append(t)
             self._cv.notify_all()
@@ -875,6 +877,9 @@ def _task_from_spec(spec: TaskSpec) -> Task:
         t = Task(spec.command)
     t.tag, t.category, t.priority, t.retries = spec.tag, spec.category, spec.priority, spec.retries
     t.env, t.time_max = dict(spec.env), spec.time_max
+    for b in spec.outputs:
+        if isinstance(t, PythonTask) and b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP:
+            t._output_file = File(FileKind.TEMP, b.cache, name=b.cache_name)  # its value stayed on a worker
     t.id = spec.id
     t.state = "submitted"
     t._attached = True  # rebuilt without payload, inputs or outputs: not to be run again

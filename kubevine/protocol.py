@@ -33,7 +33,7 @@ PROTOCOL_VERSION = (
 
 # A PythonTask's or FunctionCall's return value kept on its worker (``enable_temp_output``):
 # the name of the temp output it is written to, as ``cloudpickle.dumps(value)``.
-VALUE_FILE = "kubevine-value.pkl"
+VALUE_FILE = ".kubevine-value.pkl"  # a reserved name: no input or output of the user's can take it
 DEFAULT_PORT = 9123
 
 

@@ -69,9 +69,12 @@ def set_context(value: Any) -> None:
 
 
 _call = threading.local()  # a library call's input files, per thread (direct mode runs calls on threads)
+_in_library = False  # this process is a library: inputs are known only on a call's own thread
 
 
 def set_inputs(inputs: dict[str, str] | None) -> None:
+    global _in_library
+    _in_library = True
     _call.inputs = inputs
 
 
@@ -81,6 +84,11 @@ def input_path(name: str) -> Path:
     directory; in a FunctionCall it is the worker's file cache (read it, do not change it)."""
     inputs: dict[str, str] | None = getattr(_call, "inputs", None)
     if inputs is None:
+        if _in_library:
+            raise RuntimeError(
+                "kubevine.input_path works on the thread that runs the call: look the path up "
+                "there and hand it to the threads the call starts"
+            )
         return Path(os.getcwd(), name)
     try:
         return Path(inputs[name])

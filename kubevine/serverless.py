@@ -18,6 +18,7 @@ import hashlib
 import sys
 import sysconfig
 import types
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,8 +88,11 @@ class PythonTask(Task):
         tasks (it holds ``cloudpickle.dumps(value)``), and ``t.output`` fetches it when read.
         An exception still comes back as usual."""
         if self._output_file is None:
+            # unique to this task, even if another computes the same call: a function need
+            # not be deterministic (what temps named after their producer assume)
             self._output_file = declare_temp()
-            self.add_output(self._output_file, VALUE_FILE)
+            self._output_file.nonce = uuid.uuid4().hex
+            self.outputs.append((self._output_file, VALUE_FILE))  # a reserved name, ours
 
     @property
     def output_file(self) -> File | None:

@@ -56,6 +56,7 @@ class File:
     archive: File | None = None  # UNTAR: the archive to unpack
     mini: Task | None = None  # MINITASK: the command task that makes it
     mini_output: str | None = None  # MINITASK: where that task leaves it in its sandbox
+    nonce: str | None = None  # TEMP: makes its name unique to this declaration (a kept value)
 
     def cache_name(self) -> CacheName:
         """The name workers cache it under: derived from what the file is."""

@@ -279,10 +279,14 @@ class Core:
 
     def _make_ready(self, t: TaskEntry, cause: str) -> None:
         t.worker = None
+        lib = self.libraries.get(t.spec.library or "") if t.spec.kind == TaskKind.CALL else None
+        if t.spec.kind == TaskKind.CALL and lib is None:  # removed while the call was out
+            self._finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=f"library {t.spec.library!r} was removed")
+            return
         self._move(t, S.READY, cause)
         item = (-t.spec.priority, t.seq, t.spec.id)
-        if t.spec.kind == TaskKind.CALL:
-            heapq.heappush(self.libraries[t.spec.library or ""].ready, item)
+        if lib is not None:
+            heapq.heappush(lib.ready, item)
         else:
             heapq.heappush(self.ready, item)
 

@@ -26,6 +26,7 @@ from kubevine.protocol import (
     Outcome,
     OutputFile,
     StageIn,
+    TaskKind,
     TaskSpec,
     TransferRecord,
     walk_bindings,
@@ -228,6 +229,16 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
             core.waiting_for.setdefault(name, set()).add(t.spec.id)
     if p.state != S.DONE:
         return  # already on its way again
+    if p.spec.kind == TaskKind.CALL and (p.spec.library or "") not in core.libraries:
+        # it cannot run again: what waits for the file fails, saying why
+        why = f"it was lost ({why}) and its producer's library {p.spec.library!r} was removed"
+        for tid in core.waiting_for.pop(name, set()):
+            c = core.tasks.get(tid)
+            if c is not None and c.state == S.WAITING:
+                core._finish(
+                    c, S.FAILED, Outcome.INPUT_MISSING, error=f"input {name} cannot be made again: {why}"
+                )
+        return
     core.transactions.append(f"TASK {p.spec.id} regenerate file={name} cause={q(why)}")
     p.rerun = True
     p.result = None

@@ -22,10 +22,12 @@ def main(argv: list[str]) -> int:
     try:
         with open(payload_path, "rb") as f:
             func, args, kwargs, value_file = cloudpickle.load(f)
+        value_path = os.path.abspath(value_file) if value_file else None  # before the task can chdir
         value = func(*args, **kwargs)
-        if value_file:  # kept on the worker as a temp output: the result says only "done"
-            with open(value_file, "wb") as f:
+        if value_path:  # kept on the worker as a temp output: the result says only "done"
+            with open(value_path + ".tmp", "wb") as f:
                 cloudpickle.dump(value, f)
+            os.replace(value_path + ".tmp", value_path)
             value = None
         out = b"1" + encode_ok(value)
     except BaseException as e:  # the user's exception, reported, not raised

@@ -5,7 +5,8 @@ packages and cloudpickle: ~40 ms quiet and well over 100 ms on a loaded node, mo
 tasks run. A worker pays that once: ``python -m kubevine.worker.pystarter SOCKET_FD WORKER_PID``
 is a starter that imports only what ``pyrunner`` needs, never runs user code itself, and
 forks a child per task. The child sets up exactly what a new interpreter would get — its own
-session, the sandbox as working directory and ``sys.path[0]``, the task's environment,
+session, the sandbox as working directory and ``sys.path[0]``, the task's environment (and
+its ``TZ``),
 stdout and stderr to the task's output file, stdin from /dev/null — then runs the task as
 ``pyrunner`` does and exits as an interpreter does (non-daemon threads joined, atexit
 handlers run). No module of the user's is loaded before the task runs, and nothing a task
@@ -17,7 +18,9 @@ gets a really new interpreter instead (see ``worker/sandbox.py``).
 The worker and the starter talk over a socketpair, one request and one reply at a time,
 each a length-prefixed pickle (both ends are ours): ``("start", sandbox, env, payload,
 result, stdout)`` → ``("pid", pid)`` or ``("error", text)``; ``("reap", pid)`` → ``("code",
-exit code or None)``. The starter reaps a child only when asked, so the pid the worker holds
+exit code or None)``. The starter answers a start once the child has a session of its own
+(the child closes a pipe then), so a kill sent right after the start reaches it by
+``killpg``. It reaps a child only when asked, so the pid the worker holds
 (and its pidfd, and ``killpg`` on it) stays valid until the worker is done with it. The
 starter dies with its worker (PR_SET_PDEATHSIG) and exits when the socket closes.
 """
@@ -32,6 +35,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -174,13 +178,14 @@ class Starter:
 
 
 def _child(
-    sock: socket.socket, sandbox: str, env: dict[str, str], payload: str, result: str, out: str
+    sock: socket.socket, ready: int, sandbox: str, env: dict[str, str], payload: str, result: str, out: str
 ) -> None:
     """In the forked child: become the task's interpreter, run it, exit. Never returns."""
     code = 1
     try:
         sock.close()
         os.setsid()
+        os.close(ready)  # in a session of its own now: killpg on its pid reaches it
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -191,6 +196,7 @@ def _child(
         os.chdir(sandbox)
         os.environ.clear()
         os.environ.update(env)
+        time.tzset()  # as a new interpreter would read TZ
         sys.path[0] = sandbox
         sys.argv = [pyrunner.__file__, payload, result]
         code = pyrunner.main([payload, result])
@@ -211,13 +217,20 @@ def serve(sock: socket.socket) -> int:
         if req[0] == "start":
             sys.stdout.flush()
             sys.stderr.flush()
+            r, w = os.pipe()
             try:
                 pid = os.fork()
             except OSError as e:
+                os.close(r)
+                os.close(w)
                 send(sock, ("error", f"fork failed: {e}"))
                 continue
             if pid == 0:
-                _child(sock, *req[1:])
+                os.close(r)
+                _child(sock, w, *req[1:])
+            os.close(w)
+            os.read(r, 1)  # EOF once the child has its own session (or has died): then answer
+            os.close(r)
             send(sock, ("pid", pid))
         elif req[0] == "reap":
             try:

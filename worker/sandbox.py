@@ -157,8 +157,13 @@ def start_python(
         env = _begin(att, base_env)
         att.proc = starter.start(att.sandbox, env, att.payload_path, result, stdout_path(att.sandbox))
         if att.proc is not None:
-            att.pidfd = os.pidfd_open(att.proc.pid)  # the starter keeps it unreaped until we ask
-            return None
+            try:
+                att.pidfd = os.pidfd_open(att.proc.pid)  # the starter keeps it unreaped until we ask
+                return None
+            except OSError:  # cannot watch it (the starter died and it was reaped, or no fds)
+                kill_process(att.proc)
+                att.proc.wait()
+                att.proc = None  # started again below as a new interpreter
     argv = [sys.executable, "-m", "kubevine.worker.pyrunner", str(att.payload_path), str(result)]
     return start_command(att, base_env, argv=argv)
 
@@ -252,12 +257,18 @@ def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) ->
     return att.result(Outcome.SUCCESS, exit_code=code, output_frame=0, outputs=outputs)
 
 
-def kill_process(proc: subprocess.Popen[bytes] | Forked) -> None:
-    """SIGKILL the task's whole process group (it runs in a session of its own)."""
+def kill_process(proc: subprocess.Popen[bytes] | Forked, pidfd: int | None = None) -> None:
+    """SIGKILL the task's whole process group (it runs in a session of its own), and the
+    process itself through its pidfd, which cannot name a reused pid."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    if pidfd is not None:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass  # it has exited already
 
 
 def _read_capped(path: Path, cap: int) -> bytes:

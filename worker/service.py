@@ -312,7 +312,7 @@ class WorkerService:
         now = time.perf_counter()
         for att in self.by_fd.values():
             if att.deadline is not None and now >= att.deadline and att.proc is not None:
-                sandbox.kill_process(att.proc)
+                sandbox.kill_process(att.proc, att.pidfd)
 
     def _drain_socket(self) -> None:
         assert self.sock is not None
@@ -643,7 +643,7 @@ class WorkerService:
         log.warning("worker %s: %s; %d call(s) failed", self.worker_id, why, len(failed))
         for res, fr in failed:
             slot = self.slots.get(res.task_id)
-            if slot is not None:
+            if slot is not None and slot.assignment.attempt == res.attempt:
                 self._call_ended(slot.assignment, res, fr)
         if was_ready and lib.may_restart():
             self._start_library(lib)  # the calls still queued will go to the new process
@@ -716,12 +716,13 @@ class WorkerService:
             lib = self.libraries.get(slot.assignment.spec.library or "")
             if lib is not None:
                 lib.outbox = [c for c in lib.outbox if c[0].spec.id != ref.task_id]
-        elif slot.attempt is None:
+        elif slot.attempt is None:  # still waiting for inputs or room: it never started
             del self.slots[ref.task_id]
+            self._release_inputs(slot.assignment)
         else:
             slot.attempt.killed = True
             if slot.attempt.proc is not None:
-                sandbox.kill_process(slot.attempt.proc)
+                sandbox.kill_process(slot.attempt.proc, slot.attempt.pidfd)
 
     def _settle_call_starts(self, now: float) -> None:
         """Report the start of calls still running after CALL_START_DELAY (or along with an
@@ -789,7 +790,7 @@ class WorkerService:
             lib.stop()
         for att in self.by_fd.values():
             if att.proc is not None:
-                sandbox.kill_process(att.proc)
+                sandbox.kill_process(att.proc, att.pidfd)
                 att.proc.wait()
         if self.starter is not None:
             self.starter.close()

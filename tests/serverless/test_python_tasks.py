@@ -237,3 +237,16 @@ def test_a_task_setting_a_start_up_variable_gets_a_new_interpreter(manager: Call
     assert flagged.output[0] == 1  # the interpreter read it as it started
     assert "kubevine.worker.pystarter" in cmdline(plain.output[1])
     assert "kubevine.worker.pystarter" not in cmdline(flagged.output[1])
+
+
+def zone() -> tuple[str, str]:
+    return time.tzname[0], time.tzname[1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_python_task_keeps_the_time_zone_it_was_given(manager: Callable[..., Manager], mode: str) -> None:
+    m = manager(workers=1, worker_args=MODES[mode])
+    t = PythonTask(zone)
+    t.set_env_var("TZ", "EST5EDT")
+    m.submit(t)
+    assert m.wait(60) is t and t.output == ("EST", "EDT"), t.error

@@ -163,3 +163,28 @@ def test_temp_output_is_enabled_once_and_is_absent_by_default(manager: Callable[
     first = t.output_file
     t.enable_temp_output()
     assert t.output_file is first and len(t.outputs) == 1
+
+
+def test_a_lost_value_whose_library_was_removed_fails_its_consumer_clearly(
+    manager: Callable[..., Manager],
+) -> None:
+    m = manager(workers=2, heartbeat_timeout=2)
+    library(m)
+    producer = FunctionCall("vals", "make_blob", 10, 1)
+    producer.enable_temp_output()
+    m.submit(producer)
+    assert m.wait(60) is producer and producer.successful(), producer.error
+    m.remove_library("vals")
+    assert producer.worker is not None
+    os.kill(_pid_of(producer.worker), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while len(m.status().workers) > 1:
+        assert time.monotonic() < deadline, "the killed worker was never noticed"
+        time.sleep(0.05)
+    consumer = PythonTask(read_in_sandbox, "v")
+    assert producer.output_file is not None
+    consumer.add_input(producer.output_file, "v")
+    m.submit(consumer)
+    assert m.wait(60) is consumer and consumer.result == Outcome.INPUT_MISSING
+    assert "library 'vals' was removed" in (consumer.error or "")
+    assert m.status().workers  # the manager is still serving

@@ -396,3 +396,34 @@ def test_a_failed_or_unneeded_transfer_gives_its_source_slot_back() -> None:
     failed = TransferRecord(cache_name=name, source="peer", source_worker=WorkerId("w1"), ok=False, error="x")
     core.worker_update(WorkerId("w2"), [], [], [], transfers=[failed])
     assert core.catalog.busy("w1") == 0  # w1 serves nothing now, though w2 still fetches elsewhere
+
+
+def test_a_task_with_more_inputs_on_one_peer_than_the_transfer_limit_is_dispatched() -> None:
+    """The per-source limit gates a task, not each of its files: one task reading 10 files
+    held by one peer (limit 4) gets all 10 staged from that peer at once."""
+    core = Core(Settings(transfers_per_source=4))
+    names = [CacheName(f"file-{i}") for i in range(10)]
+    core.files_received(names)
+    holder = worker(core, "w1")
+    core.workers[holder].info.transfer_address = "127.0.0.1:1"
+    core.worker_update(holder, [], [], [], cached=names)
+    core.workers[holder].committed.add(Resources(cores=1))  # w1 is full: the task goes to w2
+    core.worker_connected(
+        WorkerInfo(
+            worker_id=WorkerId("w2"),
+            node="m",
+            host="h",
+            pid=2,
+            resources=Resources(cores=1),
+            transfer_address="x:2",
+        )
+    )
+    inputs = [
+        FileBinding(cache_name=n, remote_name=f"f{i}", kind=FileKind.LOCAL) for i, n in enumerate(names)
+    ]
+    core.submit(C, [spec(1, inputs=inputs)], [None])
+    (sd,) = [o for o in cycle(core) if isinstance(o, SendDispatch)]
+    (a,) = sd.tasks
+    assert sd.worker == "w2" and len(a.stage) == 10
+    assert all(st.sources[0].kind == "peer" and st.sources[0].worker == "w1" for st in a.stage)
+    assert core.catalog.busy("w1") == 10
