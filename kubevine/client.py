@@ -683,8 +683,11 @@ class Manager:
                 if registered:
                     with self._lock:
                         acks, self._acks = self._acks, []
+                        control, self._control = self._control, []
                     if acks:
                         sock.send_multipart(encode(ResultsAck(task_ids=acks)))
+                    for m, extra in control:  # a cancel or an undeclare made just before close
+                        send(sock, encode(m, extra))
                     sock.send_multipart(encode(Goodbye(reason="client closed")))
             finally:
                 sock.close(linger=200)

@@ -97,3 +97,17 @@ def test_a_buffer_undeclared_and_used_again_is_sent_again(tmp_path: Path) -> Non
         m.submit(again)
         assert m.wait(60) is again and again.successful(), again.error
         assert again.output.strip() == "3"
+
+
+def test_an_undeclare_just_before_close_still_happens(tmp_path: Path) -> None:
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c:
+        with Manager(c.address, token=c.token) as m:
+            data = m.declare_buffer("x\n")
+            t = Task("cat data")
+            t.add_input(data, "data")
+            m.submit(t)
+            assert m.wait(60) is t and t.successful()
+            cached = tmp_path / "c" / "worker-0" / "cache" / data.cache_name()
+            assert cached.exists()
+            m.undeclare_file(data)  # and close at once
+        until(lambda: not cached.exists(), "the worker deleted the file")
