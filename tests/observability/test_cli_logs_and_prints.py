@@ -32,6 +32,7 @@ STREAM_USERS = {
     "kubevine/progress.py": "the progress bar (only on a terminal)",
     "kubevine/logs.py": "the log handler",
     "manager/service.py": "the transactions log echoed to stdout when asked",
+    "worker/pystarter.py": "flushing a forked PythonTask's stdout and stderr before it exits",
 }
 
 
