@@ -516,6 +516,10 @@ class Manager:
             return  # a local file gone from disk was never sent under its current name
         with self._lock:
             self._sent_files.discard(name)
+            last = self._control[-1][0] if self._control else None
+            if isinstance(last, UndeclareFiles):  # many undeclares in a row travel as one
+                last.cache_names.append(name)
+                return
         self._send_control(UndeclareFiles(cache_names=[name]))
 
     def status(self, timeout: float = 10.0) -> ManagerStatus:

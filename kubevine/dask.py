@@ -48,7 +48,7 @@ import cloudpickle
 
 from kubevine import dask_exec
 from kubevine.dask_exec import NEED_GRAPH, OK, Key
-from kubevine.protocol import Outcome
+from kubevine.protocol import FileKind, Outcome
 from kubevine.results import RemoteError
 from kubevine.serverless import FunctionCall, Library, PythonTask, _by_value
 
@@ -458,10 +458,10 @@ class _Run:
         self.graph_file: File | None = None
         self.stats = RunStats()
         # values left on workers (worker_transfers): batch id -> its value file, key -> batch
-        # id, batch id -> its outputs still needed (the file is undeclared at zero)
+        # id; every file kept, to undeclare when the graph is done
         self.kept_files: dict[int, File] = {}
         self.where: dict[Key, int] = {}
-        self.kept_refs: dict[int, int] = {}
+        self.kept_all: list[File] = []
 
     # -- setup -----------------------------------------------------------------------
 
@@ -526,7 +526,7 @@ class _Run:
                     self._cancel()
                     raise
                 finally:
-                    self._undeclare(list(self.kept_files))
+                    self._undeclare()
         out = {}
         for k in self.g.requested:
             out[k] = self.g.nodes[k]() if k in self.g.data else dask_exec.loads(self.values[k])
@@ -646,6 +646,7 @@ class _Run:
             call.enable_temp_output()
             assert call.output_file is not None
             self.kept_files[batch.id] = call.output_file
+            self.kept_all.append(call.output_file)
         call.set_retries(self.opts.retries)
         call.set_tag(self.tag)
         call.future.add_done_callback(functools.partial(self._arrived, batch))
@@ -676,7 +677,6 @@ class _Run:
         _, out, seconds = reply
         if kept:
             self.stats.kept_calls += 1
-            self.kept_refs[batch.id] = len(batch.outputs)
             for k in batch.outputs:
                 self.where[k] = batch.id
         per_node = seconds / max(1, len(batch.keys))
@@ -685,28 +685,23 @@ class _Run:
         self.stats.nodes += len(batch.keys)
         self.stats.bytes_to_client += sum(len(v) for v in out.values())
         self.values.update(out)
-        done: list[int] = []
         for k in self.planner.done(batch):
             if self.opts.prune:
                 self.values.pop(k, None)
-                bid = self.where.pop(k, None)
-                if bid is not None:
-                    self.kept_refs[bid] -= 1
-                    if self.kept_refs[bid] == 0:
-                        done.append(bid)
-        self._undeclare(done)
         return len(batch.keys)
 
-    def _undeclare(self, batch_ids: list[int]) -> None:
-        """Values left on workers that no call needs any more: workers drop them."""
-        for bid in batch_ids:
-            f = self.kept_files.pop(bid, None)
-            self.kept_refs.pop(bid, None)
-            if f is not None and f.name is not None:
+    def _undeclare(self) -> None:
+        """The graph is done (or failed): workers drop the values it left on them, and the
+        graph file. Not sooner: a kept value lost with its worker is made again by re-running
+        its call, which needs the kept values that call read in turn."""
+        files = [*self.kept_all, *([self.graph_file] if self.graph_file is not None else [])]
+        for f in files:
+            if f.name is not None or f.kind != FileKind.TEMP:
                 try:
                     self.m.undeclare_file(f)
                 except Exception:  # a closed manager: its workers forget the workflow anyway
-                    log.debug("could not undeclare %s", f.name, exc_info=True)
+                    log.debug("could not undeclare %s", f, exc_info=True)
+        self.kept_all.clear()
 
     def _cancel(self) -> None:
         """Stop what is left of this graph only; the manager and workers keep serving."""

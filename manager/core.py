@@ -211,6 +211,7 @@ class Core:
         # which worker and node holds which file
         self.catalog = Catalog(source_limit=self.settings.transfers_per_source)
         self.producers: dict[CacheName, TaskId] = {}  # temp file -> the task that makes it
+        self.undeclared: set[CacheName] = set()  # until used again: a copy reported late is deleted
         self.waiting_for: dict[CacheName, set[TaskId]] = {}  # temp file -> tasks waiting for it
         self.moved: dict[str, int] = {}  # bytes moved to workers, by source kind
         self.connected_clients: set[ClientId] = set()
@@ -315,7 +316,9 @@ class Core:
         self.connected_clients.discard(client)
 
     def files_received(self, names: Iterable[CacheName]) -> None:
+        names = list(names)
         self.known_files.update(names)
+        self.undeclared.difference_update(names)
 
     def keep_file(self, name: CacheName, data: bytes) -> None:
         """A client sent this file: store it with the workflow, so a new manager can serve it."""
@@ -421,6 +424,7 @@ class Core:
         node_of = {wid: w.info.cache_group or w.info.node for wid, w in self.workers.items()}
         by_worker: dict[WorkerId, list[CacheName]] = {}
         for name in sorted(wanted - busy.keys()):
+            self.undeclared.add(name)
             for wid in self.catalog.forget(name, node_of):
                 by_worker.setdefault(wid, []).append(name)
             self.waiting_for.pop(name, None)
@@ -431,6 +435,10 @@ class Core:
                 self._forget_task(p)  # its result was delivered: nothing left of it to keep
         for wid, forgotten in by_worker.items():
             self.out.append(SendForget(wid, forgotten))
+
+    def forget_on(self, wid: WorkerId, names: list[CacheName]) -> None:
+        """Tell a worker to delete files (undeclared ones it reported after the undeclare)."""
+        self.out.append(SendForget(wid, names))
 
     def cancel(self, client: ClientId, task_ids: Iterable[TaskId], tag: str | None) -> list[TaskId]:
         chosen = [self.tasks[i] for i in task_ids if i in self.tasks]
@@ -826,6 +834,8 @@ class Core:
                 stages = dataplane.stage_for(self, self.catalog, t, best, peers)
             if stages is None:  # an input's sources are all busy: the call waits for a free one
                 later.append(item)
+                if len(later) >= 1000:  # enough planning for one cycle
+                    break
                 continue
             self._dispatch_call(t, best, best.libs[name], stages)
         for item in later:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kubevine.ids import CacheName, WorkerId
+from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.manager.catalog import Catalog, FileInfo
 from kubevine.manager.states import TaskState
 from kubevine.protocol import (
@@ -46,6 +46,8 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
     input can never exist.
     """
     spec: TaskSpec = t.spec
+    if core.undeclared:  # declared again by this task
+        core.undeclared.difference_update(b.cache_name for b in (*walk_bindings(spec.inputs), *spec.outputs))
     for b in spec.outputs:
         if b.kind == FileKind.TEMP and b.cache_name is not None:
             catalog.info.setdefault(b.cache_name, FileInfo()).producer = spec.id
@@ -113,7 +115,12 @@ def stage_for(
 
 
 def on_cached(core: Core, catalog: Catalog, w: WorkerEntry, names: list[CacheName]) -> None:
+    late = [n for n in names if n in core.undeclared]
+    if late:  # made or fetched while it was being undeclared: delete this copy too
+        core.forget_on(w.id, late)
     for name in names:
+        if name in core.undeclared:
+            continue
         w.cached.add(name)
         catalog.add(name, w.id, w.info.cache_group or w.info.node)
         catalog.done(w.id, name, w.info.cache_group or w.info.node)
@@ -229,15 +236,13 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
             core.waiting_for.setdefault(name, set()).add(t.spec.id)
     if p.state != S.DONE:
         return  # already on its way again
-    if p.spec.kind == TaskKind.CALL and (p.spec.library or "") not in core.libraries:
-        # it cannot run again: what waits for the file fails, saying why
-        why = f"it was lost ({why}) and its producer's library {p.spec.library!r} was removed"
+    cannot = _why_unmakeable(core, catalog, p, set())
+    if cannot is not None:  # what waits for the file fails, saying why
         for tid in core.waiting_for.pop(name, set()):
             c = core.tasks.get(tid)
             if c is not None and c.state == S.WAITING:
-                core._finish(
-                    c, S.FAILED, Outcome.INPUT_MISSING, error=f"input {name} cannot be made again: {why}"
-                )
+                error = f"input {name} cannot be made again: it was lost ({why}) and {cannot}"
+                core._finish(c, S.FAILED, Outcome.INPUT_MISSING, error=error)
         return
     core.transactions.append(f"TASK {p.spec.id} regenerate file={name} cause={q(why)}")
     p.rerun = True
@@ -248,6 +253,27 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
             core._move(p, S.WAITING, f"input {b.cache_name} lost too")
             core.waiting_for.setdefault(b.cache_name, set()).add(p.spec.id)
             regenerate(core, catalog, b.cache_name, f"task {p.spec.id} needs it")
+
+
+def _why_unmakeable(core: Core, catalog: Catalog, p: TaskEntry, seen: set[TaskId]) -> str | None:
+    """Why task ``p`` cannot run again to remake its output, or None if it can: its library
+    was removed, or an input it needs again is lost and cannot be made (undeclared, say)."""
+    seen.add(p.spec.id)
+    if p.spec.kind == TaskKind.CALL and (p.spec.library or "") not in core.libraries:
+        return f"its producer's library {p.spec.library!r} was removed"
+    for b in walk_bindings(p.spec.inputs):
+        name = b.cache_name
+        if b.kind != FileKind.TEMP or name is None or catalog.available(name):
+            continue
+        q_id = core.producers.get(name)
+        q_task = core.tasks.get(q_id) if q_id is not None else None
+        if q_task is None:
+            return f"its producer (task {p.spec.id}) read {name}, which is gone and was undeclared"
+        if q_task.spec.id not in seen and q_task.state == S.DONE:
+            deeper = _why_unmakeable(core, catalog, q_task, seen)
+            if deeper is not None:
+                return deeper
+    return None
 
 
 def fetch_sources(core: Core, name: CacheName) -> tuple[list[tuple[WorkerId, str]], str]:

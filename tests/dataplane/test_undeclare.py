@@ -111,3 +111,34 @@ def test_an_undeclare_just_before_close_still_happens(tmp_path: Path) -> None:
             assert cached.exists()
             m.undeclare_file(data)  # and close at once
         until(lambda: not cached.exists(), "the worker deleted the file")
+
+
+def test_a_lost_temp_whose_producer_read_an_undeclared_temp_fails_its_reader(tmp_path: Path) -> None:
+    """F1 -> P2 -> F2: F1 undeclared, then F2's only copy lost. P2 cannot run again; the task
+    that needs F2 fails saying why instead of waiting for ever."""
+    import os
+    import signal
+
+    with (
+        LocalCluster(workers=2, workdir=tmp_path / "c", heartbeat_timeout=2) as c,
+        Manager(c.address, token=c.token) as m,
+    ):
+        f1, f2 = m.declare_temp(), m.declare_temp()
+        p1 = Task("echo one > f1")
+        p1.add_output(f1, "f1")
+        p2 = Task("cat f1 > f2 && echo two >> f2")
+        p2.add_input(f1, "f1")
+        p2.add_output(f2, "f2")
+        m.submit(p1)
+        m.submit(p2)
+        assert {m.wait(60), m.wait(60)} == {p1, p2} and p2.successful(), p2.error
+        m.undeclare_file(f1)
+        until(lambda: live_tasks(m) == 1, "the manager forgot f1's producer")
+        assert p2.worker is not None
+        os.kill(int(p2.worker.rsplit("-", 2)[-2]), signal.SIGKILL)  # ids are <node>-<pid>-<suffix>
+        until(lambda: len(m.status().workers) == 1, "the manager noticed the lost worker")
+        reader = Task("cat f2")
+        reader.add_input(f2, "f2")
+        m.submit(reader)
+        assert m.wait(60) is reader and reader.result == Outcome.INPUT_MISSING
+        assert "cannot be made again" in (reader.error or "") and "undeclared" in (reader.error or "")
