@@ -10,8 +10,9 @@ its ``TZ``),
 stdout and stderr to the task's output file, stdin from /dev/null — then runs the task as
 ``pyrunner`` does and exits as an interpreter does (non-daemon threads joined, atexit
 handlers run). No module of the user's is loaded before the task runs, and nothing a task
-does reaches the next one. What is shared with the starter: the hash seed, and the modules
-the starter imported (cloudpickle and the standard library it needs). A task whose
+does reaches the next one. What is shared with the starter: the hash seed, ``__main__`` (the
+starter's module), the parent pid, and the modules the starter imported (cloudpickle and the
+standard library it needs). A task whose
 environment sets a variable read at interpreter start-up (``PYTHON*``, ``LD_*``, locale)
 gets a really new interpreter instead (see ``worker/sandbox.py``).
 
