@@ -435,10 +435,12 @@ class Core:
                 self._forget_task(p)  # its result was delivered: nothing left of it to keep
         for wid, forgotten in by_worker.items():
             self.out.append(SendForget(wid, forgotten))
+            self.transactions.extend(f"CACHE {wid} forget file={n}" for n in forgotten)
 
     def forget_on(self, wid: WorkerId, names: list[CacheName]) -> None:
         """Tell a worker to delete files (undeclared ones it reported after the undeclare)."""
         self.out.append(SendForget(wid, names))
+        self.transactions.extend(f"CACHE {wid} forget file={n}" for n in names)
 
     def cancel(self, client: ClientId, task_ids: Iterable[TaskId], tag: str | None) -> list[TaskId]:
         chosen = [self.tasks[i] for i in task_ids if i in self.tasks]

@@ -47,6 +47,8 @@ def test_an_undeclared_temp_leaves_the_workers_and_its_producer_is_forgotten(tmp
         m.undeclare_file(tmp)
         until(lambda: not cached.exists(), "the worker deleted the temp")
         until(lambda: live_tasks(m) == 0, "the manager forgot the producer")
+        log = tmp_path / "c" / "manager" / "transactions.log"
+        until(lambda: f"forget file={tmp.cache_name()}" in log.read_text(), "the log says so")
 
         late = Task("cat numbers")
         late.add_input(tmp, "numbers")
