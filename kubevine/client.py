@@ -161,7 +161,8 @@ class Manager:
         self._files_out: list[tuple[CacheName, bytes]] = []
         self._sent_files: set[CacheName] = set()
         self._acks: list[TaskId] = []
-        self._control: list[tuple[_Msg, list[bytes]]] = []
+        # control messages, each with how many queued submissions precede it (sent in that order)
+        self._control: list[tuple[_Msg, list[bytes], int]] = []
         self._libraries: dict[str, Library] = {}
         self._outstanding: dict[TaskId, tuple[TaskSpec, bytes | None]] = {}  # to resend after a restart
         self._setup: list[tuple[_Msg, list[bytes]]] = []  # sent before submissions
@@ -516,9 +517,9 @@ class Manager:
             return  # a local file gone from disk was never sent under its current name
         with self._lock:
             self._sent_files.discard(name)
-            last = self._control[-1][0] if self._control else None
-            if isinstance(last, UndeclareFiles):  # many undeclares in a row travel as one
-                last.cache_names.append(name)
+            last = self._control[-1] if self._control else None
+            if last is not None and isinstance(last[0], UndeclareFiles) and last[2] == len(self._pending):
+                last[0].cache_names.append(name)  # many undeclares in a row travel as one
                 return
         self._send_control(UndeclareFiles(cache_names=[name]))
 
@@ -579,13 +580,13 @@ class Manager:
 
     def _send_control(self, msg: _Msg, frames: list[bytes] | None = None) -> None:
         with self._lock:
-            self._control.append((msg, frames or []))
+            self._control.append((msg, frames or [], len(self._pending)))
         self._wake()
 
     def _request(self, msg: _Msg, fut: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._replies.append((msg, fut))
-            self._control.append((msg, []))
+            self._control.append((msg, [], len(self._pending)))
         self._wake()
 
     def _io_loop(self) -> None:
@@ -690,7 +691,7 @@ class Manager:
                         control, self._control = self._control, []
                     if acks:
                         sock.send_multipart(encode(ResultsAck(task_ids=acks)))
-                    for m, extra in control:  # a cancel or an undeclare made just before close
+                    for m, extra, _ in control:  # a cancel or an undeclare made just before close
                         send(sock, encode(m, extra))
                     sock.send_multipart(encode(Goodbye(reason="client closed")))
             finally:
@@ -713,10 +714,10 @@ class Manager:
         """The manager will never answer what we asked on a connection it lost: ask again on
         the next one (ids, status, fetches), in the order first asked."""
         with self._lock:
-            asked: list[tuple[_Msg, list[bytes]]] = [(m, []) for m, _ in self._replies] + [
-                (m, []) for m in self._fetch_msgs.values()
+            asked: list[tuple[_Msg, list[bytes], int]] = [(m, [], 0) for m, _ in self._replies] + [
+                (m, [], 0) for m in self._fetch_msgs.values()
             ]
-            sent = {id(m) for m, _ in asked}
+            sent = {id(m) for m, _, _ in asked}
             self._control[:] = asked + [c for c in self._control if id(c[0]) not in sent]
 
     def _resubmit(self, new_manager: bool) -> None:
@@ -727,7 +728,9 @@ class Manager:
         with self._lock:
             again = [item for tid, item in self._outstanding.items() if tid in self._tasks]
             queued = {s.id for s, _ in self._pending}
-            self._pending[:0] = [item for item in again if item[0].id not in queued]
+            first = [item for item in again if item[0].id not in queued]
+            self._pending[:0] = first
+            self._control = [(m, f, before + len(first)) for m, f, before in self._control]
             libs = self._libraries.values()
             self._setup[:0] = [(InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]) for lib in libs]
             files: dict[CacheName, bytes] = {}
@@ -762,21 +765,18 @@ class Manager:
             metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(files)]
             send(sock, encode(PutFiles(files=metas), [d for _, d in files]))
             sent = True
-        if pending:
-            frames: list[bytes] = []
-            specs = []
-            for spec, payload in pending:
-                if payload is not None:
-                    frames.append(payload)
-                    spec = replace(spec, payload=len(frames) - 1)
-                specs.append(spec)
-            send(sock, encode(Submit(tasks=specs), frames))
-            sent = True
         if acks:
             sock.send_multipart(encode(ResultsAck(task_ids=acks)))
             sent = True
-        for m, extra in control:
+        done = 0  # submissions and control messages go out in the order they were made
+        for m, extra, before in control:
+            if before > done:
+                _send_submit(sock, pending[done:before])
+                done = before
             send(sock, encode(m, extra))
+            sent = True
+        if done < len(pending):
+            _send_submit(sock, pending[done:])
             sent = True
         return sent
 
@@ -869,6 +869,17 @@ class Manager:
         for t in done:
             if t._future is not None and not t._future.done():
                 t._future.set_result(t)
+
+
+def _send_submit(sock: zmq.Socket[bytes], pending: list[tuple[TaskSpec, bytes | None]]) -> None:
+    frames: list[bytes] = []
+    specs = []
+    for spec, payload in pending:
+        if payload is not None:
+            frames.append(payload)
+            spec = replace(spec, payload=len(frames) - 1)
+        specs.append(spec)
+    send(sock, encode(Submit(tasks=specs), frames))
 
 
 def _task_from_spec(spec: TaskSpec) -> Task:
