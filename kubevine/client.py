@@ -505,10 +505,9 @@ class Manager:
 
     def undeclare_file(self, file: File) -> None:
         """The workflow no longer needs this file (TaskVine's call): workers delete their
-        copies — a copy a running task reads goes when that task ends — and for a temp the
-        manager forgets the task that wrote it, which is not run again to remake it. A file an
-        unfinished task still reads or writes is left alone, and the manager says so (logged
-        here as an error). Using the file again later sends or makes it anew."""
+        copies and, for a temp, the manager forgets the task that wrote it, which is not run
+        again to remake it. A file an unfinished task still reads or writes goes once that
+        task is done. Using the file again later sends or makes it anew."""
         if file.kind == FileKind.TEMP and file.name is None:
             return  # never made: nothing to forget
         try:

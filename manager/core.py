@@ -212,6 +212,7 @@ class Core:
         self.catalog = Catalog(source_limit=self.settings.transfers_per_source)
         self.producers: dict[CacheName, TaskId] = {}  # temp file -> the task that makes it
         self.undeclared: set[CacheName] = set()  # until used again: a copy reported late is deleted
+        self.undeclare_later: dict[CacheName, ClientId] = {}  # in use when undeclared: retried on tick
         self.waiting_for: dict[CacheName, set[TaskId]] = {}  # temp file -> tasks waiting for it
         self.moved: dict[str, int] = {}  # bytes moved to workers, by source kind
         self.connected_clients: set[ClientId] = set()
@@ -319,6 +320,8 @@ class Core:
         names = list(names)
         self.known_files.update(names)
         self.undeclared.difference_update(names)
+        for n in names:
+            self.undeclare_later.pop(n, None)
 
     def keep_file(self, name: CacheName, data: bytes) -> None:
         """A client sent this file: store it with the workflow, so a new manager can serve it."""
@@ -408,7 +411,7 @@ class Core:
     def undeclare(self, client: ClientId, names: Iterable[CacheName]) -> None:
         """The client no longer needs these files: workers drop their copies, and a temp's
         producer is forgotten once its result is delivered. A file that a task still to finish
-        reads or writes is left alone, and the client is told why."""
+        reads or writes goes once no such task is left (checked on every tick)."""
         wanted = set(names)
         busy: dict[CacheName, TaskId] = {}
         for t in self.tasks.values():
@@ -417,10 +420,8 @@ class Core:
             for b in (*walk_bindings(t.spec.inputs), *t.spec.outputs):
                 if b.cache_name in wanted:
                     busy.setdefault(b.cache_name, t.spec.id)
-        if busy:
-            what = ", ".join(f"{n} (task {tid})" for n, tid in sorted(busy.items())[:5])
-            why = f"not undeclared: still in use by unfinished tasks: {what}"
-            self.out.append(ClientError(client, "file_in_use", why, []))  # the tasks themselves go on
+        for name in busy:
+            self.undeclare_later[name] = client
         node_of = {wid: w.info.cache_group or w.info.node for wid, w in self.workers.items()}
         by_worker: dict[WorkerId, list[CacheName]] = {}
         for name in sorted(wanted - busy.keys()):
@@ -923,8 +924,15 @@ class Core:
     # ------------------------------------------------------------- time
 
     def tick(self, now: float) -> None:
-        """Time passed: find workers that stopped talking."""
+        """Time passed: find workers that stopped talking; undeclare what is no longer in use."""
         self.now = now
+        if self.undeclare_later:
+            later, self.undeclare_later = self.undeclare_later, {}
+            by_client: dict[ClientId, list[CacheName]] = {}
+            for name, client in later.items():
+                by_client.setdefault(client, []).append(name)
+            for client, names in by_client.items():
+                self.undeclare(client, names)
         for w in list(self.workers.values()):
             if w.state == WorkerState.RECOVERING:
                 if w.deadline is not None and now > w.deadline:

@@ -46,8 +46,11 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
     input can never exist.
     """
     spec: TaskSpec = t.spec
-    if core.undeclared:  # declared again by this task
-        core.undeclared.difference_update(b.cache_name for b in (*walk_bindings(spec.inputs), *spec.outputs))
+    if core.undeclared or core.undeclare_later:  # declared again by this task
+        names = [b.cache_name for b in (*walk_bindings(spec.inputs), *spec.outputs) if b.cache_name]
+        core.undeclared.difference_update(names)
+        for n in names:
+            core.undeclare_later.pop(n, None)
     for b in spec.outputs:
         if b.kind == FileKind.TEMP and b.cache_name is not None:
             catalog.info.setdefault(b.cache_name, FileInfo()).producer = spec.id
