@@ -432,8 +432,14 @@ class Core:
             self.known_files.discard(name)
             pid = self.producers.pop(name, None)
             p = self.tasks.get(pid) if pid is not None else None
-            if p is not None and p.state in FINAL and p.result is None and not self._makes_live_temps(p):
+            if p is None or p.state not in FINAL:
+                continue
+            if p.result is None and not self._makes_live_temps(p):
                 self._forget_task(p)  # its result was delivered: nothing left of it to keep
+            else:  # kept for its result or its other temps: a restart must not make it a producer again
+                outputs = [b for b in p.spec.outputs if b.cache_name != name]
+                p.spec = p.spec.model_copy(update={"outputs": outputs})
+                self.batch.specs[p.spec.id] = (p.spec, p.payload)
         for wid, forgotten in by_worker.items():
             self.out.append(SendForget(wid, forgotten))
             self.transactions.extend(f"CACHE {wid} forget file={n}" for n in forgotten)

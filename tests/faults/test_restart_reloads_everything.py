@@ -5,6 +5,7 @@ rescheduled pod would), and no client installs or sends anything again."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import redis
@@ -57,6 +58,11 @@ def test_a_restarted_manager_reloads_libraries_files_replicas_workers_and_totals
         r = redis.Redis.from_url(redis_url)
         assert r.hlen(keys.libraries(workflow_name)) == 1 and r.hexists(keys.files(workflow_name), data_name)
         assert r.hlen(keys.replicas(workflow_name)) >= 2  # the buffer and the temp, on a worker
+        deadline = time.monotonic() + 10
+        while any(r.hexists(keys.results(workflow_name), str(t.id)) for t in [prod, *first]):
+            # the acknowledgements "a" sent as it left are stored (written a moment later)
+            assert time.monotonic() < deadline, "the client's acknowledgements were never stored"
+            time.sleep(0.02)
         r.close()
         procs.kill_manager()
         procs.manager(redis_url, workflow_name, port=port, workdir=tmp_path / "m2")

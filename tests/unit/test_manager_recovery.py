@@ -90,3 +90,43 @@ def test_a_waiting_consumer_of_a_temp_held_by_a_known_worker_waits_for_it() -> N
     core.restore(snap)
     assert core.tasks[TaskId(3)].state == TaskState.READY and core.tasks[TaskId(3)].rerun
     assert core.tasks[TaskId(4)].state == TaskState.WAITING
+
+
+def test_a_temp_undeclared_before_its_result_was_acknowledged_stays_undeclared_after_a_restart() -> None:
+    from kubevine.manager.core import Settings
+    from kubevine.manager.store import MemoryStore
+
+    store = MemoryStore()
+    store.acquire("m1", 10.0)
+    core = Core(Settings(prefetch=0))
+
+    def persist() -> list[object]:
+        batch, out = core.take()
+        store.apply(batch)
+        return list(out)
+
+    core.client_connected(C)
+    core.worker_connected(info())
+    tmp = CacheName("temp-x")
+    out = FileBinding(cache_name=tmp, remote_name="o", kind=FileKind.TEMP)
+    core.submit(C, [TaskSpec(id=TaskId(1), command="true", outputs=[out])], [b"p"])
+    core.schedule()
+    persist()
+    t = core.tasks[TaskId(1)]
+    done = AttemptResult(
+        task_id=TaskId(1),
+        attempt=t.attempt,
+        outcome=Outcome.SUCCESS,
+        outputs=[{"remote_name": "o", "cache_name": tmp, "size": 3}],  # type: ignore[list-item]
+    )
+    core.worker_update(W, [], [done], [])
+    persist()
+    core.undeclare(C, [tmp])  # before the client acknowledged the producer's result
+    persist()
+
+    again = Core()
+    again.restore(store.load())
+    assert tmp not in again.producers  # not a producer again: it will not be re-run for it
+    again.client_connected(C)
+    again.results_acked(C, [TaskId(1)])
+    assert TaskId(1) not in again.tasks  # forgotten once its result is in the client's hands
