@@ -36,7 +36,6 @@ from kubevine import auth, filetree
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
-    VALUE_FILE,
     Cancel,
     ClientResult,
     ErrorMsg,
@@ -71,6 +70,7 @@ from kubevine.protocol import (
     frame,
     replace,
     send,
+    value_output,
 )
 from kubevine.serverless import FunctionCall, Library, PythonTask, auto_library_name
 from kubevine.stats import ManagerStatus
@@ -894,9 +894,9 @@ def _task_from_spec(spec: TaskSpec) -> Task:
         t = Task(spec.command)
     t.tag, t.category, t.priority, t.retries = spec.tag, spec.category, spec.priority, spec.retries
     t.env, t.time_max = dict(spec.env), spec.time_max
-    for b in spec.outputs:
-        if isinstance(t, PythonTask) and b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP:
-            t._output_file = File(FileKind.TEMP, b.cache, name=b.cache_name)  # its value stayed on a worker
+    kept = value_output(spec.outputs)
+    if isinstance(t, PythonTask) and kept is not None:  # its value stayed on a worker
+        t._output_file = File(FileKind.TEMP, kept.cache, name=kept.cache_name)
     t.id = spec.id
     t.state = "submitted"
     t._attached = True  # rebuilt without payload, inputs or outputs: not to be run again

@@ -667,9 +667,8 @@ class _Run:
         try:
             # raises the node's own exception, with its remote traceback; a kept value stays put
             reply = (OK, {}, task.wall_time) if kept and task.successful() else task.output
-        except dask_exec.NeedGraph:
-            self._submit(batch, with_graph=True)
-            return 0
+        except dask_exec.NeedGraph:  # what a call whose value stays put says instead
+            reply = (NEED_GRAPH,)
         if reply[0] == NEED_GRAPH:
             self._submit(batch, with_graph=True)
             return 0

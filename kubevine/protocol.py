@@ -131,6 +131,11 @@ def walk_bindings(bindings: Sequence[FileBinding]) -> Iterator[FileBinding]:
             yield from walk_bindings(b.mini.inputs)
 
 
+def value_output(outputs: Sequence[FileBinding]) -> FileBinding | None:
+    """The temp output holding a kept return value (``enable_temp_output``), if there is one."""
+    return next((b for b in outputs if b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP), None)
+
+
 class TaskSpec(_Msg):
     """What a client submits: everything needed to run the task, nothing about its state."""
 

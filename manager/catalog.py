@@ -66,12 +66,11 @@ class Catalog:
             self.holders.pop(name, None)
             self.node_count.pop(name, None)
 
-    def forget(self, name: CacheName, node_of: dict[WorkerId, str]) -> set[WorkerId]:
+    def forget(self, name: CacheName) -> set[WorkerId]:
         """Drop every trace of a file (undeclared); the workers that held it."""
-        held = set(self.holders.get(name, ()))
+        held = self.holders.pop(name, set())
         for wid in held:
-            self.remove(name, wid, node_of.get(wid, ""))
-        self.holders.pop(name, None)
+            self.journal[(wid, name)] = None
         self.node_count.pop(name, None)
         self.info.pop(name, None)
         self.arriving.pop(name, None)

@@ -422,11 +422,10 @@ class Core:
                     busy.setdefault(b.cache_name, t.spec.id)
         for name in busy:
             self.undeclare_later[name] = client
-        node_of = {wid: w.info.cache_group or w.info.node for wid, w in self.workers.items()}
         by_worker: dict[WorkerId, list[CacheName]] = {}
         for name in sorted(wanted - busy.keys()):
             self.undeclared.add(name)
-            for wid in self.catalog.forget(name, node_of):
+            for wid in self.catalog.forget(name):
                 by_worker.setdefault(wid, []).append(name)
             self.waiting_for.pop(name, None)
             self.known_files.discard(name)

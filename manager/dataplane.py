@@ -118,16 +118,18 @@ def stage_for(
 
 
 def on_cached(core: Core, catalog: Catalog, w: WorkerEntry, names: list[CacheName]) -> None:
-    late = [n for n in names if n in core.undeclared]
-    if late:  # made or fetched while it was being undeclared: delete this copy too
-        core.forget_on(w.id, late)
+    group = w.info.cache_group or w.info.node
+    late: list[CacheName] = []
     for name in names:
-        if name in core.undeclared:
+        catalog.done(w.id, name, group)  # its transfer, if any, no longer holds its source
+        if name in core.undeclared:  # made or fetched while it was being undeclared
+            late.append(name)
             continue
         w.cached.add(name)
-        catalog.add(name, w.id, w.info.cache_group or w.info.node)
-        catalog.done(w.id, name, w.info.cache_group or w.info.node)
+        catalog.add(name, w.id, group)
         arrived(core, name)
+    if late:  # delete this copy too
+        core.forget_on(w.id, late)
 
 
 def on_evicted(catalog: Catalog, w: WorkerEntry, names: list[CacheName]) -> None:

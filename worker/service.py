@@ -31,7 +31,6 @@ from kubevine import filetree
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
-    VALUE_FILE,
     Assignment,
     AttemptResult,
     CacheLevel,
@@ -71,6 +70,7 @@ from kubevine.protocol import (
     frame,
     replace,
     send,
+    value_output,
     walk_bindings,
 )
 from kubevine.resources import Resources, Tally
@@ -568,7 +568,7 @@ class WorkerService:
                     for b in a.spec.inputs
                     if b.cache_name is not None
                 },
-                "value": any(b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP for b in a.spec.outputs),
+                "value": value_output(a.spec.outputs) is not None,
             }
         lib.outbox.append((a, self._payloads.pop(a.spec.id, b""), extra))
 
@@ -583,10 +583,9 @@ class WorkerService:
         """A call's result (or failure) is in: its inputs are free; a value to keep goes to the cache."""
         del self.slots[a.spec.id]
         self._release_inputs(a)
-        if res.outcome == Outcome.SUCCESS and frames:
-            for b in a.spec.outputs:
-                if b.remote_name == VALUE_FILE and b.kind == FileKind.TEMP and b.cache_name is not None:
-                    res, frames = self._keep_value(b, res, frames[0]), []
+        kept = value_output(a.spec.outputs) if res.outcome == Outcome.SUCCESS and frames else None
+        if kept is not None:
+            res, frames = self._keep_value(kept, res, frames[0]), []
         self.finished.append((res, frames))
 
     def _keep_value(self, b: FileBinding, res: AttemptResult, data: bytes) -> AttemptResult:

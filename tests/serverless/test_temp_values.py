@@ -61,13 +61,29 @@ def library(m: Manager) -> None:
     m.install_library(m.create_library_from_functions("vals", make_blob, measure, summed, explode))
 
 
-def test_a_call_value_stays_on_the_worker_and_feeds_calls_and_tasks(manager: Callable[..., Manager]) -> None:
-    m = manager(workers=2)
-    library(m)
-    producer = FunctionCall("vals", "make_blob", BLOB, 7)
+def kept_blob(m: Manager, n: int, seed: int) -> FunctionCall:
+    """A finished call whose value (``n`` bytes of ``seed``) stays on its worker."""
+    producer = FunctionCall("vals", "make_blob", n, seed)
     producer.enable_temp_output()
     m.submit(producer)
     assert m.wait(60) is producer and producer.successful(), producer.error
+    return producer
+
+
+def lose_worker_of(m: Manager, task: FunctionCall) -> None:
+    """SIGKILL the worker that ran ``task`` and wait until the manager has noticed."""
+    assert task.worker is not None
+    os.kill(int(task.worker.rsplit("-", 2)[-2]), signal.SIGKILL)  # ids are <node>-<pid>-<suffix>
+    deadline = time.monotonic() + 60
+    while len(m.status().workers) > 1:
+        assert time.monotonic() < deadline, "the killed worker was never noticed"
+        time.sleep(0.05)
+
+
+def test_a_call_value_stays_on_the_worker_and_feeds_calls_and_tasks(manager: Callable[..., Manager]) -> None:
+    m = manager(workers=2)
+    library(m)
+    producer = kept_blob(m, BLOB, 7)
     call, task = FunctionCall("vals", "measure", "blob"), PythonTask(read_in_sandbox, "blob")
     for consumer in (call, task):
         assert producer.output_file is not None
@@ -131,23 +147,11 @@ def test_a_call_asking_for_an_input_it_lacks_gets_a_clear_error(manager: Callabl
         _ = lonely.output
 
 
-def _pid_of(worker_id: str) -> int:
-    return int(worker_id.rsplit("-", 2)[-2])  # ids are <node>-<pid>-<suffix>
-
-
 def test_a_value_whose_only_copy_is_lost_is_computed_again(manager: Callable[..., Manager]) -> None:
     m = manager(workers=2, heartbeat_timeout=2)
     library(m)
-    producer = FunctionCall("vals", "make_blob", 1000, 9)
-    producer.enable_temp_output()
-    m.submit(producer)
-    assert m.wait(60) is producer and producer.successful(), producer.error
-    assert producer.worker is not None
-    os.kill(_pid_of(producer.worker), signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while len(m.status().workers) > 1:  # the manager has noticed
-        assert time.monotonic() < deadline, "the killed worker was never noticed"
-        time.sleep(0.05)
+    producer = kept_blob(m, 1000, 9)
+    lose_worker_of(m, producer)
     consumer = FunctionCall("vals", "measure", "v")
     assert producer.output_file is not None
     consumer.add_input(producer.output_file, "v")
@@ -170,17 +174,9 @@ def test_a_lost_value_whose_library_was_removed_fails_its_consumer_clearly(
 ) -> None:
     m = manager(workers=2, heartbeat_timeout=2)
     library(m)
-    producer = FunctionCall("vals", "make_blob", 10, 1)
-    producer.enable_temp_output()
-    m.submit(producer)
-    assert m.wait(60) is producer and producer.successful(), producer.error
+    producer = kept_blob(m, 10, 1)
     m.remove_library("vals")
-    assert producer.worker is not None
-    os.kill(_pid_of(producer.worker), signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while len(m.status().workers) > 1:
-        assert time.monotonic() < deadline, "the killed worker was never noticed"
-        time.sleep(0.05)
+    lose_worker_of(m, producer)
     consumer = PythonTask(read_in_sandbox, "v")
     assert producer.output_file is not None
     consumer.add_input(producer.output_file, "v")
