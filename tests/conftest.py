@@ -13,6 +13,14 @@ from kubevine import keys
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the machine's Redis are marked ``redis``: ``-m "not redis"`` leaves them
+    out on a machine without one (``make test`` always starts it)."""
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """The machine's Redis; a test that cannot reach it fails (Redis is part of the stack)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kubevine import Manager, StoreUnavailable, Task, keys
-from kubevine.statusview import render
+from kubevine.cli.statusview import render
 from kubevine.testing import wait_for
 
 from .procs import TOKEN, Procs, RedisServer, count_runs, runs_command

@@ -7,7 +7,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubevine import statusview, txformat
+from kubevine import txformat
+from kubevine.cli import statusview
 from kubevine.ids import CacheName, TaskId
 from kubevine.manager.metrics import Counters, StatusCollector
 from kubevine.manager.txlog import TxLog

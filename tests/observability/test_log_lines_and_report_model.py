@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kubevine import report, report_html, txformat
+from kubevine import report, txformat
 from kubevine.ids import ClientId, TaskId, WorkerId
 from kubevine.manager.core import Core
 from kubevine.manager.txlog import TxLog
 from kubevine.protocol import AttemptResult, Outcome, TaskRef, TaskSpec, WorkerInfo
+from kubevine.report import html as report_html
 from kubevine.resources import Resources
 
 C = ClientId("c1")

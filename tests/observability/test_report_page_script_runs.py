@@ -14,7 +14,8 @@ from typing import Any
 
 from py_mini_racer import MiniRacer
 
-from kubevine import report, report_html, txformat
+from kubevine import report, txformat
+from kubevine.report import html as report_html
 
 from .helpers import RunResult
 

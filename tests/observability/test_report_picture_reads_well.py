@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kubevine import report, report_png, txformat
+from kubevine import report, txformat
+from kubevine.report import png as report_png
 
 from .helpers import RunResult
 

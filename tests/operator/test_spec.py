@@ -268,18 +268,20 @@ def test_a_quantity_of_the_wrong_type_gets_one_message() -> None:
 
 
 def test_the_operator_folder_never_shadows_the_standard_library() -> None:
+    """`operator/` is kubevine.operator (a regular package, mapped by pyproject); Python's own
+    `operator` stays the standard module. (With the checkout's root on sys.path, see
+    tests/structure/test_package_map.py.)"""
     import importlib.util
     import operator
     import sysconfig
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    assert not (root / "operator" / "__init__.py").exists()
     for folder in ("kubevine", "manager", "worker", "operator", "tests", "examples", "bench"):
         if (root / folder).is_dir():  # a file of that name on sys.path would win
             assert not list((root / folder).rglob("operator.py")), folder
     assert operator.__file__ is not None
     assert Path(operator.__file__).parent == Path(sysconfig.get_paths()["stdlib"])
     spec = importlib.util.find_spec("kubevine.operator")
-    assert spec is not None
-    assert spec.origin is None  # an implicit namespace package
+    assert spec is not None and spec.origin is not None
+    assert Path(spec.origin).resolve() == (root / "operator" / "__init__.py").resolve()

@@ -339,8 +339,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kubevine import statusview
     from kubevine.admin import Admin, AdminError
+    from kubevine.cli import statusview
 
     token = auth.load_token(args.token_file)
     if token is None:

@@ -25,7 +25,7 @@ from kubevine.report import (
     summary,
     view_start,
 )
-from kubevine.report_png import PALETTE, SOURCE_COLOURS, STATE_STYLE
+from kubevine.report.png import PALETTE, SOURCE_COLOURS, STATE_STYLE
 from kubevine.txformat import SOURCES, TASK_STATES
 
 #: the columns of each entry of ``bars`` in the embedded data

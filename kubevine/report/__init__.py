@@ -4,8 +4,8 @@ TaskVine users plot their transactions log to see where a run spent its time; th
 turns kubevine's log (grammar in :mod:`kubevine.txformat`) into a :class:`Run` -- tasks
 with their attempts, workers with the time they were connected, transfers, and the
 number of tasks in each state over time -- and lays the attempts out as bars on
-worker lanes. The renderers (:mod:`kubevine.report_png` with matplotlib,
-:mod:`kubevine.report_html` as a self-contained page) only draw what is computed here,
+worker lanes. The renderers (:mod:`kubevine.report.png` with matplotlib,
+:mod:`kubevine.report.html` as a self-contained page) only draw what is computed here,
 so the two pictures always agree, and the parsing is tested without drawing anything.
 """
 
@@ -425,11 +425,11 @@ def render(run: Run, out: str | Path, *, title: str | None = None, width: float 
     path = Path(out)
     suffix = path.suffix.lower()
     if suffix == ".png":
-        from kubevine import report_png
+        from kubevine.report import png as report_png
 
         report_png.render(run, path, title=title, width=width)
     elif suffix in (".html", ".htm"):
-        from kubevine import report_html
+        from kubevine.report import html as report_html
 
         report_html.render(run, path, title=title)
     else:

@@ -18,7 +18,7 @@ Why it is fast where per-node tasks are not:
   are slow). A batch also takes the nodes that become computable inside it (a reduction's
   parents, a chain's next link), so their intermediates never leave the worker.
 - **Libraries stay warm.** Modules are imported once per library process, and opened ROOT
-  trees are kept across calls (see :mod:`kubevine.dask_exec`).
+  trees are kept across calls (see :mod:`kubevine.dask.execute`).
 
 Scheduling is a pure core (:class:`Planner`: ready set, batches, releases) wrapped in a thin
 shell (:class:`_Run`) that submits calls and reacts to their results.
@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from kubevine import dask_exec
-from kubevine.dask_exec import NEED_GRAPH, OK, Key
+from kubevine.dask import execute as dask_exec
+from kubevine.dask.execute import NEED_GRAPH, OK, Key
 from kubevine.protocol import FileKind, Outcome
 from kubevine.results import RemoteError
 from kubevine.serverless import FunctionCall, Library, PythonTask, _by_value
