@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup demo test check lint typecheck imports format bench clean
+.PHONY: all setup redis demo test check lint typecheck imports format bench clean
 
 all: check
 
@@ -22,7 +23,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
-test: $(STAMP)
+# Nothing is pre-started on a fresh machine: the suite's Redis (127.0.0.1:6379, no persistence)
+# is installed from Debian when missing and started when it does not answer. Tests that kill
+# Redis or need persistence start their own on a free port.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+
+test: $(STAMP) redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
