@@ -19,60 +19,33 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import tarfile
-import threading
 import time
 import types
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, overload
 
-import zmq
-
 from kubevine import auth, filetree
+from kubevine.clientio import Connection, ConnectionRefused, Shared, StoreUnavailable, write_atomic
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
-    PROTOCOL_VERSION,
     Cancel,
-    ClientResult,
-    ErrorMsg,
     FetchedFile,
     FetchFile,
     FileBinding,
     FileKind,
-    FileMeta,
-    Goodbye,
-    Heartbeat,
-    Hello,
     IdBlock,
     IdBlockRequest,
     InstallLibrary,
-    Outcome,
-    ProtocolError,
-    PutFiles,
-    Refused,
     RemoveLibrary,
-    Results,
-    ResultsAck,
     StatusReply,
     StatusRequest,
-    Submit,
-    TaskKind,
-    TaskSpec,
-    UndeclareFiles,
-    Welcome,
     _Msg,
-    decode,
-    encode,
-    frame,
-    replace,
-    send,
-    value_output,
 )
-from kubevine.serverless import FunctionCall, Library, PythonTask, auto_library_name
+from kubevine.serverless import FunctionCall, Library, auto_library_name
+from kubevine.states import ClientState
 from kubevine.stats import ManagerStatus
 from kubevine.task import (
     File,
@@ -88,21 +61,7 @@ from kubevine.task import (
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("done", "failed", "cancelled")
-
-
-class ConnectionRefused(ConnectionError):
-    """The manager refused this client (wrong token, protocol mismatch)."""
-
-
-class StoreUnavailable(ConnectionError):
-    """The manager did not accept these tasks: its state store (Redis) has been unreachable
-    for longer than it may run without one. Tasks accepted earlier are safe and go on;
-    these may be submitted again (``m.submit(t)``) once the store is back."""
-
-    def __init__(self, message: str, tasks: list[Task]) -> None:
-        super().__init__(message)
-        self.tasks = tasks
+__all__ = ["ConnectionRefused", "Manager", "StoreUnavailable", "as_completed"]
 
 
 class Manager:
@@ -133,6 +92,7 @@ class Manager:
         files declared by the dead process are not written).
         """
         self._cluster = None
+        self._closed = True  # until connected: close() and __del__ have nothing to do
         if address is None or isinstance(address, int):
             from kubevine.local import LocalCluster
 
@@ -145,58 +105,25 @@ class Manager:
         tok = token or auth.load_token()
         if tok is None:
             raise auth.TokenError("no token: pass Manager(address, token=...) or set KUBEVINE_TOKEN")
-        self._token = tok
         self.name = ClientId(name or f"client-{uuid.uuid4().hex[:12]}")
         if attach and name is None:
             raise ValueError("attach=True needs the name the earlier client used")
-        self._attach = attach
-        self.attached: list[Task] = []  # tasks of an earlier process under this name (attach=True)
-        self._refusals: deque[StoreUnavailable] = deque()
-        self._unwelcome: StoreUnavailable | None = None  # the manager cannot welcome us now
-        self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
-        self._tasks: dict[TaskId, Task] = {}
-        self._done: deque[Task] = deque()
-        self._pending: list[tuple[TaskSpec, bytes | None]] = []
-        self._files_out: list[tuple[CacheName, bytes]] = []
-        self._sent_files: set[CacheName] = set()
-        self._acks: list[TaskId] = []
-        # control messages, each with how many queued submissions precede it (sent in that order)
-        self._control: list[tuple[_Msg, list[bytes], int]] = []
-        self._libraries: dict[str, Library] = {}
-        self._outstanding: dict[TaskId, tuple[TaskSpec, bytes | None]] = {}  # to resend after a restart
-        self._setup: list[tuple[_Msg, list[bytes]]] = []  # sent before submissions
-        # requests awaiting their reply, kept to be asked again on a new connection
-        self._replies: deque[tuple[_Msg, concurrent.futures.Future[Any]]] = deque()
-        self._fetches: dict[int, concurrent.futures.Future[tuple[FetchedFile, bytes | None]]] = {}
-        self._fetch_msgs: dict[int, FetchFile] = {}
-        self._fetch_seq = 0
-        self._next_id = 0
-        self._ids_left = 0
+        self._st = Shared()
+        self.attached: list[Task] = self._st.attached  # tasks of an earlier process (attach=True)
+        self._conn = Connection(self._st, address, tok, self.name, attach)
+        self._conn.fetcher = self
         self._closed = False
-        self._error: BaseException | None = None
-        self._welcome = threading.Event()
-        self._refused: str | None = None
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._wake_addr = f"inproc://client-wake-{uuid.uuid4().hex}"
-        self._wake_rx = self._ctx.socket(zmq.PULL)
-        self._wake_rx.bind(self._wake_addr)
-        self._wake_tx = self._ctx.socket(zmq.PUSH)
-        self._wake_tx.connect(self._wake_addr)
-        self._wake_lock = threading.Lock()
-        self._io = threading.Thread(target=self._io_loop, name="kubevine-client-io", daemon=True)
-        self._io.start()
-        if not self._welcome.wait(connect_timeout):
+        self._conn.start()
+        conn = self._conn
+        if not conn.welcome.wait(connect_timeout):
             self.close()
             raise ConnectionError(f"no manager answered at {address} within {connect_timeout}s")
-        if self._refused is not None:
-            reason = self._refused
+        if conn.refusal is not None:
             self.close()
-            raise ConnectionRefused(f"manager at {address} refused the connection: {reason}")
-        if self._unwelcome is not None:
-            err = self._unwelcome
+            raise ConnectionRefused(f"manager at {address} refused the connection: {conn.refusal}")
+        if conn.unwelcome is not None:
             self.close()
-            raise err
+            raise conn.unwelcome
 
     # ------------------------------------------------------------------ files
 
@@ -255,7 +182,7 @@ class Manager:
             if file.path.is_dir():
                 if dest is None:
                     raise IsADirectoryError(f"{file.path} is a directory: pass path= to copy it somewhere")
-                _write_atomic(dest, filetree.pack(file.path), directory=True)
+                write_atomic(dest, filetree.pack(file.path), directory=True)
                 return dest
             data: bytes = file.path.read_bytes()
             directory = False
@@ -264,24 +191,23 @@ class Manager:
         else:
             name = file.cache_name()  # ValueError for a temp whose producer was never submitted
             fut: concurrent.futures.Future[tuple[FetchedFile, bytes | None]] = concurrent.futures.Future()
-            with self._lock:
-                self._fetch_seq += 1
-                request = self._fetch_seq
-                self._fetches[request] = fut
-                self._fetch_msgs[request] = FetchFile(request=request, cache_name=name)
-            self._send_control(self._fetch_msgs[request])
+            ask = FetchFile(request=0, cache_name=name)
+            with self._st.lock:
+                self._st.fetch_seq += 1
+                ask.request = request = self._st.fetch_seq
+                self._st.fetches[request] = (ask, fut)
+            self._send_control(ask)
             try:
                 reply, content = fut.result(timeout=timeout)
             except concurrent.futures.TimeoutError:
-                with self._lock:
-                    self._fetches.pop(request, None)
-                    self._fetch_msgs.pop(request, None)
+                with self._st.lock:
+                    self._st.fetches.pop(request, None)
                 raise TimeoutError(f"fetching {file!r} took longer than {timeout}s") from None
             if reply.error is not None or content is None:
                 raise FileNotFoundError(f"cannot fetch {file!r}: {reply.error or 'no content'}")
             data, directory = content, reply.directory
         if dest is not None:
-            _write_atomic(dest, data, directory)
+            write_atomic(dest, data, directory)
             return dest
         if directory:
             raise IsADirectoryError(f"{file!r} is a directory: pass path= to write it somewhere")
@@ -292,7 +218,7 @@ class Manager:
     def submit(self, task: Task) -> TaskId:
         """Queue a task; returns its id at once (TaskVine's ``submit``)."""
         self._check_open()
-        if task.id is not None and task.state not in (*FINAL_STATES, "refused"):
+        if task.id is not None and not task.state.final:
             raise ValueError(f"task {task.id} was already submitted")
         if task._attached:
             raise ValueError(
@@ -305,7 +231,7 @@ class Manager:
             inputs.append(f.binding(remote))  # raises FileNotFoundError for a missing input
             for u in f.uploads():  # the client's files it needs: sent once
                 name = u.cache_name()
-                if name not in self._sent_files and all(n != name for n, _ in files):
+                if name not in self._st.out.sent_files and all(n != name for n, _ in files):
                     files.append((name, u.content()))
         outputs = []
         for f, remote in task.outputs:
@@ -315,40 +241,41 @@ class Manager:
             if f.kind == FileKind.TEMP:  # named after the task that writes it
                 f.name = b.cache_name = temp_name(_definition(task, inputs) + (f.nonce or ""), remote)
             outputs.append(b)
-        with self._lock:
-            if self._ids_left == 0:
-                self._lock.release()
+        st = self._st
+        with st.lock:
+            if st.ids_left == 0:
+                st.lock.release()
                 try:
                     self._refill_ids()
                 finally:
-                    self._lock.acquire()
-            task.id = TaskId(self._next_id)
-            self._next_id += 1
-            self._ids_left -= 1
-            task.state = "submitted"
+                    st.lock.acquire()
+            task.id = TaskId(st.next_id)
+            st.next_id += 1
+            st.ids_left -= 1
+            task.state = ClientState.SUBMITTED
             task._manager, task._value = self, None
             if task._future is not None and task._future.done():
                 task._future = None  # a resubmitted task gets a fresh future
             spec = task.spec(inputs, outputs)
             payload = task.payload()
             for name, data in files:
-                if name not in self._sent_files:
-                    self._sent_files.add(name)
-                    self._files_out.append((name, data))
-            self._tasks[task.id] = task
-            first = not self._pending
-            self._pending.append((spec, payload))
-            self._outstanding[task.id] = (spec, payload)
+                if name not in st.out.sent_files:
+                    st.out.sent_files.add(name)
+                    st.out.files.append((name, data))
+            st.tasks[task.id] = task
+            first = not st.out.pending
+            st.out.pending.append((spec, payload))
+            st.outstanding[task.id] = (spec, payload)
         if first:
-            self._wake()
+            self._conn.wake()
         return task.id
 
     def _refill_ids(self) -> None:
         fut: concurrent.futures.Future[IdBlock] = concurrent.futures.Future()
         self._request(IdBlockRequest(), fut)
         block = fut.result(timeout=30)
-        with self._lock:
-            self._next_id, self._ids_left = block.first_task_id, block.count
+        with self._st.lock:
+            self._st.next_id, self._st.ids_left = block.first_task_id, block.count
 
     # ------------------------------------------------------------------ libraries
 
@@ -383,14 +310,15 @@ class Manager:
     def install_library(self, lib: Library) -> None:
         """Make a library available; the manager starts it on workers as calls need it."""
         self._check_open()
-        with self._lock:  # sent before any call submitted after this line
-            self._setup.append((InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]))
-        self._wake()
-        self._libraries[lib.name] = lib
+        with self._st.lock:  # sent before any call submitted after this line
+            self._st.out.setup.append((InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]))
+            self._st.libraries[lib.name] = lib
+        self._conn.wake()
 
     def remove_library(self, name: str) -> None:
         self._send_control(RemoveLibrary(name=name))
-        self._libraries.pop(name, None)
+        with self._st.lock:
+            self._st.libraries.pop(name, None)
 
     def map(
         self,
@@ -411,7 +339,7 @@ class Manager:
             if isinstance(fn, str):
                 raise TypeError("map by function name needs library=")
             lib_name = auto_library_name(fn)
-            if lib_name not in self._libraries:
+            if lib_name not in self._st.libraries:
                 lib = Library(lib_name, [fn], exec_mode="direct")
                 self.install_library(lib)
             library = lib_name
@@ -452,28 +380,29 @@ class Manager:
         """
         forever = timeout is None or timeout < 0
         deadline = 0.0 if forever else time.monotonic() + float(timeout or 0)
-        with self._cv:
-            if self._refusals:  # refused work is news that cannot wait behind results
-                raise self._refusals.popleft()
-            while not self._done:
+        st = self._st
+        with st.cv:
+            if st.refusals:  # refused work is news that cannot wait behind results
+                raise st.refusals.popleft()
+            while not st.done:
                 self._raise_if_broken()
-                if self._refusals:
-                    raise self._refusals.popleft()
-                if not self._tasks:
+                if st.refusals:
+                    raise st.refusals.popleft()
+                if not st.tasks:
                     return None
                 remaining = None if forever else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                self._cv.wait(remaining if remaining is not None else 1.0)
-            t = self._done.popleft()
+                st.cv.wait(remaining if remaining is not None else 1.0)
+            t = st.done.popleft()
             assert t.id is not None
-            self._acks.append(t.id)
+            st.out.acks.append(t.id)
         return t
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait``."""
-        with self._lock:
-            return not self._tasks and not self._done
+        with self._st.lock:
+            return not self._st.tasks and not self._st.done
 
     def __iter__(self) -> Iterator[Task]:
         """Finished tasks as they come, until none is outstanding."""
@@ -489,13 +418,13 @@ class Manager:
         """
         from kubevine.progress import track
 
-        with self._lock:
-            total = len(self._tasks) + len(self._done)
+        with self._st.lock:
+            total = len(self._st.tasks) + len(self._st.done)
         return track(self.wait, total, progress=progress, timeout=timeout, desc=desc, failed=_unsuccessful)
 
     def cancel_by_task_id(self, task_id: int) -> bool:
-        with self._lock:
-            known = TaskId(task_id) in self._tasks
+        with self._st.lock:
+            known = TaskId(task_id) in self._st.tasks
         if known:
             self._send_control(Cancel(task_ids=[TaskId(task_id)]))
         return known
@@ -514,13 +443,9 @@ class Manager:
             name = file.cache_name()
         except FileNotFoundError:
             return  # a local file gone from disk was never sent under its current name
-        with self._lock:
-            self._sent_files.discard(name)
-            last = self._control[-1] if self._control else None
-            if last is not None and isinstance(last[0], UndeclareFiles) and last[2] == len(self._pending):
-                last[0].cache_names.append(name)  # many undeclares in a row travel as one
-                return
-        self._send_control(UndeclareFiles(cache_names=[name]))
+        with self._st.lock:
+            self._st.out.undeclare(name)
+        self._conn.wake()
 
     def status(self, timeout: float = 10.0) -> ManagerStatus:
         """What the manager says about the workflow now."""
@@ -537,10 +462,7 @@ class Manager:
         if self._closed:
             return
         self._closed = True
-        self._wake()
-        self._io.join(timeout=5)
-        self._wake_tx.close(0)
-        self._wake_rx.close(0)
+        self._conn.stop()
         if self._cluster is not None:
             self._cluster.stop()
 
@@ -567,340 +489,19 @@ class Manager:
         self._raise_if_broken()
 
     def _raise_if_broken(self) -> None:
-        if self._error is not None:
-            raise ConnectionError(f"connection to the manager failed: {self._error}")
-
-    def _wake(self) -> None:
-        with self._wake_lock:
-            try:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+        if self._conn.error is not None:
+            raise ConnectionError(f"connection to the manager failed: {self._conn.error}")
 
     def _send_control(self, msg: _Msg, frames: list[bytes] | None = None) -> None:
-        with self._lock:
-            self._control.append((msg, frames or [], len(self._pending)))
-        self._wake()
+        with self._st.lock:
+            self._st.out.add_control(msg, frames)
+        self._conn.wake()
 
     def _request(self, msg: _Msg, fut: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            self._replies.append((msg, fut))
-            self._control.append((msg, [], len(self._pending)))
-        self._wake()
-
-    def _io_loop(self) -> None:
-        try:
-            self._io_run()
-        except BaseException as e:  # surface to user threads rather than die silently
-            log.exception("client I/O thread failed")
-            self._error = e
-            with self._cv:
-                self._cv.notify_all()
-
-    def _connect(self) -> zmq.Socket[bytes]:
-        s: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-        s.connect(f"tcp://{self.address}")
-        s.send_multipart(encode(self._hello()))
-        return s
-
-    def _hello(self) -> Hello:
-        return Hello(
-            protocol=PROTOCOL_VERSION, token=self._token, role="client", client=self.name, attach=self._attach
-        )
-
-    def _io_run(self) -> None:
-        sock = self._connect()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
-        registered = False
-        manager_id: str | None = None
-        last_sent = last_heard = time.monotonic()
-        hb_interval, hb_timeout = 2.0, 30.0
-        try:
-            while not self._closed:
-                events = dict(poller.poll(100))
-                now = time.monotonic()
-                if self._wake_rx in events:
-                    while True:
-                        try:
-                            self._wake_rx.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                if sock in events:
-                    while True:
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        last_heard = now
-                        try:
-                            msg, frames = decode(parts)
-                        except ProtocolError as e:
-                            log.error("bad message from the manager: %s", e)
-                            continue
-                        if isinstance(msg, Welcome):
-                            if manager_id is not None:
-                                # a new manager may not have stored everything; and what the
-                                # old socket still held when we gave up on it was dropped
-                                self._resubmit(new_manager=msg.manager_id != manager_id)
-                            manager_id = msg.manager_id
-                            registered = True
-                            hb_interval, hb_timeout = msg.heartbeat_interval, msg.heartbeat_timeout
-                            if msg.first_task_id is not None:
-                                with self._lock:
-                                    self._next_id, self._ids_left = msg.first_task_id, msg.id_block
-                            if msg.tasks:
-                                self._adopt(msg.tasks)
-                            self._welcome.set()
-                        elif isinstance(msg, Refused):
-                            self._refused = msg.reason
-                            self._welcome.set()
-                            return
-                        elif isinstance(msg, ErrorMsg) and msg.code == "not_registered":
-                            if registered:
-                                self._ask_again()
-                            registered = False
-                            sock.send_multipart(encode(self._hello()))
-                        else:
-                            self._on_message(msg, frames)
-                if registered and self._flush(sock):
-                    last_sent = now
-                if now - last_sent > hb_interval:
-                    sock.send_multipart(encode(Heartbeat()))
-                    last_sent = now
-                if now - last_heard > hb_timeout + hb_interval:
-                    log.warning("manager at %s silent; reconnecting", self.address)
-                    poller.unregister(sock)
-                    sock.close(0)
-                    sock = self._connect()
-                    poller.register(sock, zmq.POLLIN)
-                    if registered:
-                        self._ask_again()
-                    registered = False
-                    last_heard = now
-        finally:
-            try:
-                if registered:
-                    with self._lock:
-                        acks, self._acks = self._acks, []
-                        control, self._control = self._control, []
-                    if acks:
-                        sock.send_multipart(encode(ResultsAck(task_ids=acks)))
-                    for m, extra, _ in control:  # a cancel or an undeclare made just before close
-                        send(sock, encode(m, extra))
-                    sock.send_multipart(encode(Goodbye(reason="client closed")))
-            finally:
-                sock.close(linger=200)
-
-    def _adopt(self, specs: list[TaskSpec]) -> None:
-        """attach=True: take on the tasks an earlier process under our name left behind."""
-        with self._cv:
-            for spec in specs:
-                if spec.id in self._tasks:
-                    continue
-                t = _task_from_spec(spec)
-                t._manager = self  # a value kept on a worker is fetched through us
-                self._tasks[spec.id] = t
-                self.attached.append(t)
-            self._cv.notify_all()
-        log.info("attached to %d task(s) of client %s", len(specs), self.name)
-
-    def _ask_again(self) -> None:
-        """The manager will never answer what we asked on a connection it lost: ask again on
-        the next one (ids, status, fetches), in the order first asked."""
-        with self._lock:
-            asked: list[tuple[_Msg, list[bytes], int]] = [(m, [], 0) for m, _ in self._replies] + [
-                (m, [], 0) for m in self._fetch_msgs.values()
-            ]
-            sent = {id(m) for m, _, _ in asked}
-            self._control[:] = asked + [c for c in self._control if id(c[0]) not in sent]
-
-    def _resubmit(self, new_manager: bool) -> None:
-        """After a reconnect, send every unfinished task again with the client files it needs
-        (and the libraries): the manager keeps what it already had and takes the rest. Needed
-        for a new manager (it may not have stored everything) and for the same one (messages
-        still queued on the abandoned socket were dropped with it)."""
-        with self._lock:
-            again = [item for tid, item in self._outstanding.items() if tid in self._tasks]
-            queued = {s.id for s, _ in self._pending}
-            first = [item for item in again if item[0].id not in queued]
-            self._pending[:0] = first
-            self._control = [(m, f, before + len(first)) for m, f, before in self._control]
-            libs = self._libraries.values()
-            self._setup[:0] = [(InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]) for lib in libs]
-            files: dict[CacheName, bytes] = {}
-            for spec, _ in again:
-                task = self._tasks[spec.id]
-                for f, _remote in task.inputs:
-                    for u in f.uploads():
-                        name = u.cache_name()
-                        if name not in files:
-                            try:
-                                files[name] = u.content()
-                            except OSError as e:  # its task fails on the manager, saying so
-                                log.error("task %s: input %s cannot be read again: %s", spec.id, name, e)
-            queued_files = {n for n, _ in self._files_out}
-            self._files_out[:0] = [(n, d) for n, d in files.items() if n not in queued_files]
-            self._sent_files = set(files) | {n for n, _ in self._files_out}
-        what = "a new manager" if new_manager else "the manager"
-        log.warning("reconnected to %s: sent %d unfinished task(s) again", what, len(again))
-
-    def _flush(self, sock: zmq.Socket[bytes]) -> bool:
-        with self._lock:
-            files, self._files_out = self._files_out, []
-            pending, self._pending = self._pending, []
-            acks, self._acks = self._acks, []
-            control, self._control = self._control, []
-            setup, self._setup = self._setup, []
-        sent = False
-        for m, extra in setup:
-            send(sock, encode(m, extra))
-            sent = True
-        if files:
-            metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(files)]
-            send(sock, encode(PutFiles(files=metas), [d for _, d in files]))
-            sent = True
-        if acks:
-            sock.send_multipart(encode(ResultsAck(task_ids=acks)))
-            sent = True
-        done = 0  # submissions and control messages go out in the order they were made
-        for m, extra, before in control:
-            if before > done:
-                _send_submit(sock, pending[done:before])
-                done = before
-            send(sock, encode(m, extra))
-            sent = True
-        if done < len(pending):
-            _send_submit(sock, pending[done:])
-            sent = True
-        return sent
-
-    def _on_message(self, msg: object, frames: list[bytes]) -> None:
-        if isinstance(msg, Results):
-            self._on_results(msg.results, frames)
-        elif isinstance(msg, (StatusReply, IdBlock)):
-            with self._lock:
-                fut = self._replies.popleft()[1] if self._replies else None
-            if fut is not None:
-                fut.set_result(msg)
-        elif isinstance(msg, ErrorMsg) and msg.code == "store_unavailable" and not msg.task_ids:
-            if not self._welcome.is_set():  # a new client: say so now rather than time out
-                self._unwelcome = StoreUnavailable(msg.message, [])
-                self._welcome.set()
-            else:  # reconnecting: the welcome follows once the store is back
-                log.warning("manager: %s", msg.message)
-        elif isinstance(msg, ErrorMsg) and msg.code == "store_unavailable":
-            log.error("manager: %s: %s", msg.code, msg.message)
-            refused: list[Task] = []
-            with self._cv:
-                for tid in msg.task_ids:
-                    t = self._tasks.pop(tid, None)
-                    self._outstanding.pop(tid, None)
-                    if t is not None:
-                        t.state = "refused"
-                        refused.append(t)
-                err = StoreUnavailable(msg.message, refused)
-                self._refusals.append(err)
-                self._cv.notify_all()
-            for t in refused:
-                if t._future is not None and not t._future.done():
-                    t._future.set_exception(err)
-        elif isinstance(msg, FetchedFile):
-            with self._lock:
-                pending = self._fetches.pop(msg.request, None)
-                self._fetch_msgs.pop(msg.request, None)
-            if pending is not None:
-                pending.set_result((msg, frame(frames, msg.frame)))
-        elif isinstance(msg, ErrorMsg):
-            log.error("manager: %s: %s", msg.code, msg.message)
-            if msg.task_ids:
-                for tid in msg.task_ids:
-                    r = ClientResult(
-                        task_id=tid,
-                        state="failed",
-                        attempts=0,
-                        outcome=Outcome.SANDBOX_ERROR,
-                        error=f"{msg.code}: {msg.message}",
-                    )
-                    self._on_results([r], [])
-
-    def _on_results(self, results: list[ClientResult], frames: list[bytes]) -> None:
-        done: list[Task] = []
-        for r in results:
-            with self._lock:
-                t = self._tasks.get(r.task_id)
-            if t is None or t.state in FINAL_STATES:
-                continue  # a repeat after a reconnect, or a task already handed back
-            t.state = r.state
-            t.result = r.outcome
-            t.exit_code = r.exit_code
-            t.error = r.error
-            t.attempts = r.attempts
-            t.wall_time = r.wall_time
-            t.worker = r.worker
-            t._output = frame(frames, r.output_frame)
-            for o in r.outputs:
-                data = frame(frames, o.frame)
-                if data is None:
-                    continue
-                for f, remote in t.outputs:
-                    if remote == o.remote_name and f.path is not None:
-                        try:
-                            _write_atomic(f.path, data, o.directory)
-                        except (OSError, tarfile.TarError) as e:  # the task's result still arrives
-                            log.error("task %s: could not write output %s to %s: %s", t.id, remote, f.path, e)
-                            t.error = f"{t.error + '; ' if t.error else ''}output {remote} not written: {e}"
-            done.append(t)
-        with self._cv:
-            for t in done:
-                assert t.id is not None
-                del self._tasks[t.id]
-                self._outstanding.pop(t.id, None)
-                if t._future is not None:
-                    self._acks.append(t.id)  # futures users consume through the future
-                else:
-                    self._done.append(t)
-            self._cv.notify_all()
-        for t in done:
-            if t._future is not None and not t._future.done():
-                t._future.set_result(t)
-
-
-def _send_submit(sock: zmq.Socket[bytes], pending: list[tuple[TaskSpec, bytes | None]]) -> None:
-    frames: list[bytes] = []
-    specs = []
-    for spec, payload in pending:
-        if payload is not None:
-            frames.append(payload)
-            spec = replace(spec, payload=len(frames) - 1)
-        specs.append(spec)
-    send(sock, encode(Submit(tasks=specs), frames))
-
-
-def _task_from_spec(spec: TaskSpec) -> Task:
-    """A task submitted by an earlier client process, rebuilt from what the manager holds."""
-    t: Task
-    if spec.kind == TaskKind.CALL:
-        t = FunctionCall(spec.library or "", spec.function or "")
-    elif spec.kind == TaskKind.PYTHON:
-        t = PythonTask.__new__(PythonTask)
-        Task.__init__(t, None)
-        t.func, t.args, t.kwargs = (lambda: None), (), {}
-    else:
-        t = Task(spec.command)
-    t.tag, t.category, t.priority, t.retries = spec.tag, spec.category, spec.priority, spec.retries
-    t.env, t.time_max = dict(spec.env), spec.time_max
-    kept = value_output(spec.outputs)
-    if isinstance(t, PythonTask) and kept is not None:  # its value stayed on a worker
-        t._output_file = File(FileKind.TEMP, kept.cache, name=kept.cache_name)
-    t.id = spec.id
-    t.state = "submitted"
-    t._attached = True  # rebuilt without payload, inputs or outputs: not to be run again
-    return t
+        with self._st.lock:
+            self._st.replies.append((msg, fut))
+            self._st.out.add_control(msg)
+        self._conn.wake()
 
 
 def _unsuccessful(t: Task) -> bool:
@@ -914,17 +515,6 @@ def _definition(task: Task, inputs: list[FileBinding]) -> str:
         return task.spec(inputs, []).model_dump_json(exclude={"id"}) + repr(task.payload())
     finally:
         task.id = saved
-
-
-def _write_atomic(path: Path, data: bytes, directory: bool = False) -> None:
-    """Put a file (or a directory, from its tar) at ``path``, replacing what is there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.kubevine-tmp-{uuid.uuid4().hex[:8]}")
-    if directory:
-        filetree.unpack(data, tmp)
-    else:
-        tmp.write_bytes(data)
-    filetree.place(tmp, path)
 
 
 def as_completed(

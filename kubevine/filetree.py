@@ -19,16 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def _sha256(path: Path) -> str:
-    d = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            d.update(chunk)
-    return d.hexdigest()
+from kubevine.digest import sha256_file
 
 
-def tree_hash(root: Path, file_hash: Callable[[Path], str] = _sha256) -> str:
+def tree_hash(root: Path, file_hash: Callable[[Path], str] = sha256_file) -> str:
     """sha256 over a directory's entries, sorted: what it holds, not how it is stored."""
     d = hashlib.sha256(b"kubevine-tree-1\n")
     for dirpath, dirnames, filenames in os.walk(root):

@@ -18,8 +18,10 @@ token; the manager answers :class:`Welcome` or :class:`Refused` (and closes noth
 from __future__ import annotations
 
 import enum
+import re
+import typing
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -507,42 +509,78 @@ class LibraryStatus(_Msg):
     error: str | None = None
 
 
-Message = Annotated[
+# --------------------------------------------------------------------------- directions
+# Each end decodes only what may be sent to it: a message of another direction is refused as
+# :class:`UnexpectedMessage` before its body is read, and each dispatcher is a ``match`` over
+# its union that mypy checks for exhaustiveness (``assert_never``).
+
+FromWorker = (
+    Hello | Heartbeat | WorkerUpdate | FileRequest | LibraryStatus | Drain | Goodbye
+)  # worker -> manager
+FromClient = (
     Hello
-    | Welcome
-    | Refused
-    | ErrorMsg
     | Heartbeat
-    | IdBlockRequest
-    | IdBlock
-    | PutFiles
     | Submit
-    | Cancel
-    | UndeclareFiles
-    | ForgetFiles
-    | Results
+    | PutFiles
     | ResultsAck
-    | Dispatch
-    | Kill
-    | WorkerUpdate
-    | UpdateAck
-    | FileRequest
-    | FileData
-    | FetchFile
-    | FetchedFile
-    | PeerLost
-    | StatusRequest
-    | StatusReply
-    | DrainWorkers
-    | Drain
-    | Goodbye
     | InstallLibrary
     | RemoveLibrary
-    | LibraryStatus,
-    Field(discriminator="type"),
-]
+    | Cancel
+    | UndeclareFiles
+    | IdBlockRequest
+    | StatusRequest
+    | FetchFile
+    | Goodbye
+)  # client -> manager
+FromAdmin = Hello | Heartbeat | StatusRequest | DrainWorkers | Goodbye  # admin (status, operator) -> manager
+ToManager = FromWorker | FromClient | FromAdmin
+#: what a worker acts on; Welcome, Refused and Heartbeat are its session's (kubevine.session)
+WorkerWork = (
+    Dispatch
+    | UpdateAck
+    | Kill
+    | InstallLibrary
+    | RemoveLibrary
+    | FileData
+    | ForgetFiles
+    | PeerLost
+    | Drain
+    | ErrorMsg
+)
+ToWorker = Welcome | Refused | Heartbeat | WorkerWork  # manager -> worker
+#: what a client acts on; Welcome, Refused and Heartbeat are its session's
+ClientWork = Results | IdBlock | StatusReply | FetchedFile | ErrorMsg
+ToClient = Welcome | Refused | Heartbeat | ClientWork  # manager -> client (and admin sessions)
+Message = ToManager | ToWorker | ToClient
 
-_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+_D = TypeVar("_D")
+
+
+class Direction(Generic[_D]):
+    """The messages one end accepts: their ``type`` tags and a validator for exactly those."""
+
+    def __init__(self, name: str, union: object) -> None:
+        self.name = name
+        self.adapter: TypeAdapter[_D] = TypeAdapter(Annotated[union, Field(discriminator="type")])  # type: ignore[arg-type]
+        members = typing.get_args(union)
+        self.tags = frozenset(m.model_fields["type"].default for m in members)
+
+
+TO_MANAGER: Direction[ToManager] = Direction("anything -> manager", ToManager)
+FROM_WORKER: Direction[FromWorker] = Direction("worker -> manager", FromWorker)
+FROM_CLIENT: Direction[FromClient] = Direction("client -> manager", FromClient)
+FROM_ADMIN: Direction[FromAdmin] = Direction("admin -> manager", FromAdmin)
+TO_WORKER: Direction[ToWorker] = Direction("manager -> worker", ToWorker)
+TO_CLIENT: Direction[ToClient] = Direction("manager -> client", ToClient)
+ANY: Direction[Message] = Direction("any message", Message)
+
+
+class UnexpectedMessage(ProtocolError):
+    """A well-formed message that this end does not accept (its ``tag``)."""
+
+    def __init__(self, tag: str, direction: str) -> None:
+        super().__init__(f"unexpected message type {tag!r} (not one of {direction})")
+        self.tag = tag
 
 
 PACKED = b"\x00"  # a header that starts with this byte is followed by one packed frame
@@ -584,23 +622,56 @@ def send(sock: object, parts: list[bytes]) -> None:
     sock.send_multipart(parts, copy=not big)  # type: ignore[attr-defined]
 
 
-def decode(parts: Sequence[bytes]) -> tuple[Message, list[bytes]]:
-    """Parse a multipart message; :class:`ProtocolError` says what is wrong with it."""
+_TAG = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]{1,40})"')
+
+
+def message_type(head: bytes) -> str | None:
+    """The ``type`` of a header, read from its first bytes (every model writes it first), or
+    None when it is not there; lets an end refuse a message without reading its body."""
+    m = _TAG.match(head, 1 if head[:1] == PACKED else 0)
+    return m.group(1).decode() if m else None
+
+
+@typing.overload
+def decode(parts: Sequence[bytes]) -> tuple[Message, list[bytes]]: ...
+
+
+@typing.overload
+def decode(parts: Sequence[bytes], direction: Direction[_D]) -> tuple[_D, list[bytes]]: ...
+
+
+def decode(
+    parts: Sequence[bytes], direction: Direction[typing.Any] | None = None
+) -> tuple[typing.Any, list[bytes]]:
+    """Parse a multipart message sent to ``direction``; :class:`ProtocolError` says what is
+    wrong with it (:class:`UnexpectedMessage` when it is well formed but not accepted here)."""
+    direction = direction or ANY
     if not parts:
         raise ProtocolError("empty message")
     head = parts[0]
+    tag = message_type(head)
+    if tag is not None and tag not in direction.tags:
+        raise _unexpected(tag, direction)
     if head[:1] == PACKED:
         head = head[1:]
         frames = _unpack(parts[1:])
     else:
         frames = list(parts[1:])
     try:
-        msg = _ADAPTER.validate_json(head)
+        msg = direction.adapter.validate_json(head)
     except ValidationError as e:
         first = e.errors()[0]
+        if first.get("type") == "union_tag_invalid":
+            raise _unexpected(str((first.get("ctx") or {}).get("tag")), direction) from e
         where = ".".join(str(p) for p in first.get("loc", ())) or "header"
         raise ProtocolError(f"malformed message: {where}: {first.get('msg')}") from e
     return msg, frames
+
+
+def _unexpected(tag: str, direction: Direction[typing.Any]) -> ProtocolError:
+    if tag not in ANY.tags:
+        return ProtocolError(f"malformed message: unknown message type {tag!r}")
+    return UnexpectedMessage(tag, direction.name)
 
 
 def _unpack(parts: Sequence[bytes]) -> list[bytes]:

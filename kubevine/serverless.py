@@ -14,7 +14,6 @@ call that raised re-raises the original exception type, like a future.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import sysconfig
 import types
@@ -24,12 +23,14 @@ from typing import Any
 
 import cloudpickle
 
-from kubevine.protocol import VALUE_FILE, LibrarySpec, TaskKind
+from kubevine.digest import sha256_bytes
+from kubevine.protocol import VALUE_FILE, FileKind, LibrarySpec, TaskKind, TaskSpec, value_output
 from kubevine.resources import Resources
 from kubevine.results import RemoteError, decode_result
 from kubevine.results import encode_error as encode_error
 from kubevine.results import encode_ok as encode_ok
 from kubevine.results import library_context as library_context
+from kubevine.states import ClientState
 from kubevine.task import File, Task, declare_temp
 
 _STD_PATHS = tuple(
@@ -211,5 +212,27 @@ class Library:
 
 def auto_library_name(fn: Callable[..., Any]) -> str:
     """A stable library name for one function, from its pickled code."""
-    digest = hashlib.sha256(dumps(fn, fn)).hexdigest()[:12]
+    digest = sha256_bytes(dumps(fn, fn))[:12]
     return f"{getattr(fn, '__name__', 'fn')}-{digest}"
+
+
+def task_from_spec(spec: TaskSpec) -> Task:
+    """A task submitted by an earlier client process, rebuilt from what the manager holds."""
+    t: Task
+    if spec.kind == TaskKind.CALL:
+        t = FunctionCall(spec.library or "", spec.function or "")
+    elif spec.kind == TaskKind.PYTHON:
+        t = PythonTask.__new__(PythonTask)
+        Task.__init__(t, None)
+        t.func, t.args, t.kwargs = (lambda: None), (), {}
+    else:
+        t = Task(spec.command)
+    t.tag, t.category, t.priority, t.retries = spec.tag, spec.category, spec.priority, spec.retries
+    t.env, t.time_max = dict(spec.env), spec.time_max
+    kept = value_output(spec.outputs)
+    if isinstance(t, PythonTask) and kept is not None:  # its value stayed on a worker
+        t._output_file = File(FileKind.TEMP, kept.cache, name=kept.cache_name)
+    t.id = spec.id
+    t.state = ClientState.SUBMITTED
+    t._attached = True  # rebuilt without payload, inputs or outputs: not to be run again
+    return t

@@ -9,7 +9,6 @@ to a :class:`~kubevine.client.Manager`, and filled in when its result arrives
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 import os
 import urllib.parse
@@ -20,9 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kubevine import filetree
+from kubevine.digest import sha256_bytes, sha256_file, sha256_text
 from kubevine.ids import CacheName, TaskId
 from kubevine.protocol import CacheLevel, FileBinding, FileKind, MiniTaskSpec, Outcome, TaskKind, TaskSpec
 from kubevine.resources import Resources
+from kubevine.states import ClientState
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,7 @@ def hash_path(path: Path) -> str:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     h = _HASH_MEMO.get(key)
     if h is None:
-        d = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                d.update(chunk)
-        h = _HASH_MEMO[key] = d.hexdigest()
+        h = _HASH_MEMO[key] = sha256_file(path)
     return h
 
 
@@ -62,7 +59,7 @@ class File:
         """The name workers cache it under: derived from what the file is."""
         if self.kind == FileKind.BUFFER:
             assert self.data is not None
-            return CacheName("buf-" + hashlib.sha256(self.data).hexdigest())
+            return CacheName("buf-" + sha256_bytes(self.data))
         if self.kind == FileKind.LOCAL:
             assert self.path is not None
             if not self.path.exists():
@@ -72,16 +69,12 @@ class File:
             return CacheName("file-" + hash_path(self.path))
         if self.kind == FileKind.URL:
             assert self.url is not None
-            return self.name or CacheName("url-" + hashlib.sha256(self.url.encode()).hexdigest())
+            return self.name or CacheName("url-" + sha256_text(self.url))
         if self.kind == FileKind.UNTAR:  # named after the archive it unpacks
             assert self.archive is not None
-            return CacheName(
-                "untar-" + hashlib.sha256(b"untar\0" + self.archive.cache_name().encode()).hexdigest()
-            )
+            return CacheName("untar-" + sha256_text("untar\0" + self.archive.cache_name()))
         if self.kind == FileKind.MINITASK:  # named after the definition of the task that makes it
-            return CacheName(
-                "mini-" + hashlib.sha256(self.mini_spec().model_dump_json().encode()).hexdigest()
-            )
+            return CacheName("mini-" + sha256_text(self.mini_spec().model_dump_json()))
         if self.kind == FileKind.TEMP:
             if self.name is None:
                 raise ValueError(
@@ -191,7 +184,7 @@ class Task:
         self.outputs: list[tuple[File, str]] = []
         # filled in on submit / on completion
         self.id: TaskId | None = None
-        self.state = "new"
+        self.state = ClientState.NEW
         self.exit_code: int | None = None
         self.result: Outcome | None = None
         self.error: str | None = None
@@ -275,7 +268,7 @@ class Task:
         """A future that resolves to this task when it ends (any outcome)."""
         if self._future is None:
             self._future = concurrent.futures.Future()
-            if self.state in ("done", "failed", "cancelled"):
+            if self.state in (ClientState.DONE, ClientState.FAILED, ClientState.CANCELLED):
                 self._future.set_result(self)
         return self._future
 
@@ -332,7 +325,7 @@ def declare_url(url: str, cache: str | CacheLevel) -> File:
     if not validators:
         log.warning("no validators for %s (ETag, Last-Modified, Content-Length): it will not be reused", url)
         validators = f"unvalidated {uuid.uuid4().hex}"
-    digest = hashlib.sha256(f"{url}\0{validators}".encode()).hexdigest()
+    digest = sha256_text(f"{url}\0{validators}")
     return File(FileKind.URL, CacheLevel(cache), url=url, name=CacheName("url-" + digest))
 
 
@@ -364,7 +357,7 @@ def declare_temp() -> File:
 
 def temp_name(spec_json: str, remote_name: str) -> CacheName:
     """A temp file's cache name, derived from the definition of the task that produces it."""
-    return CacheName("temp-" + hashlib.sha256(f"{spec_json}\0{remote_name}".encode()).hexdigest())
+    return CacheName("temp-" + sha256_text(f"{spec_json}\0{remote_name}"))
 
 
 def declare_buffer(data: bytes | str, cache: str | CacheLevel) -> File:

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from kubevine.resources import Resources
+from kubevine.states import TaskState
 
 KINDS = ("MANAGER", "WORKER", "TASK", "TRANSFER", "CACHE", "LIBRARY")
 #: the events of TASK lines that are states (the manager's task lifecycle, in order)
-TASK_STATES = ("waiting", "ready", "dispatched", "running", "retrying", "done", "failed", "cancelled")
+TASK_STATES = tuple(s.value for s in TaskState)
 #: where a file can come from (TRANSFER ``source=``), cheapest first
 SOURCES = ("peer", "manager", "url")
 

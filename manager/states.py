@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import enum
 
+from kubevine.states import FINAL, TaskState
 
-class TaskState(enum.StrEnum):
-    WAITING = "waiting"  # an input is not available yet (a temp file still to be produced)
-    READY = "ready"  # can run as soon as a worker has room
-    DISPATCHED = "dispatched"  # sent to a worker, not started yet
-    RUNNING = "running"  # the worker started it
-    RETRYING = "retrying"  # an attempt failed and the retry budget allows another
-    DONE = "done"  # ran, exit 0, outputs present
-    FAILED = "failed"  # gave up: ran unsuccessfully with no retries left, or could not run
-    CANCELLED = "cancelled"  # the client cancelled it
+__all__ = ["FINAL", "TRANSITIONS", "IllegalTransition", "TaskState", "WorkerState", "check_move"]
 
-
-FINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
-# DONE is final for the client; the manager may still re-run a task to regenerate a lost temp
-# file that another task needs (its result is not delivered again).
 
 S = TaskState
 #: (from, to) -> the reason such a move happens.

@@ -19,25 +19,17 @@ never refers to two different contents and an entry is never stale.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import time
 from pathlib import Path
 
 from kubevine import filetree
+from kubevine.digest import sha256_file
 from kubevine.ids import CacheName
 from kubevine.protocol import CacheLevel
 
 LEVEL_ORDER = {CacheLevel.TASK: 0, CacheLevel.WORKFLOW: 1, CacheLevel.WORKER: 2, CacheLevel.FOREVER: 3}
-
-
-def sha256_file(path: Path) -> str:
-    d = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            d.update(chunk)
-    return d.hexdigest()
 
 
 def content_checksum(name: CacheName) -> str | None:

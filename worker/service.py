@@ -13,7 +13,6 @@ starts only when its cores, memory, disk and gpus are free here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from types import FrameType
 import zmq
 
 from kubevine import filetree
+from kubevine.digest import sha256_bytes, sha256_file
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
@@ -75,7 +75,7 @@ from kubevine.protocol import (
 )
 from kubevine.resources import Resources, Tally
 from kubevine.worker import sandbox
-from kubevine.worker.cache import Cache, dir_size, sha256_file
+from kubevine.worker.cache import Cache, dir_size
 from kubevine.worker.derive import Deriver
 from kubevine.worker.library import LibraryInstance
 from kubevine.worker.pystarter import Starter
@@ -607,7 +607,7 @@ class WorkerService:
             remote_name=b.remote_name,
             cache_name=b.cache_name,
             size=len(data),
-            checksum=hashlib.sha256(data).hexdigest(),
+            checksum=sha256_bytes(data),
         )
         return res.model_copy(update={"output_frame": None, "outputs": [out]})
 

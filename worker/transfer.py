@@ -11,7 +11,6 @@ instead. Every arrival (or failure) is recorded for the manager's transfer accou
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -27,6 +26,7 @@ from pathlib import Path
 import zmq
 
 from kubevine import filetree
+from kubevine.digest import sha256_bytes, sha256_file
 from kubevine.ids import CacheName
 from kubevine.protocol import StageIn, TransferRecord
 from kubevine.worker.cache import Cache, content_checksum
@@ -208,7 +208,7 @@ class Fetcher:
         expected = f.stage.checksum or content_checksum(name)
         if expected is not None:
             if data is not None:
-                got = hashlib.sha256(data).hexdigest()
+                got = sha256_bytes(data)
             elif path is not None and path.is_dir():
                 got = filetree.tree_hash(path)
             else:
@@ -338,10 +338,4 @@ class Fetcher:
 
 
 def _sha(path: Path | None) -> str:
-    d = hashlib.sha256()
-    if path is None:
-        return ""
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            d.update(chunk)
-    return d.hexdigest()
+    return "" if path is None else sha256_file(path)

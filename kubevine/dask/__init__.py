@@ -27,7 +27,6 @@ shell (:class:`_Run`) that submits calls and reacts to their results.
 from __future__ import annotations
 
 import functools
-import hashlib
 import heapq
 import io
 import logging
@@ -48,6 +47,7 @@ import cloudpickle
 
 from kubevine.dask import execute as dask_exec
 from kubevine.dask.execute import NEED_GRAPH, OK, Key
+from kubevine.digest import sha256_bytes
 from kubevine.protocol import FileKind, Outcome
 from kubevine.results import RemoteError
 from kubevine.serverless import FunctionCall, Library, PythonTask, _by_value
@@ -494,7 +494,7 @@ class _Run:
                 return name
             hoist = sorted({"dask", *modules, *self.opts.lib_modules})
             what = repr((hoist, settings)).encode()
-            name = f"kubevine-dask-{hashlib.sha256(what).hexdigest()[:12]}"
+            name = f"kubevine-dask-{sha256_bytes(what)[:12]}"
             self.st.libraries[repr(settings)] = name
         lib = Library(
             name,

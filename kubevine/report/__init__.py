@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubevine.states import FINAL
 from kubevine.txformat import SOURCES, TASK_STATES, Event, parse_lines
 
-FINAL = ("done", "failed", "cancelled")
 NO_GROUP = "(no category)"
 
 

@@ -1,53 +1,57 @@
 """A client's control messages (cancel, undeclare, requests) and its submissions reach the
 manager in the order the user made them, even when one flush carries them all: a cancel by
-tag must not catch a task submitted after it, nor an undeclare pass a submit made after it."""
+tag must not catch a task submitted after it, nor an undeclare pass a submit made after it.
+The client's outbox is a plain object (no socket, no thread), so this is checked directly."""
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-
-import zmq
-
-from kubevine.client import Manager
-from kubevine.ids import TaskId
-from kubevine.protocol import Cancel, Submit, TaskSpec, UndeclareFiles, decode
-
-
-def _client_queues() -> Manager:
-    """A client object with only its outgoing queues (no connection, no I/O thread)."""
-    m = Manager.__new__(Manager)
-    m._lock = threading.Lock()
-    m._files_out, m._pending, m._acks, m._control, m._setup = [], [], [], [], []
-    m._replies = deque()
-    m._wake = lambda: None  # type: ignore[method-assign]  # no I/O thread to wake
-    return m
+from kubevine.clientio import Outbox
+from kubevine.ids import CacheName, TaskId
+from kubevine.protocol import Cancel, PutFiles, StatusRequest, Submit, TaskSpec, UndeclareFiles, _Msg
 
 
 def _spec(i: int, tag: str) -> TaskSpec:
     return TaskSpec(id=TaskId(i), command="true", tag=tag)
 
 
+def _seen(messages: list[tuple[_Msg, list[bytes]]]) -> list[tuple[str, list[int]]]:
+    return [(m.type, [t.id for t in m.tasks] if isinstance(m, Submit) else []) for m, _ in messages]  # type: ignore[attr-defined]
+
+
 def test_one_flush_keeps_submissions_and_control_messages_in_order() -> None:
-    ctx = zmq.Context.instance()
-    out, into = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    out.bind("inproc://client-ordering")
-    into.connect("inproc://client-ordering")
-    try:
-        m = _client_queues()
-        m._pending.append((_spec(1, "old"), None))
-        m._send_control(Cancel(tag="old"))  # cancels task 1 ...
-        m._pending.append((_spec(2, "old"), None))  # ... not task 2, submitted after it
-        m._send_control(UndeclareFiles(cache_names=["buf-x"]))
-        assert m._flush(out)
-        seen = []
-        while into.poll(100):
-            msg, _ = decode(into.recv_multipart())
-            if isinstance(msg, Submit):
-                seen.append(("submit", [t.id for t in msg.tasks]))
-            else:
-                seen.append((msg.type, []))
-        assert seen == [("submit", [1]), ("cancel", []), ("submit", [2]), ("undeclare_files", [])]
-    finally:
-        out.close(0)
-        into.close(0)
+    box = Outbox()
+    box.pending.append((_spec(1, "old"), None))
+    box.add_control(Cancel(tag="old"))  # cancels task 1 ...
+    box.pending.append((_spec(2, "old"), None))  # ... not task 2, submitted after it
+    box.undeclare(CacheName("buf-x"))
+    assert _seen(box.messages()) == [("submit", [1]), ("cancel", []), ("submit", [2]), ("undeclare_files", [])]
+    assert box.messages() == []  # taking the messages empties the box
+
+
+def test_undeclares_in_a_row_travel_as_one_message_but_not_across_a_submission() -> None:
+    box = Outbox()
+    box.undeclare(CacheName("buf-a"))
+    box.undeclare(CacheName("buf-b"))
+    box.pending.append((_spec(1, "t"), None))
+    box.undeclare(CacheName("buf-c"))
+    msgs = box.messages()
+    assert _seen(msgs) == [("undeclare_files", []), ("submit", [1]), ("undeclare_files", [])]
+    first, last = msgs[0][0], msgs[2][0]
+    assert isinstance(first, UndeclareFiles) and first.cache_names == ["buf-a", "buf-b"]
+    assert isinstance(last, UndeclareFiles) and last.cache_names == ["buf-c"]
+
+
+def test_files_go_before_the_submissions_that_read_them_and_payloads_are_renumbered() -> None:
+    box = Outbox()
+    box.files.append((CacheName("buf-1"), b"one"))
+    box.pending.append((_spec(1, "a"), b"payload-1"))
+    box.add_control(StatusRequest())
+    box.pending.append((_spec(2, "a"), None))
+    box.pending.append((_spec(3, "a"), b"payload-3"))
+    msgs = box.messages()
+    assert [m.type for m, _ in msgs] == ["put_files", "submit", "status_request", "submit"]
+    put, frames = msgs[0]
+    assert isinstance(put, PutFiles) and frames == [b"one"]
+    sub, frames = msgs[3]
+    assert isinstance(sub, Submit)
+    assert [t.payload for t in sub.tasks] == [None, 0] and frames == [b"payload-3"]

@@ -1,0 +1,452 @@
+"""The client's side of the wire: what user threads queue, and the thread that sends it.
+
+:class:`~kubevine.client.Manager` is the API user code calls; everything it shares with the
+network lives here. User threads put submissions, files and control messages in the
+:class:`Outbox` and tasks in the :class:`Shared` table; one background thread
+(:class:`Connection`) owns the ZeroMQ socket through a :class:`~kubevine.session.Session`,
+sends the outbox in batches and files results as they arrive, so ``submit`` never waits for
+the network and results are collected while user code is busy.
+
+Order is part of the contract: submissions and control messages (a cancel by tag, an
+undeclare, a status request) leave in the order they were made, also within one flush, so a
+cancel never catches a task submitted after it (:meth:`Outbox.messages`). After a reconnect
+every unfinished task is sent again with the client files it needs, and every request not
+yet answered is asked again: the manager keeps what it already had and takes the rest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import tarfile
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, assert_never
+
+import zmq
+
+from kubevine import filetree
+from kubevine.ids import CacheName, ClientId, TaskId
+from kubevine.protocol import (
+    PROTOCOL_VERSION,
+    TO_CLIENT,
+    ClientResult,
+    ClientWork,
+    ErrorMsg,
+    FetchedFile,
+    FetchFile,
+    FileMeta,
+    Goodbye,
+    Hello,
+    IdBlock,
+    InstallLibrary,
+    Outcome,
+    PutFiles,
+    Results,
+    ResultsAck,
+    StatusReply,
+    Submit,
+    TaskSpec,
+    UndeclareFiles,
+    Welcome,
+    _Msg,
+    frame,
+    replace,
+)
+from kubevine.session import Session
+from kubevine.states import ClientState
+
+if TYPE_CHECKING:
+    from kubevine.serverless import Library
+    from kubevine.task import Task
+
+log = logging.getLogger(__name__)
+
+Pending = tuple[TaskSpec, bytes | None]  # a submission: its spec and its pickled payload
+
+
+class ConnectionRefused(ConnectionError):
+    """The manager refused this client (wrong token, protocol mismatch)."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The manager did not accept these tasks: its state store (Redis) has been unreachable
+    for longer than it may run without one. Tasks accepted earlier are safe and go on;
+    these may be submitted again (``m.submit(t)``) once the store is back."""
+
+    def __init__(self, message: str, tasks: list[Task]) -> None:
+        super().__init__(message)
+        self.tasks = tasks
+
+
+@dataclass(eq=False)
+class Outbox:
+    """What is waiting to be sent, in the order it must leave (no I/O here)."""
+
+    pending: list[Pending] = field(default_factory=list)  # submissions
+    files: list[tuple[CacheName, bytes]] = field(default_factory=list)  # client files to upload
+    sent_files: set[CacheName] = field(default_factory=set)  # uploaded (or queued) already
+    acks: list[TaskId] = field(default_factory=list)  # results handed to user code
+    # control messages, each with how many queued submissions precede it (sent in that order)
+    control: list[tuple[_Msg, list[bytes], int]] = field(default_factory=list)
+    setup: list[tuple[_Msg, list[bytes]]] = field(default_factory=list)  # libraries: before any call
+
+    def add_control(self, msg: _Msg, frames: list[bytes] | None = None) -> None:
+        self.control.append((msg, frames or [], len(self.pending)))
+
+    def undeclare(self, name: CacheName) -> None:
+        """Many undeclares in a row (no submission between them) travel as one message."""
+        self.sent_files.discard(name)
+        last = self.control[-1] if self.control else None
+        if last is not None and isinstance(last[0], UndeclareFiles) and last[2] == len(self.pending):
+            last[0].cache_names.append(name)
+        else:
+            self.add_control(UndeclareFiles(cache_names=[name]))
+
+    def messages(self) -> list[tuple[_Msg, list[bytes]]]:
+        """Everything queued, as messages in the order they must leave; the box is emptied."""
+        out: list[tuple[_Msg, list[bytes]]] = list(self.setup)
+        if self.files:
+            metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(self.files)]
+            out.append((PutFiles(files=metas), [d for _, d in self.files]))
+        if self.acks:
+            out.append((ResultsAck(task_ids=self.acks), []))
+        done = 0
+        for msg, extra, before in self.control:
+            if before > done:
+                out.append(_submit(self.pending[done:before]))
+                done = before
+            out.append((msg, extra))
+        if done < len(self.pending):
+            out.append(_submit(self.pending[done:]))
+        self.setup, self.files, self.acks, self.control, self.pending = [], [], [], [], []
+        return out
+
+
+def _submit(pending: list[Pending]) -> tuple[_Msg, list[bytes]]:
+    frames: list[bytes] = []
+    specs = []
+    for spec, payload in pending:
+        if payload is not None:
+            frames.append(payload)
+            spec = replace(spec, payload=len(frames) - 1)
+        specs.append(spec)
+    return Submit(tasks=specs), frames
+
+
+@dataclass(eq=False)
+class Shared:
+    """What user threads and the I/O thread share; every field is read and written under
+    ``lock`` (``cv`` wakes threads waiting for results)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cv: threading.Condition = field(init=False)
+    out: Outbox = field(default_factory=Outbox)
+    tasks: dict[TaskId, Task] = field(default_factory=dict)  # submitted, result not handed back
+    done: deque[Task] = field(default_factory=deque)  # results waiting for ``wait()``
+    outstanding: dict[TaskId, Pending] = field(default_factory=dict)  # to send again after a reconnect
+    libraries: dict[str, Library] = field(default_factory=dict)
+    # requests awaiting their reply (answered in order), asked again on a new connection
+    replies: deque[tuple[_Msg, concurrent.futures.Future[Any]]] = field(default_factory=deque)
+    fetches: dict[int, tuple[FetchFile, concurrent.futures.Future[tuple[FetchedFile, bytes | None]]]] = field(
+        default_factory=dict
+    )
+    fetch_seq: int = 0
+    next_id: int = 0
+    ids_left: int = 0
+    refusals: deque[StoreUnavailable] = field(default_factory=deque)
+    attached: list[Task] = field(default_factory=list)  # tasks of an earlier process (attach=True)
+
+    def __post_init__(self) -> None:
+        self.cv = threading.Condition(self.lock)
+
+
+class Connection:
+    """The I/O thread: one session to the manager, driven by the :class:`Shared` state."""
+
+    def __init__(self, shared: Shared, address: str, token: str, name: ClientId, attach: bool) -> None:
+        self.shared = shared
+        self.address = address
+        self.token = token
+        self.name = name
+        self.attach = attach
+        self.closed = False
+        self.error: BaseException | None = None
+        self.welcome = threading.Event()  # set once welcomed, refused or told the store is down
+        self.refusal: str | None = None
+        self.unwelcome: StoreUnavailable | None = None  # the manager cannot welcome us now
+        self.fetcher: Any = None  # the Manager, for tasks adopted under attach=True
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._wake_addr = f"inproc://client-wake-{uuid.uuid4().hex}"
+        self._wake_rx = self.ctx.socket(zmq.PULL)
+        self._wake_rx.bind(self._wake_addr)
+        self._wake_tx = self.ctx.socket(zmq.PUSH)
+        self._wake_tx.connect(self._wake_addr)
+        self._wake_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="kubevine-client-io", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        with self._wake_lock:
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def stop(self) -> None:
+        self.closed = True
+        self.wake()
+        self._thread.join(timeout=5)
+        self._wake_tx.close(0)
+        self._wake_rx.close(0)
+
+    # ------------------------------------------------------------------ SessionOwner
+
+    def hello(self) -> Hello:
+        return Hello(
+            protocol=PROTOCOL_VERSION, token=self.token, role="client", client=self.name, attach=self.attach
+        )
+
+    def welcomed(self, welcome: Welcome, *, again: bool, new_manager: bool) -> None:
+        if again:  # a new manager may not have stored everything; and what the old socket
+            self._resubmit(new_manager)  # still held when we gave up on it was dropped
+        if welcome.first_task_id is not None:
+            with self.shared.lock:
+                self.shared.next_id, self.shared.ids_left = welcome.first_task_id, welcome.id_block
+        if welcome.tasks:
+            self._adopt(welcome.tasks)
+        self.welcome.set()
+
+    def refused(self, reason: str) -> None:
+        self.refusal = reason
+        self.closed = True
+        self.welcome.set()
+
+    def reset(self) -> None:
+        """The manager will never answer what we asked on a connection it lost: ask again on
+        the next one (ids, status, fetches), in the order first asked."""
+        sh = self.shared
+        with sh.lock:
+            asked: list[tuple[_Msg, list[bytes], int]] = [(m, [], 0) for m, _ in sh.replies]
+            asked += [(m, [], 0) for m, _ in sh.fetches.values()]
+            sent = {id(m) for m, _, _ in asked}
+            sh.out.control[:] = asked + [c for c in sh.out.control if id(c[0]) not in sent]
+
+    # ------------------------------------------------------------------ the thread
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # surface to user threads rather than die silently
+            log.exception("client I/O thread failed")
+            self.error = e
+            with self.shared.cv:
+                self.shared.cv.notify_all()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_rx, zmq.POLLIN)
+        session: Session[ClientWork] = Session(
+            self.ctx, self.address, self, TO_CLIENT, poller=poller, name=f"client {self.name}"
+        )
+        session.connect()
+        try:
+            while not self.closed:
+                events = dict(poller.poll(min(100, int(session.due_in() * 1000) + 1)))
+                if self._wake_rx in events:
+                    while True:
+                        try:
+                            self._wake_rx.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                for msg, frames in session.read(events):
+                    self._on_message(msg, frames)
+                if session.registered:
+                    self._flush(session)
+                if not self.closed:
+                    session.tick()
+        finally:
+            try:
+                if session.registered:  # a cancel or an undeclare made just before close
+                    with self.shared.lock:
+                        box = self.shared.out
+                        last: list[tuple[_Msg, list[bytes]]] = []
+                        if box.acks:
+                            last.append((ResultsAck(task_ids=box.acks), []))
+                        last += [(m, f) for m, f, _ in box.control]
+                        box.acks, box.control = [], []
+                    for m, f in last:
+                        session.send(m, f)
+                    session.send(Goodbye(reason="client closed"))
+            finally:
+                session.close(linger=200)
+
+    def _flush(self, session: Session[ClientWork]) -> None:
+        with self.shared.lock:
+            messages = self.shared.out.messages()
+        for msg, frames in messages:
+            session.send(msg, frames)
+
+    def _on_message(self, msg: ClientWork, frames: list[bytes]) -> None:
+        sh = self.shared
+        match msg:
+            case Results():
+                self._on_results(msg.results, frames)
+            case StatusReply() | IdBlock():
+                with sh.lock:
+                    fut = sh.replies.popleft()[1] if sh.replies else None
+                if fut is not None:
+                    fut.set_result(msg)
+            case FetchedFile():
+                with sh.lock:
+                    pending = sh.fetches.pop(msg.request, None)
+                if pending is not None:
+                    pending[1].set_result((msg, frame(frames, msg.frame)))
+            case ErrorMsg() if msg.code == "store_unavailable":
+                self._store_unavailable(msg)
+            case ErrorMsg():
+                log.error("manager: %s: %s", msg.code, msg.message)
+                failed = [
+                    ClientResult(
+                        task_id=tid,
+                        state="failed",
+                        attempts=0,
+                        outcome=Outcome.SANDBOX_ERROR,
+                        error=f"{msg.code}: {msg.message}",
+                    )
+                    for tid in msg.task_ids
+                ]
+                if failed:
+                    self._on_results(failed, [])
+            case _:
+                assert_never(msg)
+
+    def _store_unavailable(self, msg: ErrorMsg) -> None:
+        if not msg.task_ids:
+            if not self.welcome.is_set():  # a new client: say so now rather than time out
+                self.unwelcome = StoreUnavailable(msg.message, [])
+                self.welcome.set()
+            else:  # reconnecting: the welcome follows once the store is back
+                log.warning("manager: %s", msg.message)
+            return
+        log.error("manager: %s: %s", msg.code, msg.message)
+        refused: list[Task] = []
+        sh = self.shared
+        with sh.cv:
+            for tid in msg.task_ids:
+                t = sh.tasks.pop(tid, None)
+                sh.outstanding.pop(tid, None)
+                if t is not None:
+                    t.state = ClientState.REFUSED
+                    refused.append(t)
+            err = StoreUnavailable(msg.message, refused)
+            sh.refusals.append(err)
+            sh.cv.notify_all()
+        for t in refused:
+            if t._future is not None and not t._future.done():
+                t._future.set_exception(err)
+
+    def _on_results(self, results: list[ClientResult], frames: list[bytes]) -> None:
+        sh = self.shared
+        done: list[Task] = []
+        for r in results:
+            with sh.lock:
+                t = sh.tasks.get(r.task_id)
+            if t is None or t.state in (ClientState.DONE, ClientState.FAILED, ClientState.CANCELLED):
+                continue  # a repeat after a reconnect, or a task already handed back
+            t.state = ClientState(r.state)
+            t.result = r.outcome
+            t.exit_code = r.exit_code
+            t.error = r.error
+            t.attempts = r.attempts
+            t.wall_time = r.wall_time
+            t.worker = r.worker
+            t._output = frame(frames, r.output_frame)
+            for o in r.outputs:
+                data = frame(frames, o.frame)
+                if data is None:
+                    continue
+                for f, remote in t.outputs:
+                    if remote == o.remote_name and f.path is not None:
+                        try:
+                            write_atomic(f.path, data, o.directory)
+                        except (OSError, tarfile.TarError) as e:  # the task's result still arrives
+                            log.error("task %s: could not write output %s to %s: %s", t.id, remote, f.path, e)
+                            t.error = f"{t.error + '; ' if t.error else ''}output {remote} not written: {e}"
+            done.append(t)
+        with sh.cv:
+            for t in done:
+                assert t.id is not None
+                del sh.tasks[t.id]
+                sh.outstanding.pop(t.id, None)
+                if t._future is not None:
+                    sh.out.acks.append(t.id)  # futures users consume through the future
+                else:
+                    sh.done.append(t)
+            sh.cv.notify_all()
+        for t in done:
+            if t._future is not None and not t._future.done():
+                t._future.set_result(t)
+
+    def _adopt(self, specs: list[TaskSpec]) -> None:
+        """attach=True: take on the tasks an earlier process under our name left behind."""
+        from kubevine.serverless import task_from_spec
+
+        sh = self.shared
+        with sh.cv:
+            for spec in specs:
+                if spec.id in sh.tasks:
+                    continue
+                t = task_from_spec(spec)
+                t._manager = self.fetcher  # a value kept on a worker is fetched through the Manager
+                sh.tasks[spec.id] = t
+                sh.attached.append(t)
+            sh.cv.notify_all()
+        log.info("attached to %d task(s) of client %s", len(specs), self.name)
+
+    def _resubmit(self, new_manager: bool) -> None:
+        """After a reconnect, send every unfinished task again with the client files it needs
+        (and the libraries): the manager keeps what it already had and takes the rest. Needed
+        for a new manager (it may not have stored everything) and for the same one (messages
+        still queued on the abandoned socket were dropped with it)."""
+        sh = self.shared
+        with sh.lock:
+            box = sh.out
+            again = [item for tid, item in sh.outstanding.items() if tid in sh.tasks]
+            queued = {s.id for s, _ in box.pending}
+            first = [item for item in again if item[0].id not in queued]
+            box.pending[:0] = first
+            box.control = [(m, f, before + len(first)) for m, f, before in box.control]
+            libs = sh.libraries.values()
+            box.setup[:0] = [(InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]) for lib in libs]
+            files: dict[CacheName, bytes] = {}
+            for spec, _ in again:
+                for f, _remote in sh.tasks[spec.id].inputs:
+                    for u in f.uploads():
+                        name = u.cache_name()
+                        if name not in files:
+                            try:
+                                files[name] = u.content()
+                            except OSError as e:  # its task fails on the manager, saying so
+                                log.error("task %s: input %s cannot be read again: %s", spec.id, name, e)
+            queued_files = {n for n, _ in box.files}
+            box.files[:0] = [(n, d) for n, d in files.items() if n not in queued_files]
+            box.sent_files = set(files) | {n for n, _ in box.files}
+        what = "a new manager" if new_manager else "the manager"
+        log.warning("reconnected to %s: sent %d unfinished task(s) again", what, len(again))
+
+
+def write_atomic(path: Path, data: bytes, directory: bool = False) -> None:
+    """Put a file (or a directory, from its tar) at ``path``, replacing what is there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.kubevine-tmp-{uuid.uuid4().hex[:8]}")
+    if directory:
+        filetree.unpack(data, tmp)
+    else:
+        tmp.write_bytes(data)
+    filetree.place(tmp, path)
