@@ -24,7 +24,12 @@ def test_one_flush_keeps_submissions_and_control_messages_in_order() -> None:
     box.add_control(Cancel(tag="old"))  # cancels task 1 ...
     box.pending.append((_spec(2, "old"), None))  # ... not task 2, submitted after it
     box.undeclare(CacheName("buf-x"))
-    assert _seen(box.messages()) == [("submit", [1]), ("cancel", []), ("submit", [2]), ("undeclare_files", [])]
+    assert _seen(box.messages()) == [
+        ("submit", [1]),
+        ("cancel", []),
+        ("submit", [2]),
+        ("undeclare_files", []),
+    ]
     assert box.messages() == []  # taking the messages empties the box
 
 
