@@ -43,7 +43,7 @@ import zmq
 from pydantic import ValidationError
 
 from kubevine.admin import Admin, AdminError
-from kubevine.operator.adapter import manager_stats, parse_status
+from kubevine.operator.adapter import manager_stats
 from kubevine.operator.autoscale import (
     ManagerStats,
     ScalingDecision,
@@ -80,7 +80,6 @@ from kubevine.operator.status import (
     statefulset_ready,
 )
 from kubevine.operator.workerpod import build_worker_pod, worker_grace_period
-from kubevine.protocol import StatusReply, StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +172,8 @@ async def _token(ctx: Context, ref: WorkflowRef) -> str | None:
     return token
 
 
-class _StatusReader(Admin):
-    """`Admin.status()` gives the status validated against this package's `ManagerStatus`,
-    which refuses fields it does not know; a manager running a newer image than the
-    operator's would then look unreachable. This reads the raw JSON instead and leaves
-    the tolerant parsing to `adapter.parse_status`."""
-
-    def raw_status(self) -> str:
-        reply = self._session(StatusRequest(), StatusReply)
-        if not isinstance(reply, StatusReply):
-            raise AdminError(f"manager at {self.address} sent no status")
-        return reply.status
-
-
 def _ask_status(address: str, token: str) -> ManagerStats:
-    return manager_stats(parse_status(_StatusReader(address, token, timeout=ADMIN_TIMEOUT).raw_status()))
+    return manager_stats(Admin(address, token, timeout=ADMIN_TIMEOUT).status())
 
 
 async def _stats(ctx: Context, ref: WorkflowRef, address: str | None) -> ManagerStats | None:

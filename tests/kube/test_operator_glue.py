@@ -14,9 +14,10 @@ import string
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from kubevine.operator import children, run, scaler
-from kubevine.operator.adapter import known_fields, manager_stats, parse_status
+from kubevine.operator.adapter import manager_stats
 from kubevine.operator.autoscale import ScalingDecision, WorkerPod
 from kubevine.operator.naming import WorkflowRef
 from kubevine.operator.settings import OperatorSettings
@@ -75,10 +76,18 @@ def test_a_worker_holding_a_queued_task_is_busy_not_idle() -> None:
 def test_a_newer_managers_unknown_fields_are_dropped_at_every_level() -> None:
     raw = status_json(flavour="new", perf={"completed": 3, "novelty": {"x": 1}})
     raw["workers"][0]["gpu_model"] = "H100"
-    assert ManagerStatus.model_validate(raw).workers[0].pod == "wf-worker-abcde"  # ignored, not refused
-    status = parse_status(json.dumps(raw))
+    raw["libraries"] = [{"name": "lib", "mode": "direct", "slots": 2, "shiny": True}]
+    status = ManagerStatus.model_validate_json(json.dumps(raw))  # what Admin.status() does
     assert status.perf.completed == 3 and status.workers[0].pod == "wf-worker-abcde"
-    assert "flavour" not in known_fields(ManagerStatus, raw)
+    assert "flavour" not in status.model_dump() and "gpu_model" not in status.workers[0].model_dump()
+    assert manager_stats(status).workers[0].pod == "wf-worker-abcde"
+
+
+def test_a_status_the_scaling_rules_cannot_take_is_refused_where_it_is_read() -> None:
+    raw = status_json()
+    raw["waiting"]["tasks"] = -1
+    with pytest.raises(ValidationError):
+        manager_stats(ManagerStatus.model_validate(raw))
 
 
 def test_operator_options_namespaces_peering_and_log_format() -> None:
