@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from kubevine import auth, gctune, logs
 from kubevine.protocol import DEFAULT_PORT
@@ -99,11 +99,27 @@ def _port(text: str) -> int:
     return n
 
 
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kubevine", description=__doc__.split("\n")[0])
     _logging_options(ap, None)
     sub = ap.add_subparsers(dest="command", required=True)
+    _manager_parser(sub)
+    _worker_parser(sub)
+    _status_parser(sub)
+    _report_parser(sub)
+    sub.add_parser(
+        "operator", help="run the Kubernetes operator (see kubevine operator --help)", add_help=False
+    )
 
+    _drain_parser(sub)
+    return ap
+
+
+def _manager_parser(sub: _Subparsers) -> None:
+    """``kubevine manager``: its options mirror ``$KUBEVINE_*`` variables where a pod sets them."""
     m = sub.add_parser("manager", help="run a manager service")
     _common(m)
     m.add_argument("--name", default=os.environ.get("KUBEVINE_WORKFLOW", "default"), help="workflow name")
@@ -157,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the transactions log to stdout (JSON lines with --log-format json)",
     )
 
+
+def _worker_parser(sub: _Subparsers) -> None:
+    """``kubevine worker HOST:PORT``."""
     w = sub.add_parser("worker", help="run a worker connected to a manager")
     _common(w)
     w.add_argument("manager", help="manager address HOST:PORT")
@@ -182,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or as a new interpreter (exec)",
     )
 
+
+def _status_parser(sub: _Subparsers) -> None:
+    """``kubevine status [HOST:PORT]``."""
     s = sub.add_parser("status", help="show a manager's tasks and workers")
     _common(s)
     s.add_argument(
@@ -200,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--count", type=int, default=None, help="with --watch: stop after this many updates")
 
+
+def _report_parser(sub: _Subparsers) -> None:
+    """``kubevine report LOG -o run.html``."""
     r = sub.add_parser("report", help="draw a run from its transactions log (HTML or PNG)")
     _logging_options(r, argparse.SUPPRESS)
     r.add_argument("logfile", help="a transactions.log written by a manager")
@@ -209,15 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--title", default=None, help="title of the picture (default: the workflow name)")
     r.add_argument("--width", type=float, default=14.0, help="PNG width in inches (at 100 dpi)")
 
-    sub.add_parser(
-        "operator", help="run the Kubernetes operator (see kubevine operator --help)", add_help=False
-    )
 
+def _drain_parser(sub: _Subparsers) -> None:
+    """``kubevine drain-local --workdir DIR``."""
     d = sub.add_parser("drain-local", help="ask the worker running in --workdir to drain, and wait")
     _logging_options(d, argparse.SUPPRESS)
     d.add_argument("--workdir", required=True)
     d.add_argument("--timeout", type=float, default=300.0)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
