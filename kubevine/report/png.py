@@ -95,8 +95,6 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     matplotlib.use("Agg", force=True)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     lanes = layout(run)
     workers = run.workers
@@ -113,7 +111,20 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     heading = f"{title or 'kubevine run ' + run.workflow}: {summary(run)}"
     fig.suptitle(textwrap.fill(heading, int(width * 8.5)), fontsize=12)  # ~8.5 characters an inch at 12 pt
 
-    # ---- timeline: one band per worker, one lane per task running at once
+    drawn, starts, failed = _timeline(ax, run, lanes, palette, width)
+    _timeline_legend(ax, run, names, palette, starts, failed)
+    panel = (width - 1.6) / 2  # inches of one bottom panel
+    x0 = view_start(run)
+    _states_panel(ax_states, run, x0, panel)
+    _bytes_panel(ax_bytes, run, x0, panel)
+    return fig, drawn
+
+
+def _timeline(ax: Any, run: Run, lanes: Any, palette: dict[str, str], width: float) -> tuple[int, int, bool]:
+    """One band per worker, one lane per task running at once: the attempts as bars, when
+    each worker was connected, libraries starting, transfers arriving, manager restarts.
+    Returns the bars drawn, the library starts drawn and whether any attempt failed."""
+    workers = run.workers
     t0 = run.start
     x0 = view_start(run)
     band: dict[str, tuple[float, float]] = {}  # worker -> (y of its band's bottom, lane height)
@@ -186,12 +197,20 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     ax.set_title(textwrap.fill(heading, int((width - 2.6) * 12)), fontsize=10, loc="left")
     ax.grid(axis="x", color="#e5e5e5", lw=0.6)
     ax.set_axisbelow(True)
+    return drawn, len(starts), any(not ok for _g, ok in bars)
+
+
+def _timeline_legend(
+    ax: Any, run: Run, names: list[str], palette: dict[str, str], starts: int, failed: bool
+) -> None:
+    from matplotlib.patches import Patch
+
     handles: list[Any] = [Patch(facecolor=palette[g], label=g) for g in names]
     if run.spans:
         handles.append(Patch(facecolor="#f3f3f3", edgecolor="#cccccc", label="worker connected"))
     if starts:
-        handles.append(Patch(facecolor=LIBRARY_COLOUR, label=f"library starting ({len(starts)})"))
-    if any(not ok for _g, ok in bars):
+        handles.append(Patch(facecolor=LIBRARY_COLOUR, label=f"library starting ({starts})"))
+    if failed:
         handles.append(Patch(facecolor="#e8e8e8", edgecolor=FAILED, hatch="////", label="failed attempt"))
     if run.transfers:
         from matplotlib.lines import Line2D
@@ -210,7 +229,11 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
 
-    # ---- tasks by state over time
+
+def _states_panel(ax_states: Any, run: Run, x0: float, panel: float) -> None:
+    """Tasks by state over time, stacked."""
+    from matplotlib.ticker import MaxNLocator
+
     times, series = state_series(run)
     present = [(s, c, label) for s, c, label in STATE_STYLE if any(series[s])]
     if present:
@@ -226,13 +249,16 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     ax_states.set_xlabel("seconds since the run started")
     ax_states.set_ylabel("tasks")
     ax_states.yaxis.set_major_locator(MaxNLocator(integer=True))
-    panel = (width - 1.6) / 2  # inches of one bottom panel
     if present:  # below the panel, so both bottom panels get the same width and no data is hidden
         ax_states.legend(
             **_legend_below(ax_states, [label for _s, _c, label in present], panel), reverse=True
         )
 
-    # ---- bytes moved by source
+
+def _bytes_panel(ax_bytes: Any, run: Run, x0: float, panel: float) -> None:
+    """Bytes moved to workers, by source, stacked."""
+    from matplotlib.ticker import FuncFormatter
+
     moved = bytes_series(run)
     # stacked, so a source that moved as much as another is not hidden under its line
     at, stacks = stacked_bytes(run)
@@ -261,7 +287,6 @@ def figure(run: Run, *, title: str | None = None, width: float = 14.0) -> tuple[
     )
     ax_bytes.grid(color="#e5e5e5", lw=0.6)
     ax_bytes.set_axisbelow(True)
-    return fig, drawn
 
 
 def _legend_below(ax: Any, labels: list[str], inches: float) -> dict[str, Any]:
