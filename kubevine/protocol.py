@@ -24,7 +24,15 @@ from collections.abc import Iterator, Sequence
 from typing import Annotated, Generic, Literal, TypeVar
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.resources import Resources
@@ -41,6 +49,42 @@ DEFAULT_PORT = 9123
 
 class ProtocolError(Exception):
     """A message could not be decoded; the text says why, for the sender."""
+
+
+# --------------------------------------------------------------------------- names
+# Names that end up in paths on a worker or the manager are checked where every message is
+# read, so a bad one is refused (an error to its sender) before any end acts on it.
+
+MAX_NAME = 200  # characters in a cache name, a library name, an id
+MAX_REMOTE = 4096  # characters in a sandbox path
+
+
+def check_remote_name(name: str) -> str:
+    """A task's name for a file in its sandbox: relative, inside it (no ``..``), no NUL."""
+    if not name or len(name) > MAX_REMOTE or "\x00" in name:
+        raise ValueError(f"remote name {name[:80]!r} must be 1-{MAX_REMOTE} characters without NUL")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or not parts or ".." in parts or any(len(p) > 255 for p in parts):
+        raise ValueError(f"remote name {name[:80]!r} must be a relative path inside the sandbox")
+    return name
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$"  # no "/", no leading dot (the cache's own files), no NUL
+#: a file's name in every cache (``file-<sha256>``, ``temp-<sha256>``, ...)
+CacheNameField = Annotated[CacheName, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=_NAME)]
+#: a sandbox-relative path a task reads or writes
+RemoteName = Annotated[str, AfterValidator(check_remote_name)]
+#: a library's or worker's name (they name files, folders and Redis keys): no "/", no
+#: control character, no leading dot; anything else (a lambda's library is "<lambda>-...")
+SafeName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[^/\x00-\x1f.][^/\x00-\x1f]*$")
+]
+WorkerIdField = Annotated[
+    WorkerId, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[^/\x00-\x1f.][^/\x00-\x1f]*$")
+]
+ClientIdField = Annotated[
+    ClientId, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f]+$")
+]
 
 
 class _Msg(BaseModel):
@@ -97,8 +141,8 @@ class Outcome(enum.StrEnum):
 class FileBinding(_Msg):
     """A file attached to a task under a name in its sandbox."""
 
-    cache_name: CacheName | None = None  # None for outputs whose content is not known yet
-    remote_name: str
+    cache_name: CacheNameField | None = None  # None for outputs whose content is not known yet
+    remote_name: RemoteName
     kind: FileKind
     cache: CacheLevel = CacheLevel.WORKFLOW
     size: int | None = None
@@ -114,7 +158,7 @@ class MiniTaskSpec(_Msg):
 
     command: str
     inputs: list[FileBinding] = Field(default_factory=list)
-    output: str
+    output: RemoteName
     env: dict[str, str] = Field(default_factory=dict)
     time_max: float | None = None  # seconds before it is killed (and the file is not made)
 
@@ -144,7 +188,7 @@ class TaskSpec(_Msg):
     id: TaskId
     kind: TaskKind = TaskKind.COMMAND
     command: str | None = None
-    library: str | None = None
+    library: SafeName | None = None
     function: str | None = None
     payload: int | None = None  # in a Submit: frame index of the pickled function/arguments
     resources: Resources = Resources(cores=1)
@@ -163,11 +207,11 @@ class FileSource(_Msg):
 
     kind: Literal["manager", "peer", "url"]
     address: str | None = None  # peer transfer address or URL
-    worker: WorkerId | None = None  # the peer, for accounting
+    worker: WorkerIdField | None = None  # the peer, for accounting
 
 
 class StageIn(_Msg):
-    cache_name: CacheName
+    cache_name: CacheNameField
     sources: list[FileSource]
     checksum: str | None = None  # sha256 of the content, when the manager knows it
     size: int | None = None
@@ -177,9 +221,9 @@ class StageIn(_Msg):
 class TransferRecord(_Msg):
     """One file arriving in a worker's cache (or failing to)."""
 
-    cache_name: CacheName
+    cache_name: CacheNameField
     source: Literal["manager", "peer", "url", "node"]
-    source_worker: WorkerId | None = None
+    source_worker: WorkerIdField | None = None
     bytes: int = 0
     seconds: float = 0.0
     ok: bool = True
@@ -187,7 +231,7 @@ class TransferRecord(_Msg):
 
 
 class CachedFile(_Msg):
-    cache_name: CacheName
+    cache_name: CacheNameField
     size: int
     checksum: str | None = None
 
@@ -202,8 +246,8 @@ class Assignment(_Msg):
 
 
 class OutputFile(_Msg):
-    remote_name: str
-    cache_name: CacheName | None = None  # temps: the name it is cached under on the worker
+    remote_name: RemoteName
+    cache_name: CacheNameField | None = None  # temps: the name it is cached under on the worker
     size: int = 0
     checksum: str | None = None
     frame: int | None = None  # content, for to_client outputs
@@ -232,7 +276,7 @@ class TaskRef(_Msg):
 class WorkerInfo(_Msg):
     """What a worker tells the manager about itself when it (re)connects."""
 
-    worker_id: WorkerId
+    worker_id: WorkerIdField
     node: str
     host: str
     pid: int
@@ -240,7 +284,7 @@ class WorkerInfo(_Msg):
     transfer_address: str | None = None
     pod: str | None = None  # Kubernetes pod name, when it runs in one
     cache_group: str = ""  # workers with the same group share one cache directory (node + path)
-    cached: list[CacheName] = Field(default_factory=list)
+    cached: list[CacheNameField] = Field(default_factory=list)
     running: list[TaskRef] = Field(default_factory=list)
     libraries: list[str] = Field(default_factory=list)
 
@@ -253,7 +297,7 @@ class Hello(_Msg):
     protocol: int
     token: str
     role: Literal["client", "worker", "admin"]
-    client: ClientId | None = None
+    client: ClientIdField | None = None
     worker: WorkerInfo | None = None
     attach: bool = False  # a client: tell me every task of mine you hold (Welcome.tasks)
 
@@ -301,7 +345,7 @@ class IdBlock(_Msg):
 
 
 class FileMeta(_Msg):
-    cache_name: CacheName
+    cache_name: CacheNameField
     size: int
     frame: int
 
@@ -329,14 +373,14 @@ class UndeclareFiles(_Msg):
     drop their copies; a temp's producer is forgotten (it will not be run again)."""
 
     type: Literal["undeclare_files"] = "undeclare_files"
-    cache_names: list[CacheName]
+    cache_names: list[CacheNameField]
 
 
 class ForgetFiles(_Msg):
     """Manager → worker: delete these files from the cache (once no running task reads them)."""
 
     type: Literal["forget_files"] = "forget_files"
-    cache_names: list[CacheName]
+    cache_names: list[CacheNameField]
 
 
 class ClientResult(_Msg):
@@ -350,7 +394,7 @@ class ClientResult(_Msg):
     output_frame: int | None = None
     error: str | None = None
     wall_time: float = 0.0
-    worker: WorkerId | None = None
+    worker: WorkerIdField | None = None
     outputs: list[OutputFile] = Field(default_factory=list)
 
 
@@ -384,8 +428,8 @@ class WorkerUpdate(_Msg):
     type: Literal["worker_update"] = "worker_update"
     started: list[TaskRef] = Field(default_factory=list)
     results: list[AttemptResult] = Field(default_factory=list)
-    cached: list[CacheName] = Field(default_factory=list)  # files that entered its cache
-    evicted: list[CacheName] = Field(default_factory=list)
+    cached: list[CacheNameField] = Field(default_factory=list)  # files that entered its cache
+    evicted: list[CacheNameField] = Field(default_factory=list)
     transfers: list[TransferRecord] = Field(default_factory=list)
 
 
@@ -400,14 +444,14 @@ class FileRequest(_Msg):
     """Worker → manager: send me these files."""
 
     type: Literal["file_request"] = "file_request"
-    cache_names: list[CacheName]
+    cache_names: list[CacheNameField]
 
 
 class FileData(_Msg):
     """Manager → worker: file contents (``frame``) or why they cannot be had (``error``)."""
 
     type: Literal["file_data"] = "file_data"
-    cache_name: CacheName
+    cache_name: CacheNameField
     frame: int | None = None
     error: str | None = None
     directory: bool = False  # the frame is a tar of a directory
@@ -419,7 +463,7 @@ class FetchFile(_Msg):
 
     type: Literal["fetch_file"] = "fetch_file"
     request: int
-    cache_name: CacheName
+    cache_name: CacheNameField
 
 
 class FetchedFile(_Msg):
@@ -428,7 +472,7 @@ class FetchedFile(_Msg):
 
     type: Literal["fetched_file"] = "fetched_file"
     request: int
-    cache_name: CacheName
+    cache_name: CacheNameField
     frame: int | None = None
     error: str | None = None
     directory: bool = False
@@ -440,7 +484,7 @@ class PeerLost(_Msg):
     next source instead of waiting for an answer."""
 
     type: Literal["peer_lost"] = "peer_lost"
-    worker: WorkerId
+    worker: WorkerIdField
     address: str | None = None
 
 
@@ -457,7 +501,7 @@ class DrainWorkers(_Msg):
     """Admin → manager: stop giving these workers tasks, let them finish, then release them."""
 
     type: Literal["drain_workers"] = "drain_workers"
-    worker_ids: list[WorkerId]
+    worker_ids: list[WorkerIdField]
 
 
 class Drain(_Msg):
@@ -474,7 +518,7 @@ class Goodbye(_Msg):
 class LibrarySpec(_Msg):
     """A library: functions kept warm in a long-lived process on a worker."""
 
-    name: str
+    name: SafeName
     functions: list[str]
     hoisting_modules: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -497,14 +541,14 @@ class RemoveLibrary(_Msg):
     """Client → manager, manager → worker: stop this library."""
 
     type: Literal["remove_library"] = "remove_library"
-    name: str
+    name: SafeName
 
 
 class LibraryStatus(_Msg):
     """Worker → manager: a library instance is ready, failed to start, or is gone."""
 
     type: Literal["library_status"] = "library_status"
-    name: str
+    name: SafeName
     state: Literal["ready", "failed", "gone"]
     error: str | None = None
 

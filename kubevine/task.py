@@ -21,7 +21,16 @@ from typing import Any, Protocol
 from kubevine import filetree
 from kubevine.digest import sha256_bytes, sha256_file, sha256_text
 from kubevine.ids import CacheName, TaskId
-from kubevine.protocol import CacheLevel, FileBinding, FileKind, MiniTaskSpec, Outcome, TaskKind, TaskSpec
+from kubevine.protocol import (
+    CacheLevel,
+    FileBinding,
+    FileKind,
+    MiniTaskSpec,
+    Outcome,
+    TaskKind,
+    TaskSpec,
+    check_remote_name,
+)
 from kubevine.resources import Resources
 from kubevine.states import ClientState
 
@@ -300,8 +309,7 @@ class Task:
 
 
 def _check_remote_name(name: str) -> None:
-    if not name or name.startswith("/") or ".." in Path(name).parts:
-        raise ValueError(f"remote name {name!r} must be a relative path inside the sandbox")
+    check_remote_name(name)  # what the manager and workers accept, said here before sending
     if name.startswith(".kubevine"):
         raise ValueError(f"remote name {name!r} is reserved")
 
