@@ -28,6 +28,7 @@ from kubevine import filetree
 from kubevine.ids import CacheName
 from kubevine.protocol import FileBinding, FileKind
 from kubevine.worker.cache import Cache, dir_size
+from kubevine.worker.states import DeriveState
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ MINITASK_OUTPUT_TAIL = 2000  # characters of a failed minitask's output kept in 
 class Derivation:
     binding: FileBinding
     parts: list[CacheName]  # what it is made from
-    state: str = "waiting"  # waiting (for parts) | sibling (another worker makes it) | making
+    state: DeriveState = DeriveState.WAITING
     deadline: float = 0.0
     box: Path | None = None
     dependents: int = 1
@@ -81,24 +82,24 @@ class Deriver:
     def advance(self) -> None:
         """Start what can start: parts all here, and no sibling making it."""
         for name, job in list(self.jobs.items()):
-            if job.state == "making":
+            if job.state == DeriveState.MAKING:
                 continue
             if self.cache.has(name) and self.cache.sound(name):
                 del self.jobs[name]
                 self.cache.adopt(name, job.binding.cache)
                 self.found.append(name)
                 continue
-            if job.state == "sibling" and time.monotonic() > job.deadline:
+            if job.state == DeriveState.SIBLING and time.monotonic() > job.deadline:
                 del self.jobs[name]
                 self.failed.append((name, f"no copy appeared on this node in {NODE_WAIT:.0f}s"))
                 continue
             if not all(self.cache.has(p) for p in job.parts):
                 continue
             if not self.cache.try_lock(name):
-                if job.state != "sibling":
-                    job.state, job.deadline = "sibling", time.monotonic() + NODE_WAIT
+                if job.state != DeriveState.SIBLING:
+                    job.state, job.deadline = DeriveState.SIBLING, time.monotonic() + NODE_WAIT
                 continue
-            job.state = "making"
+            job.state = DeriveState.MAKING
             self._start(name, job)
 
     def _start(self, name: CacheName, job: Derivation) -> None:
@@ -225,7 +226,7 @@ class Deriver:
         while bad:
             part, reason = bad.pop()
             for n, job in list(self.jobs.items()):
-                if part in job.parts and job.state != "making":
+                if part in job.parts and job.state != DeriveState.MAKING:
                     del self.jobs[n]
                     msg = f"{part} could not be had: {reason}"
                     self.failed.append((n, msg))

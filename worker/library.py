@@ -21,6 +21,7 @@ import msgpack
 import zmq
 
 from kubevine.protocol import Assignment, AttemptResult, LibrarySpec, Outcome
+from kubevine.worker.states import LibraryState
 
 MAX_RESTARTS = 3  # crashes within RESTART_WINDOW before a library is given up
 RESTART_WINDOW = 60.0
@@ -36,7 +37,7 @@ class LibraryInstance:
     sock: zmq.Socket[bytes] | None = None
     proc: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
-    state: str = "starting"  # starting | ready | failed | stopped
+    state: LibraryState = LibraryState.STARTING
     inflight: dict[tuple[int, int], tuple[Assignment, float]] = field(default_factory=dict)
     # calls to send: assignment, pickled arguments, and (if any) the paths of its inputs and
     # whether its value is to be kept here (``{"inputs": {remote name: path}, "value": bool}``)
@@ -66,11 +67,11 @@ class LibraryInstance:
             )
         self.pidfd = os.pidfd_open(self.proc.pid)
         self.sock.send_multipart([b"init", self.spec.model_dump_json().encode(), self.payload])
-        self.state = "starting"
+        self.state = LibraryState.STARTING
 
     def send_calls(self) -> None:
         """Send the queued calls in one batch (only once the library is ready)."""
-        if self.state != "ready" or not self.outbox or self.sock is None:
+        if self.state != LibraryState.READY or not self.outbox or self.sock is None:
             return
         now = time.perf_counter()
         calls = []
@@ -88,10 +89,10 @@ class LibraryInstance:
         parts = self.sock.recv_multipart()
         kind = parts[0].decode()
         if kind == "ready":
-            self.state = "ready"
+            self.state = LibraryState.READY
             return kind, [], None
         if kind == "failed":
-            self.state = "failed"
+            self.state = LibraryState.FAILED
             return kind, [], parts[1].decode(errors="replace")
         out: list[tuple[AttemptResult, list[bytes]]] = []
         now = time.time()
@@ -136,7 +137,7 @@ class LibraryInstance:
         return len(self.crashes) <= MAX_RESTARTS
 
     def stop(self) -> None:
-        if self.sock is not None and self.state == "ready":
+        if self.sock is not None and self.state == LibraryState.READY:
             try:
                 self.sock.send_multipart([b"stop"], zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -148,7 +149,7 @@ class LibraryInstance:
                 pass
             self.proc.wait()
         self.close()
-        self.state = "stopped"
+        self.state = LibraryState.STOPPED
 
     def close(self) -> None:
         if self.pidfd is not None:
