@@ -16,7 +16,12 @@ import cloudpickle
 
 
 class RemoteError(Exception):
-    """Stands in for an exception that could not be pickled back from the worker."""
+    """Stands in for a remote exception that cannot come back as itself: it could not be
+    pickled on the worker or unpickled here, or it would end this program (``SystemExit``,
+    ``KeyboardInterrupt``). Its message names the original type; ``remote_traceback`` holds
+    the traceback as text, as for every remote exception."""
+
+    remote_traceback: str = ""
 
 
 def user_frames(exc: BaseException) -> BaseException:
@@ -32,12 +37,14 @@ def encode_ok(value: Any) -> bytes:
 
 
 def encode_error(exc: BaseException) -> bytes:
-    """The exception itself if it pickles, else a RemoteError with its type and message."""
+    """The exception, pickled on its own so that the client can still report it (as a
+    :class:`RemoteError`) when it cannot be pickled here or unpickled there."""
     tb = "".join(traceback.format_exception(exc))
     try:
-        data: bytes = cloudpickle.dumps(("error", exc, tb))
+        pickled: bytes | None = cloudpickle.dumps(exc)
     except Exception:
-        data = cloudpickle.dumps(("error", RemoteError(f"{type(exc).__name__}: {exc}"), tb))
+        pickled = None
+    data: bytes = cloudpickle.dumps(("raised", pickled, tb, f"{type(exc).__name__}: {exc}"))
     return data
 
 
@@ -46,10 +53,17 @@ def decode_result(data: bytes) -> Any:
     kind, *rest = cloudpickle.loads(data)
     if kind == "ok":
         return rest[0]
-    exc, tb = rest
-    exc.remote_traceback = tb
-    if hasattr(exc, "add_note"):
-        exc.add_note("remote traceback (on the worker):\n" + tb)
+    pickled, tb, what = rest
+    exc: BaseException | None = None
+    if pickled is not None:
+        try:
+            exc = cloudpickle.loads(pickled)
+        except Exception:  # its class is not importable here, or its __init__ wants other arguments
+            exc = None
+    if exc is None or not isinstance(exc, Exception):  # SystemExit & co. must not end this program
+        exc = RemoteError(what)
+    exc.remote_traceback = tb  # type: ignore[attr-defined]
+    exc.add_note("remote traceback (on the worker):\n" + tb)
     raise exc
 
 
