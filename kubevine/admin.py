@@ -3,7 +3,8 @@
 The operator's autoscaler and ``kubevine status`` need two things from a manager and
 nothing else; this connects as role ``admin`` (so it owns no tasks and gets no results),
 asks, and returns. Each call opens and closes its own connection, so it is safe to use
-from any thread or event-loop executor.
+from any thread or event-loop executor; it ends with a goodbye, so the manager forgets the
+session at once (the operator asks every few seconds, for as long as a workflow lives).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from collections.abc import Iterable
 
 import zmq
 
+from kubevine.auth import Credentials, encrypt_from_env
 from kubevine.ids import WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
+    TO_CLIENT,
     DrainWorkers,
     ErrorMsg,
+    Goodbye,
     Hello,
     Refused,
     StatusReply,
@@ -35,21 +39,30 @@ class AdminError(Exception):
 
 
 class Admin:
-    def __init__(self, address: str, token: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str, token: str, timeout: float = 5.0, *, encrypt: bool | None = None
+    ) -> None:
         self.address = address
-        self.token = token
+        self.credentials = Credentials(token, encrypt_from_env() if encrypt is None else encrypt)
         self.timeout = timeout
+
+    @property
+    def token(self) -> str:
+        return self.credentials.token
 
     def _session(self, msg: _Msg, want: type[_Msg] | None) -> _Msg | None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        s: zmq.Socket[bytes] = self.credentials.client(ctx.socket(zmq.DEALER))
         s.setsockopt(zmq.LINGER, 500)
         try:
             s.connect(f"tcp://{self.address}")
             s.send_multipart(encode(Hello(protocol=PROTOCOL_VERSION, token=self.token, role="admin")))
             self._expect(s, Welcome)
-            s.send_multipart(encode(msg))
-            return self._expect(s, want) if want is not None else None
+            try:
+                s.send_multipart(encode(msg))
+                return self._expect(s, want) if want is not None else None
+            finally:
+                s.send_multipart(encode(Goodbye(reason="admin done")))
         finally:
             s.close()
 
@@ -58,8 +71,13 @@ class Admin:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not s.poll(int(left * 1000)):
-                raise AdminError(f"no answer from the manager at {self.address} within {self.timeout}s")
-            reply, _ = decode(s.recv_multipart())
+                hint = (
+                    ""
+                    if self.credentials.encrypt
+                    else " (if it encrypts its connections, set $KUBEVINE_ENCRYPT=1)"
+                )
+                raise AdminError(f"no answer from the manager at {self.address} within {self.timeout}s{hint}")
+            reply, _ = decode(s.recv_multipart(), TO_CLIENT)
             if isinstance(reply, want):
                 return reply
             if isinstance(reply, Refused):

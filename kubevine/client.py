@@ -78,6 +78,7 @@ class Manager:
         redis: str | None = None,
         connect_timeout: float = 30.0,
         attach: bool = False,
+        encrypt: bool | None = None,
     ) -> None:
         """Connect to ``address`` ("host:port"), or start a local manager.
 
@@ -89,15 +90,20 @@ class Manager:
         taking over from one that died) the manager also tells which tasks that client had
         submitted and not collected: they are ``wait()``-ed for like this process's own
         (``m.attached`` lists them; command outputs and return values come back, output
-        files declared by the dead process are not written).
+        files declared by the dead process are not written). ``encrypt=True`` (default:
+        ``$KUBEVINE_ENCRYPT``) encrypts the connection (ZeroMQ CURVE, keys derived from the
+        token); it must match the manager's setting, and a mismatch is said at once.
         """
         self._cluster = None
         self._closed = True  # until connected: close() and __del__ have nothing to do
+        encrypt = auth.encrypt_from_env() if encrypt is None else encrypt
         if address is None or isinstance(address, int):
             from kubevine.local import LocalCluster
 
             n = workers if workers is not None else (2 if address is None else 0)
-            self._cluster = LocalCluster(workers=n, cores=cores_per_worker, port=address or 0, redis=redis)
+            self._cluster = LocalCluster(
+                workers=n, cores=cores_per_worker, port=address or 0, redis=redis, encrypt=encrypt
+            )
             self._cluster.start()
             address = self._cluster.address
             token = token or self._cluster.token
@@ -110,7 +116,7 @@ class Manager:
             raise ValueError("attach=True needs the name the earlier client used")
         self._st = Shared()
         self.attached: list[Task] = self._st.attached  # tasks of an earlier process (attach=True)
-        self._conn = Connection(self._st, address, tok, self.name, attach)
+        self._conn = Connection(self._st, address, auth.Credentials(tok, encrypt), self.name, attach)
         self._conn.fetcher = self
         self._closed = False
         self._conn.start()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 import zmq
 
 from kubevine import filetree
+from kubevine.auth import Credentials
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
@@ -167,10 +168,12 @@ class Shared:
 class Connection:
     """The I/O thread: one session to the manager, driven by the :class:`Shared` state."""
 
-    def __init__(self, shared: Shared, address: str, token: str, name: ClientId, attach: bool) -> None:
+    def __init__(
+        self, shared: Shared, address: str, credentials: Credentials, name: ClientId, attach: bool
+    ) -> None:
         self.shared = shared
         self.address = address
-        self.token = token
+        self.credentials = credentials
         self.name = name
         self.attach = attach
         self.closed = False
@@ -209,7 +212,11 @@ class Connection:
 
     def hello(self) -> Hello:
         return Hello(
-            protocol=PROTOCOL_VERSION, token=self.token, role="client", client=self.name, attach=self.attach
+            protocol=PROTOCOL_VERSION,
+            token=self.credentials.token,
+            role="client",
+            client=self.name,
+            attach=self.attach,
         )
 
     def welcomed(self, welcome: Welcome, *, again: bool, new_manager: bool) -> None:
@@ -252,7 +259,13 @@ class Connection:
         poller = zmq.Poller()
         poller.register(self._wake_rx, zmq.POLLIN)
         session: Session[ClientWork] = Session(
-            self.ctx, self.address, self, TO_CLIENT, poller=poller, name=f"client {self.name}"
+            self.ctx,
+            self.address,
+            self,
+            TO_CLIENT,
+            poller=poller,
+            credentials=self.credentials,
+            name=f"client {self.name}",
         )
         session.connect()
         try:

@@ -39,6 +39,7 @@ class LocalCluster:
         log_level: str = "WARNING",
         transfers_per_source: int | None = None,
         worker_args: Sequence[str] = (),
+        encrypt: bool = False,
     ) -> None:
         self.n_workers = workers
         self.cores, self.memory, self.disk = cores, memory, disk
@@ -51,6 +52,7 @@ class LocalCluster:
         self.log_level = log_level
         self.transfers_per_source = transfers_per_source
         self.worker_args = list(worker_args)  # more `kubevine worker` options: ["--python-tasks", "exec"]
+        self.encrypt = encrypt  # every connection encrypted (--encrypt on the manager and workers)
         self.token = auth.generate_token()
         self.token_file = auth.write_token(self.workdir / "token", self.token)
         self.manager: subprocess.Popen[bytes] | None = None
@@ -109,7 +111,7 @@ class LocalCluster:
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Return once ``n`` workers are connected to the manager."""
-        admin = Admin(self.address, self.token)
+        admin = Admin(self.address, self.token, encrypt=self.encrypt)
         deadline = time.monotonic() + timeout
         while len(admin.status().workers) < n:
             dead = [p.returncode for p in self.workers if p.poll() is not None]

@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from kubevine.auth import Credentials
 from kubevine.protocol import (
     Direction,
     ErrorMsg,
@@ -70,6 +72,7 @@ class Session(Generic[W]):
         direction: Direction[Any],
         *,
         poller: zmq.Poller,
+        credentials: Credentials | None = None,
         heartbeat_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
@@ -81,7 +84,9 @@ class Session(Generic[W]):
         self.poller = poller
         self.clock = clock
         self.name = name or address
+        self.credentials = credentials
         self.sock: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # handshake failures: an encryption mismatch
         self.registered = False
         self.manager_id: str | None = None
         self.interval = heartbeat_interval  # heartbeat when nothing was sent for this long
@@ -96,16 +101,18 @@ class Session(Generic[W]):
 
     def connect(self) -> None:
         """A new socket to the manager, and a hello on it."""
-        if self.sock is not None:
-            self.poller.unregister(self.sock)
-            self.sock.close(0)
+        self._close_socket()
         s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
+        if self.credentials is not None:
+            self.credentials.client(s)
+        self._monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         s.connect(f"tcp://{self.address}")
         self.sock = s
         self.poller.register(s, zmq.POLLIN)
+        self.poller.register(self._monitor, zmq.POLLIN)
         self._unregister()
         self._hello()
 
@@ -115,6 +122,15 @@ class Session(Generic[W]):
         self.last_sent = self.clock()
 
     def close(self, linger: int = 0) -> None:
+        self._close_socket(linger)
+
+    def _close_socket(self, linger: int = 0) -> None:
+        if self._monitor is not None:
+            self.poller.unregister(self._monitor)
+            if self.sock is not None:
+                self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         if self.sock is not None:
             self.poller.unregister(self.sock)
             self.sock.close(linger)
@@ -126,6 +142,8 @@ class Session(Generic[W]):
         """Every message waiting on the socket: the session's own are handled here; the rest
         (decoded for this end's direction) are returned in order for the owner."""
         out: list[tuple[W, list[bytes]]] = []
+        if self._monitor is not None and self._monitor in events:
+            self._handshake_failed()
         if self.sock is None or self.sock not in events:
             return out
         while self.sock is not None:
@@ -172,6 +190,17 @@ class Session(Generic[W]):
         return max(0.0, self.hello_sent + self.backoff - now)
 
     # ------------------------------------------------------------------ internals
+
+    def _handshake_failed(self) -> None:
+        """The manager and this end disagree on encryption: no message can ever pass, so say
+        so now instead of waiting for a welcome that cannot come."""
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            recv_monitor_message(self._monitor)
+        creds = self.credentials or Credentials("x" * 16)
+        reason = creds.mismatch(f"the manager at {self.address}")
+        log.error("%s: %s", self.name, reason)
+        self.owner.refused(reason)
 
     def _hello(self) -> None:
         self.send(self.owner.hello())

@@ -301,6 +301,7 @@ def _manager(args: argparse.Namespace) -> int:
         token = auth.generate_token()
         path = auth.write_token(workdir / "token", token)
         log.info("no token given: generated one in %s (readable by its owner only)", path)
+    auth.check_token(token, args.token_file or f"${auth.ENV}")
     cfg = ManagerConfig(
         name=args.name,
         host=args.host,

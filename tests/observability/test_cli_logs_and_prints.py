@@ -73,7 +73,7 @@ def test_every_command_logs_json_lines_with_log_format_json(tmp_path: Path, comm
     argv = [*args, *flag] if where == "after" else [*flag, *args]
     done = subprocess.run(
         [*KUBEVINE, *argv],
-        env=kubevine_env(KUBEVINE_TOKEN="t0ken", PYTHONPATH=str(REPO)),
+        env=kubevine_env(KUBEVINE_TOKEN="t0ken-long-enough-to-pass", PYTHONPATH=str(REPO)),
         cwd=tmp_path,
         capture_output=True,
         text=True,
