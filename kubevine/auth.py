@@ -28,6 +28,8 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
+from kubevine.protocol import MAX_MESSAGE
+
 log = logging.getLogger(__name__)
 
 ENV = "KUBEVINE_TOKEN"
@@ -126,14 +128,18 @@ class Credentials:
         return self._keys[0]
 
     def server(self, sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
-        """Set up a listening socket (before it binds)."""
+        """Set up a listening socket (before it binds): no message over MAX_MESSAGE from anyone
+        (a peer that sends one is disconnected), CURVE when encrypting."""
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.encrypt:
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = self._keys
         return sock
 
     def client(self, sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
-        """Set up a connecting socket (before it connects): a fresh key pair of its own."""
+        """Set up a connecting socket (before it connects): the same size limit; when
+        encrypting, a fresh key pair of its own."""
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if self.encrypt:
             sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
             sock.curve_serverkey = self._keys[0]

@@ -33,11 +33,12 @@ from pathlib import Path
 
 from kubevine import filetree
 from kubevine.ids import CacheName
-from kubevine.protocol import CacheNameField, ProtocolError
+from kubevine.protocol import MAX_MESSAGE, MAX_PIECE, CacheNameField, ProtocolError
 
-CHUNK = 1 << 20  # bytes in one piece
+__all__ = ["CHUNK", "INLINE_MAX", "MAX_MESSAGE", "WINDOW", "Piece", "Puller", "Request", "Sink", "Source"]
+
+CHUNK = MAX_PIECE  # bytes in one piece
 WINDOW = 4  # pieces of one file in flight at once
-MAX_MESSAGE = 64 << 20  # bytes: the largest message any kubevine socket accepts (ZMQ_MAXMSGSIZE)
 INLINE_MAX = 8 << 20  # bytes: results and outputs up to this size travel inside their message
 RETRY_AFTER = 10.0  # seconds a requested piece may take before it is asked for again
 

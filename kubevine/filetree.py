@@ -45,22 +45,23 @@ def tree_hash(root: Path, file_hash: Callable[[Path], str] = sha256_file) -> str
 def pack(root: Path) -> bytes:
     """The directory as an uncompressed tar archive (entries relative to ``root``)."""
     buf = io.BytesIO()
-    _pack(root, tarfile.open(fileobj=buf, mode="w"))
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _pack(root, tar)
     return buf.getvalue()
 
 
 def pack_to(root: Path, dest: Path) -> None:
     """The same archive, written to the file ``dest`` (a large tree never sits in memory)."""
-    _pack(root, tarfile.open(dest, mode="w"))
+    with tarfile.open(dest, mode="w") as tar:
+        _pack(root, tar)
 
 
 def _pack(root: Path, tar: tarfile.TarFile) -> None:
-    with tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(dirnames) + sorted(filenames):
-                p = Path(dirpath) / name
-                tar.add(p, arcname=p.relative_to(root).as_posix(), recursive=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            p = Path(dirpath) / name
+            tar.add(p, arcname=p.relative_to(root).as_posix(), recursive=False)
 
 
 def unpack(data: bytes | Path, dest: Path) -> None:

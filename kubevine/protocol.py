@@ -56,6 +56,8 @@ class ProtocolError(Exception):
 # read, so a bad one is refused (an error to its sender) before any end acts on it.
 
 MAX_NAME = 200  # characters in a cache name, a library name, an id
+MAX_PIECE = 1 << 20  # bytes of a file in one message (files travel in pieces: kubevine.chunks)
+MAX_MESSAGE = 64 << 20  # bytes: the largest message any socket takes, before or after a hello
 MAX_REMOTE = 4096  # characters in a sandbox path
 
 
@@ -252,6 +254,7 @@ class OutputFile(_Msg):
     checksum: str | None = None
     frame: int | None = None  # content, for to_client outputs
     directory: bool = False  # the output is a directory (its frame is a tar of it)
+    spilled: bool = False  # too large to travel inline: kept on the worker as ``cache_name``, fetch it
 
 
 class AttemptResult(_Msg):
@@ -262,6 +265,7 @@ class AttemptResult(_Msg):
     outcome: Outcome
     exit_code: int | None = None
     output_frame: int | None = None  # stdout (command) or pickled return value
+    output_spill: CacheNameField | None = None  # ... too large to travel inline: kept on the worker
     error: str | None = None  # a human message when it did not run
     wall_time: float = 0.0
     started: float = 0.0  # epoch seconds
@@ -345,9 +349,21 @@ class IdBlock(_Msg):
 
 
 class FileMeta(_Msg):
+    """A piece of a client file: ``size`` bytes (frame ``frame``) at ``offset`` of ``total``."""
+
     cache_name: CacheNameField
-    size: int
+    size: int = Field(ge=0)
     frame: int
+    offset: int = Field(0, ge=0)
+    total: int | None = Field(None, ge=0)  # None: the piece is the whole file
+
+
+class PieceRef(_Msg):
+    """Which piece of a file to send."""
+
+    cache_name: CacheNameField
+    offset: int = Field(0, ge=0)
+    length: int = Field(MAX_PIECE, ge=1, le=MAX_PIECE)
 
 
 class PutFiles(_Msg):
@@ -392,6 +408,7 @@ class ClientResult(_Msg):
     outcome: Outcome
     exit_code: int | None = None
     output_frame: int | None = None
+    output_spill: CacheNameField | None = None  # stdout or value kept on a worker (fetch it)
     error: str | None = None
     wall_time: float = 0.0
     worker: WorkerIdField | None = None
@@ -444,7 +461,8 @@ class FileRequest(_Msg):
     """Worker → manager: send me these files."""
 
     type: Literal["file_request"] = "file_request"
-    cache_names: list[CacheNameField]
+    cache_names: list[CacheNameField] = Field(default_factory=list)  # whole files (one message each)
+    pieces: list[PieceRef] = Field(default_factory=list)
 
 
 class FileData(_Msg):
@@ -454,7 +472,9 @@ class FileData(_Msg):
     cache_name: CacheNameField
     frame: int | None = None
     error: str | None = None
-    directory: bool = False  # the frame is a tar of a directory
+    directory: bool = False  # the frame is (a piece of) a tar of a directory
+    offset: int = Field(0, ge=0)  # where the frame goes in the file
+    total: int | None = Field(None, ge=0)  # the file's size (None: the frame is the whole file)
 
 
 class FetchFile(_Msg):
@@ -464,6 +484,8 @@ class FetchFile(_Msg):
     type: Literal["fetch_file"] = "fetch_file"
     request: int
     cache_name: CacheNameField
+    offset: int = Field(0, ge=0)
+    length: int | None = Field(None, ge=1, le=MAX_PIECE)  # None: the whole file in one answer
 
 
 class FetchedFile(_Msg):
@@ -477,6 +499,8 @@ class FetchedFile(_Msg):
     error: str | None = None
     directory: bool = False
     source: str | None = None  # "manager", or the worker it came from
+    offset: int = Field(0, ge=0)
+    total: int | None = Field(None, ge=0)  # the file's size (None: the frame is the whole file)
 
 
 class PeerLost(_Msg):
