@@ -37,7 +37,7 @@ from kubevine import Manager, Task
 sys.path.insert(0, str(Path(__file__).parent))
 from calls import kubevine_calls
 
-TOKEN = "bench-recovery"
+TOKEN = "bench-recovery-token-0001"
 
 
 def _start_manager(work: Path, url: str, name: str, port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
@@ -72,7 +72,7 @@ def recovery(n_tasks: int, url: str) -> dict[str, float]:
             procs.append(first)
             port = int(address.rsplit(":", 1)[1])
             procs += [_worker(work, address, i, 4) for i in range(2)]
-            with Manager(address, token=TOKEN, name="bench") as m:
+            with Manager(address, token=TOKEN, client="bench") as m:
                 for _ in range(8):
                     m.submit(Task("sleep 60", priority=1))
                 while m.status().tasks.get("running", 0) < 8:

@@ -95,6 +95,31 @@ def write_token(path: str | os.PathLike[str], token: str) -> Path:
     return p
 
 
+def runtime_dir() -> Path:
+    """This user's folder for the tokens of managers running on this machine (0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".kubevine")
+    d = Path(base) / "kubevine-run"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def publish_token(port: int, token: str) -> Path:
+    """Let ``kubevine worker localhost PORT`` (TaskVine's two-argument form, as its test drivers
+    start workers) find the token of a manager this user started here on ``port``."""
+    return write_token(runtime_dir() / f"manager-{port}.token", token)
+
+
+def published_token(host: str, port: int) -> str | None:
+    """The token a manager of this user published for ``port``, if ``host`` is this machine."""
+    import socket
+
+    here = {"localhost", "127.0.0.1", "::1", "0.0.0.0", socket.gethostname(), socket.getfqdn()}
+    if host not in here and not host.startswith("127."):
+        return None
+    path = runtime_dir() / f"manager-{port}.token"
+    return load_token(path) if path.exists() else None
+
+
 def same(a: str, b: str) -> bool:
     """Constant-time comparison, so a wrong token leaks nothing through timing."""
     return hmac.compare_digest(a.encode(), b.encode())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import time
 import types
 import uuid
@@ -69,10 +70,20 @@ class Manager:
 
     def __init__(
         self,
-        address: str | int | None = None,
-        *,
-        token: str | None = None,
+        port: int | Sequence[int] | str | None = None,
         name: str | None = None,
+        shutdown: bool = False,
+        run_info_path: str | os.PathLike[str] | None = None,
+        run_info_template: str | None = None,
+        staging_path: str | os.PathLike[str] | None = None,
+        ssl: bool | tuple[str | None, str | None] | None = None,
+        init_fn: Callable[[Manager], Any] | None = None,
+        status_display_interval: float | None = None,
+        prometheus: bool | int | None = None,
+        *,
+        address: str | None = None,
+        token: str | None = None,
+        client: str | None = None,
         workers: int | None = None,
         cores_per_worker: float = 1,
         redis: str | None = None,
@@ -80,43 +91,94 @@ class Manager:
         attach: bool = False,
         encrypt: bool | None = None,
     ) -> None:
-        """Connect to ``address`` ("host:port"), or start a local manager.
+        """Connect to a manager service, or start one here (TaskVine's ``Manager``).
 
-        ``Manager()`` starts a manager and ``workers`` (default 2) local workers;
-        ``Manager(9123)`` starts a manager on that port with no workers of its own
-        (connect some with ``kubevine worker HOST:9123``), as TaskVine's ``Manager(port)``.
-        ``name`` identifies this client: reconnecting with the same name collects the
-        results the previous client had not received. With ``attach=True`` (a new process
-        taking over from one that died) the manager also tells which tasks that client had
-        submitted and not collected: they are ``wait()``-ed for like this process's own
-        (``m.attached`` lists them; command outputs and return values come back, output
-        files declared by the dead process are not written). ``encrypt=True`` (default:
-        ``$KUBEVINE_ENCRYPT``) encrypts the connection (ZeroMQ CURVE, keys derived from the
-        token); it must match the manager's setting, and a mismatch is said at once.
+        ``Manager(port)`` — an int, ``0`` for any free port, or ``[low, high]`` for the first
+        free port in that range — starts a manager listening there with no workers, as
+        TaskVine does: workers join with the command line it logs (``m.worker_command``;
+        ``kubevine worker HOST PORT`` on this machine finds the token by itself).
+        ``Manager()`` starts a manager and ``workers`` (default 2) local workers on a free
+        port, so a notebook runs at once. ``Manager("host:port")`` or ``address=`` connects to
+        a running manager service (the token from ``token=`` or ``$KUBEVINE_TOKEN``).
+
+        TaskVine's keywords: ``name`` is the workflow's name; ``ssl`` (True, or its
+        ``(key, cert)`` files, which kubevine does not need) encrypts the wire, as
+        ``encrypt=True``; ``run_info_path`` (and ``run_info_template``) is where a manager
+        started here keeps its logs (``m.logging_directory``); ``prometheus`` (True or a
+        port) serves its metrics (``m.prometheus_port``); ``init_fn(m)`` runs once
+        connected; ``shutdown=True`` releases every worker when the manager is closed.
+        ``staging_path`` and ``status_display_interval`` are accepted and not needed.
+
+        ``client`` names this client: reconnecting under the same name collects what the
+        previous client had not received; with ``attach=True`` (a new process taking over
+        from one that died) the manager also tells which tasks it had submitted and not
+        collected (``m.attached``). ``encrypt=True`` (default ``$KUBEVINE_ENCRYPT``) encrypts
+        the connection (ZeroMQ CURVE, keys derived from the token); both ends must agree.
         """
         self._cluster = None
         self._closed = True  # until connected: close() and __del__ have nothing to do
+        self._shutdown = shutdown
+        self._prometheus_port: int | None = None
+        self.workflow_name = name
+        if ssl is not None and ssl is not False and not (isinstance(ssl, tuple) and not any(ssl)):
+            if isinstance(ssl, tuple):
+                log.info("ssl=(key, cert): kubevine encrypts with ZeroMQ CURVE and does not need them")
+            encrypt = True
         encrypt = auth.encrypt_from_env() if encrypt is None else encrypt
-        if address is None or isinstance(address, int):
-            from kubevine.local import LocalCluster
+        for what, value in (
+            ("staging_path", staging_path),
+            ("status_display_interval", status_display_interval),
+        ):
+            if value is not None:
+                log.info(
+                    "Manager(%s=...): not needed by kubevine (payloads travel in messages; "
+                    "progress: m.results(progress=True))",
+                    what,
+                )
+        if isinstance(port, str):
+            address, port = address or port, None
+        if address is None:
+            from kubevine.local import LocalCluster, free_port
 
-            n = workers if workers is not None else (2 if address is None else 0)
+            spec = port
+            n = workers if workers is not None else (2 if spec is None else 0)
+            self._prometheus_port = _prometheus_port(prometheus)
             self._cluster = LocalCluster(
-                workers=n, cores=cores_per_worker, port=address or 0, redis=redis, encrypt=encrypt
+                workers=n,
+                cores=cores_per_worker,
+                port=free_port(spec) if spec is not None else 0,
+                host="0.0.0.0" if spec is not None else "127.0.0.1",  # TaskVine's: reachable by workers
+                redis=redis,
+                encrypt=encrypt,
+                name=name,
+                workdir=_run_dir(run_info_path, run_info_template),
+                metrics_port=self._prometheus_port,
+                publish_token=spec is not None,
             )
             self._cluster.start()
             address = self._cluster.address
             token = token or self._cluster.token
+            if spec is not None:
+                log.info(
+                    "manager listening on port %d; workers join with: %s",
+                    self.port_of(address),
+                    " ".join(self._cluster.worker_command()),
+                )
+        elif prometheus is not None:
+            raise ValueError(
+                "prometheus= serves the metrics of a manager started here; a manager "
+                "service serves its own (kubevine manager --metrics-port)"
+            )
         self.address = address
         tok = token or auth.load_token()
         if tok is None:
             raise auth.TokenError("no token: pass Manager(address, token=...) or set KUBEVINE_TOKEN")
-        self.name = ClientId(name or f"client-{uuid.uuid4().hex[:12]}")
-        if attach and name is None:
-            raise ValueError("attach=True needs the name the earlier client used")
+        self.client = ClientId(client or f"client-{uuid.uuid4().hex[:12]}")
+        if attach and client is None:
+            raise ValueError("attach=True needs the client name the earlier client used")
         self._st = Shared()
         self.attached: list[Task] = self._st.attached  # tasks of an earlier process (attach=True)
-        self._conn = Connection(self._st, address, auth.Credentials(tok, encrypt), self.name, attach)
+        self._conn = Connection(self._st, address, auth.Credentials(tok, encrypt), self.client, attach)
         self._conn.fetcher = self
         self._closed = False
         self._conn.start()
@@ -130,6 +192,48 @@ class Manager:
         if conn.unwelcome is not None:
             self.close()
             raise conn.unwelcome
+        if init_fn is not None:
+            init_fn(self)
+
+    # ------------------------------------------------------------------ where it is
+
+    @property
+    def port(self) -> int:
+        """The port the manager listens on (TaskVine's ``m.port``: what workers connect to)."""
+        return self.port_of(self.address)
+
+    @staticmethod
+    def port_of(address: str) -> int:
+        return int(address.rsplit(":", 1)[1])
+
+    @property
+    def name(self) -> str:
+        """The workflow's name (TaskVine's project name): the manager's own, once it said it."""
+        return self._conn.workflow or self.workflow_name or ""
+
+    def set_name(self, name: str) -> None:
+        """TaskVine's project name. kubevine has no catalog: the name labels this client's
+        view of the workflow (``m.name``); the manager's name is set when it starts."""
+        self.workflow_name = name
+
+    @property
+    def worker_command(self) -> list[str]:
+        """The command line that joins a worker to this manager from this machine."""
+        if self._cluster is not None:
+            return self._cluster.worker_command()
+        host, _, port = self.address.rpartition(":")
+        return ["kubevine", "worker", host, port]
+
+    @property
+    def logging_directory(self) -> Path | None:
+        """Where a manager started here keeps its logs (transactions.log, manager.log); None
+        for a manager service, whose logs are its own."""
+        return self._cluster.workdir / "manager" if self._cluster is not None else None
+
+    @property
+    def prometheus_port(self) -> int | None:
+        """The port of ``/metrics`` when started with ``prometheus=``, else None."""
+        return self._prometheus_port
 
     # ------------------------------------------------------------------ files
 
@@ -467,10 +571,22 @@ class Manager:
     def close(self) -> None:
         if self._closed:
             return
+        if self._shutdown:
+            self._release_workers()
         self._closed = True
         self._conn.stop()
         if self._cluster is not None:
             self._cluster.stop()
+
+    def _release_workers(self) -> None:
+        """shutdown=True: every connected worker is drained and leaves."""
+        from kubevine.admin import Admin, AdminError
+
+        admin = Admin(self.address, self._conn.credentials.token, encrypt=self._conn.credentials.encrypt)
+        try:
+            admin.drain(w.id for w in admin.status().workers)
+        except AdminError as e:
+            log.warning("could not release the workers: %s", e)
 
     def __enter__(self) -> Manager:
         return self
@@ -530,3 +646,34 @@ def as_completed(
     futs = [i.future if isinstance(i, Task) else i for i in items]
     for f in concurrent.futures.as_completed(futs, timeout=timeout):
         yield f.result()
+
+
+def _prometheus_port(prometheus: bool | int | None) -> int | None:
+    """TaskVine's ``prometheus=``: True is port 9090, an int that port, None/False none."""
+    if prometheus is None or prometheus is False:
+        return None
+    if prometheus is True:
+        return 9090
+    if isinstance(prometheus, int) and 1 <= prometheus <= 65535:
+        return prometheus
+    raise ValueError(f"prometheus= takes True or a port number (1-65535), not {prometheus!r}")
+
+
+def _run_dir(run_info_path: str | os.PathLike[str] | None, template: str | None) -> Path | None:
+    """Where a manager started here keeps its files: ``run_info_path/<template>`` (the template
+    defaults to the start time, as TaskVine's), with ``most-recent`` pointing at it; None for
+    a temporary folder removed at close."""
+    if run_info_path is None:
+        return None
+    root = Path(run_info_path).absolute()
+    stamp = template or time.strftime("%Y-%m-%dT%H%M%S")
+    run = root / stamp
+    n = 1
+    while run.exists():
+        run, n = root / f"{stamp}-{n}", n + 1
+    run.mkdir(parents=True)
+    latest = root / "most-recent"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run.name)
+    return run

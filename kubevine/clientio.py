@@ -180,6 +180,7 @@ class Connection:
         self.error: BaseException | None = None
         self.welcome = threading.Event()  # set once welcomed, refused or told the store is down
         self.refusal: str | None = None
+        self.workflow: str | None = None  # the manager's workflow name, from its welcome
         self.unwelcome: StoreUnavailable | None = None  # the manager cannot welcome us now
         self.fetcher: Any = None  # the Manager, for tasks adopted under attach=True
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -222,6 +223,7 @@ class Connection:
     def welcomed(self, welcome: Welcome, *, again: bool, new_manager: bool) -> None:
         if again:  # a new manager may not have stored everything; and what the old socket
             self._resubmit(new_manager)  # still held when we gave up on it was dropped
+        self.workflow = welcome.workflow
         if welcome.first_task_id is not None:
             with self.shared.lock:
                 self.shared.next_id, self.shared.ids_left = welcome.first_task_id, welcome.id_block

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,9 @@ class LocalCluster:
         transfers_per_source: int | None = None,
         worker_args: Sequence[str] = (),
         encrypt: bool = False,
+        host: str = "127.0.0.1",
+        metrics_port: int | None = None,
+        publish_token: bool = False,
     ) -> None:
         self.n_workers = workers
         self.cores, self.memory, self.disk = cores, memory, disk
@@ -53,6 +57,10 @@ class LocalCluster:
         self.transfers_per_source = transfers_per_source
         self.worker_args = list(worker_args)  # more `kubevine worker` options: ["--python-tasks", "exec"]
         self.encrypt = encrypt  # every connection encrypted (--encrypt on the manager and workers)
+        self.host = host  # where the manager listens (0.0.0.0: workers on other machines may join)
+        self.metrics_port = metrics_port
+        self.publish_token = publish_token  # `kubevine worker localhost PORT` finds the token
+        self.published: Path | None = None
         self.token = auth.generate_token()
         self.token_file = auth.write_token(self.workdir / "token", self.token)
         self.manager: subprocess.Popen[bytes] | None = None
@@ -72,7 +80,7 @@ class LocalCluster:
             "--name",
             self.name,
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--token-file",
@@ -86,6 +94,10 @@ class LocalCluster:
             args += ["--redis", self.redis]
         if self.transfers_per_source is not None:
             args += ["--transfers-per-source", str(self.transfers_per_source)]
+        if self.metrics_port is not None:
+            args += ["--metrics-port", str(self.metrics_port)]
+        if self.encrypt:
+            args += ["--encrypt"]
         with open(mdir / "manager.log", "ab") as log:
             self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -100,6 +112,8 @@ class LocalCluster:
                 raise TimeoutError("the local manager did not start")
             time.sleep(0.02)
         self.address = addr_file.read_text().strip()
+        if self.publish_token:
+            self.published = auth.publish_token(int(self.address.rsplit(":", 1)[1]), self.token)
         try:
             for _ in range(self.n_workers):
                 self.add_worker()
@@ -145,6 +159,8 @@ class LocalCluster:
         ]
         if cache_dir:
             args += ["--cache-dir", cache_dir]
+        if self.encrypt:
+            args += ["--encrypt"]
         if node:
             args += ["--node", node]
         args += self.worker_args
@@ -153,7 +169,17 @@ class LocalCluster:
         self.workers.append(p)
         return p
 
+    def worker_command(self) -> list[str]:
+        """How a worker on another machine (or started by hand) joins this manager."""
+        port = self.address.rsplit(":", 1)[1]
+        host = socket.gethostname() if self.host == "0.0.0.0" else self.address.rsplit(":", 1)[0]
+        cmd = ["kubevine", "worker", "--token-file", str(self.token_file)]
+        return [*cmd, "--encrypt", host, port] if self.encrypt else [*cmd, host, port]
+
     def stop(self, grace: float = 5.0) -> None:
+        if self.published is not None:
+            self.published.unlink(missing_ok=True)
+            self.published = None
         procs = [p for p in [*self.workers, self.manager] if p is not None]
         for p in procs:
             if p.poll() is None:
@@ -175,3 +201,24 @@ class LocalCluster:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def free_port(spec: int | Sequence[int]) -> int:
+    """A port for a manager from TaskVine's forms: an int (0 is any free port), or ``[low,
+    high]``: the first port of that inclusive range nobody listens on."""
+    if isinstance(spec, int):
+        return spec
+    if isinstance(spec, str) or len(spec) != 2 or not all(isinstance(p, int) for p in spec):
+        raise ValueError("port should be a single integer, or a sequence of two integers")
+    low, high = spec
+    if low > high:
+        raise TypeError(f"port range {low}-{high}: the low end is above the high end")
+    for port in range(low, high + 1):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {low}-{high}")

@@ -38,7 +38,7 @@ def test_random_kills_of_workers_and_the_manager_lose_nothing(
             live.append(procs.workers[-1])
             next_worker += 1
         start = time.monotonic()
-        with Manager(address, token=TOKEN, name="chaos") as m:
+        with Manager(address, token=TOKEN, client="chaos") as m:
             m.install_library(m.create_library_from_functions("rec", record, exec_mode="direct"))
             tasks: list[Task] = []
             for i in range(N):

@@ -1,5 +1,5 @@
 """The client process itself is SIGKILLed mid-run; a new process reattaches to the workflow
-under the same client name (``Manager(address, name=..., attach=True)``) and collects every
+under the same client name (``Manager(address, client=..., attach=True)``) and collects every
 result the dead one had not — including those that completed while no client was there."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ CLIENT = """
 import sys
 from kubevine import Manager, Task
 address, token, out = sys.argv[1], sys.argv[2], sys.argv[3]
-m = Manager(address, token=token, name="notebook")
+m = Manager(address, token=token, client="notebook")
 tasks = [Task(f"sleep 0.02; echo {i}") for i in range(int(sys.argv[4]))]
 for t in tasks:
     m.submit(t)
@@ -58,7 +58,7 @@ def test_a_killed_client_process_is_replaced_and_collects_every_result(
         before = {int(line.split()[0]): line.split()[1] for line in out.read_text().splitlines()}
         assert len(ids) == N and 100 <= len(before) < N
 
-        with Manager(address, token=TOKEN, name="notebook", attach=True) as m:
+        with Manager(address, token=TOKEN, client="notebook", attach=True) as m:
             attached = {t.id for t in m.attached}
             # everything the dead process had not collected (and at most what it had
             # collected but not yet acknowledged when it died)

@@ -32,7 +32,7 @@ def test_submissions_queued_on_an_abandoned_socket_are_sent_again(
     try:
         address = procs.manager(redis_url, workflow_name, "--heartbeat-timeout", "2")
         procs.worker(address, 0)
-        with Manager(address, token=TOKEN, name="stalled") as m, caplog.at_level(logging.WARNING):
+        with Manager(address, token=TOKEN, client="stalled") as m, caplog.at_level(logging.WARNING):
             warm = Task("true")
             m.submit(warm)
             assert m.wait(60) is warm  # registered, the worker is there

@@ -26,7 +26,7 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
         for i in range(2):
             procs.worker(address, i)
         pids = [w.pid for w in procs.workers]
-        with Manager(address, token=TOKEN, name="analyst") as m:
+        with Manager(address, token=TOKEN, client="analyst") as m:
             m.install_library(m.create_library_from_functions("rec", record, exec_mode="direct"))
             tasks: list[Task] = []
             for i in range(N_CMD + N_CALL):  # interleaved: both kinds are in flight at the kill

@@ -39,7 +39,7 @@ def test_redis_restarted_empty_mid_run_the_manager_writes_its_state_again(tmp_pa
         address = procs.manager(rs.url, WF, "--redis-outage-grace", "60")
         for i in range(2):
             procs.worker(address, i)
-        with Manager(address, token=TOKEN, name="c") as m:
+        with Manager(address, token=TOKEN, client="c") as m:
             tasks = [Task(f"sleep 0.01; echo {i}") for i in range(300)]
             for t in tasks:
                 m.submit(t)
@@ -76,7 +76,7 @@ def test_past_the_outage_grace_new_work_is_refused_with_a_clear_error(tmp_path: 
     try:
         address = procs.manager(rs.url, WF, "--redis-outage-grace", "1")
         procs.worker(address, 0)
-        with Manager(address, token=TOKEN, name="c") as m:
+        with Manager(address, token=TOKEN, client="c") as m:
             running = Task("sleep 6; echo survived")
             m.submit(running)
             wait_for(lambda: m.status().tasks.get("running", 0) == 1, timeout=30, what="task running")
@@ -90,7 +90,7 @@ def test_past_the_outage_grace_new_work_is_refused_with_a_clear_error(tmp_path: 
             assert st.refusing_work and st.store_outage > 1
             assert "STATE STORE UNREACHABLE" in render(st) and "new work is refused" in render(st)
             with pytest.raises(StoreUnavailable, match="can be welcomed only once it is back"):
-                Manager(address, token=TOKEN, name="newcomer", connect_timeout=20)
+                Manager(address, token=TOKEN, client="newcomer", connect_timeout=20)
             refused = Task("echo refused")
             m.submit(refused)
             with pytest.raises(StoreUnavailable) as err:
@@ -127,7 +127,7 @@ def test_redis_killed_with_aof_loses_nothing_acknowledged(tmp_path: Path) -> Non
         port = int(address.rsplit(":", 1)[1])
         for i in range(2):
             procs.worker(address, i)
-        with Manager(address, token=TOKEN, name="c") as m:
+        with Manager(address, token=TOKEN, client="c") as m:
             tasks = [Task(runs_command(i, runs)) for i in range(n)]
             for t in tasks:
                 m.submit(t)

@@ -44,7 +44,7 @@ def run_workflow(tmp: Path, url: str, env: dict[str, str], name: str) -> None:
     try:
         address = procs.manager(url, name, "--log-level", "DEBUG", env=env)
         procs.worker(address, 0, env={**kubevine_env(), "KUBEVINE_LOG_LEVEL": "DEBUG"})
-        with Manager(address, token=TOKEN, name="c") as m:
+        with Manager(address, token=TOKEN, client="c") as m:
             tasks = [Task(f"echo {i}") for i in range(20)]
             for t in tasks:
                 m.submit(t)

@@ -38,7 +38,7 @@ def test_a_restarted_manager_reloads_libraries_files_replicas_workers_and_totals
         port = int(address.rsplit(":", 1)[1])
         for i in range(2):
             procs.worker(address, i)
-        with Manager(address, token=TOKEN, name="a") as a:
+        with Manager(address, token=TOKEN, client="a") as a:
             a.install_library(a.create_library_from_functions("sq", slow_square, exec_mode="direct"))
             data = a.declare_buffer(b"payload-42\n")
             part = a.declare_temp()
@@ -68,7 +68,7 @@ def test_a_restarted_manager_reloads_libraries_files_replicas_workers_and_totals
         procs.manager(redis_url, workflow_name, port=port, workdir=tmp_path / "m2")
 
         # the same client name, a new process: its outstanding calls need the reloaded library
-        with Manager(address, token=TOKEN, name="a", attach=True) as a2:
+        with Manager(address, token=TOKEN, client="a", attach=True) as a2:
             assert len(a2.attached) == 35
             got = list(a2)
             assert sorted(t.id for t in got) == sorted(c.id for c in calls if c not in first)
@@ -78,7 +78,7 @@ def test_a_restarted_manager_reloads_libraries_files_replicas_workers_and_totals
         assert totals["done"] == 41
 
         # a client that never installed anything: the library, the temp's replica
-        with Manager(address, token=TOKEN, name="b") as b:
+        with Manager(address, token=TOKEN, client="b") as b:
             call = FunctionCall("sq", "slow_square", 7)
             b.submit(call)
             cons = Task("cat part")

@@ -98,7 +98,7 @@ def test_a_manager_without_a_token_makes_one_readable_only_by_its_owner(tmp_path
 
 
 def test_a_worker_reconnects_to_a_restarted_manager(tmp_path: Path) -> None:
-    token = "t0ken"
+    token = "t0ken-for-a-restarted-manager"
     env = {**os.environ, "KUBEVINE_TOKEN": token}
 
     def start_manager(port: int) -> subprocess.Popen[bytes]:
