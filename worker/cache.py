@@ -22,6 +22,7 @@ import fcntl
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from kubevine import filetree
@@ -48,7 +49,15 @@ def dir_size(p: Path) -> int:
 
 
 class Cache:
-    def __init__(self, root: Path, limit_bytes: int | None = None) -> None:
+    """One worker's view of the (possibly shared) cache directory.
+
+    ``pins`` counts, per name, the tasks of this worker that use the entry; the cache only
+    reads it (the worker's core keeps it) and never evicts a pinned entry.
+    """
+
+    def __init__(
+        self, root: Path, limit_bytes: int | None = None, pins: Mapping[CacheName, int] | None = None
+    ) -> None:
         self.root = root
         self.limit = limit_bytes
         root.mkdir(parents=True, exist_ok=True)
@@ -56,7 +65,7 @@ class Cache:
         self.used_at: dict[CacheName, float] = {}
         self.sizes: dict[CacheName, int] = {}
         self.levels: dict[CacheName, CacheLevel] = {}
-        self.pins: dict[CacheName, int] = {}
+        self.pins: Mapping[CacheName, int] = {} if pins is None else pins
         self._locks: dict[CacheName, int] = {}  # names whose lock we hold -> fd
         self._sigs: dict[CacheName, tuple[int, int]] = {}  # (size, mtime) when last known good
 
@@ -140,17 +149,6 @@ class Cache:
             os.close(fd)
 
     # -- use ------------------------------------------------------------------------
-
-    def pin(self, name: CacheName) -> None:
-        self.pins[name] = self.pins.get(name, 0) + 1
-        self.used_at[name] = time.monotonic()
-
-    def unpin(self, name: CacheName) -> None:
-        n = self.pins.get(name, 0) - 1
-        if n <= 0:
-            self.pins.pop(name, None)
-        else:
-            self.pins[name] = n
 
     def link_into(self, name: CacheName, dest: Path) -> None:
         """Place a cached file in a sandbox: a hard link when possible, else a copy. A

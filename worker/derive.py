@@ -28,6 +28,7 @@ from kubevine import filetree
 from kubevine.ids import CacheName
 from kubevine.protocol import FileBinding, FileKind
 from kubevine.worker.cache import Cache, dir_size
+from kubevine.worker.core import parts_of
 from kubevine.worker.states import DeriveState
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,6 @@ class Deriver:
         self._guard = threading.Lock()  # _procs, _closed and the wake pipe, shared with threads
         self._closed = False
 
-    @staticmethod
-    def parts_of(b: FileBinding) -> list[FileBinding]:
-        if b.source is not None:
-            return [b.source]
-        return list(b.mini.inputs) if b.mini is not None else []
-
     def want(self, b: FileBinding) -> None:
         """Make ``b`` once its parts are in the cache (the caller stages them, pinned)."""
         assert b.cache_name is not None
@@ -76,7 +71,7 @@ class Deriver:
         if job is not None:
             job.dependents += 1
             return
-        parts = [p.cache_name for p in self.parts_of(b) if p.cache_name is not None]
+        parts = [p.cache_name for p in parts_of(b) if p.cache_name is not None]
         self.jobs[b.cache_name] = Derivation(b, parts)
 
     def advance(self) -> None:

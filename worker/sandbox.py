@@ -74,7 +74,6 @@ class Attempt:
     proc: subprocess.Popen[bytes] | Forked | None = None
     pidfd: int | None = None  # becomes readable when the process exits
     payload_path: Path | None = None  # PythonTask: the pickled function and arguments
-    killed: bool = False
     started: float = 0.0
     t0: float = 0.0
     deadline: float | None = None
