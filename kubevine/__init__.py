@@ -24,6 +24,9 @@ _WHERE = {
     "LocalCluster": "kubevine.local",
     "Outcome": "kubevine.protocol",
     "FunctionCall": "kubevine.serverless",
+    "FunctionCallNoResult": "kubevine.serverless",
+    "PythonTaskNoResult": "kubevine.serverless",
+    "Result": "kubevine.taskvine",
     "Library": "kubevine.serverless",
     "PythonTask": "kubevine.serverless",
     "RemoteError": "kubevine.results",
@@ -38,12 +41,15 @@ __all__ = [
     "Executor",
     "File",
     "FunctionCall",
+    "FunctionCallNoResult",
     "Library",
     "LocalCluster",
     "Manager",
     "Outcome",
     "PythonTask",
+    "PythonTaskNoResult",
     "RemoteError",
+    "Result",
     "StoreUnavailable",
     "Task",
     "as_completed",
@@ -54,8 +60,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "keys":
-        return importlib.import_module("kubevine.keys")
+    if name in ("keys", "cvine"):
+        return importlib.import_module(f"kubevine.{name}")
+    if name.startswith("VINE_"):  # TaskVine's constants, as older TaskVine programs name them
+        from kubevine.taskvine import CONSTANTS
+
+        if name in CONSTANTS:
+            return CONSTANTS[name]
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'kubevine' has no attribute {name!r}")
@@ -71,5 +82,12 @@ if TYPE_CHECKING:
     from kubevine.local import LocalCluster
     from kubevine.protocol import Outcome
     from kubevine.results import RemoteError, input_path, library_context
-    from kubevine.serverless import FunctionCall, Library, PythonTask
+    from kubevine.serverless import (
+        FunctionCall,
+        FunctionCallNoResult,
+        Library,
+        PythonTask,
+        PythonTaskNoResult,
+    )
     from kubevine.task import File, Task
+    from kubevine.taskvine import Result

@@ -268,15 +268,29 @@ class Manager:
         return declare_minitask(task, path, cache)
 
     @overload
-    def fetch_file(self, file: File, path: None = None, *, timeout: float = 120.0) -> bytes: ...
+    def fetch_file(self, file: File, path: None = None, *, timeout: float = 120.0) -> str: ...
 
     @overload
     def fetch_file(self, file: File, path: str | Path, *, timeout: float = 120.0) -> Path: ...
 
-    def fetch_file(
+    def fetch_file(self, file: File, path: str | Path | None = None, *, timeout: float = 120.0) -> str | Path:
+        """A declared file's content as text, as TaskVine returns it (bytes that are not UTF-8
+        survive as surrogates: ``text.encode("utf-8", "surrogateescape")`` gives them back);
+        ``m.fetch_bytes(f)`` returns the bytes, ``path=`` writes the file (or directory)."""
+        if path is not None:
+            return self.fetch_bytes(file, path, timeout=timeout)
+        return self.fetch_bytes(file, timeout=timeout).decode("utf-8", "surrogateescape")
+
+    @overload
+    def fetch_bytes(self, file: File, path: None = None, *, timeout: float = 120.0) -> bytes: ...
+
+    @overload
+    def fetch_bytes(self, file: File, path: str | Path, *, timeout: float = 120.0) -> Path: ...
+
+    def fetch_bytes(
         self, file: File, path: str | Path | None = None, *, timeout: float = 120.0
     ) -> bytes | Path:
-        """A declared file's content, from wherever it is (TaskVine's ``fetch_file``).
+        """A declared file's content, from wherever it is.
 
         A temp, an unpacked archive, a minitask's product or a URL's content comes from a
         worker that holds it, through the manager (nothing runs again). Returns the bytes;
@@ -466,7 +480,7 @@ class Manager:
         from kubevine.progress import wait_futures
 
         wait_futures([c.future for c in calls], progress=progress, desc=name)
-        return [c.output for c in calls]
+        return [c.value for c in calls]
 
     def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
         """Compute ``keys`` of the dask graph ``dsk`` on the workers (DaskVine's ``get``).

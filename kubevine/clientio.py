@@ -375,7 +375,7 @@ class Connection:
             if t is None or t.state in (ClientState.DONE, ClientState.FAILED, ClientState.CANCELLED):
                 continue  # a repeat after a reconnect, or a task already handed back
             t.state = ClientState(r.state)
-            t.result = r.outcome
+            t.outcome = r.outcome
             t.exit_code = r.exit_code
             t.error = r.error
             t.attempts = r.attempts

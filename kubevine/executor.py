@@ -44,7 +44,7 @@ class Executor(concurrent.futures.Executor):
 
         def settle(f: concurrent.futures.Future[Task]) -> None:
             try:
-                value.set_result(f.result().output)
+                value.set_result(f.result().value)  # type: ignore[attr-defined]
             except BaseException as e:  # the call's own exception, as the future's
                 value.set_exception(e)
 

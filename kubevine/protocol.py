@@ -122,7 +122,7 @@ class CacheLevel(enum.StrEnum):
 
 
 class Outcome(enum.StrEnum):
-    """Why an attempt ended (``t.result``)."""
+    """Why an attempt ended (``t.outcome``; ``t.result`` is TaskVine's name for it)."""
 
     SUCCESS = "success"  # ran; exit code 0; outputs present
     EXIT_NONZERO = "exit_nonzero"  # ran to the end; nonzero exit
@@ -134,7 +134,9 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     UNSCHEDULABLE = "unschedulable"  # larger than any worker (only when asked to give up)
     LIBRARY_ERROR = "library_error"  # unknown library/function, library crashed
-    MAX_WALL_TIME = "max_wall_time"
+    MAX_WALL_TIME = "max_wall_time"  # ran longer than its time_max
+    MAX_END_TIME = "max_end_time"  # still running (or not started) at its time_end
+    FORSAKEN = "forsaken"  # returned without running (lost workers) more than max_forsaken times
 
 
 # --------------------------------------------------------------------------- parts

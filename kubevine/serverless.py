@@ -66,6 +66,23 @@ def dumps(obj: Any, *functions: Any) -> bytes:
 # -- tasks -----------------------------------------------------------------------------
 
 
+class NoResult(Exception):
+    """A task's output when it has none: why is in ``exception`` (and ``remote_traceback``)."""
+
+    def __init__(self, exception: BaseException) -> None:
+        super().__init__(f"{type(exception).__name__}: {exception}")
+        self.exception = exception
+        self.remote_traceback: str = getattr(exception, "remote_traceback", "")
+
+
+class PythonTaskNoResult(NoResult):
+    """TaskVine's output of a PythonTask that did not succeed."""
+
+
+class FunctionCallNoResult(NoResult):
+    """TaskVine's output of a FunctionCall that did not succeed."""
+
+
 class PythonTask(Task):
     """``PythonTask(fn, *args, **kwargs)``: run a function in a fresh interpreter on a worker."""
 
@@ -101,8 +118,9 @@ class PythonTask(Task):
         return self._output_file
 
     @property
-    def output(self) -> Any:
-        """The function's return value; raises the function's exception if it raised.
+    def value(self) -> Any:
+        """The function's return value; raises the function's own exception (type, message,
+        remote traceback) if it raised. (kubevine's name; ``output`` is TaskVine's.)
 
         With ``enable_temp_output``, the value is fetched from the worker holding it the
         first time it is read (through the manager; ``FileNotFoundError`` if it is lost).
@@ -111,13 +129,45 @@ class PythonTask(Task):
             if self._value is None:
                 if self._manager is None:
                     raise RuntimeError(f"{self!r} was not submitted here: there is no value to fetch")
-                self._value = self._manager.fetch_file(self._output_file)
+                self._value = self._manager.fetch_bytes(self._output_file)
             return cloudpickle.loads(self._value)
         if self._output is None:
             if self.error:
                 raise RemoteError(self.error)
             return None
         return decode_result(self._output)
+
+    @property
+    def output(self) -> Any:
+        """The function's return value (TaskVine's ``output``). When the task did not succeed
+        (the function raised, or it could not run) this is a :class:`PythonTaskNoResult`
+        holding why (``.exception``, with its ``remote_traceback``) — returned, not raised, as
+        in TaskVine; ``t.value`` raises the function's own exception instead."""
+        if self.outcome is not None and not self.successful():
+            return self._no_result()
+        return self.value
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception the function raised (or why it could not run); None if it succeeded."""
+        if self.outcome is None or self.successful():
+            return None
+        return self._no_result().exception
+
+    def _no_result(self) -> NoResult:
+        why: BaseException
+        try:
+            _ = self.value
+            why = RemoteError(f"{self.outcome}: {self.error or 'no result'}")
+        except Exception as e:  # the function's own exception, with its remote traceback
+            why = e
+        return self._no_result_type(why)
+
+    _no_result_type: type[NoResult] = PythonTaskNoResult
+
+    def disable_output_serialization(self) -> None:
+        """TaskVine's switch for functions that return bytes to be used as they are: accepted;
+        the value comes back as the bytes the function returned either way."""
 
     def __repr__(self) -> str:
         name = getattr(self.func, "__name__", "function")
@@ -128,6 +178,7 @@ class FunctionCall(PythonTask):
     """``FunctionCall(library, function, *args, **kwargs)``: call a function of a library."""
 
     _kind = TaskKind.CALL
+    _no_result_type = FunctionCallNoResult
 
     def __init__(self, library: str | Library, function: str, *args: Any, **kwargs: Any) -> None:
         Task.__init__(self, None, cores=0)

@@ -33,6 +33,7 @@ from kubevine.protocol import (
 )
 from kubevine.resources import Resources
 from kubevine.states import ClientState
+from kubevine.taskvine import Result, ran, result_of
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class File:
 class _Fetches(Protocol):
     """The manager a task was submitted to, as far as a task needs it."""
 
-    def fetch_file(self, file: File) -> bytes: ...
+    def fetch_bytes(self, file: File) -> bytes: ...
 
 
 class Task:
@@ -194,8 +195,8 @@ class Task:
         # filled in on submit / on completion
         self.id: TaskId | None = None
         self.state = ClientState.NEW
-        self.exit_code: int | None = None
-        self.result: Outcome | None = None
+        self._exit_code: int | None = None
+        self.outcome: Outcome | None = None  # kubevine's reason the last attempt ended
         self.error: str | None = None
         self.attempts = 0
         self.wall_time = 0.0
@@ -260,17 +261,49 @@ class Task:
     @property
     def output(self) -> Any:
         """Standard output (stdout and stderr together) of the command, as text."""
+        return self.std_output
+
+    @property
+    def std_output(self) -> str | None:
+        """What the command wrote to stdout and stderr, as text (TaskVine's ``std_output``);
+        None if it never ran."""
         if self._output is None:
             return None
         return self._output.decode(errors="replace")
 
+    @property
+    def result(self) -> Result | None:
+        """Why the task ended, in TaskVine's words ("success" for any command that ran to its
+        end, "input missing", "max wall time", ...); ``t.outcome`` is kubevine's finer reason."""
+        return result_of(self.outcome)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The command's exit code; a signal's number when a signal ended it (9 for a time
+        limit); -1 when it never ran; None until it ends (TaskVine's meanings)."""
+        if self._exit_code is not None:
+            return -self._exit_code if self._exit_code < 0 else self._exit_code
+        if self.outcome is None:
+            return None
+        if self.outcome == Outcome.SUCCESS:
+            return 0
+        if self.outcome == Outcome.EXCEPTION:
+            return 1  # the function raised (TaskVine's wrapper exits 1)
+        if self.outcome in (Outcome.MAX_WALL_TIME, Outcome.MAX_END_TIME):
+            return 9
+        return -1
+
+    @exit_code.setter
+    def exit_code(self, code: int | None) -> None:
+        self._exit_code = code
+
     def completed(self) -> bool:
-        """It ran to the end (whatever its exit code)."""
-        return self.result in (Outcome.SUCCESS, Outcome.EXIT_NONZERO, Outcome.OUTPUT_MISSING)
+        """It ran to its end, whatever its exit code (TaskVine: result "success")."""
+        return ran(self.outcome)
 
     def successful(self) -> bool:
         """It ran, exited 0, and its outputs are present."""
-        return self.result == Outcome.SUCCESS
+        return self.outcome == Outcome.SUCCESS
 
     @property
     def future(self) -> concurrent.futures.Future[Task]:

@@ -54,7 +54,7 @@ from kubevine.serverless import FunctionCall, Library, PythonTask, _by_value
 
 if TYPE_CHECKING:
     from kubevine.client import Manager
-    from kubevine.task import File, Task
+    from kubevine.task import File
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ class _Run:
             graph.deps, graph.priority, graph.requested, return_all=not opts.worker_transfers
         )
         self.values: dict[Key, bytes] = {}
-        self.results: queue.SimpleQueue[tuple[Batch, Task]] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[tuple[Batch, FunctionCall]] = queue.SimpleQueue()
         self.inflight: dict[int, PythonTask] = {}
         self.tag = f"kubevine-dask-{uuid.uuid4().hex[:12]}"
         self.est: float | None = None  # seconds per node, measured
@@ -657,16 +657,16 @@ class _Run:
     def _arrived(self, batch: Batch, fut: Any) -> None:  # on the client's I/O thread: hand over only
         self.results.put((batch, fut.result()))
 
-    def _finished(self, batch: Batch, task: Task) -> int:
+    def _finished(self, batch: Batch, task: FunctionCall) -> int:
         """A call ended: file its values, or raise its node's exception. Returns nodes done."""
         del self.inflight[batch.id]
-        if task.result != Outcome.SUCCESS and task.result != Outcome.EXCEPTION:
+        if task.outcome != Outcome.SUCCESS and task.outcome != Outcome.EXCEPTION:
             keys = ", ".join(repr(k) for k in batch.keys[:3]) + (" ..." if len(batch.keys) > 3 else "")
-            raise RemoteError(f"dask keys {keys} could not run: {task.result}: {task.error}")
+            raise RemoteError(f"dask keys {keys} could not run: {task.outcome}: {task.error}")
         kept = batch.id in self.kept_files
         try:
             # raises the node's own exception, with its remote traceback; a kept value stays put
-            reply = (OK, {}, task.wall_time) if kept and task.successful() else task.output
+            reply = (OK, {}, task.wall_time) if kept and task.successful() else task.value
         except dask_exec.NeedGraph:  # what a call whose value stays put says instead
             reply = (NEED_GRAPH,)
         if reply[0] == NEED_GRAPH:

@@ -49,7 +49,7 @@ def run_all(m: Manager, tasks: list[Task]) -> None:
         m.submit(t)
     while m.wait(120) is not None:
         pass
-    bad = [(t.id, t.result, t.error) for t in tasks if not t.successful()]
+    bad = [(t.id, t.outcome, t.error) for t in tasks if not t.successful()]
     assert not bad
 
 
@@ -209,7 +209,7 @@ def test_a_small_cache_evicts_least_recently_used_files_and_tasks_still_succeed(
             tasks.append(t)
         for t in tasks:
             m.submit(t)
-            assert m.wait(60) is t and t.successful(), (t.result, t.error)
+            assert m.wait(60) is t and t.successful(), (t.outcome, t.error)
         cache = c.workdir / "worker-0" / "cache"
         held = sum(p.stat().st_size for p in cache.iterdir() if not p.name.startswith("."))
         assert held <= 3 * MB

@@ -41,7 +41,7 @@ def test_a_directory_input_arrives_whole_and_a_directory_output_comes_back(tmp_p
         t.add_input(d, "tree")
         t.add_output(out, "back")
         m.submit(t)
-        assert m.wait(60) is t and t.successful(), (t.result, t.error, t.output)
+        assert m.wait(60) is t and t.successful(), (t.outcome, t.error, t.output)
         assert t.output.splitlines()[0] == "ran from tree"  # the executable bit survived
         assert "./empty" in t.output and "./sub/deeper/c.bin" in t.output
         back = tmp_path / "back"

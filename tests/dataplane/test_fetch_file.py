@@ -24,11 +24,11 @@ def test_a_temp_comes_back_from_the_worker_that_holds_it_without_a_rerun(tmp_pat
         m.submit(a)
         assert m.wait(60) is a and a.successful()
         expected = "".join(f"{i}\n" for i in range(1, 100001)).encode()
-        assert m.fetch_file(tmp) == expected
+        assert m.fetch_bytes(tmp) == expected
         assert m.fetch_file(tmp, tmp_path / "out" / "numbers.txt") == tmp_path / "out" / "numbers.txt"
         assert (tmp_path / "out" / "numbers.txt").read_bytes() == expected
         buf = m.declare_buffer(b"kept by the client")
-        assert m.fetch_file(buf) == b"kept by the client"
+        assert m.fetch_bytes(buf) == b"kept by the client"
     events = log_of(c)
     ran = [e for e in events if e.kind == "TASK" and e.subject == str(a.id) and e.event == "running"]
     assert len(ran) == 1  # fetched, not made again
@@ -48,7 +48,7 @@ def test_an_output_bound_to_a_local_path_is_there_and_fetch_file_reads_it(tmp_pa
             m.fetch_file(out)  # not produced yet
         m.submit(t)
         assert m.wait(60) is t and t.successful()
-        assert m.fetch_file(out) == b"42\n"
+        assert m.fetch_bytes(out) == b"42\n"
 
 
 def test_a_file_nobody_holds_is_a_clear_error(tmp_path: Path) -> None:

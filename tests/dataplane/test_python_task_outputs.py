@@ -37,7 +37,7 @@ def test_a_python_task_temp_output_is_read_by_a_consumer_task(tmp_path: Path) ->
         done = {m.wait(60) for _ in range(3)}
         assert done == {producer, consumer, local}
         assert producer.successful() and producer.output == 1000
-        assert consumer.successful(), (consumer.result, consumer.error)
+        assert consumer.successful(), (consumer.outcome, consumer.error)
         assert consumer.output == "500500\n"
         assert local.successful() and (tmp_path / "numbers.txt").read_text() == "1\n2\n3\n"
 
@@ -55,6 +55,6 @@ def test_a_python_task_that_does_not_write_its_output_fails_and_its_consumer_too
         m.submit(producer)
         m.submit(consumer)
         assert {m.wait(60), m.wait(60)} == {producer, consumer}
-        assert producer.result == Outcome.OUTPUT_MISSING and "numbers" in (producer.error or "")
-        assert producer.completed() and not producer.successful()
-        assert consumer.result == Outcome.INPUT_MISSING
+        assert producer.outcome == Outcome.OUTPUT_MISSING and "numbers" in (producer.error or "")
+        assert not producer.completed() and not producer.successful()  # TaskVine: "output missing"
+        assert consumer.outcome == Outcome.INPUT_MISSING

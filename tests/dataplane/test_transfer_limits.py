@@ -44,7 +44,7 @@ def test_with_one_transfer_per_source_a_file_reaches_five_nodes_as_a_tree(tmp_pa
                 m.submit(t)
             for _ in tasks:
                 assert m.wait(120) is not None
-            assert all(t.successful() for t in tasks), [(t.result, t.error) for t in tasks]
+            assert all(t.successful() for t in tasks), [(t.outcome, t.error) for t in tasks]
             assert {t.output.strip() for t in tasks} == {digest}
             assert len({t.worker for t in tasks}) == 5
     sent = [
@@ -140,7 +140,7 @@ def test_a_failed_fetch_frees_its_source_for_the_next_one(tmp_path: Path) -> Non
             first = Task("ls tools")
             first.add_input(m.declare_untar(m.declare_url(url)), "tools")  # not there yet: 404
             m.submit(first)
-            assert m.wait(60) is first and first.result == Outcome.INPUT_MISSING
+            assert m.wait(60) is first and first.outcome == Outcome.INPUT_MISSING
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
                 info = tarfile.TarInfo("hello.txt")
@@ -150,7 +150,7 @@ def test_a_failed_fetch_frees_its_source_for_the_next_one(tmp_path: Path) -> Non
             second = Task("cat tools/hello.txt")
             second.add_input(m.declare_untar(m.declare_url(url)), "tools")  # the same URL, one slot
             m.submit(second)
-            assert m.wait(60) is second and second.output == "hi\n", (second.result, second.error)
+            assert m.wait(60) is second and second.output == "hi\n", (second.outcome, second.error)
     finally:
         server.shutdown()
         server.server_close()

@@ -50,7 +50,7 @@ def test_an_undeclared_temp_leaves_the_workers_and_its_producer_is_forgotten(tmp
         late = Task("cat numbers")
         late.add_input(tmp, "numbers")
         m.submit(late)
-        assert m.wait(60) is late and late.result == Outcome.INPUT_MISSING
+        assert m.wait(60) is late and late.outcome == Outcome.INPUT_MISSING
         assert f"({tmp.cache_name()}) has no task that produces it" in (late.error or "")
         assert "undeclared" in (late.error or "")
 
@@ -137,5 +137,5 @@ def test_a_lost_temp_whose_producer_read_an_undeclared_temp_fails_its_reader(tmp
         reader = Task("cat f2")
         reader.add_input(f2, "f2")
         m.submit(reader)
-        assert m.wait(60) is reader and reader.result == Outcome.INPUT_MISSING
+        assert m.wait(60) is reader and reader.outcome == Outcome.INPUT_MISSING
         assert "cannot be made again" in (reader.error or "") and "undeclared" in (reader.error or "")

@@ -49,7 +49,7 @@ def test_an_archive_is_unpacked_once_per_node_and_tasks_see_the_directory(tmp_pa
                 m.submit(t)
             for _ in tasks:
                 assert m.wait(60) is not None
-            assert all(t.successful() for t in tasks), [(t.result, t.error) for t in tasks]
+            assert all(t.successful() for t in tasks), [(t.outcome, t.error) for t in tasks]
             assert {t.output for t in tasks} == {"alpha\nbeta\n"}
             assert len({t.worker for t in tasks}) == 2
         assert len(inserts(c, unpacked.cache_name())) == 1  # unpacked once on the node
@@ -72,8 +72,8 @@ def test_a_temp_archive_is_unpacked_and_a_bad_one_fails_its_consumer_clearly(tmp
         for t in (make, use, bad):
             m.submit(t)
         assert {m.wait(60) for _ in range(3)} == {make, use, bad}
-        assert use.successful() and use.output == "made\n", (use.result, use.error)
-        assert bad.result == Outcome.INPUT_MISSING and "cannot unpack the archive" in (bad.error or "")
+        assert use.successful() and use.output == "made\n", (use.outcome, use.error)
+        assert bad.outcome == Outcome.INPUT_MISSING and "cannot unpack the archive" in (bad.error or "")
         after = Task("echo still fine")
         m.submit(after)
         assert m.wait(60) is after and after.successful()
@@ -86,7 +86,7 @@ def test_a_truncated_archive_fails_its_consumer_instead_of_hanging(tmp_path: Pat
         t.add_input(m.declare_untar(m.declare_buffer(whole[: len(whole) // 2])), "tree")
         m.submit(t)
         assert m.wait(60) is t  # before the fix: the unpacking thread died and this timed out
-        assert t.result == Outcome.INPUT_MISSING and "cannot unpack the archive" in (t.error or ""), t.error
+        assert t.outcome == Outcome.INPUT_MISSING and "cannot unpack the archive" in (t.error or ""), t.error
         after = Task("echo still fine")
         m.submit(after)
         assert m.wait(60) is after and after.successful()
@@ -115,21 +115,21 @@ def test_a_minitask_runs_once_per_node_and_its_product_is_an_input(tmp_path: Pat
                 m.submit(t)
             for _ in tasks:
                 assert m.wait(60) is not None
-            assert all(t.successful() for t in tasks), [(t.result, t.error) for t in tasks]
+            assert all(t.successful() for t in tasks), [(t.outcome, t.error) for t in tasks]
             assert {t.output for t in tasks} == {"50\n"}
             assert len({t.worker for t in tasks}) == 2
-            assert m.fetch_file(squares) == b"9\n16\n25\n"
+            assert m.fetch_bytes(squares) == b"9\n16\n25\n"
             broken = m.declare_minitask(Task("echo oops; exit 3"), "nothing")
             t = Task("cat nothing")
             t.add_input(broken, "nothing")
             m.submit(t)
-            assert m.wait(60) is t and t.result == Outcome.INPUT_MISSING
+            assert m.wait(60) is t and t.outcome == Outcome.INPUT_MISSING
             assert "exited with code 3" in (t.error or "") and "oops" in (t.error or "")
             hung = m.declare_minitask(Task("sleep 60 && echo late > x", time_max=1), "x")
             t = Task("cat x")
             t.add_input(hung, "x")
             m.submit(t)
-            assert m.wait(30) is t and t.result == Outcome.INPUT_MISSING
+            assert m.wait(30) is t and t.outcome == Outcome.INPUT_MISSING
             assert "ran longer than 1s" in (t.error or "")
         assert runs.read_text() == "run\n"  # made once for the node's two workers
         assert len(inserts(c, squares.cache_name())) == 1
@@ -153,6 +153,6 @@ def test_files_made_from_files_made_on_the_worker(tmp_path: Path) -> None:
         t.add_input(repacked, "r")
         t.add_input(m.declare_buffer("echo direct\n"), "t/log")
         m.submit(t)
-        assert m.wait(60) is t and t.successful(), (t.result, t.error)
+        assert m.wait(60) is t and t.successful(), (t.outcome, t.error)
         assert t.output == "tool ran\necho direct\n1\n2\n3\n"
         assert m.fetch_file(built, tmp_path / "built").joinpath("data", "n").read_text() == "1\n2\n3\n"

@@ -48,7 +48,7 @@ def read(m: Manager, f: object) -> str:
     t = Task("cat data.txt")
     t.add_input(f, "data.txt")  # type: ignore[arg-type]
     m.submit(t)
-    assert m.wait(60) is t and t.successful(), (t.result, t.error)
+    assert m.wait(60) is t and t.successful(), (t.outcome, t.error)
     return str(t.output)
 
 

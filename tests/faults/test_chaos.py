@@ -70,7 +70,7 @@ def test_random_kills_of_workers_and_the_manager_lose_nothing(
         print(f"seed {SEED}: {'; '.join(log)}; done in {time.monotonic() - start:.1f}s")
         assert len(log) == 5
         assert len(got) == N and len({t.id for t in got}) == N
-        bad = [(t.id, t.result, t.error) for t in got if not t.successful()]
+        bad = [(t.id, t.outcome, t.error) for t in got if not t.successful()]
         assert not bad, bad[:5]
         for i, t in enumerate(tasks):
             assert t.output == (f"{i}\n" if i % 2 else i * i)

@@ -62,7 +62,7 @@ def test_submissions_queued_on_an_abandoned_socket_are_sent_again(
                 assert t is not None, f"only {len(done)} of {N} tasks came back after the reconnect"
                 done[t.id] = t
             for t in tasks:
-                assert done[t.id].result == "success", done[t.id].error
+                assert done[t.id].outcome == "success", done[t.id].error
                 assert int(done[t.id].output) == SIZE
             assert isinstance(status.result(60), ManagerStatus)  # asked again, answered
             assert any("sent" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)

@@ -24,7 +24,7 @@ def test_tasks_of_a_killed_worker_complete_on_the_other_one(cluster, client) -> 
     victim.wait()
     outputs = set()
     while (t := m.wait(60)) is not None:
-        assert t.successful(), (t.result, t.error)
+        assert t.successful(), (t.outcome, t.error)
         outputs.add(t.output)
     assert outputs == {f"{i}\n" for i in range(10)}
     assert any(t.attempts > 1 for t in tasks), "some task should have been re-run after the kill"

@@ -49,7 +49,7 @@ def test_the_html_page_has_one_bar_per_attempt_of_every_task(finished_run: RunRe
     last = {b["task"]: b for b in sorted(bars, key=lambda b: b["attempt"])}
     for tid, t in finished_run.tasks.items():
         assert data["workers"][last[tid]["worker"]]["id"] == t.worker
-        assert last[tid]["outcome"] == t.result
+        assert last[tid]["outcome"] == t.outcome
     groups = {g["name"] for g in data["groups"]}
     assert groups == {"reco", "skim", "fit", "doomed"}
     assert data["tasks"]["by_state"]["done"] == finished_run.successful

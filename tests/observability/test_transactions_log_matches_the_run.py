@@ -38,7 +38,7 @@ def test_task_lines_count_what_the_client_got(finished_run: RunResult) -> None:
         assert last[tid].event == t.state
         assert last[tid].get("worker") == t.worker
         assert int(last[tid].num("attempt")) == t.attempts
-        assert last[tid].get("cause") == t.result
+        assert last[tid].get("cause") == t.outcome
 
 
 def test_task_lines_carry_resources_category_and_wall_time(finished_run: RunResult) -> None:
@@ -93,7 +93,7 @@ def test_the_report_model_rebuilds_every_task_and_attempt(finished_run: RunResul
         assert info.state == t.state
         assert len(info.attempts) == t.attempts
         last = info.attempts[-1]
-        assert last.worker == t.worker and last.outcome == t.result
+        assert last.worker == t.worker and last.outcome == t.outcome
         assert last.start is not None and last.end is not None and last.start <= last.end
     assert run.counts()["done"] == finished_run.successful
     moved = run.bytes_by_source()

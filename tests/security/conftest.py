@@ -86,6 +86,6 @@ def still_serves(c: LocalCluster, workers: int | None = None) -> None:
     with Manager(c.address, token=c.token) as m:
         t = Task("echo still here")
         m.submit(t)
-        assert m.wait(60) is t and t.output == "still here\n", (t.result, t.error)
+        assert m.wait(60) is t and t.output == "still here\n", (t.outcome, t.error)
         if workers is not None:
             assert len(m.status().workers) == workers

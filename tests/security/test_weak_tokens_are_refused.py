@@ -20,8 +20,10 @@ def _manager(tmp_path: Path, token: str, mode: int) -> subprocess.CompletedProce
     token_file.chmod(mode)
     env = {k: v for k, v in os.environ.items() if k != auth.ENV}
     return subprocess.run(
-        [sys.executable, "-m", "kubevine", "manager", "--port", "0", "--workdir", str(tmp_path / "m")]
-        + ["--token-file", str(token_file), "--redis", "redis://127.0.0.1:1/0"],
+        [
+            *(sys.executable, "-m", "kubevine", "manager", "--port", "0", "--workdir", str(tmp_path / "m")),
+            *("--token-file", str(token_file), "--redis", "redis://127.0.0.1:1/0"),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -42,9 +42,9 @@ def test_an_exception_reaches_the_caller_with_type_message_and_remote_traceback(
         m.submit(c)
     drain(m)
     bad = calls[3]
-    assert bad.result == "exception" and not bad.successful()
+    assert bad.outcome == "exception" and not bad.successful()
     with pytest.raises(KeyError, match="no such key 3") as e:
-        _ = bad.output
+        _ = bad.value
     remote = e.value.remote_traceback
     assert "in fail" in remote and "no such key" in remote and "libproc" not in remote
     assert [c.output for c in calls if c is not bad] == [0, 1, 2, 4, 5]  # the library kept serving
@@ -63,10 +63,10 @@ def test_a_call_that_kills_its_process_fails_clearly_and_the_next_calls_succeed(
     assert not dead.successful()
     err = dead.error or ""
     if mode == "direct":
-        assert dead.result == "library_error" and "crashed" in err and "exit code 9" in err
+        assert dead.outcome == "library_error" and "crashed" in err and "exit code 9" in err
     else:
         with pytest.raises(RuntimeError, match="crashed its forked process"):
-            _ = dead.output
+            _ = dead.value
     after = [FunctionCall("d", "add", i) for i in range(5)]
     for c in after:
         m.submit(c)
@@ -85,8 +85,8 @@ def test_unknown_library_and_unknown_function_fail_only_that_call(manager) -> No
     for c in (no_lib, no_fn, ok):
         m.submit(c)
     drain(m)
-    assert no_lib.result == "library_error" and "no library named 'unknown'" in (no_lib.error or "")
-    assert no_fn.result == "library_error" and "has no function 'nope'" in (no_fn.error or "")
+    assert no_lib.outcome == "library_error" and "no library named 'unknown'" in (no_lib.error or "")
+    assert no_fn.outcome == "library_error" and "has no function 'nope'" in (no_fn.error or "")
     assert ok.output == 2
 
 
@@ -99,7 +99,7 @@ def test_a_library_that_cannot_start_fails_its_calls_with_the_reason(manager) ->
     c = FunctionCall("broken", "add", 1)
     m.submit(c)
     assert m.wait(60) is c
-    assert c.result == "library_error" and "brokenmod cannot be imported on purpose" in (c.error or "")
+    assert c.outcome == "library_error" and "brokenmod cannot be imported on purpose" in (c.error or "")
     t = kubevine.Task("echo the worker is fine")
     m.submit(t)
     assert m.wait(30) is t and t.successful()
@@ -128,7 +128,7 @@ def test_warm_start_calls_skip_the_import_that_python_tasks_pay_each_time(manage
         m.submit(t)
     drain(m)
     per_task = (time.perf_counter() - t0) / 3
-    assert [t.output for t in tasks] == [42] * 3, [(t.state, t.result, t.error, t._output) for t in tasks]
+    assert [t.output for t in tasks] == [42] * 3, [(t.state, t.outcome, t.error, t._output) for t in tasks]
     assert per_task > SLOW_IMPORT, f"a PythonTask imports slowmod itself; took {per_task:.3f}s"
     assert all(c.wall_time < SLOW_IMPORT / 10 for c in calls)
 
@@ -199,9 +199,9 @@ def test_python_task_returns_its_value_or_raises_its_exception(manager) -> None:
     m.submit(bad)
     drain(m)
     assert good.output == 42 and good.successful()
-    assert bad.result == "exception"
+    assert bad.outcome == "exception"
     with pytest.raises(KeyError, match="no such key 3"):
-        _ = bad.output
+        _ = bad.value
 
 
 def test_map_and_the_executor_return_values_in_order(manager) -> None:

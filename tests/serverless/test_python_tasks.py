@@ -151,7 +151,7 @@ def test_a_python_task_ends_as_an_interpreter_does_threads_joined_atexit_run(
     t.add_output(m.declare_file(tmp_path / "thread.txt"), "from_thread")
     t.add_output(m.declare_file(tmp_path / "atexit.txt"), "from_atexit")
     m.submit(t)
-    assert m.wait(60) is t and t.successful(), (t.result, t.error)
+    assert m.wait(60) is t and t.successful(), (t.outcome, t.error)
     assert t.output == "returned first"
     assert (tmp_path / "thread.txt").read_text() == "thread finished"
     assert (tmp_path / "atexit.txt").read_text() == "atexit ran"
@@ -166,7 +166,7 @@ def test_a_python_task_that_dies_reports_its_exit_code_and_output(
     m.submit(exits)
     m.submit(crashes)
     wait_all(m, 2)
-    assert exits.result == Outcome.SANDBOX_ERROR and crashes.result == Outcome.SANDBOX_ERROR
+    assert exits.outcome == Outcome.SANDBOX_ERROR and crashes.outcome == Outcome.SANDBOX_ERROR
     assert "ended with code 7" in (exits.error or "") and "last words before exit" in (exits.error or "")
     assert f"ended with code {-signal.SIGSEGV}" in (crashes.error or "")
     assert "last words before segfault" in (crashes.error or "")
@@ -189,7 +189,7 @@ def test_tasks_are_forked_from_the_starter_and_survive_its_death(
     wait_for_file(tmp_path / "started")
     os.kill(starter, signal.SIGKILL)
     assert m.wait(60) is running
-    assert running.successful() and running.output != starter, (running.result, running.error)  # reparented
+    assert running.successful() and running.output != starter, (running.outcome, running.error)  # reparented
     after = PythonTask(parent_pid)
     m.submit(after)
     assert m.wait(60) is after and after.successful()
@@ -201,7 +201,7 @@ def test_time_limit_and_cancel_stop_a_forked_task(manager: Callable[..., Manager
     limited = PythonTask(nap, 60, str(tmp_path / "limited"))
     limited.set_time_max(1)
     m.submit(limited)
-    assert m.wait(60) is limited and limited.result == Outcome.MAX_WALL_TIME
+    assert m.wait(60) is limited and limited.outcome == Outcome.MAX_WALL_TIME
     cancelled = PythonTask(nap, 60, str(tmp_path / "cancelled"))
     m.submit(cancelled)
     wait_for_file(tmp_path / "cancelled")

@@ -126,9 +126,9 @@ def test_a_producer_that_raises_fails_clearly_and_so_does_its_consumer(
     m.submit(bad)
     m.submit(consumer)
     drain(m, 2)
-    assert bad.result == Outcome.EXCEPTION
+    assert bad.outcome == Outcome.EXCEPTION
     with pytest.raises(ArithmeticError, match="cannot make 3"):
-        _ = bad.output
+        _ = bad.value
     assert not consumer.successful()
     assert consumer.result == Outcome.INPUT_MISSING
     assert (
@@ -142,9 +142,9 @@ def test_a_call_asking_for_an_input_it_lacks_gets_a_clear_error(manager: Callabl
     library(m)
     lonely = FunctionCall("vals", "measure", "nothing")
     m.submit(lonely)
-    assert m.wait(60) is lonely and lonely.result == Outcome.EXCEPTION
+    assert m.wait(60) is lonely and lonely.outcome == Outcome.EXCEPTION
     with pytest.raises(FileNotFoundError, match="no input named 'nothing'"):
-        _ = lonely.output
+        _ = lonely.value
 
 
 def test_a_value_whose_only_copy_is_lost_is_computed_again(manager: Callable[..., Manager]) -> None:
