@@ -9,12 +9,17 @@ kmock); the `kubernetes` client is synchronous and reads KUBECONFIG at import ti
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import pathlib
+import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import aiohttp
+import yaml
 
 logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -46,13 +51,66 @@ def path(
     return base
 
 
+def ssl_context_from_kubeconfig(kubeconfig: pathlib.Path) -> tuple[str, ssl.SSLContext | None]:
+    """The server URL and a TLS context (CA, client certificate) of a kubeconfig's current context.
+
+    Certificates may be files or inline `*-data`; inline ones are written to a private
+    temporary directory, as `ssl` loads certificate chains only from files.
+    """
+    config = yaml.safe_load(kubeconfig.read_text())
+    context_name = config.get("current-context")
+    context = next(
+        (c["context"] for c in config.get("contexts") or [] if c["name"] == context_name),
+        (config.get("contexts") or [{"context": {}}])[0]["context"],
+    )
+    cluster = next(
+        (c["cluster"] for c in config["clusters"] if c["name"] == context.get("cluster")),
+        config["clusters"][0]["cluster"],
+    )
+    user = next(
+        (u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")),
+        ((config.get("users") or [{"user": {}}])[0]["user"]),
+    )
+    url = str(cluster["server"])
+    if not url.startswith("https://"):
+        return url, None
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="kubeclient-"))
+
+    def file_of(entry: dict[str, Any], key: str) -> str | None:
+        if entry.get(f"{key}-data"):
+            target = scratch / key
+            target.write_bytes(base64.b64decode(entry[f"{key}-data"]))
+            return str(target)
+        value = entry.get(key)
+        return str(value) if value else None
+
+    try:
+        ctx = ssl.create_default_context(cafile=file_of(cluster, "certificate-authority"))
+        cert, key = file_of(user, "client-certificate"), file_of(user, "client-key")
+        if cert and key:
+            ctx.load_cert_chain(cert, key)
+    finally:
+        for f in scratch.iterdir():
+            f.unlink()
+        scratch.rmdir()
+    return url, ctx
+
+
 class KubeClient:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: pathlib.Path) -> KubeClient:
+        return cls(*ssl_context_from_kubeconfig(kubeconfig))
+
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), connector=connector
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

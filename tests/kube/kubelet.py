@@ -178,23 +178,72 @@ class Kubelet:
 
     # -- main loop ------------------------------------------------------------------------
 
+    # Hooks: the real-cluster kubelet (realkubelet.py) overrides these; the defaults are the
+    # emulator tier's behaviour.
+
+    def _make_client(self) -> KubeClient:
+        return KubeClient(self.api_url)
+
+    def _watch_urls(self) -> tuple[str, ...]:
+        return (
+            "/api/v1/pods",
+            "/apis/apps/v1/deployments",
+            "/apis/apps/v1/statefulsets",
+            "/apis/batch/v1/jobs",
+            "/api/v1/services",
+            "/api/v1/secrets",
+            "/api/v1/configmaps",
+        )
+
+    def _background(self) -> list[Coroutine[Any, Any, None]]:
+        """Coroutines that run beside the main loop (node heartbeats in a real cluster)."""
+        return []
+
+    def _allocate_ip(self, run_node: str) -> str:
+        return allocate_pod_ip()
+
+    def _host_ip(self, node: str) -> str:
+        return "127.0.0.1"
+
+    async def _forget(self, run: PodRun) -> None:
+        """A pod's processes are gone and it is no longer tracked: release what it held."""
+
+    def _base_env(self, run: PodRun) -> dict[str, str]:
+        """Variables every container gets before its own env."""
+        base = {
+            "PATH": f"{podspec.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(run.pod_dir / "home"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOSTNAME": run.name,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.kubeconfig is not None:
+            base["KUBECONFIG"] = str(self.kubeconfig)
+        return base
+
+    def _launch_argv(self, run: PodRun, c: ContainerRun) -> list[str]:
+        """The argv actually executed for a container start (a wrapper may precede it)."""
+        return c.argv
+
+    def _exited(self, run: PodRun, c: ContainerRun, returncode: int) -> None:
+        c.exit_code = returncode
+        c.reason = "Completed" if c.exit_code == 0 else "Error"
+
+    def _not_runnable(self, run: PodRun, e: podspec.NotRunnable) -> None:
+        run.failed_reason, run.failed_message = e.reason, e.message
+        logger.warning("pod %s/%s cannot run: %s", run.namespace, run.name, e.message)
+
+    status_patch = "merge"
+
+    # -- main loop ------------------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        async with KubeClient(self.api_url) as client:
+        async with self._make_client() as client:
             self._client = client
             await self._register_nodes()
-            watches = [
-                asyncio.create_task(self._watch(url))
-                for url in (
-                    "/api/v1/pods",
-                    "/apis/apps/v1/deployments",
-                    "/apis/apps/v1/statefulsets",
-                    "/apis/batch/v1/jobs",
-                    "/api/v1/services",
-                    "/api/v1/secrets",
-                    "/api/v1/configmaps",
-                )
-            ]
+            watches = [asyncio.create_task(self._watch(url)) for url in self._watch_urls()]
+            watches += [asyncio.create_task(coro) for coro in self._background()]
             last_sync = 0.0
             try:
                 while not stop.is_set():
@@ -290,6 +339,10 @@ class Kubelet:
         for pod in pods:
             if not pod["spec"].get("nodeName") and not pod["metadata"].get("deletionTimestamp"):
                 await self._schedule(pod)
+        await self._sync_pods(pods)
+
+    async def _sync_pods(self, pods: list[Obj]) -> None:
+        """Run the pods bound to our nodes; stop processes of pods that vanished."""
         seen = set()
         for pod in pods:
             if pod["spec"].get("nodeName") in self.nodes:
@@ -303,6 +356,7 @@ class Kubelet:
             if uid not in seen:  # removed behind our back (force deletion): stop its processes
                 run = self.runs.pop(uid)
                 await self._kill(run, grace=0)
+                await self._forget(run)
 
     async def _act(self, owner: Obj, actions: controllers.Actions) -> None:
         meta = owner["metadata"]
@@ -357,7 +411,8 @@ class Kubelet:
         if meta.get("deletionTimestamp"):
             idle = run is None or not any(c.running for c in run.all_containers())
             if idle and (run is None or run.terminating is None or run.terminating.done()):
-                self.runs.pop(uid, None)
+                if self.runs.pop(uid, None) is not None and run is not None:
+                    await self._forget(run)
                 await self.client.delete(
                     path("v1", "pods", meta["namespace"], meta["name"]),
                     {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}},
@@ -377,7 +432,7 @@ class Kubelet:
                 uid=uid,
                 namespace=meta["namespace"],
                 name=meta["name"],
-                ip=allocate_pod_ip(),
+                ip=self._allocate_ip(spec["nodeName"]),
                 node=spec["nodeName"],
                 pod_dir=pod_dir,
                 restart_policy=spec.get("restartPolicy", "Always"),
@@ -387,7 +442,8 @@ class Kubelet:
             self.runs[uid] = run
             # The IP is published first: fieldRef status.podIP must see it.
             await self._write_status(pod, run)
-            pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": run.ip, "hostIP": "127.0.0.1"}}
+            host_ip = self._host_ip(run.node)
+            pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": run.ip, "hostIP": host_ip}}
         if not run.prepared and run.failed_reason is None and run.terminating is None:
             await self._prepare(pod, run)
         self._advance(run)
@@ -461,8 +517,7 @@ class Kubelet:
                     pod, run, c, volumes, lookup, services, strict_dns=not deadline_passed
                 )
         except podspec.NotRunnable as e:
-            run.failed_reason, run.failed_message = e.reason, e.message
-            logger.warning("pod %s/%s cannot run: %s", run.namespace, run.name, e.message)
+            self._not_runnable(run, e)
             return
         except podspec.MissingReference as e:
             run.waiting_reason, run.waiting_message = "CreateContainerConfigError", str(e)
@@ -506,16 +561,7 @@ class Kubelet:
             env[f"KUBELET_VOLUME_{mount.volume.upper().replace('-', '_').replace('.', '_')}"] = str(
                 mount.local
             )
-        base = {
-            "PATH": f"{podspec.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(run.pod_dir / "home"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOSTNAME": run.name,
-            "PYTHONUNBUFFERED": "1",
-        }
-        if self.kubeconfig is not None:
-            base["KUBECONFIG"] = str(self.kubeconfig)
-        c.env = {**base, **env}
+        c.env = {**self._base_env(run), **env}
         argv = podspec.container_argv(spec, run.ip, run.pod_dir / "work")
         argv = [argv[0]] + [podspec.rewrite_paths(podspec.expand(a, c.env), c.mounts) for a in argv[1:]]
         # Bare single-label words are rewritten only as a flag's value: `kubevine manager` stays.
@@ -542,7 +588,7 @@ class Kubelet:
             out.flush()
             try:
                 c.proc = subprocess.Popen(
-                    c.argv,
+                    self._launch_argv(run, c),
                     env=c.env,
                     cwd=c.cwd,
                     stdin=subprocess.DEVNULL,
@@ -566,9 +612,8 @@ class Kubelet:
         for run in self.runs.values():
             for c in run.all_containers():
                 if c.proc is not None and c.exit_code is None and c.proc.poll() is not None:
-                    c.exit_code = c.proc.returncode
+                    self._exited(run, c, c.proc.returncode)
                     c.finished_at = _now()
-                    c.reason = "Completed" if c.exit_code == 0 else "Error"
                     changed = True
                 for probe, live in ((c.readiness, False), (c.liveness, True)):
                     if (
@@ -674,7 +719,9 @@ class Kubelet:
                 f"{get.get('scheme', 'HTTP').lower()}://{run.ip}:{port_of(get['port'])}{get.get('path', '/')}"
             )
             try:
-                async with self.client.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as rsp:
+                async with self.client.session.get(
+                    url, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False
+                ) as rsp:
                     return 200 <= rsp.status < 400
             except (TimeoutError, aiohttp.ClientError, OSError):
                 return False
@@ -765,7 +812,9 @@ class Kubelet:
             return
         meta = pod["metadata"]
         await self.client.patch(
-            path("v1", "pods", meta["namespace"], meta["name"], "status"), {"status": status}
+            path("v1", "pods", meta["namespace"], meta["name"], "status"),
+            {"status": status},
+            kind=self.status_patch,
         )
         run.last_status = status
 
@@ -847,10 +896,11 @@ class Kubelet:
                 **({"reason": reason} if reason and not ok else {}),
             }
 
+        host_ip = self._host_ip(run.node)
         status: Obj = {
             "phase": phase,
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
+            "hostIP": host_ip,
+            "hostIPs": [{"ip": host_ip}],
             "podIP": run.ip,
             "podIPs": [{"ip": run.ip}],
             "startTime": run.started_at,

@@ -284,11 +284,55 @@ def prepare_volumes(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 raw = data[item["key"]]
                 target.write_bytes(base64.b64decode(raw) if secret else str(raw).encode())
+        elif "projected" in vol or "downwardAPI" in vol:
+            local = pod_dir / "volumes" / name
+            local.mkdir(parents=True, exist_ok=True)
+            sources = (vol.get("projected") or {}).get("sources") or [{"downwardAPI": vol.get("downwardAPI")}]
+            for path_, content in _projected_files(pod, sources, lookup).items():
+                target = local / path_
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
         else:  # emptyDir and anything else: a private directory
             local = pod_dir / "volumes" / name
             local.mkdir(parents=True, exist_ok=True)
         result[name] = local
     return result
+
+
+def _projected_files(
+    pod: Obj, sources: list[Obj], lookup: Callable[[str, str], Obj | None]
+) -> dict[str, bytes]:
+    """The files of a projected (or downwardAPI) volume: path → content.
+
+    A serviceAccountToken source reads `lookup("serviceaccounttoken", audience)`, whose
+    `token` the kubelet obtained from the TokenRequest API (None: no token, e.g. in the
+    emulator, which issues none).
+    """
+    files: dict[str, bytes] = {}
+    for source in sources:
+        if source.get("serviceAccountToken"):
+            spec = source["serviceAccountToken"]
+            token = lookup("serviceaccounttoken", str(spec.get("audience") or ""))
+            if token is not None:
+                files[str(spec.get("path", "token"))] = str(token["token"]).encode()
+        for kind, secret in (("secret", True), ("configMap", False)):
+            if not source.get(kind):
+                continue
+            ref = source[kind]
+            obj = lookup("secret" if secret else "configmap", ref.get("name", ""))
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise MissingReference(f'{kind.lower()} "{ref.get("name")}" not found')
+            data = dict(obj.get("data") or {})
+            for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
+                if item["key"] in data:
+                    raw = data[item["key"]]
+                    files[item["path"]] = base64.b64decode(raw) if secret else str(raw).encode()
+        for item in (source.get("downwardAPI") or {}).get("items") or []:
+            if item.get("fieldRef"):
+                files[item["path"]] = field_ref(pod, item["fieldRef"].get("fieldPath", "")).encode()
+    return files
 
 
 def container_mounts(container: Mapping[str, Any], volumes: Mapping[str, pathlib.Path]) -> list[Mount]:
