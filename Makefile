@@ -61,3 +61,25 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .pkgview
+
+# A real control plane (kube-apiserver, controller-manager, scheduler, etcd built from Go
+# modules into ~/.cache/kubevine/cluster; the first build takes many minutes) and process-kubelet
+# nodes in network namespaces. Needs root. See docs/dev/real-cluster.md.
+CLUSTER_STATE     ?= .cluster
+CLUSTER_NODES     ?= 3
+CLUSTER_BANDWIDTH ?=
+
+.PHONY: cluster cluster-down cluster-build cluster-status
+
+cluster-build:
+	bash hack/cluster/build.sh
+
+cluster: $(STAMP)
+	$(BIN)/python -m tests.realkube.controlplane up --state $(CLUSTER_STATE) --nodes $(CLUSTER_NODES) \
+		$(if $(CLUSTER_BANDWIDTH),--bandwidth $(CLUSTER_BANDWIDTH))
+
+cluster-down:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m tests.realkube.controlplane down --state $(CLUSTER_STATE)
+
+cluster-status:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m tests.realkube.controlplane status --state $(CLUSTER_STATE)
