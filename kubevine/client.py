@@ -26,20 +26,20 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import Any
 
-from kubevine import auth, filetree
-from kubevine.clientio import Connection, ConnectionRefused, Shared, StoreUnavailable, write_atomic
+from kubevine import auth
+from kubevine.clientio import Connection, ConnectionRefused, Shared, StoreUnavailable
+from kubevine.files_api import FileAPI
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
     Cancel,
-    FetchedFile,
-    FetchFile,
     FileBinding,
     FileKind,
     IdBlock,
     IdBlockRequest,
     InstallLibrary,
+    Outcome,
     RemoveLibrary,
     StatusReply,
     StatusRequest,
@@ -49,14 +49,7 @@ from kubevine.serverless import FunctionCall, Library, auto_library_name
 from kubevine.states import ClientState
 from kubevine.stats import ManagerStatus
 from kubevine.task import (
-    File,
     Task,
-    declare_buffer,
-    declare_local,
-    declare_minitask,
-    declare_temp,
-    declare_untar,
-    declare_url,
     temp_name,
 )
 
@@ -65,7 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ConnectionRefused", "Manager", "StoreUnavailable", "as_completed"]
 
 
-class Manager:
+class Manager(FileAPI):
     """A workflow's manager, seen from user code."""
 
     def __init__(
@@ -235,112 +228,12 @@ class Manager:
         """The port of ``/metrics`` when started with ``prometheus=``, else None."""
         return self._prometheus_port
 
-    # ------------------------------------------------------------------ files
-
-    def declare_file(self, path: str | Path, cache: str = "workflow") -> File:
-        """A local file (input: sent to workers once; output: written back here)."""
-        return declare_local(path, cache)
-
-    def declare_buffer(self, data: bytes | str, cache: str = "workflow") -> File:
-        """Bytes in memory, made available to tasks as a file."""
-        return declare_buffer(data, cache)
-
-    def declare_url(self, url: str, cache: str = "workflow") -> File:
-        """A file at a URL (http, https, file): fetched by a worker, never by the manager,
-        once per node; other workers of the workflow get it from their peers."""
-        return declare_url(url, cache)
-
-    def declare_temp(self) -> File:
-        """An intermediate file: written by one task (``add_output``), read by others
-        (``add_input``). It stays on the worker that made it and moves peer to peer; if that
-        worker is lost before it is used, the task that made it runs again."""
-        return declare_temp()
-
-    def declare_untar(self, archive: File, cache: str = "workflow") -> File:
-        """A directory: the tar archive ``archive`` (any declared file; gzip, bzip2 and xz are
-        recognised) unpacked by the worker, once per node cache, and kept unpacked there."""
-        return declare_untar(archive, cache)
-
-    def declare_minitask(self, task: Task, path: str, cache: str = "workflow") -> File:
-        """A file (or directory) made on the worker by running the command ``task`` (with its
-        inputs) and taking what it leaves at ``path`` in its sandbox; made once per node cache
-        and named after the task's definition. ``task`` is never submitted itself."""
-        return declare_minitask(task, path, cache)
-
-    @overload
-    def fetch_file(self, file: File, path: None = None, *, timeout: float = 120.0) -> str: ...
-
-    @overload
-    def fetch_file(self, file: File, path: str | Path, *, timeout: float = 120.0) -> Path: ...
-
-    def fetch_file(self, file: File, path: str | Path | None = None, *, timeout: float = 120.0) -> str | Path:
-        """A declared file's content as text, as TaskVine returns it (bytes that are not UTF-8
-        survive as surrogates: ``text.encode("utf-8", "surrogateescape")`` gives them back);
-        ``m.fetch_bytes(f)`` returns the bytes, ``path=`` writes the file (or directory)."""
-        if path is not None:
-            return self.fetch_bytes(file, path, timeout=timeout)
-        return self.fetch_bytes(file, timeout=timeout).decode("utf-8", "surrogateescape")
-
-    @overload
-    def fetch_bytes(self, file: File, path: None = None, *, timeout: float = 120.0) -> bytes: ...
-
-    @overload
-    def fetch_bytes(self, file: File, path: str | Path, *, timeout: float = 120.0) -> Path: ...
-
-    def fetch_bytes(
-        self, file: File, path: str | Path | None = None, *, timeout: float = 120.0
-    ) -> bytes | Path:
-        """A declared file's content, from wherever it is.
-
-        A temp, an unpacked archive, a minitask's product or a URL's content comes from a
-        worker that holds it, through the manager (nothing runs again). Returns the bytes;
-        with ``path``, writes the file — or directory — there instead and returns the path.
-        :class:`FileNotFoundError` when no worker holds the file (not made yet, or lost).
-        """
-        self._check_open()
-        dest = Path(path) if path is not None else None
-        if file.kind == FileKind.LOCAL:  # on this machine already (an output comes back by itself)
-            assert file.path is not None
-            if not file.path.exists():
-                raise FileNotFoundError(f"{file.path} does not exist (an output arrives when its task ends)")
-            if file.path.is_dir():
-                if dest is None:
-                    raise IsADirectoryError(f"{file.path} is a directory: pass path= to copy it somewhere")
-                write_atomic(dest, filetree.pack(file.path), directory=True)
-                return dest
-            data: bytes = file.path.read_bytes()
-            directory = False
-        elif file.kind == FileKind.BUFFER:
-            data, directory = file.data or b"", False
-        else:
-            name = file.cache_name()  # ValueError for a temp whose producer was never submitted
-            fut: concurrent.futures.Future[tuple[FetchedFile, bytes | None]] = concurrent.futures.Future()
-            ask = FetchFile(request=0, cache_name=name)
-            with self._st.lock:
-                self._st.fetch_seq += 1
-                ask.request = request = self._st.fetch_seq
-                self._st.fetches[request] = (ask, fut)
-            self._send_control(ask)
-            try:
-                reply, content = fut.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                with self._st.lock:
-                    self._st.fetches.pop(request, None)
-                raise TimeoutError(f"fetching {file!r} took longer than {timeout}s") from None
-            if reply.error is not None or content is None:
-                raise FileNotFoundError(f"cannot fetch {file!r}: {reply.error or 'no content'}")
-            data, directory = content, reply.directory
-        if dest is not None:
-            write_atomic(dest, data, directory)
-            return dest
-        if directory:
-            raise IsADirectoryError(f"{file!r} is a directory: pass path= to write it somewhere")
-        return data
-
     # ------------------------------------------------------------------ submit
 
     def submit(self, task: Task) -> TaskId:
-        """Queue a task; returns its id at once (TaskVine's ``submit``)."""
+        """Queue a task; returns its id at once (TaskVine's ``submit``). A local input that
+        does not exist does not raise: the task comes back from ``wait`` with result
+        "input missing", as in TaskVine."""
         self._check_open()
         if task.id is not None and not task.state.final:
             raise ValueError(f"task {task.id} was already submitted")
@@ -349,49 +242,90 @@ class Manager:
                 f"task {task.id} was attached from an earlier client process and lacks what it "
                 "ran with (function and arguments, files, resources): build it again to resubmit"
             )
-        inputs: list[FileBinding] = []
-        files: list[tuple[CacheName, bytes]] = []
-        for f, remote in task.inputs:
-            inputs.append(f.binding(remote))  # raises FileNotFoundError for a missing input
-            for u in f.uploads():  # the client's files it needs: sent once
-                name = u.cache_name()
-                if name not in self._st.out.sent_files and all(n != name for n, _ in files):
-                    files.append((name, u.content()))
-        outputs = []
-        for f, remote in task.outputs:
-            b = FileBinding(
-                remote_name=remote, kind=f.kind, cache=f.cache, to_client=f.kind == FileKind.LOCAL
-            )
-            if f.kind == FileKind.TEMP:  # named after the task that writes it
-                f.name = b.cache_name = temp_name(_definition(task, inputs) + (f.nonce or ""), remote)
-            outputs.append(b)
+        task._manager, task._value = self, None
+        task.submit_finalize()
+        try:
+            inputs, outputs, files = self._bindings(task)
+        except FileNotFoundError as e:
+            return self._ended_here(task, Outcome.INPUT_MISSING, str(e))
         st = self._st
         with st.lock:
-            if st.ids_left == 0:
-                st.lock.release()
-                try:
-                    self._refill_ids()
-                finally:
-                    st.lock.acquire()
-            task.id = TaskId(st.next_id)
-            st.next_id += 1
-            st.ids_left -= 1
-            task.state = ClientState.SUBMITTED
-            task._manager, task._value = self, None
-            if task._future is not None and task._future.done():
-                task._future = None  # a resubmitted task gets a fresh future
+            self._take_id(task)
             spec = task.spec(inputs, outputs)
             payload = task.payload()
             for name, data in files:
                 if name not in st.out.sent_files:
                     st.out.sent_files.add(name)
                     st.out.files.append((name, data))
+            assert task.id is not None
             st.tasks[task.id] = task
             first = not st.out.pending
             st.out.pending.append((spec, payload))
             st.outstanding[task.id] = (spec, payload)
         if first:
             self._conn.wake()
+        return task.id
+
+    def _bindings(
+        self, task: Task
+    ) -> tuple[list[FileBinding], list[FileBinding], list[tuple[CacheName, bytes]]]:
+        """The task's files as the wire names them, and the client files to upload with it."""
+        inputs: list[FileBinding] = []
+        files: list[tuple[CacheName, bytes]] = []
+        for f, remote in task.inputs:
+            b = f.binding(remote)  # raises FileNotFoundError for a missing input
+            strict, symlink = task._mounts.get((id(f), remote), (False, False))
+            if strict or symlink:
+                b.strict, b.symlink = strict, symlink
+            inputs.append(b)
+            for u in f.uploads():  # the client's files it needs: sent once
+                name = u.cache_name()
+                if name not in self._st.out.sent_files and all(n != name for n, _ in files):
+                    files.append((name, u.content()))
+        outputs = []
+        for f, remote in task.outputs:
+            here = f.kind in (FileKind.LOCAL, FileKind.BUFFER)  # an output buffer comes back like a file
+            b = FileBinding(
+                remote_name=remote,
+                kind=FileKind.LOCAL if here else f.kind,
+                cache=f.cache,
+                to_client=here,
+                watch=remote in task._watched,
+            )
+            if f.kind == FileKind.TEMP:  # named after the task that writes it
+                f.name = b.cache_name = temp_name(_definition(task, inputs) + (f.nonce or ""), remote)
+            outputs.append(b)
+        return inputs, outputs, files
+
+    def _take_id(self, task: Task) -> None:
+        """Give ``task`` the next id of this client's block (called with the lock held)."""
+        st = self._st
+        if st.ids_left == 0:
+            st.lock.release()
+            try:
+                self._refill_ids()
+            finally:
+                st.lock.acquire()
+        task.id = TaskId(st.next_id)
+        st.next_id += 1
+        st.ids_left -= 1
+        task.state = ClientState.SUBMITTED
+        if task._future is not None and task._future.done():
+            task._future = None  # a resubmitted task gets a fresh future
+
+    def _ended_here(self, task: Task, outcome: Outcome, why: str) -> TaskId:
+        """A task that cannot be sent comes back from ``wait`` as if the manager ended it."""
+        st = self._st
+        with st.lock:
+            self._take_id(task)
+        assert task.id is not None
+        task.state, task.outcome, task.error, task.attempts = ClientState.FAILED, outcome, why, 0
+        with st.cv:
+            if task._future is None:
+                st.done.append(task)
+            st.cv.notify_all()
+        if task._future is not None:
+            task._future.set_result(task)
         return task.id
 
     def _refill_ids(self) -> None:
@@ -555,21 +489,6 @@ class Manager:
 
     def cancel_by_task_tag(self, tag: str) -> None:
         self._send_control(Cancel(tag=tag))
-
-    def undeclare_file(self, file: File) -> None:
-        """The workflow no longer needs this file (TaskVine's call): workers delete their
-        copies and, for a temp, the manager forgets the task that wrote it, which is not run
-        again to remake it. A file an unfinished task still reads or writes goes once that
-        task is done. Using the file again later sends or makes it anew."""
-        if file.kind == FileKind.TEMP and file.name is None:
-            return  # never made: nothing to forget
-        try:
-            name = file.cache_name()
-        except FileNotFoundError:
-            return  # a local file gone from disk was never sent under its current name
-        with self._st.lock:
-            self._st.out.undeclare(name)
-        self._conn.wake()
 
     def status(self, timeout: float = 10.0) -> ManagerStatus:
         """What the manager says about the workflow now."""

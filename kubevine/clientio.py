@@ -39,6 +39,7 @@ from kubevine.protocol import (
     ErrorMsg,
     FetchedFile,
     FetchFile,
+    FileKind,
     FileMeta,
     Goodbye,
     Hello,
@@ -381,13 +382,16 @@ class Connection:
             t.attempts = r.attempts
             t.wall_time = r.wall_time
             t.worker = r.worker
+            t.hostname, t.addrport = r.host, r.addrport
             t._output = frame(frames, r.output_frame)
             for o in r.outputs:
                 data = frame(frames, o.frame)
                 if data is None:
                     continue
                 for f, remote in t.outputs:
-                    if remote == o.remote_name and f.path is not None:
+                    if remote == o.remote_name and f.kind == FileKind.BUFFER:
+                        f.data = data  # an output buffer: its content is read with f.contents()
+                    elif remote == o.remote_name and f.path is not None:
                         try:
                             write_atomic(f.path, data, o.directory)
                         except (OSError, tarfile.TarError) as e:  # the task's result still arrives

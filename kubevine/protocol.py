@@ -154,6 +154,11 @@ class FileBinding(_Msg):
     to_client: bool = False  # output: send the content back to the client
     source: FileBinding | None = None  # UNTAR: the archive the worker unpacks
     mini: MiniTaskSpec | None = None  # MINITASK: the command the worker runs to make it
+    mode: int | None = Field(None, ge=0, le=0o7777)  # its mode in the sandbox (default: the source's)
+    peer_transfer: bool = True  # False: workers never fetch it from each other
+    symlink: bool = False  # input: a symbolic link into the cache instead of a hard link
+    strict: bool = False  # input: run only where a copy already is (TaskVine's strict_input)
+    watch: bool = False  # output: streamed back while the task runs (appended content)
 
 
 class MiniTaskSpec(_Msg):
@@ -204,6 +209,10 @@ class TaskSpec(_Msg):
     tag: str | None = None
     category: str | None = None
     time_max: float | None = None  # seconds
+    time_end: float | None = None  # epoch seconds: killed (or never started) after this
+    time_start: float | None = None  # epoch seconds: not dispatched before this
+    max_forsaken: int | None = Field(None, ge=0)  # worker losses it survives (None: the manager's rule)
+    features: list[str] = Field(default_factory=list)  # only workers that have them
 
 
 class FileSource(_Msg):
@@ -414,6 +423,8 @@ class ClientResult(_Msg):
     error: str | None = None
     wall_time: float = 0.0
     worker: WorkerIdField | None = None
+    host: str | None = None  # the worker's host name (TaskVine's t.hostname)
+    addrport: str | None = None  # its address (TaskVine's t.addrport)
     outputs: list[OutputFile] = Field(default_factory=list)
 
 

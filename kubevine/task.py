@@ -14,7 +14,7 @@ import os
 import urllib.parse
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,11 +64,42 @@ class File:
     mini: Task | None = None  # MINITASK: the command task that makes it
     mini_output: str | None = None  # MINITASK: where that task leaves it in its sandbox
     nonce: str | None = None  # TEMP: makes its name unique to this declaration (a kept value)
+    peer_transfer: bool = True  # False: workers never fetch it from each other
+    unlink_when_done: bool = False  # LOCAL: the client deletes it when it is undeclared
+    mode: int | None = None  # its mode in task sandboxes (set_mode)
+    _fetcher: _Fetches | None = field(default=None, repr=False)  # the manager it was declared on
+
+    def contents(self) -> bytes:
+        """The file's content as bytes (TaskVine's ``contents()``): a buffer's (an output
+        buffer's once its task ended), a local file's, else fetched from the worker holding it."""
+        if self.kind == FileKind.BUFFER:
+            if self.data is None:
+                raise ValueError("this output buffer has no content yet: its task has not ended")
+            return self.data
+        if self.kind == FileKind.LOCAL and self.path is not None and self.path.is_file():
+            return self.path.read_bytes()
+        if self._fetcher is None:
+            raise RuntimeError(f"{self!r} was not declared on a manager: nothing to fetch it from")
+        return self._fetcher.fetch_bytes(self)
+
+    def set_mode(self, mode: int) -> None:
+        """The file's mode in task sandboxes (e.g. ``0o755`` to run it)."""
+        if not 0 <= mode <= 0o7777:
+            raise ValueError(f"mode {mode:o} is not a file mode")
+        self.mode = mode
+
+    def __len__(self) -> int:
+        if self.kind == FileKind.BUFFER:
+            return len(self.data or b"")
+        if self.kind == FileKind.LOCAL and self.path is not None and self.path.is_file():
+            return self.path.stat().st_size
+        return len(self.contents())
 
     def cache_name(self) -> CacheName:
         """The name workers cache it under: derived from what the file is."""
         if self.kind == FileKind.BUFFER:
-            assert self.data is not None
+            if self.data is None:
+                raise ValueError("an empty declare_buffer() is an output: a task writes it (add_output)")
             return CacheName("buf-" + sha256_bytes(self.data))
         if self.kind == FileKind.LOCAL:
             assert self.path is not None
@@ -112,6 +143,8 @@ class File:
             kind=self.kind,
             cache=self.cache,
             url=self.url,
+            mode=self.mode,
+            peer_transfer=self.peer_transfer,
         )
         if self.archive is not None:
             b.source = self.archive.binding("archive")
@@ -178,7 +211,15 @@ class Task:
         category: str | None = None,
         env: dict[str, str] | None = None,
         time_max: float | None = None,
+        inputs: dict[File, str | dict[str, Any]] | None = None,
+        outputs: dict[File, str | dict[str, Any]] | None = None,
+        **task_info: Any,
     ) -> None:
+        """A command (TaskVine's ``Task(command, **task_info)``): ``inputs`` and ``outputs``
+        map declared files to their names in the sandbox (or to ``add_input``/``add_output``
+        keywords with ``remote_name``); any other ``key=value`` calls ``set_<key>(value)``."""
+        if isinstance(command, dict):
+            raise TypeError(f"{command!r} is not a command: did you mean Task(**{command!r})?")
         self.command = command
         self._cores = cores
         self._memory = memory
@@ -206,6 +247,29 @@ class Task:
         self._manager: _Fetches | None = None  # set on submit
         self._attached = False  # rebuilt from the manager by Manager(attach=True)
         self._future: concurrent.futures.Future[Task] | None = None
+        self._mounts: dict[tuple[int, str], tuple[bool, bool]] = {}  # (file, name) -> strict, symlink
+        self._watched: set[str] = set()  # outputs streamed back while running
+        self.time_end: float | None = None  # epoch seconds
+        self.time_start: float | None = None
+        self.max_forsaken: int | None = None
+        self.features: list[str] = []
+        self.hostname: str | None = None  # where the last attempt ran (TaskVine's names)
+        self.addrport: str | None = None
+        for mapping, add in ((inputs, self.add_input), (outputs, self.add_output)):
+            for f, how in (mapping or {}).items():
+                if not isinstance(f, File):
+                    raise TypeError(f"{f!r} is not a declared file (m.declare_*)")
+                if isinstance(how, str):
+                    add(f, how)
+                elif isinstance(how, dict):
+                    add(f, **how)
+                else:
+                    raise TypeError(f"{how!r}: give a remote name or a dict of add_input/add_output keywords")
+        for key, value in task_info.items():
+            setter = getattr(self, f"set_{key}", None)
+            if setter is None:
+                raise TypeError(f"Task() got an unexpected keyword {key!r} (no set_{key})")
+            setter(value)
 
     # -- TaskVine setters --------------------------------------------------------
     def set_cores(self, n: float) -> None:
@@ -238,15 +302,80 @@ class Task:
     def set_time_max(self, seconds: float) -> None:
         self.time_max = seconds
 
-    def add_input(self, file: File, remote_name: str) -> None:
+    def set_time_end(self, microseconds: float) -> None:
+        """TaskVine's absolute deadline, in microseconds since the epoch: a task still running
+        (or not yet started) then is ended with result "max end time"."""
+        self.time_end = float(microseconds) / 1e6
+
+    def set_time_start(self, microseconds: float) -> None:
+        """Not dispatched before this time (microseconds since the epoch)."""
+        self.time_start = float(microseconds) / 1e6
+
+    def set_time_min(self, seconds: float) -> None:
+        """TaskVine's hint for workers with a wall-time limit: kubevine's workers have none."""
+
+    def set_max_forsaken(self, n: int) -> None:
+        """How often the task may come back without running (its worker lost) before it ends
+        with result "forsaken" (below 0: no limit)."""
+        self.max_forsaken = None if n < 0 else n
+
+    def set_scheduler(self, scheduler: str | int) -> None:
+        """TaskVine's per-task worker choice: kubevine places each task where most of its input
+        bytes are, which is TaskVine's "files"; accepted, whatever the name."""
+
+    def add_feature(self, name: str) -> None:
+        """Run only on workers started with ``--feature name``."""
+        self.features.append(name)
+
+    def set_features(self, names: str | list[str]) -> None:
+        for n in [names] if isinstance(names, str) else names:
+            self.add_feature(n)
+
+    def set_monitor_output(self, directory: str) -> None:
+        """TaskVine's resource-monitor reports: kubevine measures every task (t.resources_measured)."""
+
+    def set_command(self, command: str) -> None:
+        self.command = command
+
+    def add_input(
+        self, file: File, remote_name: str, strict_input: bool = False, mount_symlink: bool = False
+    ) -> None:
+        """``file`` appears as ``remote_name`` in the sandbox: hard-linked from the worker's
+        cache (``mount_symlink=True``: a symbolic link into it); ``strict_input=True`` runs the
+        task only on a worker that already holds the file (TaskVine's fixed location)."""
         _check_remote_name(remote_name)
         self.inputs.append((file, remote_name))
+        if strict_input or mount_symlink:
+            self._mounts[(id(file), remote_name)] = (strict_input, mount_symlink)
 
-    def add_output(self, file: File, remote_name: str) -> None:
+    def add_output(
+        self,
+        file: File,
+        remote_name: str,
+        watch: bool = False,
+        failure_only: bool | None = None,
+        success_only: bool | None = None,
+    ) -> None:
+        """What the task leaves at ``remote_name`` goes to ``file``: a local file (written
+        here), a temp (kept on the worker for other tasks) or an empty ``declare_buffer()``
+        (read with ``f.contents()``). ``watch=True`` brings a local file back while the task
+        runs, as it grows."""
         _check_remote_name(remote_name)
-        if file.kind not in (FileKind.LOCAL, FileKind.TEMP):
-            raise ValueError("outputs go to a declared local file (m.declare_file) or temp (m.declare_temp)")
+        if file.kind not in (FileKind.LOCAL, FileKind.TEMP) and not (
+            file.kind == FileKind.BUFFER and file.data is None
+        ):
+            raise ValueError(
+                "outputs go to a declared local file (m.declare_file), a temp (m.declare_temp) "
+                "or an empty buffer (m.declare_buffer())"
+            )
+        if failure_only or success_only:
+            raise NotImplementedError("failure_only/success_only outputs: every output is returned")
         self.outputs.append((file, remote_name))
+        if watch:
+            self._watched.add(remote_name)
+
+    def submit_finalize(self) -> None:
+        """Called by ``m.submit`` before the task is sent (TaskVine's hook for subclasses)."""
 
     # -- results -----------------------------------------------------------------
     @property
@@ -331,6 +460,10 @@ class Task:
             tag=self.tag,
             category=self.category,
             time_max=self.time_max,
+            time_end=self.time_end,
+            time_start=self.time_start,
+            max_forsaken=self.max_forsaken,
+            features=self.features,
         )
 
     def payload(self) -> bytes | None:
@@ -347,14 +480,31 @@ def _check_remote_name(name: str) -> None:
         raise ValueError(f"remote name {name!r} is reserved")
 
 
-def declare_local(path: str | os.PathLike[str], cache: str | CacheLevel) -> File:
-    return File(FileKind.LOCAL, CacheLevel(cache), path=Path(path).absolute())
+#: how long workers keep a file: a level's name, or TaskVine's booleans
+Cache = str | bool | CacheLevel | None
+
+
+def cache_level(cache: Cache) -> CacheLevel:
+    """A cache level from TaskVine's forms: ``True`` is "workflow", ``False``/``None`` "task",
+    else the level's name ("task", "workflow", "worker", "forever")."""
+    if cache is True:
+        return CacheLevel.WORKFLOW
+    if cache is False or cache is None:
+        return CacheLevel.TASK
+    try:
+        return CacheLevel(cache)
+    except ValueError:
+        raise ValueError(f"{cache!r} is not a valid cache level (task, workflow, worker, forever)") from None
+
+
+def declare_local(path: str | os.PathLike[str], cache: Cache) -> File:
+    return File(FileKind.LOCAL, cache_level(cache), path=Path(path).absolute())
 
 
 URL_HEAD_TIMEOUT = 10.0  # seconds the client waits for a URL's validators at declare time
 
 
-def declare_url(url: str, cache: str | CacheLevel) -> File:
+def declare_url(url: str, cache: Cache) -> File:
     """A URL, named after the URL and its validators as they are now (see :func:`url_validators`).
 
     With no validator to be had, the name is unique to this declaration: the content is
@@ -367,7 +517,7 @@ def declare_url(url: str, cache: str | CacheLevel) -> File:
         log.warning("no validators for %s (ETag, Last-Modified, Content-Length): it will not be reused", url)
         validators = f"unvalidated {uuid.uuid4().hex}"
     digest = sha256_text(f"{url}\0{validators}")
-    return File(FileKind.URL, CacheLevel(cache), url=url, name=CacheName("url-" + digest))
+    return File(FileKind.URL, cache_level(cache), url=url, name=CacheName("url-" + digest))
 
 
 def url_validators(url: str) -> str:
@@ -401,22 +551,22 @@ def temp_name(spec_json: str, remote_name: str) -> CacheName:
     return CacheName("temp-" + sha256_text(f"{spec_json}\0{remote_name}"))
 
 
-def declare_buffer(data: bytes | str, cache: str | CacheLevel) -> File:
+def declare_buffer(data: bytes | str, cache: Cache) -> File:
     raw = data.encode() if isinstance(data, str) else bytes(data)
-    return File(FileKind.BUFFER, CacheLevel(cache), data=raw)
+    return File(FileKind.BUFFER, cache_level(cache), data=raw)
 
 
-def declare_untar(archive: File, cache: str | CacheLevel) -> File:
+def declare_untar(archive: File, cache: Cache) -> File:
     if not isinstance(archive, File):
         raise TypeError(
             "declare_untar takes a declared file (m.declare_file, declare_url, declare_temp, ...)"
         )
     if archive.kind == FileKind.LOCAL and archive.path is not None and archive.path.is_dir():
         raise ValueError(f"{archive.path} is a directory, not an archive: declare it with m.declare_file")
-    return File(FileKind.UNTAR, CacheLevel(cache), archive=archive)
+    return File(FileKind.UNTAR, cache_level(cache), archive=archive)
 
 
-def declare_minitask(task: Task, path: str, cache: str | CacheLevel) -> File:
+def declare_minitask(task: Task, path: str, cache: Cache) -> File:
     if type(task) is not Task or task.command is None:
         raise TypeError("declare_minitask takes a command Task (Task('...')), not a PythonTask or call")
     if task.id is not None:
@@ -424,4 +574,4 @@ def declare_minitask(task: Task, path: str, cache: str | CacheLevel) -> File:
     if task.outputs:
         raise ValueError("a minitask's product is its `path`; it declares no outputs of its own")
     _check_remote_name(path)
-    return File(FileKind.MINITASK, CacheLevel(cache), mini=task, mini_output=path)
+    return File(FileKind.MINITASK, cache_level(cache), mini=task, mini_output=path)

@@ -130,7 +130,7 @@ def test_a_producer_that_raises_fails_clearly_and_so_does_its_consumer(
     with pytest.raises(ArithmeticError, match="cannot make 3"):
         _ = bad.value
     assert not consumer.successful()
-    assert consumer.result == Outcome.INPUT_MISSING
+    assert consumer.outcome == Outcome.INPUT_MISSING
     assert (
         f"input 'v' ({bad.output_file.cache_name()}) cannot be produced: task {bad.id} failed"
         == consumer.error
@@ -181,6 +181,6 @@ def test_a_lost_value_whose_library_was_removed_fails_its_consumer_clearly(
     assert producer.output_file is not None
     consumer.add_input(producer.output_file, "v")
     m.submit(consumer)
-    assert m.wait(60) is consumer and consumer.result == Outcome.INPUT_MISSING
+    assert m.wait(60) is consumer and consumer.outcome == Outcome.INPUT_MISSING
     assert "library 'vals' was removed" in (consumer.error or "")
     assert m.status().workers  # the manager is still serving
