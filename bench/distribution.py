@@ -116,7 +116,7 @@ def fanout_run(root: Path, mb: int, nodes: int, limit: int) -> tuple[float, dict
             # a task starts once its input has arrived: all running = the file is on every node
             wait_for(lambda: m.status().tasks.get("running") == nodes, 600, 0.05, "all nodes")
             dt = time.perf_counter() - t0
-            m.cancel_by_task_tag("fan")
+            m.cancel_all_by_tag("fan")
             m.cancel_by_task_id(hold.id or 0)
             for _ in range(nodes):
                 m.wait(60)

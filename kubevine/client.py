@@ -23,6 +23,7 @@ import os
 import time
 import types
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -52,13 +53,14 @@ from kubevine.task import (
     Task,
     temp_name,
 )
+from kubevine.vine_api import VineAPI
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ConnectionRefused", "Manager", "StoreUnavailable", "as_completed"]
 
 
-class Manager(FileAPI):
+class Manager(FileAPI, VineAPI):
     """A workflow's manager, seen from user code."""
 
     def __init__(
@@ -111,6 +113,7 @@ class Manager(FileAPI):
         self._cluster = None
         self._closed = True  # until connected: close() and __del__ have nothing to do
         self._shutdown = shutdown
+        self._tunables: dict[str, float] = {}
         self._prometheus_port: int | None = None
         self.workflow_name = name
         if ssl is not None and ssl is not False and not (isinstance(ssl, tuple) and not any(ssl)):
@@ -382,39 +385,58 @@ class Manager(FileAPI):
         self,
         fn: Callable[..., Any] | str,
         iterable: Iterable[Any],
+        chunksize: int = 1,
         *,
         library: str | Library | None = None,
         retries: int = 0,
         progress: bool = False,
     ) -> list[Any]:
-        """``[fn(x) for x in iterable]``, computed as function calls on the workers.
+        """``[fn(x) for x in iterable]``, computed on the workers (TaskVine's ``map``).
 
         Without ``library``, a library holding just ``fn`` (direct mode) is made and
-        installed on first use. Returns the values in order; raises the first call's
-        exception if any call raised. ``progress=True`` shows a bar (terminal or Jupyter).
+        installed on first use; ``chunksize`` elements go to each call. Returns the values in
+        order; raises the first call's exception if any call raised. ``progress=True`` shows a
+        bar (terminal or Jupyter).
         """
+        from kubevine import functional
+
+        if library is None and chunksize > 1:
+            if isinstance(fn, str):
+                raise TypeError("map by function name needs library=")
+            return functional.map_chunks(self, fn, iterable, chunksize, retries, progress)
         if library is None:
             if isinstance(fn, str):
                 raise TypeError("map by function name needs library=")
             lib_name = auto_library_name(fn)
             if lib_name not in self._st.libraries:
-                lib = Library(lib_name, [fn], exec_mode="direct")
-                self.install_library(lib)
+                self.install_library(Library(lib_name, [fn], exec_mode="direct"))
             library = lib_name
         lib_name = library.name if isinstance(library, Library) else library
         name = fn if isinstance(fn, str) else fn.__name__
-        calls = []
-        for x in iterable:
-            c = FunctionCall(lib_name, name, x)
-            c.set_retries(retries)
-            _ = c.future
-            calls.append(c)
+        calls = [FunctionCall(lib_name, name, x) for x in iterable]
         for c in calls:
-            self.submit(c)
-        from kubevine.progress import wait_futures
+            c.set_retries(retries)
+        return functional.run_calls(self, calls, progress, name)
 
-        wait_futures([c.future for c in calls], progress=progress, desc=name)
-        return [c.value for c in calls]
+    def pair(
+        self,
+        fn: Callable[[tuple[Any, Any]], Any],
+        seq1: Iterable[Any],
+        seq2: Iterable[Any],
+        chunksize: int = 1,
+    ) -> list[Any]:
+        """``fn`` of every pair of ``seq1`` x ``seq2`` (it receives one tuple), in product
+        order (TaskVine's ``pair``)."""
+        from kubevine import functional
+
+        return functional.pair(self, fn, seq1, seq2, chunksize)
+
+    def tree_reduce(self, fn: Callable[[list[Any]], Any], seq: Iterable[Any], chunksize: int = 2) -> Any:
+        """Reduce ``seq`` to one value with ``fn``, which receives a list of up to
+        ``chunksize`` values (TaskVine's ``tree_reduce``)."""
+        from kubevine import functional
+
+        return functional.tree_reduce(self, fn, seq, chunksize)
 
     def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
         """Compute ``keys`` of the dask graph ``dsk`` on the workers (DaskVine's ``get``).
@@ -433,26 +455,36 @@ class Manager(FileAPI):
     def wait(self, timeout: float | None = None) -> Task | None:
         """The next finished task, or None if none finishes within ``timeout`` seconds.
 
-        ``None`` or a negative timeout waits for ever; returns None at once when nothing
-        is outstanding (see :meth:`empty`).
+        ``None`` or a negative timeout (TaskVine's ``"wait_forever"``) waits for ever; returns
+        None at once when nothing is outstanding (see :meth:`empty`).
         """
-        forever = timeout is None or timeout < 0
+        return self._wait(timeout, None)
+
+    def wait_for_tag(self, tag: str | None, timeout: float | None = None) -> Task | None:
+        """Like :meth:`wait`, for a task with this tag only (any task when ``tag`` is None)."""
+        return self._wait(timeout, None if tag is None else (lambda t: t.tag == tag))
+
+    def wait_for_task_id(self, task_id: int, timeout: float | None = None) -> Task | None:
+        """Like :meth:`wait`, for this task only."""
+        return self._wait(timeout, lambda t: t.id == task_id)
+
+    def _wait(self, timeout: float | str | None, want: Callable[[Task], bool] | None) -> Task | None:
+        forever = timeout is None or timeout == "wait_forever" or float(timeout) < 0
         deadline = 0.0 if forever else time.monotonic() + float(timeout or 0)
         st = self._st
         with st.cv:
             if st.refusals:  # refused work is news that cannot wait behind results
                 raise st.refusals.popleft()
-            while not st.done:
+            while (t := _take(st.done, want)) is None:
                 self._raise_if_broken()
                 if st.refusals:
                     raise st.refusals.popleft()
-                if not st.tasks:
+                if not st.tasks:  # nothing outstanding can still become what is asked for
                     return None
                 remaining = None if forever else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 st.cv.wait(remaining if remaining is not None else 1.0)
-            t = st.done.popleft()
             assert t.id is not None
             st.out.acks.append(t.id)
         return t
@@ -487,17 +519,11 @@ class Manager(FileAPI):
             self._send_control(Cancel(task_ids=[TaskId(task_id)]))
         return known
 
-    def cancel_by_task_tag(self, tag: str) -> None:
-        self._send_control(Cancel(tag=tag))
-
     def status(self, timeout: float = 10.0) -> ManagerStatus:
         """What the manager says about the workflow now."""
         fut: concurrent.futures.Future[StatusReply] = concurrent.futures.Future()
         self._request(StatusRequest(), fut)
         return ManagerStatus.model_validate_json(fut.result(timeout=timeout).status)
-
-    def stats(self) -> ManagerStatus:
-        return self.status()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -610,3 +636,14 @@ def _run_dir(run_info_path: str | os.PathLike[str] | None, template: str | None)
         latest.unlink()
     latest.symlink_to(run.name)
     return run
+
+
+def _take(done: deque[Task], want: Callable[[Task], bool] | None) -> Task | None:
+    """The first finished task ``want`` accepts (any when None), taken out of ``done``."""
+    if want is None:
+        return done.popleft() if done else None
+    for i, t in enumerate(done):
+        if want(t):
+            del done[i]
+            return t
+    return None

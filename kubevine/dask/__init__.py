@@ -706,7 +706,7 @@ class _Run:
         """Stop what is left of this graph only; the manager and workers keep serving."""
         if self.inflight:
             try:
-                self.m.cancel_by_task_tag(self.tag)
+                self.m.cancel_all_by_tag(self.tag)
             except Exception:  # a closed or broken manager: nothing left to cancel
                 log.debug("could not cancel the rest of dask graph %s", self.graph_id, exc_info=True)
         self.inflight.clear()

@@ -33,7 +33,7 @@ def test_cancel_by_tag_cancels_only_that_tag(cluster, client) -> None:
     fast = [Task("echo fast", tag="fast") for _ in range(3)]
     for t in [*slow, *fast]:
         m.submit(t)
-    m.cancel_by_task_tag("slow")
+    m.cancel_all_by_tag("slow")
     got = [m.wait(30) for _ in range(6)]
     assert {t.state for t in slow} == {"cancelled"}
     assert {t.state for t in fast} == {"done"}
