@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubevine import auth
 from kubevine.clientio import Connection, ConnectionRefused, Shared, StoreUnavailable
@@ -54,6 +54,9 @@ from kubevine.task import (
     temp_name,
 )
 from kubevine.vine_api import VineAPI
+
+if TYPE_CHECKING:
+    from kubevine.local import LocalCluster
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +113,13 @@ class Manager(FileAPI, VineAPI):
         collected (``m.attached``). ``encrypt=True`` (default ``$KUBEVINE_ENCRYPT``) encrypts
         the connection (ZeroMQ CURVE, keys derived from the token); both ends must agree.
         """
-        self._cluster = None
+        self._cluster: LocalCluster | None = None
         self._closed = True  # until connected: close() and __del__ have nothing to do
         self._shutdown = shutdown
         self._tunables: dict[str, float] = {}
         self._prometheus_port: int | None = None
         self.workflow_name = name
-        if ssl is not None and ssl is not False and not (isinstance(ssl, tuple) and not any(ssl)):
-            if isinstance(ssl, tuple):
-                log.info("ssl=(key, cert): kubevine encrypts with ZeroMQ CURVE and does not need them")
-            encrypt = True
-        encrypt = auth.encrypt_from_env() if encrypt is None else encrypt
+        encrypt = _encryption(ssl, encrypt)
         for what, value in (
             ("staging_path", staging_path),
             ("status_display_interval", status_display_interval),
@@ -134,37 +133,30 @@ class Manager(FileAPI, VineAPI):
         if isinstance(port, str):
             address, port = address or port, None
         if address is None:
-            from kubevine.local import LocalCluster, free_port
-
-            spec = port
-            n = workers if workers is not None else (2 if spec is None else 0)
-            self._prometheus_port = _prometheus_port(prometheus)
-            self._cluster = LocalCluster(
-                workers=n,
-                cores=cores_per_worker,
-                port=free_port(spec) if spec is not None else 0,
-                host="0.0.0.0" if spec is not None else "127.0.0.1",  # TaskVine's: reachable by workers
-                redis=redis,
-                encrypt=encrypt,
-                name=name,
-                workdir=_run_dir(run_info_path, run_info_template),
-                metrics_port=self._prometheus_port,
-                publish_token=spec is not None,
+            address, token = self._start_here(
+                port,
+                workers,
+                cores_per_worker,
+                redis,
+                encrypt,
+                name,
+                _run_dir(run_info_path, run_info_template),
+                prometheus,
+                token,
             )
-            self._cluster.start()
-            address = self._cluster.address
-            token = token or self._cluster.token
-            if spec is not None:
-                log.info(
-                    "manager listening on port %d; workers join with: %s",
-                    self.port_of(address),
-                    " ".join(self._cluster.worker_command()),
-                )
         elif prometheus is not None:
             raise ValueError(
                 "prometheus= serves the metrics of a manager started here; a manager "
                 "service serves its own (kubevine manager --metrics-port)"
             )
+        self._connect(address, token, client, attach, encrypt, connect_timeout)
+        if init_fn is not None:
+            init_fn(self)
+
+    def _connect(
+        self, address: str, token: str | None, client: str | None, attach: bool, encrypt: bool, timeout: float
+    ) -> None:
+        """Open the session to the manager at ``address`` and wait for its welcome."""
         self.address = address
         tok = token or auth.load_token()
         if tok is None:
@@ -179,17 +171,53 @@ class Manager(FileAPI, VineAPI):
         self._closed = False
         self._conn.start()
         conn = self._conn
-        if not conn.welcome.wait(connect_timeout):
+        if not conn.welcome.wait(timeout):
             self.close()
-            raise ConnectionError(f"no manager answered at {address} within {connect_timeout}s")
+            raise ConnectionError(f"no manager answered at {address} within {timeout}s")
         if conn.refusal is not None:
             self.close()
             raise ConnectionRefused(f"manager at {address} refused the connection: {conn.refusal}")
         if conn.unwelcome is not None:
             self.close()
             raise conn.unwelcome
-        if init_fn is not None:
-            init_fn(self)
+
+    def _start_here(
+        self,
+        spec: int | Sequence[int] | None,
+        workers: int | None,
+        cores: float,
+        redis: str | None,
+        encrypt: bool,
+        name: str | None,
+        workdir: Path | None,
+        prometheus: bool | int | None,
+        token: str | None,
+    ) -> tuple[str, str]:
+        """Start a manager (and, for ``Manager()``, local workers) here; its address and token."""
+        from kubevine.local import LocalCluster, free_port
+
+        n = workers if workers is not None else (2 if spec is None else 0)
+        self._prometheus_port = _prometheus_port(prometheus)
+        self._cluster = cluster = LocalCluster(
+            workers=n,
+            cores=cores,
+            port=free_port(spec) if spec is not None else 0,
+            host="0.0.0.0" if spec is not None else "127.0.0.1",  # TaskVine's: reachable by workers
+            redis=redis,
+            encrypt=encrypt,
+            name=name,
+            workdir=workdir,
+            metrics_port=self._prometheus_port,
+            publish_token=spec is not None,
+        )
+        cluster.start()
+        if spec is not None:
+            log.info(
+                "manager listening on port %d; workers join with: %s",
+                self.port_of(cluster.address),
+                " ".join(cluster.worker_command()),
+            )
+        return cluster.address, token or cluster.token
 
     # ------------------------------------------------------------------ where it is
 
@@ -605,6 +633,16 @@ def as_completed(
     futs = [i.future if isinstance(i, Task) else i for i in items]
     for f in concurrent.futures.as_completed(futs, timeout=timeout):
         yield f.result()
+
+
+def _encryption(ssl: bool | tuple[str | None, str | None] | None, encrypt: bool | None) -> bool:
+    """TaskVine's ``ssl`` (True, or its key and certificate files, which CURVE does not need)
+    means encrypt; otherwise ``encrypt``, else ``$KUBEVINE_ENCRYPT``."""
+    if ssl is not None and ssl is not False and not (isinstance(ssl, tuple) and not any(ssl)):
+        if isinstance(ssl, tuple):
+            log.info("ssl=(key, cert): kubevine encrypts with ZeroMQ CURVE and does not need them")
+        return True
+    return auth.encrypt_from_env() if encrypt is None else encrypt
 
 
 def _prometheus_port(prometheus: bool | int | None) -> int | None:
