@@ -87,14 +87,17 @@ def test_messages_before_hello_are_answered_not_obeyed(cluster, raw) -> None:
     assert msg.type == "error" and msg.code == "not_registered"
 
 
-def test_a_missing_input_file_is_an_error_at_submit(cluster, client, tmp_path: Path) -> None:
+def test_a_missing_input_file_comes_back_as_input_missing(cluster, client, tmp_path: Path) -> None:
+    """As in TaskVine: submit does not raise; the task returns from wait with result "input
+    missing", exit code -1 and the path in its error; the next task runs."""
     m = client(cluster(workers=1))
     t = Task("cat x")
     t.add_input(m.declare_file(tmp_path / "does-not-exist.txt"), "x")
-    with pytest.raises(FileNotFoundError, match=r"does-not-exist\.txt"):
-        m.submit(t)
+    assert isinstance(m.submit(t), int)
     ok = Task("echo fine")
     m.submit(ok)
+    assert m.wait(30) is t
+    assert t.result == "input missing" and t.exit_code == -1 and "does-not-exist.txt" in (t.error or "")
     assert m.wait(30) is ok and ok.successful()
 
 
