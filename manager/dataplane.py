@@ -2,8 +2,9 @@
 and what to re-run when the only copy of an intermediate file is lost.
 
 Called by :class:`kubevine.manager.core.Core` at its hook points (submission, dispatch,
-worker reports, worker loss); pure, like the core: it reads and changes core state and
-appends instructions, nothing else.
+worker reports, worker loss); pure, like the core: it reads and changes core state, moves
+tasks through the core's :class:`~kubevine.manager.states.Lifecycle` and appends
+instructions, nothing else.
 
 - A task whose input is a temp file (another task's output) waits until a copy exists.
 - Each input is staged from the cheapest source the :class:`~kubevine.manager.catalog.Catalog`
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kubevine import txformat
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.manager.catalog import Catalog, FileInfo
-from kubevine.manager.states import TaskState
 from kubevine.protocol import (
     FileBinding,
     FileKind,
@@ -31,10 +32,11 @@ from kubevine.protocol import (
     TransferRecord,
     walk_bindings,
 )
-from kubevine.txformat import q
+from kubevine.states import TaskState
 
 if TYPE_CHECKING:
-    from kubevine.manager.core import Core, TaskEntry, WorkerEntry
+    from kubevine.manager.core import Core
+    from kubevine.manager.entries import TaskEntry, WorkerEntry
 
 S = TaskState
 
@@ -146,8 +148,7 @@ def on_transfers(core: Core, catalog: Catalog, w: WorkerEntry, records: list[Tra
         src = r.source_worker or r.source
         if r.ok:
             core.transactions.append(
-                f"TRANSFER {r.cache_name} sent source={r.source} peer={q(r.source_worker)} dest={w.id}"
-                f" bytes={r.bytes} seconds={r.seconds:.3f}"
+                txformat.transfer_sent(r.cache_name, r.source, r.source_worker, w.id, r.bytes, r.seconds)
             )
             core.moved[r.source] = core.moved.get(r.source, 0) + r.bytes
         else:
@@ -156,8 +157,7 @@ def on_transfers(core: Core, catalog: Catalog, w: WorkerEntry, records: list[Tra
             key = r.source_worker or (f"url:{info.url}" if r.source == "url" and info else r.source)
             catalog.release(w.id, r.cache_name, key)  # that source serves this transfer no more
             core.transactions.append(
-                f"TRANSFER {r.cache_name} failed source={r.source} peer={q(r.source_worker)} dest={w.id}"
-                f" cause={q(r.error)}"
+                txformat.transfer_failed(r.cache_name, r.source, r.source_worker, w.id, r.error)
             )
 
 
@@ -189,7 +189,7 @@ def arrived(core: Core, name: CacheName) -> None:
             for n in still:
                 core.waiting_for.setdefault(n, set()).add(tid)
         else:
-            core._make_ready(t, f"input {name} exists")
+            core.life.ready(t, f"input {name} exists")
 
 
 def producer_ended(core: Core, t: TaskEntry) -> None:
@@ -204,7 +204,7 @@ def producer_ended(core: Core, t: TaskEntry) -> None:
                     (i.remote_name for i in walk_bindings(c.spec.inputs) if i.cache_name == b.cache_name),
                     b.remote_name,
                 )
-                core._finish(
+                core.life.finish(
                     c,
                     S.FAILED,
                     Outcome.INPUT_MISSING,
@@ -237,7 +237,7 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
         return
     for t in list(core.tasks.values()):  # consumers that were about to run wait instead
         if t.state == S.READY and any(b.cache_name == name for b in walk_bindings(t.spec.inputs)):
-            core._move(t, S.WAITING, f"input {name} lost")
+            core.life.move(t, S.WAITING, f"input {name} lost")
             core.waiting_for.setdefault(name, set()).add(t.spec.id)
     if p.state != S.DONE:
         return  # already on its way again
@@ -247,15 +247,15 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
             c = core.tasks.get(tid)
             if c is not None and c.state == S.WAITING:
                 error = f"input {name} cannot be made again: it was lost ({why}) and {cannot}"
-                core._finish(c, S.FAILED, Outcome.INPUT_MISSING, error=error)
+                core.life.finish(c, S.FAILED, Outcome.INPUT_MISSING, error=error)
         return
-    core.transactions.append(f"TASK {p.spec.id} regenerate file={name} cause={q(why)}")
-    p.rerun = True
-    p.result = None
-    core._make_ready(p, f"regenerating {name}: {why}")  # a call goes to its library's queue
+    core.transactions.append(txformat.task_regenerate(p.spec.id, name, why))
+    core.life.ready(
+        p, f"regenerating {name}: {why}"
+    )  # done -> ready: a rerun; a call goes to its library's queue
     for b in walk_bindings(p.spec.inputs):  # its own lost inputs come first
         if b.kind == FileKind.TEMP and b.cache_name is not None and not catalog.available(b.cache_name):
-            core._move(p, S.WAITING, f"input {b.cache_name} lost too")
+            core.life.move(p, S.WAITING, f"input {b.cache_name} lost too")
             core.waiting_for.setdefault(b.cache_name, set()).add(p.spec.id)
             regenerate(core, catalog, b.cache_name, f"task {p.spec.id} needs it")
 

@@ -1,22 +1,45 @@
-"""The manager's view of libraries: what is installed where, and where a call may go.
+"""Libraries: what is installed where, where a call may go, and when an instance starts or goes.
 
-Pure bookkeeping used by :mod:`kubevine.manager.core`. A library is registered once by a
-client; instances of it run on workers. A call may go to a worker whose instance is ready
-and has a free slot. How many calls an instance may hold beyond its slots depends on how
-short recent calls were: enough queued to cover a few milliseconds of work, so a busy
-library never waits a round trip for its next call, and nothing queued ahead of long calls.
+A library is registered once by a client; instances of it run on workers. A call may go to a
+worker whose instance is ready and has a free slot. How many calls an instance may hold beyond
+its slots depends on how short recent calls were: enough queued to cover a few milliseconds of
+work, so a busy library never waits a round trip for its next call, and nothing queued ahead
+of long calls. When calls wait and no instance is on its way, one starts where it fits, or
+where an idle instance of a library nobody waits for can make room.
+
+Pure, like :mod:`kubevine.manager.dataplane`: functions of the core's state that change it and
+append instructions; called by :class:`kubevine.manager.core.Core` when it handles library
+events and when it schedules.
 """
 
 from __future__ import annotations
 
+import enum
+import heapq
+import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-from kubevine.ids import ClientId, TaskId
-from kubevine.protocol import LibrarySpec
+from kubevine import txformat
+from kubevine.ids import ClientId, TaskId, WorkerId
+from kubevine.manager import dataplane
+from kubevine.manager.instructions import ClientError, SendInstall, SendRemove
+from kubevine.protocol import LibrarySpec, Outcome, StageIn, TaskKind, TaskSpec
+from kubevine.resources import Resources, Tally
+from kubevine.states import TaskState
+
+if TYPE_CHECKING:
+    from kubevine.manager.core import Core
+    from kubevine.manager.entries import WorkerEntry
+
+log = logging.getLogger(__name__)
 
 QUEUE_SECONDS = 0.005  # how much work (by recent call time) an instance may hold beyond its slots
 MAX_AHEAD = 500  # calls an instance may hold beyond its slots, at most
 BROKEN_AFTER = 2  # start-up failures (on any workers) after which a library is given up
+PLAN_AHEAD = 1000  # calls whose inputs cannot be staged yet, looked at per cycle at most
+
+S = TaskState
 
 
 @dataclass(slots=True)
@@ -42,9 +65,229 @@ class LibraryEntry:
         return slots + min(MAX_AHEAD, ahead)
 
 
+class InstanceState(enum.StrEnum):
+    """An instance of a library on one worker."""
+
+    INSTALLING = "installing"  # asked for; the worker has not said it started
+    READY = "ready"  # running: calls may go to it
+
+
 @dataclass(slots=True)
 class Instance:
     """A library on one worker."""
 
-    state: str  # installing | ready
+    state: InstanceState
     active: int = 0  # calls dispatched to it and not yet ended
+
+
+# ------------------------------------------------------------------ what clients ask
+
+
+def call_problem(core: Core, spec: TaskSpec) -> str | None:
+    """Why a function call cannot run at all, or None."""
+    if spec.kind != TaskKind.CALL:
+        return None
+    lib = core.libraries.get(spec.library or "")
+    if lib is None:
+        return f"no library named {spec.library!r} is installed (m.install_library first)"
+    if lib.broken is not None:
+        return f"library {spec.library!r} cannot start: {lib.broken}"
+    if spec.function not in lib.spec.functions:
+        return (
+            f"library {spec.library!r} has no function {spec.function!r} "
+            f"(it has: {', '.join(lib.spec.functions)})"
+        )
+    return None
+
+
+def install(core: Core, client: ClientId, spec: LibrarySpec, payload: bytes) -> None:
+    """Register a library; instances start on workers when calls for it wait."""
+    old = core.libraries.get(spec.name)
+    if old is not None and old.broken is None:
+        if old.spec == spec and old.payload == payload:
+            return  # the same library again: nothing to do
+        why = f"library {spec.name!r} is installed; remove it first"
+        core.out.append(ClientError(client, "library_exists", why, []))
+        return
+    entry = LibraryEntry(spec, payload, client)
+    if old is not None:
+        entry.ready = old.ready
+    core.libraries[spec.name] = entry
+    core.batch.libraries[spec.name] = (spec, payload)
+    core.transactions.append(txformat.library_registered(spec.name, spec.exec_mode, spec.slots))
+
+
+def remove(core: Core, name: str) -> None:
+    """Forget a library: its instances stop, its waiting calls fail."""
+    lib = core.libraries.pop(name, None)
+    if lib is None:
+        return
+    core.batch.libraries[name] = None
+    for w in core.workers.values():
+        if w.libs.pop(name, None) is not None:
+            w.committed.remove(lib.spec.resources)
+            core.out.append(SendRemove(w.id, name))
+    _fail_waiting(core, lib, f"library {name!r} was removed")
+    core.transactions.append(txformat.library_removed(name))
+
+
+def _fail_waiting(core: Core, lib: LibraryEntry, error: str) -> None:
+    for _, _, tid in lib.ready:
+        t = core.tasks.get(tid)
+        if t is not None and t.state == S.READY:
+            core.life.finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=error)
+
+
+# ------------------------------------------------------------------ what workers report
+
+
+def reported(
+    core: Core, wid: WorkerId, name: str, state: Literal["ready", "failed", "gone"], error: str | None
+) -> None:
+    """An instance started, failed to start, or ended; a library that fails to start on
+    :data:`BROKEN_AFTER` workers is given up and its waiting calls fail with the reason."""
+    w = core.workers.get(wid)
+    lib = core.libraries.get(name)
+    if w is None:
+        return
+    inst = w.libs.get(name)
+    core.transactions.append(txformat.library_on(name, state, wid))
+    if state == "ready":
+        if inst is not None:
+            inst.state = InstanceState.READY
+        return
+    if inst is not None:  # failed or gone: it holds nothing here any more
+        del w.libs[name]
+        if lib is not None:
+            w.committed.remove(lib.spec.resources)
+    if state == "failed" and lib is not None:
+        lib.failures += 1
+        lib.failed_on.add(wid)
+        log.warning("library %s failed on worker %s: %s", name, wid, (error or "")[-500:])
+        if lib.failures >= BROKEN_AFTER:
+            lib.broken = (error or "unknown error").strip().splitlines()[-1]
+            _fail_waiting(core, lib, f"library {name!r} failed to start: {error or 'unknown error'}")
+            lib.ready.clear()
+
+
+# ------------------------------------------------------------------ scheduling
+
+
+def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) -> None:
+    """Send waiting calls to ready instances with room, the least busy first; start an
+    instance when calls wait and none is on its way."""
+    name = lib.spec.name
+    cap = lib.capacity()
+    ready = lib.ready
+    usable = [w for w in workers if (i := w.libs.get(name)) is not None and i.state == InstanceState.READY]
+    later: list[tuple[float, int, TaskId]] = []  # calls whose inputs cannot be staged yet
+    peers: dict[WorkerId, tuple[str | None, str]] | None = None
+    while ready:
+        best: WorkerEntry | None = None
+        best_active = cap
+        for w in usable:
+            active = w.libs[name].active
+            if active < best_active:
+                best, best_active = w, active
+        if best is None:
+            break
+        item = heapq.heappop(ready)
+        t = core.tasks.get(item[2])
+        if t is None or t.state != S.READY:
+            continue
+        stages: list[StageIn] | None = []
+        if t.spec.inputs:
+            peers = core.peers() if peers is None else peers
+            stages = dataplane.stage_for(core, core.catalog, t, best, peers)
+        if stages is None:  # an input's sources are all busy: the call waits for a free one
+            later.append(item)
+            if len(later) >= PLAN_AHEAD:  # enough planning for one cycle
+                break
+            continue
+        best.libs[name].active += 1
+        best.calls += 1
+        core.dispatch(t, best, stages)
+    for item in later:
+        heapq.heappush(ready, item)
+    if ready and lib.broken is None and not _on_its_way(name, workers):
+        _start_instance(core, lib, workers)
+
+
+def _on_its_way(name: str, workers: list[WorkerEntry]) -> bool:
+    return any(i.state == InstanceState.INSTALLING for w in workers if (i := w.libs.get(name)) is not None)
+
+
+def _start_instance(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) -> None:
+    """Start an instance where it fits now (workers where it failed last, the emptiest
+    first), or else where an idle instance of a library nobody is waiting for makes room."""
+    name = lib.spec.name
+    target = next(
+        (
+            w
+            for w in sorted(
+                workers, key=lambda w: (w.id in lib.failed_on, w.committed.cores - w.info.resources.cores)
+            )
+            if name not in w.libs and w.committed.room_for(lib.spec.resources, w.info.resources)
+        ),
+        None,
+    ) or _evict_idle_library_for(core, lib, workers)
+    if target is not None:
+        target.libs[name] = Instance(InstanceState.INSTALLING)
+        target.committed.add(lib.spec.resources)
+        core.out.append(SendInstall(target.id, name))
+        core.transactions.append(txformat.library_on(name, "installing", target.id))
+
+
+def idle_instances(core: Core, w: WorkerEntry) -> list[tuple[str, LibraryEntry]]:
+    """Library instances on ``w`` with no call running or waiting."""
+    return [
+        (name, o)
+        for name, inst in w.libs.items()
+        if inst.state == InstanceState.READY
+        and not inst.active
+        and (o := core.libraries.get(name))
+        and not o.ready
+    ]
+
+
+def evict_idle_libraries(core: Core, need: Resources, workers: list[WorkerEntry]) -> WorkerEntry | None:
+    """Remove idle library instances (no calls running or waiting) from one worker until
+    ``need`` fits there; that worker, or None (and nothing removed)."""
+    for w in workers:
+        idle = idle_instances(core, w)
+        freed = Tally()
+        for _, o in idle:
+            freed.add(o.spec.resources)
+        w.committed.remove(freed.snapshot())
+        fits = w.committed.room_for(need, w.info.resources)
+        w.committed.add(freed.snapshot())
+        if not fits:
+            continue
+        for name, o in idle:
+            del w.libs[name]
+            w.committed.remove(o.spec.resources)
+            core.out.append(SendRemove(w.id, name))
+            core.transactions.append(txformat.library_evicted(name, w.id, "task"))
+            if w.committed.room_for(need, w.info.resources):
+                return w
+    return None
+
+
+def _evict_idle_library_for(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) -> WorkerEntry | None:
+    """Remove one idle instance of another library (no calls running or waiting) from a
+    worker where that frees enough room for ``lib``; the worker, or None."""
+    for w in workers:
+        if lib.spec.name in w.libs:
+            continue
+        for other, inst in list(w.libs.items()):
+            o = core.libraries.get(other)
+            if inst.active or inst.state != InstanceState.READY or o is None or o.ready:
+                continue
+            w.committed.remove(o.spec.resources)
+            if w.committed.room_for(lib.spec.resources, w.info.resources):
+                del w.libs[other]
+                core.out.append(SendRemove(w.id, other))
+                core.transactions.append(txformat.library_evicted(other, w.id, lib.spec.name))
+                return w
+            w.committed.add(o.spec.resources)
+    return None

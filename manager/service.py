@@ -16,38 +16,43 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
+from typing import Any, assert_never
 
 import zmq
 
-from kubevine import auth, logs
+from kubevine import auth, logs, txformat
 from kubevine.ids import CacheName, ClientId, WorkerId
-from kubevine.manager import dataplane
-from kubevine.manager.core import (
+from kubevine.manager import dataplane, events, recovery, status
+from kubevine.manager.config import ManagerConfig, local_address, write_atomic
+from kubevine.manager.core import Core, Settings
+from kubevine.manager.filestore import FileStore
+from kubevine.manager.instructions import (
     ClientError,
-    Core,
     SendAck,
     SendDispatch,
     SendDrain,
     SendForget,
+    SendIdBlock,
     SendInstall,
     SendKill,
     SendPeerLost,
     SendRemove,
     SendResults,
-    Settings,
+    SendWelcome,
 )
-from kubevine.manager.filestore import FileStore
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.peerfetch import PeerFetcher
+from kubevine.manager.peers import Peers, Role
 from kubevine.manager.persist import Persister
-from kubevine.manager.states import FINAL, TaskState, WorkerState
-from kubevine.manager.store import LeaseHeld, MemoryStore, StateStore
+from kubevine.manager.store import LeaseHeld, MemoryStore, Snapshot, StateStore
 from kubevine.manager.txlog import TxLog
 from kubevine.protocol import (
+    FROM_ADMIN,
+    FROM_CLIENT,
+    FROM_WORKER,
     PROTOCOL_VERSION,
+    TO_MANAGER,
     Cancel,
     ClientResult,
     Dispatch,
@@ -79,6 +84,7 @@ from kubevine.protocol import (
     Submit,
     TaskRef,
     UndeclareFiles,
+    UnexpectedMessage,
     UpdateAck,
     Welcome,
     WorkerUpdate,
@@ -88,11 +94,10 @@ from kubevine.protocol import (
     frame,
     replace,
     send,
-    walk_bindings,
 )
-from kubevine.resources import Tally
-from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, WorkerStatus
-from kubevine.txformat import q
+from kubevine.stats import Failure, ManagerStatus
+
+__all__ = ["ManagerConfig", "ManagerService", "write_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -105,39 +110,12 @@ ACK_BATCH = 5000
 MAX_STORED_FILE = 16 << 20  # client files up to this size are kept in the state store too
 
 
-@dataclass
-class ManagerConfig:
-    """Settings of one manager process (the CLI and LocalCluster fill it)."""
-
-    name: str = "default"  # the workflow name: the Redis prefix, and what clients reattach to
-    host: str = "0.0.0.0"  # address to bind (KUBEVINE_BIND_HOST)
-    port: int = 9123  # 0 picks a free port (written to <workdir>/address)
-    token: str = ""
-    workdir: Path = Path(".")
-    redis_url: str | None = None
-    redis_password: str | None = None
-    heartbeat_interval: float = 2.0
-    heartbeat_timeout: float = 30.0
-    recover_grace: float = 30.0
-    lease_ttl: float = 15.0  # a dead manager's workflow can be taken over this long after
-    lease_wait: float | None = None  # how long to wait for a held lease (default: its TTL + 5 s)
-    redis_outage_grace: float = 60.0  # seconds of Redis outage after which new work is refused
-    stats_interval: float = 2.0
-    prefetch: int = 3
-    transfers_per_source: int = 4  # concurrent transfers one source serves (a popular file fans out)
-    metrics_port: int | None = None  # serve /metrics and /healthz over HTTP (0: any free port)
-    transactions_stdout: bool = False  # also echo the transactions log to stdout
-    transactions_json: bool = False  # ... as JSON objects, one a line
-
-
-@dataclass
-class Peer:
-    role: str
-    id: str
-
-
 class ManagerService:
-    def __init__(self, config: ManagerConfig, store: StateStore | None = None) -> None:
+    def __init__(
+        self, config: ManagerConfig, store: StateStore | None = None, *, record: bool = False
+    ) -> None:
+        """Serve ``config``'s workflow from ``store`` (Redis when the config names one, else
+        memory); ``record``: the core keeps a journal of its events (tests replay it)."""
         self.config = config
         self.manager_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         logs.bind(workflow=config.name, manager=self.manager_id)  # ids in every log line from here on
@@ -156,10 +134,10 @@ class ManagerService:
                 recover_grace=config.recover_grace,
                 prefetch=config.prefetch,
                 transfers_per_source=config.transfers_per_source,
-            )
+            ),
+            record=record,
         )
         self.files = FileStore(config.workdir / "files")
-        self.core.files_received(self.files.names())
         self.txlog = TxLog(
             config.workdir / "transactions.log",
             self.manager_id,
@@ -168,8 +146,7 @@ class ManagerService:
         )
         self.counters = Counters()
         self.metrics: MetricsServer | None = None
-        self.peers: dict[bytes, Peer] = {}
-        self.routes: dict[tuple[str, str], bytes] = {}
+        self.peers = Peers()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -192,12 +169,9 @@ class ManagerService:
             lease_ttl=config.lease_ttl,
             stats_interval=config.stats_interval,
         )
-        # sent once this cycle is durable
-        self._deferred: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = []
         self._acks: dict[WorkerId, list[TaskRef]] = {}  # stored results, not yet acknowledged
         self._acks_held = 0
         self._acks_due: float | None = None  # when the oldest of them must go out
-        self._unwelcomed: set[str] = set()  # clients whose welcome waits for durability
         self._refusing = False  # the store has been away longer than redis_outage_grace
         self.peer_fetch = PeerFetcher(self.ctx, self._wake_addr)  # m.fetch_file of files workers hold
         self.fetch_clients: dict[tuple[bytes, int], ClientId] = {}  # fetches under way -> who asked
@@ -217,40 +191,21 @@ class ManagerService:
         self.address = f"{host}:{port}"
         self.port = port
         self.txlog.write(
-            [
-                f"MANAGER {self.manager_id} started workflow={cfg.name} port={port} "
-                f"durable={str(self.store.durable).lower()} epoch={self.epoch}"
-            ]
+            [txformat.manager_started(self.manager_id, cfg.name, port, self.store.durable, self.epoch)]
         )
         t0 = time.monotonic()
         snap = self.store.load()
-        self.core.now = time.time()
-        have = set(self.files.names())
+        core = self.core
+        core.handle(events.Clock(time.time()))
+        have = self.files.names()
+        known = set(have)
         for name, data in snap.files.items():  # files clients sent to an earlier manager
-            if name not in have:
+            if name not in known:
                 self.files.put(name, data)
-        self.core.files_received(snap.files)
-        self.core.restore(snap)
+        core.handle(events.FilesArrived(tuple(dict.fromkeys([*have, *snap.files]))))
+        core.handle(events.Restored(snap))
         if snap.records or snap.libraries or snap.workers:
-            log.info(
-                "workflow %s: reloaded %d task(s), %d worker(s), %d library(ies), %d file(s) "
-                "and %d replica(s) from the store in %.3fs",
-                cfg.name,
-                len(snap.records),
-                len(snap.workers),
-                len(snap.libraries),
-                len(snap.files),
-                len(snap.replicas),
-                time.monotonic() - t0,
-            )
-            self.txlog.write(
-                [
-                    f"MANAGER {self.manager_id} restored tasks={len(snap.records)}"
-                    f" workers={len(snap.workers)} libraries={len(snap.libraries)}"
-                    f" files={len(snap.files)} replicas={len(snap.replicas)}"
-                    f" seconds={time.monotonic() - t0:.3f}"
-                ]
-            )
+            self._restored(snap, time.monotonic() - t0)
         write_atomic(
             cfg.workdir / "address", f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n"
         )
@@ -259,7 +214,7 @@ class ManagerService:
             self.metrics = MetricsServer(cfg.host, cfg.metrics_port, stale_after=stale)
             self.metrics.update(self.status())
             self.metrics.start()
-            write_atomic(cfg.workdir / "metrics-address", f"{_local(cfg.host)}:{self.metrics.port}\n")
+            write_atomic(cfg.workdir / "metrics-address", f"{local_address(cfg.host)}:{self.metrics.port}\n")
             log.info("manager %s: /metrics and /healthz on port %d", self.manager_id, self.metrics.port)
         log.info(
             "manager %s serving workflow %s on port %d (state: %s, epoch %d)",
@@ -269,6 +224,23 @@ class ManagerService:
             f"redis at {getattr(self.store, 'url', '?')}" if self.store.durable else "memory",
             self.epoch,
         )
+
+    def _restored(self, snap: Snapshot, seconds: float) -> None:
+        counts = (
+            len(snap.records),
+            len(snap.workers),
+            len(snap.libraries),
+            len(snap.files),
+            len(snap.replicas),
+        )
+        log.info(
+            "workflow %s: reloaded %d task(s), %d worker(s), %d library(ies), %d file(s) "
+            "and %d replica(s) from the store in %.3fs",
+            self.config.name,
+            *counts,
+            seconds,
+        )
+        self.txlog.write([txformat.manager_restored(self.manager_id, *counts, seconds)])
 
     def _acquire_lease(self) -> int:
         """Take the workflow's lease, waiting while a predecessor's lease runs out (a manager
@@ -309,7 +281,7 @@ class ManagerService:
         self.store.close()
         if self.metrics is not None:
             self.metrics.close()
-        self.txlog.write([f"MANAGER {self.manager_id} stopped"])
+        self.txlog.write([txformat.manager_stopped(self.manager_id)])
         self.txlog.close()
         self.sock.close(0)
 
@@ -338,25 +310,25 @@ class ManagerService:
         while self.running:
             now = time.time()
             wait = max(0.0, min(next_tick, next_stats, self._acks_due or next_tick) - now)
-            events = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
+            polled = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
             now = time.time()
-            self.core.now = now
-            if events:
+            self.core.handle(events.Clock(now))
+            if polled:
                 self._drain_socket()
-                if any(s is self._wake_rx for s, _ in events):
+                if any(s is self._wake_rx for s, _ in polled):
                     self._drain_wake()
                     self._deliver_fetches()
                 self._send_durable()
             if self.persister.fatal is not None:
                 raise self.persister.fatal
             if now >= next_tick:
-                self.core.tick(now)
+                self.core.handle(events.TICK)
                 self._heartbeat()
                 self._watch_store()
                 next_tick = now + min(cfg.heartbeat_interval, 1.0)
             if self.persister.wiped and not self.persister.reseed_requested:
                 self._reseed()
-            self.core.schedule()
+            self.core.handle(events.SCHEDULE)
             self._flush()
             if self._acks_due is not None and (now >= self._acks_due or self._acks_held >= ACK_BATCH):
                 self._send_acks()
@@ -380,16 +352,16 @@ class ManagerService:
                 outage,
                 self.config.redis_outage_grace,
             )
-            self.txlog.write([f"MANAGER {self.manager_id} refusing-work cause=store-unavailable"])
+            self.txlog.write([txformat.manager_refusing(self.manager_id, "store-unavailable")])
         elif self._refusing and not refusing:
             log.warning("state store is back: accepting new work again")
-            self.txlog.write([f"MANAGER {self.manager_id} accepting-work"])
+            self.txlog.write([txformat.manager_accepting(self.manager_id)])
         self._refusing = refusing
 
     def _reseed(self) -> None:
         """The store forgot the workflow: write everything we hold again, in one batch."""
         self._flush()  # this cycle's changes first (the full batch subsumes them anyway)
-        batch = self.core.full_batch()
+        batch = recovery.full_batch(self.core)
         for name in self.files.names():
             data = self.files.get(name)
             if data is not None and len(data) <= MAX_STORED_FILE:
@@ -400,7 +372,7 @@ class ManagerService:
             self.config.name,
             len(batch.records),
         )
-        self.txlog.write([f"MANAGER {self.manager_id} reseed tasks={len(batch.records)}"])
+        self.txlog.write([txformat.manager_reseed(self.manager_id, len(batch.records))])
         self.persister.submit(batch, [])
 
     def _drain_wake(self) -> None:
@@ -421,7 +393,7 @@ class ManagerService:
                 if isinstance(item[1], Welcome):
                     peer = self.peers.get(item[0])
                     if peer is not None:
-                        self._unwelcomed.discard(peer.id)
+                        self.peers.unwelcomed.discard(peer.id)
                 self._send(*item)
 
     def _send_acks(self) -> None:
@@ -438,17 +410,21 @@ class ManagerService:
             except zmq.Again:
                 return
             ident, body = parts[0], parts[1:]
+            peer = self.peers.get(ident)
             try:
-                msg, frames = decode(body)
+                if peer is None:
+                    self._from_stranger(ident, body)
+                elif peer.role == "worker":
+                    self._from_worker(ident, WorkerId(peer.id), body)
+                elif peer.role == "client":
+                    self._from_client(ident, ClientId(peer.id), body)
+                else:
+                    self._from_admin(ident, body)
+            except UnexpectedMessage as e:  # well formed, but not what this role sends
+                assert peer is not None  # a stranger's messages are read as anything -> manager
+                self._send(ident, ErrorMsg(code="unexpected", message=f"{peer.role}s do not send {e.tag}"))
             except ProtocolError as e:
-                who = self.peers.get(ident)
-                log.warning("malformed message from %s: %s", who.id if who else "an unknown peer", e)
-                self._send(ident, ErrorMsg(code="malformed", message=str(e)))
-                continue
-            try:
-                self._handle(ident, msg, frames)
-            except ProtocolError as e:
-                log.warning("bad message %s: %s", msg.type, e)
+                log.warning("malformed message from %s: %s", peer.id if peer else "an unknown peer", e)
                 self._send(ident, ErrorMsg(code="malformed", message=str(e)))
 
     def _flush(self) -> None:
@@ -456,60 +432,90 @@ class ManagerService:
         after: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = [
             i for i in out if isinstance(i, SendAck)
         ]
-        after += self._deferred
-        self._deferred = []
         self.txlog.write(self.core.transactions)
         self.core.transactions.clear()
         for ins in out:
-            if isinstance(ins, SendDispatch):
-                self.counters.dispatch(ins.tasks)
-                self._send_to("worker", ins.worker, Dispatch(tasks=ins.tasks), ins.frames)
-            elif isinstance(ins, SendResults):
-                res: list[ClientResult] = []
-                frames: list[bytes] = []
-                for r, fr in ins.results:
-                    base = len(frames)
-                    frames += fr
-                    if base:
-                        r = _shift(r, base)
-                    res.append(r)
-                    if r.state == "failed" and len(self.recent_failures) < 1000:
-                        self.recent_failures.append(
-                            Failure(
-                                task_id=r.task_id,
-                                outcome=r.outcome.value,
-                                error=r.error,
-                                exit_code=r.exit_code,
-                            )
-                        )
-                self.counters.result_messages += 1
-                ident = self.routes.get(("client", ins.client))
-                if ins.client in self._unwelcomed and ident is not None:
-                    after.append((ident, Results(results=res), frames))  # after its welcome
-                else:
-                    self._send_to("client", ins.client, Results(results=res), frames)
-            elif isinstance(ins, SendKill):
-                self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
-            elif isinstance(ins, SendForget):
-                self._send_to("worker", ins.worker, ForgetFiles(cache_names=ins.names))
-            elif isinstance(ins, SendDrain):
-                self._send_to("worker", ins.worker, Drain())
-            elif isinstance(ins, SendInstall):
-                lib = self.core.libraries.get(ins.library)
-                if lib is not None:
-                    self._send_to("worker", ins.worker, InstallLibrary(spec=lib.spec, frame=0), [lib.payload])
-            elif isinstance(ins, SendRemove):
-                self._send_to("worker", ins.worker, RemoveLibrary(name=ins.library))
-            elif isinstance(ins, SendPeerLost):
-                self._send_to("worker", ins.worker, PeerLost(worker=ins.lost, address=ins.address))
-            elif isinstance(ins, ClientError):
-                self._send_to(
-                    "client",
-                    ins.client,
-                    ErrorMsg(code=ins.code, message=ins.message, task_ids=ins.task_ids),
-                )
+            match ins:
+                case SendDispatch():
+                    self.counters.dispatch(ins.tasks)
+                    self._send_to("worker", ins.worker, Dispatch(tasks=ins.tasks), ins.frames)
+                case SendResults():
+                    self._deliver(ins, after)
+                case SendKill():
+                    self._send_to("worker", ins.worker, Kill(tasks=ins.tasks))
+                case SendForget():
+                    self._send_to("worker", ins.worker, ForgetFiles(cache_names=ins.names))
+                case SendDrain():
+                    self._send_to("worker", ins.worker, Drain())
+                case SendInstall():
+                    lib = self.core.libraries.get(ins.library)
+                    if lib is not None:
+                        install = InstallLibrary(spec=lib.spec, frame=0)
+                        self._send_to("worker", ins.worker, install, [lib.payload])
+                case SendRemove():
+                    self._send_to("worker", ins.worker, RemoveLibrary(name=ins.library))
+                case SendPeerLost():
+                    self._send_to("worker", ins.worker, PeerLost(worker=ins.lost, address=ins.address))
+                case ClientError():
+                    error = ErrorMsg(code=ins.code, message=ins.message, task_ids=ins.task_ids)
+                    self._send_to("client", ins.client, error)
+                case SendWelcome():  # its id block must be durable first
+                    self._after_durable(after, ins.client, self._welcome(ins))
+                case SendIdBlock():
+                    self._after_durable(
+                        after, ins.client, IdBlock(first_task_id=ins.first_task_id, count=ins.count)
+                    )
+                case SendAck():
+                    pass  # sent once the batch holding their results is durable (above)
+                case _:
+                    assert_never(ins)
         self.persister.submit(batch, after)
         self._send_durable()  # an in-memory store is durable at once
+
+    def _deliver(self, ins: SendResults, after: list[Any]) -> None:
+        """One Results message for a client, its results' frames joined; after its welcome if
+        that is still on its way."""
+        res: list[ClientResult] = []
+        frames: list[bytes] = []
+        for r, fr in ins.results:
+            base = len(frames)
+            frames += fr
+            if base:
+                r = _shift(r, base)
+            res.append(r)
+            if r.state == "failed" and len(self.recent_failures) < 1000:
+                failure = Failure(
+                    task_id=r.task_id, outcome=r.outcome.value, error=r.error, exit_code=r.exit_code
+                )
+                self.recent_failures.append(failure)
+        self.counters.result_messages += 1
+        ident = self.peers.route("client", ins.client)
+        if ins.client in self.peers.unwelcomed and ident is not None:
+            after.append((ident, Results(results=res), frames))
+        else:
+            self._send_to("client", ins.client, Results(results=res), frames)
+
+    def _after_durable(self, after: list[Any], client: ClientId, msg: _Msg) -> None:
+        ident = self.peers.route("client", client)
+        if ident is not None:
+            after.append((ident, msg))
+
+    def _welcome(self, ins: SendWelcome | None = None) -> Welcome:
+        """A welcome: a client's carries its id block (and, on attach, its tasks)."""
+        cfg = self.config
+        welcome = Welcome(
+            workflow=cfg.name,
+            manager_id=self.manager_id,
+            heartbeat_interval=cfg.heartbeat_interval,
+            heartbeat_timeout=cfg.heartbeat_timeout,
+        )
+        if ins is not None:
+            welcome.first_task_id, welcome.id_block, welcome.tasks = (
+                ins.first_task_id,
+                ins.id_block,
+                ins.tasks,
+            )
+        return welcome
 
     # ------------------------------------------------------------------ sending
 
@@ -521,15 +527,15 @@ class ManagerService:
             log.debug("cannot send %s: %s", msg.__class__.__name__, e)
             return False
 
-    def _send_to(self, role: str, pid: str, msg: _Msg, frames: list[bytes] | None = None) -> None:
-        ident = self.routes.get((role, pid))
+    def _send_to(self, role: Role, pid: str, msg: _Msg, frames: list[bytes] | None = None) -> None:
+        ident = self.peers.route(role, pid)
         if (ident is None or not self._send(ident, msg, frames)) and role == "client":
-            self.core.client_disconnected(ClientId(pid))
+            self.core.handle(events.ClientLeft(ClientId(pid)))
 
     def _heartbeat(self) -> None:
         hb = encode(Heartbeat(manager_id=self.manager_id))
-        for (role, pid), ident in list(self.routes.items()):
-            if role == "client" and pid in self._unwelcomed:
+        for (role, pid), ident in list(self.peers.routes.items()):
+            if role == "client" and pid in self.peers.unwelcomed:
                 continue  # its welcome comes first
             try:
                 self.sock.send_multipart([ident, *hb])
@@ -537,115 +543,141 @@ class ManagerService:
                 pass
 
     # ------------------------------------------------------------------ receiving
+    # A peer's messages are decoded as what its role may send (kubevine.protocol's directions):
+    # another role's message is refused before its body is read, and each role's dispatch is a
+    # match that mypy checks is complete.
 
-    def _handle(self, ident: bytes, msg: object, frames: list[bytes]) -> None:
+    def _from_stranger(self, ident: bytes, body: list[bytes]) -> None:
+        """An unknown peer may only say hello (after a manager restart, everyone is one)."""
+        msg, _ = decode(body, TO_MANAGER)
+        if isinstance(msg, Hello):
+            self._hello(ident, msg)
+        else:
+            self._send(ident, ErrorMsg(code="not_registered", message="say hello first"))
+
+    def _from_worker(self, ident: bytes, wid: WorkerId, body: list[bytes]) -> None:
+        msg, frames = decode(body, FROM_WORKER)
         if isinstance(msg, Hello):
             self._hello(ident, msg)
             return
-        peer = self.peers.get(ident)
-        if peer is None:
-            self._send(ident, ErrorMsg(code="not_registered", message="say hello first"))
-            return
         core = self.core
-        if peer.role == "worker":
-            wid = WorkerId(peer.id)
-            if wid not in core.workers:
-                # declared lost while it was silent (paused, partitioned): its tasks went
-                # elsewhere; it must say hello again and report what it holds
-                self._forget(ident)
-                self._send(
-                    ident, ErrorMsg(code="not_registered", message="you were declared lost; say hello")
-                )
-                return
-            core.worker_seen(wid)
-            if isinstance(msg, WorkerUpdate):
+        if wid not in core.workers:
+            # declared lost while it was silent (paused, partitioned): its tasks went
+            # elsewhere; it must say hello again and report what it holds
+            self.peers.forget(ident)
+            self._send(ident, ErrorMsg(code="not_registered", message="you were declared lost; say hello"))
+            return
+        core.handle(events.WorkerSeen(wid))
+        match msg:
+            case WorkerUpdate():
                 self.counters.attempts_ended(msg.results)
-                core.worker_update(
+                update = events.WorkerUpdated(
                     wid, msg.started, msg.results, frames, msg.cached, msg.evicted, msg.transfers
                 )
+                core.handle(update)
                 for rec in msg.transfers:
                     if rec.ok and rec.source != "node":
                         self.counters.transfer(rec.source, rec.bytes)
-            elif isinstance(msg, FileRequest):
-                self._serve_files(ident, msg.cache_names, wid)
-            elif isinstance(msg, LibraryStatus):
-                core.library_status(wid, msg.name, msg.state, msg.error)
-            elif isinstance(msg, Drain):
-                core.drain([wid])
-            elif isinstance(msg, Goodbye):
+            case FileRequest():
+                self._serve_files(ident, msg.cache_names)
+            case LibraryStatus():
+                core.handle(events.LibraryReported(wid, msg.name, msg.state, msg.error))
+            case Drain():
+                core.handle(events.DrainRequested([wid]))
+            case Goodbye():
                 log.info("worker %s left: %s", wid, msg.reason)
-                core.worker_lost(wid, f"left ({msg.reason})")
-                self._forget(ident)
-            elif not isinstance(msg, Heartbeat):
-                self._send(
-                    ident,
-                    ErrorMsg(code="unexpected", message=f"workers do not send {msg.__class__.__name__}"),
-                )
-            return
-        cid = ClientId(peer.id)
-        if isinstance(msg, Submit) and self._refusing:
-            ids = [s.id for s in msg.tasks]
-            self._send(
-                ident,
-                ErrorMsg(
-                    code="store_unavailable",
-                    message=(
-                        f"the state store has been unreachable for {self.persister.outage:.0f}s "
-                        f"(longer than the manager's --redis-outage-grace of "
-                        f"{self.config.redis_outage_grace:.0f}s): {len(ids)} task(s) not accepted; "
-                        "submit them again once it is back (tasks accepted before are safe)"
-                    ),
-                    task_ids=ids,
-                ),
-            )
-        elif isinstance(msg, Submit):
+                core.handle(events.WorkerLost(wid, f"left ({msg.reason})"))
+                self.peers.forget(ident)
+            case Heartbeat():
+                pass
+            case _:
+                assert_never(msg)
+
+    def _from_client(self, ident: bytes, cid: ClientId, body: list[bytes]) -> None:
+        msg, frames = decode(body, FROM_CLIENT)
+        core = self.core
+        match msg:
+            case Hello():
+                self._hello(ident, msg)
+            case Submit():
+                self._submit(ident, cid, msg, frames)
+            case PutFiles():
+                self._put_files(msg, frames)
+            case ResultsAck():
+                core.handle(events.ResultsAcked(cid, msg.task_ids))
+            case InstallLibrary():
+                core.handle(events.LibraryInstalled(cid, msg.spec, frame(frames, msg.frame) or b""))
+            case RemoveLibrary():
+                core.handle(events.LibraryRemoved(cid, msg.name))
+            case Cancel():
+                core.handle(events.CancelRequested(cid, msg.task_ids, msg.tag))
+            case UndeclareFiles():
+                core.handle(events.FilesUndeclared(cid, msg.cache_names))
+            case IdBlockRequest():
+                core.handle(events.IdsRequested(cid))
+            case StatusRequest():
+                self._send(ident, StatusReply(status=self.status().model_dump_json()))
+            case FetchFile():
+                self._fetch_for_client(ident, cid, msg)
+            case Goodbye():
+                core.handle(events.ClientLeft(cid))
+                self.peers.unwelcomed.discard(cid)
+                self.peers.forget(ident)
+            case Heartbeat():
+                pass
+            case _:
+                assert_never(msg)
+
+    def _from_admin(self, ident: bytes, body: list[bytes]) -> None:
+        """``kubevine status`` and the operator: they read the status and drain workers."""
+        msg, _ = decode(body, FROM_ADMIN)
+        match msg:
+            case Hello():
+                self._hello(ident, msg)
+            case StatusRequest():
+                self._send(ident, StatusReply(status=self.status().model_dump_json()))
+            case DrainWorkers():
+                self.core.handle(events.DrainRequested(msg.worker_ids))
+            case Goodbye():
+                self.peers.forget(ident)
+            case Heartbeat():
+                pass
+            case _:
+                assert_never(msg)
+
+    def _submit(self, ident: bytes, cid: ClientId, msg: Submit, frames: list[bytes]) -> None:
+        if not self._refusing:
             # a spec keeps the payload index it came with; dispatches carry their own
-            core.submit(cid, msg.tasks, [frame(frames, s.payload) for s in msg.tasks])
-        elif isinstance(msg, PutFiles):
-            for f in msg.files:
-                data = frame(frames, f.frame)
-                assert data is not None
-                if len(data) != f.size:
-                    raise ProtocolError(f"file {f.cache_name}: {len(data)} bytes sent, {f.size} declared")
-                self.files.put(f.cache_name, data)
-                if len(data) <= MAX_STORED_FILE:
-                    core.keep_file(f.cache_name, data)
-                else:
-                    log.warning(
-                        "file %s (%d bytes) is too large to keep in the state store; a new manager "
-                        "gets it from a worker's cache or the client",
-                        f.cache_name,
-                        len(data),
-                    )
-            core.files_received(f.cache_name for f in msg.files)
-        elif isinstance(msg, ResultsAck):
-            core.results_acked(cid, msg.task_ids)
-        elif isinstance(msg, InstallLibrary):
-            payload = frame(frames, msg.frame)
-            core.install_library(cid, msg.spec, payload or b"")
-        elif isinstance(msg, RemoveLibrary):
-            core.remove_library(cid, msg.name)
-        elif isinstance(msg, Cancel):
-            core.cancel(cid, msg.task_ids, msg.tag)
-        elif isinstance(msg, UndeclareFiles):
-            core.undeclare(cid, msg.cache_names)
-        elif isinstance(msg, IdBlockRequest):
-            first, count = core.grant_ids()
-            self._deferred.append((ident, IdBlock(first_task_id=first, count=count)))
-        elif isinstance(msg, StatusRequest):
-            self._send(ident, StatusReply(status=self.status().model_dump_json()))
-        elif isinstance(msg, FetchFile):
-            self._fetch_for_client(ident, cid, msg)
-        elif isinstance(msg, DrainWorkers):
-            core.drain(msg.worker_ids)
-        elif isinstance(msg, Goodbye):
-            core.client_disconnected(cid)
-            self._unwelcomed.discard(cid)
-            self._forget(ident)
-        elif not isinstance(msg, Heartbeat):
-            self._send(
-                ident, ErrorMsg(code="unexpected", message=f"clients do not send {msg.__class__.__name__}")
+            self.core.handle(
+                events.TasksSubmitted(cid, msg.tasks, [frame(frames, s.payload) for s in msg.tasks])
             )
+            return
+        ids = [s.id for s in msg.tasks]
+        message = (
+            f"the state store has been unreachable for {self.persister.outage:.0f}s "
+            f"(longer than the manager's --redis-outage-grace of "
+            f"{self.config.redis_outage_grace:.0f}s): {len(ids)} task(s) not accepted; "
+            "submit them again once it is back (tasks accepted before are safe)"
+        )
+        self._send(ident, ErrorMsg(code="store_unavailable", message=message, task_ids=ids))
+
+    def _put_files(self, msg: PutFiles, frames: list[bytes]) -> None:
+        for f in msg.files:
+            data = frame(frames, f.frame)
+            assert data is not None
+            if len(data) != f.size:
+                raise ProtocolError(f"file {f.cache_name}: {len(data)} bytes sent, {f.size} declared")
+            self.files.put(f.cache_name, data)
+            if len(data) <= MAX_STORED_FILE:
+                self.core.handle(events.FileKept(f.cache_name, data))
+            else:
+                log.warning(
+                    "file %s (%d bytes) is too large to keep in the state store; a new manager "
+                    "gets it from a worker's cache or the client",
+                    f.cache_name,
+                    len(data),
+                )
+        self.core.handle(events.FilesArrived(tuple(f.cache_name for f in msg.files)))
 
     def _hello(self, ident: bytes, msg: Hello) -> None:
         if msg.protocol != PROTOCOL_VERSION:
@@ -659,70 +691,38 @@ class ManagerService:
             log.warning("refused a %s connection: wrong or missing token", msg.role)
             self._send(ident, Refused(reason="invalid token for this workflow"))
             return
-        self._forget(ident)
-        cfg = self.config
-        welcome = Welcome(
-            workflow=cfg.name,
-            manager_id=self.manager_id,
-            heartbeat_interval=cfg.heartbeat_interval,
-            heartbeat_timeout=cfg.heartbeat_timeout,
-        )
+        self.peers.forget(ident)
         if msg.role == "worker":
             if msg.worker is None:
                 raise ProtocolError("a worker hello must describe the worker")
-            wid = msg.worker.worker_id
-            self._bind(ident, "worker", wid)
-            self._send(ident, welcome)
-            self.core.worker_connected(msg.worker)
+            info = msg.worker
+            self.peers.bind(ident, "worker", info.worker_id)
+            self._send(ident, self._welcome())
+            self.core.handle(events.WorkerConnected(info))
             log.info(
                 "worker %s connected from %s (node %s, %s)",
-                wid,
-                msg.worker.host,
-                msg.worker.node,
-                msg.worker.resources.describe(),
+                info.worker_id,
+                info.host,
+                info.node,
+                info.resources.describe(),
             )
-        else:
-            cid = msg.client or ClientId(f"anon-{uuid.uuid4().hex[:8]}")
-            self._bind(ident, msg.role, cid)
-            if msg.role == "client":
-                first, count = self.core.client_connected(ClientId(cid))
-                welcome.first_task_id, welcome.id_block = first, count
-                if msg.attach:  # a client process restarted: what it submitted and not collected
-                    welcome.tasks = [
-                        t.spec
-                        for t in self.core.tasks.values()
-                        if t.client == cid
-                        and (t.result is not None or (t.state not in FINAL and not t.rerun))
-                    ]
-                self._unwelcomed.add(cid)  # its results go out after the welcome
-                if self._refusing:  # its welcome must wait for the store: say so now
-                    self._send(
-                        ident,
-                        ErrorMsg(
-                            code="store_unavailable",
-                            message=(
-                                f"the state store has been unreachable for {self.persister.outage:.0f}s: "
-                                "a client can be welcomed only once it is back"
-                            ),
-                        ),
-                    )
-                self._deferred.append((ident, welcome))  # its id block must be durable first
-            else:
-                self._send(ident, welcome)
+            return
+        cid = msg.client or ClientId(f"anon-{uuid.uuid4().hex[:8]}")
+        self.peers.bind(ident, msg.role, cid)
+        if msg.role == "admin":
+            self._send(ident, self._welcome())
+            return
+        # a client: its welcome (with its id block) goes out once durable, and its results after it
+        self.peers.unwelcomed.add(cid)
+        self.core.handle(events.ClientConnected(cid, msg.attach))
+        if self._refusing:  # its welcome must wait for the store: say so now
+            message = (
+                f"the state store has been unreachable for {self.persister.outage:.0f}s: "
+                "a client can be welcomed only once it is back"
+            )
+            self._send(ident, ErrorMsg(code="store_unavailable", message=message))
 
-    def _bind(self, ident: bytes, role: str, pid: str) -> None:
-        old = self.routes.get((role, pid))
-        if old is not None and old != ident:
-            self.peers.pop(old, None)
-        self.peers[ident] = Peer(role, pid)
-        self.routes[(role, pid)] = ident
-
-    def _forget(self, ident: bytes) -> None:
-        peer = self.peers.pop(ident, None)
-        if peer is not None and self.routes.get((peer.role, peer.id)) == ident:
-            del self.routes[(peer.role, peer.id)]
-
-    def _serve_files(self, ident: bytes, names: list[CacheName], wid: WorkerId) -> None:
+    def _serve_files(self, ident: bytes, names: list[CacheName]) -> None:
         for name in names:
             data = self.files.get(name)
             if data is None:  # the worker reports the failed transfer and tries its next source
@@ -763,134 +763,29 @@ class ManagerService:
     def _fetch_logged(
         self, name: CacheName, source: str, peer: str | None, cid: str, size: int, seconds: float
     ) -> None:
-        self.txlog.write(
-            [
-                f"TRANSFER {name} fetched source={source} peer={q(peer)} dest={q('client:' + cid)}"
-                f" bytes={size} seconds={seconds:.3f}"
-            ]
-        )
+        self.txlog.write([txformat.transfer_fetched(name, source, peer, cid, size, seconds)])
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> ManagerStatus:
-        core = self.core
-        now = time.time()
-        # workers holding the only copy of a temp file some task still needs: never drain them
-        needed = {n for n, waiting in core.waiting_for.items() if waiting}
-        for t in core.tasks.values():
-            if t.state not in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
-                needed.update(
-                    b.cache_name for b in walk_bindings(t.spec.inputs) if b.cache_name in core.producers
-                )
-        unique_holders = {
-            next(iter(held))
-            for name, held in core.catalog.holders.items()
-            if len(held) == 1 and name in needed
-        }
-        waiting, running, largest = Tally(), Tally(), Tally()
-        n_waiting = n_running = 0
-        for t in core.tasks.values():
-            r = t.spec.resources
-            if t.state in (TaskState.READY, TaskState.WAITING, TaskState.RETRYING):
-                n_waiting += 1
-                waiting.add(r)
-                largest.cores = max(largest.cores, r.cores)
-                largest.memory = max(largest.memory, r.memory)
-                largest.disk = max(largest.disk, r.disk)
-                largest.gpus = max(largest.gpus, r.gpus)
-            elif t.state in (TaskState.DISPATCHED, TaskState.RUNNING):
-                n_running += 1
-                running.add(r)
-        return ManagerStatus(
+        return status.snapshot(
+            self.core,
+            self.counters,
+            time.time(),
             workflow=self.config.name,
             manager_id=self.manager_id,
             address=self.address,
             durable=self.store.durable,
-            time=now,
             started=self.started,
-            tasks={s.value: n for s, n in core.counts.items()},
-            totals=dict(core.totals),
-            unschedulable=len(core.unschedulable),
-            demand=waiting.snapshot(),
-            waiting=_load(n_waiting, waiting),
-            running=_load(n_running, running),
-            largest_waiting=largest.snapshot(),
-            workers=[
-                WorkerStatus(
-                    id=w.id,
-                    node=w.info.node,
-                    host=w.info.host,
-                    state=w.state.value,
-                    resources=w.info.resources,
-                    committed=w.committed.snapshot(),
-                    running=len(w.tasks) - w.queued,
-                    queued=w.queued,
-                    idle_seconds=None if w.idle_since is None else now - w.idle_since,
-                    idle_since=w.idle_since,
-                    draining=w.state == WorkerState.DRAINING,
-                    pod=w.info.pod,
-                    holds_unique_temps=w.id in unique_holders,
-                    cached_files=len(w.cached),
-                )
-                for w in core.workers.values()
-                if w.state != WorkerState.LOST
-            ],
-            clients=len(core.connected_clients),
-            recent_failures=self.recent_failures[-20:],
-            perf=self._perf(),
-            libraries=self._libraries(),
+            recent_failures=self.recent_failures,
             store_outage=self.persister.outage,
             refusing_work=self._refusing,
         )
-
-    def _libraries(self) -> list[LibraryView]:
-        views = {
-            name: LibraryView(
-                name=name,
-                mode=lib.spec.exec_mode,
-                slots=lib.spec.slots,
-                functions=list(lib.spec.functions),
-                waiting_calls=len(lib.ready),
-                broken=lib.broken,
-            )
-            for name, lib in self.core.libraries.items()
-        }
-        for w in self.core.workers.values():
-            for name, inst in w.libs.items():
-                v = views.get(name)
-                if v is not None:
-                    v.instances[inst.state] = v.instances.get(inst.state, 0) + 1
-                    v.active_calls += inst.active
-        return list(views.values())
-
-    def _perf(self) -> Perf:
-        total = in_use = 0.0
-        for w in self.core.workers.values():
-            if w.state in (WorkerState.CONNECTED, WorkerState.DRAINING):
-                total += w.info.resources.cores
-                in_use += w.committed.cores
-        return self.counters.perf(total, in_use)
 
 
 def _is_dir(name: CacheName) -> bool:
     """Whether a file the client sent is a directory (its name says so; it is stored as a tar)."""
     return name.startswith("dir-")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a concurrent reader sees the old file or the whole new one, never ""."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _local(host: str) -> str:
-    """An address this machine can reach a socket bound to ``host`` at."""
-    return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
-
-
-def _load(n: int, t: Tally) -> Load:
-    return Load(tasks=n, cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus)
 
 
 def _shift(r: ClientResult, base: int) -> ClientResult:

@@ -1,8 +1,9 @@
 """The transactions log: one line per event, so a run can be read, counted and plotted.
 
-The core appends event lines (``TASK 17 running attempt=1 worker=w1 cause=started``) to
-``core.transactions`` as it changes state; the service adds its own (transfers it serves,
-performance snapshots) and hands them here once per scheduling cycle. This writer stamps
+The core appends event lines (``TASK 17 running attempt=1 worker=w1 cause=started``, each
+made by one of :mod:`kubevine.txformat`'s writers) to ``core.transactions`` as it changes
+state; the service adds its own (manager events, files fetched for clients, performance
+snapshots) and hands them here once per scheduling cycle. This writer stamps
 each line with the time and the manager id and appends it to ``<workdir>/transactions.log``
 (see :mod:`kubevine.txformat` for the grammar, ``docs/observability.md`` for the events).
 In a cluster, where files in a pod are hard to reach, the same events can also go to
@@ -20,8 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from kubevine import txformat
 from kubevine.stats import ManagerStatus
-from kubevine.txformat import parse_line
 
 
 class TxLog:
@@ -61,7 +62,7 @@ class TxLog:
                 self._f.flush()
         if self.echo is not None:
             if self.echo_json:
-                text = "".join(parse_line(stamp + line).to_json() + "\n" for line in lines)
+                text = "".join(txformat.parse_line(stamp + line).to_json() + "\n" for line in lines)
             self.echo.write(text)
             if flush:
                 self.echo.flush()
@@ -71,7 +72,7 @@ class TxLog:
     def perf(self, st: ManagerStatus) -> None:
         """Log a performance snapshot, unless nothing changed since the last one (an idle
         manager would otherwise write the same line every few seconds for days)."""
-        line = perf_line(st)
+        line = txformat.manager_perf(st)
         if line != self._last_perf:
             self._last_perf = line
             self.write([line])
@@ -89,18 +90,3 @@ class TxLog:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-
-def perf_line(st: ManagerStatus) -> str:
-    """The performance snapshot as a ``MANAGER <id> perf`` line (one every few seconds)."""
-    p = st.perf
-    states = " ".join(f"{k}={v}" for k, v in st.tasks.items())
-    moved = " ".join(f"bytes_{k}={v}" for k, v in p.transfer_bytes.items())
-    return (
-        f"MANAGER {st.manager_id} perf {states} workers={len(st.workers)} "
-        f"cores_total={p.cores_total:g} cores_in_use={p.cores_in_use:g} "
-        f"submitted_total={st.totals.get('submitted', 0)} dispatched_total={p.dispatched} "
-        f"completed_total={p.completed} dispatch_rate={p.dispatch_rate:.1f} "
-        f"complete_rate={p.complete_rate:.1f} "
-        f"cache_hits={p.cache_hits} cache_misses={p.cache_misses} {moved}"
-    ).rstrip()

@@ -4,7 +4,8 @@ come back to it (no sockets, no Redis)."""
 from __future__ import annotations
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
-from kubevine.manager.core import Core, SendDispatch, SendKill, SendResults
+from kubevine.manager.core import Core
+from kubevine.manager.instructions import SendDispatch, SendKill, SendResults
 from kubevine.manager.states import TaskState
 from kubevine.manager.store import Snapshot, TaskRecord
 from kubevine.protocol import (

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
-from kubevine.manager.core import ClientError, Core, SendDispatch, SendDrain, SendKill, SendResults, Settings
+from kubevine.manager.core import Core, Settings
+from kubevine.manager.instructions import (
+    ClientError,
+    SendDispatch,
+    SendDrain,
+    SendInstall,
+    SendKill,
+    SendRemove,
+    SendResults,
+)
 from kubevine.manager.states import TaskState
 from kubevine.protocol import AttemptResult, FileBinding, FileKind, Outcome, TaskRef, TaskSpec, WorkerInfo
 from kubevine.resources import Resources
@@ -187,7 +196,7 @@ def test_cancel_kills_the_running_attempt_and_reports_cancelled() -> None:
     w = worker(core, "w")
     core.submit(C, [spec(1), spec(2)], [None, None])
     cycle(core)
-    assert core.cancel(C, [TaskId(1), TaskId(2)], None) == [1, 2]
+    core.cancel(C, [TaskId(1), TaskId(2)], None)
     out = cycle(core)
     kills = [r.task_id for i in out if isinstance(i, SendKill) for r in i.tasks]
     assert kills == [1]
@@ -258,7 +267,6 @@ def test_a_reconnecting_client_receives_results_it_never_acknowledged() -> None:
 
 # ---------------------------------------------------------------- libraries
 
-from kubevine.manager.core import SendInstall, SendRemove  # noqa: E402
 from kubevine.protocol import LibrarySpec, TaskKind  # noqa: E402
 
 

@@ -1,0 +1,144 @@
+"""A manager's state from its store, and all of it back to the store.
+
+:func:`restore` is how a restarted manager picks up a workflow: it rebuilds the core from
+the snapshot the store holds (tasks and their uncollected results, libraries, the workers seen
+and the replicas they held, the totals) and puts each task where it can go on: queued again,
+waiting for an input, or attached to a worker that is expected back. :func:`full_batch` is the
+reverse, for a store that lost the workflow (a Redis restarted without persistence): every
+thing the manager holds, as one batch that replaces what the store has.
+
+Both are pure functions of the core's state, like the rest of the core; the service calls
+``restore`` through the :class:`~kubevine.manager.events.Restored` event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from typing import TYPE_CHECKING
+
+from kubevine.ids import ClientId, TaskId
+from kubevine.manager import dataplane
+from kubevine.manager.entries import TaskEntry, WorkerEntry
+from kubevine.manager.libraries import LibraryEntry
+from kubevine.manager.states import FINAL, TaskState, WorkerState
+from kubevine.manager.store import Snapshot, WriteBatch
+from kubevine.protocol import FileKind, Outcome, TaskKind
+
+if TYPE_CHECKING:
+    from kubevine.manager.core import Core
+
+S = TaskState
+
+
+def restore(core: Core, snap: Snapshot) -> None:
+    """Rebuild the core from what the store holds, after a manager restart: libraries (before
+    the calls that wait on them), tasks, the workers seen (recovering until they say hello
+    again), the replicas they held, the totals; then put each unfinished task back on its way."""
+    core.next_task_id = int(snap.meta.get("next_task_id", "1"))
+    if "totals" in snap.meta:
+        core.totals.update(json.loads(snap.meta["totals"]))
+        core.stored_totals = dict(core.totals)
+    for lname, (lspec, lpayload) in snap.libraries.items():
+        core.libraries[lname] = LibraryEntry(lspec, lpayload, ClientId(""))
+    _load_tasks(core, snap)
+    deadline = core.now + core.settings.recover_grace
+    for wid, info in snap.workers.items():
+        core.workers[wid] = WorkerEntry(info, WorkerState.RECOVERING, core.now, deadline=deadline)
+    for (wid, name), group in snap.replicas.items():
+        if wid in core.workers:  # a replica on a worker that may come back
+            core.catalog.add(name, wid, group)
+    core.catalog.journal.clear()
+    for t in list(core.tasks.values()):
+        _resume(core, t)
+    core.batch = WriteBatch()  # what was restored is stored already; the moves are dirty
+
+
+def _load_tasks(core: Core, snap: Snapshot) -> None:
+    for tid, (spec, payload) in snap.specs.items():
+        rec = snap.records.get(tid)
+        if rec is None:
+            continue
+        t = TaskEntry(
+            spec,
+            payload,
+            rec.client,
+            TaskState(rec.state),
+            rec.seq,
+            rec.attempt,
+            rec.failures,
+            rec.lost,
+            rec.worker,
+        )
+        if tid in snap.results:
+            t.result, t.frames = snap.results[tid]
+        core.tasks[tid] = t
+        core.life.restored(t)
+        for b in spec.outputs:
+            if b.kind == FileKind.TEMP and b.cache_name is not None:
+                core.producers.setdefault(b.cache_name, tid)
+    core.reseq(max((t.seq for t in core.tasks.values()), default=0) + 1)
+
+
+def _resume(core: Core, t: TaskEntry) -> None:
+    """Put a restored task back on its way, by the state it was stored in."""
+    life = core.life
+    if t.spec.kind == TaskKind.CALL and (t.spec.library or "") not in core.libraries:
+        if t.state not in FINAL:  # its library was never stored: it cannot run
+            life.finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=f"library {t.spec.library!r} is gone")
+        return
+    if t.state in (S.WAITING, S.RETRYING):
+        lacking = [
+            b.cache_name
+            for b in t.spec.inputs
+            if b.kind == FileKind.TEMP
+            and b.cache_name is not None
+            and not core.catalog.available(b.cache_name)
+        ]
+        if t.state == S.WAITING and lacking:
+            for n in lacking:  # it waits on: a replica, or its producer (still to run)
+                core.waiting_for.setdefault(n, set()).add(t.spec.id)
+            for n in lacking:
+                p = core.tasks.get(core.producers.get(n, TaskId(0)))
+                if p is not None and p.state == S.DONE:  # made, but no copy is known
+                    dataplane.regenerate(core, core.catalog, n, "no copy known after a restart")
+        else:
+            life.ready(t, "recovered")
+    elif t.state == S.READY:
+        item = (-t.spec.priority, t.seq, t.spec.id)
+        if t.spec.kind == TaskKind.CALL:
+            heapq.heappush(core.libraries[t.spec.library or ""].ready, item)
+        else:
+            heapq.heappush(core.ready, item)
+    elif t.state in (S.DISPATCHED, S.RUNNING):
+        w = core.workers.get(t.worker) if t.worker else None
+        if w is None:
+            life.ready(t, "recovered; its worker is unknown")
+        else:
+            core.attach(w, t)
+    elif t.result is not None:
+        life.undelivered.setdefault(t.client, []).append((t.result, t.frames))
+
+
+def full_batch(core: Core) -> WriteBatch:
+    """Everything the core holds, as one batch that replaces what the store has (after the
+    store lost it: a Redis restarted without persistence)."""
+    b = WriteBatch(reseed=True)
+    for tid, t in core.tasks.items():
+        b.specs[tid] = (t.spec, t.payload)
+        b.records[tid] = t.record()
+        if t.result is not None:
+            b.results[tid] = (t.result, t.frames)
+    for wid, w in core.workers.items():
+        if w.state != WorkerState.LOST:
+            b.workers[wid] = w.info.model_copy(update={"running": [], "cached": []})
+    b.meta["next_task_id"] = str(core.next_task_id)
+    b.meta["totals"] = json.dumps(core.totals)
+    for name, lib in core.libraries.items():
+        b.libraries[name] = (lib.spec, lib.payload)
+    for name, held in core.catalog.holders.items():
+        for wid in held:
+            holder = core.workers.get(wid)
+            if holder is not None:
+                b.replicas[(wid, name)] = holder.info.cache_group or holder.info.node
+    return b

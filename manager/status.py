@@ -1,0 +1,148 @@
+"""The manager's status: one snapshot of the core for everyone who watches it.
+
+``kubevine status``, the operator's autoscaler (through the state store), ``/metrics`` and the
+transactions log's ``perf`` line all read the same :class:`~kubevine.stats.ManagerStatus`,
+built here from the core every ``--stats-interval`` seconds and on each status request. Pure:
+it reads the core and the counters and changes nothing, so a scrape never touches scheduling.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kubevine.ids import CacheName, WorkerId
+from kubevine.manager.metrics import Counters
+from kubevine.manager.states import FINAL, TaskState, WorkerState
+from kubevine.protocol import walk_bindings
+from kubevine.resources import Tally
+from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, WorkerStatus
+
+if TYPE_CHECKING:
+    from kubevine.manager.core import Core
+
+S = TaskState
+
+
+def snapshot(
+    core: Core,
+    counters: Counters,
+    now: float,
+    *,
+    workflow: str,
+    manager_id: str,
+    address: str,
+    durable: bool,
+    started: float,
+    recent_failures: list[Failure],
+    store_outage: float,
+    refusing_work: bool,
+) -> ManagerStatus:
+    """The status of the workflow ``core`` holds, at ``now``."""
+    waiting, running, largest = Tally(), Tally(), Tally()
+    n_waiting = n_running = 0
+    for t in core.tasks.values():
+        r = t.spec.resources
+        if t.state in (S.READY, S.WAITING, S.RETRYING):
+            n_waiting += 1
+            waiting.add(r)
+            largest.cores = max(largest.cores, r.cores)
+            largest.memory = max(largest.memory, r.memory)
+            largest.disk = max(largest.disk, r.disk)
+            largest.gpus = max(largest.gpus, r.gpus)
+        elif t.state in (S.DISPATCHED, S.RUNNING):
+            n_running += 1
+            running.add(r)
+    return ManagerStatus(
+        workflow=workflow,
+        manager_id=manager_id,
+        address=address,
+        durable=durable,
+        time=now,
+        started=started,
+        tasks={s.value: n for s, n in core.counts.items()},
+        totals=dict(core.totals),
+        unschedulable=len(core.unschedulable),
+        demand=waiting.snapshot(),
+        waiting=_load(n_waiting, waiting),
+        running=_load(n_running, running),
+        largest_waiting=largest.snapshot(),
+        workers=_workers(core, now),
+        clients=len(core.connected_clients),
+        recent_failures=recent_failures[-20:],
+        perf=_perf(core, counters),
+        libraries=_libraries(core),
+        store_outage=store_outage,
+        refusing_work=refusing_work,
+    )
+
+
+def _unique_holders(core: Core) -> set[WorkerId]:
+    """Workers holding the only copy of a temp file some task still needs: never drain them."""
+    needed: set[CacheName | None] = {n for n, waiting in core.waiting_for.items() if waiting}
+    for t in core.tasks.values():
+        if t.state not in FINAL:
+            needed.update(
+                b.cache_name for b in walk_bindings(t.spec.inputs) if b.cache_name in core.producers
+            )
+    return {
+        next(iter(held)) for name, held in core.catalog.holders.items() if len(held) == 1 and name in needed
+    }
+
+
+def _workers(core: Core, now: float) -> list[WorkerStatus]:
+    unique = _unique_holders(core)
+    return [
+        WorkerStatus(
+            id=w.id,
+            node=w.info.node,
+            host=w.info.host,
+            state=w.state.value,
+            resources=w.info.resources,
+            committed=w.committed.snapshot(),
+            running=len(w.tasks) - w.queued,
+            queued=w.queued,
+            idle_seconds=None if w.idle_since is None else now - w.idle_since,
+            idle_since=w.idle_since,
+            draining=w.state == WorkerState.DRAINING,
+            pod=w.info.pod,
+            holds_unique_temps=w.id in unique,
+            cached_files=len(w.cached),
+        )
+        for w in core.workers.values()
+        if w.state != WorkerState.LOST
+    ]
+
+
+def _libraries(core: Core) -> list[LibraryView]:
+    views = {
+        name: LibraryView(
+            name=name,
+            mode=lib.spec.exec_mode,
+            slots=lib.spec.slots,
+            functions=list(lib.spec.functions),
+            waiting_calls=len(lib.ready),
+            broken=lib.broken,
+        )
+        for name, lib in core.libraries.items()
+    }
+    for w in core.workers.values():
+        for name, inst in w.libs.items():
+            v = views.get(name)
+            if v is not None:
+                state = inst.state.value
+                v.instances[state] = v.instances.get(state, 0) + 1
+                v.active_calls += inst.active
+    return list(views.values())
+
+
+def _perf(core: Core, counters: Counters) -> Perf:
+    total = in_use = 0.0
+    for w in core.workers.values():
+        if w.state in (WorkerState.CONNECTED, WorkerState.DRAINING):
+            total += w.info.resources.cores
+            in_use += w.committed.cores
+    return counters.perf(total, in_use)
+
+
+def _load(n: int, t: Tally) -> Load:
+    return Load(tasks=n, cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus)
