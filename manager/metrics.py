@@ -36,7 +36,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from kubevine.manager.libraries import InstanceState
 from kubevine.protocol import Assignment, AttemptResult
+from kubevine.states import FINAL, TaskState
 from kubevine.stats import WALL_BUCKETS, Histogram, ManagerStatus, Perf
 from kubevine.txformat import SOURCES, TASK_STATES
 
@@ -146,89 +148,105 @@ class StatusCollector(Collector):
         st = self.snapshot()
         if st is None:
             return
-        labels = ["workflow"]
-        wf = [st.workflow]
-        p = st.perf
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=labels)
-            g.add_metric(wf, value)
-            return g
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(name, doc, labels=labels)
-            c.add_metric(wf, value)
-            return c
-
-        tasks = GaugeMetricFamily(
-            "kubevine_tasks", "Tasks held by the manager, by state", labels=[*labels, "state"]
-        )
-        for state in TASK_STATES:
-            tasks.add_metric([*wf, state], st.tasks.get(state, 0))
-        yield tasks
-        totals = CounterMetricFamily(
-            "kubevine_tasks_finished", "Tasks that reached a final state", labels=[*labels, "state"]
-        )
-        for state in ("done", "failed", "cancelled"):
-            totals.add_metric([*wf, state], st.totals.get(state, 0))
-        yield totals
-        yield counter("kubevine_tasks_submitted", "Tasks submitted", st.totals.get("submitted", 0))
-        yield counter(
-            "kubevine_tasks_retried", "Attempts that failed and were retried", st.totals.get("retried", 0)
-        )
-        yield counter("kubevine_tasks_dispatched", "Attempts sent to workers", p.dispatched)
-        yield counter(
-            "kubevine_tasks_completed", "Attempts that ended on a worker (any outcome)", p.completed
-        )
-        yield gauge(
-            "kubevine_dispatch_rate", "Attempts dispatched per second, last interval", p.dispatch_rate
-        )
-        yield gauge("kubevine_complete_rate", "Attempts ended per second, last interval", p.complete_rate)
-        h = p.task_wall
-        hist = HistogramMetricFamily(
-            "kubevine_task_wall_seconds", "Wall time of attempts, as measured on workers", labels=labels
-        )
-        buckets = [(_bound(b), float(n)) for b, n in zip(h.bounds, h.cumulative)] + [("+Inf", float(h.count))]
-        hist.add_metric(wf, buckets, h.sum)
-        yield hist
-        transfers = CounterMetricFamily(
-            "kubevine_transfers", "Files moved to workers, by source kind", labels=[*labels, "source"]
-        )
-        moved = CounterMetricFamily(
-            "kubevine_transfer_bytes", "Bytes moved to workers, by source kind", labels=[*labels, "source"]
-        )
-        for src in SOURCES:
-            transfers.add_metric([*wf, src], p.transfers.get(src, 0))
-            moved.add_metric([*wf, src], p.transfer_bytes.get(src, 0))
-        yield transfers
-        yield moved
-        yield counter("kubevine_cache_hits", "Task inputs already on the worker at dispatch", p.cache_hits)
-        yield counter("kubevine_cache_misses", "Task inputs that had to be staged in", p.cache_misses)
-        instances = GaugeMetricFamily(
-            "kubevine_library_instances",
-            "Library instances on workers, by state",
-            labels=[*labels, "library", "state"],
-        )
-        calls = GaugeMetricFamily(
-            "kubevine_library_calls",
-            "Function calls of a library, by state",
-            labels=[*labels, "library", "state"],
-        )
-        for lib in st.libraries:
-            for state in ("installing", "ready"):
-                instances.add_metric([*wf, lib.name, state], lib.instances.get(state, 0))
-            calls.add_metric([*wf, lib.name, "active"], lib.active_calls)
-            calls.add_metric([*wf, lib.name, "waiting"], lib.waiting_calls)
-        yield instances
-        yield calls
+        m = _Families(st.workflow)
+        yield from _task_metrics(m, st)
+        yield from _transfer_metrics(m, st.perf)
+        yield from _library_metrics(m, st)
         connected = sum(1 for w in st.workers if w.state != "recovering")
-        yield gauge("kubevine_workers_connected", "Workers connected to the manager", connected)
-        yield gauge("kubevine_workers_draining", "Workers draining", sum(1 for w in st.workers if w.draining))
-        yield gauge("kubevine_cores_total", "Cores of connected workers", p.cores_total)
-        yield gauge("kubevine_cores_in_use", "Cores committed to dispatched or running tasks", p.cores_in_use)
-        yield gauge("kubevine_clients_connected", "Clients connected", st.clients)
-        yield gauge("kubevine_unschedulable_tasks", "Tasks larger than every worker", st.unschedulable)
-        yield gauge("kubevine_snapshot_timestamp_seconds", "When these figures were taken", st.time)
+        yield m.gauge("kubevine_workers_connected", "Workers connected to the manager", connected)
+        yield m.gauge(
+            "kubevine_workers_draining", "Workers draining", sum(1 for w in st.workers if w.draining)
+        )
+        yield m.gauge("kubevine_cores_total", "Cores of connected workers", st.perf.cores_total)
+        yield m.gauge(
+            "kubevine_cores_in_use", "Cores committed to dispatched or running tasks", st.perf.cores_in_use
+        )
+        yield m.gauge("kubevine_clients_connected", "Clients connected", st.clients)
+        yield m.gauge("kubevine_unschedulable_tasks", "Tasks larger than every worker", st.unschedulable)
+        yield m.gauge("kubevine_snapshot_timestamp_seconds", "When these figures were taken", st.time)
+
+
+class _Families:
+    """Metric families of one workflow (every metric has its ``workflow`` label)."""
+
+    def __init__(self, workflow: str) -> None:
+        self.labels = ["workflow"]
+        self.wf = [workflow]
+
+    def gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=self.labels)
+        g.add_metric(self.wf, value)
+        return g
+
+    def counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(name, doc, labels=self.labels)
+        c.add_metric(self.wf, value)
+        return c
+
+
+def _task_metrics(m: _Families, st: ManagerStatus) -> Iterator[Metric]:
+    labels, wf, p = m.labels, m.wf, st.perf
+    tasks = GaugeMetricFamily(
+        "kubevine_tasks", "Tasks held by the manager, by state", labels=[*labels, "state"]
+    )
+    for state in TASK_STATES:
+        tasks.add_metric([*wf, state], st.tasks.get(state, 0))
+    yield tasks
+    totals = CounterMetricFamily(
+        "kubevine_tasks_finished", "Tasks that reached a final state", labels=[*labels, "state"]
+    )
+    for state in (s.value for s in TaskState if s in FINAL):
+        totals.add_metric([*wf, state], st.totals.get(state, 0))
+    yield totals
+    yield m.counter("kubevine_tasks_submitted", "Tasks submitted", st.totals.get("submitted", 0))
+    yield m.counter(
+        "kubevine_tasks_retried", "Attempts that failed and were retried", st.totals.get("retried", 0)
+    )
+    yield m.counter("kubevine_tasks_dispatched", "Attempts sent to workers", p.dispatched)
+    yield m.counter("kubevine_tasks_completed", "Attempts that ended on a worker (any outcome)", p.completed)
+    yield m.gauge("kubevine_dispatch_rate", "Attempts dispatched per second, last interval", p.dispatch_rate)
+    yield m.gauge("kubevine_complete_rate", "Attempts ended per second, last interval", p.complete_rate)
+    h = p.task_wall
+    hist = HistogramMetricFamily(
+        "kubevine_task_wall_seconds", "Wall time of attempts, as measured on workers", labels=labels
+    )
+    buckets = [(_bound(b), float(n)) for b, n in zip(h.bounds, h.cumulative)] + [("+Inf", float(h.count))]
+    hist.add_metric(wf, buckets, h.sum)
+    yield hist
+
+
+def _transfer_metrics(m: _Families, p: Perf) -> Iterator[Metric]:
+    labels, wf = [*m.labels, "source"], m.wf
+    transfers = CounterMetricFamily(
+        "kubevine_transfers", "Files moved to workers, by source kind", labels=labels
+    )
+    moved = CounterMetricFamily(
+        "kubevine_transfer_bytes", "Bytes moved to workers, by source kind", labels=labels
+    )
+    for src in SOURCES:
+        transfers.add_metric([*wf, src], p.transfers.get(src, 0))
+        moved.add_metric([*wf, src], p.transfer_bytes.get(src, 0))
+    yield transfers
+    yield moved
+    yield m.counter("kubevine_cache_hits", "Task inputs already on the worker at dispatch", p.cache_hits)
+    yield m.counter("kubevine_cache_misses", "Task inputs that had to be staged in", p.cache_misses)
+
+
+def _library_metrics(m: _Families, st: ManagerStatus) -> Iterator[Metric]:
+    labels, wf = [*m.labels, "library", "state"], m.wf
+    instances = GaugeMetricFamily(
+        "kubevine_library_instances", "Library instances on workers, by state", labels=labels
+    )
+    calls = GaugeMetricFamily(
+        "kubevine_library_calls", "Function calls of a library, by state", labels=labels
+    )
+    for lib in st.libraries:
+        for state in InstanceState:
+            instances.add_metric([*wf, lib.name, state.value], lib.instances.get(state.value, 0))
+        calls.add_metric([*wf, lib.name, "active"], lib.active_calls)
+        calls.add_metric([*wf, lib.name, "waiting"], lib.waiting_calls)
+    yield instances
+    yield calls
 
 
 def _bound(b: float) -> str:
