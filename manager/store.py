@@ -176,7 +176,18 @@ class MemoryStore(StateStore):
             self._owner = None
 
     def load(self) -> Snapshot:
-        return self._snap
+        # what is stored now: later writes change the store, never a snapshot already handed out
+        s = self._snap
+        return Snapshot(
+            dict(s.specs),
+            dict(s.records),
+            dict(s.results),
+            dict(s.workers),
+            dict(s.meta),
+            dict(s.libraries),
+            dict(s.files),
+            dict(s.replicas),
+        )
 
     def apply(self, batch: WriteBatch) -> None:
         if batch.reseed:

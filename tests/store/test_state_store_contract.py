@@ -68,6 +68,25 @@ def test_what_is_applied_is_loaded_back(make_store) -> None:  # type: ignore[no-
     assert snap.meta["next_task_id"] == "1000001"
 
 
+def test_a_snapshot_does_not_change_when_the_store_is_written_after_it(make_store) -> None:  # type: ignore[no-untyped-def]
+    """A restarted manager (and a replay of its events) reads the state as it was loaded."""
+    s = make_store()
+    s.acquire("m1", 10)
+    s.apply(batch_with_everything())
+    snap = s.load()
+    later = WriteBatch()
+    later.meta["next_task_id"] = "2000001"
+    later.deleted = {TaskId(1)}
+    later.workers[WorkerId("w2")] = WorkerInfo(
+        worker_id=WorkerId("w2"), node="n", host="h", pid=4, resources=Resources(cores=1)
+    )
+    s.apply(later)
+    assert snap.meta["next_task_id"] == "1000001"
+    assert TaskId(1) in snap.specs and TaskId(1) in snap.records
+    assert list(snap.workers) == [WorkerId("w1")]
+    assert s.load().meta["next_task_id"] == "2000001"
+
+
 def test_deleted_tasks_and_departed_workers_are_gone(make_store) -> None:  # type: ignore[no-untyped-def]
     s = make_store()
     s.acquire("m1", 10)
