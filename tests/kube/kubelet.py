@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
-import datetime
 import itertools
 import logging
 import os
@@ -30,14 +28,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
 import yaml
 
-from . import controllers, podspec
+from . import controllers, podspec, podstate
 from .kubeclient import ApiError, KubeClient, path
+from .podstate import ContainerRun, PodRun, Probe, _now
 
 logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -53,81 +52,6 @@ def allocate_pod_ip() -> str:
     return (
         f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}" if n & 255 not in (0, 255) else allocate_pod_ip()
     )
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclasses.dataclass
-class Probe:
-    spec: Obj
-    ready: bool = False
-    successes: int = 0
-    failures: int = 0
-    next_at: float = 0.0
-    running: bool = False
-
-
-@dataclasses.dataclass
-class ContainerRun:
-    spec: Obj
-    init: bool = False
-    argv: list[str] = dataclasses.field(default_factory=list)
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    mounts: list[podspec.Mount] = dataclasses.field(default_factory=list)
-    cwd: pathlib.Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    restart_count: int = 0
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-    reason: str | None = None
-    message: str | None = None
-    next_start: float = 0.0
-    readiness: Probe | None = None
-    liveness: Probe | None = None
-    last_terminated: Obj | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def ready(self) -> bool:
-        if not self.running:
-            return False
-        return self.readiness.ready if self.readiness is not None else True
-
-
-@dataclasses.dataclass
-class PodRun:
-    uid: str
-    namespace: str
-    name: str
-    ip: str
-    node: str
-    pod_dir: pathlib.Path
-    restart_policy: str
-    containers: list[ContainerRun] = dataclasses.field(default_factory=list)
-    init_containers: list[ContainerRun] = dataclasses.field(default_factory=list)
-    prepared: bool = False
-    waiting_since: float = dataclasses.field(default_factory=time.monotonic)
-    waiting_reason: str = "ContainerCreating"
-    waiting_message: str = ""
-    failed_reason: str | None = None
-    failed_message: str | None = None
-    terminating: asyncio.Task[None] | None = None
-    started_at: str = dataclasses.field(default_factory=_now)
-    last_status: Obj | None = None
-
-    def all_containers(self) -> Iterator[ContainerRun]:
-        yield from self.init_containers
-        yield from self.containers
 
 
 class Kubelet:
@@ -199,7 +123,7 @@ class Kubelet:
         """Coroutines that run beside the main loop (node heartbeats in a real cluster)."""
         return []
 
-    def _allocate_ip(self, run_node: str) -> str:
+    def _allocate_ip(self, node: str) -> str:
         return allocate_pod_ip()
 
     def _host_ip(self, node: str) -> str:
@@ -645,8 +569,7 @@ class Kubelet:
                 self._restart(run, c)
 
     def _should_restart(self, run: PodRun, c: ContainerRun) -> bool:
-        policy = "OnFailure" if c.init and run.restart_policy == "Always" else run.restart_policy
-        return policy == "Always" or (policy == "OnFailure" and c.exit_code != 0)
+        return podstate.should_restart(run, c)
 
     def _restart(self, run: PodRun, c: ContainerRun) -> None:
         if c.proc is None and c.exit_code is None:
@@ -818,106 +741,8 @@ class Kubelet:
         )
         run.last_status = status
 
-    def _container_status(self, c: ContainerRun, run: PodRun) -> Obj:
-        state: Obj
-        if c.running:
-            state = {"running": {"startedAt": c.started_at}}
-        elif c.next_start:
-            state = {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off restarting container {c.name}",
-                }
-            }
-        elif c.exit_code is not None:
-            state = {
-                "terminated": {
-                    "exitCode": c.exit_code,
-                    "reason": c.reason or "Error",
-                    "startedAt": c.started_at,
-                    "finishedAt": c.finished_at,
-                    **({"message": c.message} if c.message else {}),
-                }
-            }
-        else:
-            reason = run.failed_reason or run.waiting_reason
-            state = {
-                "waiting": {
-                    "reason": reason,
-                    **(
-                        {"message": run.failed_message or run.waiting_message}
-                        if (run.failed_message or run.waiting_message)
-                        else {}
-                    ),
-                }
-            }
-        result = {
-            "name": c.name,
-            "image": c.spec.get("image", ""),
-            "imageID": f"process://{c.spec.get('image', '')}",
-            "ready": c.ready,
-            "started": c.running,
-            "restartCount": c.restart_count,
-            "state": state,
-            "lastState": c.last_terminated or {},
-        }
-        if c.proc is not None:
-            result["containerID"] = f"process://{c.proc.pid}"
-        return result
-
     def _status(self, pod: Obj, run: PodRun) -> Obj:
-        containers = [self._container_status(c, run) for c in run.containers]
-        init = [self._container_status(c, run) for c in run.init_containers]
-        initialized = all(c.exit_code == 0 for c in run.init_containers)
-        if run.failed_reason is not None:
-            phase = "Failed"
-        elif (
-            not run.prepared
-            or not initialized
-            or any(c.proc is None and c.exit_code is None for c in run.containers)
-        ):
-            phase = "Pending" if not any(c.started_at for c in run.containers) else "Running"
-        elif all(c.exit_code is not None and not self._should_restart(run, c) for c in run.containers):
-            phase = "Succeeded" if all(c.exit_code == 0 for c in run.containers) else "Failed"
-        else:
-            phase = "Running"
-        ready = phase == "Running" and all(c.ready for c in run.containers)
-        t = _now()
-        old = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
-
-        def cond(type_: str, ok: bool, reason: str = "") -> Obj:
-            prev = old.get(type_)
-            value = "True" if ok else "False"
-            since = prev["lastTransitionTime"] if prev and prev.get("status") == value else t
-            return {
-                "type": type_,
-                "status": value,
-                "lastTransitionTime": since,
-                **({"reason": reason} if reason and not ok else {}),
-            }
-
-        host_ip = self._host_ip(run.node)
-        status: Obj = {
-            "phase": phase,
-            "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}],
-            "podIP": run.ip,
-            "podIPs": [{"ip": run.ip}],
-            "startTime": run.started_at,
-            "qosClass": (pod.get("status") or {}).get("qosClass", "BestEffort"),
-            "conditions": [
-                cond("PodScheduled", True),
-                cond("Initialized", initialized, "ContainersNotInitialized"),
-                cond("ContainersReady", ready, "ContainersNotReady"),
-                cond("Ready", ready, "ContainersNotReady"),
-            ],
-            "containerStatuses": containers,
-        }
-        if init:
-            status["initContainerStatuses"] = init
-        if run.failed_reason is not None:
-            status["reason"], status["message"] = run.failed_reason, run.failed_message
-        return status
+        return podstate.pod_status(pod, run, host_ip=self._host_ip(run.node))
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
