@@ -37,9 +37,10 @@ from typing import Any
 
 import aiohttp
 
-from . import podspec, realnode
+from . import kubeletapi, podspec, realnode
 from .kubeclient import ApiError, KubeClient, path
-from .kubelet import ContainerRun, Kubelet, PodRun, _now
+from .kubelet import Kubelet
+from .podstate import ContainerRun, PodRun, _now
 
 logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -93,7 +94,27 @@ class RealKubelet(Kubelet):
             self._wake.set()
 
     def _background(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._heartbeat(), self._stall_detector()]
+        return [self._heartbeat(), self._stall_detector(), self._serve_api()]
+
+    async def _serve_api(self) -> None:
+        """Container logs on <node IP>:10250 for the API server (`kubectl logs`)."""
+        n = self.node
+        if n.serving_cert is None or n.serving_key is None or n.client_ca is None:
+            return
+
+        def pod_running(ns: str, name: str) -> bool:
+            return any(
+                r.namespace == ns and r.name == name and any(c.running for c in r.all_containers())
+                for r in self.runs.values()
+            )
+
+        app = kubeletapi.make_app(self.log_path, pod_running)
+        ctx = kubeletapi.server_context(n.serving_cert, n.serving_key, n.client_ca)
+        runner = await kubeletapi.serve(app, n.ip, n.api_port, ctx)
+        try:
+            await asyncio.Event().wait()  # until cancelled at shutdown
+        finally:
+            await runner.cleanup()
 
     async def _stall_detector(self) -> None:
         """Warn when the event loop was blocked (a heartbeat missed for a reason of ours)."""
@@ -360,6 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", action="append", default=[], help="resource=quantity, repeatable")
     parser.add_argument("--no-memory-cgroups", action="store_true")
     parser.add_argument("--cgroup-name", help="the node's memory cgroup under the kubelet's own")
+    parser.add_argument("--tls-cert", type=pathlib.Path, help="serving certificate of the kubelet API")
+    parser.add_argument("--tls-key", type=pathlib.Path)
+    parser.add_argument("--client-ca", type=pathlib.Path, help="CA of the API server's kubelet client")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -379,6 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         capacity=dict(kv.split("=", 1) for kv in args.capacity),
         memory_cgroups=not args.no_memory_cgroups,
         cgroup_name=args.cgroup_name or f"kubevine-{args.node}",
+        serving_cert=args.tls_cert,
+        serving_key=args.tls_key,
+        client_ca=args.client_ca,
     )
     kubelet = RealKubelet(args.kubeconfig, args.root, node)
 

@@ -56,6 +56,11 @@ class NodeConfig:
     capacity: dict[str, str] = dataclasses.field(default_factory=dict)
     memory_cgroups: bool = True
     cgroup_name: str = ""  # under the kubelet's own memory cgroup; default kubevine-<name>
+    # The kubelet API (container logs for `kubectl logs`) on <ip>:10250, when all three are given.
+    serving_cert: pathlib.Path | None = None
+    serving_key: pathlib.Path | None = None
+    client_ca: pathlib.Path | None = None
+    api_port: int = 10250
 
     def __post_init__(self) -> None:
         self.cgroup_name = self.cgroup_name or f"kubevine-{self.name}"
@@ -121,7 +126,7 @@ def node_status(cfg: NodeConfig, previous: Obj | None) -> Obj:
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "process kubelet is posting ready status"),
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.api_port}},
         "nodeInfo": {
             "machineID": "",
             "systemUUID": "",

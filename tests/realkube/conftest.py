@@ -14,11 +14,13 @@ its tests are skipped. Every test here is marked `realkube` (`-m "not realkube"`
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from typing import IO
 
 import pytest
 
@@ -27,9 +29,34 @@ from .helpers import Kube, wait_for
 
 HERE = pathlib.Path(__file__).parent
 
-#: The test cluster's names and networks differ from `make cluster`'s (kv, 10.77/10.78),
-#: so both can run at once.
-TEST_NAME, TEST_NODE_NET, TEST_POD_NET = "kvt", "10.79.0.0/16", "10.80.0.0/16"
+#: Test clusters take one of these slots, each with its own names, networks and state folder,
+#: different from `make cluster`'s (kv, 10.77/10.78): sessions in several checkouts or
+#: terminals, and `make cluster`, can run at once. A slot is held by a lock on a file for the
+#: session (released by the kernel even if the session dies) and cleaned up when taken.
+SLOTS = 4
+LOCK_DIR = pathlib.Path("/tmp/kubevine-realkube")
+
+
+def _slot_settings(slot: int) -> Settings:
+    return Settings(
+        state=REPO / ".cluster" / f"pytest-{slot}",
+        name=f"kvt{slot}",
+        node_net=f"10.{79 + 2 * slot}.0.0/16",
+        pod_net=f"10.{80 + 2 * slot}.0.0/16",
+    )
+
+
+def _take_slot() -> tuple[int, IO[bytes]]:
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    for slot in range(SLOTS):
+        f = open(LOCK_DIR / f"slot-{slot}.lock", "wb")  # noqa: SIM115 (held for the session)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        return slot, f
+    raise RuntimeError(f"all {SLOTS} test-cluster slots are in use (locks in {LOCK_DIR})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,6 +83,9 @@ def _unavailable() -> str | None:
     return None
 
 
+BUILD_ERRORS: list[str] = []
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the binaries before any test runs, so the build is not charged to a test's timeout."""
     if _unavailable() is not None or session.config.option.collectonly:
@@ -67,7 +97,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 "realkube: building the control plane's binaries if missing (hack/cluster/build.sh; "
                 "the first build takes many minutes)"
             )
-        ensure_binaries()
+        try:
+            ensure_binaries()
+        except RuntimeError as e:  # the tier's tests fail with this; the rest of the session runs
+            BUILD_ERRORS.append(str(e))
 
 
 @pytest.fixture(scope="session")
@@ -75,16 +108,19 @@ def real_cluster() -> Iterator[Cluster]:
     reason = _unavailable()
     if reason is not None:
         pytest.skip(reason)
-    settings = Settings(
-        state=REPO / ".cluster" / "pytest", name=TEST_NAME, node_net=TEST_NODE_NET, pod_net=TEST_POD_NET
-    )
-    cluster = Cluster(settings).start()
+    if BUILD_ERRORS:
+        pytest.fail(f"the control plane's binaries could not be built: {BUILD_ERRORS[0]}")
+    slot, lock = _take_slot()
     try:
-        yield cluster
+        cluster = Cluster(_slot_settings(slot)).start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+            left = cluster.leftovers()
+            assert not left, f"the test cluster left behind: {left}"
     finally:
-        cluster.stop()
-        left = cluster.leftovers()
-        assert not left, f"the test cluster left behind: {left}"
+        lock.close()
 
 
 KubeFactory = Callable[..., Kube]
@@ -118,10 +154,16 @@ def kube_factory(real_cluster: Cluster, request: pytest.FixtureRequest) -> Itera
         yield make
     finally:
         for kube in made:
+            # Terminating first (no controller can create pods in it any more), then its pods
+            # at once rather than when the namespace controller's sweep reaches them.
             kube.admin.request("DELETE", f"/api/v1/namespaces/{kube.ns}")
-        for kube in made:  # namespace gone = every pod deleted by its kubelet = processes gone
-            path = f"/api/v1/namespaces/{kube.ns}"
-            wait_for(lambda: kube.get(path) is None, timeout=90, interval=0.2, what=f"{path} to be deleted")  # noqa: B023
+            kube.admin.request("DELETE", f"/api/v1/namespaces/{kube.ns}/pods")
+        # A pod is gone only once its kubelet saw its processes end: waiting for the pods (not
+        # for the whole namespace, which the controller finishes seconds later) is enough to
+        # know this test left nothing running.
+        for kube in made:
+            pods = f"/api/v1/namespaces/{kube.ns}/pods"
+            wait_for(lambda: not kube.get(pods)["items"], timeout=90, interval=0.2, what=f"{pods} to be gone")  # noqa: B023
 
 
 @pytest.fixture

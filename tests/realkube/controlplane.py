@@ -333,7 +333,7 @@ class Cluster:
         return self
 
     #: What `start` writes under the state folder (and removes first): nothing else there is
-    #: touched, so another cluster's state may live in a subfolder (tests use `.cluster/pytest`).
+    #: touched, so another cluster's state may live in a subfolder (tests use `.cluster/pytest-<slot>`).
     STATE_ENTRIES = ("cluster.json", "kubeconfig", "pki", "etcd", "logs", "kubelet", "nodes", "kubectl-cache",
                      "kube-controller-manager.kubeconfig", "kube-scheduler.kubeconfig")  # fmt: skip
 
@@ -429,6 +429,7 @@ class Cluster:
                 f"--kubelet-client-certificate={kubelet_client.cert}",
                 f"--kubelet-client-key={kubelet_client.key}",
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={p.ca_cert}",
                 # Request-header authentication (aggregated APIs; components read it at start).
                 f"--requestheader-client-ca-file={p.ca_cert}",
                 "--requestheader-allowed-names=front-proxy-client",
@@ -524,6 +525,7 @@ class Cluster:
         ns = self.net.namespace(name)
         network.add_node(self.net, index, name, bandwidth or self.settings.bandwidth)
         identity = self.pki.client(f"node-{name}", f"system:node:{name}", ("system:nodes",))
+        serving = self.pki.serving(f"kubelet-{name}", ips=[self.net.node_ip(index)], dns=[name])
         kubeconfig = pki.write_kubeconfig(
             self.state_dir / "nodes" / f"{name}.kubeconfig", self.server, self.pki.ca_cert, identity,
             user=f"system:node:{name}", embed=False,
@@ -545,6 +547,9 @@ class Cluster:
                 f"--lease-duration={self.settings.lease_duration}",
                 f"--status-period={self.settings.node_status_period}",
                 f"--cgroup-name=kubevine-{ns}",
+                f"--tls-cert={serving.cert}",
+                f"--tls-key={serving.key}",
+                f"--client-ca={self.pki.ca_cert}",
             ],
             cwd=REPO,
             env=env,

@@ -8,7 +8,7 @@ import textwrap
 import time
 
 from .controlplane import Cluster
-from .helpers import Kube, wait_for
+from .helpers import Kube, node_condition, wait_for
 from .manifests import away_from, container, echo_deployment, job, service
 
 NODES = {"node-a", "node-b", "node-c"}
@@ -19,13 +19,16 @@ def read_from(ip: str, port: int) -> bytes:
         return conn.recv(200)
 
 
-def test_nodes_are_registered_ready_with_leases(kube: Kube) -> None:
+def test_nodes_are_registered_ready_with_leases(kube: Kube, real_cluster: Cluster) -> None:
     nodes = kube.get("/api/v1/nodes")["items"]
     assert {n["metadata"]["name"] for n in nodes} >= NODES
+    node_net = ipaddress.ip_network(real_cluster.settings.node_net)
+    pod_net = ipaddress.ip_network(real_cluster.settings.pod_net)
     for node in nodes:
-        assert node["spec"]["podCIDR"].startswith("10.80.")
+        assert ipaddress.ip_network(node["spec"]["podCIDR"]).subnet_of(pod_net)  # type: ignore[arg-type]
         internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
-        assert internal and internal[0].startswith("10.79.0.")
+        assert internal and ipaddress.ip_address(internal[0]) in node_net
+        assert node_condition(node) == "True"
     for name in NODES:
         lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")
         assert lease["spec"]["holderIdentity"] == name

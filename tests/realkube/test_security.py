@@ -88,6 +88,9 @@ def test_pod_calls_the_api_as_its_service_account_within_its_rbac(kube: Kube) ->
     assert "list secrets 403" in log, log
     assert "delete pod 403" in log, log
     assert "secret env s3cret" in log, log
+    # kubectl logs: the API server reads it from the node's kubelet API (TLS both ways).
+    assert f"whoami 201 system:serviceaccount:{ns}:reader" in kube.kubectl("logs", "caller").stdout
+    assert kube.kubectl("logs", "caller", "--tail=1").stdout == "secret env s3cret\n"
     # The API server's admission put the projected token volume in; the kubelet did the rest.
     caller = kube.pod("caller")
     assert caller is not None
