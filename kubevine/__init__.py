@@ -20,6 +20,8 @@ _WHERE = {
     "StoreUnavailable": "kubevine.client",
     "Manager": "kubevine.client",
     "as_completed": "kubevine.client",
+    "DaskVine": "kubevine.compat",
+    "DaskVineDag": "kubevine.compat",
     "Executor": "kubevine.executor",
     "LocalCluster": "kubevine.local",
     "Outcome": "kubevine.protocol",
@@ -38,6 +40,8 @@ _WHERE = {
 
 __all__ = [
     "ConnectionRefused",
+    "DaskVine",
+    "DaskVineDag",
     "Executor",
     "File",
     "FunctionCall",
@@ -78,6 +82,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from kubevine import keys
     from kubevine.client import ConnectionRefused, Manager, StoreUnavailable, as_completed
+    from kubevine.compat import DaskVine, DaskVineDag
     from kubevine.executor import Executor
     from kubevine.local import LocalCluster
     from kubevine.protocol import Outcome

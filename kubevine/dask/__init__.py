@@ -82,8 +82,17 @@ class Options:
     batch_size: int | None = None  # nodes per call at most (None: sized from node times)
     max_pending: int | None = None  # calls in flight at once (None: every ready batch)
     file_cache: int = 64  # opened ROOT trees each library process keeps (0: none)
+    # DaskVine's: checkpoint_fn(dag, key) -> bool brings that key's value back to the client
+    # (safe from the loss of its worker); extra_files {File: remote name} go to every call
+    checkpoint_fn: Callable[[Any, Key], bool] | None = None
+    extra_files: Mapping[Any, str] = field(default_factory=dict)
+    lib_extra_functions: tuple[Callable[..., Any], ...] = ()
 
-    ALIASES = {"lazy_transfers": "worker_transfers"}
+    ALIASES = {
+        "lazy_transfers": "worker_transfers",
+        "hoisting_modules": "lib_modules",
+        "import_modules": "lib_modules",
+    }
     # accepted for dask and DaskVine compatibility, without effect here
     IGNORED = frozenset(
         {
@@ -97,6 +106,15 @@ class Options:
             "env_vars",
             "low_memory_mode",
             "verbose",
+            # DaskVine's, about TaskVine's own engine: categories, environments, prefixes
+            "resources_mode",
+            "environment",
+            "env_per_task",
+            "lib_command",
+            "progress_label",
+            "prune_files",
+            "wrapper",
+            "wrapper_proc",
         }
     )
 
@@ -113,7 +131,7 @@ class Options:
             elif name == "prune_depth":
                 kw["prune"] = int(value) > 0
             elif name in cls.IGNORED:
-                log.debug("dask option %s=%r has no effect on kubevine", name, value)
+                log.info("dask option %s has no effect on kubevine", name)
             else:
                 raise TypeError(
                     f"m.get() got an unknown option {name!r}; options are: {', '.join(sorted(names))}"
@@ -199,6 +217,7 @@ class Graph:
     data: set[Key]  # data nodes: values that live inside the graph
     priority: dict[Key, int]  # depth-first post-order from the requested keys
     requested: list[Key]
+    checkpoints: list[Key] = field(default_factory=list)  # also brought back (checkpoint_fn)
 
     @classmethod
     def build(cls, dsk: Any, keys: Any) -> Graph:
@@ -433,6 +452,12 @@ def get(m: Manager, dsk: Any, keys: Any, **options: Any) -> Any:
     """Compute ``keys`` of ``dsk`` on kubevine's workers (``Manager.get``; see docs/dask.md)."""
     opts = Options.parse(options)
     graph = Graph.build(dsk, keys)
+    if opts.checkpoint_fn is not None:
+        from kubevine.compat import DaskVineDag
+
+        dag = DaskVineDag(graph.deps)
+        marked = [k for k in graph.deps if opts.checkpoint_fn(dag, k) and k not in graph.requested]
+        graph.checkpoints = marked
     run = _Run(m, _state(m), graph, opts)
     values = run.execute()
     return nested_get(keys, values)
@@ -444,7 +469,10 @@ class _Run:
     def __init__(self, m: Manager, state: _ManagerState, graph: Graph, opts: Options) -> None:
         self.m, self.st, self.g, self.opts = m, state, graph, opts
         self.planner = Planner(
-            graph.deps, graph.priority, graph.requested, return_all=not opts.worker_transfers
+            graph.deps,
+            graph.priority,
+            [*graph.requested, *graph.checkpoints],
+            return_all=not opts.worker_transfers,
         )
         self.values: dict[Key, bytes] = {}
         self.results: queue.SimpleQueue[tuple[Batch, FunctionCall]] = queue.SimpleQueue()
@@ -487,18 +515,20 @@ class _Run:
         re-run notebook) finds the library of the previous one warm on the workers.
         """
         res = dict(self.opts.lib_resources)
-        settings = (sorted(res.items()), self.opts.file_cache, sorted(self.opts.lib_modules))
+        mods = sorted(getattr(m, "__name__", m) for m in self.opts.lib_modules)  # names or modules
+        extra = sorted(getattr(f, "__name__", repr(f)) for f in self.opts.lib_extra_functions)
+        settings = (sorted(res.items()), self.opts.file_cache, mods, extra)
         with self.st.lock:
             name = self.st.libraries.get(repr(settings))
             if name is not None:
                 return name
-            hoist = sorted({"dask", *modules, *self.opts.lib_modules})
+            hoist = sorted({"dask", *modules, *mods})
             what = repr((hoist, settings)).encode()
             name = f"kubevine-dask-{sha256_bytes(what)[:12]}"
             self.st.libraries[repr(settings)] = name
         lib = Library(
             name,
-            [dask_exec.kubevine_dask_batch],
+            [dask_exec.kubevine_dask_batch, *self.opts.lib_extra_functions],
             hoisting_modules=hoist,
             exec_mode="direct",
             library_context_info=(dask_exec.library_setup, [self.opts.file_cache], {}),
@@ -640,6 +670,8 @@ class _Run:
             )
         assert self.graph_file is not None
         call.add_input(self.graph_file, dask_exec.GRAPH_FILE)
+        for f, remote in self.opts.extra_files.items():
+            call.add_input(f, remote)
         for bid in from_files:
             call.add_input(self.kept_files[bid], f"kept-{bid}")
         if keep:
