@@ -52,7 +52,28 @@ from kubevine.protocol import (
     walk_bindings,
 )
 from kubevine.resources import Resources, Tally
-from kubevine.worker import events as ev
+from kubevine.worker.events import (
+    CallsReturned,
+    Disconnected,
+    Event,
+    FetchFailed,
+    FilesArrived,
+    ForgetRequested,
+    InstallRequested,
+    KillRequested,
+    LibraryDied,
+    LibraryFailed,
+    LibraryReady,
+    ProcessExited,
+    Released,
+    RemoveRequested,
+    ResultsAcked,
+    TasksAssigned,
+    TermRequested,
+    Tick,
+    ValueKept,
+    Welcomed,
+)
 from kubevine.worker.instructions import (
     Adopt,
     CancelCall,
@@ -159,51 +180,53 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ the one entry
 
-    def handle(self, event: ev.Event) -> list[Instruction]:
+    def handle(self, event: Event) -> list[Instruction]:
         """Apply one event; the instructions that follow from it, in order."""
         out: list[Instruction] = []
         self.out = out
-        match event:
-            case ev.Tick():
+        match event:  # the frequent ones first: a case costs an isinstance
+            case Tick():
                 self._tick(event.now)
-            case ev.TaskAssigned():
-                self._accept(event.assignment, event.payload)
-            case ev.KillRequested():
-                for ref in event.tasks:
-                    self._kill(ref)
-            case ev.ResultsAcked():
+            case TasksAssigned():
+                for a, payload in zip(event.assignments, event.payloads, strict=True):
+                    self._accept(a, payload)
+            case CallsReturned():
+                for res, frames in event.results:
+                    self._call_result(res, frames)
+            case ProcessExited():
+                self._process_exited(event)
+            case ResultsAcked():
                 for ref in event.tasks:
                     self.unacked.pop((ref.task_id, ref.attempt), None)
-            case ev.ProcessExited():
-                self._process_exited(event)
-            case ev.CallResult():
-                self._call_result(event.result, event.frames)
-            case ev.ValueKept():
-                self._value_kept(event)
-            case ev.FilesArrived():
+            case FilesArrived():
                 self._files_arrived(event)
-            case ev.FetchFailed():
+            case ValueKept():
+                self._value_kept(event)
+            case KillRequested():
+                for ref in event.tasks:
+                    self._kill(ref)
+            case FetchFailed():
                 self._fetch_failed(event.failures)
-            case ev.ForgetRequested():
+            case ForgetRequested():
                 self._forget(event.names)
-            case ev.InstallRequested():
+            case InstallRequested():
                 self._install(event.spec, event.payload)
-            case ev.RemoveRequested():
+            case RemoveRequested():
                 self._remove_library(event.name, "removed by the manager")
-            case ev.LibraryReady():
+            case LibraryReady():
                 self._library_ready(event.name)
-            case ev.LibraryFailed():
+            case LibraryFailed():
                 self._active()
                 self._remove_library(event.name, "it failed to start", error=event.error)
-            case ev.LibraryDied():
+            case LibraryDied():
                 self._library_died(event)
-            case ev.Welcomed():
+            case Welcomed():
                 self._welcomed()
-            case ev.Disconnected():
+            case Disconnected():
                 self.registered = False
-            case ev.TermRequested():
+            case TermRequested():
                 self._term()
-            case ev.Released():
+            case Released():
                 log.info("released by the manager")
                 self._flush(self.now, force=True)
                 out += [SendGoodbye(reason="drained"), Exit(0)]
@@ -293,15 +316,16 @@ class WorkerCore:
         self.slots[tid] = slot
         self.queue.append(tid)
         self._active()
+        if not a.spec.inputs:
+            return
         pins = self.pins
         for b in walk_bindings(a.spec.inputs):  # inputs and what they are made from stay
             if b.cache_name is not None:
                 pins[b.cache_name] = pins.get(b.cache_name, 0) + 1
-        if a.spec.inputs:
-            stages = {s.cache_name: s for s in a.stage}
-            for b in a.spec.inputs:
-                if b.cache_name is not None and not self._obtain(b, stages):
-                    slot.missing.add(b.cache_name)
+        stages = {s.cache_name: s for s in a.stage}
+        for b in a.spec.inputs:
+            if b.cache_name is not None and not self._obtain(b, stages):
+                slot.missing.add(b.cache_name)
 
     def _obtain(self, b: FileBinding, stages: Mapping[CacheName, StageIn]) -> bool:
         """Whether ``b`` is in the cache; if not, have it fetched or made."""
@@ -351,7 +375,7 @@ class WorkerCore:
         self.started.append(slot.ref)
         self.out.append(StartProcess(a, payload))
 
-    def _process_exited(self, e: ev.ProcessExited) -> None:
+    def _process_exited(self, e: ProcessExited) -> None:
         self.new_cached += e.cached
         self.evicted += e.evicted
         res = e.result
@@ -419,7 +443,7 @@ class WorkerCore:
         else:
             self.finished.append((res, list(frames)))
 
-    def _value_kept(self, e: ev.ValueKept) -> None:
+    def _value_kept(self, e: ValueKept) -> None:
         self.evicted += e.evicted
         if e.cached is not None:
             self.new_cached.append(e.cached)
@@ -439,7 +463,7 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ files
 
-    def _files_arrived(self, e: ev.FilesArrived) -> None:
+    def _files_arrived(self, e: FilesArrived) -> None:
         self.transfers += e.transfers
         self.evicted += e.evicted
         self.new_cached += e.cached
@@ -465,6 +489,8 @@ class WorkerCore:
 
     def _release_inputs(self, a: Assignment) -> None:
         """The task no longer needs its inputs: unpin them; drop task-level and undeclared ones."""
+        if not a.spec.inputs:
+            return
         pins = self.pins
         for b in walk_bindings(a.spec.inputs):
             name = b.cache_name
@@ -503,7 +529,7 @@ class WorkerCore:
             lib.state = LibraryState.READY
             self.out.append(SendLibraryStatus(name, "ready"))
 
-    def _library_died(self, e: ev.LibraryDied) -> None:
+    def _library_died(self, e: LibraryDied) -> None:
         self._active()
         lib = self.libraries.get(e.name)
         if lib is None:

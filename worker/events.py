@@ -55,11 +55,13 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskAssigned:
-    """The manager dispatched one attempt here (``payload``: its pickled function/arguments)."""
+class TasksAssigned:
+    """The manager dispatched these attempts here, in this order (``payloads``: each one's
+    pickled function/arguments, ``b""`` for none). One event per Dispatch: at thousands of
+    tasks a second, the per-event cost counts."""
 
-    assignment: Assignment
-    payload: bytes = b""
+    assignments: Sequence[Assignment]
+    payloads: Sequence[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +90,11 @@ class ProcessExited:
 
 
 @dataclass(frozen=True, slots=True)
-class CallResult:
-    """A function call's result came back from its library (or the call could not be made)."""
+class CallsReturned:
+    """Function calls' results came back from their library, each with its frames (the
+    pickled value); or a call could not be made."""
 
-    result: AttemptResult
-    frames: Frames = ()
+    results: Sequence[tuple[AttemptResult, Frames]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +188,11 @@ Event = (
     | Disconnected
     | TermRequested
     | Released
-    | TaskAssigned
+    | TasksAssigned
     | KillRequested
     | ResultsAcked
     | ProcessExited
-    | CallResult
+    | CallsReturned
     | ValueKept
     | FilesArrived
     | FetchFailed

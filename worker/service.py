@@ -287,9 +287,10 @@ class WorkerService:
     def _on_message(self, msg: WorkerWork, frames: list[bytes]) -> None:
         match msg:
             case Dispatch():
-                for a in msg.tasks:
-                    payload = frame(frames, a.payload) if a.payload is not None else None
-                    self._feed(ev.TaskAssigned(a, payload or b""))
+                payloads = [
+                    (frame(frames, a.payload) or b"") if a.payload is not None else b"" for a in msg.tasks
+                ]
+                self._feed(ev.TasksAssigned(msg.tasks, payloads))
                 self._settle()
             case UpdateAck():
                 self._feed(ev.ResultsAcked(msg.tasks))
@@ -308,7 +309,6 @@ class WorkerService:
                 self.fetcher.source_lost(msg.worker, msg.address)
                 self._settle()
             case Drain():
-                log.info("worker %s released by the manager", self.worker_id)
                 self._feed(ev.Released())
             case ErrorMsg():
                 log.error("worker %s: manager says %s: %s", self.worker_id, msg.code, msg.message)
@@ -465,7 +465,7 @@ class WorkerService:
             res = AttemptResult(
                 task_id=a.spec.id, attempt=a.attempt, outcome=Outcome.LIBRARY_ERROR, error=why
             )
-            self._feed(ev.CallResult(res))
+            self._feed(ev.CallsReturned([(res, ())]))
             return
         extra = None
         if a.spec.inputs or a.spec.outputs:  # the call finds its inputs in the cache
@@ -546,8 +546,8 @@ class WorkerService:
                     log.error("worker %s: library %s failed to start:\n%s", self.worker_id, name, error)
                     self._feed(ev.LibraryFailed(name, error or ""))
                     break
-                for res, fr in results:
-                    self._feed(ev.CallResult(res, fr))
+                if results:
+                    self._feed(ev.CallsReturned(results))
             if lib.pidfd is not None and lib.pidfd in events and self.libraries.get(name) is lib:
                 self._forget_library(lib)
                 why, failed = lib.died()

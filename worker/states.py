@@ -13,7 +13,18 @@ import enum
 
 
 class SlotState(enum.StrEnum):
-    """A task the worker holds, from its assignment until its result is taken."""
+    """A task the worker holds, from its assignment until its result is taken.
+
+    .. code-block:: text
+
+        QUEUED  --inputs in the cache, its resources free-->  RUNNING (a process) | CALLING (a call)
+        QUEUED  --killed-->                   gone, no result (its pins released)
+        QUEUED  --an input cannot be had-->   gone, result INPUT_MISSING
+        RUNNING --its process exits-->        gone, result reported
+        RUNNING --killed-->                   dying: holds its resources and pins until it exits; no result
+        CALLING --its library answers, or is gone-->  gone, result reported
+        CALLING --killed-->                   gone; taken back from the library's queue, a late result dropped
+    """
 
     QUEUED = "queued"  # waiting for its inputs, or for cores/memory/disk/gpus to be free here
     RUNNING = "running"  # its process was started (it may have been killed and not exited yet)

@@ -85,7 +85,7 @@ def task(
     kind: TaskKind = TaskKind.COMMAND,
     library: str | None = None,
     outputs: Iterable[FileBinding] = (),
-) -> ev.TaskAssigned:
+) -> ev.TasksAssigned:
     spec = TaskSpec(
         id=TaskId(tid),
         kind=kind,
@@ -96,10 +96,10 @@ def task(
         inputs=list(inputs),
         outputs=list(outputs),
     )
-    return ev.TaskAssigned(Assignment(spec=spec, attempt=attempt), b"payload")
+    return ev.TasksAssigned([Assignment(spec=spec, attempt=attempt)], [b"payload"])
 
 
-def call(tid: int, library: str = "lib", outputs: Iterable[FileBinding] = ()) -> ev.TaskAssigned:
+def call(tid: int, library: str = "lib", outputs: Iterable[FileBinding] = ()) -> ev.TasksAssigned:
     return task(tid, cores=0, kind=TaskKind.CALL, library=library, outputs=outputs)
 
 
@@ -107,9 +107,9 @@ def exited(tid: int, outcome: Outcome = Outcome.SUCCESS, attempt: int = 1, **kw:
     return ev.ProcessExited(AttemptResult(task_id=TaskId(tid), attempt=attempt, outcome=outcome), **kw)  # type: ignore[arg-type]
 
 
-def returned(tid: int, value: bytes = b"v") -> ev.CallResult:
+def returned(tid: int, value: bytes = b"v") -> ev.CallsReturned:
     res = AttemptResult(task_id=TaskId(tid), attempt=1, outcome=Outcome.SUCCESS, output_frame=0)
-    return ev.CallResult(res, [value])
+    return ev.CallsReturned([(res, [value])])
 
 
 def of(out: list[Instruction], cls: type[T]) -> list[T]:
@@ -160,7 +160,7 @@ def test_a_staged_input_is_fetched_from_the_sources_the_manager_named() -> None:
         checksum="ab",
     )
     a = task(1, inputs=[inp("file-x")])
-    out = core.handle(ev.TaskAssigned(a.assignment.model_copy(update={"stage": [stage]}), b""))
+    out = core.handle(ev.TasksAssigned([a.assignments[0].model_copy(update={"stage": [stage]})], [b""]))
     assert [i.stage for i in of(out, Fetch)] == [stage]
     out = core.handle(task(2, inputs=[inp("file-y")]))  # not staged: the manager has it
     assert [s.kind for i in of(out, Fetch) for s in i.stage.sources] == ["manager"]
@@ -585,3 +585,13 @@ def test_the_core_imports_nothing_that_touches_sockets_processes_or_files() -> N
             for name in names:
                 top = name.split(".")[0]
                 assert name in allowed or (top in sys.stdlib_module_names and top in allowed), (module, name)
+
+
+def test_the_tasks_of_one_dispatch_start_in_their_order_as_room_allows() -> None:
+    core = new_core(cores=2)
+    batch = [task(i).assignments[0] for i in (5, 3, 9)]
+    core.handle(ev.TasksAssigned(batch, [b"a", b"b", b"c"]))
+    out = core.handle(ev.Tick(1.0))
+    assert [(i.assignment.spec.id, i.payload) for i in of(out, StartProcess)] == [(5, b"a"), (3, b"b")]
+    core.handle(exited(3))
+    assert started(core.handle(ev.Tick(1.1))) == [9]
