@@ -23,6 +23,11 @@ _WHERE = {
     "DaskVine": "kubevine.compat",
     "DaskVineDag": "kubevine.compat",
     "Executor": "kubevine.executor",
+    "Factory": "kubevine.factory",
+    "FuturesExecutor": "kubevine.futures",
+    "FuturePythonTask": "kubevine.futures",
+    "FutureFunctionCall": "kubevine.futures",
+    "VineFuture": "kubevine.futures",
     "LocalCluster": "kubevine.local",
     "Outcome": "kubevine.protocol",
     "FunctionCall": "kubevine.serverless",
@@ -43,9 +48,13 @@ __all__ = [
     "DaskVine",
     "DaskVineDag",
     "Executor",
+    "Factory",
     "File",
     "FunctionCall",
     "FunctionCallNoResult",
+    "FutureFunctionCall",
+    "FuturePythonTask",
+    "FuturesExecutor",
     "Library",
     "LocalCluster",
     "Manager",
@@ -56,6 +65,7 @@ __all__ = [
     "Result",
     "StoreUnavailable",
     "Task",
+    "VineFuture",
     "as_completed",
     "input_path",
     "keys",
@@ -64,7 +74,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("keys", "cvine"):
+    if name in ("keys", "cvine", "futures", "utils"):
         return importlib.import_module(f"kubevine.{name}")
     if name.startswith("VINE_"):  # TaskVine's constants, as older TaskVine programs name them
         from kubevine.taskvine import CONSTANTS
@@ -84,6 +94,8 @@ if TYPE_CHECKING:
     from kubevine.client import ConnectionRefused, Manager, StoreUnavailable, as_completed
     from kubevine.compat import DaskVine, DaskVineDag
     from kubevine.executor import Executor
+    from kubevine.factory import Factory
+    from kubevine.futures import FutureFunctionCall, FuturePythonTask, FuturesExecutor, VineFuture
     from kubevine.local import LocalCluster
     from kubevine.protocol import Outcome
     from kubevine.results import RemoteError, input_path, library_context

@@ -49,10 +49,7 @@ from kubevine.protocol import (
 from kubevine.serverless import FunctionCall, Library, auto_library_name
 from kubevine.states import ClientState
 from kubevine.stats import ManagerStatus
-from kubevine.task import (
-    Task,
-    temp_name,
-)
+from kubevine.task import File, Task, env_name, temp_name
 from kubevine.vine_api import VineAPI
 
 if TYPE_CHECKING:
@@ -309,10 +306,10 @@ class Manager(FileAPI, VineAPI):
             if strict or symlink:
                 b.strict, b.symlink = strict, symlink
             inputs.append(b)
-            for u in f.uploads():  # the client's files it needs: sent once
-                name = u.cache_name()
-                if name not in self._st.out.sent_files and all(n != name for n, _ in files):
-                    files.append((name, u.content()))
+            self._uploads(f, files)
+        for i, env in enumerate(task.environments):
+            inputs.append(env.binding(env_name(i)))
+            self._uploads(env, files)
         outputs = []
         for f, remote in task.outputs:
             here = f.kind in (FileKind.LOCAL, FileKind.BUFFER)  # an output buffer comes back like a file
@@ -327,6 +324,13 @@ class Manager(FileAPI, VineAPI):
                 f.name = b.cache_name = temp_name(_definition(task, inputs) + (f.nonce or ""), remote)
             outputs.append(b)
         return inputs, outputs, files
+
+    def _uploads(self, f: File, files: list[tuple[CacheName, bytes]]) -> None:
+        """The client's files ``f`` needs (itself, or what it is made from), each sent once."""
+        for u in f.uploads():
+            name = u.cache_name()
+            if name not in self._st.out.sent_files and all(n != name for n, _ in files):
+                files.append((name, u.content()))
 
     def _take_id(self, task: Task) -> None:
         """Give ``task`` the next id of this client's block (called with the lock held)."""
@@ -372,34 +376,58 @@ class Manager(FileAPI, VineAPI):
         self,
         name: str,
         *functions: Callable[..., Any],
-        hoisting_modules: Sequence[str | types.ModuleType] = (),
-        env: dict[str, str] | None = None,
-        exec_mode: str = "fork",
-        library_context_info: tuple[Callable[..., Any], Sequence[Any], dict[str, Any]] | None = None,
+        poncho_env: str | None = None,
+        init_command: str | None = None,
         add_env: bool = True,
+        hoisting_modules: Sequence[str | types.ModuleType] | None = None,
+        exec_mode: str = "fork",
+        library_context_info: Sequence[Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Library:
         """A library of these functions (TaskVine's name). Install it with ``install_library``.
 
         ``hoisting_modules`` are imported once when the library starts; ``library_context_info``
-        is ``(setup, args, kwargs)``: ``setup(*args, **kwargs)`` runs once per library process
-        and its result is what ``kubevine.library_context()`` returns inside the functions.
+        is ``[setup, args, kwargs]``: ``setup(*args, **kwargs)`` runs once per library process
+        and its result is what ``kubevine.library_context()`` returns inside the functions (a
+        dict's entries also by ``kubevine.utils.load_variable_from_library(name)``).
         ``exec_mode="direct"`` runs calls in the library process (fastest; calls share module
         state); ``"fork"`` forks a child per call (isolated). ``add_env`` is accepted for
-        TaskVine compatibility: kubevine never packs an environment; workers use their own.
+        TaskVine compatibility: kubevine never packs an environment; workers use their own
+        (``poncho_env``, a packed environment, is run with ``lib.add_environment``).
         """
-        return Library(
+        if not functions:
+            raise ValueError("a library needs at least one function")
+        if exec_mode not in ("fork", "direct"):
+            raise ValueError(f"exec_mode is 'fork' or 'direct', not {exec_mode!r}")
+        if init_command is not None:
+            log.info("create_library_from_functions(init_command=...): not run by kubevine")
+        context = None
+        if library_context_info is not None:
+            fn, args, kwargs = library_context_info
+            context = (fn, list(args or ()), dict(kwargs or {}))
+        lib = Library(
             name,
             functions,
-            hoisting_modules=hoisting_modules,
+            hoisting_modules=hoisting_modules or (),
             env=env,
             exec_mode=exec_mode,
-            library_context_info=library_context_info,
+            library_context_info=context,
         )
+        if poncho_env is not None:
+            lib.add_environment(self.declare_poncho(poncho_env))
+        return lib
 
     def install_library(self, lib: Library) -> None:
         """Make a library available; the manager starts it on workers as calls need it."""
         self._check_open()
+        files: list[tuple[CacheName, bytes]] = []
+        for f in [*(f for f, _ in lib.inputs), *lib.environments]:
+            self._uploads(f, files)
         with self._st.lock:  # sent before any call submitted after this line
+            for name, data in files:
+                if name not in self._st.out.sent_files:
+                    self._st.out.sent_files.add(name)
+                    self._st.out.files.append((name, data))
             self._st.out.setup.append((InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]))
             self._st.libraries[lib.name] = lib
         self._conn.wake()

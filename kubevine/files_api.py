@@ -95,6 +95,16 @@ class FileAPI:
         cache and named after the task's definition. ``minitask`` is never submitted itself."""
         return self._declared(declare_minitask(minitask, source, cache), peer_transfer)
 
+    def declare_poncho(
+        self, package: str | Path | File, cache: Cache = "workflow", peer_transfer: bool = True
+    ) -> File:
+        """A packed environment (a conda-pack or poncho tarball, a local path or a declared
+        file), unpacked once per node cache; tasks and libraries run in it with
+        ``add_environment`` (its ``bin/run_in_env`` wraps the command, else its ``bin`` leads
+        PATH)."""
+        tarball = package if isinstance(package, File) else self.declare_file(package, cache=True)
+        return self._declared(declare_untar(tarball, cache), peer_transfer)
+
     def declare_chirp(self, *args: Any, **kwargs: Any) -> File:
         """TaskVine's files from a Chirp server: no Chirp client is part of kubevine."""
         raise NotImplementedError(

@@ -213,6 +213,7 @@ class TaskSpec(_Msg):
     time_start: float | None = None  # epoch seconds: not dispatched before this
     max_forsaken: int | None = Field(None, ge=0)  # worker losses it survives (None: the manager's rule)
     features: list[str] = Field(default_factory=list)  # only workers that have them
+    environments: list[RemoteName] = Field(default_factory=list)  # unpacked envs it runs in (inputs)
 
 
 class FileSource(_Msg):
@@ -563,6 +564,8 @@ class LibrarySpec(_Msg):
     slots: int = Field(1, ge=1)  # calls at once
     resources: Resources = Resources(cores=1)
     has_context: bool = False
+    inputs: list[FileBinding] = Field(default_factory=list)  # in the library's working directory
+    environments: list[RemoteName] = Field(default_factory=list)  # unpacked envs it runs in (inputs)
 
 
 class InstallLibrary(_Msg):

@@ -24,14 +24,22 @@ from typing import Any
 import cloudpickle
 
 from kubevine.digest import sha256_bytes
-from kubevine.protocol import VALUE_FILE, FileKind, LibrarySpec, TaskKind, TaskSpec, value_output
+from kubevine.protocol import (
+    VALUE_FILE,
+    FileKind,
+    LibrarySpec,
+    TaskKind,
+    TaskSpec,
+    check_remote_name,
+    value_output,
+)
 from kubevine.resources import Resources
 from kubevine.results import RemoteError, decode_result
 from kubevine.results import encode_error as encode_error
 from kubevine.results import encode_ok as encode_ok
 from kubevine.results import library_context as library_context
 from kubevine.states import ClientState
-from kubevine.task import File, Task, declare_temp
+from kubevine.task import File, Task, declare_temp, env_name
 
 _STD_PATHS = tuple(
     p for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")} if p
@@ -222,6 +230,20 @@ class Library:
         self.cores: float = 1
         self.memory = 0
         self.disk = 0
+        self.inputs: list[tuple[File, str]] = []
+        self.environments: list[File] = []
+
+    def add_input(self, file: File, remote_name: str) -> None:
+        """A file in the library's working directory, before its functions are loaded."""
+        check_remote_name(remote_name)
+        self.inputs.append((file, remote_name))
+
+    def set_env_var(self, name: str, value: str) -> None:
+        self.env[name] = value
+
+    def add_environment(self, env: File) -> None:
+        """Run the library inside a packed environment (``m.declare_poncho``)."""
+        self.environments.append(env)
 
     def set_cores(self, n: float) -> None:
         self.cores = n
@@ -248,6 +270,9 @@ class Library:
             slots=self.slots,
             resources=Resources(cores=self.cores, memory=self.memory, disk=self.disk),
             has_context=self.context is not None,
+            inputs=[f.binding(remote) for f, remote in self.inputs]
+            + [e.binding(env_name(i)) for i, e in enumerate(self.environments)],
+            environments=[env_name(i) for i in range(len(self.environments))],
         )
 
     def payload(self) -> bytes:

@@ -249,6 +249,7 @@ class Task:
         self._future: concurrent.futures.Future[Task] | None = None
         self._mounts: dict[tuple[int, str], tuple[bool, bool]] = {}  # (file, name) -> strict, symlink
         self._watched: set[str] = set()  # outputs streamed back while running
+        self.environments: list[File] = []  # packed environments it runs in (add_environment)
         self.time_end: float | None = None  # epoch seconds
         self.time_start: float | None = None
         self.max_forsaken: int | None = None
@@ -374,6 +375,20 @@ class Task:
         if watch:
             self._watched.add(remote_name)
 
+    def add_environment(self, env: File) -> None:
+        """Run the task inside a packed environment (``m.declare_poncho``): its ``bin/run_in_env``
+        wraps the command if it has one, else its ``bin`` comes first on PATH. Several nest in
+        the order added."""
+        if env.kind != FileKind.UNTAR:
+            raise ValueError("an environment is declared with m.declare_poncho(tarball)")
+        self.environments.append(env)
+
+    add_poncho_package = add_environment
+    add_execution_context = add_environment
+
+    def add_starch_package(self, env: File) -> None:
+        raise NotImplementedError("starch packages: kubevine runs packed environments (m.declare_poncho)")
+
     def submit_finalize(self) -> None:
         """Called by ``m.submit`` before the task is sent (TaskVine's hook for subclasses)."""
 
@@ -464,6 +479,7 @@ class Task:
             time_start=self.time_start,
             max_forsaken=self.max_forsaken,
             features=self.features,
+            environments=[env_name(i) for i in range(len(self.environments))],
         )
 
     def payload(self) -> bytes | None:
@@ -575,3 +591,8 @@ def declare_minitask(task: Task, path: str, cache: Cache) -> File:
         raise ValueError("a minitask's product is its `path`; it declares no outputs of its own")
     _check_remote_name(path)
     return File(FileKind.MINITASK, cache_level(cache), mini=task, mini_output=path)
+
+
+def env_name(i: int) -> str:
+    """Where a task's ``i``-th environment is unpacked in its sandbox (a reserved name)."""
+    return f".kubevine-env-{i}"

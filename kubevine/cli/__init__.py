@@ -178,7 +178,12 @@ def _worker_parser(sub: _Subparsers) -> None:
     """``kubevine worker HOST:PORT``."""
     w = sub.add_parser("worker", help="run a worker connected to a manager")
     _common(w)
-    w.add_argument("manager", help="manager address HOST:PORT")
+    w.add_argument(
+        "manager",
+        nargs="+",
+        metavar="HOST:PORT",
+        help="the manager: HOST:PORT, or HOST PORT as TaskVine's workers",
+    )
     w.add_argument("--cores", type=float, default=os.cpu_count() or 1)
     w.add_argument("--memory", type=int, default=4096, help="MB")
     w.add_argument("--disk", type=int, default=16384, help="MB")
@@ -333,12 +338,14 @@ def _manager(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from kubevine.worker.service import WorkerConfig, WorkerRefused, WorkerService
 
-    token = auth.load_token(args.token_file)
+    manager = _manager_address(args.manager)
+    host, _, port = manager.rpartition(":")
+    token = auth.load_token(args.token_file) or auth.published_token(host, int(port))
     if token is None:
         raise auth.TokenError("a worker needs the workflow token: --token-file F or $KUBEVINE_TOKEN")
     workdir = Path(args.workdir or f"kubevine-worker-{os.getpid()}").absolute()
     cfg = WorkerConfig(
-        manager=args.manager,
+        manager=manager,
         token=token,
         cores=args.cores,
         memory=args.memory,
@@ -360,6 +367,15 @@ def _worker(args: argparse.Namespace) -> int:
     except WorkerRefused as e:
         log.error("the manager refused this worker: %s", e)
         return 3
+
+
+def _manager_address(parts: list[str]) -> str:
+    """``HOST:PORT`` or TaskVine's two arguments ``HOST PORT``."""
+    if len(parts) == 2 and parts[1].isdigit():
+        return f"{parts[0]}:{parts[1]}"
+    if len(parts) == 1 and ":" in parts[0]:
+        return parts[0]
+    raise auth.TokenError(f"the manager is HOST:PORT or HOST PORT, not {' '.join(parts)!r}")
 
 
 def _status(args: argparse.Namespace) -> int:
