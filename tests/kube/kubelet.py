@@ -153,6 +153,16 @@ class Kubelet:
         c.exit_code = returncode
         c.reason = "Completed" if c.exit_code == 0 else "Error"
 
+    def _event(self, run: PodRun, type_: str, reason: str, message: str) -> None:
+        """Post an Event about the pod (the real-cluster kubelet does; the emulator tier does not)."""
+
+    def _volumes_ready(self, pod: Obj, run: PodRun, volumes: Mapping[str, pathlib.Path]) -> None:
+        """The pod's volumes exist locally (the real-cluster kubelet sets their owners here)."""
+
+    def _exec_prefix(self, run: PodRun, c: ContainerRun) -> list[str]:
+        """What precedes an exec probe's or hook's command (entering the pod's network)."""
+        return []
+
     def _not_runnable(self, run: PodRun, e: podspec.NotRunnable) -> None:
         run.failed_reason, run.failed_message = e.reason, e.message
         logger.warning("pod %s/%s cannot run: %s", run.namespace, run.name, e.message)
@@ -436,6 +446,7 @@ class Kubelet:
         deadline_passed = time.monotonic() - run.waiting_since > self.dns_wait
         try:
             volumes = podspec.prepare_volumes(pod, self.root, run.pod_dir, lookup)
+            self._volumes_ready(pod, run, volumes)
             for c in run.all_containers():
                 self._prepare_container(
                     pod, run, c, volumes, lookup, services, strict_dns=not deadline_passed
@@ -445,6 +456,10 @@ class Kubelet:
             return
         except podspec.MissingReference as e:
             run.waiting_reason, run.waiting_message = "CreateContainerConfigError", str(e)
+            return
+        except podspec.MountFailed as e:
+            run.waiting_reason, run.waiting_message = "ContainerCreating", str(e)
+            self._event(run, "Warning", "FailedMount", str(e))
             return
         except podspec.UnresolvedService as e:
             run.waiting_reason, run.waiting_message = "ContainerCreating", f"waiting for service DNS: {e}"
@@ -492,8 +507,10 @@ class Kubelet:
         c.argv = [argv[0]] + [dns(a, bare=argv[i].startswith("--")) for i, a in enumerate(argv[1:])]
         workdir = spec.get("workingDir")
         c.cwd = pathlib.Path(podspec.rewrite_paths(workdir, c.mounts)) if workdir else run.pod_dir / "work"
-        (run.pod_dir / "home").mkdir(parents=True, exist_ok=True)
-        c.cwd.mkdir(parents=True, exist_ok=True)
+        for folder in (run.pod_dir / "home", c.cwd):
+            if not folder.exists():
+                folder.mkdir(parents=True)
+                folder.chmod(0o777)  # the container may run as any user
         for kind in ("readinessProbe", "livenessProbe"):
             if spec.get(kind):
                 probe = Probe(
@@ -663,7 +680,7 @@ class Kubelet:
 
     async def _exec(self, run: PodRun, c: ContainerRun, command: list[str], timeout: float) -> int:
         """Run an exec probe or hook as a local command with the container's env and mounts."""
-        argv = podspec.local_command(
+        argv = self._exec_prefix(run, c) + podspec.local_command(
             [podspec.rewrite_paths(podspec.expand(str(w), c.env), c.mounts) for w in command]
         )
         log = self.log_path(run.namespace, run.name, c.name)

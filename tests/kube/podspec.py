@@ -179,6 +179,11 @@ class MissingReference(Exception):
     """A referenced Secret/ConfigMap (or key) is missing: the container cannot start yet."""
 
 
+class MountFailed(Exception):
+    """A volume cannot be set up yet (a hostPath of type `Directory` that does not exist):
+    the pod waits in ContainerCreating and the kubelet tries again, as a real one does."""
+
+
 def container_env(
     pod: Obj,
     container: Mapping[str, Any],
@@ -256,9 +261,15 @@ def prepare_volumes(
         if "hostPath" in vol:
             host_path = str(vol["hostPath"].get("path", "/")).lstrip("/")
             local = root / "nodes" / node / host_path
-            if vol["hostPath"].get("type") in ("File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"):
+            kind = vol["hostPath"].get("type") or ""
+            if kind == "Directory" and not local.is_dir():
+                raise MountFailed(
+                    f'MountVolume.SetUp failed for volume "{name}" : hostPath type check failed: '
+                    f"/{host_path} is not a directory"
+                )
+            if kind in ("File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"):
                 local.parent.mkdir(parents=True, exist_ok=True)
-                if vol["hostPath"].get("type") == "FileOrCreate":
+                if kind == "FileOrCreate":
                     local.touch(exist_ok=True)
             else:
                 local.mkdir(parents=True, exist_ok=True)
@@ -284,6 +295,7 @@ def prepare_volumes(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 raw = data[item["key"]]
                 target.write_bytes(base64.b64decode(raw) if secret else str(raw).encode())
+                target.chmod(int(item.get("mode", source.get("defaultMode", 0o644))))
         elif "projected" in vol or "downwardAPI" in vol:
             local = pod_dir / "volumes" / name
             local.mkdir(parents=True, exist_ok=True)
@@ -292,9 +304,10 @@ def prepare_volumes(
                 target = local / path_
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-        else:  # emptyDir and anything else: a private directory
+        else:  # emptyDir and anything else: a private directory, writable by anyone (as a kubelet makes it)
             local = pod_dir / "volumes" / name
             local.mkdir(parents=True, exist_ok=True)
+            local.chmod(0o777)
         result[name] = local
     return result
 

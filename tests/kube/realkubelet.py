@@ -32,7 +32,7 @@ import logging
 import pathlib
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
@@ -68,7 +68,7 @@ class RealKubelet(Kubelet):
     ) -> None:
         super().__init__("", root, [node.name], kubeconfig=kubeconfig, **kwargs)
         self.node = node
-        self.addresses = realnode.PodAddresses(node.pod_cidr, node.interface)
+        self.addresses = realnode.PodAddresses(node.pod_cidr, node.interface, node.netns_prefix)
         self.cgroups = realnode.MemoryCgroups(node.cgroup_name, enabled=node.memory_cgroups)
         self.node_uid: str | None = None
         self._pulls: dict[str, PullState] = {}
@@ -76,6 +76,7 @@ class RealKubelet(Kubelet):
         self._oom_baseline: dict[tuple[str, str], int] = {}
         self._events_sent: set[tuple[str, str, str]] = set()
         self._tokens: dict[tuple[str, str], str] = {}
+        self._users: dict[tuple[str, str], realnode.RunAs | None] = {}
 
     status_patch = "strategic"
 
@@ -205,6 +206,8 @@ class RealKubelet(Kubelet):
         self._pulls.pop(run.uid, None)
         for token_key in [k for k in self._tokens if k[0] == run.uid]:
             del self._tokens[token_key]
+        for key in [k for k in self._users if k[0] == run.uid]:
+            del self._users[key]
         for key in [k for k in self._cgroup_of if k[0] == run.uid]:
             self._cgroup_of.pop(key, None)
             self._oom_baseline.pop(key, None)
@@ -285,7 +288,22 @@ class RealKubelet(Kubelet):
         cgroup = self.cgroups.create(run.uid, c.name, realnode.memory_limit(c.spec))
         self._cgroup_of[key] = cgroup
         self._oom_baseline[key] = self.cgroups.oom_kills(cgroup)
-        return realnode.wrap_command(c.argv, cgroup, realnode.bind_mounts(c.mounts))
+        return realnode.wrap_command(
+            c.argv,
+            cgroup,
+            realnode.bind_mounts(c.mounts),
+            enter=self.addresses.enter(run.ip),
+            user=self._users.get(key),
+        )
+
+    def _volumes_ready(self, pod: Obj, run: PodRun, volumes: Mapping[str, pathlib.Path]) -> None:
+        realnode.set_volume_owners(pod, volumes)
+        spec = pod.get("spec") or {}
+        for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+            self._users[(run.uid, c["name"])] = realnode.run_as(pod, c)
+
+    def _exec_prefix(self, run: PodRun, c: ContainerRun) -> list[str]:
+        return self.addresses.enter(run.ip)
 
     def _exited(self, run: PodRun, c: ContainerRun, returncode: int) -> None:
         key = (run.uid, c.name)
@@ -381,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", action="append", default=[], help="resource=quantity, repeatable")
     parser.add_argument("--no-memory-cgroups", action="store_true")
     parser.add_argument("--cgroup-name", help="the node's memory cgroup under the kubelet's own")
+    parser.add_argument(
+        "--netns-prefix", help="the node's network namespace: each pod gets <prefix>-p<n> of its own"
+    )
     parser.add_argument("--tls-cert", type=pathlib.Path, help="serving certificate of the kubelet API")
     parser.add_argument("--tls-key", type=pathlib.Path)
     parser.add_argument("--client-ca", type=pathlib.Path, help="CA of the API server's kubelet client")
@@ -403,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         capacity=dict(kv.split("=", 1) for kv in args.capacity),
         memory_cgroups=not args.no_memory_cgroups,
         cgroup_name=args.cgroup_name or f"kubevine-{args.node}",
+        netns_prefix=args.netns_prefix,
         serving_cert=args.tls_cert,
         serving_key=args.tls_key,
         client_ca=args.client_ca,

@@ -19,6 +19,7 @@ that node's network namespace. This module holds that mode's parts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -27,7 +28,9 @@ import logging
 import os
 import pathlib
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,6 +59,7 @@ class NodeConfig:
     capacity: dict[str, str] = dataclasses.field(default_factory=dict)
     memory_cgroups: bool = True
     cgroup_name: str = ""  # under the kubelet's own memory cgroup; default kubevine-<name>
+    netns_prefix: str | None = None  # the node's network namespace; pods get <prefix>-p<n> each
     # The kubelet API (container logs for `kubectl logs`) on <ip>:10250, when all three are given.
     serving_cert: pathlib.Path | None = None
     serving_key: pathlib.Path | None = None
@@ -173,38 +177,134 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class PodAddresses:
-    """Pod IPs from the node's /24 (from .2 up, not reused until the range wraps)."""
+    """Pod IPs from the node's /24 (from .2 up, not reused until the range wraps), each in a
+    network namespace of its own, as a CNI plugin makes them.
 
-    def __init__(self, cidr: str, interface: str) -> None:
+    Pod `10.80.0.5` lives in namespace `<node namespace>-p5`: `eth0` there holds the address
+    (/32) with a default route through a link-local gateway the node answers for
+    (`proxy_arp`, as Calico does); the node side of the veth pair, `p5`, has a /32 route to
+    the pod. The node forwards, and answers ARP on its own `eth0` for its pods, so the test
+    process and other nodes reach every pod over the bridge. Each pod therefore has its own
+    ports and its own 127.0.0.1: a process may bind all addresses, and what connects to
+    127.0.0.1 inside the pod (what `kubectl port-forward` does) reaches it. Connections a pod
+    opens leave from the pod's address.
+
+    Without `netns_prefix` (a kubelet started by hand, outside a cluster) the addresses are
+    added on the node's `eth0` instead and pods share the node's network namespace.
+    """
+
+    GATEWAY = "169.254.1.1"
+
+    def __init__(self, cidr: str, interface: str, netns_prefix: str | None = None) -> None:
         self.net = ipaddress.ip_network(cidr)
         self.interface = interface
+        self.netns_prefix = netns_prefix
         self.in_use: set[str] = set()
         self._hosts = [str(h) for h in self.net.hosts()][1:]  # .1 is left alone, as a CNI's gateway
         self._next = 0
 
+    def namespace(self, address: str) -> str | None:
+        """The network namespace of the pod with this address (None: the node's own)."""
+        if self.netns_prefix is None:
+            return None
+        return f"{self.netns_prefix}-p{address.rsplit('.', 1)[1]}"
+
+    @staticmethod
+    def _link(address: str) -> str:
+        return f"p{address.rsplit('.', 1)[1]}"
+
     def flush_stale(self) -> None:
-        """Remove addresses of this CIDR a previous kubelet of the node left on the interface."""
+        """Remove what a previous kubelet of the node left: addresses on the interface, pod
+        namespaces (their processes killed first) and their links."""
         out = _ip("-j", "addr", "show", "dev", self.interface).stdout
         for link in json.loads(out or "[]"):
             for info in link.get("addr_info") or []:
                 local = info.get("local", "")
                 if info.get("family") == "inet" and ipaddress.ip_address(local) in self.net:
                     _ip("addr", "del", f"{local}/32", "dev", self.interface, check=False)
+        if self.netns_prefix is None:
+            return
+        _sysctl("net.ipv4.ip_forward", "1")
+        _sysctl(f"net.ipv4.conf.{self.interface}.proxy_arp", "1")
+        for name in pod_namespaces(self.netns_prefix):
+            remove_namespace(name)
 
     def allocate(self) -> str:
         for _ in range(len(self._hosts)):
             candidate = self._hosts[self._next % len(self._hosts)]
             self._next += 1
             if candidate not in self.in_use:
-                _ip("addr", "add", f"{candidate}/32", "dev", self.interface)
+                self._attach(candidate)
                 self.in_use.add(candidate)
                 return candidate
         raise RuntimeError(f"no free pod IP left in {self.net}")
 
+    def _attach(self, address: str) -> None:
+        ns = self.namespace(address)
+        if ns is None:
+            _ip("addr", "add", f"{address}/32", "dev", self.interface)
+            return
+        remove_namespace(ns)  # a leftover of an earlier pod with this address
+        link = self._link(address)
+        _ip("link", "del", link, check=False)
+        _ip("netns", "add", ns)
+        _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _sysctl(f"net.ipv4.conf.{link}.proxy_arp", "1")
+        _ip("link", "set", link, "up")
+        _ip("route", "replace", f"{address}/32", "dev", link)
+        for args in (
+            ("link", "set", "lo", "up"),
+            ("addr", "add", f"{address}/32", "dev", "eth0"),
+            ("link", "set", "eth0", "up"),
+            ("route", "add", self.GATEWAY, "dev", "eth0", "scope", "link"),
+            ("route", "add", "default", "via", self.GATEWAY, "dev", "eth0"),
+        ):
+            _ip("-n", ns, *args)
+
     def release(self, address: str) -> None:
-        if address in self.in_use:
-            self.in_use.discard(address)
+        if address not in self.in_use:
+            return
+        self.in_use.discard(address)
+        ns = self.namespace(address)
+        if ns is None:
             _ip("addr", "del", f"{address}/32", "dev", self.interface, check=False)
+            return
+        remove_namespace(ns)
+        _ip("link", "del", self._link(address), check=False)
+
+    def enter(self, address: str) -> list[str]:
+        """The argv prefix that runs a command in the pod's network namespace."""
+        ns = self.namespace(address)
+        return [] if ns is None else ["nsenter", f"--net=/run/netns/{ns}", "--"]
+
+
+def _sysctl(key: str, value: str) -> None:
+    pathlib.Path("/proc/sys", *key.split(".")).write_text(value)
+
+
+def pod_namespaces(prefix: str) -> list[str]:
+    """Network namespaces of the pods of the node whose namespace is `prefix`."""
+    out = _ip("netns", "list", check=False).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.split()]
+    return [n for n in names if re.fullmatch(re.escape(prefix) + r"-p\d+", n)]
+
+
+def remove_namespace(name: str) -> None:
+    """SIGKILL every process left in a pod's network namespace, then delete it."""
+    if not os.path.exists(f"/run/netns/{name}"):
+        return
+    deadline = time.monotonic() + 10
+    while True:
+        pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split() if p.isdigit()]
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} in network namespace {name} survive SIGKILL")
+        time.sleep(0.05)
+    _ip("netns", "del", name, check=False)
 
 
 # -- memory cgroups --------------------------------------------------------------------------
@@ -308,14 +408,90 @@ exec "$@"
 
 
 def wrap_command(
-    argv: list[str], cgroup: pathlib.Path | None, binds: Iterable[tuple[pathlib.Path, str]]
+    argv: list[str],
+    cgroup: pathlib.Path | None,
+    binds: Iterable[tuple[pathlib.Path, str]],
+    *,
+    enter: list[str] | None = None,
+    user: RunAs | None = None,
 ) -> list[str]:
+    """The container's argv inside its pod's network namespace (`enter`), its memory cgroup,
+    a private mount namespace with `binds`, and as `user` (setpriv, the last step before
+    exec, so the root-only steps before it still work)."""
     binds = list(binds)
+    enter = list(enter or [])
+    if user is not None:
+        argv = [*user.setpriv(), *argv]
     if cgroup is None and not binds:
-        return argv
+        return [*enter, *argv]
     pairs = [str(w) for src, dst in binds for w in (src, dst)]
     script = ["/bin/sh", "-c", _WRAPPER, "kubelet-start", str(cgroup or "-"), *pairs, "--", *argv]
-    return ["unshare", "--mount", "--propagation", "private", "--", *script] if binds else script
+    if binds:
+        script = ["unshare", "--mount", "--propagation", "private", "--", *script]
+    return [*enter, *script]
+
+
+# -- users and volume ownership --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAs:
+    """The identity a container's process takes: `runAsUser`/`runAsGroup` (container over
+    pod), and `fsGroup` plus `supplementalGroups` as supplementary groups."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    def setpriv(self) -> list[str]:
+        groups = ["--groups", ",".join(str(g) for g in self.groups)] if self.groups else ["--clear-groups"]
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", *groups, "--"]
+
+
+def run_as(pod: Obj, container: Mapping[str, Any]) -> RunAs | None:
+    """Who the container runs as; None for root with no groups to add (the process kubelet's
+    own identity, what an image without USER gives)."""
+    pod_ctx = (pod.get("spec") or {}).get("securityContext") or {}
+    ctx = container.get("securityContext") or {}
+    uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+    gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup"))
+    groups = [int(g) for g in pod_ctx.get("supplementalGroups") or []]
+    if pod_ctx.get("fsGroup") is not None:
+        groups.insert(0, int(pod_ctx["fsGroup"]))
+    if uid is None and gid is None and not groups:
+        return None
+    return RunAs(int(uid or 0), int(gid or 0), tuple(dict.fromkeys(groups)))
+
+
+def set_volume_owners(pod: Obj, volumes: Mapping[str, pathlib.Path]) -> None:
+    """Volume ownership as a kubelet manages it for `fsGroup`: emptyDirs are world-writable
+    (podspec makes them so); claims, Secrets, ConfigMaps and projected volumes belong to the
+    fsGroup (group-writable claims, group-readable files), the service-account token to the
+    pod's user. hostPath volumes are never touched: what is on the node stays as it is."""
+    spec = pod.get("spec") or {}
+    ctx = spec.get("securityContext") or {}
+    fs_group = ctx.get("fsGroup")
+    users = {
+        c.get("securityContext", {}).get("runAsUser", ctx.get("runAsUser"))
+        for c in spec.get("containers") or []
+    }
+    owner = int(next(iter(users))) if len(users) == 1 and None not in users else 0
+    for vol in spec.get("volumes") or []:
+        local = volumes.get(vol["name"])
+        if local is None or "hostPath" in vol or "emptyDir" in vol:
+            continue
+        if fs_group is None and not owner:
+            continue
+        group = int(fs_group) if fs_group is not None else 0
+        if "persistentVolumeClaim" in vol:
+            for path_ in [local, *local.rglob("*")]:
+                os.chown(path_, -1, group)
+                path_.chmod(path_.stat().st_mode | 0o070 | (0o2000 if path_.is_dir() else 0))
+            continue
+        for path_ in [local, *local.rglob("*")]:
+            os.chown(path_, owner, group)
+            if path_.is_file():
+                path_.chmod((path_.stat().st_mode & 0o777) | 0o040)
 
 
 def bind_mounts(mounts: Iterable[podspec.Mount]) -> list[tuple[pathlib.Path, str]]:

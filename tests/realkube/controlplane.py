@@ -69,6 +69,13 @@ def ensure_binaries(quiet: bool = False) -> pathlib.Path:
     return pathlib.Path(result.stdout.strip().splitlines()[-1])
 
 
+def _rfc3339(text: str) -> float:
+    """Unix time of an RFC 3339 timestamp with microseconds (`2026-01-02T03:04:05.123456Z`)."""
+    import datetime
+
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,6 +132,9 @@ class Settings:
     lease_duration: int = 4  # node lease, renewed every quarter of it
     node_status_period: float = 5.0
     start_timeout: float = 120.0
+    node_cpu: str = "8"  # each node's capacity (scheduling only; memory limits are cgroups)
+    node_memory: str = "32Gi"
+    audit: bool = True  # the API server's audit log (<state>/logs/audit.log): who called what
 
     @property
     def network(self) -> network.NetworkConfig:
@@ -335,7 +345,8 @@ class Cluster:
     #: What `start` writes under the state folder (and removes first): nothing else there is
     #: touched, so another cluster's state may live in a subfolder (tests use `.cluster/pytest-<slot>`).
     STATE_ENTRIES = ("cluster.json", "kubeconfig", "pki", "etcd", "logs", "kubelet", "nodes", "kubectl-cache",
-                     "kube-controller-manager.kubeconfig", "kube-scheduler.kubeconfig")  # fmt: skip
+                     "kube-controller-manager.kubeconfig", "kube-scheduler.kubeconfig",
+                     "audit-policy.json")  # fmt: skip
 
     def _clear_state(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -440,6 +451,7 @@ class Cluster:
                 f"--proxy-client-key-file={front_proxy.key}",
                 "--profiling=false",
                 "--event-ttl=1h",
+                *self._audit_flags(),
             ],
         )
         admin = self.admin()
@@ -448,6 +460,55 @@ class Cluster:
             lambda: admin.request("GET", "/readyz", timeout=3) == "ok",
             ["kube-apiserver"],
         )
+
+    @property
+    def audit_log(self) -> pathlib.Path:
+        return self.logs / "audit.log"
+
+    #: Who is audited: everyone but the control plane's own components and the nodes, whose
+    #: steady chatter (leases, node status, controllers' resyncs) says nothing about kubevine.
+    AUDIT_POLICY = {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [
+            {"level": "None", "userGroups": ["system:nodes", "system:serviceaccounts:kube-system"]},
+            {
+                "level": "None",
+                "users": ["system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"],
+            },
+            {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
+            {"level": "Metadata"},
+        ],
+    }
+
+    def _audit_flags(self) -> list[str]:
+        if not self.settings.audit:
+            return []
+        policy = self.state_dir / "audit-policy.json"
+        policy.write_text(json.dumps(self.AUDIT_POLICY))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-maxsize=0",
+        ]
+
+    def audit_events(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """The audit log's completed requests (stage ResponseComplete or Panic) received at or
+        after the unix time `since`: who (`user.username`), `verb`, `objectRef`, response code."""
+        if not self.audit_log.exists():
+            return []
+        found = []
+        with self.audit_log.open() as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("stage") not in ("ResponseComplete", "Panic"):
+                    continue
+                received = str(event.get("requestReceivedTimestamp", ""))
+                if since and received and _rfc3339(received) < since:
+                    continue
+                found.append(event)
+        return found
 
     def _bootstrap(self) -> None:
         """Objects the process kubelet needs beyond a kubelet's own rights.
@@ -547,6 +608,9 @@ class Cluster:
                 f"--lease-duration={self.settings.lease_duration}",
                 f"--status-period={self.settings.node_status_period}",
                 f"--cgroup-name=kubevine-{ns}",
+                f"--netns-prefix={ns}",
+                f"--capacity=cpu={self.settings.node_cpu}",
+                f"--capacity=memory={self.settings.node_memory}",
                 f"--tls-cert={serving.cert}",
                 f"--tls-key={serving.key}",
                 f"--client-ca={self.pki.ca_cert}",

@@ -5,12 +5,15 @@ Layout for a cluster named `kv` with node network 10.77.0.0/16 and pod network 1
     root namespace:  bridge kvbr (10.77.0.1/16; the API server listens here)
                      route 10.78.0.0/16 dev kvbr          (the test process reaches every pod)
     node i:          namespace kv-<node>, veth kvh<i> (root side, on the bridge) <-> eth0
-                     eth0 10.77.0.(10+i)/16, pod IPs 10.78.i.x/32 added on eth0 by the kubelet
+                     eth0 10.77.0.(10+i)/16, forwarding on, proxy ARP for its pods
                      route 10.78.0.0/16 dev eth0 src 10.77.0.(10+i)   (pods of other nodes)
+    pod 10.78.i.x:   namespace kv-<node>-p<x> (made by the node's kubelet), eth0 10.78.i.x/32,
+                     default via 169.254.1.1 (answered by the node's side, link p<x>)
 
-Pod IPs of every node are on one layer-2 segment: a node answers ARP for the pod addresses on
-its eth0, so pod-to-pod traffic crosses the bridge with no router, no NAT and no kube-proxy.
-(A connection a pod opens without binding its own IP leaves from the node's address.)
+Pod IPs of every node are on one layer-2 segment: a node answers ARP for its pods' addresses
+on its eth0 and forwards to them, so pod-to-pod traffic crosses the bridge with no router, no
+NAT and no kube-proxy. Each pod has its own network namespace (its own ports and 127.0.0.1),
+and its connections leave from its own address.
 `tc` token-bucket filters on both ends of a veth limit the node's link.
 """
 
@@ -164,20 +167,44 @@ def kill_namespace_processes(name: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def pod_namespaces(cfg: NetworkConfig, node: str) -> list[str]:
+    """The network namespaces of the node's pods (`<node namespace>-p<n>`, made by its kubelet)."""
+    prefix = cfg.namespace(node) + "-p"
+    names = [
+        line.split()[0]
+        for line in run("ip", "netns", "list", check=False).stdout.splitlines()
+        if line.split()
+    ]
+    return [n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
+
+
 def remove_node(cfg: NetworkConfig, node: str) -> None:
-    """Kill everything in the node's namespace, then delete it (its veth pair goes with it)."""
+    """Kill everything in the node's namespace and its pods' namespaces at once, then delete
+    them (the veth pairs go with them)."""
     ns = cfg.namespace(node)
-    if not namespace_exists(ns):
+    pods = pod_namespaces(cfg, node)
+    if not namespace_exists(ns) and not pods:
         return
-    kill_namespace_processes(ns)
-    run("ip", "netns", "del", ns)
+    everything = [n for n in [ns, *pods] if namespace_exists(n)]
+    for name in everything:  # SIGKILL first everywhere, so no pod outlives its node by a moment
+        for pid in namespace_pids(name):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for name in everything:
+        kill_namespace_processes(name)
+    for name in pods:
+        run("ip", "netns", "del", name, check=False)
+    if namespace_exists(ns):
+        run("ip", "netns", "del", ns)
 
 
 def teardown(cfg: NetworkConfig) -> None:
     """Remove every namespace of this cluster and its bridge."""
     for line in run("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(f"{cfg.prefix}-"):
+        if name.startswith(f"{cfg.prefix}-") and namespace_exists(name):
             remove_node(cfg, name[len(cfg.prefix) + 1 :])
     for link in json.loads(run("ip", "-j", "link", "show").stdout or "[]"):
         ifname = str(link.get("ifname", ""))

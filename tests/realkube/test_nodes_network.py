@@ -78,9 +78,11 @@ def test_pod_is_scheduled_gets_an_ip_of_its_node_and_reaches_a_pod_on_another_no
     [client] = kube.pods("app=client")
     assert client["spec"]["nodeName"] in NODES - {node_name}
     log = kube.log(client["metadata"]["name"], "main")
-    # The connection left the client's node from that node's address (no NAT, no kube-proxy).
-    client_node_ip = client["status"]["hostIP"]
-    assert f"reply: hi from {server_ip} to {client_node_ip}" in log, log
+    # The connection came from the client pod's own address (its own network namespace; no
+    # NAT, no kube-proxy on the way).
+    client_ip = client["status"]["podIP"]
+    assert client_ip != client["status"]["hostIP"]
+    assert f"reply: hi from {server_ip} to {client_ip}" in log, log
 
 
 def test_node_link_is_shaped_by_a_token_bucket(kube: Kube, real_cluster: Cluster) -> None:
