@@ -54,6 +54,7 @@ from kubevine.vine_api import VineAPI
 
 if TYPE_CHECKING:
     from kubevine.local import LocalCluster
+    from kubevine.taskcache import TasksCache
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class Manager(FileAPI, VineAPI):
         self._closed = True  # until connected: close() and __del__ have nothing to do
         self._shutdown = shutdown
         self._tunables: dict[str, float] = {}
+        self._tasks_cache: TasksCache | None = None
+        self._cache_hits = 0  # cached tasks get ids -1, -2, ...
         self._prometheus_port: int | None = None
         self.workflow_name = name
         encrypt = _encryption(ssl, encrypt)
@@ -276,6 +279,9 @@ class Manager(FileAPI, VineAPI):
             inputs, outputs, files = self._bindings(task)
         except FileNotFoundError as e:
             return self._ended_here(task, Outcome.INPUT_MISSING, str(e))
+        if self._tasks_cache is not None and self._cached(task, inputs, outputs):
+            assert task.id is not None
+            return task.id
         st = self._st
         with st.lock:
             self._take_id(task)
@@ -324,6 +330,48 @@ class Manager(FileAPI, VineAPI):
                 f.name = b.cache_name = temp_name(_definition(task, inputs) + (f.nonce or ""), remote)
             outputs.append(b)
         return inputs, outputs, files
+
+    def enable_tasks_cache(
+        self, cache_dir: str | Path = "vine-cache-outputs", log_file: str | Path = "vine-cache.txlog"
+    ) -> None:
+        """TaskVine's tasks cache: a task that succeeded before with the same definition and
+        inputs is not run again; its kept result comes back first from ``wait``, with
+        ``t.hostname == "CACHED"`` (see :mod:`kubevine.taskcache`; a hit's id is negative)."""
+        from kubevine.taskcache import TasksCache
+
+        cache = self._tasks_cache = TasksCache(cache_dir, log_file)
+
+        def keep(t: Task) -> None:
+            key = getattr(t, "_cache_key", None)
+            if key is not None:
+                cache.store(key, t)
+
+        self._st.on_done = keep
+
+    def _cached(self, task: Task, inputs: list[FileBinding], outputs: list[FileBinding]) -> bool:
+        """A hit is handed back at once (True); a miss is marked to be kept when it succeeds."""
+        from kubevine.taskcache import TasksCache
+
+        assert self._tasks_cache is not None
+        saved, task.id = task.id, TaskId(0)
+        try:
+            key = TasksCache.key(task.spec(inputs, outputs), task.payload())
+        finally:
+            task.id = saved
+        task._cache_key = key  # type: ignore[attr-defined]
+        stored = self._tasks_cache.lookup(key) if key is not None else None
+        if stored is None:
+            return False
+        self._cache_hits -= 1
+        task.id, task.state = TaskId(self._cache_hits), ClientState.DONE
+        TasksCache.restore(task, stored)
+        with self._st.cv:
+            if task._future is None:
+                self._st.done.appendleft(task)  # hits come back first
+            self._st.cv.notify_all()
+        if task._future is not None:
+            task._future.set_result(task)
+        return True
 
     def _uploads(self, f: File, files: list[tuple[CacheName, bytes]]) -> None:
         """The client's files ``f`` needs (itself, or what it is made from), each sent once."""

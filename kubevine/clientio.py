@@ -22,6 +22,7 @@ import tarfile
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
@@ -161,6 +162,7 @@ class Shared:
     ids_left: int = 0
     refusals: deque[StoreUnavailable] = field(default_factory=deque)
     attached: list[Task] = field(default_factory=list)  # tasks of an earlier process (attach=True)
+    on_done: Callable[[Task], None] | None = None  # told of every task as it comes back (tasks cache)
 
     def __post_init__(self) -> None:
         self.cv = threading.Condition(self.lock)
@@ -398,6 +400,9 @@ class Connection:
                             log.error("task %s: could not write output %s to %s: %s", t.id, remote, f.path, e)
                             t.error = f"{t.error + '; ' if t.error else ''}output {remote} not written: {e}"
             done.append(t)
+        if sh.on_done is not None:  # before anyone sees them done (a cache keeps them first)
+            for t in done:
+                sh.on_done(t)
         with sh.cv:
             for t in done:
                 assert t.id is not None
