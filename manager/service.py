@@ -421,8 +421,12 @@ class ManagerService:
                 else:
                     self._from_admin(ident, body)
             except UnexpectedMessage as e:  # well formed, but not what this role sends
-                assert peer is not None  # a stranger's messages are read as anything -> manager
-                self._send(ident, ErrorMsg(code="unexpected", message=f"{peer.role}s do not send {e.tag}"))
+                if peer is None:  # a stranger may only say hello
+                    self._send(ident, ErrorMsg(code="not_registered", message="say hello first"))
+                else:
+                    self._send(
+                        ident, ErrorMsg(code="unexpected", message=f"{peer.role}s do not send {e.tag}")
+                    )
             except ProtocolError as e:
                 log.warning("malformed message from %s: %s", peer.id if peer else "an unknown peer", e)
                 self._send(ident, ErrorMsg(code="malformed", message=str(e)))

@@ -19,7 +19,9 @@ from kubevine.protocol import (
     Goodbye,
     Heartbeat,
     Hello,
+    Kill,
     Message,
+    Results,
     StatusReply,
     StatusRequest,
     Submit,
@@ -121,8 +123,8 @@ def test_a_peer_that_said_no_hello_may_only_say_hello(
 ) -> None:
     c = cluster(workers=1)
     stranger = peer(c.address)
-    for msg in (Heartbeat(), StatusRequest(), WorkerUpdate()):
+    for msg in (Heartbeat(), StatusRequest(), WorkerUpdate(), Kill(tasks=[]), Results(results=[])):
         stranger.send(msg)
         err = stranger.expect("error")
-        assert err.type == "error" and err.code == "not_registered"
-    hello(stranger, c.token, "client", client="late")
+        assert err.type == "error" and err.code == "not_registered", msg
+    hello(stranger, c.token, "client", client="late")  # and the manager still answers
