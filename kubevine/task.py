@@ -425,14 +425,14 @@ class Task:
     def exit_code(self) -> int | None:
         """The command's exit code; a signal's number when a signal ended it (9 for a time
         limit); -1 when it never ran; None until it ends (TaskVine's meanings)."""
+        if self.outcome == Outcome.EXCEPTION:
+            return 1  # the function raised (TaskVine's wrapper exits 1)
         if self._exit_code is not None:
             return -self._exit_code if self._exit_code < 0 else self._exit_code
         if self.outcome is None:
             return None
         if self.outcome == Outcome.SUCCESS:
             return 0
-        if self.outcome == Outcome.EXCEPTION:
-            return 1  # the function raised (TaskVine's wrapper exits 1)
         if self.outcome in (Outcome.MAX_WALL_TIME, Outcome.MAX_END_TIME):
             return 9
         return -1
