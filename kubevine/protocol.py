@@ -542,6 +542,15 @@ class DrainWorkers(_Msg):
     worker_ids: list[WorkerIdField]
 
 
+class Tune(_Msg):
+    """Client → manager: one of the workflow's settings (TaskVine's ``m.tune``, and
+    ``enable/disable_peer_transfers`` as ``peer-transfers``)."""
+
+    type: Literal["tune"] = "tune"
+    name: str = Field(max_length=100)
+    value: float
+
+
 class Drain(_Msg):
     """Manager → worker: finish what you run, take nothing new, then say goodbye and exit."""
 
