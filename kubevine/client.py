@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from kubevine import auth
 from kubevine.clientio import Connection, ConnectionRefused, Shared, StoreUnavailable
@@ -623,11 +623,28 @@ class Manager(FileAPI, VineAPI):
             self._send_control(Cancel(task_ids=[TaskId(task_id)]))
         return known
 
-    def status(self, timeout: float = 10.0) -> ManagerStatus:
-        """What the manager says about the workflow now."""
+    @overload
+    def status(self, request: None = None, timeout: float = 10.0) -> ManagerStatus: ...
+
+    @overload
+    def status(self, request: str, timeout: float = 10.0) -> list[dict[str, Any]]: ...
+
+    def status(
+        self, request: str | None = None, timeout: float = 10.0
+    ) -> ManagerStatus | list[dict[str, Any]]:
+        """What the manager says about the workflow now (kubevine's whole report). With
+        TaskVine's ``request`` ("manager", "tasks", "workers", "libraries"), that part as a
+        list of dicts, as TaskVine returns it."""
+        if isinstance(request, int | float) and not isinstance(request, bool):
+            request, timeout = None, float(request)  # status(5.0): a timeout, as before
         fut: concurrent.futures.Future[StatusReply] = concurrent.futures.Future()
         self._request(StatusRequest(), fut)
-        return ManagerStatus.model_validate_json(fut.result(timeout=timeout).status)
+        st = ManagerStatus.model_validate_json(fut.result(timeout=timeout).status)
+        if request is None:
+            return st
+        from kubevine.vine_api import status_part
+
+        return status_part(st, request)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -173,6 +173,19 @@ class PythonTask(Task):
 
     _no_result_type: type[NoResult] = PythonTaskNoResult
 
+    def disable_temp_output(self) -> None:
+        """Undo ``enable_temp_output`` (before submit): the value comes back to the client."""
+        if self._output_file is not None:
+            self.outputs = [(f, r) for f, r in self.outputs if f is not self._output_file]
+            self._output_file = None
+
+    def set_output_cache(self, cache: Any = False) -> None:
+        """How long workers keep a kept value (``enable_temp_output``)."""
+        from kubevine.task import cache_level
+
+        if self._output_file is not None:
+            self._output_file.cache = cache_level(cache)
+
     def disable_output_serialization(self) -> None:
         """TaskVine's switch for functions that return bytes to be used as they are: accepted;
         the value comes back as the bytes the function returned either way."""
@@ -194,6 +207,15 @@ class FunctionCall(PythonTask):
         self.function = function
         self.args = args
         self.kwargs = kwargs
+
+    def set_fn_args(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> None:
+        """Replace the call's arguments (before submit)."""
+        self.args, self.kwargs = tuple(args), dict(kwargs or {})
+
+    def set_exec_method(self, method: str) -> None:
+        """TaskVine's per-call fork/direct choice: kubevine's is the library's exec_mode."""
+        if method not in ("fork", "direct"):
+            raise ValueError(f"exec method is 'fork' or 'direct', not {method!r}")
 
     def payload(self) -> bytes:  # whether the value stays on the worker is in the spec's outputs
         data: bytes = cloudpickle.dumps((self.args, self.kwargs))

@@ -250,6 +250,7 @@ class Task:
         self._mounts: dict[tuple[int, str], tuple[bool, bool]] = {}  # (file, name) -> strict, symlink
         self._watched: set[str] = set()  # outputs streamed back while running
         self.environments: list[File] = []  # packed environments it runs in (add_environment)
+        self._measured: Any = None  # the worker's measurement of the last attempt
         self.time_end: float | None = None  # epoch seconds
         self.time_start: float | None = None
         self.max_forsaken: int | None = None
@@ -388,6 +389,59 @@ class Task:
 
     def add_starch_package(self, env: File) -> None:
         raise NotImplementedError("starch packages: kubevine runs packed environments (m.declare_poncho)")
+
+    def set_snapshot_file(self, path: str) -> None:
+        """TaskVine's resource-monitor snapshots: not kept by kubevine."""
+
+    def set_library_required(self, name: str) -> None:
+        """TaskVine's plumbing for FunctionCall: kubevine's calls name their library."""
+        self.library = name
+
+    @property
+    def resources_measured(self) -> Any:
+        """What the last attempt used (``.memory`` MB peak, ``.cores`` average, ``.wall_time``
+        and ``.cpu_time`` in microseconds, ``.disk`` MB), when the worker measured it."""
+        return self._measured
+
+    @property
+    def resources_requested(self) -> Resources:
+        return self.resources
+
+    resources_allocated = resources_requested
+
+    @property
+    def limits_exceeded(self) -> None:
+        """kubevine enforces time limits (result "max wall time"); other limits are not
+        enforced per task (see docs/security.md)."""
+        return None
+
+    def get_metric(self, name: str) -> float:
+        """TaskVine's per-task metrics kubevine has: ``time_workers_execute_last`` (µs)."""
+        if name in ("time_workers_execute_last", "time_workers_execute_all"):
+            return self.wall_time * 1e6
+        raise ValueError(f"metric {name!r}: kubevine keeps wall_time, attempts and worker per task")
+
+    def clone(self) -> Task:
+        """A copy that can be submitted on its own (same command, files and settings)."""
+        import copy
+
+        c = copy.copy(self)
+        c.inputs, c.outputs, c.env, c.features = (
+            list(self.inputs),
+            list(self.outputs),
+            dict(self.env),
+            list(self.features),
+        )
+        c.environments = list(self.environments)
+        c.id, c.state, c.outcome, c._exit_code, c._output, c._future = (
+            None,
+            ClientState.NEW,
+            None,
+            None,
+            None,
+            None,
+        )
+        return c
 
     def submit_finalize(self) -> None:
         """Called by ``m.submit`` before the task is sent (TaskVine's hook for subclasses)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubevine.ids import TaskId
@@ -158,6 +158,23 @@ def hunger(st: ManagerStatus, minimum: float, factor: float) -> int:
     return max(floor, min(fits)) if fits else floor
 
 
+def status_part(st: ManagerStatus, request: str) -> list[dict[str, Any]]:
+    """TaskVine's ``status(request)``: one part of the report as a list of dicts."""
+    if request == "manager":
+        return [
+            {"name": st.workflow, "port": int(st.address.rsplit(":", 1)[1]), **asdict(VineStats.of(st, 0))}
+        ]
+    if request == "workers":
+        return [w.model_dump() for w in st.workers]
+    if request == "libraries":
+        return [lib.model_dump() for lib in st.libraries]
+    if request == "tasks":
+        return [{"state": k, "count": v} for k, v in st.tasks.items()]
+    if request == "categories":
+        return []
+    raise ValueError(f"status({request!r}): manager, tasks, workers, libraries or categories")
+
+
 class VineAPI:
     """TaskVine's extra manager verbs (a Manager provides ``_st``, ``_conn`` and the helpers)."""
 
@@ -165,7 +182,7 @@ class VineAPI:
     _conn: Connection
     _tunables: dict[str, float]
 
-    def status(self, timeout: float = 10.0) -> ManagerStatus:
+    def status(self, request: None = None, timeout: float = 10.0) -> ManagerStatus:
         raise NotImplementedError
 
     def _send_control(self, msg: _Msg, frames: list[bytes] | None = None) -> None:
@@ -279,6 +296,57 @@ class VineAPI:
 
     def set_category_resources_min(self, category: str, resources: dict[str, Any]) -> None:
         _once("category_min", "set_category_resources_min: give tasks their resources with t.set_cores/...")
+
+    def task_state(self, task_id: int) -> int:
+        """TaskVine's ``VINE_TASK_*`` state of a task of this client."""
+        with self._st.lock:
+            t = self._st.tasks.get(TaskId(task_id))
+            if t is None:
+                done = any(d.id == task_id for d in self._st.done)
+                return 3 if done else 0  # waiting for retrieval, or unknown (or retrieved)
+        return 2 if t.state == "submitted" else 0
+
+    def set_draining_by_hostname(self, hostname: str, drain_mode: bool = True) -> int:
+        """Drain the workers on ``hostname``: no new tasks; they leave once idle."""
+        if not drain_mode:
+            _once(
+                "undrain",
+                "set_draining_by_hostname(drain_mode=False): a drained worker has left; start another",
+            )
+            return 0
+        ids = [w.id for w in self.status().workers if w.host == hostname or w.node == hostname]
+        self._admin().drain(ids)
+        return len(ids)
+
+    def workers_shutdown(self, n: int = 0) -> int:
+        """Release ``n`` workers (0: all); each finishes what it runs and leaves."""
+        ws = self.status().workers
+        ids = [w.id for w in (ws if n <= 0 else ws[:n])]
+        self._admin().drain(ids)
+        return len(ids)
+
+    def check_library_exists(self, name: str) -> bool:
+        return name in self._st.libraries
+
+    def undeclare_function(self, fn: Any) -> None:
+        """kubevine keeps no serialized copy of a function at the manager: nothing to drop."""
+
+    def set_priority(self, priority: float) -> None:
+        _once("mgr_priority", "set_priority on a manager: a kubevine worker pool serves one workflow")
+
+    def set_property(self, name: str, value: Any) -> None:
+        """TaskVine's catalog properties: kubevine has no catalog."""
+
+    def set_min_task_id(self, minid: int) -> int:
+        """Task ids come from the manager in blocks; returns the next one this client gives."""
+        with self._st.lock:
+            return self._st.next_id
+
+    def _admin(self) -> Any:
+        from kubevine.admin import Admin
+
+        creds = self._conn.credentials
+        return Admin(self._conn.address, creds.token, encrypt=creds.encrypt)
 
     def set_password(self, password: str) -> None:
         raise ValueError(
