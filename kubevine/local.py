@@ -154,8 +154,6 @@ class LocalCluster:
             str(self.disk),
             "--workdir",
             str(wdir),
-            "--token-file",
-            str(self.token_file),
         ]
         if cache_dir:
             args += ["--cache-dir", cache_dir]
@@ -164,8 +162,11 @@ class LocalCluster:
         if node:
             args += ["--node", node]
         args += self.worker_args
+        # the token goes in the environment, which the worker wipes once read (a file would stay
+        # readable by the tasks, which run as the same user)
+        env = {**os.environ, auth.ENV: self.token}
         with open(wdir / "worker.log", "ab") as log:
-            p = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
         self.workers.append(p)
         return p
 
