@@ -57,8 +57,8 @@ class Workers:
         self.dir = tempfile.mkdtemp(prefix="kubevine-compat-")
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "kubevine", "--log-level", "WARNING", "worker", "localhost", str(m.port),
-                 "--cores", "1", "--workdir", str(Path(self.dir) / f"w{i}")],
+                [*(sys.executable, "-m", "kubevine", "--log-level", "WARNING", "worker", "localhost"),
+                 *(str(m.port), "--cores", "1", "--workdir", str(Path(self.dir) / f"w{i}"))],
                 env={k: v for k, v in os.environ.items() if k != "KUBEVINE_TOKEN"},
             )
             for i in range(n)
