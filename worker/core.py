@@ -340,7 +340,8 @@ class WorkerCore:
             for part in parts_of(b):
                 self._obtain(part, stages)
         else:
-            self.out.append(Fetch(stage or StageIn(cache_name=name, sources=[FileSource(kind="manager")])))
+            stage = stage or StageIn(cache_name=name, sources=[FileSource(kind="manager")])
+            self.out.append(Fetch(stage, wanted_mode(b)))
         return False
 
     def _start_runnable(self, now: float) -> None:
@@ -591,6 +592,14 @@ class WorkerCore:
         self.out.append(SendUpdate(update, frames))
         self.started, self.finished, self.new_cached = [], [], []
         self.transfers, self.evicted = [], []
+
+
+def wanted_mode(b: FileBinding) -> int | None:
+    """The mode a task sees its input with: the one the client set, else TaskVine's 0755 for
+    buffers and URLs (scripts are run as ``./x``); None: as the file came."""
+    if b.mode is not None:
+        return b.mode
+    return 0o755 if b.kind in (FileKind.BUFFER, FileKind.URL) else None
 
 
 def parts_of(b: FileBinding) -> list[FileBinding]:

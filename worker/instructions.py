@@ -83,9 +83,11 @@ class Adopt:
 
 @dataclass(slots=True)
 class Fetch:
-    """Bring this file into the cache from its sources (its arrival is a FilesArrived)."""
+    """Bring this file into the cache from its sources (its arrival is a FilesArrived);
+    ``mode``: the owner bits its cache copy should have (the first binding's wish)."""
 
     stage: StageIn
+    mode: int | None = None
 
 
 @dataclass(slots=True)

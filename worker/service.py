@@ -28,6 +28,7 @@ from typing import assert_never
 import zmq
 
 from kubevine import filetree
+from kubevine.auth import Credentials
 from kubevine.digest import sha256_bytes, sha256_file
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import (
@@ -67,6 +68,7 @@ from kubevine.worker import sandbox
 from kubevine.worker.cache import Cache, dir_size
 from kubevine.worker.core import WorkerCore
 from kubevine.worker.derive import Deriver
+from kubevine.worker.fetcher import Fetcher
 from kubevine.worker.instructions import (
     Adopt,
     CancelCall,
@@ -89,7 +91,7 @@ from kubevine.worker.instructions import (
 )
 from kubevine.worker.library import LibraryInstance
 from kubevine.worker.pystarter import Starter
-from kubevine.worker.transfer import Fetcher, TransferServer
+from kubevine.worker.transfer import TransferServer
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,9 @@ class WorkerConfig:
     transfer_host: str = field(default_factory=lambda: os.environ.get("KUBEVINE_BIND_HOST") or "127.0.0.1")
     cache_limit_mb: int | None = None  # default: --disk (KUBEVINE_CACHE_SIZE_MB overrides)
     python_fork: bool = True  # PythonTasks forked from a clean starter (False: exec a new interpreter)
+    encrypt: bool = False  # every socket encrypted (CURVE, keys from the token): --encrypt/--ssl
+    single_shot: bool = False  # exit 0 once the manager it was connected to goes away
+    features: list[str] = field(default_factory=list)  # --feature: tasks may ask for them
 
 
 class WorkerService:
@@ -151,22 +156,25 @@ class WorkerService:
         )
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.poller = zmq.Poller()
+        self.creds = Credentials(config.token, config.encrypt)
         self.session: Session[WorkerWork] = Session(
             self.ctx,
             config.manager,
             self,
             TO_WORKER,
             poller=self.poller,
+            credentials=self.creds,
             heartbeat_interval=config.heartbeat_interval,
             name=f"worker {self.worker_id}",
         )
         # peers fetch from this worker's cache; this worker fetches from theirs
-        self.server = TransferServer(self.ctx, self.cache, config.transfer_host)
+        self.server = TransferServer(self.ctx, self.cache, config.transfer_host, self.creds)
         self.poller.register(self.server.sock, zmq.POLLIN)
         self.fetcher = Fetcher(
             self.ctx,
             self.cache,
-            ask_manager=lambda names: self.session.send(FileRequest(cache_names=names)),
+            self.creds,
+            ask_manager=lambda p, whole: self.session.send(FileRequest(pieces=p, cache_names=whole)),
             register=lambda sock: self.poller.register(sock, zmq.POLLIN),
         )
         self.poller.register(self.fetcher.wake_r, zmq.POLLIN)
@@ -180,6 +188,8 @@ class WorkerService:
         self.attempts: dict[tuple[TaskId, int], sandbox.Attempt] = {}  # the same, by attempt
         self.libraries: dict[str, LibraryInstance] = {}
         self.signals = 0  # SIGTERM/SIGINT received, not yet handed to the core
+        self.connected_once = False  # welcomed at least once (--single-shot leaves when it ends)
+        self.next_expire = 0.0  # when idle transfer sources are next forgotten
 
     # ------------------------------------------------------------------ SessionOwner
 
@@ -196,17 +206,24 @@ class WorkerService:
             cached=self.cache.names(),
             running=self.core.held(),
             libraries=self.core.ready_libraries(),
+            features=self.config.features,
         )
         return Hello(protocol=PROTOCOL_VERSION, token=self.config.token, role="worker", worker=info)
 
     def welcomed(self, welcome: Welcome, *, again: bool, new_manager: bool) -> None:
         log.info("worker %s registered with manager %s", self.worker_id, welcome.manager_id)
+        if new_manager:
+            self.fetcher.manager_changed()
+        self.connected_once = True
         self._feed(ev.Welcomed())
 
     def refused(self, reason: str) -> None:
         raise WorkerRefused(reason)
 
     def reset(self) -> None:
+        if self.config.single_shot and self.connected_once:
+            log.info("worker %s: the manager went away; single shot: leaving", self.worker_id)
+            raise _Leave(0)
         self._feed(ev.Disconnected())
 
     # ------------------------------------------------------------------ main loop
@@ -248,11 +265,16 @@ class WorkerService:
             except ProtocolError as e:
                 log.error("worker %s: bad message from the manager: %s", self.worker_id, e)
         self._enforce_time_limits()
+        now = time.monotonic()
         if self.fetcher.fetches or self.deriver.jobs:
             self.fetcher.tick()
             self._settle()
-        self._feed(ev.Tick(time.monotonic()))
+        if now >= self.next_expire:
+            self.server.expire()
+            self.next_expire = now + 5.0
+        self._feed(ev.Tick(now))
         self._send_calls()
+        self.fetcher.flush()
 
     def _gave_up(self) -> bool:
         """No manager answered for --connect-timeout."""
@@ -301,7 +323,8 @@ class WorkerService:
             case RemoveLibrary():
                 self._feed(ev.RemoveRequested(msg.name))
             case FileData():
-                self.fetcher.on_manager(msg.cache_name, frame(frames, msg.frame), msg.error, msg.directory)
+                data = frame(frames, msg.frame)
+                self.fetcher.on_manager(msg.cache_name, data, msg.error, msg.directory, msg.offset, msg.total)
                 self._settle()
             case ForgetFiles():
                 self._feed(ev.ForgetRequested(msg.cache_names))
@@ -405,11 +428,12 @@ class WorkerService:
                 case Adopt():
                     self.cache.adopt(ins.name, ins.level)
                 case Fetch():
-                    self.fetcher.want(ins.stage)
+                    self.fetcher.want(ins.stage, ins.mode)
                 case Derive():
                     self.deriver.want(ins.binding)
                 case DeleteFromCache():
                     self.cache.remove(ins.name)
+                    self.server.forget(ins.name)
                 case KillProcess():
                     att = self.attempts.get((ins.task_id, ins.attempt))
                     if att is not None and att.proc is not None:
