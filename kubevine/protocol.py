@@ -303,6 +303,7 @@ class WorkerInfo(_Msg):
     cached: list[CacheNameField] = Field(default_factory=list)
     running: list[TaskRef] = Field(default_factory=list)
     libraries: list[str] = Field(default_factory=list)
+    features: list[str] = Field(default_factory=list)  # --feature: what tasks may ask for
 
 
 # --------------------------------------------------------------------------- messages

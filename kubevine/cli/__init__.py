@@ -196,8 +196,35 @@ def _worker_parser(sub: _Subparsers) -> None:
         "--idle-timeout", type=float, default=0.0, help="leave after this many idle seconds (0: never)"
     )
     w.add_argument(
-        "--connect-timeout", type=float, default=0.0, help="give up if no manager answers (0: never)"
+        "--connect-timeout",
+        "--timeout",
+        "-t",
+        type=float,
+        default=0.0,
+        help="give up if no manager answers for this long (0: never; --timeout is TaskVine's name)",
     )
+    w.add_argument(
+        "--unlink-token-file",
+        action="store_true",
+        help="remove --token-file once read (give the worker its own copy): tasks cannot read it",
+    )
+    w.add_argument(
+        "--encrypt",
+        "--ssl",
+        action=argparse.BooleanOptionalAction,
+        default=auth.encrypt_from_env(),
+        help="encrypt every connection (ZeroMQ CURVE; default $KUBEVINE_ENCRYPT; --ssl is TaskVine's name)",
+    )
+    w.add_argument(
+        "--single-shot", action="store_true", help="exit once the manager it was connected to goes away"
+    )
+    w.add_argument(
+        "--feature", action="append", default=[], metavar="NAME", help="a feature tasks may require"
+    )
+    w.add_argument(
+        "-d", "--debug", nargs="?", const="all", default=None, metavar="FLAGS", help="debug logging"
+    )
+    w.add_argument("-o", "--debug-file", default=None, help="write the debug log to this file")
     w.add_argument(
         "--python-tasks",
         choices=["fork", "exec"],
@@ -340,7 +367,11 @@ def _worker(args: argparse.Namespace) -> int:
 
     manager = _manager_address(args.manager)
     host, _, port = manager.rpartition(":")
-    token = auth.load_token(args.token_file) or auth.published_token(host, int(port))
+    from kubevine.worker import hardening
+
+    _worker_debug(args.debug, args.debug_file)
+    token = hardening.take_token(args.token_file, unlink=args.unlink_token_file)
+    token = token or auth.published_token(host, int(port))
     if token is None:
         raise auth.TokenError("a worker needs the workflow token: --token-file F or $KUBEVINE_TOKEN")
     workdir = Path(args.workdir or f"kubevine-worker-{os.getpid()}").absolute()
@@ -358,6 +389,9 @@ def _worker(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
         python_fork=args.python_tasks == "fork",
+        encrypt=args.encrypt,
+        single_shot=args.single_shot,
+        features=list(args.feature),
     )
     gctune.for_service()
     try:
@@ -367,6 +401,18 @@ def _worker(args: argparse.Namespace) -> int:
     except WorkerRefused as e:
         log.error("the manager refused this worker: %s", e)
         return 3
+
+
+def _worker_debug(flags: str | None, path: str | None) -> None:
+    """TaskVine's ``-d FLAGS``/``-o FILE``: debug logging (to that file when given)."""
+    if flags is None and path is None:
+        return
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    if path is not None:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
 
 
 def _manager_address(parts: list[str]) -> str:
