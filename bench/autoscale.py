@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, root: pathlib.Path) -> dict[str, Any]:
             ready = time.monotonic() - t_apply
             tasks = [Task(f"sleep {args.task_seconds}", cores=1) for _ in range(args.tasks)]
             first = None
-            with Manager(address, token=token(api, NAME)) as m:
+            with Manager(address, token=token(api, NAME), encrypt=True) as m:
                 t0 = time.monotonic()
                 for task in tasks:
                     m.submit(task)

@@ -22,6 +22,11 @@ The rules:
   flap the pool). Pods whose worker never connected are removed first (nothing to lose).
 * Without fresh stats the autoscaler only tops the pool up to `min`; it never removes a
   worker it cannot see is idle.
+* A failed worker pod is evidence: it is kept (the newest `failed_pods_kept`, each for
+  `failed_pod_retention_seconds`) so that `kubectl describe` and `kubectl logs` still find
+  it, and each one kept doubles the wait before the next pod is created (from
+  `backoff_seconds` up to `backoff_max_seconds`), so a crashing image or a refusing manager
+  is not hammered. Pods that ended well (drained workers) are deleted at once.
 
 For a workflow whose application has finished, `pool_limits(spec, finished=True)` gives
 [0, 0]: idle workers then leave at once, busy ones when they become idle.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -123,6 +129,8 @@ class WorkerPod(_Model):
     created: float = Field(description="unix time of creationTimestamp")
     deleting: bool = Field(default=False, description="deletionTimestamp is set")
     node: str | None = None
+    finished_at: float | None = Field(default=None, description="unix time its container ended")
+    failure: str | None = Field(default=None, description="why it failed (reason, exit code)")
 
     @property
     def finished(self) -> bool:
@@ -135,12 +143,23 @@ class WorkerPod(_Model):
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         created = meta.get("creationTimestamp")
+        phase = status.get("phase") or "Pending"
+        finished_at, failure = None, None
+        for container in status.get("containerStatuses") or []:
+            ended = (container.get("state") or {}).get("terminated")
+            if ended:
+                finished_at = _unix(ended["finishedAt"]) if ended.get("finishedAt") else None
+                failure = f"{ended.get('reason') or 'Error'} (exit code {ended.get('exitCode')})"
+        if phase == "Failed" and failure is None:
+            failure = str(status.get("reason") or "Failed")
         return cls(
             name=meta["name"],
-            phase=status.get("phase") or "Pending",
+            phase=phase,
             created=_unix(created) if created else 0.0,
             deleting=bool(meta.get("deletionTimestamp")),
             node=(pod.get("spec") or {}).get("nodeName"),
+            finished_at=finished_at,
+            failure=failure if phase == "Failed" else None,
         )
 
 
@@ -195,6 +214,10 @@ class ScalingPolicy(_Model):
     max_drain_per_step: int = Field(default=10, ge=1)
     stabilization_seconds: float = Field(default=60.0, ge=0)
     stats_max_age_seconds: float = Field(default=30.0, gt=0)
+    failed_pod_retention_seconds: float = Field(default=600.0, ge=0)
+    failed_pods_kept: int = Field(default=5, ge=0)
+    backoff_seconds: float = Field(default=5.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
 
     @classmethod
     def from_settings(cls, settings: OperatorSettings) -> ScalingPolicy:
@@ -204,15 +227,25 @@ class ScalingPolicy(_Model):
             max_drain_per_step=settings.max_drain_per_step,
             stabilization_seconds=settings.stabilization_seconds,
             stats_max_age_seconds=settings.stats_max_age_seconds,
+            failed_pod_retention_seconds=settings.failed_pod_retention_seconds,
+            failed_pods_kept=settings.failed_pods_kept,
+            backoff_seconds=settings.backoff_seconds,
+            backoff_max_seconds=settings.backoff_max_seconds,
         )
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th failure in a row (0 for none)."""
+        if failures <= 0:
+            return 0.0
+        return float(min(self.backoff_max_seconds, self.backoff_seconds * 2 ** min(failures - 1, 30)))
 
 
 #: Why the decision is what it is, as one bounded word (a safe Prometheus label; the full
 #: sentence is `reason`): what set `desired` (`demand` of the tasks, raised to `min`, capped
-#: at `max`, `no_tasks`, `no_stats`), or what holds or forces a scale-down
-#: (`stabilization`, `not_removable`, `over_max`).
+#: at `max`, `no_tasks`, `no_stats`), what holds or forces a scale-down (`stabilization`,
+#: `not_removable`, `over_max`), or what holds a scale-up (`backoff` after failures).
 DecisionCause = Literal[
-    "demand", "min", "max", "no_tasks", "no_stats", "stabilization", "not_removable", "over_max"
+    "demand", "min", "max", "no_tasks", "no_stats", "stabilization", "not_removable", "over_max", "backoff"
 ]
 #: What a step does to the pool, as one word (`hold`: it wants a change it may not make yet).
 DecisionAction = Literal["scale_up", "scale_down", "steady", "hold"]
@@ -317,6 +350,42 @@ def _misfit(workers: WorkersSpec, demand: Demand) -> str:
     return "; a waiting task cannot fit any worker (" + ", ".join(problems) + ")"
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """No worker pod is created before `until` (unix time), for `reason`."""
+
+    until: float
+    reason: str
+
+
+def failed_pods_to_keep(pods: Sequence[WorkerPod], now: float, policy: ScalingPolicy) -> list[WorkerPod]:
+    """The failed pods kept as evidence: the newest `failed_pods_kept`, each for
+    `failed_pod_retention_seconds` after it ended."""
+    failed = sorted(
+        (p for p in pods if p.phase == "Failed" and not p.deleting),
+        key=lambda p: (-(p.finished_at or p.created), p.name),
+    )
+    return [
+        p
+        for p in failed[: policy.failed_pods_kept]
+        if now - (p.finished_at or p.created) < policy.failed_pod_retention_seconds
+    ]
+
+
+def crash_backoff(pods: Sequence[WorkerPod], now: float, policy: ScalingPolicy) -> Backoff | None:
+    """The wait the failed pods kept impose before the next creation, if it is not over."""
+    kept = failed_pods_to_keep(pods, now, policy)
+    if not kept:
+        return None
+    latest = kept[0]
+    until = (latest.finished_at or latest.created) + policy.backoff(len(kept))
+    if until <= now:
+        return None
+    return Backoff(
+        until, f"{len(kept)} worker pod(s) failed recently, the last {latest.name}: {latest.failure}"
+    )
+
+
 def decide(
     workers: WorkersSpec,
     stats: ManagerStats | None,
@@ -324,12 +393,21 @@ def decide(
     now: float,
     last_decision: LastScaling | None,
     policy: ScalingPolicy | None = None,
+    backoff: Backoff | None = None,
 ) -> ScalingDecision:
-    """Decide this step of the autoscaler. Pure: same inputs, same decision."""
+    """Decide this step of the autoscaler. Pure: same inputs, same decision.
+
+    `backoff` is a wait the caller knows of (the API server refused the last pods it asked
+    for); failed pods impose their own (`crash_backoff`). Either holds creations, never
+    scale-downs.
+    """
     policy = policy or ScalingPolicy()
     fresh = stats if stats is not None and now - stats.time <= policy.stats_max_age_seconds else None
 
-    delete = [p.name for p in pods if p.finished and not p.deleting]
+    kept = {p.name for p in failed_pods_to_keep(pods, now, policy)}
+    delete = [p.name for p in pods if p.finished and not p.deleting and p.name not in kept]
+    waits = [b for b in (backoff, crash_backoff(pods, now, policy)) if b is not None and b.until > now]
+    wait = max(waits, key=lambda b: b.until) if waits else None
     existing = [p for p in pods if not p.finished]  # count against max, deleting or not
     live = [p for p in existing if not p.deleting]
     by_pod = {w.pod: w for w in fresh.workers if w.pod} if fresh is not None else {}
@@ -353,6 +431,18 @@ def decide(
         reason_base = why + _clamp_note(needed, desired, workers)
         cause = _cause(needed, desired)
 
+    if desired > current and wait is not None:
+        return ScalingDecision(
+            desired=desired,
+            create=0,
+            drain=[],
+            delete=delete,
+            reason=f"holding {current} (want {desired}): backing off {wait.until - now:.0f}s more, "
+            f"{wait.reason}; " + reason_base,
+            current=current,
+            target=current,
+            cause="backoff",
+        )
     if desired > current:
         room = workers.max - len(existing)
         create = max(0, min(desired - current, policy.max_create_per_step, room))

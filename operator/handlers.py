@@ -2,12 +2,16 @@
 
 Exists so that what kopf calls, and when, is visible on one page:
 
+* indexes of the kinds the operator creates (pods, Deployments, StatefulSets, Services,
+  Jobs, and PodDisruptionBudgets / NetworkPolicies when they are on), watched with the
+  server-side selector `app.kubernetes.io/managed-by=kubevine-operator` and keyed by
+  (namespace, workflow): every read of a child comes from them (`kubevine.operator.cache`);
 * create / resume / spec update → validate the spec; invalid: `Valid=False`, a Warning
   Event, nothing created, `kopf.PermanentError`; valid: ensure the fixed children
   (`kubevine.operator.children`).
-* a timer every `scale_interval_seconds` → one autoscaler step
-  (`kubevine.operator.scaler`): status, Events, worker pods, and deletion of a finished
-  workflow after `ttlSecondsAfterFinished`.
+* a timer every `scale_interval_seconds` → one step (`kubevine.operator.scaler`): repair
+  the children, scale the workers, report problems, write the status when it changed, and
+  delete a finished workflow after `ttlSecondsAfterFinished`.
 * every watch event → the workflow's phase for the operator's metrics
   (`kubevine.operator.metrics`); a DELETED event drops what was remembered about it.
 * deletion → nothing to do: every child carries an owner reference and is garbage
@@ -29,10 +33,11 @@ from typing import Any
 
 import kopf
 
-from kubevine.operator import children, scaler
+from kubevine.operator import scaler
 from kubevine.operator.autoscale import pool_limits
+from kubevine.operator.cache import Children, index_entry
 from kubevine.operator.kube import KubeError
-from kubevine.operator.naming import GROUP, PLURAL, VERSION, WorkflowRef
+from kubevine.operator.naming import GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION, WorkflowRef
 from kubevine.operator.settings import OperatorSettings
 from kubevine.operator.spec import SpecError, VineWorkflowSpec, parse_spec, validate_workflow_name
 from kubevine.operator.status import Observed, compute_status, merge_patch
@@ -45,11 +50,55 @@ RETRY_DELAY = 5.0
 MAX_EVENT_MESSAGE = 1000
 
 
-def validated_spec(body: Mapping[str, Any]) -> VineWorkflowSpec:
-    """The workflow's spec as models; `SpecError` when the name or the spec is invalid."""
+#: The kinds the operator creates and watches: kind -> (group, version, plural).
+CHILD_KINDS: dict[str, tuple[str, str, str]] = {
+    "Pod": ("", "v1", "pods"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "StatefulSet": ("apps", "v1", "statefulsets"),
+    "Service": ("", "v1", "services"),
+    "Job": ("batch", "v1", "jobs"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+}
+
+
+def watched_kinds(settings: OperatorSettings) -> list[str]:
+    """The child kinds this operator watches (the optional ones only when it creates them)."""
+    return [
+        kind
+        for kind in CHILD_KINDS
+        if (kind != "PodDisruptionBudget" or settings.pod_disruption_budgets)
+        and (kind != "NetworkPolicy" or settings.network_policy)
+    ]
+
+
+def _index_id(kind: str) -> str:
+    return f"children_{kind.lower()}"
+
+
+def children_of(body: Mapping[str, Any], indexes: Mapping[str, Any]) -> Children:
+    """The workflow's children from the indexes kopf passed to a handler."""
+    meta = body["metadata"]
+    found = {kind: indexes[_index_id(kind)] for kind in CHILD_KINDS if _index_id(kind) in indexes}
+    return Children.from_indexes(found, (str(meta.get("namespace") or ""), str(meta["name"])))
+
+
+def validated_spec(body: Mapping[str, Any], settings: OperatorSettings | None = None) -> VineWorkflowSpec:
+    """The workflow's spec as models; `SpecError` when the name or the spec is invalid (or
+    asks for what this operator does not allow: its own ServiceAccount)."""
     validate_workflow_name(str(body["metadata"]["name"]))
     spec = body.get("spec")
-    return parse_spec(dict(spec) if isinstance(spec, Mapping) else spec)
+    parsed = parse_spec(dict(spec) if isinstance(spec, Mapping) else spec)
+    if settings is not None and settings.service_account:
+        own = settings.service_account
+        for part, options in (
+            ("manager", parsed.manager),
+            ("workers", parsed.workers),
+            ("application", parsed.application),
+        ):
+            if options is not None and options.service_account_name == own:
+                raise SpecError([f"{part}.serviceAccountName: {own!r} is the operator's own ServiceAccount"])
+    return parsed
 
 
 def _context(memo: Any) -> scaler.Context:
@@ -69,14 +118,14 @@ async def ensure_children(
     body: kopf.Body,
     patch: kopf.Patch,
     memo: Any,
+    indexes: Mapping[str, Any],
     *,
-    update: bool,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
-    """Validate, then create (and on update, reconcile) the workflow's fixed children."""
+    """Validate, then create (or bring up to date) the workflow's fixed children."""
     ctx = _context(memo)
     try:
-        await _ensure_children(ctx, body, patch, update=update, logger=logger)
+        await _ensure_children(ctx, body, patch, children_of(body, indexes), logger=logger)
     except kopf.PermanentError:  # an invalid spec
         ctx.metrics.record_error("children", "invalid_spec")
         raise
@@ -92,13 +141,13 @@ async def _ensure_children(
     ctx: scaler.Context,
     body: kopf.Body,
     patch: kopf.Patch,
+    seen: Children,
     *,
-    update: bool,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     previous = dict(body.get("status") or {})
     try:
-        spec = validated_spec(body)
+        spec = validated_spec(body, ctx.settings)
     except SpecError as e:
         generation = int(body["metadata"].get("generation") or 0)
         status = compute_status(Observed(generation=generation, spec_error=str(e)), previous, time.time())
@@ -107,27 +156,30 @@ async def _ensure_children(
         raise kopf.PermanentError(str(e)) from e
     ref = WorkflowRef.from_body(body)
     try:
-        changed = await children.ensure(ctx.kube, ref, spec, ctx.settings, body, update=update)
+        notes = await scaler.repair(ctx, ref, spec, body, seen, time.time(), start_application=False)
     except KubeError as e:
         raise kopf.TemporaryError(f"creating the children failed: {e}", delay=RETRY_DELAY) from e
-    if changed:
-        logger.info("created %s", ", ".join(changed))
-        _event(body, scaler.Note("Normal", "Updated" if update else "Created", ", ".join(changed)))
+    failed = ctx.of(ref.uid).repairs_problems
+    if failed:
+        raise kopf.TemporaryError(failed[0].message, delay=RETRY_DELAY)
+    for note in notes:
+        logger.info("%s: %s", note.reason, note.message)
+        _event(body, note)
 
 
-async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
-    """One autoscaler step; skipped for workflows being deleted or with an invalid spec."""
+async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any, indexes: Mapping[str, Any]) -> None:
+    """One step; skipped for workflows being deleted or with an invalid spec."""
     ctx = _context(memo)
     if body["metadata"].get("deletionTimestamp"):
         ctx.forget(str(body["metadata"]["uid"]))
         return
     try:
-        spec = validated_spec(body)
+        spec = validated_spec(body, ctx.settings)
     except SpecError:
         return  # the create/update handler reported it; nothing runs for it
     started = time.monotonic()
     try:
-        result = await scaler.step(ctx, body, spec, time.time())
+        result = await scaler.step(ctx, body, spec, children_of(body, indexes), time.time())
     except KubeError as e:
         ctx.metrics.record_error("autoscale", "kube_api")
         log.warning(
@@ -152,7 +204,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
             ctx.metrics.record_error("expire", "kube_api")
             log.warning("workflow %s: deletion after its TTL failed: %s", body["metadata"].get("name"), e)
         return
-    patch.status.update(result.status_patch)
+    if result.status_patch:
+        patch.status.update(result.status_patch)
 
 
 def _record(ctx: scaler.Context, body: kopf.Body, spec: VineWorkflowSpec, result: scaler.StepResult) -> None:
@@ -196,19 +249,28 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     def login(**kwargs: Any) -> Any:
         return kopf.login_via_client(**kwargs)
 
+    for kind in watched_kinds(settings):
+        group, version, plural = CHILD_KINDS[kind]
+        kopf.index(
+            *((group, version, plural) if group else (version, plural)),
+            id=_index_id(kind),
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+            registry=registry,
+        )(_index_children)
+
     @kopf.on.create(*resource, id="children", registry=registry, backoff=RETRY_DELAY)
-    async def on_create(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
-        await ensure_children(body, patch, memo, update=False, logger=logger)
+    async def on_create(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **kwargs: Any) -> None:
+        await ensure_children(body, patch, memo, kwargs, logger=logger)
 
     @kopf.on.resume(*resource, id="children-resume", registry=registry, backoff=RETRY_DELAY)
-    async def on_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
+    async def on_resume(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **kwargs: Any) -> None:
         if body["metadata"].get("deletionTimestamp"):
             return
-        await ensure_children(body, patch, memo, update=False, logger=logger)
+        await ensure_children(body, patch, memo, kwargs, logger=logger)
 
     @kopf.on.update(*resource, id="children-update", field="spec", registry=registry, backoff=RETRY_DELAY)
-    async def on_update(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
-        await ensure_children(body, patch, memo, update=True, logger=logger)
+    async def on_update(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **kwargs: Any) -> None:
+        await ensure_children(body, patch, memo, kwargs, logger=logger)
 
     @kopf.on.event(*resource, id="metrics", registry=registry)
     def on_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -221,5 +283,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         backoff=settings.scale_interval_seconds,  # an unexpected error delays one step, not kopf's 60 s
         registry=registry,
     )
-    async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-        await autoscale(body, patch, memo)
+    async def on_timer(body: kopf.Body, patch: kopf.Patch, memo: Any, **kwargs: Any) -> None:
+        await autoscale(body, patch, memo, kwargs)
+
+
+def _index_children(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """One child as the indexes keep it, under its workflow's (namespace, name)."""
+    return index_entry(body)

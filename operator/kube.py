@@ -42,6 +42,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Deployment": ("apps/v1", "deployments"),
     "StatefulSet": ("apps/v1", "statefulsets"),
     "Job": ("batch/v1", "jobs"),
+    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     "VineWorkflow": ("kubevine.io/v1alpha1", "vineworkflows"),
 }
 
@@ -118,6 +120,10 @@ class KubeApi:
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Obj:
         return await asyncio.to_thread(self._request, method, path, **kwargs)
+
+    def get_path(self, path: str) -> Obj:
+        """GET any path (e.g. `/openapi/v3`), synchronously: for checks before the operator runs."""
+        return self._request("GET", path)
 
     # -- verbs ---------------------------------------------------------------------------
 

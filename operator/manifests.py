@@ -22,6 +22,7 @@ from kubevine.operator.naming import (
     REDIS_PORT,
     WorkflowRef,
     application_job_name,
+    disruption_budget_name,
     labels,
     managed_redis_url,
     manager_address,
@@ -32,23 +33,26 @@ from kubevine.operator.naming import (
     token_secret_name,
 )
 from kubevine.operator.podparts import (
+    BIND_ALL,
     REDIS_PASSWORD_KEY,
     TOKEN_DIR,
     TOKEN_FILE,
     TOKEN_KEY,
     WORKDIR,
+    advertise_env,
     container_security_context,
-    field_env,
+    encrypt_env,
     image_for,
     json_logs_env,
-    placement,
     pod_security_context,
     scratch_mounts,
     scratch_volumes,
     secret_env,
     token_env,
-    user_env,
+    with_pod_options,
 )
+from kubevine.operator.policies import build_network_policies
+from kubevine.operator.quantity import to_mib
 from kubevine.operator.settings import OperatorSettings
 from kubevine.operator.spec import MANAGER_METRICS_PORT, VineWorkflowSpec
 
@@ -114,8 +118,11 @@ def build_manager_deployment(
 ) -> Manifest:
     """The manager: one replica, `Recreate` so two managers never overlap on one store.
 
-    Ready when its ZeroMQ port accepts connections; alive while `/healthz` answers on the
-    metrics port. The workdir and /tmp are emptyDirs under a read-only root filesystem.
+    It binds every address of its pod (`--host 0.0.0.0`): workers and the operator reach it
+    at the pod IP, and `kubectl port-forward`, which connects to 127.0.0.1 inside the pod,
+    reaches it too; `KUBEVINE_ADVERTISE_HOST` is the pod IP it tells others. Ready when its
+    ZeroMQ port accepts connections; alive while `/healthz` answers on the metrics port. The
+    workdir and /tmp are emptyDirs under a read-only root filesystem.
     """
     port = spec.manager.port
     redis_env, redis_args = _redis_env_and_args(ref, spec)
@@ -129,6 +136,8 @@ def build_manager_deployment(
             str(port),
             "--name",
             ref.name,
+            "--host",
+            BIND_ALL,
             *redis_args,
             "--token-file",
             TOKEN_FILE,
@@ -138,8 +147,9 @@ def build_manager_deployment(
             str(MANAGER_METRICS_PORT),
         ],
         "env": [
-            field_env("KUBEVINE_BIND_HOST", "status.podIP"),
+            advertise_env(),
             token_env(ref),
+            encrypt_env(spec),
             json_logs_env(),
             *redis_env,
         ],
@@ -174,7 +184,6 @@ def build_manager_deployment(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
-        **placement(spec.manager.node_selector, spec.manager.tolerations),
         "containers": [container],
         "volumes": [
             *scratch_volumes(),
@@ -188,6 +197,15 @@ def build_manager_deployment(
             },
         ],
     }
+    template_metadata: dict[str, Any] = {
+        "labels": labels(ref, COMPONENT_MANAGER),
+        "annotations": {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(MANAGER_METRICS_PORT),
+            "prometheus.io/path": "/metrics",
+        },
+    }
+    with_pod_options(pod_spec, template_metadata, container, spec.manager)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -197,17 +215,7 @@ def build_manager_deployment(
             "strategy": {"type": "Recreate"},
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(ref, COMPONENT_MANAGER)},
-            "template": {
-                "metadata": {
-                    "labels": labels(ref, COMPONENT_MANAGER),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(MANAGER_METRICS_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": pod_spec,
-            },
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
 
@@ -247,7 +255,10 @@ def build_redis_statefulset(ref: WorkflowRef, spec: VineWorkflowSpec, settings: 
 
     The password comes from the token Secret; the PVC is deleted with the StatefulSet
     (`persistentVolumeClaimRetentionPolicy.whenDeleted: Delete`), so deleting the
-    workflow leaves no volume behind.
+    workflow leaves no volume behind. It binds every address of its pod (so a port-forward
+    reaches it). Its memory is `stateStore.memory` (request = limit) and `maxmemory` is 80% of
+    that with `noeviction`: a full state store refuses writes (the manager says so) instead of
+    being killed by the kernel or silently dropping workflow state.
     """
     store = spec.state_store
     if not store.managed:
@@ -271,14 +282,17 @@ def build_redis_statefulset(ref: WorkflowRef, spec: VineWorkflowSpec, settings: 
             "--dir",
             "/data",
             "--bind",
-            "$(POD_IP)",
+            BIND_ALL,
             "--port",
             str(REDIS_PORT),
             "--requirepass",
             "$(REDIS_PASSWORD)",
+            "--maxmemory",
+            str(redis_maxmemory(store.memory)),
+            "--maxmemory-policy",
+            "noeviction",
         ],
         "env": [
-            field_env("POD_IP", "status.podIP"),
             secret_env("REDIS_PASSWORD", token_secret_name(ref), REDIS_PASSWORD_KEY),
         ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
@@ -289,8 +303,8 @@ def build_redis_statefulset(ref: WorkflowRef, spec: VineWorkflowSpec, settings: 
             "periodSeconds": 10,
         },
         "resources": {
-            "requests": {"cpu": "100m", "memory": "256Mi"},
-            "limits": {"memory": "1Gi"},
+            "requests": {"cpu": "100m", "memory": store.memory},
+            "limits": {"memory": store.memory},
         },
         "securityContext": container_security_context(),
         "volumeMounts": [
@@ -333,6 +347,12 @@ def build_redis_statefulset(ref: WorkflowRef, spec: VineWorkflowSpec, settings: 
     }
 
 
+def redis_maxmemory(memory: str) -> int:
+    """Redis's `maxmemory` in bytes for a container of `memory`: 80% of it, the rest for
+    Redis's own overhead and the append-only file's rewrite buffer."""
+    return to_mib(memory) * 1024 * 1024 * 8 // 10
+
+
 def build_redis_service(ref: WorkflowRef) -> Manifest:
     """ClusterIP Service `<workflow>-redis` in front of the managed Redis."""
     return {
@@ -358,8 +378,13 @@ def build_redis_service(ref: WorkflowRef) -> Manifest:
 
 
 def build_application_job(ref: WorkflowRef, spec: VineWorkflowSpec, settings: OperatorSettings) -> Manifest:
-    """The application run once against the manager; `backoffLimit: 0` — its outcome is
-    the workflow's (a retry would resubmit work the manager already holds)."""
+    """The application, run against the manager once the manager is ready (the operator
+    creates the Job only then, so the application's first connection finds it).
+
+    `backoffLimit` is the spec's (default 2): a pod lost with its node, or an application that
+    exits non-zero, runs again against the same manager (what it submitted before is still
+    there). The Job is never patched: its template is immutable.
+    """
     app = spec.application
     if app is None:
         raise ValueError("build_application_job needs spec.application")
@@ -372,32 +397,56 @@ def build_application_job(ref: WorkflowRef, spec: VineWorkflowSpec, settings: Op
         "env": [
             {"name": "KUBEVINE_MANAGER", "value": manager_address(ref, spec)},
             token_env(ref),
-            *user_env(app.env),
+            encrypt_env(spec),
         ],
+        "resources": app.resources.to_k8s(),
         "securityContext": container_security_context(),
         "volumeMounts": scratch_mounts(),
     }
     if app.args:
         container["args"] = list(app.args)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": scratch_volumes(),
+    }
+    template_metadata: dict[str, Any] = {"labels": labels(ref, COMPONENT_APPLICATION)}
+    with_pod_options(pod_spec, template_metadata, container, app)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata(ref, application_job_name(ref), COMPONENT_APPLICATION),
         "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": labels(ref, COMPONENT_APPLICATION)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": scratch_volumes(),
-                },
-            },
+            "backoffLimit": app.backoff_limit,
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
+
+
+# --- disruption budgets ------------------------------------------------------------------
+
+
+def build_disruption_budgets(ref: WorkflowRef, spec: VineWorkflowSpec) -> list[Manifest]:
+    """PodDisruptionBudgets with `maxUnavailable: 0` for the manager (and the managed Redis):
+    a node drain (a voluntary eviction) never takes them down while the workflow exists; it
+    waits until the workflow is deleted or someone deletes the pod on purpose. Workers need
+    none: a drained worker's preStop hook hands its tasks back."""
+    components = [COMPONENT_MANAGER] + ([COMPONENT_REDIS] if spec.state_store.managed else [])
+    return [
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(ref, disruption_budget_name(ref, component), component),
+            "spec": {
+                "maxUnavailable": 0,
+                "selector": {"matchLabels": selector_labels(ref, component)},
+            },
+        }
+        for component in components
+    ]
 
 
 # --- all together ------------------------------------------------------------------------
@@ -414,8 +463,8 @@ def build_children(
     """Every child except worker pods, in the order to create them.
 
     The token Secret comes first (pods reference it), the state store before the
-    manager, the manager before the application. `redis_password` is required for a
-    managed state store.
+    manager, the manager before the application, the policies last. `redis_password` is
+    required for a managed state store.
     """
     if spec.state_store.managed and not redis_password:
         raise ValueError("a managed state store needs a redis_password")
@@ -431,4 +480,8 @@ def build_children(
     ]
     if spec.application is not None:
         children.append(build_application_job(ref, spec, settings))
+    if settings.pod_disruption_budgets:
+        children += build_disruption_budgets(ref, spec)
+    if settings.network_policy:
+        children += build_network_policies(ref, spec, settings)
     return children

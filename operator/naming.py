@@ -37,6 +37,13 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_WORKFLOW = "kubevine.io/workflow"
 MANAGED_BY = "kubevine-operator"
+#: Pods with this label set to a workflow's name may reach its manager when the operator's
+#: NetworkPolicies are on (clients: notebooks, scripts in the cluster).
+LABEL_CLIENT = "kubevine.io/client"
+#: Annotation on every child: a hash of the manifest the operator last applied, so that a
+#: child is patched only when what the operator wants changed (the API server's defaults and
+#: normalised quantities never look like drift).
+ANNOTATION_APPLIED = "kubevine.io/applied"
 
 _SUFFIX_RE = re.compile(r"^[a-z0-9]{1,10}$")
 
@@ -77,6 +84,22 @@ def token_secret_name(ref: WorkflowRef) -> str:
 def application_job_name(ref: WorkflowRef) -> str:
     """Name of the application Job."""
     return f"{ref.name}-app"
+
+
+def disruption_budget_name(ref: WorkflowRef, component: str) -> str:
+    """Name of the PodDisruptionBudget of the manager or the managed Redis."""
+    return f"{ref.name}-{component}"
+
+
+def network_policy_name(ref: WorkflowRef, component: str) -> str:
+    """Name of the NetworkPolicy that admits the flows into one component's pods."""
+    return f"{ref.name}-{component}"
+
+
+def node_cache_folder(root: str, ref: WorkflowRef) -> str:
+    """The node cache folder of the workflow's namespace: `<root>/<namespace>` (every workflow
+    of a namespace shares it; no other namespace sees it)."""
+    return f"{root.rstrip('/')}/{ref.namespace}"
 
 
 def worker_pod_name(ref: WorkflowRef, suffix: str) -> str:

@@ -12,10 +12,13 @@ from typing import Any
 
 from kubevine.operator.naming import WorkflowRef, token_secret_name
 from kubevine.operator.settings import OperatorSettings
-from kubevine.operator.spec import EnvVar, Toleration, VineWorkflowSpec
+from kubevine.operator.spec import EnvVar, PodOptions, Toleration, VineWorkflowSpec
 
 #: The non-root user of the kubevine image (docker/Dockerfile).
 RUN_AS_USER = 10001
+#: Every address of the pod: what the manager and Redis bind, so that a connection to the pod
+#: IP (workers, the operator) and to 127.0.0.1 inside the pod (`kubectl port-forward`) both work.
+BIND_ALL = "0.0.0.0"
 
 WORKDIR = "/var/lib/kubevine/work"
 CACHE_DIR = "/var/cache/kubevine"
@@ -94,16 +97,63 @@ def scratch_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def placement(node_selector: dict[str, str] | None, tolerations: list[Toleration] | None) -> dict[str, Any]:
-    """`nodeSelector` and `tolerations` pod-spec fields, only when set."""
-    result: dict[str, Any] = {}
-    if node_selector:
-        result["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        result["tolerations"] = tolerations_k8s(tolerations)
-    return result
-
-
 def image_for(spec: VineWorkflowSpec, settings: OperatorSettings) -> str:
     """The workflow's image, or the operator's default when the spec names none."""
     return spec.image or settings.default_image
+
+
+def encrypt_env(spec: VineWorkflowSpec) -> dict[str, Any]:
+    """`KUBEVINE_ENCRYPT`: 1 when the workflow's wire is encrypted (ZeroMQ CURVE, keys derived
+    from the token), else 0 — set either way, so an image default never decides it."""
+    return {"name": "KUBEVINE_ENCRYPT", "value": "1" if spec.security.encrypt else "0"}
+
+
+def advertise_env() -> dict[str, Any]:
+    """`KUBEVINE_ADVERTISE_HOST`: the pod IP, the address a process that binds all addresses
+    tells others to reach it at."""
+    return field_env("KUBEVINE_ADVERTISE_HOST", "status.podIP")
+
+
+def with_pod_options(
+    pod_spec: dict[str, Any],
+    template_metadata: dict[str, Any],
+    container: dict[str, Any],
+    options: PodOptions,
+) -> None:
+    """Add a component's site options to a pod spec being built (in place).
+
+    What the operator sets wins: its labels (the selectors), its env (`KUBEVINE_*`), its
+    volumes and mounts come first; a workflow's own are added after them. The pod keeps no
+    service-account token unless `automountServiceAccountToken` asks for one.
+    """
+    if options.node_selector:
+        pod_spec["nodeSelector"] = {**dict(options.node_selector), **pod_spec.get("nodeSelector", {})}
+    if options.tolerations:
+        pod_spec["tolerations"] = [*pod_spec.get("tolerations", []), *tolerations_k8s(options.tolerations)]
+    if options.affinity:
+        pod_spec["affinity"] = dict(options.affinity)
+    if options.priority_class_name:
+        pod_spec["priorityClassName"] = options.priority_class_name
+    if options.service_account_name:
+        pod_spec["serviceAccountName"] = options.service_account_name
+    pod_spec["automountServiceAccountToken"] = options.automount_service_account_token
+    if options.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": r.name} for r in options.image_pull_secrets]
+    if options.pod_labels:
+        template_metadata["labels"] = {**dict(options.pod_labels), **template_metadata.get("labels", {})}
+    if options.pod_annotations:
+        template_metadata["annotations"] = {
+            **dict(options.pod_annotations),
+            **template_metadata.get("annotations", {}),
+        }
+    if options.volumes:
+        pod_spec["volumes"] = [*pod_spec.get("volumes", []), *(v.to_k8s() for v in options.volumes)]
+    if options.volume_mounts:
+        container["volumeMounts"] = [
+            *container.get("volumeMounts", []),
+            *(m.to_k8s() for m in options.volume_mounts),
+        ]
+    if options.env:
+        container["env"] = [*container.get("env", []), *user_env(options.env)]
+    if options.env_from:
+        container["envFrom"] = [e.model_dump(by_alias=True, exclude_none=True) for e in options.env_from]

@@ -24,6 +24,12 @@ chart's Deployment runs) and so that the choices kopf leaves open are made once,
 * **Logs.** JSON lines with `--log-format json`, `KUBEVINE_LOG_FORMAT=json` or
   `KUBEVINE_OPERATOR_LOG_FORMAT=json` (the chart's value), else text.
 
+* **The CRD it needs.** Before kopf starts, the VineWorkflow schema the cluster serves is
+  compared with the operator's own (`crdcheck`); an older CRD stops it with the command that
+  upgrades it (`--skip-crd-check` starts anyway).
+* **Node caches.** `kubevine operator node-cache ...` runs the node-cache keeper instead (the
+  chart's DaemonSet; see `nodecache`).
+
 Everything per workflow lives in `handlers`; the settings shared by all workflows come
 from `KUBEVINE_OPERATOR_*` variables (`OperatorSettings.from_env`).
 """
@@ -40,8 +46,9 @@ from collections.abc import Mapping
 import kopf
 
 from kubevine import logs
-from kubevine.operator import handlers
+from kubevine.operator import crdcheck, handlers, nodecache
 from kubevine.operator.autoscale import ScalingPolicy
+from kubevine.operator.cache import SELECTOR
 from kubevine.operator.kube import KubeApi, load_api_client
 from kubevine.operator.scaler import Context
 from kubevine.operator.settings import OperatorSettings, SettingsError
@@ -100,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peering priority: the highest replica works (default: a random one per process)",
     )
+    parser.add_argument(
+        "--skip-crd-check",
+        action="store_true",
+        help="start even if the cluster's VineWorkflow CRD lacks fields this operator uses",
+    )
     parser.add_argument("--log-level", default=os.environ.get("KUBEVINE_LOG_LEVEL", "INFO"))
     parser.add_argument("--log-format", choices=["text", "json"], default=None)
     return parser
@@ -117,20 +129,29 @@ def log_format(arg: str | None, environ: Mapping[str, str], settings: OperatorSe
 
 
 class _QuietTimer(logging.Filter):
-    """Drops kopf's "Timer 'autoscale' succeeded." line: one per workflow per interval says
+    """Drops kopf's "Timer 'autoscale' succeeded.", "Indexer '...' succeeded." and "Handler
+    'metrics' succeeded." lines: one per workflow per interval or per watch event says
     nothing; the steps that change something log what they did."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Timer 'autoscale' succeeded")
+        text = record.getMessage()
+        return not (
+            text.startswith("Timer 'autoscale' succeeded")
+            or (text.startswith("Indexer '") and text.endswith("succeeded."))
+            or text == "Handler 'metrics' succeeded."
+        )
 
 
 def kopf_settings(clusterwide: bool) -> kopf.OperatorSettings:
-    """kopf's own settings for this operator."""
+    """kopf's own settings for this operator. The children it indexes are watched with a
+    server-side label selector: the API server sends only what the operator created."""
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = not clusterwide
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING  # handler failures become Events; our decisions post their own
     settings.peering.stealth = True  # no log line per keep-alive
+    for group, version, plural in handlers.CHILD_KINDS.values():
+        settings.watching.label_selectors[(group, version, plural) if group else (version, plural)] = SELECTOR
     return settings
 
 
@@ -144,11 +165,15 @@ def _refuse(args: argparse.Namespace, message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["node-cache"]:
+        return nodecache.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = OperatorSettings.from_env(os.environ)
     except SettingsError as e:
         return _refuse(args, str(e))
+    if not settings.namespace and os.environ.get("POD_NAMESPACE"):
+        settings = settings.model_copy(update={"namespace": os.environ["POD_NAMESPACE"]})
     namespaces: list[str] = list(args.namespaces or [])
     if not args.all_namespaces and not namespaces:
         if not os.environ.get("POD_NAMESPACE"):
@@ -167,11 +192,15 @@ def main(argv: list[str]) -> int:
     if level > logging.DEBUG:  # one line per liveness probe says nothing
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
+    kube = KubeApi(load_api_client())
+    if not args.skip_crd_check:
+        try:
+            crdcheck.check(kube)
+        except crdcheck.CrdError as e:
+            return _refuse(args, str(e))
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)
-    context = Context(
-        settings=settings, kube=KubeApi(load_api_client()), policy=ScalingPolicy.from_settings(settings)
-    )
+    context = Context(settings=settings, kube=kube, policy=ScalingPolicy.from_settings(settings))
     metrics_port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     metrics_server = None
     if metrics_port:

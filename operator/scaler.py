@@ -1,71 +1,81 @@
-"""One autoscaler step of one VineWorkflow: observe, decide, act, report.
+"""One step of one VineWorkflow: repair, observe, decide, act, report.
 
-Exists as the I/O shell around the pure core (`autoscale.decide`, `status.compute_status`):
-it gathers what those functions need from the cluster and the manager, carries out the
-decision, and returns the status patch and the Events for the kopf timer to apply. It
-keeps no state between steps that matters for correctness:
+Exists as the I/O shell around the pure core (`autoscale.decide`, `status.compute_status`,
+`problems`): it gathers what those functions need, carries out the decision, and returns
+the status patch and the Events for the kopf timer to apply. What it reads of the cluster
+comes from watches (`cache.Children`, kopf indexes), so a step of a workflow at rest makes
+no API call at all — it talks to the manager, and writes the status only when it changed.
 
-* **Worker pods are derived from labels**, listed afresh each step (never remembered), so
-  an operator killed mid-scale and restarted — or a second replica taking over — counts
-  the pods that exist and creates none twice;
+State between steps that matters for correctness lives in the cluster, not here:
+
+* **Worker pods are derived from labels** (the watched pods), so an operator killed
+  mid-scale and restarted — or a second replica taking over — counts the pods that exist
+  and creates none twice;
 * **the last scaling decision lives in the workflow's status** (`status.lastScaling`),
-  which is what the stabilisation window is measured from;
-* the only memory is a cache of workflow tokens (read again from the Secret when absent),
-  whether the manager was reachable (to log a change once, not every step), and which
-  pods this process drained: a drained worker leaves the manager's stats a moment before
-  its pod's phase says it exited, and in that moment the pod would look like a new,
-  unconnected one (counted as capacity, reported as a second scale-down). Such a pod is
-  treated as on its way out until it exits or its grace period is over. Lost on restart,
-  this hint only costs one confusing step; it never decides which pod exists.
+  which is what the stabilisation window is measured from; the problems reported so far
+  are in `status.problems`, so an Event is posted once per problem, not once per process;
+* the memory of this process (`Memory`, per workflow) is only what saves calls or noise:
+  the token Secret's data (read once), whether the manager answered last time (a change is
+  logged once), pods this process drained (a drained worker leaves the manager's stats a
+  moment before its pod's phase says it exited), what it created or deleted that the watch
+  has not shown yet (`cache.Expectations`), and the back-off after the API server refused a
+  pod. Lost on restart, it costs one extra read or one confusing step.
 
-Until the manager Deployment exists (the create handler makes it, possibly a moment after
-the first step), a step only reports status: a worker started before the manager's
-Service exists would have nothing to resolve and join.
+Until the manager Deployment exists, a step only reports status: a worker started before the
+manager's Service exists would have nothing to resolve and join. The application Job is
+created once the manager is ready, or the workflow fails after `startTimeoutSeconds`.
 
-The manager is asked directly (`kubevine.admin.Admin`, role admin) at the IP of its Ready
-pod: that address is right both inside a cluster and under the test kubelet, never
-reaches a manager that is still starting or already terminating, and needs no DNS.
+The manager is asked directly (`kubevine.admin.Admin`, role admin, encrypted when the
+workflow's `security.encrypt` says so) at the IP of its Ready pod: that address is right
+both inside a cluster and under the test kubelet, never reaches a manager that is still
+starting or already terminating, and needs no DNS.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import logging
 import secrets
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import zmq
 from pydantic import ValidationError
 
 from kubevine.admin import Admin, AdminError
+from kubevine.operator import children as children_
+from kubevine.operator import problems as problems_
 from kubevine.operator.adapter import manager_stats
 from kubevine.operator.autoscale import (
+    Backoff,
     ManagerStats,
     ScalingDecision,
     ScalingPolicy,
     WorkerPod,
     decide,
+    failed_pods_to_keep,
     pool_limits,
 )
+from kubevine.operator.cache import Children
 from kubevine.operator.kube import KubeApi, KubeError, Obj
 from kubevine.operator.metrics import OperatorMetrics
 from kubevine.operator.naming import (
+    COMPONENT_APPLICATION,
     COMPONENT_MANAGER,
+    COMPONENT_REDIS,
     COMPONENT_WORKER,
     KIND,
     WorkflowRef,
     application_job_name,
-    label_selector,
     manager_name,
     redis_name,
     token_secret_name,
 )
-from kubevine.operator.podparts import TOKEN_KEY
+from kubevine.operator.problems import Problem
 from kubevine.operator.settings import OperatorSettings
 from kubevine.operator.spec import VineWorkflowSpec
 from kubevine.operator.status import (
@@ -86,6 +96,23 @@ log = logging.getLogger(__name__)
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 #: Seconds one call to the manager may take before the step goes on without its stats.
 ADMIN_TIMEOUT = 3.0
+#: Annotation on the manager's (and Redis's) pod template that rolls them when the token
+#: Secret had to be recreated with new values.
+ANNOTATION_SECRET = "kubevine.io/secret-recreated"
+
+
+@dataclass
+class Memory:
+    """What this process remembers about one workflow between steps (see the module doc)."""
+
+    secret_data: dict[str, str] | None = None
+    reachable: bool = True
+    retiring: dict[str, float] = field(default_factory=dict)  # pod uid -> until
+    repairs: children_.Repairs = field(default_factory=children_.Repairs)
+    create_failures: int = 0
+    create_backoff: Backoff | None = None
+    create_problem: Problem | None = None
+    repairs_problems: list[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -95,16 +122,15 @@ class Context:
     settings: OperatorSettings
     kube: KubeApi
     policy: ScalingPolicy
-    tokens: dict[str, str] = field(default_factory=dict)  # workflow uid -> token
-    reachable: dict[str, bool] = field(default_factory=dict)  # workflow uid -> last outcome
-    retiring: dict[str, dict[str, float]] = field(default_factory=dict)  # workflow uid -> pod uid -> until
+    memory: dict[str, Memory] = field(default_factory=dict)  # workflow uid -> its memory
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+
+    def of(self, workflow_uid: str) -> Memory:
+        return self.memory.setdefault(workflow_uid, Memory())
 
     def forget(self, workflow_uid: str) -> None:
         """Drop what was remembered about a workflow (it is being deleted)."""
-        self.tokens.pop(workflow_uid, None)
-        self.reachable.pop(workflow_uid, None)
-        self.retiring.pop(workflow_uid, None)
+        self.memory.pop(workflow_uid, None)
 
 
 @dataclass(frozen=True)
@@ -157,123 +183,163 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     )
 
 
-# --- observing -----------------------------------------------------------------------------
+def _rfc3339(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the token -----------------------------------------------------------------------------
+
+
+async def secret_data(ctx: Context, ref: WorkflowRef) -> dict[str, str] | None:
+    """The token Secret's data, read once and remembered."""
+    memory = ctx.of(ref.uid)
+    if memory.secret_data is None:
+        secret = await ctx.kube.get("Secret", ref.namespace, token_secret_name(ref))
+        data = (secret or {}).get("data") or {}
+        memory.secret_data = dict(data) if data else None
+    return memory.secret_data
 
 
 async def _token(ctx: Context, ref: WorkflowRef) -> str | None:
-    token = ctx.tokens.get(ref.uid)
-    if token is None:
-        secret = await ctx.kube.get("Secret", ref.namespace, token_secret_name(ref))
-        encoded = ((secret or {}).get("data") or {}).get(TOKEN_KEY)
-        if not encoded:
-            return None
-        token = base64.b64decode(encoded).decode()
-        ctx.tokens[ref.uid] = token
-    return token
+    return children_.token_of(await secret_data(ctx, ref))
 
 
-def _ask_status(address: str, token: str) -> ManagerStats:
-    return manager_stats(Admin(address, token, timeout=ADMIN_TIMEOUT).status())
+# --- observing -----------------------------------------------------------------------------
 
 
-async def _stats(ctx: Context, ref: WorkflowRef, address: str | None) -> ManagerStats | None:
+def _ask_status(address: str, token: str, encrypt: bool) -> ManagerStats:
+    return manager_stats(Admin(address, token, timeout=ADMIN_TIMEOUT, encrypt=encrypt).status())
+
+
+async def _stats(
+    ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec, address: str | None
+) -> ManagerStats | None:
     if address is None:
         return None
     token = await _token(ctx, ref)
     if token is None:
         return None
+    memory = ctx.of(ref.uid)
     try:
-        stats = await asyncio.to_thread(_ask_status, address, token)
+        stats = await asyncio.to_thread(_ask_status, address, token, spec.security.encrypt)
     except (AdminError, zmq.ZMQError, ValidationError, ValueError) as e:
-        if ctx.reachable.get(ref.uid, True):
+        if memory.reachable:
             log.warning(
                 "workflow %s/%s: no stats from the manager at %s: %s", ref.namespace, ref.name, address, e
             )
-        ctx.reachable[ref.uid] = False
+        memory.reachable = False
         if isinstance(e, AdminError) and "refused" in str(e):
-            ctx.tokens.pop(ref.uid, None)  # the Secret may have been recreated: read it again
+            memory.secret_data = None  # the Secret may have been recreated: read it again
         return None
-    if not ctx.reachable.get(ref.uid, True):
+    if not memory.reachable:
         log.info("workflow %s/%s: the manager at %s answers again", ref.namespace, ref.name, address)
-    ctx.reachable[ref.uid] = True
+    memory.reachable = True
     return stats
 
 
-async def observe(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec) -> Observation:
-    """List and read everything one step needs (in parallel)."""
-    kube = ctx.kube
-    pods_call = kube.list("Pod", ref.namespace, label_selector(ref, COMPONENT_WORKER))
-    manager_pods_call = kube.list("Pod", ref.namespace, label_selector(ref, COMPONENT_MANAGER))
-    deployment_call = kube.get("Deployment", ref.namespace, manager_name(ref))
-    redis_call = (
-        kube.get("StatefulSet", ref.namespace, redis_name(ref)) if spec.state_store.managed else _none()
-    )
-    job_call = (
-        kube.get("Job", ref.namespace, application_job_name(ref)) if spec.application is not None else _none()
-    )
-    pods, manager_pods, deployment, redis, job = await asyncio.gather(
-        pods_call, manager_pods_call, deployment_call, redis_call, job_call
-    )
+async def observe(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec, seen: Children) -> Observation:
+    """What one step needs: the watched children, and the manager's stats."""
+    pods = seen.pods(COMPONENT_WORKER)
     serving = [
         p
-        for p in manager_pods
+        for p in seen.pods(COMPONENT_MANAGER)
         if _ready(p) and not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("podIP")
     ]
     address = f"{serving[0]['status']['podIP']}:{spec.manager.port}" if serving else None
+    redis = seen.get("StatefulSet", redis_name(ref))
+    job = seen.get("Job", application_job_name(ref))
     return Observation(
         pods=[WorkerPod.from_k8s(p) for p in pods],
-        pod_uids={p["metadata"]["name"]: p["metadata"]["uid"] for p in pods},
-        manager=deployment,
+        pod_uids={p["metadata"]["name"]: p["metadata"].get("uid", "") for p in pods},
+        manager=seen.get("Deployment", manager_name(ref)),
         manager_address=address,
         state_store_ready=statefulset_ready(redis) if spec.state_store.managed else True,
         job=job_outcome(job) if spec.application is not None else None,
-        stats=await _stats(ctx, ref, address),
+        stats=await _stats(ctx, ref, spec, address),
     )
-
-
-async def _none() -> None:
-    return None
 
 
 # --- acting --------------------------------------------------------------------------------
 
 
-def _drain(address: str, token: str, worker_ids: list[str]) -> None:
-    Admin(address, token, timeout=ADMIN_TIMEOUT).drain(worker_ids)
+def _drain(address: str, token: str, worker_ids: list[str], encrypt: bool) -> None:
+    Admin(address, token, timeout=ADMIN_TIMEOUT, encrypt=encrypt).drain(worker_ids)
 
 
 async def carry_out(
-    ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec, seen: Observation, decision: ScalingDecision
+    ctx: Context,
+    ref: WorkflowRef,
+    spec: VineWorkflowSpec,
+    seen: Observation,
+    decision: ScalingDecision,
+    now: float,
 ) -> tuple[list[str], list[str]]:
     """Delete, then drain, then create. Returns (pods created, pods deleted)."""
+    memory = ctx.of(ref.uid)
     deleted = []
     for name in decision.delete:
-        if await ctx.kube.delete("Pod", ref.namespace, name, uid=seen.pod_uids.get(name)):
+        if await ctx.kube.delete("Pod", ref.namespace, name, uid=seen.pod_uids.get(name) or None):
             deleted.append(name)
+            memory.repairs.expectations.expect_deleted("Pod", name, now)
     if decision.drain and seen.manager_address is not None:
         token = await _token(ctx, ref)
         if token is not None:
             try:
-                await asyncio.to_thread(_drain, seen.manager_address, token, decision.drain)
+                await asyncio.to_thread(
+                    _drain, seen.manager_address, token, decision.drain, spec.security.encrypt
+                )
             except (AdminError, zmq.ZMQError) as e:  # the next step sees them not draining and asks again
                 log.warning(
                     "workflow %s/%s: drain of %s failed: %s", ref.namespace, ref.name, decision.drain, e
                 )
     created = []
     for _ in range(decision.create):
-        created.append(await _create_worker(ctx, ref, spec))
+        try:
+            created.append(await _create_worker(ctx, ref, spec, now))
+        except KubeError as e:
+            if e.status in (0, 409) or e.status >= 500:
+                raise
+            _creation_refused(ctx, ref, e, now)
+            break
+    else:
+        if decision.create:
+            memory.create_failures, memory.create_backoff, memory.create_problem = 0, None, None
     return created, deleted
 
 
-async def _create_worker(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec) -> str:
+def _creation_refused(ctx: Context, ref: WorkflowRef, error: KubeError, now: float) -> None:
+    """The API server refused a worker pod (Pod Security, a quota, a webhook): back off, and
+    say so — the refusal is the only evidence, there is no pod to look at."""
+    memory = ctx.of(ref.uid)
+    memory.create_failures += 1
+    delay = ctx.policy.backoff(memory.create_failures)
+    text = str(error).split(": ", 1)[-1]
+    memory.create_backoff = Backoff(
+        now + delay, f"the API server refused the last worker pod ({error.status})"
+    )
+    memory.create_problem = problems_.creation_problem(
+        COMPONENT_WORKER, error.status, f"{text} (attempt {memory.create_failures}, next in {delay:.0f}s)"
+    )
+    log.warning(
+        "workflow %s/%s: creating a worker pod failed (%d), next attempt in %.0fs: %s",
+        ref.namespace,
+        ref.name,
+        error.status,
+        delay,
+        text,
+    )
+
+
+async def _create_worker(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec, now: float) -> str:
     for attempt in range(3):
         pod = build_worker_pod(ref, spec, worker_suffix(), ctx.settings)
         try:
-            await ctx.kube.create(pod)
+            made = await ctx.kube.create(pod)
         except KubeError as e:
             if e.status == 409 and attempt < 2:  # a name drawn twice: draw again
                 continue
             raise
+        ctx.of(ref.uid).repairs.expectations.expect_created(made if made.get("metadata") else pod, now)
         return str(pod["metadata"]["name"])
     raise AssertionError("unreachable")
 
@@ -284,7 +350,7 @@ async def _create_worker(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec)
 def _with_retiring(ctx: Context, ref: WorkflowRef, seen: Observation, now: float) -> Observation:
     """Pods this process drained and that have not exited yet count as leaving (see the
     module docstring); forget pods that are gone or past their grace period."""
-    retiring = ctx.retiring.get(ref.uid, {})
+    retiring = ctx.of(ref.uid).retiring
     uids = set(seen.pod_uids.values())
     for uid, until in list(retiring.items()):
         if uid not in uids or until < now:
@@ -306,20 +372,26 @@ def _remember_drained(
     pod_of = {w.id: w.pod for w in seen.stats.workers} if seen.stats is not None else {}
     for worker_id in decision.drain:
         uid = seen.pod_uids.get(pod_of.get(worker_id) or "")
-        if uid is not None:
-            ctx.retiring.setdefault(ref.uid, {})[uid] = until
+        if uid:
+            ctx.of(ref.uid).retiring[uid] = until
 
 
 def _after(pods: list[WorkerPod], created: list[str], deleted: list[str], now: float) -> list[WorkerPod]:
     """The pods as they are once the step's changes land (for a status that is not a step
     behind)."""
     gone = set(deleted)
+    known = {p.name for p in pods}
     after = [p.model_copy(update={"deleting": True}) if p.name in gone else p for p in pods]
-    return after + [WorkerPod(name=name, phase="Pending", created=now) for name in created]
+    return after + [
+        WorkerPod(name=name, phase="Pending", created=now) for name in created if name not in known
+    ]
 
 
 def _events(
-    previous: Mapping[str, Any], status: Mapping[str, Any], decision: ScalingDecision | None
+    previous: Mapping[str, Any],
+    status: Mapping[str, Any],
+    decision: ScalingDecision | None,
+    reported: list[Problem],
 ) -> list[Note]:
     notes = []
     if decision is not None and decision.scaled:
@@ -331,6 +403,11 @@ def _events(
         kind: Literal["Normal", "Warning"] = "Normal" if manager["status"] == "True" else "Warning"
         if manager["status"] == "True" or before.get("ManagerReady") == "True":
             notes.append(Note(kind, manager["reason"], manager["message"]))
+    for problem in problems_.new_problems(reported, problems_.previous_problems(previous)):
+        notes.append(Note("Warning", problem.reason, problem.sentence()))
+    healthy = after.get("Healthy")
+    if healthy is not None and healthy["status"] == "True" and before.get("Healthy") == "False":
+        notes.append(Note("Normal", "Recovered", "no problem left"))
     phase, was = status.get("phase"), previous.get("phase")
     if phase != was and phase in ("Succeeded", "Failed"):
         kind = "Normal" if phase == "Succeeded" else "Warning"
@@ -338,32 +415,100 @@ def _events(
     return notes
 
 
+def _gave_up(
+    body: Mapping[str, Any],
+    spec: VineWorkflowSpec,
+    previous: Mapping[str, Any],
+    manager_ready: bool,
+    job: Obj | None,
+    now: float,
+) -> str | None:
+    """Why the application will never start: the manager was not ready within its
+    `startTimeoutSeconds` (once said, it stays said)."""
+    app = spec.application
+    if app is None or job is not None:
+        return None
+    for condition in previous.get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("reason") == "ManagerNotReady":
+            return str(condition.get("message") or "")
+    if manager_ready:
+        return None
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return None
+    waited = now - datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+    if waited < app.start_timeout_seconds:
+        return None
+    return (
+        f"the manager was not ready within startTimeoutSeconds={app.start_timeout_seconds}: "
+        "the application was not started"
+    )
+
+
+def _problems(
+    ref: WorkflowRef, spec: VineWorkflowSpec, seen: Children, now: float, policy: ScalingPolicy
+) -> list[Problem]:
+    found: list[Problem] = []
+    found += problems_.deployment_problems(seen.get("Deployment", manager_name(ref)), COMPONENT_MANAGER)
+    for component in (COMPONENT_MANAGER, COMPONENT_REDIS, COMPONENT_APPLICATION):
+        for pod in seen.pods(component):
+            found += problems_.pod_problems(pod, component, now)
+    workers = seen.pods(COMPONENT_WORKER)
+    kept = {p.name for p in failed_pods_to_keep([WorkerPod.from_k8s(p) for p in workers], now, policy)}
+    for pod in workers:
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Failed" and pod["metadata"]["name"] not in kept:
+            continue  # a failure old enough to be deleted is no longer news
+        found += problems_.pod_problems(pod, COMPONENT_WORKER, now)
+    return found
+
+
 async def step(
     ctx: Context,
     body: Mapping[str, Any],
     spec: VineWorkflowSpec,
+    seen: Children,
     now: float,
 ) -> StepResult:
-    """Observe the workflow, decide, act; the status patch and Events to apply."""
+    """Repair the children, observe, decide, act; the status patch and Events to apply."""
     ref = WorkflowRef.from_body(body)
+    memory = ctx.of(ref.uid)
     previous: Mapping[str, Any] = body.get("status") or {}
-    seen = await observe(ctx, ref, spec)
-    seen = _with_retiring(ctx, ref, seen, now)
-    finished = seen.job in ("Succeeded", "Failed")
+    seen = memory.repairs.expectations.apply(seen, now)
+    manager = seen.get("Deployment", manager_name(ref))
+    job = seen.get("Job", application_job_name(ref))
+    manager_ready = deployment_available(manager)
+    gave_up = _gave_up(body, spec, previous, manager_ready, job, now)
+    finished = gave_up is not None or (
+        spec.application is not None and job_outcome(job) in ("Succeeded", "Failed")
+    )
+    notes: list[Note] = []
+    repaired = await repair(
+        ctx, ref, spec, body, seen, now, start_application=manager_ready and not finished and job is None
+    )
+    notes += repaired
+    seen = memory.repairs.expectations.apply(seen, now)
+
+    observed_now = await observe(ctx, ref, spec, seen)
+    observed_now = _with_retiring(ctx, ref, observed_now, now)
     decision: ScalingDecision | None = None
     created: list[str] = []
     deleted: list[str] = []
-    if seen.manager is not None:  # else the create handler has not made it yet: nothing to join
+    if observed_now.manager is not None:  # else the manager does not exist yet: nothing to join
+        backoff = (
+            memory.create_backoff if memory.create_backoff and memory.create_backoff.until > now else None
+        )
         decision = decide(
             pool_limits(spec, finished=finished),
-            seen.stats,
-            seen.pods,
+            observed_now.stats,
+            observed_now.pods,
             now,
             last_scaling(previous),
             ctx.policy,
+            backoff,
         )
-        created, deleted = await carry_out(ctx, ref, spec, seen, decision)
-        _remember_drained(ctx, ref, seen, decision, until=now + worker_grace_period(spec))
+        created, deleted = await carry_out(ctx, ref, spec, observed_now, decision, now)
+        _remember_drained(ctx, ref, observed_now, decision, until=now + worker_grace_period(spec))
     if decision is not None and (created or deleted or decision.drain):
         log.info(
             "workflow %s/%s: %s (created %s, drained %s, deleted %s)",
@@ -374,28 +519,34 @@ async def step(
             decision.drain,
             deleted,
         )
-    pods_after = _after(seen.pods, created, deleted, now)
+    found = _problems(ref, spec, seen, now, ctx.policy) + memory.repairs_problems
+    if memory.create_problem is not None and memory.create_backoff is not None:
+        found.append(memory.create_problem)
+    reported = problems_.merge(found)
+    pods_after = _after(observed_now.pods, created, deleted, now)
     observed = Observed(
         generation=int(body["metadata"].get("generation") or 0),
         has_application=spec.application is not None,
-        manager_available=deployment_available(seen.manager),
-        state_store_ready=seen.state_store_ready,
+        manager_available=manager_ready,
+        state_store_ready=observed_now.state_store_ready,
         pods=pods_after,
-        stats=seen.stats,
+        stats=observed_now.stats,
         decision=decision,
-        job=seen.job,
+        job=observed_now.job,
+        problems=reported,
+        gave_up=gave_up,
     )
     status = compute_status(observed, previous, now)
     result = StepResult(
-        status_patch=merge_patch(status, previous),
-        events=_events(previous, status, decision),
+        status_patch=merge_patch(status, previous) if _changed(status, previous) else {},
+        events=notes + _events(previous, status, decision, reported),
         decision=decision,
         status=status,
         created=created,
         deleted=deleted,
-        actual=_serving_connected(pods_after, seen.stats),
+        actual=_serving_connected(pods_after, observed_now.stats),
         pool_pods=sum(1 for p in pods_after if not p.finished),
-        stats=seen.stats,
+        stats=observed_now.stats,
     )
     left = seconds_until_deletion(status, spec.ttl_seconds_after_finished, now)
     if left == 0:
@@ -409,6 +560,62 @@ async def step(
         )
         result.delete_workflow = True
     return result
+
+
+async def repair(
+    ctx: Context,
+    ref: WorkflowRef,
+    spec: VineWorkflowSpec,
+    body: Mapping[str, Any],
+    seen: Children,
+    now: float,
+    *,
+    start_application: bool,
+) -> list[Note]:
+    """Bring the fixed children back to what the spec asks for (`children.ensure`); the
+    Events that say what was done."""
+    memory = ctx.of(ref.uid)
+    data = memory.secret_data
+    outcome = await children_.ensure(
+        ctx.kube,
+        ref,
+        spec,
+        ctx.settings,
+        body,
+        seen,
+        memory.repairs,
+        now,
+        start_application=start_application,
+        secret_data=data,
+    )
+    memory.repairs_problems = outcome.problems
+    notes = []
+    if outcome.created:
+        notes.append(Note("Normal", "Created", ", ".join(outcome.created)))
+    if outcome.patched:
+        notes.append(Note("Normal", "Updated", ", ".join(outcome.patched)))
+    if outcome.recreated:
+        notes.append(
+            Note("Warning", "Recreated", ", ".join(outcome.recreated) + " had been deleted: recreated")
+        )
+    if outcome.rotated:
+        memory.secret_data = None
+        await _restart_secret_users(ctx, ref, spec, now)
+    return notes
+
+
+async def _restart_secret_users(ctx: Context, ref: WorkflowRef, spec: VineWorkflowSpec, now: float) -> None:
+    """The token Secret came back with new values: restart the manager (and Redis), which
+    read them at start."""
+    patch = {"spec": {"template": {"metadata": {"annotations": {ANNOTATION_SECRET: _rfc3339(now)}}}}}
+    await ctx.kube.merge_patch("Deployment", ref.namespace, manager_name(ref), patch)
+    if spec.state_store.managed:
+        await ctx.kube.merge_patch("StatefulSet", ref.namespace, redis_name(ref), patch)
+
+
+def _changed(status: Mapping[str, Any], previous: Mapping[str, Any]) -> bool:
+    """Whether writing `status` would change anything (kopf's own bookkeeping aside)."""
+    return dict(status) != {k: v for k, v in previous.items() if k != "kopf"}
 
 
 def _serving_connected(pods: list[WorkerPod], stats: ManagerStats | None) -> int:

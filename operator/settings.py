@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubevine.operator.quantity import SIZE_PATTERN
+
 ENV_PREFIX = "KUBEVINE_OPERATOR_"
 
 
@@ -66,6 +68,58 @@ class OperatorSettings(BaseModel):
         default=30.0,
         gt=0,
         description="Manager stats older than this are ignored (no scale-down on stale data).",
+    )
+    node_cache_enabled: bool = Field(
+        default=True,
+        description="Worker pods share a node cache folder (a hostPath: their namespace needs the "
+        "privileged Pod Security level); false gives each worker a cache of its own (restricted).",
+    )
+    node_cache_root: str = Field(
+        default="/var/lib/kubevine/cache",
+        pattern=r"^/[^\s]*[^/\s]$",
+        description="Folder on every node under which each namespace's node cache lives "
+        "(<root>/<namespace>, prepared by the node-cache DaemonSet).",
+    )
+    node_cache_size_limit: str = Field(
+        default="50Gi",
+        pattern=SIZE_PATTERN,
+        description="Bytes of node cache one node keeps in all (the DaemonSet evicts past it).",
+    )
+    resync_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a workflow's token Secret is read to check it still exists "
+        "(every other child is watched).",
+    )
+    failed_pod_retention_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A failed worker pod is kept this long for `kubectl describe`/`logs`.",
+    )
+    failed_pods_kept: int = Field(default=5, ge=0, description="Most failed worker pods kept per workflow.")
+    backoff_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="First delay before creating workers again after a failure; doubles each time.",
+    )
+    backoff_max_seconds: float = Field(default=300.0, gt=0, description="Longest such delay.")
+    network_policy: bool = Field(
+        default=False,
+        description="Create a NetworkPolicy per workflow that admits only its own flows.",
+    )
+    pod_disruption_budgets: bool = Field(
+        default=True,
+        description="Create PodDisruptionBudgets so voluntary evictions never take the manager "
+        "or the managed Redis down.",
+    )
+    namespace: str = Field(
+        default="",
+        description="The operator's own namespace (NetworkPolicies admit the operator from it; "
+        "the chart sets it).",
+    )
+    service_account: str = Field(
+        default="",
+        description="The operator's own ServiceAccount: no workflow may run its pods as it.",
     )
 
     @classmethod

@@ -36,7 +36,11 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 #: StatefulSet controller appends a 10-character revision hash to `<name>-redis`, and
 #: every one of those must stay a 63-character DNS label.
 MAX_WORKFLOW_NAME = 40
-_WORKFLOW_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: DNS-1035 label: the workflow's Services are named after it, and a Service name must
+#: start with a letter.
+_WORKFLOW_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: A DNS-1123 label, what label values, ServiceAccount and Secret names must be at most.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 #: Environment variables the operator sets itself; a user may not override them.
 RESERVED_ENV = frozenset(
@@ -49,7 +53,40 @@ RESERVED_ENV = frozenset(
         "KUBEVINE_WORKER_ID",
         "KUBEVINE_REDIS_URL",
         "KUBEVINE_REDIS_PASSWORD",
+        "KUBEVINE_ENCRYPT",
+        "KUBEVINE_CACHE_SIZE_MB",
+        "KUBEVINE_LOG_FORMAT",
     }
+)
+
+#: Label keys the operator sets on every object (its selectors rely on them): a workflow's
+#: own pod labels may not use them.
+RESERVED_LABELS = frozenset(
+    {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/managed-by",
+        "kubevine.io/workflow",
+    }
+)
+
+#: Where the operator mounts its own volumes: a workflow's volumeMounts may not use these
+#: paths or anything below them.
+RESERVED_MOUNT_PATHS = ("/var/lib/kubevine", "/var/cache/kubevine", "/var/run/kubevine", "/tmp")
+
+#: The volume types a workflow's pods may have: those of the Pod Security Standards'
+#: *restricted* profile. No hostPath: the only host folder a workflow gets is its node cache,
+#: under the root the operator (not the workflow) chooses.
+VOLUME_SOURCES = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 )
 
 #: The manager's metrics/health port (fixed by the engine's CLI contract).
@@ -105,16 +142,24 @@ class KeyRef(_Model):
     optional: bool | None = None
 
 
+class FieldRef(_Model):
+    """A field of the pod (the downward API), e.g. `metadata.name` or `spec.nodeName`."""
+
+    field_path: str = Field(max_length=256)
+
+
 class EnvVarSource(_Model):
     """Where an environment variable's value comes from."""
 
     secret_key_ref: KeyRef | None = None
     config_map_key_ref: KeyRef | None = None
+    field_ref: FieldRef | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("valueFrom takes exactly one of secretKeyRef or configMapKeyRef")
+        given = [s for s in (self.secret_key_ref, self.config_map_key_ref, self.field_ref) if s is not None]
+        if len(given) != 1:
+            raise ValueError("valueFrom takes exactly one of secretKeyRef, configMapKeyRef or fieldRef")
         return self
 
 
@@ -149,6 +194,119 @@ class ResourceRequirements(_Model):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
+class LocalObjectReference(_Model):
+    """A Secret in the workflow's namespace, by name (imagePullSecrets)."""
+
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class EnvFromRef(_Model):
+    """A whole Secret or ConfigMap as environment variables."""
+
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+    optional: bool | None = None
+
+
+class EnvFromSource(_Model):
+    """One `envFrom` entry: every key of a Secret or ConfigMap, optionally prefixed."""
+
+    prefix: str | None = Field(default=None, max_length=253)
+    secret_ref: EnvFromRef | None = None
+    config_map_ref: EnvFromRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("envFrom takes exactly one of secretRef or configMapRef")
+        return self
+
+
+class Volume(_Model):
+    """A volume of a workflow's pods: a name and one source of the restricted profile's types
+    (each source is the core/v1 type of that name, passed on as written)."""
+
+    name: str = Field(max_length=63, pattern=DNS_LABEL)
+    config_map: dict[str, Any] | None = None
+    csi: dict[str, Any] | None = None
+    downward_api: dict[str, Any] | None = Field(default=None, alias="downwardAPI")
+    empty_dir: dict[str, Any] | None = None
+    ephemeral: dict[str, Any] | None = None
+    persistent_volume_claim: dict[str, Any] | None = None
+    projected: dict[str, Any] | None = None
+    secret: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [
+            n for n, f in type(self).model_fields.items() if n != "name" and getattr(self, n) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(f"volume {self.name!r} needs exactly one source of: {', '.join(VOLUME_SOURCES)}")
+        return self
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The core/v1 Volume."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class VolumeMount(_Model):
+    """Where a container mounts one of the component's volumes."""
+
+    name: str = Field(max_length=63, pattern=DNS_LABEL)
+    mount_path: str = Field(max_length=1024, pattern=r"^/(\S*[^/\s])?$")
+    sub_path: str | None = Field(default=None, max_length=1024)
+    read_only: bool | None = None
+
+    @model_validator(mode="after")
+    def _not_ours(self) -> Self:
+        path = self.mount_path
+        below = "/" if path == "/" else path + "/"
+        for reserved in RESERVED_MOUNT_PATHS:
+            if path == reserved or path.startswith(reserved + "/") or reserved.startswith(below):
+                raise ValueError(
+                    f"mountPath {self.mount_path} overlaps {reserved}, which the operator mounts"
+                )
+        return self
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The core/v1 VolumeMount."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class PodOptions(_Model):
+    """What a site may need on the pods of one component (manager, workers or application):
+    placement, identity, registries, extra volumes (CVMFS, grid proxies) and environment."""
+
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    automount_service_account_token: bool = False
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, max_length=16)
+    pod_labels: dict[str, str] | None = None
+    pod_annotations: dict[str, str] | None = None
+    volumes: list[Volume] | None = Field(default=None, max_length=32)
+    volume_mounts: list[VolumeMount] | None = Field(default=None, max_length=32)
+    env: list[EnvVar] | None = Field(default=None, max_length=128)
+    env_from: list[EnvFromSource] | None = Field(default=None, max_length=16)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        reserved = sorted(set(self.pod_labels or {}) & RESERVED_LABELS)
+        if reserved:
+            raise ValueError(
+                f"podLabels may not set {', '.join(reserved)}: the operator's selectors use them"
+            )
+        names = [v.name for v in self.volumes or []]
+        if len(set(names)) != len(names):
+            raise ValueError("volume names must be unique")
+        for mount in self.volume_mounts or []:
+            if mount.name not in names:
+                raise ValueError(f"volumeMount {mount.name!r} names no volume of this component")
+        return self
+
+
 def _default_manager_resources() -> ResourceRequirements:
     return ResourceRequirements(
         requests={"cpu": "500m", "memory": "1Gi"},
@@ -156,13 +314,11 @@ def _default_manager_resources() -> ResourceRequirements:
     )
 
 
-class ManagerSpec(_Model):
+class ManagerSpec(PodOptions):
     """The manager Deployment."""
 
     resources: ResourceRequirements = Field(default_factory=_default_manager_resources)
     port: int = Field(default=9123, ge=1024, le=65535)
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
     def _port_free(self) -> Self:
@@ -189,6 +345,7 @@ class StateStoreSpec(_Model):
     credentials_secret: CredentialsSecret | None = None
     storage_size: str = Field(default="1Gi", pattern=SIZE_PATTERN)
     storage_class_name: str | None = Field(default=None, max_length=253)
+    memory: str = Field(default="1Gi", pattern=SIZE_PATTERN)
 
     @model_validator(mode="after")
     def _one_store(self) -> Self:
@@ -206,14 +363,13 @@ class StateStoreSpec(_Model):
 
 
 class NodeCacheSpec(_Model):
-    """The node-local cache directory shared by the worker pods of one node."""
+    """Whether the worker pods of one node share that node's cache folder (the folder is the
+    operator's to choose: `<cache root>/<namespace>`)."""
 
-    host_path: str = Field(default="/var/lib/kubevine/cache", max_length=1024, pattern=r"^/\S*$")
-    size_limit: str = Field(default="50Gi", pattern=SIZE_PATTERN)
-    init_permissions: bool = True
+    enabled: bool = True
 
 
-class WorkersSpec(_Model):
+class WorkersSpec(PodOptions):
     """The autoscaled worker pool; sizes are per worker (memory and disk in MiB)."""
 
     min: int = Field(default=0, ge=0, le=10000)
@@ -225,9 +381,6 @@ class WorkersSpec(_Model):
     idle_timeout_seconds: int = Field(default=60, ge=0, le=86400)
     drain_timeout_seconds: int = Field(default=600, ge=0, le=86400)
     node_cache: NodeCacheSpec = Field(default_factory=NodeCacheSpec)
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
-    env: list[EnvVar] | None = Field(default=None, max_length=128)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Self:
@@ -238,13 +391,25 @@ class WorkersSpec(_Model):
         return self
 
 
-class ApplicationSpec(_Model):
-    """A command run once as a Job against the manager."""
+def _default_application_resources() -> ResourceRequirements:
+    return ResourceRequirements(requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"})
+
+
+class ApplicationSpec(PodOptions):
+    """A command run as a Job against the manager, once the manager is ready."""
 
     image: str | None = Field(default=None, max_length=512)
     command: list[str] = Field(min_length=1, max_length=64)
     args: list[str] | None = Field(default=None, max_length=256)
-    env: list[EnvVar] | None = Field(default=None, max_length=128)
+    resources: ResourceRequirements = Field(default_factory=_default_application_resources)
+    backoff_limit: int = Field(default=2, ge=0, le=10)
+    start_timeout_seconds: int = Field(default=900, ge=30, le=86400)
+
+
+class SecuritySpec(_Model):
+    """How the workflow's processes talk to each other."""
+
+    encrypt: bool = True
 
 
 class VineWorkflowSpec(_Model):
@@ -256,6 +421,7 @@ class VineWorkflowSpec(_Model):
     state_store: StateStoreSpec
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     application: ApplicationSpec | None = None
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
 
 
@@ -343,8 +509,8 @@ def validate_workflow_name(name: str) -> None:
     problems = []
     if not _WORKFLOW_NAME_RE.match(name):
         problems.append(
-            f"metadata.name {name!r} must be lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
+            f"metadata.name {name!r} must be lowercase letters, digits and '-', starting with a "
+            "letter and ending with a letter or digit (it names the workflow's Services, DNS-1035)"
         )
     if len(name) > MAX_WORKFLOW_NAME:
         problems.append(
@@ -359,18 +525,26 @@ __all__ = [
     "MANAGER_METRICS_PORT",
     "QUANTITY_PATTERN",
     "RESERVED_ENV",
+    "RESERVED_LABELS",
+    "RESERVED_MOUNT_PATHS",
+    "VOLUME_SOURCES",
     "ApplicationSpec",
     "CredentialsSecret",
+    "EnvFromSource",
     "EnvVar",
     "EnvVarSource",
     "KeyRef",
     "ManagerSpec",
     "NodeCacheSpec",
+    "PodOptions",
     "ResourceRequirements",
+    "SecuritySpec",
     "SpecError",
     "StateStoreSpec",
     "Toleration",
     "VineWorkflowSpec",
+    "Volume",
+    "VolumeMount",
     "WorkersSpec",
     "parse_spec",
     "validate_workflow_name",

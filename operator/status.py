@@ -26,6 +26,7 @@ from kubevine.operator.autoscale import (
     ScalingDecision,
     WorkerPod,
 )
+from kubevine.operator.problems import MAX_PROBLEMS, Problem
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Invalid"]
 JobOutcome = Literal["Running", "Succeeded", "Failed"]
@@ -36,6 +37,7 @@ CONDITION_TYPES = (
     "ManagerReady",
     "WorkersReady",
     "Scaling",
+    "Healthy",
     "Succeeded",
     "Failed",
 )
@@ -44,7 +46,7 @@ CONDITION_TYPES = (
 class Observed(BaseModel):
     """Everything the status is computed from, gathered by the handler."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     generation: int = Field(ge=0, description="metadata.generation of the VineWorkflow")
     spec_error: str | None = Field(default=None, description="SpecError message, if invalid")
@@ -58,6 +60,11 @@ class Observed(BaseModel):
     stats: ManagerStats | None = None
     decision: ScalingDecision | None = None
     job: JobOutcome | None = Field(default=None, description="the application Job's outcome")
+    problems: list[Problem] = Field(default_factory=list, description="what is wrong (see problems.py)")
+    gave_up: str | None = Field(
+        default=None,
+        description="why the application was never started (the manager was not ready in time)",
+    )
 
 
 def rfc3339(moment: float | datetime) -> str:
@@ -190,9 +197,10 @@ def compute_status(observed: Observed, previous: Mapping[str, Any] | None, now: 
         _manager_condition(observed, cond),
         _workers_condition(workers, cond),
         _scaling_condition(decision, workers, cond),
+        _healthy_condition(observed.problems, cond),
     ]
     if observed.has_application:
-        conditions += _outcome_conditions(observed.job, cond)
+        conditions += _outcome_conditions(observed.job, cond, observed.gave_up)
 
     phase = _phase(observed)
     status: dict[str, Any] = {
@@ -202,6 +210,8 @@ def compute_status(observed: Observed, previous: Mapping[str, Any] | None, now: 
         "conditions": conditions,
         "workers": workers,
     }
+    if observed.problems:
+        status["problems"] = [p.to_status() for p in observed.problems[:MAX_PROBLEMS]]
     if observed.stats is not None:
         status["tasks"] = observed.stats.tasks.model_dump()
     elif (previous or {}).get("tasks"):
@@ -265,7 +275,23 @@ def _scaling_condition(
     return cond("Scaling", "False", "Stable", message)
 
 
-def _outcome_conditions(job: JobOutcome | None, cond: _CondFactory) -> list[dict[str, Any]]:
+def _healthy_condition(problems: list[Problem], cond: _CondFactory) -> dict[str, Any]:
+    if not problems:
+        return cond("Healthy", "True", "NoProblems", "no problem seen")
+    message = "; ".join(p.sentence() for p in problems[:3])
+    if len(problems) > 3:
+        message += f"; and {len(problems) - 3} more (status.problems)"
+    return cond("Healthy", "False", problems[0].reason, message[:1000])
+
+
+def _outcome_conditions(
+    job: JobOutcome | None, cond: _CondFactory, gave_up: str | None = None
+) -> list[dict[str, Any]]:
+    if gave_up is not None:
+        return [
+            cond("Succeeded", "False", "ManagerNotReady", gave_up),
+            cond("Failed", "True", "ManagerNotReady", gave_up),
+        ]
     if job == "Succeeded":
         return [
             cond(
@@ -294,6 +320,8 @@ def _outcome_conditions(job: JobOutcome | None, cond: _CondFactory) -> list[dict
 
 
 def _phase(observed: Observed) -> Phase:
+    if observed.has_application and observed.gave_up is not None:
+        return "Failed"
     if observed.has_application and observed.job in ("Succeeded", "Failed"):
         return "Succeeded" if observed.job == "Succeeded" else "Failed"
     if observed.manager_available and observed.state_store_ready:
@@ -302,12 +330,16 @@ def _phase(observed: Observed) -> Phase:
 
 
 def _message(phase: Phase, workers: Mapping[str, int], observed: Observed) -> str:
+    if phase == "Failed" and observed.gave_up is not None:
+        return observed.gave_up
     if phase == "Failed":
         return "the application Job failed"
     if phase == "Succeeded":
         return "the application Job succeeded"
     if phase == "Pending":
-        return "waiting for Redis" if not observed.state_store_ready else "waiting for the manager"
+        waiting = "waiting for Redis" if not observed.state_store_ready else "waiting for the manager"
+        blocking = [p for p in observed.problems if p.component in ("manager", "redis")]
+        return f"{waiting}: {blocking[0].sentence()}" if blocking else waiting
     done = observed.stats.tasks.done if observed.stats else 0
     return f"{workers['connected']} worker(s) connected, {done} task(s) done"
 

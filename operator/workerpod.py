@@ -15,22 +15,23 @@ from kubevine.operator.naming import (
     WorkflowRef,
     manager_address,
     metadata,
+    node_cache_folder,
     worker_pod_name,
 )
 from kubevine.operator.podparts import (
     CACHE_DIR,
-    RUN_AS_USER,
     WORKDIR,
+    advertise_env,
     container_security_context,
+    encrypt_env,
     field_env,
     image_for,
     json_logs_env,
-    placement,
     pod_security_context,
     scratch_mounts,
     scratch_volumes,
     token_env,
-    user_env,
+    with_pod_options,
 )
 from kubevine.operator.quantity import to_mib
 from kubevine.operator.settings import OperatorSettings
@@ -77,15 +78,26 @@ def build_worker_pod(
     operator drain first and delete second, the way dask-kubernetes (DaskWorkerGroup)
     and KubeRay (RayCluster worker groups) manage their workers.
 
-    The node cache is a hostPath directory (DirectoryOrCreate) shared by every worker
-    pod on the node and passed as `--cache-dir`. The preStop hook drains the worker; the
-    grace period covers `drainTimeoutSeconds`. The worker's own idle timeout is 0
-    (disabled): the operator alone decides when a worker leaves. The worker's id is its
-    pod name (`KUBEVINE_WORKER_ID`, also `KUBEVINE_POD_NAME`), so the manager's stats map
-    each worker to the pod to delete.
+    The node cache (unless the workflow or the operator turns it off) is the hostPath
+    folder `<cache root>/<namespace>` (`node_cache_folder`), shared by every worker pod of
+    the namespace on that node and passed as `--cache-dir`. The root is the operator's
+    setting, never the workflow's; the folder must exist (hostPath type `Directory`) and
+    belong to the workers' user: the node-cache DaemonSet prepares it, so no container of
+    a workflow ever runs as root. Each worker evicts past the node's limit
+    (`KUBEVINE_CACHE_SIZE_MB`); the DaemonSet keeps the node's total under it. Without the
+    node cache, the cache is an emptyDir of the worker's own and the pod needs no more than
+    the *restricted* Pod Security level.
+
+    The preStop hook drains the worker; the grace period covers `drainTimeoutSeconds`. The
+    worker's own idle timeout is 0 (disabled): the operator alone decides when a worker
+    leaves. The worker's id is its pod name (`KUBEVINE_WORKER_ID`, also
+    `KUBEVINE_POD_NAME`), so the manager's stats map each worker to the pod to delete. The
+    worker binds its transfer server to the pod IP (`KUBEVINE_BIND_HOST`), the address
+    peers are told.
     """
     workers = spec.workers
     image = image_for(spec, settings)
+    shared = uses_node_cache(spec, settings)
     args = [
         "worker",
         manager_address(ref, spec),
@@ -114,15 +126,17 @@ def build_worker_pod(
         "env": [
             token_env(ref),
             field_env("KUBEVINE_BIND_HOST", "status.podIP"),
+            advertise_env(),
             field_env("KUBEVINE_NODE_NAME", "spec.nodeName"),
             field_env("KUBEVINE_POD_NAME", "metadata.name"),
             field_env("KUBEVINE_WORKER_ID", "metadata.name"),
+            encrypt_env(spec),
             json_logs_env(),
-            {
-                "name": "KUBEVINE_CACHE_SIZE_MB",
-                "value": str(to_mib(workers.node_cache.size_limit)),
-            },
-            *user_env(workers.env),
+            *(
+                [{"name": "KUBEVINE_CACHE_SIZE_MB", "value": str(to_mib(settings.node_cache_size_limit))}]
+                if shared
+                else []
+            ),
         ],
         "resources": worker_resources(spec),
         "lifecycle": {
@@ -145,60 +159,26 @@ def build_worker_pod(
             {"name": "node-cache", "mountPath": CACHE_DIR},
         ],
     }
+    cache_volume: dict[str, Any] = (
+        {"hostPath": {"path": node_cache_folder(settings.node_cache_root, ref), "type": "Directory"}}
+        if shared
+        else {"emptyDir": {}}
+    )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": worker_grace_period(spec),
         "securityContext": pod_security_context(),
-        **placement(workers.node_selector, workers.tolerations),
         "containers": [container],
-        "volumes": [
-            *scratch_volumes(workers.disk or None),
-            {
-                "name": "node-cache",
-                "hostPath": {
-                    "path": workers.node_cache.host_path,
-                    "type": "DirectoryOrCreate",
-                },
-            },
-        ],
+        "volumes": [*scratch_volumes(workers.disk or None), {"name": "node-cache", **cache_volume}],
     }
-    if workers.node_cache.init_permissions:
-        pod_spec["initContainers"] = [_cache_permissions_container(image, spec)]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata(ref, worker_pod_name(ref, suffix), COMPONENT_WORKER),
-        "spec": pod_spec,
-    }
+    template_metadata = metadata(ref, worker_pod_name(ref, suffix), COMPONENT_WORKER)
+    with_pod_options(pod_spec, template_metadata, container, workers)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": template_metadata, "spec": pod_spec}
 
 
-def _cache_permissions_container(image: str, spec: VineWorkflowSpec) -> dict[str, Any]:
-    """Hands the node cache directory to the workers' user.
-
-    The kubelet creates a missing hostPath directory owned by root (0755), which the
-    non-root workers could not write. This init container runs as root with a single
-    capability, CHOWN, and changes the owner of that one directory (not recursively).
-    """
-    security = container_security_context()
-    security.update(
-        {
-            "runAsNonRoot": False,
-            "runAsUser": 0,
-            "runAsGroup": 0,
-            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
-        }
-    )
-    return {
-        "name": "cache-permissions",
-        "image": image,
-        "imagePullPolicy": spec.image_pull_policy,
-        "command": ["chown", f"{RUN_AS_USER}:{RUN_AS_USER}", CACHE_DIR],
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "16Mi"},
-            "limits": {"cpu": "100m", "memory": "64Mi"},
-        },
-        "securityContext": security,
-        "volumeMounts": [{"name": "node-cache", "mountPath": CACHE_DIR}],
-    }
+def uses_node_cache(spec: VineWorkflowSpec, settings: OperatorSettings) -> bool:
+    """Whether the workflow's workers share their node's cache folder (both the operator and
+    the workflow allow it)."""
+    return settings.node_cache_enabled and spec.workers.node_cache.enabled

@@ -199,19 +199,25 @@ def test_the_image_tag_defaults_to_the_app_version(chart: helm.Chart) -> None:
 
 # --- RBAC --------------------------------------------------------------------------------
 
+#: What the operator calls, as the audit log of a real API server shows it running as this
+#: ServiceAccount (tests/realkube/test_operator_rbac.py checks the two against each other).
 WORKFLOW_RULES = {
-    ("kubevine.io", "vineworkflows"): {"get", "list", "watch", "patch", "delete"},
-    ("kubevine.io", "vineworkflows/status"): {"get", "patch"},
+    ("kubevine.io", "vineworkflows"): {"list", "watch", "patch", "delete"},
+    ("kubevine.io", "vineworkflows/status"): {"patch"},
     ("kubevine.io", "vineworkflows/finalizers"): {"update"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"list", "watch", "create", "delete"},
+    ("", "services"): {"list", "watch", "create", "patch"},
     ("", "secrets"): {"get", "create"},
-    ("", "persistentvolumeclaims"): {"get", "list", "delete"},
     ("", "events"): {"create"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
-    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create"},
+    ("apps", "deployments"): {"list", "watch", "create", "patch"},
+    ("apps", "statefulsets"): {"list", "watch", "create", "patch"},
+    ("batch", "jobs"): {"list", "watch", "create"},
+    ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch"},
 }
+
+
+def operator_cluster_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kv-kubevine")
 
 
 def permissions(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -254,13 +260,15 @@ def test_namespaced_rbac_by_default_with_exactly_the_verbs_used(
 def test_cluster_wide_rbac_when_asked(chart: helm.Chart) -> None:
     objects = render(chart, VARIATIONS["cluster-wide"])
     assert "Role" not in kinds(objects)
-    role = one(objects, "ClusterRole")
+    role = operator_cluster_role(objects)
     assert permissions(role) == {
         **WORKFLOW_RULES,
         ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
-    binding = one(objects, "ClusterRoleBinding")
+    binding = next(
+        o for o in objects if o["kind"] == "ClusterRoleBinding" and o["metadata"]["name"] == "kv-kubevine"
+    )
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -280,10 +288,10 @@ def test_rbac_grants_no_wildcards_and_never_reads_all_secrets(
     chart: helm.Chart,
 ) -> None:
     for variation in ("defaults", "cluster-wide"):
-        role = next(o for o in render(chart, VARIATIONS[variation]) if o["kind"] in ("Role", "ClusterRole"))
-        for rule in role["rules"]:
-            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert not {"list", "watch"} & permissions(role)[("", "secrets")]
+        for role in (o for o in render(chart, VARIATIONS[variation]) if o["kind"] in ("Role", "ClusterRole")):
+            for rule in role["rules"]:
+                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert not {"list", "watch"} & permissions(role).get(("", "secrets"), set())
 
 
 def test_rbac_allows_creating_every_object_the_operator_builds(
@@ -303,10 +311,18 @@ def test_rbac_allows_creating_every_object_the_operator_builds(
         "StatefulSet": ("apps", "statefulsets"),
         "Job": ("batch", "jobs"),
         "Pod": ("", "pods"),
+        "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+        "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
     }
     for obj in built:
         assert "create" in granted[plural[obj["kind"]]], obj["kind"]
     assert "delete" in granted[("", "pods")]  # scale-down removes chosen worker pods
+    with_policies = permissions(one(render(chart, {"networkPolicy": {"enabled": True}}), "Role"))
+    policies = OperatorSettings(network_policy=True)
+    for obj in manifests.build_children(ref, spec, policies, token="t", redis_password="p"):
+        assert "create" in with_policies[plural[obj["kind"]]], obj["kind"]
+    no_budgets = permissions(one(render(chart, {"podDisruptionBudgets": {"enabled": False}}), "Role"))
+    assert ("policy", "poddisruptionbudgets") not in no_budgets
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(chart: helm.Chart) -> None:
@@ -552,3 +568,97 @@ def test_notes_tell_how_to_apply_and_watch_a_workflow(chart: helm.Chart) -> None
     assert "kubectl get vw" in notes
     assert f"kubectl apply -n {NAMESPACE}" in notes
     assert "kind: VineWorkflow" in notes
+
+
+# --- node cache keeper ---------------------------------------------------------------------
+
+
+def keeper(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "DaemonSet")
+
+
+def test_a_node_cache_keeper_prepares_each_watched_namespaces_folder_on_every_node(chart: helm.Chart) -> None:
+    objects = render(chart, VARIATIONS["watch-namespaces"])
+    daemonset = keeper(objects)
+    pod = daemonset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["operator", "node-cache"]
+    assert "--root=/node-cache" in container["args"]
+    assert {"--namespace=physics", "--namespace=astro"} <= set(container["args"])
+    (volume,) = [v for v in pod["volumes"] if "hostPath" in v]
+    operator_env = {e["name"]: e.get("value") for e in operator_container(objects)["env"]}
+    assert volume["hostPath"] == {
+        "path": operator_env["KUBEVINE_OPERATOR_NODE_CACHE_ROOT"],
+        "type": "DirectoryOrCreate",
+    }
+    assert f"--size-limit={operator_env['KUBEVINE_OPERATOR_NODE_CACHE_SIZE_LIMIT']}" in container["args"]
+    assert pod["automountServiceAccountToken"] is False  # namespaced: it needs no API access
+
+
+def test_the_keeper_is_the_only_root_container_and_has_only_the_capabilities_it_uses(
+    chart: helm.Chart,
+) -> None:
+    daemonset = keeper(render(chart, {}))
+    security = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert security["runAsUser"] == 0
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]}
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+
+
+def test_a_cluster_wide_keeper_reads_vineworkflows_and_nothing_else(chart: helm.Chart) -> None:
+    objects = render(chart, VARIATIONS["cluster-wide"])
+    pod = keeper(objects)["spec"]["template"]["spec"]
+    assert "--all-namespaces" in pod["containers"][0]["args"]
+    role = next(
+        o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kv-kubevine-node-cache"
+    )
+    assert permissions(role) == {("kubevine.io", "vineworkflows"): {"list", "watch"}}
+    assert pod["serviceAccountName"] == "kv-kubevine-node-cache"
+
+
+@pytest.mark.parametrize(
+    "values", [{"nodeCache": {"enabled": False}}, {"nodeCache": {"keeper": {"enabled": False}}}]
+)
+def test_no_keeper_without_the_node_cache_or_when_turned_off(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    assert "DaemonSet" not in kinds(render(chart, values))
+
+
+def test_the_hep_variant_is_the_same_tag_with_a_suffix(chart: helm.Chart) -> None:
+    objects = render(chart, {"image": {"variant": "hep", "tag": "1.2.0"}})
+    assert operator_container(objects)["image"] == "ghcr.io/kubevine/kubevine:1.2.0-hep"
+    env = {e["name"]: e.get("value") for e in operator_container(objects)["env"]}
+    assert env["KUBEVINE_OPERATOR_DEFAULT_IMAGE"] == "ghcr.io/kubevine/kubevine:1.2.0-hep"
+
+
+# --- helm test ---------------------------------------------------------------------------
+
+
+def test_helm_test_asks_the_operators_metrics_service(chart: helm.Chart) -> None:
+    objects = render(chart, {})
+    tests = [o for o in objects if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    (pod,) = tests
+    service = next(
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics")
+    )
+    url = pod["spec"]["containers"][0]["env"][0]["value"]
+    assert (
+        url
+        == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{service['spec']['ports'][0]['port']}/metrics"
+    )
+    compile(pod["spec"]["containers"][0]["args"][0], "helm-test", "exec")
+    assert not [
+        o
+        for o in render(chart, VARIATIONS["operator-metrics-off"])
+        if o["metadata"].get("annotations", {}).get("helm.sh/hook")
+    ]
+
+
+def test_the_chart_has_a_readme_that_names_every_top_level_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in values:
+        assert f"`{key}" in readme, key
+    for must in ("privileged", "kubectl apply --server-side", "helm test", "restricted"):
+        assert must in readme, must

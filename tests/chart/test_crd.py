@@ -67,9 +67,18 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+def transition(rule: str) -> bool:
+    """A transition rule (it compares with `oldSelf`): evaluated on updates only."""
+    return "oldSelf" in rule
+
+
 def cel_rules(schema: dict[str, Any], value: Any, path: str = "spec") -> list[tuple[str, str, Any]]:
-    """Every (path, rule, self) the API server would evaluate on `value`."""
-    found = [(path, rule["rule"], value) for rule in schema.get("x-kubernetes-validations", [])]
+    """Every (path, rule, self) the API server would evaluate on `value` when it is created."""
+    found = [
+        (path, rule["rule"], value)
+        for rule in schema.get("x-kubernetes-validations", [])
+        if not transition(rule["rule"])
+    ]
     if isinstance(value, dict) and "properties" in schema:
         for name, child in schema["properties"].items():
             if name in value:
@@ -80,13 +89,16 @@ def cel_rules(schema: dict[str, Any], value: Any, path: str = "spec") -> list[tu
     return found
 
 
-def cel_holds(rule: str, this: Any) -> bool:
+def cel_holds(rule: str, this: Any, old: Any = None) -> bool:
     import celpy  # type: ignore[import-not-found,import-untyped,unused-ignore]
     from celpy.adapter import json_to_cel  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     env = celpy.Environment()
     program = env.program(env.compile(rule))
-    return bool(program.evaluate({"self": json_to_cel(this)}))
+    activation = {"self": json_to_cel(this)}
+    if old is not None:
+        activation["oldSelf"] = json_to_cel(old)
+    return bool(program.evaluate(activation))
 
 
 def api_server_accepts(spec: dict[str, Any]) -> bool:
@@ -243,7 +255,16 @@ def test_the_drift_check_notices_a_drifted_default() -> None:
 SPECS_FOR_DEFAULTS: list[dict[str, Any]] = [
     {"stateStore": {"managed": True}},
     {"stateStore": {"redisUrl": "redis://r:6379"}, "workers": {}, "manager": {}},
-    {"stateStore": {"managed": True}, "workers": {"nodeCache": {"hostPath": "/x"}}},
+    {"stateStore": {"managed": True}, "workers": {"nodeCache": {"enabled": False}}},
+    {"stateStore": {"managed": True, "memory": "2Gi"}, "security": {"encrypt": False}},
+    {
+        "stateStore": {"managed": True},
+        "application": {"command": ["a"], "backoffLimit": 0, "env": [{"name": "A", "value": "1"}]},
+        "workers": {
+            "volumes": [{"name": "v", "emptyDir": {}}],
+            "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+        },
+    },
     {"stateStore": {"managed": True}, "manager": {"port": 10000, "resources": {"requests": {"cpu": 1}}}},
     {"stateStore": {"credentialsSecret": {"name": "s", "urlKey": "u"}}, "application": {"command": ["a"]}},
 ]
@@ -285,7 +306,119 @@ AGREEMENT_CASES: list[tuple[str, dict[str, Any]]] = [
     ("bad quantity", {"stateStore": {"managed": True}, "manager": {"resources": {"limits": {"cpu": "x"}}}}),
     ("good quantity", {"stateStore": {"managed": True}, "manager": {"resources": {"limits": {"cpu": 2}}}}),
     ("bad size", {"stateStore": {"managed": True, "storageSize": "lots"}}),
-    ("relative cache", {"stateStore": {"managed": True}, "workers": {"nodeCache": {"hostPath": "cache"}}}),
+    (
+        "a workflow names no host path",
+        {"stateStore": {"managed": True}, "workers": {"nodeCache": {"hostPath": "/etc"}}},
+    ),
+    (
+        "a hostPath volume",
+        {
+            "stateStore": {"managed": True},
+            "workers": {"volumes": [{"name": "etc", "hostPath": {"path": "/etc"}}]},
+        },
+    ),
+    ("a volume with no source", {"stateStore": {"managed": True}, "manager": {"volumes": [{"name": "v"}]}}),
+    (
+        "a volume with two sources",
+        {
+            "stateStore": {"managed": True},
+            "manager": {"volumes": [{"name": "v", "emptyDir": {}, "secret": {}}]},
+        },
+    ),
+    (
+        "two volumes of one name",
+        {"stateStore": {"managed": True}, "manager": {"volumes": [{"name": "v", "emptyDir": {}}] * 2}},
+    ),
+    (
+        "a CVMFS claim",
+        {
+            "stateStore": {"managed": True},
+            "workers": {
+                "volumes": [{"name": "cvmfs", "persistentVolumeClaim": {"claimName": "cvmfs"}}],
+                "volumeMounts": [{"name": "cvmfs", "mountPath": "/cvmfs", "readOnly": True}],
+            },
+        },
+    ),
+    (
+        "a mount of no volume",
+        {
+            "stateStore": {"managed": True},
+            "application": {"command": ["a"], "volumeMounts": [{"name": "x", "mountPath": "/x"}]},
+        },
+    ),
+    (
+        "a mount over the workdir",
+        {
+            "stateStore": {"managed": True},
+            "workers": {
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "volumeMounts": [{"name": "v", "mountPath": "/var/lib/kubevine/work/x"}],
+            },
+        },
+    ),
+    (
+        "a mount above the cache",
+        {
+            "stateStore": {"managed": True},
+            "workers": {
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "volumeMounts": [{"name": "v", "mountPath": "/var"}],
+            },
+        },
+    ),
+    (
+        "a mount at the root",
+        {
+            "stateStore": {"managed": True},
+            "workers": {
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "volumeMounts": [{"name": "v", "mountPath": "/"}],
+            },
+        },
+    ),
+    (
+        "a reserved pod label",
+        {"stateStore": {"managed": True}, "workers": {"podLabels": {"kubevine.io/workflow": "x"}}},
+    ),
+    ("own pod labels", {"stateStore": {"managed": True}, "workers": {"podLabels": {"team": "cms"}}}),
+    ("envFrom of nothing", {"stateStore": {"managed": True}, "manager": {"envFrom": [{"prefix": "X_"}]}}),
+    (
+        "envFrom of both",
+        {
+            "stateStore": {"managed": True},
+            "manager": {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
+        },
+    ),
+    (
+        "env from a field",
+        {
+            "stateStore": {"managed": True},
+            "workers": {"env": [{"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]},
+        },
+    ),
+    (
+        "env from a field and a secret",
+        {
+            "stateStore": {"managed": True},
+            "workers": {
+                "env": [
+                    {
+                        "name": "N",
+                        "valueFrom": {
+                            "fieldRef": {"fieldPath": "x"},
+                            "secretKeyRef": {"name": "s", "key": "k"},
+                        },
+                    }
+                ]
+            },
+        },
+    ),
+    ("a bad priority class", {"stateStore": {"managed": True}, "workers": {"priorityClassName": "High"}}),
+    (
+        "app backoff too high",
+        {"stateStore": {"managed": True}, "application": {"command": ["a"], "backoffLimit": 11}},
+    ),
+    ("bad redis memory", {"stateStore": {"managed": True, "memory": "lots"}}),
     (
         "env value and from",
         {
@@ -328,7 +461,8 @@ def test_the_agreement_cases_cover_every_cel_rule() -> None:
             collect(node["items"])
 
     collect(SPEC_SCHEMA)
-    assert len(rules) == 7
+    creation = {r for r in rules if not transition(r)}
+    assert len(creation) == 13
     if not HAS_CEL:
         pytest.skip("needs cel-python")
     failing: set[str] = set()
@@ -337,19 +471,50 @@ def test_the_agreement_cases_cover_every_cel_rule() -> None:
         for _, rule, this in cel_rules(SPEC_SCHEMA, defaulted):
             if not cel_holds(rule, this):
                 failing.add(rule)
-    assert failing == rules
+    assert failing == creation
 
 
 @pytest.mark.skipif(not HAS_CEL, reason="needs cel-python to evaluate the CRD's CEL rules")
-@pytest.mark.parametrize("name", ["a", "x" * 40, "x" * 41, "y" * 60])
-def test_the_workflow_name_limit_is_the_same_in_the_crd_and_the_operator(name: str) -> None:
-    (rule,) = ROOT_SCHEMA["x-kubernetes-validations"]
+@pytest.mark.parametrize("name", ["a", "x" * 40, "x" * 41, "y" * 60, "1analysis", "a1", "9", "ab-", "a-b"])
+def test_the_workflow_name_rules_are_the_same_in_the_crd_and_the_operator(name: str) -> None:
     try:
         validate_workflow_name(name)
         operator_ok = True
     except SpecError:
         operator_ok = False
-    assert cel_holds(rule["rule"], {"metadata": {"name": name}}) == operator_ok
+    rules = ROOT_SCHEMA["x-kubernetes-validations"]
+    assert all(cel_holds(r["rule"], {"metadata": {"name": name}}) for r in rules) == operator_ok
+
+
+def test_a_name_starting_with_a_digit_is_refused_with_why() -> None:
+    with pytest.raises(SpecError, match="starting with a letter"):
+        validate_workflow_name("2024-run")
+
+
+STATE_STORE_SCHEMA = SPEC_SCHEMA["properties"]["stateStore"]
+IMMUTABLE_CHANGES = [
+    ({"managed": True}, {"managed": True, "storageSize": "5Gi"}, "storageSize"),
+    (
+        {"managed": True, "storageClassName": "a"},
+        {"managed": True, "storageClassName": "b"},
+        "storageClassName",
+    ),
+    ({"managed": True}, {"managed": True, "storageClassName": "b"}, "storageClassName"),
+    ({"managed": True}, {"redisUrl": "redis://r"}, "managed"),
+]
+
+
+@pytest.mark.skipif(not HAS_CEL, reason="needs cel-python to evaluate the CRD's CEL rules")
+@pytest.mark.parametrize(("old", "new", "field"), IMMUTABLE_CHANGES)
+def test_what_the_managed_redis_was_made_with_cannot_change(
+    old: dict[str, Any], new: dict[str, Any], field: str
+) -> None:
+    rules = [r for r in STATE_STORE_SCHEMA["x-kubernetes-validations"] if transition(r["rule"])]
+    before, after = apply_defaults(STATE_STORE_SCHEMA, old), apply_defaults(STATE_STORE_SCHEMA, new)
+    broken = [r["message"] for r in rules if not cel_holds(r["rule"], after, before)]
+    assert len(broken) == 1 and field in broken[0], broken
+    assert all(cel_holds(r["rule"], after, after) for r in rules)  # an unchanged store passes
+    assert all(cel_holds(r["rule"], {**after, "memory": "3Gi"}, after) for r in rules)  # memory may change
 
 
 # --- status ------------------------------------------------------------------------------
@@ -418,7 +583,20 @@ def test_every_example_is_a_valid_vineworkflow(path: Path) -> None:
 
 def test_the_docs_reference_every_spec_field() -> None:
     docs = (ROOT / "docs" / "kubernetes.md").read_text()
-    opaque = {"resources", "nodeSelector", "tolerations", "env"}  # Kubernetes types, documented as such
+    # Kubernetes types, documented as such
+    opaque = {
+        "resources",
+        "nodeSelector",
+        "tolerations",
+        "env",
+        "envFrom",
+        "imagePullSecrets",
+        "volumes",
+        "volumeMounts",
+        "affinity",
+        "podLabels",
+        "podAnnotations",
+    }
 
     def paths(node: dict[str, Any], prefix: str) -> list[str]:
         found = []

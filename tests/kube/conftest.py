@@ -9,11 +9,14 @@ nodes. Every test in this folder is marked `kube`. See docs/dev/kube-harness.md.
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from kubevine.operator.nodecache import Keeper
 
 from .emulator import EmulatorThread, KubeAPI
 from .kubelet import Kubelet, KubeletThread
@@ -43,6 +46,18 @@ def kube_api(tmp_path: pathlib.Path) -> Iterator[KubeAPI]:
 
 KubeletFactory = Callable[..., Kubelet]
 
+#: The operator's default node cache root (KUBEVINE_OPERATOR_NODE_CACHE_ROOT).
+NODE_CACHE_ROOT = "var/lib/kubevine/cache"
+
+
+def prepare_node_caches(kubelet: Kubelet, namespaces: tuple[str, ...] = ("default",)) -> None:
+    """What the chart's node-cache DaemonSet does on every node (this tier runs no
+    DaemonSets): make each namespace's cache folder, which worker pods mount as a hostPath
+    that must exist. Owned by the test's own user: here every container runs as it."""
+    for node in kubelet.nodes:
+        keeper = Keeper(kubelet.node_dir(node) / NODE_CACHE_ROOT, 1 << 40, uid=os.getuid(), gid=os.getgid())
+        keeper.prepare(namespaces)
+
 
 @pytest.fixture
 def kubelet_factory(kube_api: KubeAPI, tmp_path: pathlib.Path) -> Iterator[KubeletFactory]:
@@ -62,6 +77,7 @@ def kubelet_factory(kube_api: KubeAPI, tmp_path: pathlib.Path) -> Iterator[Kubel
         threads.append(thread)
         kubelet = thread.start()
         kubelets.append(kubelet)
+        prepare_node_caches(kubelet)
         return kubelet
 
     try:

@@ -159,6 +159,13 @@ class Kubelet:
     def _volumes_ready(self, pod: Obj, run: PodRun, volumes: Mapping[str, pathlib.Path]) -> None:
         """The pod's volumes exist locally (the real-cluster kubelet sets their owners here)."""
 
+    def _bind_all(self, argv: list[str], run: PodRun) -> list[str]:
+        """Pods here share the host's network: an argument that binds every address
+        (`0.0.0.0`, what the manager and Redis are given) binds the pod's own IP instead, so
+        two pods can use one port. (The real-cluster kubelet gives each pod its own network
+        namespace and keeps the argument.)"""
+        return [run.ip if a == "0.0.0.0" else a for a in argv]
+
     def _exec_prefix(self, run: PodRun, c: ContainerRun) -> list[str]:
         """What precedes an exec probe's or hook's command (entering the pod's network)."""
         return []
@@ -504,7 +511,9 @@ class Kubelet:
         argv = podspec.container_argv(spec, run.ip, run.pod_dir / "work")
         argv = [argv[0]] + [podspec.rewrite_paths(podspec.expand(a, c.env), c.mounts) for a in argv[1:]]
         # Bare single-label words are rewritten only as a flag's value: `kubevine manager` stays.
-        c.argv = [argv[0]] + [dns(a, bare=argv[i].startswith("--")) for i, a in enumerate(argv[1:])]
+        c.argv = self._bind_all(
+            [argv[0]] + [dns(a, bare=argv[i].startswith("--")) for i, a in enumerate(argv[1:])], run
+        )
         workdir = spec.get("workingDir")
         c.cwd = pathlib.Path(podspec.rewrite_paths(workdir, c.mounts)) if workdir else run.pod_dir / "work"
         for folder in (run.pod_dir / "home", c.cwd):

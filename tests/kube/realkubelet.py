@@ -305,6 +305,9 @@ class RealKubelet(Kubelet):
     def _exec_prefix(self, run: PodRun, c: ContainerRun) -> list[str]:
         return self.addresses.enter(run.ip)
 
+    def _bind_all(self, argv: list[str], run: PodRun) -> list[str]:
+        return argv if self.node.netns_prefix else super()._bind_all(argv, run)
+
     def _exited(self, run: PodRun, c: ContainerRun, returncode: int) -> None:
         key = (run.uid, c.name)
         code = 128 - returncode if returncode < 0 else returncode

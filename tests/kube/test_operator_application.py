@@ -65,7 +65,9 @@ def test_application_job_outcome_decides_succeeded_or_failed_then_ttl_deletes(
     apply_crds(kube_api)
     with running_operator(kube_api, tmp_path / "operator.log") as operator:
         apply(kube_api, workflow("app-ok", app_spec(SUCCEEDING, ttlSecondsAfterFinished=4)))
-        apply(kube_api, workflow("app-bad", app_spec(FAILING)))
+        bad_spec = app_spec(FAILING)
+        bad_spec["application"]["backoffLimit"] = 0  # type: ignore[index]
+        apply(kube_api, workflow("app-bad", bad_spec))
         kubectl(kube_api, "apply", "-f", str(REPO / "examples/kubernetes/workflow-app.yaml"))  # never rots
 
         def phase(name: str) -> str | None:
@@ -90,7 +92,7 @@ def test_application_job_outcome_decides_succeeded_or_failed_then_ttl_deletes(
         assert conditions(bad)["Succeeded"]["status"] == "False"
         assert "failed with exit code 7" in kubectl(kube_api, "logs", "job/app-bad-app").stdout
         warnings = [e for e in events(kube_api, "app-bad") if e["type"] == "Warning"]
-        assert [e["reason"] for e in warnings] == ["ApplicationFailed"]
+        assert sorted(e["reason"] for e in warnings) == ["ApplicationFailed", "ApplicationPodFailed"]
 
         # finished: the workers scale to zero; the manager stays for inspection until the TTL
         wait_for(

@@ -20,6 +20,7 @@ from kubevine.operator import children, run, scaler
 from kubevine.operator.adapter import manager_stats
 from kubevine.operator.autoscale import ScalingDecision, WorkerPod
 from kubevine.operator.naming import WorkflowRef
+from kubevine.operator.problems import Problem
 from kubevine.operator.settings import OperatorSettings
 from kubevine.stats import ManagerStatus
 
@@ -122,22 +123,35 @@ def test_kopf_settings_scan_only_cluster_wide_and_name_the_finalizer() -> None:
     assert run.kopf_settings(clusterwide=False).persistence.finalizer == "kubevine.io/operator"
 
 
-def test_spec_update_patches_only_what_really_changed() -> None:
+def test_a_child_is_patched_only_when_the_operators_manifest_changed() -> None:
     manifest: dict[str, Any] = {
-        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "m", "image": "a"}]}}}
+        "kind": "Deployment",
+        "metadata": {"name": "m", "labels": {"a": "b"}},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "m", "image": "a"}]}}},
     }
-    defaulted = {
+    stamped = children.stamped(json.loads(json.dumps(manifest)))
+    applied = stamped["metadata"]["annotations"]["kubevine.io/applied"]
+    # What the API server adds (defaults, normalised quantities) is not in the hash: only the manifest.
+    assert children.applied_hash(stamped) == applied == children.applied_hash(manifest)
+    manifest["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
+    assert children.applied_hash(manifest) != applied
+
+
+def test_a_statefulsets_immutable_fields_are_never_patched() -> None:
+    manifest = {
+        "kind": "StatefulSet",
+        "metadata": {"name": "r", "labels": {}, "annotations": {}},
         "spec": {
             "replicas": 1,
-            "progressDeadlineSeconds": 600,  # added by the API server
-            "template": {
-                "spec": {"containers": [{"name": "m", "image": "a", "terminationMessagePath": "/x"}]}
-            },
-        }
+            "serviceName": "r",
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"spec": {}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}}],
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"},
+        },
     }
-    assert not children._differs(manifest, defaulted)
-    manifest["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
-    assert children._differs(manifest, defaulted)
+    patch = children._patch_of(manifest)
+    assert set(patch["spec"]) == {"replicas", "template", "persistentVolumeClaimRetentionPolicy"}
 
 
 def decision(current: int, target: int, reason: str = "why") -> ScalingDecision:
@@ -155,24 +169,38 @@ def decision(current: int, target: int, reason: str = "why") -> ScalingDecision:
 def test_a_step_posts_an_event_per_scaling_decision_and_per_transition() -> None:
     ready = {"type": "ManagerReady", "status": "True", "reason": "ManagerAvailable", "message": "serving"}
     before = {"phase": "Running", "conditions": [ready]}
-    steady = scaler._events(before, {"phase": "Running", "conditions": [ready]}, decision(2, 2))
+    steady = scaler._events(before, {"phase": "Running", "conditions": [ready]}, decision(2, 2), [])
     assert steady == []
     up = scaler._events(
-        before, {"phase": "Running", "conditions": [ready]}, decision(0, 3, "scale up 0→3: x")
+        before, {"phase": "Running", "conditions": [ready]}, decision(0, 3, "scale up 0→3: x"), []
     )
     assert [(n.type, n.reason, n.message) for n in up] == [("Normal", "ScaledUp", "scale up 0→3: x")]
-    first = scaler._events({}, {"phase": "Running", "conditions": [ready]}, decision(0, 0))
+    first = scaler._events({}, {"phase": "Running", "conditions": [ready]}, decision(0, 0), [])
     assert [n.reason for n in first] == ["ManagerAvailable"]
     lost = {**ready, "status": "False", "reason": "ManagerNotAvailable", "message": "waiting"}
-    down = scaler._events(before, {"phase": "Pending", "conditions": [lost]}, decision(0, 0))
+    down = scaler._events(before, {"phase": "Pending", "conditions": [lost]}, decision(0, 0), [])
     assert [(n.type, n.reason) for n in down] == [("Warning", "ManagerNotAvailable")]
     failed = scaler._events(
-        before, {"phase": "Failed", "message": "the application Job failed"}, decision(1, 0)
+        before, {"phase": "Failed", "message": "the application Job failed"}, decision(1, 0), []
     )
     assert [(n.type, n.reason) for n in failed] == [
         ("Normal", "ScaledDown"),
         ("Warning", "ApplicationFailed"),
     ]
+
+
+def test_a_problem_is_posted_once_when_it_appears_and_its_end_once() -> None:
+    problem = Problem("worker", "ImagePullBackOff", "Back-off pulling image x", "wf-worker-a")
+    quiet = {"phase": "Running", "conditions": []}
+    troubled = {"phase": "Running", "conditions": [], "problems": [problem.to_status()]}
+    first = scaler._events(quiet, troubled, None, [problem])
+    assert [(n.type, n.reason) for n in first] == [("Warning", "ImagePullBackOff")]
+    assert "wf-worker-a" in first[0].message
+    assert scaler._events(troubled, troubled, None, [problem]) == []  # already said
+    healthy = {"type": "Healthy", "status": "True"}
+    sick = {"type": "Healthy", "status": "False"}
+    over = scaler._events({**troubled, "conditions": [sick]}, {"conditions": [healthy]}, None, [])
+    assert [(n.type, n.reason) for n in over] == [("Normal", "Recovered")]
 
 
 def test_the_status_of_a_step_already_counts_the_pods_it_created_and_deleted() -> None:
@@ -196,10 +224,8 @@ def test_worker_pod_suffixes_are_valid_pod_name_parts() -> None:
 
 def test_a_pod_this_operator_drained_counts_as_leaving_until_it_exits() -> None:
     context = scaler.Context(settings=OperatorSettings(), kube=None, policy=None)  # type: ignore[arg-type]
-    context.retiring = {
-        "wf": {"uid-a": NOW + 60, "uid-old": NOW - 1, "uid-gone": NOW + 60},
-        "other": {"x": NOW},
-    }
+    context.of("wf").retiring = {"uid-a": NOW + 60, "uid-old": NOW - 1, "uid-gone": NOW + 60}
+    context.of("other").retiring = {"x": NOW}
     ref = WorkflowRef(name="wf", namespace="default", uid="wf")
     seen = scaler.Observation(
         pods=[
@@ -216,7 +242,7 @@ def test_a_pod_this_operator_drained_counts_as_leaving_until_it_exits() -> None:
     )
     after = scaler._with_retiring(context, ref, seen, NOW)
     assert [(p.name, p.deleting) for p in after.pods] == [("a", True), ("b", False), ("old", False)]
-    assert context.retiring["wf"] == {"uid-a": NOW + 60}  # past its grace period, or gone: forgotten
-    assert context.retiring["other"] == {"x": NOW}  # another workflow's pods are its own business
+    assert context.of("wf").retiring == {"uid-a": NOW + 60}  # past its grace period, or gone: forgotten
+    assert context.of("other").retiring == {"x": NOW}  # another workflow's pods are its own business
     exited = dataclasses.replace(seen, pods=[WorkerPod(name="a", phase="Succeeded", created=NOW - 50)])
     assert not scaler._with_retiring(context, ref, exited, NOW).pods[0].deleting  # so it is deleted

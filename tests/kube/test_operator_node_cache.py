@@ -54,20 +54,20 @@ def test_two_worker_pods_on_one_node_share_its_cache_and_the_file_arrives_once(
         spec = pool_spec(min=1, max=1, idleTimeoutSeconds=600)
         apply(kube_api, workflow("cache", spec))
         address = manager_address(kube_api, "cache")
-        admin = Admin(address, token(kube_api, "cache"))
+        admin = Admin(address, token(kube_api, "cache"), encrypt=True)
 
         def connected(n: int) -> ManagerStatus | None:
             status = admin.status()
             return status if len(status.workers) == n else None
 
-        with Manager(address, token=token(kube_api, "cache")) as m:
+        with Manager(address, token=token(kube_api, "cache"), encrypt=True) as m:
             data = m.declare_buffer(PAYLOAD)
             first = Task("wc -c < data.txt", cores=1)
             first.add_input(data, "data.txt")
             run_all(m, [first])
             assert first.output.strip() == str(len(PAYLOAD))
 
-            cache_dir = kubelet.node_dir("node-a") / "var/lib/kubevine/cache"
+            cache_dir = kubelet.node_dir("node-a") / "var/lib/kubevine/cache" / "default"  # its namespace's
             cached = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
             assert [p.read_bytes() for p in cached] == [PAYLOAD]  # on the node, once
 

@@ -56,7 +56,7 @@ def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_remo
         assert worker_pods(kube_api, "pool") == []  # min 0: nothing runs while nothing is asked
 
         tasks = [Task(f"sleep 0.05; echo {i}", cores=1) for i in range(300)]
-        with Manager(address, token=token(kube_api, "pool")) as m:
+        with Manager(address, token=token(kube_api, "pool"), encrypt=True) as m:
             for task in tasks:
                 m.submit(task)
             seen = []
@@ -107,7 +107,7 @@ def test_pool_scales_0_to_3_runs_300_tasks_and_drains_back_to_0_then_delete_remo
         for name, state in states.items():  # drained workers leave by themselves, exit 0
             assert "running" not in state, (name, state)
             assert state.get("terminated", {}).get("exitCode") == 0, (name, state)
-        totals = Admin(address, token(kube_api, "pool")).status().totals
+        totals = Admin(address, token(kube_api, "pool"), encrypt=True).status().totals
         assert totals["done"] == 300 and totals.get("retried", 0) == 0 and totals.get("failed", 0) == 0
 
         # status, conditions and Events tell the story (read with the newer kubectl)

@@ -50,7 +50,7 @@ def test_two_replicas_with_peering_act_once_and_the_second_takes_over(
         wait_for(lambda: len(worker_pods(kube_api, "ha")) == 2, timeout=20, what="the pool's 2 pods")
 
         def creator() -> list[OperatorProcess]:
-            return [r for r in replicas if "created Secret/ha-token" in r.log_tail(100_000)]
+            return [r for r in replicas if "Created: Secret/ha-token" in r.log_tail(100_000)]
 
         active = wait_for(creator, what="the replica that created the children")
         assert len(active) == 1  # the other one stood by

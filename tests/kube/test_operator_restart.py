@@ -42,7 +42,7 @@ def test_operator_killed_mid_scale_up_and_restarted_converges_without_duplicate_
         apply(kube_api, workflow("resume", pool_spec(min=0, max=3)))
         address = manager_address(kube_api, "resume")
         tasks = [Task(f"sleep 0.3; echo {i}", cores=1) for i in range(60)]
-        with Manager(address, token=token(kube_api, "resume")) as m:
+        with Manager(address, token=token(kube_api, "resume"), encrypt=True) as m:
             for task in tasks:
                 m.submit(task)
             wait_for(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kubevine.operator.autoscale import (
+    Backoff,
     Demand,
     LastScaling,
     ManagerStats,
@@ -299,15 +300,67 @@ def test_a_draining_worker_that_still_runs_a_task_keeps_its_pod() -> None:
     assert decision.delete == []
 
 
-def test_exited_worker_pods_are_cleaned_up() -> None:
+def test_drained_worker_pods_are_cleaned_up_and_failed_ones_kept_as_evidence() -> None:
     pods = [
         pod("a", "Succeeded"),
         pod("b", "Failed"),
         pod("c", "Failed", deleting=True),
     ]
     decision = run(pool(), stats(demand()), pods)
-    assert sorted(decision.delete) == ["a", "b"]
+    assert sorted(decision.delete) == ["a"]  # b stays for kubectl describe / logs
     assert not decision.scaled
+
+
+def test_failed_pods_are_kept_for_a_while_and_only_the_newest() -> None:
+    policy = POLICY.model_copy(update={"failed_pods_kept": 2, "failed_pod_retention_seconds": 600})
+    pods = [
+        WorkerPod(
+            name=f"f{i}",
+            phase="Failed",
+            created=NOW - 1000,
+            finished_at=NOW - 100 * i,
+            failure="Error (exit code 1)",
+        )
+        for i in range(1, 8)
+    ]
+    decision = decide(pool(), stats(demand()), pods, NOW, None, policy)
+    assert sorted(decision.delete) == [f"f{i}" for i in range(3, 8)]  # the two newest stay
+    old = [WorkerPod(name="old", phase="Failed", created=NOW - 2000, finished_at=NOW - 700)]
+    assert decide(pool(), stats(demand()), old, NOW, None, policy).delete == ["old"]
+
+
+def test_failed_pods_hold_new_ones_back_longer_each_time() -> None:
+    waits = []
+    for failures in range(1, 5):
+        pods = [
+            WorkerPod(
+                name=f"f{i}",
+                phase="Failed",
+                created=NOW - 60,
+                finished_at=NOW - 1,
+                failure="OOMKilled (exit code 137)",
+            )
+            for i in range(failures)
+        ]
+        held = decide(pool(), stats(demand(waiting=4)), pods, NOW, None, POLICY)
+        assert held.create == 0 and held.cause == "backoff"
+        assert "OOMKilled" in held.reason
+        waits.append(
+            next(
+                t
+                for t in range(1, 3000)
+                if decide(pool(), stats(demand(waiting=4), age=1 - t), pods, NOW + t, None, POLICY).create
+            )
+        )
+    assert waits == sorted(waits) and waits[-1] > 4 * waits[0]
+
+
+def test_a_refused_creation_holds_new_pods_until_its_backoff_is_over() -> None:
+    wait = Backoff(NOW + 30, "the API server refused the last worker pod (403)")
+    held = decide(pool(), stats(demand(waiting=2)), [], NOW, None, POLICY, wait)
+    assert (held.create, held.cause) == (0, "backoff")
+    assert "403" in held.reason
+    assert decide(pool(), stats(demand(waiting=2), age=-30), [], NOW + 31, None, POLICY, wait).create == 1
 
 
 def test_a_pod_whose_worker_never_connected_goes_before_a_connected_one() -> None:

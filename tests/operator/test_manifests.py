@@ -23,7 +23,12 @@ from kubevine.operator.workerpod import build_worker_pod
 
 K8S_VERSION = "1.32.0"
 REF = WorkflowRef(name="met", namespace="physics", uid="0f9a6a4e-1111-2222-3333-444455556666")
-SETTINGS = OperatorSettings(default_image="registry.example/kubevine:9.9", redis_image="redis:7.4")
+SETTINGS = OperatorSettings(
+    default_image="registry.example/kubevine:9.9",
+    redis_image="redis:7.4",
+    node_cache_root="/srv/vine-cache",
+    node_cache_size_limit="200Gi",
+)
 
 EXTERNAL: dict[str, Any] = {"stateStore": {"redisUrl": "redis://redis.db.svc:6379/0"}}
 MANAGED: dict[str, Any] = {"stateStore": {"managed": True, "storageSize": "5Gi"}}
@@ -38,8 +43,12 @@ FULL: dict[str, Any] = {
         },
         "nodeSelector": {"role": "control"},
         "tolerations": [{"key": "control", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "analysis-high",
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"team": "cms"},
+        "envFrom": [{"configMapRef": {"name": "site"}}],
     },
-    "stateStore": {"managed": True, "storageSize": "10Gi", "storageClassName": "fast"},
+    "stateStore": {"managed": True, "storageSize": "10Gi", "storageClassName": "fast", "memory": "2Gi"},
     "workers": {
         "min": 1,
         "max": 6,
@@ -49,9 +58,32 @@ FULL: dict[str, Any] = {
         "gpus": 1,
         "idleTimeoutSeconds": 120,
         "drainTimeoutSeconds": 900,
-        "nodeCache": {"hostPath": "/mnt/vine-cache", "sizeLimit": "200Gi"},
         "nodeSelector": {"pool": "gpu"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 50,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": {"kubevine.io/workflow": "met"}},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        },
+        "serviceAccountName": "grid-user",
+        "automountServiceAccountToken": True,
+        "podLabels": {"team": "cms"},
+        "volumes": [
+            {"name": "cvmfs", "persistentVolumeClaim": {"claimName": "cvmfs", "readOnly": True}},
+            {"name": "proxy", "secret": {"secretName": "x509-proxy", "defaultMode": 256}},
+        ],
+        "volumeMounts": [
+            {"name": "cvmfs", "mountPath": "/cvmfs", "readOnly": True},
+            {"name": "proxy", "mountPath": "/etc/grid-security/proxy", "readOnly": True},
+        ],
         "env": [
             {"name": "OMP_NUM_THREADS", "value": "1"},
             {
@@ -65,7 +97,10 @@ FULL: dict[str, Any] = {
         "command": ["python", "-m", "met"],
         "args": ["--year", "2018"],
         "env": [{"name": "DATASET", "value": "nanoaod"}],
+        "backoffLimit": 1,
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
     },
+    "security": {"encrypt": False},
 }
 
 
@@ -157,7 +192,8 @@ def test_every_pod_is_hardened(source: dict[str, Any]) -> None:
         for pod in pod_specs(obj):
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert pod["automountServiceAccountToken"] is False
+            # no service-account token unless a component asks for one (FULL's workers do)
+            assert pod["automountServiceAccountToken"] is (source is FULL and obj["kind"] == "Pod")
             for container in pod["containers"]:
                 security = container["securityContext"]
                 assert security["readOnlyRootFilesystem"] is True
@@ -261,10 +297,12 @@ def test_the_manager_runs_the_manager_subcommand_with_the_contract_flags() -> No
     assert flag(args, "--workdir") == "/var/lib/kubevine/work"
 
 
-def test_the_manager_binds_its_pod_ip_and_reads_its_token_from_the_secret() -> None:
+def test_the_manager_binds_all_addresses_advertises_its_pod_ip_and_reads_its_token_from_the_secret() -> None:
     container = manager_container(EXTERNAL)
+    assert flag(container["args"], "--host") == "0.0.0.0"  # the pod IP and 127.0.0.1 (port-forward)
     env = env_of(container)
-    assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert "KUBEVINE_BIND_HOST" not in env
+    assert env["KUBEVINE_ADVERTISE_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KUBEVINE_TOKEN"] == {"secretKeyRef": {"name": "met-token", "key": "token"}}
     token_mount = next(v for v in container["volumeMounts"] if v["name"] == "token")
     assert token_mount["readOnly"] is True
@@ -287,6 +325,11 @@ def test_the_manager_gets_the_spec_resources_and_placement() -> None:
     }
     assert pod["nodeSelector"] == {"role": "control"}
     assert pod["tolerations"] == [{"key": "control", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "analysis-high"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["team"] == "cms"
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": "site"}}]
 
 
 def test_an_external_redis_url_is_passed_and_its_password_comes_from_the_secret() -> None:
@@ -339,13 +382,17 @@ def test_a_managed_redis_runs_with_an_append_only_file_on_its_own_volume() -> No
         "--dir",
         "/data",
         "--bind",
-        "$(POD_IP)",
+        "0.0.0.0",
         "--port",
         "6379",
     ]
     assert flag(command, "--requirepass") == "$(REDIS_PASSWORD)"
+    # 2Gi of memory, 80% of it for data, and a full store refuses writes instead of evicting state.
+    assert container["resources"]["limits"]["memory"] == "2Gi"
+    assert container["resources"]["requests"]["memory"] == "2Gi"
+    assert flag(command, "--maxmemory") == str(2 * 1024**3 * 8 // 10)
+    assert flag(command, "--maxmemory-policy") == "noeviction"
     env = env_of(container)
-    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "met-token", "key": "redis-password"}}
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
@@ -415,30 +462,50 @@ def test_a_worker_leaves_only_when_the_operator_says_so() -> None:
 
 def test_a_worker_knows_its_pod_ip_node_pod_and_token() -> None:
     env = env_of(worker(EXTERNAL)["spec"]["containers"][0])
-    assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["KUBEVINE_BIND_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}  # its transfer server
+    assert env["KUBEVINE_ADVERTISE_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["KUBEVINE_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["KUBEVINE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["KUBEVINE_WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["KUBEVINE_TOKEN"] == {"secretKeyRef": {"name": "met-token", "key": "token"}}
 
 
-def test_a_worker_mounts_the_node_cache_from_the_host_and_uses_it() -> None:
+def test_a_worker_mounts_its_namespaces_node_cache_folder_under_the_operators_root() -> None:
     pod = worker(FULL)
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes["node-cache"]["hostPath"] == {
-        "path": "/mnt/vine-cache",
-        "type": "DirectoryOrCreate",
-    }
+    # The root is the operator's setting; the folder is the namespace's; it must already exist
+    # (the node-cache DaemonSet makes it, owned by the workers' user).
+    assert volumes["node-cache"]["hostPath"] == {"path": "/srv/vine-cache/physics", "type": "Directory"}
     container = pod["spec"]["containers"][0]
     mount = next(v for v in container["volumeMounts"] if v["name"] == "node-cache")
     assert flag(container["args"], "--cache-dir") == mount["mountPath"]
     assert env_of(container)["KUBEVINE_CACHE_SIZE_MB"] == str(200 * 1024)
 
 
-def test_two_workers_of_one_workflow_share_the_same_node_cache_path() -> None:
+def test_two_workflows_of_one_namespace_share_a_folder_and_other_namespaces_do_not() -> None:
     first, second = worker(FULL, "aaaaa"), worker(FULL, "bbbbb")
     assert first["metadata"]["name"] != second["metadata"]["name"]
     assert first["spec"]["volumes"] == second["spec"]["volumes"]
+    other = WorkflowRef(name="met", namespace="astro", uid="u")
+    elsewhere = build_worker_pod(other, spec_of(FULL), "ccccc", SETTINGS)
+    paths = {
+        v["hostPath"]["path"] for p in (first, elsewhere) for v in p["spec"]["volumes"] if "hostPath" in v
+    }
+    assert paths == {"/srv/vine-cache/physics", "/srv/vine-cache/astro"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "workers"),
+    [(OperatorSettings(node_cache_enabled=False), {}), (SETTINGS, {"nodeCache": {"enabled": False}})],
+    ids=["operator-off", "workflow-off"],
+)
+def test_without_the_node_cache_a_worker_has_a_cache_of_its_own_and_no_host_folder(
+    settings: OperatorSettings, workers: dict[str, Any]
+) -> None:
+    pod = build_worker_pod(REF, spec_of({**EXTERNAL, "workers": workers}), "a1b2c", settings)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["node-cache"] == {"name": "node-cache", "emptyDir": {}}
+    assert "KUBEVINE_CACHE_SIZE_MB" not in env_of(pod["spec"]["containers"][0])
 
 
 def test_a_worker_requests_exactly_what_it_advertises() -> None:
@@ -479,31 +546,60 @@ def test_an_exited_worker_is_not_restarted_in_place() -> None:
     assert worker(EXTERNAL)["spec"]["restartPolicy"] == "Never"
 
 
-def test_a_worker_gets_the_pool_placement_and_extra_env() -> None:
-    pod = worker(FULL)["spec"]
+def test_a_worker_gets_the_site_options_of_the_pool() -> None:
+    whole = worker(FULL)
+    pod = whole["spec"]
     assert pod["nodeSelector"] == {"pool": "gpu"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert pod["affinity"] == FULL["workers"]["affinity"]
+    assert pod["serviceAccountName"] == "grid-user"
+    assert pod["automountServiceAccountToken"] is True
+    assert whole["metadata"]["labels"]["team"] == "cms"
+    assert whole["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cvmfs"] == {
+        "name": "cvmfs",
+        "persistentVolumeClaim": {"claimName": "cvmfs", "readOnly": True},
+    }
+    assert volumes["proxy"]["secret"] == {"secretName": "x509-proxy", "defaultMode": 256}
+    mounts = {v["mountPath"]: v for v in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/cvmfs"] == {"name": "cvmfs", "mountPath": "/cvmfs", "readOnly": True}
     env = env_of(pod["containers"][0])
     assert env["OMP_NUM_THREADS"] == "1"
     assert env["S3_KEY"] == {"secretKeyRef": {"name": "s3", "key": "key"}}
 
 
-def test_the_cache_permission_step_runs_as_root_with_only_chown() -> None:
-    pod = worker(FULL)["spec"]
-    (init,) = pod["initContainers"]
-    assert init["command"] == ["chown", "10001:10001", "/var/cache/kubevine"]
-    assert init["securityContext"]["runAsUser"] == 0
-    assert init["securityContext"]["capabilities"] == {
-        "drop": ["ALL"],
-        "add": ["CHOWN"],
-    }
-    assert init["securityContext"]["allowPrivilegeEscalation"] is False
-    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+@pytest.mark.parametrize("source", [EXTERNAL, MANAGED, FULL], ids=["external", "managed", "full"])
+def test_no_container_of_a_workflow_runs_as_root(source: dict[str, Any]) -> None:
+    for obj in everything(source):
+        for pod in pod_specs(obj):
+            assert "initContainers" not in pod
+            assert pod["securityContext"]["runAsUser"] != 0
+            for container in pod["containers"]:
+                assert container["securityContext"].get("runAsUser", 1) != 0
+                assert "add" not in container["securityContext"]["capabilities"]
 
 
-def test_the_cache_permission_step_can_be_turned_off() -> None:
-    source = {**EXTERNAL, "workers": {"nodeCache": {"initPermissions": False}}}
-    assert "initContainers" not in worker(source)["spec"]
+def test_every_pod_sets_the_workflows_encryption() -> None:
+    for source, wanted in ((EXTERNAL, "1"), (FULL, "0")):
+        for obj in everything(source):
+            for pod in pod_specs(obj):
+                for container in pod["containers"]:
+                    if "kubevine" in container["image"] or obj["kind"] == "Job":
+                        assert env_of(container)["KUBEVINE_ENCRYPT"] == wanted, obj["kind"]
+
+
+def test_the_manager_and_redis_cannot_be_evicted_by_a_node_drain() -> None:
+    budgets = [o for o in everything(MANAGED) if o["kind"] == "PodDisruptionBudget"]
+    assert {b["metadata"]["name"] for b in budgets} == {"met-manager", "met-redis"}
+    for budget in budgets:
+        assert budget["spec"]["maxUnavailable"] == 0
+        component = budget["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == component
+    none = m.build_children(
+        REF, spec_of(MANAGED), OperatorSettings(pod_disruption_budgets=False), token="t", redis_password="p"
+    )
+    assert "PodDisruptionBudget" not in {o["kind"] for o in none}
 
 
 # --- application -------------------------------------------------------------------------
@@ -512,8 +608,18 @@ def test_the_cache_permission_step_can_be_turned_off() -> None:
 def test_the_application_runs_once_against_the_manager() -> None:
     job = m.build_application_job(REF, spec_of(FULL), SETTINGS)
     assert job["metadata"]["name"] == "met-app"
-    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["backoffLimit"] == 1
+    assert (
+        m.build_application_job(REF, spec_of({**EXTERNAL, "application": {"command": ["x"]}}), SETTINGS)[
+            "spec"
+        ]["backoffLimit"]
+        == 2
+    )
     pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"memory": "3Gi"},
+    }
     assert pod["restartPolicy"] == "Never"
     container = pod["containers"][0]
     assert container["image"] == "registry.example/analysis:3"
@@ -531,6 +637,10 @@ def test_the_application_image_defaults_to_the_workflow_image() -> None:
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "wf:1"
     assert "args" not in container
+    assert container["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"memory": "2Gi"},
+    }
 
 
 def test_children_come_in_creation_order() -> None:
@@ -542,11 +652,14 @@ def test_children_come_in_creation_order() -> None:
         ("Service", "met-manager"),
         ("Deployment", "met-manager"),
         ("Job", "met-app"),
+        ("PodDisruptionBudget", "met-manager"),
+        ("PodDisruptionBudget", "met-redis"),
     ]
     assert [o["kind"] for o in everything(EXTERNAL)[:-1]] == [
         "Secret",
         "Service",
         "Deployment",
+        "PodDisruptionBudget",
     ]
 
 

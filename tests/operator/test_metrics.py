@@ -145,9 +145,9 @@ def test_handler_errors_are_counted_from_zero(served: tuple[OperatorMetrics, str
 
 
 def context() -> Context:
-    return Context(
-        settings=OperatorSettings(), kube=cast(KubeApi, None), policy=ScalingPolicy(), tokens={"u1": "t"}
-    )
+    ctx = Context(settings=OperatorSettings(), kube=cast(KubeApi, None), policy=ScalingPolicy())
+    ctx.of("u1").secret_data = {"token": "dA=="}
+    return ctx
 
 
 def body(name: str, phase: str | None, uid: str = "u1") -> dict[str, Any]:
@@ -175,7 +175,7 @@ def test_workflows_are_counted_by_phase_and_a_deleted_one_leaves_no_series() -> 
         gone = scrape(url)
         assert value(gone, "kubevine_operator_workflows", phase="Running") == 1
         assert not [k for k in gone if ("workflow", "a") in k[1]]
-        assert "u1" not in ctx.tokens  # what the operator remembered about it is dropped too
+        assert "u1" not in ctx.memory  # what the operator remembered about it is dropped too
     finally:
         server.shutdown()
         server.server_close()

@@ -34,8 +34,10 @@ def test_a_minimal_managed_spec_gets_every_default() -> None:
     workers = spec.workers
     assert (workers.min, workers.max, workers.cores, workers.memory) == (0, 4, 1, 2048)
     assert (workers.disk, workers.gpus, workers.idle_timeout_seconds) == (4096, 0, 60)
-    assert workers.node_cache.host_path == "/var/lib/kubevine/cache"
-    assert workers.node_cache.size_limit == "50Gi"
+    assert workers.node_cache.enabled is True  # its folder is the operator's to choose, not the spec's
+    assert spec.state_store.memory == "1Gi"
+    assert spec.security.encrypt is True
+    assert workers.automount_service_account_token is False
     assert spec.application is None
     assert spec.ttl_seconds_after_finished is None
 
@@ -55,8 +57,11 @@ def test_the_spec_round_trips_through_its_camel_case_form() -> None:
             "memory": 8192,
             "gpus": 1,
             "idleTimeoutSeconds": 30,
-            "nodeCache": {"hostPath": "/mnt/cache", "sizeLimit": "100Gi"},
+            "nodeCache": {"enabled": False},
             "nodeSelector": {"pool": "batch"},
+            "volumes": [{"name": "cvmfs", "persistentVolumeClaim": {"claimName": "cvmfs"}}],
+            "volumeMounts": [{"name": "cvmfs", "mountPath": "/cvmfs"}],
+            "envFrom": [{"secretRef": {"name": "grid"}, "prefix": "GRID_"}],
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "env": [{"name": "X", "value": "1"}],
         },
@@ -64,7 +69,10 @@ def test_the_spec_round_trips_through_its_camel_case_form() -> None:
         "ttlSecondsAfterFinished": 600,
     }
     dumped = parse_spec(source).model_dump(by_alias=True, exclude_none=True)
-    assert dumped["workers"]["nodeCache"]["hostPath"] == "/mnt/cache"
+    assert dumped["workers"]["nodeCache"] == {"enabled": False}
+    assert dumped["workers"]["volumes"] == [
+        {"name": "cvmfs", "persistentVolumeClaim": {"claimName": "cvmfs"}}
+    ]
     assert dumped["stateStore"]["credentialsSecret"] == {
         "name": "redis-creds",
         "passwordKey": "pw",
@@ -105,13 +113,23 @@ def test_negative_resources_are_refused_naming_the_field(field: str, value: int,
 def test_unknown_top_level_field_is_refused_and_the_allowed_ones_are_listed() -> None:
     message = problems_of({**MANAGED, "replicas": 3})
     assert "replicas: unknown field" in message
-    assert "allowed: application, image, imagePullPolicy, manager, stateStore" in message
+    assert "allowed: application, image, imagePullPolicy, manager, security, stateStore" in message
 
 
 def test_unknown_nested_field_is_refused_with_its_path() -> None:
-    message = problems_of({**MANAGED, "workers": {"nodeCache": {"hostpath": "/x"}}})
-    assert "workers.nodeCache.hostpath: unknown field" in message
-    assert "hostPath" in message  # the spelling the user meant is listed
+    message = problems_of({**MANAGED, "workers": {"nodeCache": {"enable": False}}})
+    assert "workers.nodeCache.enable: unknown field" in message
+    assert "enabled" in message  # the spelling the user meant is listed
+
+
+def test_a_workflow_may_name_no_host_path() -> None:
+    message = problems_of({**MANAGED, "workers": {"nodeCache": {"hostPath": "/etc"}}})
+    assert "workers.nodeCache.hostPath: unknown field" in message
+    message = problems_of(
+        {**MANAGED, "manager": {"volumes": [{"name": "etc", "hostPath": {"path": "/etc"}}]}}
+    )
+    assert "manager.volumes[0].hostPath: unknown field" in message
+    assert "persistentVolumeClaim" in message
 
 
 def test_unknown_field_inside_a_list_item_is_refused() -> None:
@@ -199,7 +217,7 @@ def test_an_env_entry_with_value_and_value_from_is_refused() -> None:
 def test_value_from_needs_exactly_one_source() -> None:
     env = [{"name": "A", "valueFrom": {}}]
     message = problems_of({**MANAGED, "workers": {"env": env}})
-    assert "exactly one of secretKeyRef or configMapKeyRef" in message
+    assert "exactly one of secretKeyRef, configMapKeyRef or fieldRef" in message
 
 
 @pytest.mark.parametrize("name", ["KUBEVINE_TOKEN", "KUBEVINE_MANAGER", "KUBEVINE_NODE_NAME"])

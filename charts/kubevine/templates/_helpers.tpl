@@ -44,7 +44,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "kubevine.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.variant }}{{ $tag = printf "%s-%s" $tag .Values.image.variant }}{{ end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
 {{- define "kubevine.redisImage" -}}
@@ -62,4 +64,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else }}
 {{- toJson (list .Release.Namespace) }}
 {{- end }}
+{{- end }}
+
+{{- define "kubevine.nodeCacheName" -}}
+{{- printf "%s-node-cache" (include "kubevine.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
