@@ -170,20 +170,26 @@ class SimStats:
     results: int = 0  # attempts reported finished (first report only)
     kills: int = 0
     libraries_ready: int = 0  # instances that said ready
+    all_registered: float | None = None  # when every worker had been welcomed once
     first_dispatch: float | None = None
     last_dispatch: float | None = None
     last_result: float | None = None
     probe_rtts: list[float] = field(default_factory=list)  # seconds
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, assigned, results)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+    def to_json(self, *, series: bool = True) -> str:
+        """As JSON; without ``series`` (samples, probe round trips), cheap to write often."""
+        d = asdict(self) if series else {k: v for k, v in vars(self).items() if k not in _SERIES}
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, text: str) -> SimStats:
         d = json.loads(text)
         d["samples"] = [tuple(s) for s in d.get("samples", [])]
         return cls(**d)
+
+
+_SERIES = ("samples", "probe_rtts")
 
 
 @dataclass(slots=True, eq=False)
@@ -300,6 +306,7 @@ class SimWorker:
         self.evicted: list[CacheName] = []
         self.transfers: list[TransferRecord] = []
         self.probes: dict[str, float] = {}
+        self.welcomed_once = False
         self.silent = False  # stopped talking (and listening): the manager should declare it lost
         self.gone = False
 
@@ -320,7 +327,13 @@ class SimWorker:
         return Hello(protocol=PROTOCOL_VERSION, token=self.sim.config.token, role="worker", worker=info)
 
     def welcomed(self, welcome: Welcome, *, again: bool, new_manager: bool) -> None:
-        self.sim.stats.welcomes += 1
+        stats = self.sim.stats
+        stats.welcomes += 1
+        if not self.welcomed_once:
+            self.welcomed_once = True
+            self.sim.ever_welcomed += 1
+            if self.sim.ever_welcomed == len(self.sim.workers):
+                stats.all_registered = time.time()
         if self.unacked:  # results the manager may not have recorded: report them again
             self.finished.extend(self.unacked.values())
             self.unacked.clear()
@@ -687,6 +700,7 @@ class Simulator:
         self.error: BaseException | None = None
         self.connected = False
         self.turns = 0  # steps taken (a test waits for one to pass)
+        self.ever_welcomed = 0  # workers welcomed at least once
 
     # ------------------------------------------------------------------ control
 
@@ -879,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sim.step()
             if out is not None and time.monotonic() >= next_write:
                 next_write = time.monotonic() + a.stats_every
-                _write(out, sim.snapshot().to_json())
+                _write(out, sim.snapshot().to_json(series=False))
     finally:
         if out is not None:
             _write(out, sim.snapshot().to_json())

@@ -1,0 +1,821 @@
+"""Benchmark: what one manager does with thousands of workers and a million tasks.
+
+One run measures, next to the targets of issue 17 (ratios hold on any machine; absolute
+figures are for a 2-core one):
+
+  idle          N simulated workers connected and no tasks: the manager's CPU, how fast it answers
+  dispatch      tasks/s and calls/s with 10, 100, 1,000 and 5,000 simulated workers
+                (kubevine.simworker: real worker sessions, instant tasks) against a real
+                manager (state in memory); the manager's CPU per task; while it is saturated,
+                how long it takes to answer a worker (probe round trip), ``status`` and
+                ``/metrics``
+  queue         10k, 100k and 1M command tasks queued (no workers) on a manager with its state
+                in a Redis of the bench's own: the time one client takes to submit them (and
+                until the manager holds them, and until they are durable), the manager's CPU
+                and RSS per queued task, Redis memory per task
+  restart       with 100k and 1M tasks in Redis: kill -9 the manager, start another on the same
+                Redis and port, time from its process start to the first dispatch reaching a
+                simulated worker (the lease has run out first: --lease-ttl 1)
+  durable cost  bench/calls.py's calls (10,000 FunctionCalls, direct mode) and bench/commands.py's
+                commands (2,000 x /bin/true) on 2 real workers x 1 core, state in memory and in
+                Redis, alternated in the same run
+  serverless    fork-mode FunctionCalls and PythonTasks on 2 real workers x 1 core; the single
+                call's round trip (p50, p99) on a quiet manager
+
+``--quick`` (under 5 minutes) does the same at 10/100/1,000 workers and 100k tasks. The last
+line of the output is one JSON object with the headline figures. Every process started here
+is stopped when the bench ends, also when it fails. Not a test: it never fails because the
+machine is slow.
+
+    python bench/scale.py [--quick] [--only dispatch,queue,durable,serverless] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+import redis
+
+import kubevine
+from kubevine import FunctionCall, Manager, Task, keys
+from kubevine.admin import Admin
+from kubevine.simworker import SimStats
+
+sys.path.insert(0, str(Path(__file__).parent))
+from calls import inc, kubevine_calls, kubevine_latency, kubevine_python_tasks
+from commands import bench_kubevine as kubevine_commands
+
+TOKEN = f"bench-scale-{uuid.uuid4().hex}"
+PER_PROCESS = 1000  # simulated workers per simulator process
+
+
+def noop(x: int) -> int:
+    return x
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every process the bench starts; all are killed at exit, however it exits."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = {**os.environ, "KUBEVINE_TOKEN": TOKEN}
+        atexit.register(self.kill_all)
+
+    def start(
+        self, args: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as f:  # run from the log's folder: `-m kubevine` is the installed one
+            p = subprocess.Popen(
+                list(args), env=env or self.env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent
+            )
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+
+
+PROCS = Procs()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every finally: all stopped
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+class RedisServer:
+    """A redis-server of the bench's own: a free port, its own folder, no persistence."""
+
+    def __init__(self, work: Path) -> None:
+        self.dir = work / "redis"
+        self.dir.mkdir(parents=True)
+        self.port = free_port()
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir)]
+        self.proc = PROCS.start([*args, "--save", "", "--appendonly", "no"], self.dir / "redis.log")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.r = redis.Redis.from_url(self.url)
+        wait_until(self._ping, 20, "redis-server")
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except redis.RedisError:
+            return False
+
+    def used_memory(self) -> int:
+        return int(self.r.info("memory")["used_memory"])
+
+    def stop(self) -> None:
+        self.r.close()
+        PROCS.stop(self.proc)
+
+
+class ManagerProc:
+    """``kubevine manager`` on 127.0.0.1 as a process of its own, watched with psutil."""
+
+    def __init__(
+        self, work: Path, *, name: str, redis_url: str | None = None, port: int = 0, metrics: bool = False
+    ) -> None:
+        self.work, self.name, self.redis_url, self.port, self.metrics = work, name, redis_url, port, metrics
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.metrics_url: str | None = None
+
+    def start(self, *extra: str) -> ManagerProc:
+        self.work.mkdir(parents=True, exist_ok=True)
+        addr = self.work / "address"
+        addr.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "kubevine", "--log-level", "WARNING", "manager", "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--name", self.name, "--workdir", str(self.work)]
+        args += ["--lease-ttl", "1", *extra]
+        if self.redis_url:
+            args += ["--redis", self.redis_url]
+        if self.metrics:
+            args += ["--metrics-port", "0"]
+        self.proc = p = PROCS.start(args, self.work / "manager.log")
+        wait_until(lambda: addr.exists() or p.poll() is not None, 600, "the manager serving")
+        if p.poll() is not None:
+            raise RuntimeError(f"the manager exited: {(self.work / 'manager.log').read_text()[-2000:]}")
+        self.address = addr.read_text().strip()
+        self.port = int(self.address.rsplit(":", 1)[1])
+        if self.metrics:
+            maddr = self.work / "metrics-address"
+            wait_until(maddr.exists, 30, "the metrics address")
+            self.metrics_url = f"http://{maddr.read_text().strip()}/metrics"
+        self.ps = psutil.Process(p.pid)
+        return self
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        PROCS.stop(self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            PROCS.stop(self.proc)
+
+    def txlog(self) -> list[str]:
+        try:
+            return (self.work / "transactions.log").read_text().splitlines()
+        except OSError:
+            return []
+
+
+class Fleet:
+    """Simulated workers in a few ``python -m kubevine.simworker`` processes."""
+
+    def __init__(
+        self,
+        work: Path,
+        address: str,
+        workers: int,
+        *,
+        prefix: str,
+        duration: str = "0",
+        probe_every: float = 0.2,
+        probers: int = 2,
+    ) -> None:
+        self.work, self.address, self.workers, self.prefix = work, address, workers, prefix
+        self.duration, self.probe_every, self.probers = duration, probe_every, probers
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: list[Path] = []
+        self.started = 0.0
+
+    def start(self) -> Fleet:
+        n = max(1, math.ceil(self.workers / PER_PROCESS))
+        self.started = time.time()
+        left = self.workers
+        for i in range(n):
+            count = math.ceil(left / (n - i))
+            left -= count
+            f = self.work / f"{self.prefix}-{i}.json"
+            f.unlink(missing_ok=True)
+            self.files.append(f)
+            args = [sys.executable, "-m", "kubevine.simworker", self.address, "--workers", str(count)]
+            args += ["--prefix", f"{self.prefix}{i}", "--duration", self.duration, "--stats", str(f)]
+            args += ["--probe-every", str(self.probe_every), "--probers", str(self.probers)]
+            self.procs.append(PROCS.start(args, self.work / f"{self.prefix}-{i}.log"))
+        return self
+
+    def stats(self) -> list[SimStats]:
+        out = []
+        for f in self.files:
+            try:
+                out.append(SimStats.from_json(f.read_text()))
+            except (OSError, ValueError):
+                out.append(SimStats())
+        return out
+
+    def registered(self) -> int:
+        return sum(s.registered for s in self.stats())
+
+    def assigned(self) -> int:
+        return sum(s.tasks + s.calls for s in self.stats())
+
+    def first_dispatch(self) -> float | None:
+        firsts = [s.first_dispatch for s in self.stats() if s.first_dispatch is not None]
+        return min(firsts) if firsts else None
+
+    def stop(self) -> list[SimStats]:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            PROCS.stop(p, grace=30)
+        return self.stats()
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def merged(stats: Sequence[SimStats]) -> list[tuple[float, int]]:
+    """(time, tasks assigned so far, all simulators together), on the union of their samples."""
+    times = sorted({t for s in stats for t, _, _ in s.samples})
+    out = []
+    idx = [0] * len(stats)
+    for t in times:
+        total = 0
+        for k, s in enumerate(stats):
+            while idx[k] + 1 < len(s.samples) and s.samples[idx[k] + 1][0] <= t:
+                idx[k] += 1
+            if s.samples and s.samples[idx[k]][0] <= t:
+                total += s.samples[idx[k]][1]
+        out.append((t, total))
+    return out
+
+
+def window_rate(series: list[tuple[float, int]], total: int, after: float) -> float:
+    """Tasks/s between 10 % and 90 % of ``total`` assigned (not before ``after``: all registered)."""
+    lo = next(((t, n) for t, n in series if n >= 0.1 * total and t >= after), None)
+    hi = next(((t, n) for t, n in series if n >= 0.9 * total), None)
+    if lo is None or hi is None or hi[0] <= lo[0]:
+        return float("nan")
+    return (hi[1] - lo[1]) / (hi[0] - lo[0])
+
+
+@dataclass
+class Latencies:
+    status: list[float] = field(default_factory=list)
+    metrics: list[float] = field(default_factory=list)
+
+
+@contextmanager
+def sampling(m: ManagerProc, every: float = 0.5) -> Iterator[Latencies]:
+    """Time ``status`` (a new admin session each time, as ``kubevine status``) and ``/metrics``
+    over and over while the body runs."""
+    lat = Latencies()
+    stop = threading.Event()
+
+    def loop() -> None:
+        admin = Admin(m.address, TOKEN, timeout=60)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                admin.status()
+                lat.status.append(time.perf_counter() - t0)
+            except Exception:  # a timeout is a figure too
+                lat.status.append(time.perf_counter() - t0)
+            if m.metrics_url:
+                t0 = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(m.metrics_url, timeout=60) as r:
+                        r.read()
+                except OSError:
+                    pass
+                lat.metrics.append(time.perf_counter() - t0)
+            stop.wait(every)
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    try:
+        yield lat
+    finally:
+        stop.set()
+        th.join(120)
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"{a:.1f}/{b:.1f}/{c:.1f}"
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) -> dict[str, Any]:
+    """``n`` instant tasks (or calls) queued first, then ``workers`` simulated workers connect;
+    the rate is read from the simulators' own clocks between 10 % and 90 % of the tasks."""
+    tag = f"{kind}-{workers}"
+    m = ManagerProc(work / f"m-{tag}", name=f"scale-{tag}", metrics=True).start()
+    fleet: Fleet | None = None
+    spy = None
+    try:
+        with Manager(m.address, token=TOKEN) as c:
+            if kind == "calls":
+                c.install_library(c.create_library_from_functions("noop", noop, exec_mode="direct"))
+            for i in range(n):
+                c.submit(FunctionCall("noop", "noop", i) if kind == "calls" else Task("true"))
+            wait_until(lambda: sum(c.status().tasks.values()) >= n, 600, f"{n} tasks held", every=0.2)
+            cpu0 = m.cpu()
+            spy = start_profile(profile, m, tag)
+            load_at = load()
+            fleet = Fleet(work / f"sim-{tag}", m.address, workers, prefix=f"w{workers}{kind[0]}").start()
+            t0 = time.time()
+            with sampling(m) as lat:
+                done = 0
+                while done < n and c.wait(120) is not None:
+                    done += 1
+                t_end = time.time()
+            cpu1 = m.cpu()
+        stop_profile(spy, tag)
+        spy = None
+        stats = fleet.stop()
+        fleet = None
+    finally:
+        stop_profile(spy, tag)
+        if fleet is not None:
+            fleet.stop()
+        m.stop()
+    series = merged(stats)
+    all_in = max((s.all_registered or t0 for s in stats), default=t0)
+    rtts = [x for s in stats for x in s.probe_rtts]
+    first = min((s.first_dispatch for s in stats if s.first_dispatch), default=t0)
+    return {
+        "workers": workers,
+        "kind": kind,
+        "n": n,
+        "done": done,
+        "rate": window_rate(series, n, all_in),
+        "rate_e2e": done / max(1e-9, t_end - first),
+        "cpu_us_per_task": 1e6 * (cpu1 - cpu0) / max(1, done),
+        "probe_p50": pct(rtts, 0.5),
+        "probe_max": max(rtts, default=float("nan")),
+        "status_p50": pct(lat.status, 0.5),
+        "status_max": max(lat.status, default=float("nan")),
+        "metrics_p50": pct(lat.metrics, 0.5),
+        "metrics_max": max(lat.metrics, default=float("nan")),
+        "libraries": sum(s.libraries_ready for s in stats),
+        "register_s": all_in - t0,
+        "load": load_at,
+    }
+
+
+def idle(work: Path, workers: int) -> dict[str, Any]:
+    """``workers`` simulated workers connected, no tasks: what the manager spends on keeping
+    them (heartbeats both ways, status snapshots), and how fast it answers."""
+    m = ManagerProc(work / f"m-idle-{workers}", name=f"scale-idle-{workers}", metrics=True).start()
+    fleet = Fleet(work / f"sim-idle-{workers}", m.address, workers, prefix=f"i{workers}", probe_every=0.1)
+    try:
+        fleet.start()
+        wait_until(lambda: fleet.registered() >= workers, 600, f"{workers} workers registered", every=0.2)
+        t_reg = time.time() - fleet.started
+        time.sleep(2)
+        c0, t0 = m.cpu(), time.time()
+        with sampling(m, every=1.0) as lat:
+            time.sleep(10)
+        cpu = (m.cpu() - c0) / (time.time() - t0)
+        stats = fleet.stop()
+    finally:
+        fleet.stop()
+        m.stop()
+    rtts = [x for s in stats for x in s.probe_rtts]
+    return {
+        "workers": workers,
+        "register_s": t_reg,
+        "cpu": cpu,
+        "probe_p50": pct(rtts, 0.5),
+        "probe_max": max(rtts, default=float("nan")),
+        "status_p50": pct(lat.status, 0.5),
+        "status_max": max(lat.status, default=float("nan")),
+        "load": load(),
+    }
+
+
+# --------------------------------------------------------------------------- queue and restart
+
+
+def queue(work: Path, rs: RedisServer, n: int, restart: bool, profile: Path | None) -> dict[str, Any]:
+    name = f"scale-q{n}-{uuid.uuid4().hex[:6]}"
+    used0 = rs.used_memory()
+    m = ManagerProc(work / f"q{n}", name=name, redis_url=rs.url).start()
+    out: dict[str, Any] = {"n": n, "load": load()}
+    spy = None
+    try:
+        time.sleep(0.5)  # settled after start-up
+        rss0, cpu0 = m.rss(), m.cpu()
+        spy = start_profile(profile, m, f"submit-{n}")
+        with Manager(m.address, token=TOKEN) as c:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                c.submit(Task("true"))
+            out["submit_s"] = time.perf_counter() - t0
+            wait_until(lambda: sum(c.status(timeout=600).tasks.values()) >= n, 1800, f"{n} held", every=0.5)
+            out["held_s"] = time.perf_counter() - t0
+            wait_until(lambda: rs.r.hlen(keys.records(name)) >= n, 1800, f"{n} durable", every=0.5)
+            out["durable_s"] = time.perf_counter() - t0
+            out["cpu_us_per_task"] = 1e6 * (m.cpu() - cpu0) / n
+            out["rss_per_task"] = (m.rss() - rss0) / n
+            out["rss_mb"] = m.rss() / 1e6
+            out["redis_per_task"] = (rs.used_memory() - used0) / n
+        stop_profile(spy, f"submit-{n}")
+        spy = None
+        if restart:
+            out.update(restart_after_kill(work, rs, m, name, n))
+    finally:
+        stop_profile(spy, f"submit-{n}")
+        m.stop()
+        rs.r.delete(*keys.all_keys(name))
+    return out
+
+
+def restart_after_kill(work: Path, rs: RedisServer, m: ManagerProc, name: str, n: int) -> dict[str, Any]:
+    """kill -9 ``m``; once its lease is out, simulated workers wait at its address and a new
+    manager starts on the same Redis: from its process start to the first dispatch they get."""
+    m.kill9()
+    wait_until(lambda: not rs.r.exists(keys.lease(name)), 30, "the dead manager's lease to run out")
+    fleet = Fleet(work / f"sim-r{n}", f"127.0.0.1:{m.port}", 100, prefix=f"r{n}", probers=0).start()
+    m2 = ManagerProc(work / f"q{n}-again", name=name, redis_url=rs.url, port=m.port)
+    out: dict[str, Any] = {}
+    try:
+        t0 = time.time()
+        m2.start()
+        first = wait_until(fleet.first_dispatch, 600, "the first dispatch after the restart", every=0.05)
+        out["restart_first_dispatch_s"] = first - t0
+        restored = [ln for ln in m2.txlog() if " restored " in ln]
+        out["restore_load_s"] = float(restored[0].rsplit("seconds=", 1)[1]) if restored else float("nan")
+        out["restart_rss_mb"] = m2.rss() / 1e6
+        # the dispatch cost with a deep queue: 100 workers, 5 s
+        a0, c0, t1 = fleet.assigned(), m2.cpu(), time.time()
+        time.sleep(5)
+        a1, c1, t2 = fleet.assigned(), m2.cpu(), time.time()
+        out["deep_rate"] = (a1 - a0) / (t2 - t1)
+        out["deep_cpu_us_per_task"] = 1e6 * (c1 - c0) / max(1, a1 - a0)
+    finally:
+        fleet.stop()
+        m2.stop()
+    return out
+
+
+# --------------------------------------------------------------------------- real workers
+
+
+def fork_calls(n: int) -> float:
+    with (
+        kubevine.LocalCluster(workers=2, cores=1) as c,
+        kubevine.Manager(c.address, token=c.token) as m,
+    ):
+        lib = m.create_library_from_functions("forked", inc, exec_mode="fork")
+        lib.set_cores(1)
+        m.install_library(lib)
+        for i in range(200):
+            m.submit(FunctionCall("forked", "inc", i))
+        while m.wait(60):
+            pass
+        t0 = time.perf_counter()
+        for i in range(n):
+            m.submit(FunctionCall("forked", "inc", i))
+        total = 0
+        while (t := m.wait(120)) is not None:
+            total += t.output
+        dt = time.perf_counter() - t0
+    assert total == sum(range(1, n + 1)), "wrong results"
+    return n / dt
+
+
+def durable_cost(rs: RedisServer, calls: int, commands: int, runs: int) -> dict[str, Any]:
+    """The same benchmark with state in memory and in Redis, alternated run by run."""
+    out: dict[str, Any] = {"load": load()}
+    benches: list[tuple[str, Callable[[str | None], float]]] = [
+        ("calls", lambda url: kubevine_calls(calls, url)),
+        ("commands", lambda url: kubevine_commands(commands, url)),
+    ]
+    for label, fn in benches:
+        mem: list[float] = []
+        red: list[float] = []
+        for _ in range(runs):
+            mem.append(fn(None))
+            red.append(fn(rs.url))
+        out[label] = (statistics.median(mem), statistics.median(red), mem, red)
+    return out
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def start_profile(profile: Path | None, m: ManagerProc, tag: str) -> subprocess.Popen[bytes] | None:
+    """py-spy on the manager (collapsed stacks, 200 Hz) until :func:`stop_profile`."""
+    if profile is None or (
+        shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists()
+    ):
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    profile.mkdir(parents=True, exist_ok=True)
+    out = profile / f"{tag}.txt"
+    args = [spy, "record", "--pid", str(m.ps.pid), "--rate", "200", "--format", "raw", "-o", str(out)]
+    return PROCS.start([*args, "--nonblocking"], profile / f"{tag}.log")
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None, tag: str) -> None:
+    if spy is None or spy.poll() is not None:
+        return
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    PROCS.stop(spy)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(x: float, spec: str = ".0f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10/100/1,000 workers, 100k tasks: under 5 minutes")
+    ap.add_argument("--only", default="idle,dispatch,queue,durable,serverless")
+    ap.add_argument("--workers", default=None, help="comma-separated worker counts (default by --quick)")
+    ap.add_argument("--queued", default=None, help="comma-separated queue sizes (default by --quick)")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy the manager; collapsed stacks here")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, simulator stats)")
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, _on_signal)
+    only = set(a.only.split(","))
+    quick = a.quick
+    sizes = (
+        [int(x) for x in a.workers.split(",")] if a.workers else [10, 100, 1000] + ([] if quick else [5000])
+    )
+    queued = (
+        [int(x) for x in a.queued.split(",")]
+        if a.queued
+        else [10_000, 100_000] + ([] if quick else [1_000_000])
+    )
+    restarts = {100_000} if quick else {100_000, 1_000_000}
+    work = Path(tempfile.mkdtemp(prefix="kubevine-scale-"))
+    rs: RedisServer | None = None
+    summary: dict[str, Any] = {"quick": quick, "cpus": os.cpu_count(), "load_at_start": load()}
+    print(f"kubevine scale bench ({'quick' if quick else 'full'}); {os.cpu_count()} CPUs, load {load()}")
+    t_start = time.time()
+    try:
+        if "idle" in only:
+            print(
+                "\nidle (simulated workers connected, no tasks)\n"
+                f"  {'workers':>7} {'register s':>10} {'manager CPU':>11} {'probe p50/max ms':>17} "
+                f"{'status p50/max s':>17} {'load':>14}"
+            )
+            irows = []
+            for w in sizes:
+                irows.append(idle(work, w))
+                print_idle_row(irows[-1])
+            big = max(irows, key=lambda r: r["workers"])
+            summary["idle_cpu_at_max_workers"] = round(big["cpu"], 3)
+            summary["register_s"] = {str(r["workers"]): round(r["register_s"], 2) for r in irows}
+        if "dispatch" in only:
+            print(DISPATCH_HEAD)
+            rows = []
+            for kind in ("tasks", "calls"):
+                for w in sizes:
+                    n = dispatch_size(w, quick)
+                    prof = a.profile if w == max(sizes) else None
+                    rows.append(dispatch(work, w, kind, n, prof))
+                    print_dispatch_row(rows[-1])
+            summary.update(dispatch_summary(rows))
+        if "queue" in only:
+            rs = RedisServer(work)
+            qrows = []
+            for n in queued:
+                qrows.append(queue(work, rs, n, n in restarts, a.profile if n == max(queued) else None))
+                print_queue_row(qrows[-1])
+            summary.update(queue_summary(qrows))
+        if "durable" in only:
+            rs = rs or RedisServer(work)
+            runs = 2 if quick else 3
+            d = durable_cost(rs, 5000 if quick else 10_000, 1000 if quick else 2000, runs)
+            print_durable(d, runs)
+            summary["redis_cost_calls"] = round(1 - d["calls"][1] / d["calls"][0], 3)
+            summary["redis_cost_commands"] = round(1 - d["commands"][1] / d["commands"][0], 3)
+            summary["calls_per_s_memory"], summary["calls_per_s_redis"] = (
+                round(d["calls"][0]),
+                round(d["calls"][1]),
+            )
+        if "serverless" in only:
+            load_at = load()
+            fork = statistics.median(fork_calls(2000 if quick else 5000) for _ in range(1 if quick else 3))
+            py = kubevine_python_tasks(500 if quick else 1000)
+            p50, p99 = kubevine_latency(200 if quick else 500)
+            print(f"\nserverless on 2 real workers x 1 core (load {load_at})")
+            print(
+                f"  fork-mode FunctionCalls   {fork:8.0f} calls/s   target >= 2,000: {verdict(fork >= 2000)}"
+            )
+            print(f"  PythonTasks               {py:8.0f} tasks/s   target >= 1,000: {verdict(py >= 1000)}")
+            print(f"  single call round trip    p50 {p50:.2f} ms, p99 {p99:.2f} ms   target p50 <= 0.5 ms: "
+                  f"{verdict(p50 <= 0.5)}")  # fmt: skip
+            summary.update(
+                fork_calls_per_s=round(fork), python_tasks_per_s=round(py), single_call_p50_ms=round(p50, 3)
+            )
+    finally:
+        if rs is not None:
+            rs.stop()
+        PROCS.kill_all()
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work folder kept: {work}")
+    summary["seconds"] = round(time.time() - t_start, 1)
+    summary["load_at_end"] = load()
+    print(json.dumps(summary))
+
+
+def dispatch_size(workers: int, quick: bool) -> int:
+    """Enough tasks that the measured window is long beside the ramp (up to 4 per worker held)."""
+    return max(10_000, 8 * workers) if quick else max(30_000, 6 * workers)
+
+
+def print_idle_row(r: dict[str, Any]) -> None:
+    print(
+        f"  {r['workers']:7d} {r['register_s']:10.2f} {100 * r['cpu']:10.1f}% "
+        f"{fmt(1e3 * r['probe_p50'], '.1f'):>8}/{fmt(1e3 * r['probe_max'], '.0f'):<8} "
+        f"{fmt(r['status_p50'], '.3f'):>8}/{fmt(r['status_max'], '.2f'):<8} {r['load']:>14}",
+        flush=True,
+    )
+
+
+DISPATCH_HEAD = (
+    "\ndispatch (simulated workers, instant tasks, state in memory)\n"
+    f"  {'kind':6} {'workers':>7} {'n':>7} {'rate/s':>8} {'e2e/s':>7} {'cpu us/t':>8} "
+    f"{'probe p50/max ms':>17} {'status p50/max s':>17} {'/metrics p50/max s':>19} {'load':>14}"
+)
+
+
+def print_dispatch_row(r: dict[str, Any]) -> None:
+    print(
+        f"  {r['kind']:6} {r['workers']:7d} {r['n']:7d} {fmt(r['rate']):>8} {fmt(r['rate_e2e']):>7} "
+        f"{fmt(r['cpu_us_per_task']):>8} "
+        f"{fmt(1e3 * r['probe_p50'], '.1f'):>8}/{fmt(1e3 * r['probe_max'], '.0f'):<8} "
+        f"{fmt(r['status_p50'], '.3f'):>8}/{fmt(r['status_max'], '.2f'):<8} "
+        f"{fmt(r['metrics_p50'], '.3f'):>9}/{fmt(r['metrics_max'], '.2f'):<9} {r['load']:>14}"
+        + f"  (registered in {r['register_s']:.1f} s"
+        + (f"; {r['libraries']} library instances)" if r["kind"] == "calls" else ")"),
+        flush=True,
+    )
+
+
+def dispatch_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    print()
+    for kind in ("tasks", "calls"):
+        by = {r["workers"]: r for r in rows if r["kind"] == kind}
+        base = by.get(10)
+        for w, need in ((1000, 0.8), (5000, 0.5)):
+            if base is not None and w in by:
+                ratio = by[w]["rate"] / base["rate"]
+                out[f"dispatch_ratio_{w}_vs_10" + ("" if kind == "tasks" else "_calls")] = round(ratio, 3)
+                print(f"  {kind} rate at {w} / at 10 workers: {ratio:5.2f}   target >= {need:.2f}: "
+                      f"{verdict(ratio >= need)}")  # fmt: skip
+        out[f"{kind}_per_s"] = {str(w): round(r["rate"]) for w, r in by.items() if not math.isnan(r["rate"])}
+    worst = max((r["probe_max"] for r in rows), default=float("nan"))
+    status = max((r["status_max"] for r in rows), default=float("nan"))
+    out["max_heartbeat_answer_s"] = round(worst, 3)
+    out["max_status_s"] = round(status, 3)
+    out["max_metrics_s"] = round(max((r["metrics_max"] for r in rows), default=float("nan")), 3)
+    print(
+        f"  worst heartbeat answer (probe) {worst:.3f} s   target <= 1 s at every size: {verdict(worst <= 1)}"
+    )
+    return out
+
+
+def print_queue_row(r: dict[str, Any]) -> None:
+    print(
+        f"\nqueued {r['n']:,} command tasks (state in Redis; load {r['load']})\n"
+        f"  submit from one client {r['submit_s']:7.1f} s   held by the manager {r['held_s']:7.1f} s   "
+        f"durable {r['durable_s']:7.1f} s\n"
+        f"  manager CPU {r['cpu_us_per_task']:6.0f} us/task   RSS {r['rss_per_task']:6.0f} B/queued task "
+        f"({r['rss_mb']:.0f} MB)   target <= 2,048: {verdict(r['rss_per_task'] <= 2048)}\n"
+        f"  Redis {r['redis_per_task']:6.0f} B/task",
+        flush=True,
+    )
+    if "restart_first_dispatch_s" in r:
+        ok = r["restart_first_dispatch_s"] <= 5
+        print(
+            f"  kill -9 and restart: first dispatch {r['restart_first_dispatch_s']:.2f} s after the process "
+            f"started (state loaded in {r['restore_load_s']:.2f} s; RSS {r['restart_rss_mb']:.0f} MB)   "
+            f"target <= 5 s: {verdict(ok)}\n"
+            f"  then, 100 workers on the deep queue: {fmt(r['deep_rate'])} tasks/s, "
+            f"{fmt(r['deep_cpu_us_per_task'])} us CPU/task",
+            flush=True,
+        )
+
+
+def queue_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    big = max(rows, key=lambda r: r["n"])
+    out: dict[str, Any] = {
+        "rss_bytes_per_queued_task": round(big["rss_per_task"]),
+        "rss_queued_n": big["n"],
+        "redis_bytes_per_task": round(big["redis_per_task"]),
+        f"submit_{big['n']}_s": round(big["submit_s"], 1),
+    }
+    restarted = [r for r in rows if "restart_first_dispatch_s" in r]
+    if restarted:
+        r = max(restarted, key=lambda r: r["n"])
+        out["restart_first_dispatch_s"] = round(r["restart_first_dispatch_s"], 2)
+        out["restart_n"] = r["n"]
+    return out
+
+
+def print_durable(d: dict[str, Any], runs: int) -> None:
+    print(f"\ndurable state: memory vs Redis, 2 real workers x 1 core, median of {runs} (load {d['load']})")
+    for label, target in (("calls", 0.10), ("commands", 0.05)):
+        mem, red, ms, rs_ = d[label]
+        cost = 1 - red / mem
+        print(
+            f"  {label:8} memory {mem:7.0f}/s  Redis {red:7.0f}/s  cost {100 * cost:5.1f} %   "
+            f"target <= {100 * target:.0f} %: {verdict(cost <= target)}   "
+            f"(runs: {', '.join(f'{x:.0f}' for x in ms)} | {', '.join(f'{x:.0f}' for x in rs_)})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
