@@ -26,6 +26,7 @@ from kubevine.task import (
     declare_temp,
     declare_untar,
     declare_url,
+    declare_xrootd,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +105,23 @@ class FileAPI:
         PATH)."""
         tarball = package if isinstance(package, File) else self.declare_file(package, cache=True)
         return self._declared(declare_untar(tarball, cache), peer_transfer)
+
+    def declare_xrootd(
+        self,
+        source: str,
+        proxy: File | None = None,
+        env: File | None = None,
+        cache: Cache = "workflow",
+        peer_transfer: bool = True,
+    ) -> File:
+        """A file from an XRootD server (``root://server//path``), fetched by a worker with
+        ``xrdcp`` (XRootD's client on the worker) once per node cache and shared peer to peer.
+        ``proxy`` (an X509 proxy file) is given to ``xrdcp`` as ``$X509_USER_PROXY``; ``env``
+        (an environment providing ``xrdcp``) is not needed when the workers have XRootD's tools."""
+        f = self._declared(declare_xrootd(source, cache), peer_transfer)
+        if proxy is not None:
+            f.proxy = proxy
+        return f
 
     def declare_chirp(self, *args: Any, **kwargs: Any) -> File:
         """TaskVine's files from a Chirp server: no Chirp client is part of kubevine."""

@@ -67,6 +67,7 @@ class File:
     peer_transfer: bool = True  # False: workers never fetch it from each other
     unlink_when_done: bool = False  # LOCAL: the client deletes it when it is undeclared
     mode: int | None = None  # its mode in task sandboxes (set_mode)
+    proxy: File | None = None  # XRootD: the X509 proxy its fetch presents
     _fetcher: _Fetches | None = field(default=None, repr=False)  # the manager it was declared on
 
     def contents(self) -> bytes:
@@ -148,6 +149,8 @@ class File:
         )
         if self.archive is not None:
             b.source = self.archive.binding("archive")
+        if self.proxy is not None:
+            b.source = self.proxy.binding("proxy")  # staged first; the fetch presents it
         if self.mini is not None:
             b.mini = self.mini_spec()
         return b
@@ -156,6 +159,8 @@ class File:
         """The client's own files this one needs (itself, or what it is made from)."""
         if self.kind in (FileKind.LOCAL, FileKind.BUFFER):
             return [self]
+        if self.proxy is not None:
+            return self.proxy.uploads()
         if self.archive is not None:
             return self.archive.uploads()
         if self.mini is not None:
@@ -588,6 +593,45 @@ def declare_url(url: str, cache: Cache) -> File:
         validators = f"unvalidated {uuid.uuid4().hex}"
     digest = sha256_text(f"{url}\0{validators}")
     return File(FileKind.URL, cache_level(cache), url=url, name=CacheName("url-" + digest))
+
+
+XROOTD_STAT_TIMEOUT = 10.0  # seconds the client waits for an XRootD server's stat at declare time
+
+
+def declare_xrootd(url: str, cache: Cache) -> File:
+    """An XRootD file (``root://server[:port]//path``), fetched by the worker with ``xrdcp``
+    once per node cache. Named after the URL and its size and modification time as the
+    server says now (``xrdfs stat``, when the client has XRootD's tools); else after the URL
+    alone: data files served by XRootD (CMS datasets) do not change under one name."""
+    if not url.startswith(("root://", "roots://", "xroot://")):
+        raise ValueError(f"{url!r} is not an XRootD URL (root://server//path)")
+    validators = xrootd_validators(url)
+    digest = sha256_text(f"{url}\0{validators}")
+    return File(FileKind.URL, cache_level(cache), url=url, name=CacheName("url-" + digest))
+
+
+def xrootd_validators(url: str) -> str:
+    import shutil
+    import subprocess
+
+    xrdfs = shutil.which("xrdfs")
+    parsed = urllib.parse.urlparse(url)
+    if xrdfs is None or not parsed.netloc:
+        return ""
+    path = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
+    try:
+        out = subprocess.run(
+            [xrdfs, parsed.netloc, "stat", path],
+            capture_output=True,
+            text=True,
+            timeout=XROOTD_STAT_TIMEOUT,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("xrdfs stat %s failed: %s", url, e)
+        return ""
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return f"size={fields.get('Size', '').strip()} mtime={fields.get('MTime', '').strip()}"
 
 
 def url_validators(url: str) -> str:
