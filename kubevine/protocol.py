@@ -624,6 +624,7 @@ FromClient = (
     | IdBlockRequest
     | StatusRequest
     | FetchFile
+    | Tune
     | Goodbye
 )  # client -> manager
 FromAdmin = Hello | Heartbeat | StatusRequest | DrainWorkers | Goodbye  # admin (status, operator) -> manager

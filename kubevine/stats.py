@@ -119,6 +119,7 @@ class ManagerStatus(BaseModel):
     largest_waiting: Resources = Resources()
     workers: list[WorkerStatus] = Field(default_factory=list)
     clients: int = 0
+    sessions: int = 0  # peers with a session open (clients, workers, admins such as `kubevine status`)
     recent_failures: list[Failure] = Field(default_factory=list)
     perf: Perf = Field(default_factory=Perf)
     libraries: list[LibraryView] = Field(default_factory=list)

@@ -20,6 +20,7 @@ class ManagerConfig:
     host: str = "0.0.0.0"  # address to bind (KUBEVINE_BIND_HOST)
     port: int = 9123  # 0 picks a free port (written to <workdir>/address)
     token: str = ""
+    encrypt: bool = False  # every connection encrypted with ZeroMQ CURVE (KUBEVINE_ENCRYPT)
     workdir: Path = Path(".")
     redis_url: str | None = None
     redis_password: str | None = None

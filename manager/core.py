@@ -47,6 +47,7 @@ from kubevine.manager.events import (
     Event,
     FileKept,
     FilesArrived,
+    FilesExpected,
     FilesUndeclared,
     IdsRequested,
     LibraryInstalled,
@@ -58,6 +59,8 @@ from kubevine.manager.events import (
     Shorthands,
     TasksSubmitted,
     Tick,
+    Tuned,
+    UploadFailed,
     WorkerConnected,
     WorkerLost,
     WorkerSeen,
@@ -144,12 +147,13 @@ class Core(Shorthands):
         self.ready: list[tuple[float, int, TaskId]] = []  # (-priority, seq, id)
         self.unschedulable: set[TaskId] = set()
         self.known_files: set[CacheName] = set()
+        self.expected: set[CacheName] = set()  # client files arriving in pieces, not yet whole
         # which worker and node holds which file
         self.catalog = Catalog(source_limit=self.settings.transfers_per_source)
         self.producers: dict[CacheName, TaskId] = {}  # temp file -> the task that makes it
         self.undeclared: set[CacheName] = set()  # until used again: a copy reported late is deleted
         self.undeclare_later: dict[CacheName, ClientId] = {}  # in use when undeclared: retried on tick
-        self.waiting_for: dict[CacheName, set[TaskId]] = {}  # temp file -> tasks waiting for it
+        self.waiting_for: dict[CacheName, set[TaskId]] = {}  # file -> tasks waiting for it to exist
         self.moved: dict[str, int] = {}  # bytes moved to workers, by source kind
         self.connected_clients: set[ClientId] = set()
         self.life = Lifecycle(self)
@@ -209,6 +213,12 @@ class Core(Shorthands):
                 self.out.append(SendIdBlock(event.client, *self._grant_ids()))
             case FilesArrived():
                 self._files_arrived(event.names)
+            case FilesExpected():
+                self.expected.update(event.names)
+            case UploadFailed():
+                self._upload_failed(event.name, event.why)
+            case Tuned():
+                self._tune(event.client, event.name, event.value)
             case FileKept():
                 self.known_files.add(event.name)
                 self.batch.files[event.name] = event.data  # a new manager can serve it
@@ -290,8 +300,20 @@ class Core(Shorthands):
         names = list(names)
         self.known_files.update(names)
         self.undeclared.difference_update(names)
+        self.expected.difference_update(names)
         for n in names:
             self.undeclare_later.pop(n, None)
+            if n in self.waiting_for:  # tasks that waited for its last piece
+                dataplane.arrived(self, n)
+
+    def _upload_failed(self, name: CacheName, why: str) -> None:
+        """A client file that was on its way will not come: what waits for it fails."""
+        self.expected.discard(name)
+        for tid in self.waiting_for.pop(name, set()):
+            t = self.tasks.get(tid)
+            if t is not None and t.state == S.WAITING:
+                error = f"input {name} did not reach the manager: {why}"
+                self.life.finish(t, S.FAILED, Outcome.INPUT_MISSING, error=error)
 
     def _submit(self, client: ClientId, specs: Sequence[TaskSpec], payloads: Sequence[bytes | None]) -> None:
         dup: list[TaskId] = []
@@ -310,21 +332,28 @@ class Core(Shorthands):
                 life.finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=why_not)
                 continue
             missing = [
-                b.remote_name
+                b
                 for b in walk_bindings(spec.inputs)
                 if b.kind in (FileKind.LOCAL, FileKind.BUFFER)
                 and (b.cache_name is None or b.cache_name not in self.known_files)
             ]
-            if missing:
-                error = f"input file(s) {', '.join(missing)} never reached the manager"
-                life.finish(t, S.FAILED, Outcome.INPUT_MISSING, error=error)
+            if any(b.cache_name not in self.expected for b in missing):
+                names = ", ".join(b.remote_name for b in missing)
+                life.finish(
+                    t,
+                    S.FAILED,
+                    Outcome.INPUT_MISSING,
+                    error=f"input file(s) {names} never reached the manager",
+                )
                 continue
             why = dataplane.on_submit(self, self.catalog, t)
-            if why == "wait":
-                continue  # stays waiting until its temp inputs exist
-            if why is not None:
+            if why is not None and why != "wait":
                 life.finish(t, S.FAILED, Outcome.INPUT_MISSING, error=why)
                 continue
+            for b in missing:  # on their way in pieces: it waits for their last piece
+                dataplane.wait_for(self, CacheName(b.cache_name or ""), t)
+            if why == "wait" or missing:
+                continue  # stays waiting until its inputs exist
             life.ready(t, "submitted")
         if dup:
             self.out.append(
@@ -393,6 +422,10 @@ class Core(Shorthands):
         """Tell a worker to delete files (undeclared ones, or reported after their undeclare)."""
         self.out.append(SendForget(wid, names))
         self.transactions.extend(txformat.cache(wid, "forget", n) for n in names)
+
+    def _tune(self, client: ClientId, name: str, value: float) -> None:
+        """A client set one of the workflow's settings (TaskVine's ``m.tune``)."""
+        log.info("client %s: tune(%r, %s)", client, name, value)
 
     def _cancel(self, client: ClientId, task_ids: Iterable[TaskId], tag: str | None) -> None:
         chosen = [self.tasks[i] for i in task_ids if i in self.tasks]
@@ -606,6 +639,7 @@ class Core(Shorthands):
         if not ok:
             t.failures += 1
         ran = txformat.attempt_ran(r.started, r.wall_time, r.exit_code)
+        w = self.workers.get(wid)
         result = ClientResult(
             task_id=t.spec.id,
             state="done" if ok else "failed",
@@ -613,14 +647,20 @@ class Core(Shorthands):
             outcome=r.outcome,
             exit_code=r.exit_code,
             output_frame=take(r.output_frame),
+            output_spill=r.output_spill,
             error=r.error,
             wall_time=r.wall_time,
             worker=wid,
+            host=w.info.host if w is not None else None,
+            addrport=w.info.transfer_address if w is not None else None,
             outputs=[o if o.frame is None else replace(o, frame=take(o.frame)) for o in r.outputs],
         )
         life = self.life
+        if (
+            w is not None
+        ):  # what stayed on the worker for the client to fetch: in the catalog until undeclared
+            dataplane.on_spilled(self, self.catalog, w, r)
         if ok:
-            w = self.workers.get(wid)
             if w is not None:
                 dataplane.on_outputs(self, self.catalog, w, r.outputs)
             life.finish(t, S.DONE, r.outcome, result=result, frames=out_frames, ran=ran)

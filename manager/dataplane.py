@@ -22,6 +22,7 @@ from kubevine import txformat
 from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.manager.catalog import Catalog, FileInfo
 from kubevine.protocol import (
+    AttemptResult,
     FileBinding,
     FileKind,
     Outcome,
@@ -74,7 +75,7 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
             p = core.tasks.get(producer)
             if p is not None and p.state in (S.FAILED, S.CANCELLED):
                 return f"input {b.remote_name!r} cannot be produced: its producer task {producer} {p.state}"
-            core.waiting_for.setdefault(name, set()).add(spec.id)
+            wait_for(core, name, t)
             if p is not None and p.state == S.DONE:
                 regenerate(core, catalog, name, f"task {spec.id} needs it")
             wait = True
@@ -90,13 +91,14 @@ def stage_for(
     cache): what is staged is what it is made from, unless the node has it already.
     """
     stages: list[StageIn] = []
+    staged: set[CacheName] = set()  # names in ``stages``: each input is looked at once (O(inputs))
     planned: list[CacheName] = []
     serving: set[str] = set()  # sources this task already takes a file from
     group = w.info.cache_group or w.info.node
 
     def need(b: FileBinding) -> bool:
         name = b.cache_name
-        if name is None or name in w.cached or any(s.cache_name == name for s in stages):
+        if name is None or name in w.cached or name in staged:
             return True
         if b.kind in (FileKind.UNTAR, FileKind.MINITASK):
             if catalog.on_node(name, group):
@@ -109,6 +111,7 @@ def stage_for(
         if stage.sources:
             planned.append(name)
         stages.append(stage)
+        staged.add(name)
         return True
 
     for b in t.spec.inputs:
@@ -171,6 +174,30 @@ def on_outputs(core: Core, catalog: Catalog, w: WorkerEntry, outputs: list[Outpu
         on_cached(core, catalog, w, [o.cache_name])
 
 
+def wait_for(core: Core, name: CacheName, t: TaskEntry) -> None:
+    """``t`` waits for ``name`` to exist (each task counts the names it waits for, so an
+    arrival costs O(1) and only the last one looks at all of its inputs)."""
+    waiting = core.waiting_for.setdefault(name, set())
+    if t.spec.id not in waiting:
+        waiting.add(t.spec.id)
+        t.waits += 1
+
+
+def on_spilled(core: Core, catalog: Catalog, w: WorkerEntry, r: AttemptResult) -> None:
+    """An attempt's stdout, value or outputs too large to travel inline were kept on ``w``:
+    the client fetches them from there, so they are replicas like any other (forgotten, and
+    deleted from the worker, when the client undeclares them)."""
+    spilled = [o for o in r.outputs if o.spilled and o.cache_name is not None]
+    for o in spilled:
+        info = catalog.info.setdefault(CacheName(o.cache_name or ""), FileInfo())
+        info.size, info.checksum = o.size, o.checksum
+    names = [CacheName(o.cache_name or "") for o in spilled]
+    if r.output_spill is not None:
+        names.append(r.output_spill)
+    if names:
+        on_cached(core, catalog, w, names)
+
+
 def arrived(core: Core, name: CacheName) -> None:
     """A copy of ``name`` exists: tasks that waited only for it become ready."""
     waiting = core.waiting_for.pop(name, set())
@@ -178,18 +205,27 @@ def arrived(core: Core, name: CacheName) -> None:
         t = core.tasks.get(tid)
         if t is None or t.state != S.WAITING:
             continue
+        t.waits = max(0, t.waits - 1)
+        if t.waits:
+            continue  # it waits for others still
         still = [
-            b.cache_name
-            for b in walk_bindings(t.spec.inputs)
-            if b.kind == FileKind.TEMP
-            and b.cache_name is not None
-            and not core.catalog.available(b.cache_name)
+            b.cache_name for b in walk_bindings(t.spec.inputs) if b.cache_name is not None and absent(core, b)
         ]
         if still:
             for n in still:
-                core.waiting_for.setdefault(n, set()).add(tid)
+                wait_for(core, n, t)
         else:
             core.life.ready(t, f"input {name} exists")
+
+
+def absent(core: Core, b: FileBinding) -> bool:
+    """An input that does not exist yet: a temp with no copy, a client file not yet whole."""
+    name = b.cache_name
+    if name is None:
+        return False
+    if b.kind == FileKind.TEMP:
+        return not core.catalog.available(name)
+    return b.kind in (FileKind.LOCAL, FileKind.BUFFER) and name not in core.known_files
 
 
 def producer_ended(core: Core, t: TaskEntry) -> None:
@@ -238,7 +274,7 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
     for t in list(core.tasks.values()):  # consumers that were about to run wait instead
         if t.state == S.READY and any(b.cache_name == name for b in walk_bindings(t.spec.inputs)):
             core.life.move(t, S.WAITING, f"input {name} lost")
-            core.waiting_for.setdefault(name, set()).add(t.spec.id)
+            wait_for(core, name, t)
     if p.state != S.DONE:
         return  # already on its way again
     cannot = _why_unmakeable(core, catalog, p, set())
@@ -256,7 +292,7 @@ def regenerate(core: Core, catalog: Catalog, name: CacheName, why: str) -> None:
     for b in walk_bindings(p.spec.inputs):  # its own lost inputs come first
         if b.kind == FileKind.TEMP and b.cache_name is not None and not catalog.available(b.cache_name):
             core.life.move(p, S.WAITING, f"input {b.cache_name} lost too")
-            core.waiting_for.setdefault(b.cache_name, set()).add(p.spec.id)
+            wait_for(core, b.cache_name, p)
             regenerate(core, catalog, b.cache_name, f"task {p.spec.id} needs it")
 
 

@@ -34,6 +34,7 @@ class TaskEntry:
     frames: list[bytes] = field(default_factory=list)
     unschedulable: bool = False
     rerun: bool = False  # running again to regenerate a lost temp file
+    waits: int = 0  # files it is registered as waiting for (core.waiting_for)
     story: list[tuple[float, str, str]] = field(default_factory=list)
 
     def record(self) -> TaskRecord:

@@ -97,6 +97,21 @@ class FilesArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class FilesExpected:
+    """A client began sending these files in pieces: tasks that read them wait until they are whole."""
+
+    names: Sequence[CacheName]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFailed:
+    """A client file did not arrive whole and sound (``why``): the tasks waiting for it fail."""
+
+    name: CacheName
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class FileKept:
     """A file a client sent is small enough to keep in the state store too."""
 
@@ -119,6 +134,15 @@ class CancelRequested:
     client: ClientId
     task_ids: Sequence[TaskId]
     tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tuned:
+    """A client set one of the workflow's settings (TaskVine's ``m.tune``)."""
+
+    client: ClientId
+    name: str
+    value: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +228,12 @@ Event = (
     | TasksSubmitted
     | ResultsAcked
     | FilesArrived
+    | FilesExpected
+    | UploadFailed
     | FileKept
     | FilesUndeclared
     | CancelRequested
+    | Tuned
     | LibraryInstalled
     | LibraryRemoved
     | WorkerConnected
@@ -252,6 +279,15 @@ class Shorthands:
 
     def files_received(self, names: Iterable[CacheName]) -> None:
         self.handle(FilesArrived(tuple(names)))
+
+    def files_expected(self, names: Iterable[CacheName]) -> None:
+        self.handle(FilesExpected(tuple(names)))
+
+    def upload_failed(self, name: CacheName, why: str) -> None:
+        self.handle(UploadFailed(name, why))
+
+    def tune(self, client: ClientId, name: str, value: float) -> None:
+        self.handle(Tuned(client, name, value))
 
     def keep_file(self, name: CacheName, data: bytes) -> None:
         self.handle(FileKept(name, data))

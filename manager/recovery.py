@@ -97,7 +97,7 @@ def _resume(core: Core, t: TaskEntry) -> None:
         ]
         if t.state == S.WAITING and lacking:
             for n in lacking:  # it waits on: a replica, or its producer (still to run)
-                core.waiting_for.setdefault(n, set()).add(t.spec.id)
+                dataplane.wait_for(core, n, t)
             for n in lacking:
                 p = core.tasks.get(core.producers.get(n, TaskId(0)))
                 if p is not None and p.state == S.DONE:  # made, but no copy is known

@@ -1,10 +1,14 @@
 """The manager service: the I/O shell around the pure core.
 
-One thread, one ZeroMQ ROUTER that clients, workers and admins connect to. Each cycle:
-read every message that is waiting, feed them to the core, let the core schedule, write
-the cycle's state changes to the store in one call, then send what the core decided. A
-message that cannot be decoded, or a peer that did not say hello with the right token,
-gets an error back and changes nothing else.
+One thread, one ZeroMQ ROUTER that clients, workers and admins connect to (made through the
+workflow's credentials: a size limit on every message, CURVE when the wire is encrypted;
+:mod:`kubevine.manager.wire`). Each cycle: read every message that is waiting, feed them to
+the core (:mod:`kubevine.manager.receive` decodes them by their sender's role), let the core
+schedule, write the cycle's state changes to the store in one call, then send what the core
+decided. A message that cannot be decoded, or a peer that did not say hello with the right
+token, gets an error back and changes nothing else (:mod:`kubevine.manager.sessions`). Files
+move through the manager a piece at a time (:mod:`kubevine.manager.uploads`,
+:mod:`kubevine.manager.fetches`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import zmq
 
 from kubevine import auth, logs, txformat
 from kubevine.ids import CacheName, ClientId, WorkerId
-from kubevine.manager import dataplane, events, recovery, status
+from kubevine.manager import events, recovery, status
 from kubevine.manager.config import ManagerConfig, local_address, write_atomic
 from kubevine.manager.core import Core, Settings
-from kubevine.manager.filestore import FileStore
+from kubevine.manager.fetches import Fetches
+from kubevine.manager.filestore import SPOOL, FileStore
 from kubevine.manager.instructions import (
     ClientError,
     SendAck,
@@ -43,57 +48,31 @@ from kubevine.manager.instructions import (
 )
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.peerfetch import PeerFetcher
-from kubevine.manager.peers import Peers, Role
+from kubevine.manager.peers import Role
 from kubevine.manager.persist import Persister
+from kubevine.manager.receive import Receiver
+from kubevine.manager.sessions import Sessions
 from kubevine.manager.store import LeaseHeld, MemoryStore, Snapshot, StateStore
 from kubevine.manager.txlog import TxLog
+from kubevine.manager.uploads import Uploads
+from kubevine.manager.wire import ManagerSocket
 from kubevine.protocol import (
-    FROM_ADMIN,
-    FROM_CLIENT,
-    FROM_WORKER,
-    PROTOCOL_VERSION,
-    TO_MANAGER,
-    Cancel,
     ClientResult,
     Dispatch,
     Drain,
-    DrainWorkers,
     ErrorMsg,
-    FetchedFile,
-    FetchFile,
-    FileData,
-    FileRequest,
     ForgetFiles,
-    Goodbye,
-    Heartbeat,
-    Hello,
     IdBlock,
-    IdBlockRequest,
     InstallLibrary,
     Kill,
-    LibraryStatus,
     PeerLost,
-    ProtocolError,
-    PutFiles,
-    Refused,
     RemoveLibrary,
     Results,
-    ResultsAck,
-    StatusReply,
-    StatusRequest,
-    Submit,
     TaskRef,
-    UndeclareFiles,
-    UnexpectedMessage,
     UpdateAck,
     Welcome,
-    WorkerUpdate,
     _Msg,
-    decode,
-    encode,
-    frame,
     replace,
-    send,
 )
 from kubevine.stats import Failure, ManagerStatus
 
@@ -137,7 +116,9 @@ class ManagerService:
             ),
             record=record,
         )
+        config.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.files = FileStore(config.workdir / "files")
+        self.uploads = Uploads(self.files)
         self.txlog = TxLog(
             config.workdir / "transactions.log",
             self.manager_id,
@@ -146,13 +127,9 @@ class ManagerService:
         )
         self.counters = Counters()
         self.metrics: MetricsServer | None = None
-        self.peers = Peers()
+        self.credentials = auth.Credentials(config.token, config.encrypt)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.wire = ManagerSocket(self.ctx, self.credentials)
         self.running = True
         self.address = ""
         self.recent_failures: list[Failure] = []
@@ -173,8 +150,12 @@ class ManagerService:
         self._acks_held = 0
         self._acks_due: float | None = None  # when the oldest of them must go out
         self._refusing = False  # the store has been away longer than redis_outage_grace
-        self.peer_fetch = PeerFetcher(self.ctx, self._wake_addr)  # m.fetch_file of files workers hold
-        self.fetch_clients: dict[tuple[bytes, int], ClientId] = {}  # fetches under way -> who asked
+        self.sessions = Sessions(config, self.core, self.wire, self._welcome, self._why_refusing)
+        self.peers = self.sessions.peers
+        # m.fetch_file of files workers hold: pulled in pieces into the spool, served from there
+        fetcher = PeerFetcher(self.ctx, self._wake_addr, self.credentials, self.files.work_dir(SPOOL))
+        self.fetches = Fetches(self.files, fetcher, self.wire.send, self._fetch_logged)
+        self.receiver = Receiver(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -182,11 +163,7 @@ class ManagerService:
         cfg = self.config
         self.epoch = self._acquire_lease()
         # bind at once (peers may queue messages while the state loads), then load
-        if cfg.port == 0:
-            port = self.sock.bind_to_random_port(f"tcp://{cfg.host}")
-        else:
-            self.sock.bind(f"tcp://{cfg.host}:{cfg.port}")
-            port = cfg.port
+        port = self.wire.bind(cfg.host, cfg.port)
         host = cfg.host if cfg.host not in ("0.0.0.0", "*") else socket.gethostname()
         self.address = f"{host}:{port}"
         self.port = port
@@ -217,12 +194,13 @@ class ManagerService:
             write_atomic(cfg.workdir / "metrics-address", f"{local_address(cfg.host)}:{self.metrics.port}\n")
             log.info("manager %s: /metrics and /healthz on port %d", self.manager_id, self.metrics.port)
         log.info(
-            "manager %s serving workflow %s on port %d (state: %s, epoch %d)",
+            "manager %s serving workflow %s on port %d (state: %s, epoch %d%s)",
             self.manager_id,
             cfg.name,
             port,
             f"redis at {getattr(self.store, 'url', '?')}" if self.store.durable else "memory",
             self.epoch,
+            ", encrypted" if cfg.encrypt else "",
         )
 
     def _restored(self, snap: Snapshot, seconds: float) -> None:
@@ -269,7 +247,9 @@ class ManagerService:
             pass
 
     def close(self) -> None:
-        self.peer_fetch.close()
+        self.fetches.fetcher.close()
+        self.fetches.close()
+        self.uploads.close()
         self.persister.flush()
         self._drain_wake()
         self._send_durable()
@@ -283,9 +263,10 @@ class ManagerService:
             self.metrics.close()
         self.txlog.write([txformat.manager_stopped(self.manager_id)])
         self.txlog.close()
-        self.sock.close(0)
+        self.wire.close()
 
     def serve_forever(self) -> None:
+        os.umask(0o077)  # whatever the manager writes from here on is its own user's
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.start()
@@ -303,8 +284,9 @@ class ManagerService:
     def loop(self) -> None:
         cfg = self.config
         poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wire.sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
+        poller.register(self.wire.monitor, zmq.POLLIN)
         next_tick = 0.0
         next_stats = 0.0
         while self.running:
@@ -314,17 +296,19 @@ class ManagerService:
             now = time.time()
             self.core.handle(events.Clock(now))
             if polled:
-                self._drain_socket()
-                if any(s is self._wake_rx for s, _ in polled):
+                self.receiver.drain(now)
+                ready = {s for s, _ in polled}
+                if self._wake_rx in ready:
                     self._drain_wake()
-                    self._deliver_fetches()
+                    self.fetches.pulled()
+                if self.wire.monitor in ready:
+                    self.wire.handshakes_failed()
                 self._send_durable()
             if self.persister.fatal is not None:
                 raise self.persister.fatal
             if now >= next_tick:
                 self.core.handle(events.TICK)
-                self._heartbeat()
-                self._watch_store()
+                self._tick(now)
                 next_tick = now + min(cfg.heartbeat_interval, 1.0)
             if self.persister.wiped and not self.persister.reseed_requested:
                 self._reseed()
@@ -340,6 +324,20 @@ class ManagerService:
                 if self.metrics is not None:
                     self.metrics.update(st)
                 next_stats = now + cfg.stats_interval
+
+    def _tick(self, now: float) -> None:
+        """Once a second or so: sessions gone silent, heartbeats, the store, stale files."""
+        self.sessions.expire(now)
+        self.sessions.heartbeat(self.manager_id)
+        self._watch_store()
+        self.fetches.expire()
+        dropped = self.uploads.expire()
+        if dropped:
+            for name, why in dropped:
+                self.core.handle(events.UploadFailed(name, why))
+        self.sessions.throttle.flush()
+        self.wire.throttle.flush()
+        self.receiver.throttle.flush()
 
     def _watch_store(self) -> None:
         """Past ``redis_outage_grace`` of outage, refuse new work (and say so once)."""
@@ -402,34 +400,6 @@ class ManagerService:
         self._acks_due, self._acks_held = None, 0
         for wid, refs in acks.items():
             self._send_to("worker", wid, UpdateAck(tasks=refs))
-
-    def _drain_socket(self) -> None:
-        for _ in range(5000):
-            try:
-                parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            ident, body = parts[0], parts[1:]
-            peer = self.peers.get(ident)
-            try:
-                if peer is None:
-                    self._from_stranger(ident, body)
-                elif peer.role == "worker":
-                    self._from_worker(ident, WorkerId(peer.id), body)
-                elif peer.role == "client":
-                    self._from_client(ident, ClientId(peer.id), body)
-                else:
-                    self._from_admin(ident, body)
-            except UnexpectedMessage as e:  # well formed, but not what this role sends
-                if peer is None:  # a stranger may only say hello
-                    self._send(ident, ErrorMsg(code="not_registered", message="say hello first"))
-                else:
-                    self._send(
-                        ident, ErrorMsg(code="unexpected", message=f"{peer.role}s do not send {e.tag}")
-                    )
-            except ProtocolError as e:
-                log.warning("malformed message from %s: %s", peer.id if peer else "an unknown peer", e)
-                self._send(ident, ErrorMsg(code="malformed", message=str(e)))
 
     def _flush(self) -> None:
         batch, out = self.core.take()
@@ -524,245 +494,21 @@ class ManagerService:
     # ------------------------------------------------------------------ sending
 
     def _send(self, ident: bytes, msg: _Msg, frames: list[bytes] | None = None) -> bool:
-        try:
-            send(self.sock, [ident, *encode(msg, frames or [])])
-            return True
-        except zmq.ZMQError as e:  # EHOSTUNREACH: the peer is gone
-            log.debug("cannot send %s: %s", msg.__class__.__name__, e)
-            return False
+        return self.wire.send(ident, msg, frames)
 
     def _send_to(self, role: Role, pid: str, msg: _Msg, frames: list[bytes] | None = None) -> None:
         ident = self.peers.route(role, pid)
         if (ident is None or not self._send(ident, msg, frames)) and role == "client":
             self.core.handle(events.ClientLeft(ClientId(pid)))
 
-    def _heartbeat(self) -> None:
-        hb = encode(Heartbeat(manager_id=self.manager_id))
-        for (role, pid), ident in list(self.peers.routes.items()):
-            if role == "client" and pid in self.peers.unwelcomed:
-                continue  # its welcome comes first
-            try:
-                self.sock.send_multipart([ident, *hb])
-            except zmq.ZMQError:
-                pass
-
-    # ------------------------------------------------------------------ receiving
-    # A peer's messages are decoded as what its role may send (kubevine.protocol's directions):
-    # another role's message is refused before its body is read, and each role's dispatch is a
-    # match that mypy checks is complete.
-
-    def _from_stranger(self, ident: bytes, body: list[bytes]) -> None:
-        """An unknown peer may only say hello (after a manager restart, everyone is one)."""
-        msg, _ = decode(body, TO_MANAGER)
-        if isinstance(msg, Hello):
-            self._hello(ident, msg)
-        else:
-            self._send(ident, ErrorMsg(code="not_registered", message="say hello first"))
-
-    def _from_worker(self, ident: bytes, wid: WorkerId, body: list[bytes]) -> None:
-        msg, frames = decode(body, FROM_WORKER)
-        if isinstance(msg, Hello):
-            self._hello(ident, msg)
-            return
-        core = self.core
-        if wid not in core.workers:
-            # declared lost while it was silent (paused, partitioned): its tasks went
-            # elsewhere; it must say hello again and report what it holds
-            self.peers.forget(ident)
-            self._send(ident, ErrorMsg(code="not_registered", message="you were declared lost; say hello"))
-            return
-        core.handle(events.WorkerSeen(wid))
-        match msg:
-            case WorkerUpdate():
-                self.counters.attempts_ended(msg.results)
-                update = events.WorkerUpdated(
-                    wid, msg.started, msg.results, frames, msg.cached, msg.evicted, msg.transfers
-                )
-                core.handle(update)
-                for rec in msg.transfers:
-                    if rec.ok and rec.source != "node":
-                        self.counters.transfer(rec.source, rec.bytes)
-            case FileRequest():
-                self._serve_files(ident, msg.cache_names)
-            case LibraryStatus():
-                core.handle(events.LibraryReported(wid, msg.name, msg.state, msg.error))
-            case Drain():
-                core.handle(events.DrainRequested([wid]))
-            case Goodbye():
-                log.info("worker %s left: %s", wid, msg.reason)
-                core.handle(events.WorkerLost(wid, f"left ({msg.reason})"))
-                self.peers.forget(ident)
-            case Heartbeat():
-                pass
-            case _:
-                assert_never(msg)
-
-    def _from_client(self, ident: bytes, cid: ClientId, body: list[bytes]) -> None:
-        msg, frames = decode(body, FROM_CLIENT)
-        core = self.core
-        match msg:
-            case Hello():
-                self._hello(ident, msg)
-            case Submit():
-                self._submit(ident, cid, msg, frames)
-            case PutFiles():
-                self._put_files(msg, frames)
-            case ResultsAck():
-                core.handle(events.ResultsAcked(cid, msg.task_ids))
-            case InstallLibrary():
-                core.handle(events.LibraryInstalled(cid, msg.spec, frame(frames, msg.frame) or b""))
-            case RemoveLibrary():
-                core.handle(events.LibraryRemoved(cid, msg.name))
-            case Cancel():
-                core.handle(events.CancelRequested(cid, msg.task_ids, msg.tag))
-            case UndeclareFiles():
-                core.handle(events.FilesUndeclared(cid, msg.cache_names))
-            case IdBlockRequest():
-                core.handle(events.IdsRequested(cid))
-            case StatusRequest():
-                self._send(ident, StatusReply(status=self.status().model_dump_json()))
-            case FetchFile():
-                self._fetch_for_client(ident, cid, msg)
-            case Goodbye():
-                core.handle(events.ClientLeft(cid))
-                self.peers.unwelcomed.discard(cid)
-                self.peers.forget(ident)
-            case Heartbeat():
-                pass
-            case _:
-                assert_never(msg)
-
-    def _from_admin(self, ident: bytes, body: list[bytes]) -> None:
-        """``kubevine status`` and the operator: they read the status and drain workers."""
-        msg, _ = decode(body, FROM_ADMIN)
-        match msg:
-            case Hello():
-                self._hello(ident, msg)
-            case StatusRequest():
-                self._send(ident, StatusReply(status=self.status().model_dump_json()))
-            case DrainWorkers():
-                self.core.handle(events.DrainRequested(msg.worker_ids))
-            case Goodbye():
-                self.peers.forget(ident)
-            case Heartbeat():
-                pass
-            case _:
-                assert_never(msg)
-
-    def _submit(self, ident: bytes, cid: ClientId, msg: Submit, frames: list[bytes]) -> None:
+    def _why_refusing(self) -> str | None:
+        """Why a client cannot be welcomed now (the store is away), or None."""
         if not self._refusing:
-            # a spec keeps the payload index it came with; dispatches carry their own
-            self.core.handle(
-                events.TasksSubmitted(cid, msg.tasks, [frame(frames, s.payload) for s in msg.tasks])
-            )
-            return
-        ids = [s.id for s in msg.tasks]
-        message = (
-            f"the state store has been unreachable for {self.persister.outage:.0f}s "
-            f"(longer than the manager's --redis-outage-grace of "
-            f"{self.config.redis_outage_grace:.0f}s): {len(ids)} task(s) not accepted; "
-            "submit them again once it is back (tasks accepted before are safe)"
+            return None
+        return (
+            f"the state store has been unreachable for {self.persister.outage:.0f}s: "
+            "a client can be welcomed only once it is back"
         )
-        self._send(ident, ErrorMsg(code="store_unavailable", message=message, task_ids=ids))
-
-    def _put_files(self, msg: PutFiles, frames: list[bytes]) -> None:
-        for f in msg.files:
-            data = frame(frames, f.frame)
-            assert data is not None
-            if len(data) != f.size:
-                raise ProtocolError(f"file {f.cache_name}: {len(data)} bytes sent, {f.size} declared")
-            self.files.put(f.cache_name, data)
-            if len(data) <= MAX_STORED_FILE:
-                self.core.handle(events.FileKept(f.cache_name, data))
-            else:
-                log.warning(
-                    "file %s (%d bytes) is too large to keep in the state store; a new manager "
-                    "gets it from a worker's cache or the client",
-                    f.cache_name,
-                    len(data),
-                )
-        self.core.handle(events.FilesArrived(tuple(f.cache_name for f in msg.files)))
-
-    def _hello(self, ident: bytes, msg: Hello) -> None:
-        if msg.protocol != PROTOCOL_VERSION:
-            reason = (
-                f"protocol version mismatch: peer speaks {msg.protocol}, manager speaks {PROTOCOL_VERSION}"
-            )
-            log.warning("refused a %s: %s", msg.role, reason)
-            self._send(ident, Refused(reason=reason))
-            return
-        if not auth.same(msg.token, self.config.token):
-            log.warning("refused a %s connection: wrong or missing token", msg.role)
-            self._send(ident, Refused(reason="invalid token for this workflow"))
-            return
-        self.peers.forget(ident)
-        if msg.role == "worker":
-            if msg.worker is None:
-                raise ProtocolError("a worker hello must describe the worker")
-            info = msg.worker
-            self.peers.bind(ident, "worker", info.worker_id)
-            self._send(ident, self._welcome())
-            self.core.handle(events.WorkerConnected(info))
-            log.info(
-                "worker %s connected from %s (node %s, %s)",
-                info.worker_id,
-                info.host,
-                info.node,
-                info.resources.describe(),
-            )
-            return
-        cid = msg.client or ClientId(f"anon-{uuid.uuid4().hex[:8]}")
-        self.peers.bind(ident, msg.role, cid)
-        if msg.role == "admin":
-            self._send(ident, self._welcome())
-            return
-        # a client: its welcome (with its id block) goes out once durable, and its results after it
-        self.peers.unwelcomed.add(cid)
-        self.core.handle(events.ClientConnected(cid, msg.attach))
-        if self._refusing:  # its welcome must wait for the store: say so now
-            message = (
-                f"the state store has been unreachable for {self.persister.outage:.0f}s: "
-                "a client can be welcomed only once it is back"
-            )
-            self._send(ident, ErrorMsg(code="store_unavailable", message=message))
-
-    def _serve_files(self, ident: bytes, names: list[CacheName]) -> None:
-        for name in names:
-            data = self.files.get(name)
-            if data is None:  # the worker reports the failed transfer and tries its next source
-                self._send(ident, FileData(cache_name=name, error=f"the manager has no file {name}"))
-            else:  # the worker reports the arrival (TRANSFER line, counters)
-                self._send(ident, FileData(cache_name=name, frame=0, directory=_is_dir(name)), [data])
-
-    def _fetch_for_client(self, ident: bytes, cid: ClientId, msg: FetchFile) -> None:
-        """``m.fetch_file``: from the manager's own store, else from a worker that holds it."""
-        name = msg.cache_name
-        data = self.files.get(name)
-        if data is not None:
-            reply = FetchedFile(
-                request=msg.request, cache_name=name, frame=0, directory=_is_dir(name), source="manager"
-            )
-            self._send(ident, reply, [data])
-            self._fetch_logged(name, "manager", None, cid, len(data), 0.0)
-            return
-        sources, why = dataplane.fetch_sources(self.core, name)
-        if not sources:
-            self._send(ident, FetchedFile(request=msg.request, cache_name=name, error=why))
-            return
-        self.peer_fetch.submit(ident, msg.request, name, sources)
-        self.fetch_clients[(ident, msg.request)] = cid
-
-    def _deliver_fetches(self) -> None:
-        for f in self.peer_fetch.done():
-            cid = self.fetch_clients.pop((f.ident, f.request), ClientId("-"))
-            reply = FetchedFile(request=f.request, cache_name=f.name, directory=f.directory, source=f.source)
-            if f.data is None:
-                reply.error = f.error
-                self._send(f.ident, reply)
-                continue
-            reply.frame = 0
-            self._send(f.ident, reply, [f.data])
-            self._fetch_logged(f.name, "peer", f.source, cid, len(f.data), f.seconds)
 
     def _fetch_logged(
         self, name: CacheName, source: str, peer: str | None, cid: str, size: int, seconds: float
@@ -772,7 +518,7 @@ class ManagerService:
     # ------------------------------------------------------------------ status
 
     def status(self) -> ManagerStatus:
-        return status.snapshot(
+        st = status.snapshot(
             self.core,
             self.counters,
             time.time(),
@@ -785,11 +531,8 @@ class ManagerService:
             store_outage=self.persister.outage,
             refusing_work=self._refusing,
         )
-
-
-def _is_dir(name: CacheName) -> bool:
-    """Whether a file the client sent is a directory (its name says so; it is stored as a tar)."""
-    return name.startswith("dir-")
+        st.sessions = len(self.peers)
+        return st
 
 
 def _shift(r: ClientResult, base: int) -> ClientResult:

@@ -16,6 +16,7 @@ second; the echo to stdout costs a parse per line and is off unless asked for.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,7 +46,9 @@ class TxLog:
         self._last_perf = ""
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = path.open("a", buffering=1 << 16, encoding="utf-8")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)  # the log names every file and task: for the manager's user only
+            self._f = os.fdopen(fd, "a", buffering=1 << 16, encoding="utf-8")
 
     def write(self, lines: Iterable[str]) -> None:
         lines = list(lines) if not isinstance(lines, list) else lines

@@ -167,6 +167,13 @@ def _manager_parser(sub: _Subparsers) -> None:
         help="files one worker, the manager or a URL sends at once; more wait for a free source",
     )
     m.add_argument(
+        "--encrypt",
+        action=argparse.BooleanOptionalAction,
+        default=auth.encrypt_from_env(),
+        help="encrypt every connection with ZeroMQ CURVE (keys derived from the token); clients and "
+        f"workers must encrypt too (default: ${auth.ENCRYPT_ENV})",
+    )
+    m.add_argument(
         "--transactions-stdout",
         action=argparse.BooleanOptionalAction,
         default=os.environ.get("KUBEVINE_TRANSACTIONS_STDOUT", "") in ("1", "true", "yes"),
@@ -326,6 +333,7 @@ def _manager(args: argparse.Namespace) -> int:
     from kubevine.manager.service import ManagerConfig, ManagerService
     from kubevine.manager.store import StoreError
 
+    os.umask(0o077)  # the manager's files (client data, its log, the token) are its user's alone
     workdir = Path(args.workdir or f"kubevine-manager-{args.name}").absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     token = auth.load_token(args.token_file)
@@ -339,6 +347,7 @@ def _manager(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         token=token,
+        encrypt=args.encrypt,
         workdir=workdir,
         redis_url=args.redis,
         redis_password=os.environ.get("KUBEVINE_REDIS_PASSWORD") or None,
