@@ -188,7 +188,7 @@ async def _ensure_one(
             await kube.merge_patch(kind, ref.namespace, name, _patch_of(manifest))
             outcome.patched.append(f"{kind}/{name}")
         return
-    obj, created = await kube.create_or_get(manifest)
+    obj, created = await kube.create_if_missing(manifest)
     repairs.expectations.expect_created(obj if obj.get("metadata") else manifest, now)
     if not created:
         return
@@ -219,7 +219,7 @@ async def _ensure_secret(
     if existing is not None:
         repairs.seen.add(("Secret", name))
         return
-    _, created = await kube.create_or_get(manifest)
+    _, created = await kube.create_if_missing(manifest)
     if created:
         again = ("Secret", name) in repairs.seen
         (outcome.recreated if again else outcome.created).append(f"Secret/{name}")

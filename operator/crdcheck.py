@@ -13,6 +13,7 @@ and the cluster lacks stops it with the command that upgrades the CRD.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -91,17 +92,27 @@ def missing_fields(document: Mapping[str, Any]) -> list[str]:
     return sorted(p for p in required_paths() if p not in served)
 
 
-def check(kube: KubeApi) -> None:
-    """Raise `CrdError` unless the cluster serves a VineWorkflow schema with every field this
-    operator uses."""
+def served_document(kube: KubeApi) -> Mapping[str, Any] | None:
+    """The OpenAPI v3 document of kubevine.io/v1alpha1, or None while the group is not served."""
     try:
         root = kube.get_path("/openapi/v3")
         entry = (root.get("paths") or {}).get(f"apis/{GROUP}/{VERSION}")
-        if entry is None:
-            raise CrdError(f"the cluster serves no {GROUP}/{VERSION}: install the CRDs first ({UPGRADE})")
-        document = kube.get_path(str(entry["serverRelativeURL"]))
+        return None if entry is None else kube.get_path(str(entry["serverRelativeURL"]))
     except KubeError as e:
         raise CrdError(f"cannot read the VineWorkflow schema the cluster serves (/openapi/v3): {e}") from e
+
+
+def check(kube: KubeApi, wait_seconds: float = 60.0) -> None:
+    """Raise `CrdError` unless the cluster serves a VineWorkflow schema with every field this
+    operator uses. A CRD installed a moment ago (the chart installs it with the operator) takes
+    a few seconds to be published: the group is looked for until `wait_seconds` have passed."""
+    deadline = time.monotonic() + wait_seconds
+    document = served_document(kube)
+    while document is None and time.monotonic() < deadline:
+        time.sleep(1.0)  # polling for the CRD's publication, with a deadline
+        document = served_document(kube)
+    if document is None:
+        raise CrdError(f"the cluster serves no {GROUP}/{VERSION}: install the CRDs first ({UPGRADE})")
     missing = missing_fields(document)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")

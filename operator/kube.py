@@ -132,18 +132,16 @@ class KubeApi:
         meta = manifest["metadata"]
         return await self._call("POST", collection_path(manifest["kind"], meta["namespace"]), body=manifest)
 
-    async def create_or_get(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]:
-        """Create `manifest` unless an object of that name exists; (object, created)."""
+    async def create_if_missing(self, manifest: Mapping[str, Any]) -> tuple[Obj, bool]:
+        """Create `manifest` unless an object of that name exists: (the created object, True),
+        or ({}, False) when it existed. The existing object is not read: the operator watches
+        what it creates, and its RBAC grants no `get` on those kinds."""
         try:
             return await self.create(manifest), True
         except KubeError as e:
             if e.status != 409:
                 raise
-        meta = manifest["metadata"]
-        existing = await self.get(manifest["kind"], meta["namespace"], meta["name"])
-        if existing is None:  # deleted between the two calls: try once more
-            return await self.create(manifest), True
-        return existing, False
+        return {}, False
 
     async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         """The object, or None when there is none."""

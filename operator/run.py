@@ -41,7 +41,9 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
@@ -155,6 +157,14 @@ def kopf_settings(clusterwide: bool) -> kopf.OperatorSettings:
     return settings
 
 
+def peering_identity(environ: Mapping[str, str]) -> str:
+    """Who this replica is in the peering object: its pod's name (or host and pid). kopf's own
+    default asks the password database for the user's name, which a container running as an
+    arbitrary uid (OpenShift's random uids, or any uid the image does not list) does not have."""
+    pod = environ.get("POD_NAME")
+    return pod if pod else f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _refuse(args: argparse.Namespace, message: str) -> int:
     """Stop before kopf is configured: say why in the log format asked for (exit 2)."""
     named = [os.environ.get(n) for n in ("KUBEVINE_LOG_FORMAT", OperatorSettings.env_name("log_format"))]
@@ -246,6 +256,7 @@ def _run_kopf(
             peering_name=None if args.standalone else (args.peering or settings.peering_name),
             priority=priority,
             liveness_endpoint=args.liveness or None,
+            identity=cast(Any, peering_identity(os.environ)),  # kopf's Identity is a NewType of str
             clusterwide=args.all_namespaces,
             namespaces=[] if args.all_namespaces else namespaces,
             memo=context,

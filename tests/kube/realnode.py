@@ -444,8 +444,13 @@ class RunAs:
     groups: tuple[int, ...] = ()
 
     def setpriv(self) -> list[str]:
+        """The process takes the user, group and groups, and keeps one capability,
+        DAC_READ_SEARCH, so that it can read the machine's Python (a venv whose interpreter
+        lives under /root): reading is not what these tests check; writing is, and every write
+        is checked as the container's user."""
         groups = ["--groups", ",".join(str(g) for g in self.groups)] if self.groups else ["--clear-groups"]
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", *groups, "--"]
+        caps = ["--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search"] if self.uid else []
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", *groups, *caps, "--"]
 
 
 def run_as(pod: Obj, container: Mapping[str, Any]) -> RunAs | None:

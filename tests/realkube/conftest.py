@@ -26,6 +26,7 @@ import pytest
 
 from .controlplane import REPO, Cluster, Settings, ensure_binaries
 from .helpers import Kube, wait_for
+from .vine import Release
 
 HERE = pathlib.Path(__file__).parent
 
@@ -170,3 +171,23 @@ def kube_factory(real_cluster: Cluster, request: pytest.FixtureRequest) -> Itera
 def kube(kube_factory: KubeFactory) -> Kube:
     """A fresh namespace on the session's real cluster."""
     return kube_factory()
+
+
+@pytest.fixture(scope="session")
+def kubevine(real_cluster: Cluster) -> Iterator[Release]:
+    """The chart installed once for the session with `helm install` (cluster-wide, fast
+    autoscaler pace), in the namespace `kubevine` (Pod Security privileged, for the node-cache
+    keeper); its operator pod Ready and a keeper Ready on every node. A test that stops the
+    operator starts it again before it ends."""
+    release = Release(real_cluster, "kubevine", values={"rbac": {"clusterWide": True}})
+    release.create_namespace()
+    try:
+        release.install()
+        release.wait_ready()
+        yield release
+    finally:
+        release.uninstall()
+        kube = release.kube
+        kube.admin.request("DELETE", f"/api/v1/namespaces/{kube.ns}")
+        wait_for(lambda: not kube.get(f"/api/v1/namespaces/{kube.ns}/pods")["items"], timeout=90,
+                 interval=0.2, what="the release's pods to be gone")  # fmt: skip

@@ -429,7 +429,9 @@ class Cluster:
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={p.ca_cert}",
                 "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction",
+                # NodeRestriction holds kubelets to their own node; OwnerReferencesPermissionEnforcement
+                # checks that whoever sets blockOwnerDeletion may update the owner's finalizers.
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={p.sa_pub}",
                 f"--service-account-signing-key-file={p.sa_key}",
@@ -511,11 +513,28 @@ class Cluster:
         return found
 
     def _bootstrap(self) -> None:
-        """Objects the process kubelet needs beyond a kubelet's own rights.
+        """Objects the process kubelet needs beyond a kubelet's own rights, and a default
+        StorageClass.
 
         It also does kube-proxy's reading (Service DNS from EndpointSlices), so the nodes'
-        group gets kube-proxy's role, system:node-proxier.
+        group gets kube-proxy's role, system:node-proxier. The StorageClass `standard` (the
+        default) provisions through the controller-manager's hostPath provisioner, as kind's
+        `standard` class provisions local volumes.
         """
+        self.admin().apply(
+            "/apis/storage.k8s.io/v1/storageclasses",
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {
+                    "name": "standard",
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": "kubernetes.io/host-path",
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "Immediate",
+            },
+        )
         self.admin().apply(
             "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
             {
@@ -554,6 +573,9 @@ class Cluster:
                 "--use-service-account-credentials=true",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--leader-elect=false",
+                # PVCs (a managed Redis's) get hostPath PVs from the in-tree test provisioner; the
+                # process kubelet keeps a claim's data in <state>/kubelet/claims/<ns>/<claim>.
+                "--enable-hostpath-provisioner=true",
                 "--node-monitor-period=1s",
                 f"--node-monitor-grace-period={s.node_monitor_grace}s",
                 "--profiling=false",
