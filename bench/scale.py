@@ -406,6 +406,7 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         spy = None
         stats = fleet.stop()
         fleet = None
+        lost = sum(1 for ln in m.txlog() if " WORKER " in ln and " disconnected " in ln)
     finally:
         stop_profile(spy, tag)
         if fleet is not None:
@@ -431,6 +432,7 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         "metrics_max": max(lat.metrics, default=float("nan")),
         "libraries": sum(s.libraries_ready for s in stats),
         "register_s": all_in - t0,
+        "lost": lost,  # workers the manager declared lost (none left on their own)
         "load": load_at,
     }
 
@@ -705,7 +707,16 @@ def main() -> None:
             print(f"work folder kept: {work}")
     summary["seconds"] = round(time.time() - t_start, 1)
     summary["load_at_end"] = load()
-    print(json.dumps(summary))
+    print(json.dumps(_finite(summary)))
+
+
+def _finite(x: Any) -> Any:
+    """NaN (a figure that could not be measured: the run collapsed) as null, for strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return x
 
 
 def dispatch_size(workers: int, quick: bool) -> int:
@@ -737,6 +748,8 @@ def print_dispatch_row(r: dict[str, Any]) -> None:
         f"{fmt(r['status_p50'], '.3f'):>8}/{fmt(r['status_max'], '.2f'):<8} "
         f"{fmt(r['metrics_p50'], '.3f'):>9}/{fmt(r['metrics_max'], '.2f'):<9} {r['load']:>14}"
         + f"  (registered in {r['register_s']:.1f} s"
+        + (f"; {r['lost']} workers declared lost" if r["lost"] else "")
+        + (f"; only {r['done']} of {r['n']} done" if r["done"] < r["n"] else "")
         + (f"; {r['libraries']} library instances)" if r["kind"] == "calls" else ")"),
         flush=True,
     )
