@@ -269,6 +269,15 @@ class OutputFile(_Msg):
     spilled: bool = False  # too large to travel inline: kept on the worker as ``cache_name``, fetch it
 
 
+class MeasuredResources(_Msg):
+    """What an attempt used, measured on its worker (TaskVine's ``t.resources_measured``)."""
+
+    memory: int = 0  # MB: peak resident set of its process (the largest of it and its children)
+    cpu_time: float = 0.0  # seconds of CPU, user and system
+    wall_time: float = 0.0  # seconds from start to exit
+    disk: int = 0  # MB in its sandbox when it ended
+
+
 class AttemptResult(_Msg):
     """How one attempt ended, as the worker saw it."""
 
@@ -282,6 +291,7 @@ class AttemptResult(_Msg):
     wall_time: float = 0.0
     started: float = 0.0  # epoch seconds
     outputs: list[OutputFile] = Field(default_factory=list)
+    resources_measured: MeasuredResources | None = None
 
 
 class TaskRef(_Msg):

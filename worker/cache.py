@@ -11,6 +11,11 @@ on the node, so a file lands on the node once:
   waits for the file to appear instead of fetching it again;
 - an entry's size is bounded by the worker's disk: past the limit, least-recently-used
   entries that no task of this worker is using are evicted (``forever`` entries too, last).
+  The order is a heap with lazy deletion (each use pushes a new stamp; stale stamps are
+  skipped when popped, and the heap is rebuilt when they outnumber the entries), so an
+  arrival costs O(log n), not a sort of the whole cache;
+- entries are their user's alone (files 0600 or 0700, directories 0700: the worker runs
+  with umask 077).
 
 Cache names say what a file is (a content hash, a URL, the producing task), so a name
 never refers to two different contents and an entry is never stale.
@@ -19,6 +24,8 @@ never refers to two different contents and an entry is never stale.
 from __future__ import annotations
 
 import fcntl
+import heapq
+import itertools
 import os
 import shutil
 import time
@@ -66,6 +73,10 @@ class Cache:
         self.sizes: dict[CacheName, int] = {}
         self.levels: dict[CacheName, CacheLevel] = {}
         self.pins: Mapping[CacheName, int] = {} if pins is None else pins
+        self._total = 0  # sum of sizes
+        self._heap: list[tuple[bool, int, CacheName]] = []  # (forever, stamp, name): eviction order
+        self._stamps: dict[CacheName, int] = {}  # each entry's latest stamp (older ones are stale)
+        self._clock = itertools.count()
         self._locks: dict[CacheName, int] = {}  # names whose lock we hold -> fd
         self._sigs: dict[CacheName, tuple[int, int]] = {}  # (size, mtime) when last known good
 
@@ -111,11 +122,24 @@ class Cache:
             self._sigs[name] = (st.st_size, st.st_mtime_ns)
         except OSError:
             pass
+        self._total += size - self.sizes.get(name, 0)
         self.sizes[name] = size
-        self.used_at[name] = time.monotonic()
         old = self.levels.get(name)
         if old is None or LEVEL_ORDER[level] > LEVEL_ORDER[old]:
             self.levels[name] = level
+        self.used(name)
+
+    def used(self, name: CacheName) -> None:
+        """``name`` was just used: it is the last to be evicted among its level."""
+        self.used_at[name] = time.monotonic()
+        if name not in self.sizes:
+            return
+        stamp = next(self._clock)
+        self._stamps[name] = stamp
+        heapq.heappush(self._heap, (self.levels.get(name) == CacheLevel.FOREVER, stamp, name))
+        if len(self._heap) > 2 * len(self._stamps) + 1024:  # mostly stale: rebuild
+            self._heap = [(self.levels.get(n) == CacheLevel.FOREVER, st, n) for n, st in self._stamps.items()]
+            heapq.heapify(self._heap)
 
     def adopt(self, name: CacheName, level: CacheLevel) -> None:
         """A file already in the (shared) cache becomes one of ours to account for."""
@@ -125,7 +149,7 @@ class Cache:
             except OSError:
                 pass
         else:
-            self.used_at[name] = time.monotonic()
+            self.used(name)
 
     # -- node-wide fetch lock --------------------------------------------------------
 
@@ -133,7 +157,7 @@ class Cache:
         """Take the node-wide right to fetch ``name``; False if another worker holds it."""
         if name in self._locks:
             return True
-        fd = os.open(self.root / ".locks" / name, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(self.root / ".locks" / name, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,7 +180,7 @@ class Cache:
         through a hard link inside it would change the cached copy unnoticed."""
         src = self.path(name)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.used_at[name] = time.monotonic()
+        self.used(name)
         if src.is_dir():
             shutil.copytree(src, dest, symlinks=True)
             return
@@ -198,7 +222,8 @@ class Cache:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-        self.sizes.pop(name, None)
+        self._total -= self.sizes.pop(name, 0)
+        self._stamps.pop(name, None)
         self.used_at.pop(name, None)
         self.levels.pop(name, None)
         self._sigs.pop(name, None)
@@ -206,22 +231,26 @@ class Cache:
     # -- limits ---------------------------------------------------------------------
 
     def total(self) -> int:
-        return sum(self.sizes.values())
+        return self._total
 
     def evict_for(self, incoming: int = 0) -> list[CacheName]:
         """Evict least-recently-used unpinned entries until ``incoming`` more bytes fit."""
-        if self.limit is None:
+        if self.limit is None or self._total + incoming <= self.limit:
             return []
         evicted: list[CacheName] = []
-        candidates = sorted(
-            (n for n in self.sizes if not self.pins.get(n)),
-            key=lambda n: (self.levels.get(n) == CacheLevel.FOREVER, self.used_at.get(n, 0.0)),
-        )
-        for name in candidates:
-            if self.total() + incoming <= self.limit:
-                break
+        pinned: list[tuple[bool, int, CacheName]] = []
+        while self._heap and self._total + incoming > self.limit:
+            entry = heapq.heappop(self._heap)
+            name = entry[2]
+            if self._stamps.get(name) != entry[1]:
+                continue  # stale: used again since, or gone
+            if self.pins.get(name):
+                pinned.append(entry)  # in use: stays, and keeps its place
+                continue
             self.remove(name)
             evicted.append(name)
+        for entry in pinned:
+            heapq.heappush(self._heap, entry)
         return evicted
 
     def forget_levels(self, levels: set[CacheLevel]) -> list[CacheName]:

@@ -19,9 +19,9 @@ gets a really new interpreter instead (see ``worker/sandbox.py``).
 The worker and the starter talk over a socketpair, one request and one reply at a time,
 each a length-prefixed pickle (both ends are ours): ``("start", sandbox, env, payload,
 result, stdout)`` → ``("pid", pid)`` or ``("error", text)``; ``("reap", pid)`` → ``("code",
-exit code or None)``. The starter answers a start once the child has a session of its own
-(the child closes a pipe then), so a kill sent right after the start reaches it by
-``killpg``. It reaps a child only when asked, so the pid the worker holds
+exit code or None, (peak RSS in KiB, CPU seconds) or None)``. The starter answers a start
+once the child has a session of its own (the child closes a pipe then), so a kill sent
+right after the start reaches it by ``killpg``. It reaps a child only when asked, so the pid the worker holds
 (and its pidfd, and ``killpg`` on it) stays valid until the worker is done with it. The
 starter dies with its worker (PR_SET_PDEATHSIG) and exits when the socket closes.
 """
@@ -78,11 +78,12 @@ class Forked:
     def __init__(self, starter: Starter, pid: int) -> None:
         self.starter, self.pid = starter, pid
         self.returncode: int | None = None
+        self.usage: tuple[int, float] | None = None  # (peak RSS KiB, CPU seconds) once reaped
 
     def wait(self) -> int:
         """Its exit code (negative: killed by that signal); -1 if the starter was lost."""
         if self.returncode is None:
-            code = self.starter.reap(self.pid)
+            code, self.usage = self.starter.reap(self.pid)
             self.returncode = -1 if code is None else code
         return self.returncode
 
@@ -109,9 +110,9 @@ class Starter:
             return None
         return Forked(self, int(reply[1]))
 
-    def reap(self, pid: int) -> int | None:
+    def reap(self, pid: int) -> tuple[int | None, tuple[int, float] | None]:
         reply = self._ask(("reap", pid))
-        return None if reply is None else reply[1]
+        return (None, None) if reply is None else (reply[1], reply[2])
 
     def _ask(self, req: tuple[object, ...]) -> Any:
         if self.sock is None:
@@ -234,12 +235,14 @@ def serve(sock: socket.socket) -> int:
             os.close(r)
             send(sock, ("pid", pid))
         elif req[0] == "reap":
+            usage: tuple[int, float] | None = None
             try:
-                _, status = os.waitpid(req[1], 0)
+                _, status, ru = os.wait4(req[1], 0)
                 code: int | None = os.waitstatus_to_exitcode(status)
+                usage = (ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
             except ChildProcessError:
                 code = None
-            send(sock, ("code", code))
+            send(sock, ("code", code, usage))
     return 0
 
 

@@ -1,12 +1,16 @@
-"""Running one command task in a sandbox directory of its own.
+"""Running one task's process in a sandbox directory of its own.
 
-The sandbox holds the task's inputs under their remote names; the command runs there with
-its environment, stdout and stderr captured (up to a cap); declared outputs are collected
-from it afterwards. The sandbox is removed when the attempt ends.
+The sandbox holds the task's inputs under their remote names; the command runs there with its
+environment. Its stdout and stderr go to a FIFO beside the sandbox that the worker's loop
+reads as they are written, keeping at most the cap in memory and counting the rest: a task
+that prints a gigabyte costs the worker a megabyte and no disk. When the process exits the
+worker reaps it with its resource usage (:func:`reap`); judging the attempt and collecting its
+outputs is :mod:`kubevine.worker.outputs`. The sandbox is emptied when the attempt ends.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -17,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubevine import filetree
-from kubevine.protocol import Assignment, AttemptResult, FileKind, Outcome, OutputFile, TaskKind
+from kubevine.protocol import Assignment, AttemptResult, MeasuredResources, Outcome
 from kubevine.worker.pystarter import Forked, Starter
+
+READ_PER_TURN = 1 << 20  # bytes of one task's output read per turn of the loop at most
 
 # Characters that make a command need a shell. A command without them is run directly
 # (the same argv the shell would build, one exec fewer: ~0.5 ms per task).
@@ -77,61 +82,97 @@ class Attempt:
     started: float = 0.0
     t0: float = 0.0
     deadline: float | None = None
+    deadline_outcome: Outcome = Outcome.MAX_WALL_TIME  # which limit the deadline is
     frames: list[bytes] = field(default_factory=list)
+    out_fd: int | None = None  # the read end of its stdout FIFO
+    out: bytearray = field(default_factory=bytearray)  # stdout, up to the cap
+    out_dropped: int = 0  # bytes past the cap, read and thrown away
+    exit_code: int | None = None  # once reaped
+    measured: MeasuredResources | None = None
+    ended: float = 0.0  # perf_counter when it was reaped
+    peak_kb: int = 0  # the largest VmHWM sampled while it ran
+    next_sample: float = 0.0  # perf_counter
 
     def result(self, outcome: Outcome, **kw: object) -> AttemptResult:
         a = self.assignment
+        end = self.ended or time.perf_counter()
         return AttemptResult(
             task_id=a.spec.id,
             attempt=a.attempt,
             outcome=outcome,
             started=self.started,
-            wall_time=time.perf_counter() - self.t0 if self.t0 else 0.0,
+            wall_time=end - self.t0 if self.t0 else 0.0,
+            resources_measured=self.measured,
             **kw,
         )
 
+    def stdout(self, cap: int) -> bytes:
+        """What it printed, with a note when more was cut."""
+        if not self.out_dropped:
+            return bytes(self.out)
+        total = len(self.out) + self.out_dropped
+        return bytes(self.out[:cap]) + f"\n[kubevine: output truncated at {cap} of {total} bytes]\n".encode()
+
 
 def start_command(
-    att: Attempt, base_env: Mapping[str, str], *, force_shell: bool = False, argv: list[str] | None = None
+    att: Attempt,
+    base_env: Mapping[str, str],
+    *,
+    force_shell: bool = False,
+    argv: list[str] | None = None,
+    command: str | None = None,
 ) -> AttemptResult | None:
     """Start the command in its sandbox without waiting; a result only if it cannot start.
 
-    A command without shell syntax is exec'd directly; one that is not found is handed
-    to the shell so that the user sees the shell's own message and exit code 127.
+    A command without shell syntax is exec'd directly; one that is not found or cannot be
+    executed is handed to the shell, so the user sees the shell's own message and exit code
+    (127: not found, 126: found but not executable), as TaskVine's workers do.
     """
     spec = att.assignment.spec
     env = _begin(att, base_env)
+    command = command if command is not None else spec.command or ""
     if argv is None and not force_shell:
-        argv = argv_for(spec.command or "")
+        argv = argv_for(command)
     try:
-        with open(stdout_path(att.sandbox), "wb") as out:
-            att.proc = subprocess.Popen(
-                argv if argv is not None else spec.command or "",
-                shell=argv is None,
-                cwd=att.sandbox,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-    except FileNotFoundError:
-        if argv is None:
-            return att.result(Outcome.SANDBOX_ERROR, error="could not start /bin/sh")
-        return start_command(att, base_env, force_shell=True)
+        wfd = open_output(att)
     except OSError as e:
+        return att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the task's output: {e}")
+    try:
+        att.proc = subprocess.Popen(
+            argv if argv is not None else command,
+            shell=argv is None,
+            cwd=att.sandbox,
+            stdout=wfd,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as e:
+        close_output(att)
+        if argv is not None and e.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.EPERM):
+            return start_command(att, base_env, force_shell=True, command=command)
+        if argv is None:
+            return att.result(Outcome.SANDBOX_ERROR, error=f"could not start /bin/sh: {e}")
         return att.result(Outcome.SANDBOX_ERROR, error=f"could not start the command: {e}")
+    finally:
+        os.close(wfd)
     att.pidfd = os.pidfd_open(att.proc.pid)
+    att.next_sample = att.t0 + 0.02
     return None
 
 
 def _begin(att: Attempt, base_env: Mapping[str, str]) -> dict[str, str]:
-    """Start the attempt's clocks; the environment its process gets."""
+    """Start the attempt's clocks and its deadline; the environment its process gets."""
     spec = att.assignment.spec
     att.started = time.time()
     att.t0 = time.perf_counter()
     if spec.time_max:
         att.deadline = att.t0 + spec.time_max
+    if spec.time_end is not None:
+        end = att.t0 + (spec.time_end - att.started)  # epoch seconds in perf_counter terms
+        if att.deadline is None or end < att.deadline:
+            att.deadline, att.deadline_outcome = end, Outcome.MAX_END_TIME
     env = dict(base_env)
     env.update(spec.env)
     return env
@@ -143,117 +184,140 @@ _START_VARS = ("PYTHON", "LD_", "LC_", "LANG")
 
 
 def start_python(
-    att: Attempt, base_env: Mapping[str, str], payload: bytes, starter: Starter | None = None
+    att: Attempt,
+    base_env: Mapping[str, str],
+    payload: bytes,
+    starter: Starter | None = None,
+    python: str | None = None,
 ) -> AttemptResult | None:
     """Start a PythonTask: an interpreter of its own in the sandbox runs the pickled function,
-    forked from the worker's starter when there is one (see ``worker/pystarter.py``)."""
+    forked from the worker's starter when there is one (see ``worker/pystarter.py``);
+    ``python``: another interpreter to run it with (an environment's)."""
     att.payload_path = att.sandbox.with_name(att.sandbox.name + ".payload")
     att.payload_path.write_bytes(payload)
-    result = att.sandbox.with_name(att.sandbox.name + ".result")
+    result = result_path(att)
     result.unlink(missing_ok=True)
     spec = att.assignment.spec
-    if starter is not None and not any(k.startswith(_START_VARS) for k in spec.env):
+    if starter is not None and python is None and not any(k.startswith(_START_VARS) for k in spec.env):
         env = _begin(att, base_env)
+        try:
+            wfd = open_output(att)
+        except OSError as e:
+            return att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the task's output: {e}")
+        os.close(wfd)  # (the child opens the FIFO by its name; our reading end keeps it open)
         att.proc = starter.start(att.sandbox, env, att.payload_path, result, stdout_path(att.sandbox))
         if att.proc is not None:
             try:
                 att.pidfd = os.pidfd_open(att.proc.pid)  # the starter keeps it unreaped until we ask
+                att.next_sample = att.t0 + 0.02
                 return None
             except OSError:  # cannot watch it (the starter died and it was reaped, or no fds)
                 kill_process(att.proc)
                 att.proc.wait()
                 att.proc = None  # started again below as a new interpreter
-    argv = [sys.executable, "-m", "kubevine.worker.pyrunner", str(att.payload_path), str(result)]
+        close_output(att)
+    argv = [python or sys.executable, "-m", "kubevine.worker.pyrunner", str(att.payload_path), str(result)]
     return start_command(att, base_env, argv=argv)
 
 
-def finish_command(att: Attempt, stdout_cap: int) -> AttemptResult:
-    """The process has exited: reap it, collect stdout and outputs, judge the attempt."""
+def result_path(att: Attempt) -> Path:
+    return att.sandbox.with_name(att.sandbox.name + ".result")
+
+
+# ------------------------------------------------------------------ its output, as it is written
+
+
+def open_output(att: Attempt) -> int:
+    """A FIFO for the task's stdout: its reading end is ``att.out_fd`` (opened read-write, so it
+    never reports an end and never blocks a writer's open); the writing end is returned."""
+    path = stdout_path(att.sandbox)
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)
+    att.out_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+
+def read_output(att: Attempt, cap: int, limit: int = READ_PER_TURN) -> None:
+    """Take what the task wrote since the last call (at most ``limit`` bytes): keep up to
+    ``cap`` bytes, count the rest."""
+    fd = att.out_fd
+    if fd is None:
+        return
+    got = 0
+    while got < limit:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            return
+        if not chunk:
+            return
+        got += len(chunk)
+        room = cap - len(att.out)
+        if room > 0:
+            att.out += chunk[:room]
+        att.out_dropped += max(0, len(chunk) - max(room, 0))
+
+
+def close_output(att: Attempt) -> None:
+    if att.out_fd is not None:
+        os.close(att.out_fd)
+        att.out_fd = None
+        stdout_path(att.sandbox).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ the end of its process
+
+
+def reap(att: Attempt, cap: int) -> int:
+    """The process has exited: reap it with its resource usage, take the rest of its output.
+    Its exit code (negative: killed by that signal)."""
     assert att.proc is not None
-    code = att.proc.wait()
+    proc, att.proc = att.proc, None  # never signalled again: its pid may be someone else's now
+    att.ended = time.perf_counter()
+    if isinstance(proc, Forked):
+        code = proc.wait()
+        usage = proc.usage
+    else:
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            usage = (ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+        except ChildProcessError:  # reaped already (by Popen itself)
+            code, usage = proc.wait(), None
+        proc.returncode = code
     if att.pidfd is not None:
         os.close(att.pidfd)
         att.pidfd = None
-    spec = att.assignment.spec
-    timed_out = att.deadline is not None and time.perf_counter() >= att.deadline
-    if spec.kind == TaskKind.PYTHON:
-        return _finish_python(att, code, stdout_cap, timed_out)
-    att.frames.append(_read_capped(stdout_path(att.sandbox), stdout_cap))
-    if timed_out and code != 0:
-        return att.result(
-            Outcome.MAX_WALL_TIME,
-            exit_code=code,
-            output_frame=0,
-            error=f"ran longer than its time limit of {spec.time_max}s",
-        )
-    outputs, missing = _collect_outputs(att)
-    if code != 0:
-        outcome, err = Outcome.EXIT_NONZERO, f"exit code {code}"
-    elif missing:
-        outcome, err = Outcome.OUTPUT_MISSING, f"output(s) not produced: {', '.join(missing)}"
-    else:
-        outcome, err = Outcome.SUCCESS, None
-    return att.result(outcome, exit_code=code, output_frame=0, error=err, outputs=outputs)
+    read_output(att, cap, limit=1 << 62)  # everything it wrote before it exited is in the pipe
+    close_output(att)
+    att.exit_code = code
+    wall = att.ended - att.t0
+    # The kernel's peak for a child counts the pages it had before its exec (the worker's, for a
+    # child forked from it): the peak sampled after the exec is the task's own, when there is one.
+    kb = att.peak_kb or (usage[0] if usage is not None else 0)
+    cpu = usage[1] if usage is not None else 0.0
+    att.measured = MeasuredResources(memory=(kb + 1023) // 1024, cpu_time=cpu, wall_time=wall)
+    return code
 
 
-def _collect_outputs(att: Attempt) -> tuple[list[OutputFile], list[str]]:
-    """The declared outputs found in the sandbox (temps stay here: the worker caches them;
-    the others travel to the client as frames), and the names of those not produced."""
-    outputs: list[OutputFile] = []
-    missing: list[str] = []
-    for b in att.assignment.spec.outputs:
-        p = att.sandbox / b.remote_name
-        if not p.exists():
-            missing.append(b.remote_name)
-            continue
-        if b.kind == FileKind.TEMP:  # stays on this worker: the worker caches it
-            outputs.append(OutputFile(remote_name=b.remote_name, cache_name=b.cache_name))
-            continue
-        is_dir = p.is_dir()
-        data = filetree.pack(p) if is_dir else p.read_bytes()
-        o = OutputFile(remote_name=b.remote_name, size=len(data), directory=is_dir)
-        if b.to_client:
-            att.frames.append(data)
-            o.frame = len(att.frames) - 1
-        outputs.append(o)
-    return outputs, missing
+SAMPLE_EVERY = 0.5  # seconds between samples of a running task's peak memory
 
 
-def _finish_python(att: Attempt, code: int, stdout_cap: int, timed_out: bool) -> AttemptResult:
-    result = att.sandbox.with_name(att.sandbox.name + ".result")
+def sample_memory(att: Attempt, now: float) -> None:
+    """Note the process's peak resident set so far (VmHWM), at most every SAMPLE_EVERY."""
+    if att.proc is None or now < att.next_sample:
+        return
+    att.next_sample = now + SAMPLE_EVERY
     try:
-        data = result.read_bytes()
-    except OSError:
-        data = b""
-    finally:
-        result.unlink(missing_ok=True)
-        if att.payload_path is not None:
-            att.payload_path.unlink(missing_ok=True)
-    if timed_out:
-        limit = att.assignment.spec.time_max
-        return att.result(
-            Outcome.MAX_WALL_TIME, exit_code=code, error=f"ran longer than its time limit of {limit}s"
-        )
-    if not data:
-        out = _read_capped(stdout_path(att.sandbox), stdout_cap).decode(errors="replace")
-        return att.result(
-            Outcome.SANDBOX_ERROR,
-            exit_code=code,
-            error=f"the Python process ended with code {code} before returning a result:\n{out[-2000:]}",
-        )
-    att.frames.append(data[1:])
-    if data[:1] != b"1":
-        return att.result(Outcome.EXCEPTION, exit_code=code, output_frame=0)
-    outputs, missing = _collect_outputs(att)  # declared outputs, as for a command
-    if missing:
-        return att.result(
-            Outcome.OUTPUT_MISSING,
-            exit_code=code,
-            output_frame=0,
-            error=f"output(s) not produced: {', '.join(missing)}",
-            outputs=outputs,
-        )
-    return att.result(Outcome.SUCCESS, exit_code=code, output_frame=0, outputs=outputs)
+        with open(f"/proc/{att.proc.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    att.peak_kb = max(att.peak_kb, int(line.split()[1]))
+                    return
+    except (OSError, ValueError):
+        return
 
 
 def kill_process(proc: subprocess.Popen[bytes] | Forked, pidfd: int | None = None) -> None:
@@ -268,15 +332,6 @@ def kill_process(proc: subprocess.Popen[bytes] | Forked, pidfd: int | None = Non
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         except OSError:
             pass  # it has exited already
-
-
-def _read_capped(path: Path, cap: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(cap + 1)
-    if len(data) > cap:
-        size = path.stat().st_size
-        data = data[:cap] + f"\n[kubevine: output truncated at {cap} of {size} bytes]\n".encode()
-    return data
 
 
 def stdout_path(box: Path) -> Path:

@@ -27,10 +27,9 @@ from typing import assert_never
 
 import zmq
 
-from kubevine import filetree
 from kubevine.auth import Credentials
-from kubevine.digest import sha256_bytes, sha256_file
-from kubevine.ids import CacheName, TaskId, WorkerId
+from kubevine.digest import sha256_bytes
+from kubevine.ids import CacheName, WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
     TO_WORKER,
@@ -53,7 +52,6 @@ from kubevine.protocol import (
     PeerLost,
     ProtocolError,
     RemoveLibrary,
-    TaskKind,
     UpdateAck,
     Welcome,
     WorkerInfo,
@@ -65,7 +63,7 @@ from kubevine.resources import Resources
 from kubevine.session import Session
 from kubevine.worker import events as ev
 from kubevine.worker import sandbox
-from kubevine.worker.cache import Cache, dir_size
+from kubevine.worker.cache import Cache
 from kubevine.worker.core import WorkerCore
 from kubevine.worker.derive import Deriver
 from kubevine.worker.fetcher import Fetcher
@@ -90,6 +88,7 @@ from kubevine.worker.instructions import (
     StopLibrary,
 )
 from kubevine.worker.library import LibraryInstance
+from kubevine.worker.processes import Processes
 from kubevine.worker.pystarter import Starter
 from kubevine.worker.transfer import TransferServer
 
@@ -145,7 +144,9 @@ class WorkerService:
         self.resources = Resources(
             cores=config.cores, memory=config.memory, disk=config.disk, gpus=config.gpus
         )
-        config.workdir.mkdir(parents=True, exist_ok=True)
+        os.umask(0o077)  # its files (cache, sandboxes, logs) are its user's alone, and its tasks' too
+        config.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config.workdir.chmod(0o700)  # (made by someone else with a wider mode: it is ours now)
         (config.workdir / "worker.pid").write_text(f"{os.getpid()}\n")  # for drain-local
         self.sandboxes = sandbox.Sandboxes(config.workdir / "sandboxes")
         limit_mb = config.cache_limit_mb or int(os.environ.get("KUBEVINE_CACHE_SIZE_MB") or config.disk)
@@ -184,8 +185,15 @@ class WorkerService:
         self.poller.register(self.deriver.wake_r, zmq.POLLIN)
         self.derive_evicted: list[CacheName] = []  # evicted to store made files, not yet told
         self.starter = Starter(config.workdir / "pystarter", self.base_env) if config.python_fork else None
-        self.by_fd: dict[int, sandbox.Attempt] = {}  # running processes by pidfd
-        self.attempts: dict[tuple[TaskId, int], sandbox.Attempt] = {}  # the same, by attempt
+        self.processes = Processes(
+            self.cache,
+            self.sandboxes,
+            self.poller,
+            self.base_env,
+            self.starter,
+            config.stdout_cap,
+            output_limit=config.disk << 20,
+        )
         self.libraries: dict[str, LibraryInstance] = {}
         self.signals = 0  # SIGTERM/SIGINT received, not yet handed to the core
         self.connected_once = False  # welcomed at least once (--single-shot leaves when it ends)
@@ -256,7 +264,8 @@ class WorkerService:
             self.signals -= 1
             self._feed(ev.TermRequested())
         if len(events) > (self.session.sock in events):
-            self._collect_finished(events)
+            for exited in self.processes.on_events(events):
+                self._feed(exited)
             self._library_events(events)
             self._transfer_events(events)
         for msg, frames in self.session.read(events):
@@ -264,7 +273,7 @@ class WorkerService:
                 self._on_message(msg, frames)
             except ProtocolError as e:
                 log.error("worker %s: bad message from the manager: %s", self.worker_id, e)
-        self._enforce_time_limits()
+        self.processes.watch()
         now = time.monotonic()
         if self.fetcher.fetches or self.deriver.jobs:
             self.fetcher.tick()
@@ -289,17 +298,10 @@ class WorkerService:
         due = self.core.wake_at()
         if due is not None:
             wait = min(wait, due - time.monotonic())
-        now = time.perf_counter()
-        for att in self.by_fd.values():
-            if att.deadline is not None:
-                wait = min(wait, att.deadline - now)
+        deadline = self.processes.next_deadline()
+        if deadline is not None:
+            wait = min(wait, deadline - time.perf_counter())
         return max(0.0, wait * 1000)
-
-    def _enforce_time_limits(self) -> None:
-        now = time.perf_counter()
-        for att in self.by_fd.values():
-            if att.deadline is not None and now >= att.deadline and att.proc is not None:
-                sandbox.kill_process(att.proc, att.pidfd)
 
     # ------------------------------------------------------------------ events in
 
@@ -368,58 +370,15 @@ class WorkerService:
             self.derive_evicted += self.deriver.on_wake()
         self._settle()
 
-    def _collect_finished(self, events: dict[object, int]) -> None:
-        for fd in [fd for fd in events if isinstance(fd, int) and fd in self.by_fd]:
-            att = self.by_fd.pop(fd)
-            self.poller.unregister(fd)
-            cached: list[CacheName] = []
-            evicted: list[CacheName] = []
-            try:
-                res = sandbox.finish_command(att, self.config.stdout_cap)
-                if res.outcome == Outcome.SUCCESS and any(o.cache_name for o in res.outputs):
-                    res = self._keep_temps(att, res, cached, evicted)
-            except Exception as e:  # a bug of ours: report it, keep the worker alive
-                log.exception("worker %s: collecting task %s failed", self.worker_id, att.assignment.spec.id)
-                res = att.result(Outcome.SANDBOX_ERROR, error=repr(e))
-            self._exited(att, res, cached, evicted)
-
-    def _exited(
-        self,
-        att: sandbox.Attempt,
-        res: AttemptResult,
-        cached: list[CacheName] | None = None,
-        evicted: list[CacheName] | None = None,
-    ) -> None:
-        a = att.assignment
-        self.attempts.pop((a.spec.id, a.attempt), None)
-        self.sandboxes.give_back(att.sandbox)
-        self._feed(ev.ProcessExited(res, att.frames, cached or (), evicted or ()))
-
-    def _keep_temps(
-        self, att: sandbox.Attempt, res: AttemptResult, cached: list[CacheName], evicted: list[CacheName]
-    ) -> AttemptResult:
-        """Move temp outputs from the sandbox into the cache, where consumers fetch them."""
-        levels = {b.remote_name: b.cache for b in att.assignment.spec.outputs}
-        outs = []
-        for o in res.outputs:
-            if o.cache_name is None:
-                outs.append(o)
-                continue
-            src = att.sandbox / o.remote_name
-            checksum = filetree.tree_hash(src) if src.is_dir() else sha256_file(src)
-            evicted += self.cache.evict_for(dir_size(src))
-            size = self.cache.put_path(o.cache_name, src, levels.get(o.remote_name, CacheLevel.WORKFLOW))
-            cached.append(o.cache_name)
-            outs.append(o.model_copy(update={"size": size, "checksum": checksum}))
-        return res.model_copy(update={"outputs": outs})
-
     # ------------------------------------------------------------------ instructions out
 
     def _do(self, instructions: list[Instruction]) -> None:
         for ins in instructions:
             match ins:
                 case StartProcess():
-                    self._start_process(ins.assignment, ins.payload)
+                    failed = self.processes.start(ins.assignment, ins.payload)
+                    if failed is not None:
+                        self._feed(failed)
                 case StartCall():
                     self._start_call(ins.assignment, ins.payload)
                 case SendUpdate():
@@ -435,9 +394,7 @@ class WorkerService:
                     self.cache.remove(ins.name)
                     self.server.forget(ins.name)
                 case KillProcess():
-                    att = self.attempts.get((ins.task_id, ins.attempt))
-                    if att is not None and att.proc is not None:
-                        sandbox.kill_process(att.proc, att.pidfd)
+                    self.processes.kill(ins.task_id, ins.attempt)
                 case CancelCall():
                     lib = self.libraries.get(ins.library)
                     if lib is not None:
@@ -460,27 +417,6 @@ class WorkerService:
                     raise _Leave(ins.code)
                 case _:
                     assert_never(ins)
-
-    def _start_process(self, a: Assignment, payload: bytes) -> None:
-        att = sandbox.Attempt(a, self.sandboxes.take())
-        self.attempts[(a.spec.id, a.attempt)] = att
-        try:
-            for b in a.spec.inputs:
-                assert b.cache_name is not None
-                self.cache.link_into(b.cache_name, att.sandbox / b.remote_name)
-        except OSError as e:
-            self._exited(att, att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the sandbox: {e}"))
-            return
-        if a.spec.kind == TaskKind.PYTHON:
-            failed = sandbox.start_python(att, self.base_env, payload, self.starter)
-        else:
-            failed = sandbox.start_command(att, self.base_env)
-        if failed is not None:
-            self._exited(att, failed)
-            return
-        assert att.pidfd is not None
-        self.by_fd[att.pidfd] = att
-        self.poller.register(att.pidfd, zmq.POLLIN)
 
     def _start_call(self, a: Assignment, payload: bytes) -> None:
         lib = self.libraries.get(a.spec.library or "")
@@ -584,10 +520,7 @@ class WorkerService:
     def close(self) -> None:
         for lib in self.libraries.values():
             lib.stop()
-        for att in self.by_fd.values():
-            if att.proc is not None:
-                sandbox.kill_process(att.proc, att.pidfd)
-                att.proc.wait()
+        self.processes.close()
         if self.starter is not None:
             self.starter.close()
         self.sandboxes.clear()

@@ -1,5 +1,5 @@
 """A worker process started by the test itself (its pid, its transfer port, its workdir known),
-joined to a LocalCluster's manager."""
+joined to a LocalCluster's manager or to any address (a FakeManager's)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,20 @@ from kubevine import LocalCluster
 class OwnWorker:
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: LocalCluster | tuple[str, str],
         workdir: Path,
         *args: str,
         env: dict[str, str] | None = None,
         token_in_env: bool = True,
     ) -> None:
+        address, token = (cluster.address, cluster.token) if isinstance(cluster, LocalCluster) else cluster
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "kubevine", "worker", cluster.address, "--workdir", str(workdir)]
+        cmd = [sys.executable, "-m", "kubevine", "worker", address, "--workdir", str(workdir)]
         cmd += ["--cores", "2", "--memory", "2000", "--disk", "4000", *args]
         full_env = {**os.environ, **(env or {})}
         if token_in_env:
-            full_env["KUBEVINE_TOKEN"] = cluster.token
+            full_env["KUBEVINE_TOKEN"] = token
         self.log = open(workdir.parent / f"{workdir.name}.log", "ab")  # noqa: SIM115  # closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.ps = psutil.Process(self.proc.pid)
