@@ -14,7 +14,8 @@ The rules:
   worker while any task exists; clamped to [workers.min, workers.max].
 * Pending pods count as capacity (a pod on its way is not created twice); workers being
   drained do not. Pods that exist, draining or not, count against `max`: the pool never
-  has more than `max` pods.
+  has more than `max` pods — except a pod evicted from a node that stopped answering, which
+  runs nothing any more and may stay Terminating until that node returns.
 * Scale up at once, at most `max_create_per_step` pods per step.
 * Scale down only workers idle for at least `idleTimeoutSeconds`, never one that runs a
   task or holds the only replica of a temp file still needed, never below `min`, and
@@ -131,6 +132,11 @@ class WorkerPod(_Model):
     node: str | None = None
     finished_at: float | None = Field(default=None, description="unix time its container ended")
     failure: str | None = Field(default=None, description="why it failed (reason, exit code)")
+    lost: bool = Field(
+        default=False,
+        description="evicted from a node that stopped answering (DisruptionTarget, by the taint "
+        "manager): it runs nothing, and may stay Terminating until the node returns",
+    )
 
     @property
     def finished(self) -> bool:
@@ -152,6 +158,12 @@ class WorkerPod(_Model):
                 failure = f"{ended.get('reason') or 'Error'} (exit code {ended.get('exitCode')})"
         if phase == "Failed" and failure is None:
             failure = str(status.get("reason") or "Failed")
+        lost = any(
+            c.get("type") == "DisruptionTarget"
+            and c.get("status") == "True"
+            and c.get("reason") == "DeletionByTaintManager"
+            for c in status.get("conditions") or []
+        )
         return cls(
             name=meta["name"],
             phase=phase,
@@ -160,6 +172,7 @@ class WorkerPod(_Model):
             node=(pod.get("spec") or {}).get("nodeName"),
             finished_at=finished_at,
             failure=failure if phase == "Failed" else None,
+            lost=lost and bool(meta.get("deletionTimestamp")),
         )
 
 
@@ -408,7 +421,9 @@ def decide(
     delete = [p.name for p in pods if p.finished and not p.deleting and p.name not in kept]
     waits = [b for b in (backoff, crash_backoff(pods, now, policy)) if b is not None and b.until > now]
     wait = max(waits, key=lambda b: b.until) if waits else None
-    existing = [p for p in pods if not p.finished]  # count against max, deleting or not
+    # Count against max, deleting or not — but not a pod lost with its node: it runs nothing,
+    # and would hold its place until the node comes back.
+    existing = [p for p in pods if not p.finished and not p.lost]
     live = [p for p in existing if not p.deleting]
     by_pod = {w.pod: w for w in fresh.workers if w.pod} if fresh is not None else {}
 

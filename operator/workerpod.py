@@ -39,6 +39,11 @@ from kubevine.operator.spec import VineWorkflowSpec
 
 Manifest = dict[str, Any]
 
+#: The worker's workdir: a folder it makes itself inside the `work` emptyDir. An emptyDir
+#: belongs to root (mode 0777), and the worker makes its workdir private (0700), which only
+#: the folder's owner may do.
+WORKER_WORKDIR = f"{WORKDIR}/worker"
+
 #: Extra seconds of a worker pod's grace period beyond its drain timeout: time for the
 #: worker to report its last results and exit after the preStop hook returned.
 WORKER_GRACE_MARGIN_SECONDS = 30
@@ -116,7 +121,7 @@ def build_worker_pod(
         "--idle-timeout",
         "0",
         "--workdir",
-        WORKDIR,
+        WORKER_WORKDIR,
     ]
     container = {
         "name": "worker",
@@ -146,7 +151,7 @@ def build_worker_pod(
                         "kubevine",
                         "drain-local",
                         "--workdir",
-                        WORKDIR,
+                        WORKER_WORKDIR,
                         "--timeout",
                         str(workers.drain_timeout_seconds),
                     ]

@@ -581,6 +581,16 @@ def test_every_example_is_a_valid_vineworkflow(path: Path) -> None:
             kubernetes_validate.validate(other, "1.32.0", strict=True)
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_the_examples_name_no_image_so_they_follow_the_charts(path: Path) -> None:
+    """A workflow without `image` runs the operator's default, which the chart sets from its
+    `image.repository` and `image.tag`: the examples run whatever image the chart installed."""
+    for document in yaml.safe_load_all(path.read_text()):
+        if document and document.get("kind") == "VineWorkflow":
+            assert "image" not in document["spec"]
+            assert "image" not in (document["spec"].get("application") or {})
+
+
 def test_the_docs_reference_every_spec_field() -> None:
     docs = (ROOT / "docs" / "kubernetes.md").read_text()
     # Kubernetes types, documented as such

@@ -629,3 +629,32 @@ def test_every_decision_names_its_action_and_cause_in_one_word(
 ) -> None:
     decision = run(spec, st, pods, last)
     assert (decision.action, decision.cause) == (action, cause), decision.reason
+
+
+def test_a_pod_lost_with_its_node_does_not_hold_a_place_under_max() -> None:
+    lost = WorkerPod.from_k8s(
+        {
+            "metadata": {
+                "name": "gone",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "deletionTimestamp": "x",
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}
+                ],
+            },
+        }
+    )
+    assert lost.lost and lost.deleting
+    pods = [pod("a"), pod("b"), lost]
+    decision = run(pool(max=3), stats(demand(waiting=10), busy("a"), busy("b")), pods)
+    assert decision.create == 1  # the replacement is made now, not when the node comes back
+    draining = pod("c", deleting=True)  # an ordinary pod on its way out still counts
+    assert (
+        run(
+            pool(max=3), stats(demand(waiting=10), busy("a"), busy("b")), [pod("a"), pod("b"), draining]
+        ).create
+        == 0
+    )

@@ -38,6 +38,8 @@ FAST_VALUES: dict[str, Any] = {
         "resyncSeconds": 3,
     },
     "nodeCache": {"keeper": {"intervalSeconds": 2, "staleSeconds": 5}},
+    # The operator stays on node-a, so that a test may tear down node-b or node-c.
+    "nodeSelector": {"kubernetes.io/hostname": "node-a"},
 }
 
 
@@ -198,6 +200,92 @@ def pool_spec(**workers: Any) -> dict[str, Any]:
             "drainTimeoutSeconds": 20,
             **workers,
         },
+    }
+
+
+def redis_server(password: str = "s3cret-redis", node: str = "node-a") -> list[dict[str, Any]]:
+    """A Redis of the namespace's own (a Deployment and Service `redis`, its password in the
+    Secret `redis-auth`) for workflows with an external state store, on `node`."""
+    labels = {"app": "redis"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "redis-auth"},
+            "stringData": {"password": password},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "redis"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "containers": [
+                            {
+                                "name": "redis",
+                                "image": "redis:7.4-alpine",
+                                "args": [
+                                    "--port",
+                                    "6379",
+                                    "--bind",
+                                    "0.0.0.0",
+                                    "--requirepass",
+                                    "$(PASSWORD)",
+                                    "--save",
+                                    "",
+                                ],
+                                "env": [
+                                    {
+                                        "name": "PASSWORD",
+                                        "valueFrom": {
+                                            "secretKeyRef": {"name": "redis-auth", "key": "password"}
+                                        },
+                                    }
+                                ],
+                                "ports": [{"name": "redis", "containerPort": 6379}],
+                                "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 1},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "redis"},
+            "spec": {"selector": labels, "ports": [{"name": "redis", "port": 6379, "targetPort": 6379}]},
+        },
+    ]
+
+
+def external_store(namespace: str, db: int = 0) -> dict[str, Any]:
+    """The stateStore of a workflow that uses `redis_server()`."""
+    return {
+        "redisUrl": f"redis://redis.{namespace}.svc:6379/{db}",
+        "credentialsSecret": {"name": "redis-auth"},
+    }
+
+
+def preferred_spread() -> dict[str, Any]:
+    """Preferred anti-affinity among a workflow's workers: one per node when the nodes allow."""
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "worker"}},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        }
     }
 
 
