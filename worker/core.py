@@ -34,6 +34,7 @@ from typing import Protocol, assert_never
 
 from kubevine.ids import CacheName, TaskId
 from kubevine.protocol import (
+    MAX_MESSAGE,
     Assignment,
     AttemptResult,
     CacheLevel,
@@ -89,6 +90,7 @@ from kubevine.worker.instructions import (
     SendGoodbye,
     SendLibraryStatus,
     SendUpdate,
+    SpillValue,
     StartCall,
     StartLibrary,
     StartProcess,
@@ -99,6 +101,7 @@ from kubevine.worker.states import LibraryState, SlotState
 log = logging.getLogger(__name__)
 
 UPDATE_WINDOW = 0.002  # seconds between updates while processes run here (see _flush)
+UPDATE_BYTES = MAX_MESSAGE // 2  # frames in one update at most (results past it go in the next)
 CALL_START_DELAY = 0.005  # a call's start is reported only once it has run this long
 
 Done = tuple[AttemptResult, list[bytes]]  # a result and its frames (stdout, value, outputs)
@@ -149,8 +152,10 @@ class WorkerCore:
         now: float = 0.0,
         idle_timeout: float = 0.0,
         pins: dict[CacheName, int] | None = None,
+        inline_max: int = MAX_MESSAGE // 8,
     ) -> None:
         self.resources = resources
+        self.inline_max = inline_max  # a call value larger than this is spilled (chunks.INLINE_MAX)
         self.cache = cache
         self.idle_timeout = idle_timeout  # leave after this long without tasks (0: never)
         self.used = Tally()
@@ -161,6 +166,7 @@ class WorkerCore:
         self.running = 0  # processes started and not exited (killed ones included)
         self.libraries: dict[str, Library] = {}
         self.doomed: set[CacheName] = set()  # undeclared while a task read them
+        self.waiting: dict[CacheName, list[TaskId]] = {}  # tasks queued for each missing file
         # what the manager has not heard yet
         self.started: list[TaskRef] = []
         self.finished: list[Done] = []
@@ -326,6 +332,7 @@ class WorkerCore:
         for b in a.spec.inputs:
             if b.cache_name is not None and not self._obtain(b, stages):
                 slot.missing.add(b.cache_name)
+                self.waiting.setdefault(b.cache_name, []).append(tid)
 
     def _obtain(self, b: FileBinding, stages: Mapping[CacheName, StageIn]) -> bool:
         """Whether ``b`` is in the cache; if not, have it fetched or made."""
@@ -441,6 +448,8 @@ class WorkerCore:
         kept = value_output(a.spec.outputs) if res.outcome == Outcome.SUCCESS and frames else None
         if kept is not None:
             self.out.append(KeepValue(res, frames[0], kept))
+        elif frames and res.output_frame is not None and len(frames[res.output_frame]) > self.inline_max:
+            self.out.append(SpillValue(res, frames[res.output_frame]))  # too large for a message
         else:
             self.finished.append((res, list(frames)))
 
@@ -468,15 +477,18 @@ class WorkerCore:
         self.transfers += e.transfers
         self.evicted += e.evicted
         self.new_cached += e.cached
-        for name in e.present:
-            for slot in self.slots.values():
-                slot.missing.discard(name)
+        for name in e.present:  # (an index by name: a task of 10,000 inputs costs O(inputs))
+            for tid in self.waiting.pop(name, ()):
+                slot = self.slots.get(tid)
+                if slot is not None:
+                    slot.missing.discard(name)
 
     def _fetch_failed(self, failures: Sequence[tuple[CacheName, str]]) -> None:
         """Tasks waiting for a file that could not be had fail; nothing else does."""
         for name, why in failures:
-            for slot in list(self.slots.values()):
-                if slot.state is SlotState.QUEUED and name in slot.missing:
+            for tid in self.waiting.pop(name, ()):
+                slot = self.slots.get(tid)
+                if slot is not None and slot.state is SlotState.QUEUED and name in slot.missing:
                     self._fail_now(
                         slot, Outcome.INPUT_MISSING, f"input {name} could not be fetched or made: {why}"
                     )
@@ -576,20 +588,27 @@ class WorkerCore:
         if not force and self.running and now - self.last_update < UPDATE_WINDOW:
             return
         self.last_update = now
-        results: list[AttemptResult] = []
-        frames: list[bytes] = []
+        batches: list[tuple[list[AttemptResult], list[bytes]]] = [([], [])]
         for res, fr in self.finished:
+            results, frames = batches[-1]
+            size = sum(map(len, fr))
+            if results and sum(map(len, frames)) + size > UPDATE_BYTES:  # the next message
+                batches.append(([], []))
+                results, frames = batches[-1]
             results.append(_shifted(res, len(frames)))
             frames += fr
             self.unacked[(res.task_id, res.attempt)] = (res, fr)
+        first = batches[0]
         update = WorkerUpdate(
             started=self.started,
-            results=results,
+            results=first[0],
             cached=self.new_cached,
             evicted=self.evicted,
             transfers=self.transfers,
         )
-        self.out.append(SendUpdate(update, frames))
+        self.out.append(SendUpdate(update, first[1]))
+        for results, frames in batches[1:]:
+            self.out.append(SendUpdate(WorkerUpdate(results=results), frames))
         self.started, self.finished, self.new_cached = [], [], []
         self.transfers, self.evicted = [], []
 

@@ -70,6 +70,15 @@ class KeepValue:
     binding: FileBinding
 
 
+@dataclass(slots=True)
+class SpillValue:
+    """A call's result is too large for a message: keep it in the cache under its spill name
+    (``AttemptResult.output_spill``); answer with ValueKept."""
+
+    result: AttemptResult
+    data: bytes
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -170,6 +179,7 @@ Instruction = (
     | CancelCall
     | KillProcess
     | KeepValue
+    | SpillValue
     | Adopt
     | Fetch
     | Derive

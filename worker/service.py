@@ -28,6 +28,7 @@ from typing import assert_never
 import zmq
 
 from kubevine.auth import Credentials
+from kubevine.chunks import INLINE_MAX
 from kubevine.digest import sha256_bytes
 from kubevine.ids import CacheName, WorkerId
 from kubevine.protocol import (
@@ -57,6 +58,7 @@ from kubevine.protocol import (
     WorkerInfo,
     WorkerWork,
     frame,
+    replace,
     value_output,
 )
 from kubevine.resources import Resources
@@ -82,6 +84,7 @@ from kubevine.worker.instructions import (
     SendGoodbye,
     SendLibraryStatus,
     SendUpdate,
+    SpillValue,
     StartCall,
     StartLibrary,
     StartProcess,
@@ -153,7 +156,12 @@ class WorkerService:
         pins: dict[CacheName, int] = {}  # kept by the core, read by the cache (never evicts them)
         self.cache = Cache(config.cache_dir or config.workdir / "cache", limit_mb * 1024 * 1024, pins)
         self.core = WorkerCore(
-            self.resources, self.cache, now=time.monotonic(), idle_timeout=config.idle_timeout, pins=pins
+            self.resources,
+            self.cache,
+            now=time.monotonic(),
+            idle_timeout=config.idle_timeout,
+            pins=pins,
+            inline_max=INLINE_MAX,
         )
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.poller = zmq.Poller()
@@ -401,6 +409,8 @@ class WorkerService:
                         lib.outbox = [c for c in lib.outbox if c[0].spec.id != ins.task_id]
                 case KeepValue():
                     self._keep_value(ins)
+                case SpillValue():
+                    self._spill_value(ins)
                 case StartLibrary():
                     self._install_library(ins)
                 case RestartLibrary():
@@ -461,6 +471,21 @@ class WorkerService:
         self._feed(
             ev.ValueKept(res.model_copy(update={"output_frame": None, "outputs": [out]}), name, evicted)
         )
+
+    def _spill_value(self, ins: SpillValue) -> None:
+        """A call's result too large for a message stays here, under its spill name."""
+        name = CacheName("spill-" + sha256_bytes(ins.data))
+        evicted: list[CacheName] = []
+        try:
+            evicted += self.cache.evict_for(len(ins.data))
+            self.cache.put_bytes(name, ins.data)
+        except OSError as e:
+            why = f"its result ({len(ins.data)} bytes) could not be kept: {e}"
+            bad = replace(ins.result, outcome=Outcome.SANDBOX_ERROR, output_frame=None, error=why)
+            self._feed(ev.ValueKept(bad, None, evicted))
+            return
+        res = replace(ins.result, output_frame=None, output_spill=name)
+        self._feed(ev.ValueKept(res, name, evicted))
 
     # ------------------------------------------------------------------ libraries
 
