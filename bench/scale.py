@@ -18,7 +18,8 @@ figures are for a 2-core one):
                 simulated worker (the lease has run out first: --lease-ttl 1)
   durable cost  bench/calls.py's calls (10,000 FunctionCalls, direct mode) and bench/commands.py's
                 commands (2,000 x /bin/true) on 2 real workers x 1 core, state in memory and in
-                Redis, alternated in the same run
+                Redis, alternated in the same run; the rates, and the manager's CPU per task
+                (steadier than rates on a shared machine)
   serverless    fork-mode FunctionCalls and PythonTasks on 2 real workers x 1 core; the single
                 call's round trip (p50, p99) on a quiet manager
 
@@ -27,7 +28,7 @@ line of the output is one JSON object with the headline figures. Every process s
 is stopped when the bench ends, also when it fails. Not a test: it never fails because the
 machine is slow.
 
-    python bench/scale.py [--quick] [--only dispatch,queue,durable,serverless] [--profile DIR]
+    python bench/scale.py [--quick] [--only idle,dispatch,queue,durable,serverless] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ from kubevine.admin import Admin
 from kubevine.simworker import SimStats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from calls import inc, kubevine_calls, kubevine_latency, kubevine_python_tasks
-from commands import bench_kubevine as kubevine_commands
+from calls import inc, kubevine_latency, kubevine_python_tasks
 
 TOKEN = f"bench-scale-{uuid.uuid4().hex}"
 PER_PROCESS = 1000  # simulated workers per simulator process
@@ -536,43 +536,59 @@ def restart_after_kill(work: Path, rs: RedisServer, m: ManagerProc, name: str, n
 # --------------------------------------------------------------------------- real workers
 
 
-def fork_calls(n: int) -> float:
+def real_run(kind: str, n: int, redis_url: str | None = None) -> tuple[float, float]:
+    """``n`` FunctionCalls of ``inc`` (``kind`` "direct" or "fork": the library's exec_mode) or
+    ``n`` ``/bin/true`` commands ("commands") on 2 real workers x 1 core, as bench/calls.py and
+    bench/commands.py run them: (per second, manager CPU microseconds per task). The rate moves
+    with whatever else the machine runs; the manager's CPU per task much less."""
     with (
-        kubevine.LocalCluster(workers=2, cores=1) as c,
+        kubevine.LocalCluster(workers=2, cores=1, redis=redis_url) as c,
         kubevine.Manager(c.address, token=c.token) as m,
     ):
-        lib = m.create_library_from_functions("forked", inc, exec_mode="fork")
-        lib.set_cores(1)
-        m.install_library(lib)
-        for i in range(200):
-            m.submit(FunctionCall("forked", "inc", i))
+        if kind != "commands":
+            lib = m.create_library_from_functions("bench", inc, exec_mode=kind)
+            lib.set_cores(1)
+            m.install_library(lib)
+
+        def task(i: int) -> Task:
+            return Task("/bin/true") if kind == "commands" else FunctionCall("bench", "inc", i)
+
+        for i in range(200):  # warm: libraries started, sandboxes made
+            m.submit(task(i))
         while m.wait(60):
             pass
+        assert c.manager is not None
+        ps = psutil.Process(c.manager.pid)
+        cpu0 = sum(ps.cpu_times()[:2])
         t0 = time.perf_counter()
         for i in range(n):
-            m.submit(FunctionCall("forked", "inc", i))
+            m.submit(task(i))
         total = 0
         while (t := m.wait(120)) is not None:
-            total += t.output
+            assert t.successful(), (t.result, t.error)
+            total += t.output if kind != "commands" else 1
         dt = time.perf_counter() - t0
-    assert total == sum(range(1, n + 1)), "wrong results"
-    return n / dt
+        cpu = sum(ps.cpu_times()[:2]) - cpu0
+    assert total == (n if kind == "commands" else sum(range(1, n + 1))), "wrong results"
+    return n / dt, 1e6 * cpu / n
 
 
 def durable_cost(rs: RedisServer, calls: int, commands: int, runs: int) -> dict[str, Any]:
     """The same benchmark with state in memory and in Redis, alternated run by run."""
     out: dict[str, Any] = {"load": load()}
-    benches: list[tuple[str, Callable[[str | None], float]]] = [
-        ("calls", lambda url: kubevine_calls(calls, url)),
-        ("commands", lambda url: kubevine_commands(commands, url)),
-    ]
-    for label, fn in benches:
-        mem: list[float] = []
-        red: list[float] = []
+    for label, kind, n in (("calls", "direct", calls), ("commands", "commands", commands)):
+        mem: list[tuple[float, float]] = []
+        red: list[tuple[float, float]] = []
         for _ in range(runs):
-            mem.append(fn(None))
-            red.append(fn(rs.url))
-        out[label] = (statistics.median(mem), statistics.median(red), mem, red)
+            mem.append(real_run(kind, n))
+            red.append(real_run(kind, n, rs.url))
+        out[label] = {
+            "memory": statistics.median(r for r, _ in mem),
+            "redis": statistics.median(r for r, _ in red),
+            "cpu_memory": statistics.median(c for _, c in mem),
+            "cpu_redis": statistics.median(c for _, c in red),
+            "runs": (mem, red),
+        }
     return out
 
 
@@ -676,21 +692,22 @@ def main() -> None:
             runs = 2 if quick else 3
             d = durable_cost(rs, 5000 if quick else 10_000, 1000 if quick else 2000, runs)
             print_durable(d, runs)
-            summary["redis_cost_calls"] = round(1 - d["calls"][1] / d["calls"][0], 3)
-            summary["redis_cost_commands"] = round(1 - d["commands"][1] / d["commands"][0], 3)
-            summary["calls_per_s_memory"], summary["calls_per_s_redis"] = (
-                round(d["calls"][0]),
-                round(d["calls"][1]),
-            )
+            for label in ("calls", "commands"):
+                x = d[label]
+                summary[f"redis_cost_{label}"] = round(1 - x["redis"] / x["memory"], 3)
+                summary[f"redis_cpu_cost_{label}"] = round(x["cpu_redis"] / x["cpu_memory"] - 1, 3)
+            summary["calls_per_s_memory"] = round(d["calls"]["memory"])
+            summary["calls_per_s_redis"] = round(d["calls"]["redis"])
         if "serverless" in only:
             load_at = load()
-            fork = statistics.median(fork_calls(2000 if quick else 5000) for _ in range(1 if quick else 3))
+            forks = [real_run("fork", 2000 if quick else 5000) for _ in range(1 if quick else 3)]
+            fork = statistics.median(r for r, _ in forks)
             py = kubevine_python_tasks(500 if quick else 1000)
             p50, p99 = kubevine_latency(200 if quick else 500)
             print(f"\nserverless on 2 real workers x 1 core (load {load_at})")
-            print(
-                f"  fork-mode FunctionCalls   {fork:8.0f} calls/s   target >= 2,000: {verdict(fork >= 2000)}"
-            )
+            fork_cpu = statistics.median(c for _, c in forks)
+            print(f"  fork-mode FunctionCalls   {fork:8.0f} calls/s   target >= 2,000: "
+                  f"{verdict(fork >= 2000)}   (manager CPU {fork_cpu:.0f} us/call)")  # fmt: skip
             print(f"  PythonTasks               {py:8.0f} tasks/s   target >= 1,000: {verdict(py >= 1000)}")
             print(f"  single call round trip    p50 {p50:.2f} ms, p99 {p99:.2f} ms   target p50 <= 0.5 ms: "
                   f"{verdict(p50 <= 0.5)}")  # fmt: skip
@@ -820,12 +837,16 @@ def queue_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def print_durable(d: dict[str, Any], runs: int) -> None:
     print(f"\ndurable state: memory vs Redis, 2 real workers x 1 core, median of {runs} (load {d['load']})")
     for label, target in (("calls", 0.10), ("commands", 0.05)):
-        mem, red, ms, rs_ = d[label]
-        cost = 1 - red / mem
+        x = d[label]
+        cost = 1 - x["redis"] / x["memory"]
+        cpu_cost = x["cpu_redis"] / x["cpu_memory"] - 1
+        mem, red = x["runs"]
         print(
-            f"  {label:8} memory {mem:7.0f}/s  Redis {red:7.0f}/s  cost {100 * cost:5.1f} %   "
-            f"target <= {100 * target:.0f} %: {verdict(cost <= target)}   "
-            f"(runs: {', '.join(f'{x:.0f}' for x in ms)} | {', '.join(f'{x:.0f}' for x in rs_)})",
+            f"  {label:8} memory {x['memory']:7.0f}/s  Redis {x['redis']:7.0f}/s  cost {100 * cost:5.1f} %   "
+            f"target <= {100 * target:.0f} %: {verdict(cost <= target)}\n"
+            f"           manager CPU {x['cpu_memory']:.0f} -> {x['cpu_redis']:.0f} us/task "
+            f"(+{100 * cpu_cost:.0f} %)   runs: {', '.join(f'{r:.0f}' for r, _ in mem)} | "
+            f"{', '.join(f'{r:.0f}' for r, _ in red)}",
             flush=True,
         )
 
