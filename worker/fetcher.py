@@ -28,6 +28,7 @@ import tarfile
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 PEER_TIMEOUT = 30.0  # seconds a source may go without sending a piece before the next is tried
 NODE_WAIT = 300.0  # seconds to wait for a file another worker of the node is bringing
 MANAGER_PIECES_GRACE = 3.0  # seconds before a manager silent on pieces is asked for whole files
+MAX_ACTIVE = 128  # fetches under way at once (each holds a lock file open); the rest wait their turn
 
 AskManager = Callable[[list[PieceRef], list[CacheName]], None]
 
@@ -81,7 +83,9 @@ class Fetcher:
         self.proof = creds.transfer_proof()
         self.ask_manager = ask_manager
         self.register = register
-        self.fetches: dict[CacheName, Fetch] = {}
+        self.fetches: dict[CacheName, Fetch] = {}  # wanted: under way, or waiting in `pending`
+        self.pending: deque[Fetch] = deque()  # not started yet (at most MAX_ACTIVE run at once)
+        self.active = 0
         self.peers: dict[str, zmq.Socket[bytes]] = {}
         self.arrived: list[tuple[CacheName, TransferRecord]] = []
         self.failed: list[tuple[CacheName, str]] = []
@@ -97,12 +101,22 @@ class Fetcher:
     # -- requests -------------------------------------------------------------------
 
     def want(self, stage: StageIn, mode: int | None = None) -> None:
+        """Fetch this file (now, or once fewer than MAX_ACTIVE fetches are under way)."""
         name = stage.cache_name
         if name in self.fetches:
             return
         f = Fetch(stage, mode)
         self.fetches[name] = f
-        self._advance(f)
+        self.pending.append(f)
+        self.start_pending()
+
+    def start_pending(self) -> None:
+        while self.pending and self.active < MAX_ACTIVE:
+            f = self.pending.popleft()
+            if self.fetches.get(f.stage.cache_name) is f:
+                self.active += 1
+                f.started = time.perf_counter()
+                self._advance(f)
 
     def _advance(self, f: Fetch) -> None:
         """Start the next attempt for ``f``: the file is here, a sibling has it, or a source."""
@@ -115,7 +129,7 @@ class Fetcher:
                 f.sibling = True
                 f.deadline = time.monotonic() + NODE_WAIT
             elif time.monotonic() > f.deadline:
-                del self.fetches[name]
+                self._drop(f)
                 self.failed.append((name, f"no copy appeared on this node in {NODE_WAIT:.0f}s"))
             return
         if not self.cache.try_lock(name):
@@ -128,7 +142,7 @@ class Fetcher:
         f.source += 1
         if f.source >= len(f.stage.sources):
             self.cache.unlock(name)
-            del self.fetches[name]
+            self._drop(f)
             self.failed.append((name, "; ".join(f.errors) or "no source has it"))
             return
         src = f.stage.sources[f.source]
@@ -170,7 +184,8 @@ class Fetcher:
             self._ask_pieces.append(PieceRef(cache_name=f.stage.cache_name, offset=offset, length=length))
 
     def flush(self) -> None:
-        """Send what was asked of the manager this turn, in one request."""
+        """Start fetches that may start; send what was asked of the manager, in one request."""
+        self.start_pending()
         if self._ask_pieces or self._ask_whole:
             pieces, whole = self._ask_pieces, list(dict.fromkeys(self._ask_whole))
             self._ask_pieces, self._ask_whole = [], []
@@ -325,9 +340,14 @@ class Fetcher:
         )
         self._done(f, rec)
 
+    def _drop(self, f: Fetch) -> None:
+        """``f`` is over (arrived or failed): its place goes to the next pending fetch."""
+        if self.fetches.pop(f.stage.cache_name, None) is not None:
+            self.active -= 1
+
     def _done(self, f: Fetch, rec: TransferRecord) -> None:
         name = f.stage.cache_name
-        self.fetches.pop(name, None)
+        self._drop(f)
         self.cache.adopt(name, f.stage.cache)
         self.arrived.append((name, rec))
         self.records.append(rec)
@@ -377,6 +397,8 @@ class Fetcher:
         """Waits on siblings, silent sources and lost requests: look again, ask again."""
         now = time.monotonic()
         for f in list(self.fetches.values()):
+            if f.source < 0 and not f.sibling:
+                continue  # pending: not started
             if f.sibling:
                 self._advance(f)  # its copy may have landed, or the sibling gave up
                 continue

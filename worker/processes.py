@@ -21,6 +21,7 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -67,9 +68,10 @@ class Processes:
         """Start the attempt's process; an event only if it could not start."""
         att = sandbox.Attempt(a, self.sandboxes.take())
         self.attempts[(a.spec.id, a.attempt)] = att
+        made = {str(att.sandbox)}
         try:
             for b in a.spec.inputs:
-                self._place(b, att.sandbox / b.remote_name)
+                self._place(b, att.sandbox / b.remote_name, made)
         except OSError as e:
             return self._exited(
                 att, att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the sandbox: {e}")
@@ -92,23 +94,32 @@ class Processes:
         self.poller.register(att.out_fd, zmq.POLLIN)
         return None
 
-    def _place(self, b: FileBinding, dest: Path) -> None:
+    def _place(self, b: FileBinding, dest: Path, made: set[str]) -> None:
         """An input in the sandbox: a link to the cache copy, or a copy with its own mode."""
         assert b.cache_name is not None
+        src = self.cache.path(b.cache_name)
+        parent = os.path.dirname(dest)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        self.cache.used(b.cache_name)
         if b.symlink:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.cache.used(b.cache_name)
-            os.symlink(self.cache.path(b.cache_name), dest)
+            os.symlink(src, dest)
+            return
+        st = os.stat(src)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.copytree(src, dest, symlinks=True)  # (a task writing into it must not change the cache)
             return
         mode = wanted_mode(b)
-        src = self.cache.path(b.cache_name)
-        if mode is None or src.is_dir() or (src.stat().st_mode & 0o700) == (mode & 0o700):
-            self.cache.link_into(b.cache_name, dest)  # the owner's bits are what the task sees
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self.cache.used(b.cache_name)
+        if mode is None or (st.st_mode & 0o700) == (mode & 0o700):  # the owner's bits are what it sees
+            try:
+                os.link(src, dest)
+                return
+            except OSError:
+                pass
         shutil.copyfile(src, dest)
-        os.chmod(dest, mode)
+        if mode is not None:
+            os.chmod(dest, mode)
 
     # ------------------------------------------------------------------ while they run
 

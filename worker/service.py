@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -98,6 +99,7 @@ from kubevine.worker.transfer import TransferServer
 log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.2  # seconds the loop sleeps at most when nothing is due
+TURN_BUDGET = 0.05  # seconds of manager messages handled per turn (the rest in the next turns)
 
 
 class WorkerRefused(Exception):
@@ -204,6 +206,7 @@ class WorkerService:
         )
         self.libraries: dict[str, LibraryInstance] = {}
         self.signals = 0  # SIGTERM/SIGINT received, not yet handed to the core
+        self.inbox: deque[tuple[WorkerWork, list[bytes]]] = deque()  # read, not yet handled
         self.connected_once = False  # welcomed at least once (--single-shot leaves when it ends)
         self.next_expire = 0.0  # when idle transfer sources are next forgotten
 
@@ -276,11 +279,16 @@ class WorkerService:
                 self._feed(exited)
             self._library_events(events)
             self._transfer_events(events)
-        for msg, frames in self.session.read(events):
+        self.inbox.extend(self.session.read(events))
+        budget = time.perf_counter() + TURN_BUDGET
+        while self.inbox:  # at most TURN_BUDGET of messages a turn: peers and processes wait no longer
+            msg, frames = self.inbox.popleft()
             try:
                 self._on_message(msg, frames)
             except ProtocolError as e:
                 log.error("worker %s: bad message from the manager: %s", self.worker_id, e)
+            if time.perf_counter() > budget:
+                break
         self.processes.watch()
         now = time.monotonic()
         if self.fetcher.fetches or self.deriver.jobs:
@@ -302,6 +310,8 @@ class WorkerService:
         return False
 
     def _poll_ms(self) -> float:
+        if self.inbox:
+            return 0.0
         wait = min(IDLE_POLL, self.session.due_in())
         due = self.core.wake_at()
         if due is not None:
