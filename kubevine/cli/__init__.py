@@ -417,11 +417,13 @@ def _worker_debug(flags: str | None, path: str | None) -> None:
     if flags is None and path is None:
         return
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
+    for logger in (root, log):
+        logger.setLevel(logging.DEBUG)
     if path is not None:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+    log.debug("debug logging on (%s)%s", flags or "all", f" to {path}" if path else "")
 
 
 def _manager_address(parts: list[str]) -> str:

@@ -33,8 +33,11 @@ from kubevine.protocol import (
 
 
 class FakeManager:
-    def __init__(self, encrypt: bool = False) -> None:
+    def __init__(self, encrypt: bool = False, heartbeat_timeout: float = 30.0) -> None:
         self.token = generate_token()
+        self.encrypt = encrypt
+        self.heartbeat_timeout = heartbeat_timeout
+        self.hello: Hello | None = None
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock: zmq.Socket[bytes] = Credentials(self.token, encrypt).server(ctx.socket(zmq.ROUTER))
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -66,12 +69,12 @@ class FakeManager:
         msg, frames = decode(body, FROM_WORKER)
         match msg:
             case Hello():
-                self.ident = ident
+                self.ident, self.hello = ident, msg
                 welcome = Welcome(
                     workflow="fake",
                     manager_id=uuid.uuid4().hex,
                     heartbeat_interval=0.5,
-                    heartbeat_timeout=30.0,
+                    heartbeat_timeout=self.heartbeat_timeout,
                 )
                 self.send(welcome)
             case Heartbeat():
