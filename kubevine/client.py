@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, overload
 from kubevine import auth
 from kubevine.clientio import Connection, ConnectionRefused, Shared, StoreUnavailable
 from kubevine.files_api import FileAPI
-from kubevine.ids import CacheName, ClientId, TaskId
+from kubevine.ids import ClientId, TaskId
 from kubevine.protocol import (
+    MAX_MESSAGE,
     Cancel,
     FileBinding,
     FileKind,
@@ -49,7 +50,7 @@ from kubevine.protocol import (
 from kubevine.serverless import FunctionCall, Library, auto_library_name
 from kubevine.states import ClientState
 from kubevine.stats import ManagerStatus
-from kubevine.task import File, Task, env_name, temp_name
+from kubevine.task import File, Task, Upload, env_name, temp_name
 from kubevine.vine_api import VineAPI
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from kubevine.taskcache import TasksCache
 
 log = logging.getLogger(__name__)
+
+PAYLOAD_MAX = MAX_MESSAGE - (1 << 20)  # a task's pickled function and arguments: one message
 
 __all__ = ["ConnectionRefused", "Manager", "StoreUnavailable", "as_completed"]
 
@@ -282,15 +285,21 @@ class Manager(FileAPI, VineAPI):
         if self._tasks_cache is not None and self._cached(task, inputs, outputs):
             assert task.id is not None
             return task.id
+        payload = task.payload()
+        if payload is not None and len(payload) > PAYLOAD_MAX:
+            raise ValueError(
+                f"{task!r}: its function and arguments pickle to {len(payload) / 2**20:.0f} MiB, more than "
+                f"one message carries ({PAYLOAD_MAX >> 20} MiB): pass large data as a file "
+                "(m.declare_buffer / m.declare_file, t.add_input) and read it in the task"
+            )
         st = self._st
         with st.lock:
             self._take_id(task)
             spec = task.spec(inputs, outputs)
-            payload = task.payload()
-            for name, data in files:
-                if name not in st.out.sent_files:
-                    st.out.sent_files.add(name)
-                    st.out.files.append((name, data))
+            for up in files:
+                if up.name not in st.out.sent_files:
+                    st.out.sent_files.add(up.name)
+                    st.out.files.append(up)
             assert task.id is not None
             st.tasks[task.id] = task
             first = not st.out.pending
@@ -300,12 +309,10 @@ class Manager(FileAPI, VineAPI):
             self._conn.wake()
         return task.id
 
-    def _bindings(
-        self, task: Task
-    ) -> tuple[list[FileBinding], list[FileBinding], list[tuple[CacheName, bytes]]]:
+    def _bindings(self, task: Task) -> tuple[list[FileBinding], list[FileBinding], list[Upload]]:
         """The task's files as the wire names them, and the client files to upload with it."""
         inputs: list[FileBinding] = []
-        files: list[tuple[CacheName, bytes]] = []
+        files: list[Upload] = []
         for f, remote in task.inputs:
             b = f.binding(remote)  # raises FileNotFoundError for a missing input
             strict, symlink = task._mounts.get((id(f), remote), (False, False))
@@ -373,12 +380,12 @@ class Manager(FileAPI, VineAPI):
             task._future.set_result(task)
         return True
 
-    def _uploads(self, f: File, files: list[tuple[CacheName, bytes]]) -> None:
+    def _uploads(self, f: File, files: list[Upload]) -> None:
         """The client's files ``f`` needs (itself, or what it is made from), each sent once."""
         for u in f.uploads():
             name = u.cache_name()
-            if name not in self._st.out.sent_files and all(n != name for n, _ in files):
-                files.append((name, u.content()))
+            if name not in self._st.out.sent_files and all(up.name != name for up in files):
+                files.append(u.upload())
 
     def _take_id(self, task: Task) -> None:
         """Give ``task`` the next id of this client's block (called with the lock held)."""
@@ -468,14 +475,14 @@ class Manager(FileAPI, VineAPI):
     def install_library(self, lib: Library) -> None:
         """Make a library available; the manager starts it on workers as calls need it."""
         self._check_open()
-        files: list[tuple[CacheName, bytes]] = []
+        files: list[Upload] = []
         for f in [*(f for f, _ in lib.inputs), *lib.environments]:
             self._uploads(f, files)
         with self._st.lock:  # sent before any call submitted after this line
-            for name, data in files:
-                if name not in self._st.out.sent_files:
-                    self._st.out.sent_files.add(name)
-                    self._st.out.files.append((name, data))
+            for up in files:
+                if up.name not in self._st.out.sent_files:
+                    self._st.out.sent_files.add(up.name)
+                    self._st.out.files.append(up)
             self._st.out.setup.append((InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]))
             self._st.libraries[lib.name] = lib
         self._conn.wake()

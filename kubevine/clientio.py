@@ -33,6 +33,7 @@ from kubevine import filetree
 from kubevine.auth import Credentials
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
+    MAX_PIECE,
     PROTOCOL_VERSION,
     TO_CLIENT,
     ClientResult,
@@ -61,6 +62,7 @@ from kubevine.protocol import (
 )
 from kubevine.session import Session
 from kubevine.states import ClientState
+from kubevine.task import Upload
 
 if TYPE_CHECKING:
     from kubevine.serverless import Library
@@ -69,6 +71,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Pending = tuple[TaskSpec, bytes | None]  # a submission: its spec and its pickled payload
+BATCH_BYTES = 16 << 20  # payload or file bytes in one message at most (the limit is MAX_MESSAGE)
+PIECE_BUDGET = 8 << 20  # file bytes taken from the outbox per send (the socket's queue bounds the rest)
+SEND_QUEUE = 64  # messages the client's socket queues before a send waits for the network
 
 
 class ConnectionRefused(ConnectionError):
@@ -90,7 +95,7 @@ class Outbox:
     """What is waiting to be sent, in the order it must leave (no I/O here)."""
 
     pending: list[Pending] = field(default_factory=list)  # submissions
-    files: list[tuple[CacheName, bytes]] = field(default_factory=list)  # client files to upload
+    files: list[Upload] = field(default_factory=list)  # client files to upload, in order
     sent_files: set[CacheName] = field(default_factory=set)  # uploaded (or queued) already
     acks: list[TaskId] = field(default_factory=list)  # results handed to user code
     # control messages, each with how many queued submissions precede it (sent in that order)
@@ -109,35 +114,81 @@ class Outbox:
         else:
             self.add_control(UndeclareFiles(cache_names=[name]))
 
-    def messages(self) -> list[tuple[_Msg, list[bytes]]]:
-        """Everything queued, as messages in the order they must leave; the box is emptied."""
+    def messages(self, budget: int = PIECE_BUDGET) -> list[tuple[_Msg, list[bytes]]]:
+        """What is queued, as messages in the order they must leave, taken out of the box.
+
+        Files go in pieces (at most ``budget`` bytes of them per call); while one is still
+        being sent, what was queued after it (submissions that read it) waits for the next
+        call, so a large upload never sits in memory whole and never overtakes its order."""
         out: list[tuple[_Msg, list[bytes]]] = list(self.setup)
-        if self.files:
-            metas = [FileMeta(cache_name=n, size=len(d), frame=i) for i, (n, d) in enumerate(self.files)]
-            out.append((PutFiles(files=metas), [d for _, d in self.files]))
+        self.setup = []
         if self.acks:
             out.append((ResultsAck(task_ids=self.acks), []))
+            self.acks = []
+        if not self._pieces(out, budget):
+            return out  # more of a file to send: what follows it waits
         done = 0
         for msg, extra, before in self.control:
             if before > done:
-                out.append(_submit(self.pending[done:before]))
+                out += _submits(self.pending[done:before])
                 done = before
             out.append((msg, extra))
         if done < len(self.pending):
-            out.append(_submit(self.pending[done:]))
-        self.setup, self.files, self.acks, self.control, self.pending = [], [], [], [], []
+            out += _submits(self.pending[done:])
+        self.control, self.pending = [], []
         return out
 
+    def _pieces(self, out: list[tuple[_Msg, list[bytes]]], budget: int) -> bool:
+        """Put files (small ones whole, a batch to a message; large ones a piece at a time) in
+        ``out`` up to ``budget`` bytes; True once every queued file is out."""
+        metas: list[FileMeta] = []
+        frames: list[bytes] = []
+        used = 0
+        while self.files and used < budget:
+            up = self.files[0]
+            data = up.piece(min(MAX_PIECE, up.size - up.sent))
+            whole = up.sent == 0 and len(data) == up.size
+            metas.append(
+                FileMeta(
+                    cache_name=up.name,
+                    size=len(data),
+                    frame=len(frames),
+                    offset=up.sent,
+                    total=None if whole else up.size,
+                )
+            )
+            frames.append(data)
+            up.sent += len(data)
+            used += len(data)
+            if up.sent >= up.size:
+                up.done()
+                self.files.pop(0)
+            if used >= BATCH_BYTES:  # one message carries at most this much
+                out.append((PutFiles(files=metas), frames))
+                metas, frames = [], []
+        if metas:
+            out.append((PutFiles(files=metas), frames))
+        return not self.files
 
-def _submit(pending: list[Pending]) -> tuple[_Msg, list[bytes]]:
+
+def _submits(pending: list[Pending]) -> list[tuple[_Msg, list[bytes]]]:
+    """Submissions as Submit messages of at most BATCH_BYTES of payloads each."""
+    out: list[tuple[_Msg, list[bytes]]] = []
     frames: list[bytes] = []
-    specs = []
+    specs: list[TaskSpec] = []
+    used = 0
     for spec, payload in pending:
         if payload is not None:
+            if specs and used + len(payload) > BATCH_BYTES:
+                out.append((Submit(tasks=specs), frames))
+                frames, specs, used = [], [], 0
             frames.append(payload)
+            used += len(payload)
             spec = replace(spec, payload=len(frames) - 1)
         specs.append(spec)
-    return Submit(tasks=specs), frames
+    if specs:
+        out.append((Submit(tasks=specs), frames))
+    return out
 
 
 @dataclass(eq=False)
@@ -194,6 +245,7 @@ class Connection:
         self._wake_tx.connect(self._wake_addr)
         self._wake_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="kubevine-client-io", daemon=True)
+        self._backlog: deque[tuple[_Msg, list[bytes]]] = deque()  # taken from the outbox, not yet sent
 
     def start(self) -> None:
         self._thread.start()
@@ -224,6 +276,7 @@ class Connection:
         )
 
     def welcomed(self, welcome: Welcome, *, again: bool, new_manager: bool) -> None:
+        self._requeue_backlog()
         if again:  # a new manager may not have stored everything; and what the old socket
             self._resubmit(new_manager)  # still held when we gave up on it was dropped
         self.workflow = welcome.workflow
@@ -238,6 +291,16 @@ class Connection:
         self.refusal = reason
         self.closed = True
         self.welcome.set()
+
+    def _requeue_backlog(self) -> None:
+        """A new connection: what was taken for the old one and not sent goes again. Control
+        messages keep their place at the front; submissions and files are sent again anyway
+        (every unfinished task is, with the files it needs)."""
+        keep = [(m, f, 0) for m, f in self._backlog if not isinstance(m, Submit | PutFiles)]
+        self._backlog.clear()
+        if keep:
+            with self.shared.lock:
+                self.shared.out.control[:0] = keep
 
     def reset(self) -> None:
         """The manager will never answer what we asked on a connection it lost: ask again on
@@ -270,6 +333,7 @@ class Connection:
             TO_CLIENT,
             poller=poller,
             credentials=self.credentials,
+            send_queue=SEND_QUEUE,
             name=f"client {self.name}",
         )
         session.connect()
@@ -305,10 +369,23 @@ class Connection:
                 session.close(linger=200)
 
     def _flush(self, session: Session[ClientWork]) -> None:
-        with self.shared.lock:
-            messages = self.shared.out.messages()
-        for msg, frames in messages:
-            session.send(msg, frames)
+        """Send what is queued, in order, until the socket's queue is full (the rest waits in
+        the backlog for the next turn: the loop then also polls for room to write)."""
+        sent = 0
+        while sent < 4 * PIECE_BUDGET:
+            if not self._backlog:
+                with self.shared.lock:
+                    self._backlog.extend(self.shared.out.messages())
+                if not self._backlog:
+                    break
+            while self._backlog:
+                msg, frames = self._backlog[0]
+                if not session.try_send(msg, frames):
+                    session.want_write(True)
+                    return
+                self._backlog.popleft()
+                sent += sum(map(len, frames)) + 1
+        session.want_write(bool(self._backlog))
 
     def _on_message(self, msg: ClientWork, frames: list[bytes]) -> None:
         sh = self.shared
@@ -448,19 +525,22 @@ class Connection:
             box.control = [(m, f, before + len(first)) for m, f, before in box.control]
             libs = sh.libraries.values()
             box.setup[:0] = [(InstallLibrary(spec=lib.spec(), frame=0), [lib.payload()]) for lib in libs]
-            files: dict[CacheName, bytes] = {}
+            files: dict[CacheName, Upload] = {}
             for spec, _ in again:
-                for f, _remote in sh.tasks[spec.id].inputs:
+                task = sh.tasks[spec.id]
+                for f in [*(f for f, _r in task.inputs), *task.environments]:
                     for u in f.uploads():
                         name = u.cache_name()
                         if name not in files:
                             try:
-                                files[name] = u.content()
+                                files[name] = u.upload()
                             except OSError as e:  # its task fails on the manager, saying so
                                 log.error("task %s: input %s cannot be read again: %s", spec.id, name, e)
-            queued_files = {n for n, _ in box.files}
-            box.files[:0] = [(n, d) for n, d in files.items() if n not in queued_files]
-            box.sent_files = set(files) | {n for n, _ in box.files}
+            for up in box.files:
+                up.sent = 0  # what the old connection carried of it is gone with it
+            queued_files = {up.name for up in box.files}
+            box.files[:0] = [up for n, up in files.items() if n not in queued_files]
+            box.sent_files = set(files) | queued_files
         what = "a new manager" if new_manager else "the manager"
         log.warning("reconnected to %s: sent %d unfinished task(s) again", what, len(again))
 

@@ -73,6 +73,7 @@ class Session(Generic[W]):
         *,
         poller: zmq.Poller,
         credentials: Credentials | None = None,
+        send_queue: int = 0,
         heartbeat_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
@@ -85,6 +86,8 @@ class Session(Generic[W]):
         self.clock = clock
         self.name = name or address
         self.credentials = credentials
+        self.send_queue = send_queue  # messages queued before try_send says "full" (0: no limit)
+        self._writing = False
         self.sock: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # handshake failures: an encryption mismatch
         self.registered = False
@@ -104,13 +107,14 @@ class Session(Generic[W]):
         self._close_socket()
         s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.SNDHWM, self.send_queue)
         s.setsockopt(zmq.RCVHWM, 0)
         if self.credentials is not None:
             self.credentials.client(s)
         self._monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         s.connect(f"tcp://{self.address}")
         self.sock = s
+        self._writing = False
         self.poller.register(s, zmq.POLLIN)
         self.poller.register(self._monitor, zmq.POLLIN)
         self._unregister()
@@ -120,6 +124,23 @@ class Session(Generic[W]):
         assert self.sock is not None
         send(self.sock, encode(msg, frames))
         self.last_sent = self.clock()
+
+    def try_send(self, msg: _Msg, frames: Sequence[bytes] = ()) -> bool:
+        """Send unless the socket's queue is full (False: nothing was sent; try again later)."""
+        assert self.sock is not None
+        parts = encode(msg, frames)
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=not any(len(p) >= 1 << 16 for p in parts))
+        except zmq.Again:
+            return False
+        self.last_sent = self.clock()
+        return True
+
+    def want_write(self, on: bool) -> None:
+        """Whether the owner's poll should also wake when the socket has room to send."""
+        if self.sock is not None and on != self._writing:
+            self._writing = on
+            self.poller.modify(self.sock, zmq.POLLIN | (zmq.POLLOUT if on else 0))
 
     def close(self, linger: int = 0) -> None:
         self._close_socket(linger)

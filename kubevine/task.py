@@ -22,6 +22,7 @@ from kubevine import filetree
 from kubevine.digest import sha256_bytes, sha256_file, sha256_text
 from kubevine.ids import CacheName, TaskId
 from kubevine.protocol import (
+    MAX_PIECE,
     CacheLevel,
     FileBinding,
     FileKind,
@@ -48,6 +49,30 @@ def hash_path(path: Path) -> str:
     if h is None:
         h = _HASH_MEMO[key] = sha256_file(path)
     return h
+
+
+@dataclass(eq=False)
+class Upload:
+    """One client file on its way to the manager, piece by piece (see kubevine.chunks)."""
+
+    name: CacheName
+    data: bytes | None = None  # a small file or a buffer, whole
+    path: Path | None = None  # a large file (or a directory's tar) read a piece at a time
+    size: int = 0
+    sent: int = 0  # bytes handed to the socket so far
+    temporary: bool = False  # path is ours (a packed directory): removed once sent
+
+    def piece(self, length: int) -> bytes:
+        if self.data is not None:
+            return self.data[self.sent : self.sent + length]
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            f.seek(self.sent)
+            return f.read(length)
+
+    def done(self) -> None:
+        if self.temporary and self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 @dataclass(eq=False)
@@ -173,6 +198,25 @@ class File:
             return self.data or b""
         assert self.path is not None
         return filetree.pack(self.path) if self.path.is_dir() else self.path.read_bytes()
+
+    def upload(self) -> Upload:
+        """How to send this file: its bytes when small, else where to read its pieces from
+        (a large file where it lies; a directory packed once into a temporary tar)."""
+        name = self.cache_name()
+        if self.kind == FileKind.BUFFER or self.path is None:
+            data = self.content()
+            return Upload(name, data=data, size=len(data))
+        if self.path.is_dir():
+            import tempfile
+
+            fd, tmp = tempfile.mkstemp(prefix="kubevine-upload-", suffix=".tar")
+            os.close(fd)
+            filetree.pack_to(self.path, Path(tmp))
+            return Upload(name, path=Path(tmp), size=Path(tmp).stat().st_size, temporary=True)
+        size = self.path.stat().st_size
+        if size <= MAX_PIECE:
+            return Upload(name, data=self.path.read_bytes(), size=size)
+        return Upload(name, path=self.path, size=size)
 
     def source(self) -> str:
         if self.archive is not None:

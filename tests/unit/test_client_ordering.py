@@ -5,9 +5,19 @@ The client's outbox is a plain object (no socket, no thread), so this is checked
 
 from __future__ import annotations
 
-from kubevine.clientio import Outbox
+from kubevine.clientio import BATCH_BYTES, Outbox
 from kubevine.ids import CacheName, TaskId
-from kubevine.protocol import Cancel, PutFiles, StatusRequest, Submit, TaskSpec, UndeclareFiles, _Msg
+from kubevine.protocol import (
+    MAX_PIECE,
+    Cancel,
+    PutFiles,
+    StatusRequest,
+    Submit,
+    TaskSpec,
+    UndeclareFiles,
+    _Msg,
+)
+from kubevine.task import Upload
 
 
 def _spec(i: int, tag: str) -> TaskSpec:
@@ -48,7 +58,7 @@ def test_undeclares_in_a_row_travel_as_one_message_but_not_across_a_submission()
 
 def test_files_go_before_the_submissions_that_read_them_and_payloads_are_renumbered() -> None:
     box = Outbox()
-    box.files.append((CacheName("buf-1"), b"one"))
+    box.files.append(Upload(CacheName("buf-1"), data=b"one", size=3))
     box.pending.append((_spec(1, "a"), b"payload-1"))
     box.add_control(StatusRequest())
     box.pending.append((_spec(2, "a"), None))
@@ -60,3 +70,34 @@ def test_files_go_before_the_submissions_that_read_them_and_payloads_are_renumbe
     sub, frames = msgs[3]
     assert isinstance(sub, Submit)
     assert [t.payload for t in sub.tasks] == [None, 0] and frames == [b"payload-3"]
+
+
+def test_a_large_file_leaves_in_pieces_and_what_was_queued_after_it_waits(tmp_path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * (3 * MAX_PIECE // 256 + 10))  # three pieces and a bit
+    box = Outbox()
+    box.files.append(Upload(CacheName("file-big"), path=big, size=big.stat().st_size))
+    box.pending.append((_spec(1, "reads-big"), None))
+    first = box.messages(budget=2 * MAX_PIECE)
+    assert [m.type for m, _ in first] == ["put_files"]  # the task waits for its file
+    put, frames = first[0]
+    assert isinstance(put, PutFiles)
+    assert [(f.offset, f.size, f.total) for f in put.files] == [
+        (0, MAX_PIECE, big.stat().st_size),
+        (MAX_PIECE, MAX_PIECE, big.stat().st_size),
+    ]
+    rest = box.messages(budget=2 * MAX_PIECE)
+    assert [m.type for m, _ in rest] == ["put_files", "submit"]
+    pieces = b"".join(frames) + b"".join(rest[0][1])
+    assert pieces == big.read_bytes() and box.messages() == []
+
+
+def test_submissions_are_split_so_no_message_carries_more_than_a_batch() -> None:
+    box = Outbox()
+    payload = b"x" * (BATCH_BYTES // 3 + 1)
+    for i in range(5):
+        box.pending.append((_spec(i, "big"), payload))
+    msgs = box.messages()
+    assert [m.type for m, _ in msgs] == ["submit", "submit", "submit"]
+    assert all(sum(map(len, frames)) <= BATCH_BYTES for _, frames in msgs)
+    assert [t.id for m, _ in msgs for t in m.tasks] == list(range(5))  # type: ignore[attr-defined]
