@@ -17,9 +17,13 @@ yet answered is asked again: the manager keeps what it already had and takes the
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
+import shutil
 import tarfile
+import tempfile
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +35,7 @@ import zmq
 
 from kubevine import filetree
 from kubevine.auth import Credentials
+from kubevine.chunks import Puller, Sink
 from kubevine.ids import CacheName, ClientId, TaskId
 from kubevine.protocol import (
     MAX_PIECE,
@@ -48,6 +53,7 @@ from kubevine.protocol import (
     IdBlock,
     InstallLibrary,
     Outcome,
+    OutputFile,
     PutFiles,
     Results,
     ResultsAck,
@@ -246,6 +252,9 @@ class Connection:
         self._wake_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="kubevine-client-io", daemon=True)
         self._backlog: deque[tuple[_Msg, list[bytes]]] = deque()  # taken from the outbox, not yet sent
+        self.spool = tempfile.mkdtemp(prefix="kubevine-client-")  # pieces of files being fetched
+        self._pulls: list[Pull] = []  # files fetched in pieces by this thread
+        self._spilling: dict[TaskId, _Spill] = {}  # tasks waiting for a result left on a worker
 
     def start(self) -> None:
         self._thread.start()
@@ -263,6 +272,7 @@ class Connection:
         self._thread.join(timeout=5)
         self._wake_tx.close(0)
         self._wake_rx.close(0)
+        shutil.rmtree(self.spool, ignore_errors=True)
 
     # ------------------------------------------------------------------ SessionOwner
 
@@ -350,6 +360,8 @@ class Connection:
                     self._on_message(msg, frames)
                 if session.registered:
                     self._flush(session)
+                    if self._pulls:
+                        self._tick_pulls()
                 if not self.closed:
                     session.tick()
         finally:
@@ -454,6 +466,8 @@ class Connection:
                 t = sh.tasks.get(r.task_id)
             if t is None or t.state in (ClientState.DONE, ClientState.FAILED, ClientState.CANCELLED):
                 continue  # a repeat after a reconnect, or a task already handed back
+            if t.id in self._spilling:
+                continue  # its result is being fetched already
             t.state = ClientState(r.state)
             t.outcome = r.outcome
             t.exit_code = r.exit_code
@@ -465,18 +479,17 @@ class Connection:
             t._output = frame(frames, r.output_frame)
             for o in r.outputs:
                 data = frame(frames, o.frame)
-                if data is None:
-                    continue
-                for f, remote in t.outputs:
-                    if remote == o.remote_name and f.kind == FileKind.BUFFER:
-                        f.data = data  # an output buffer: its content is read with f.contents()
-                    elif remote == o.remote_name and f.path is not None:
-                        try:
-                            write_atomic(f.path, data, o.directory)
-                        except (OSError, tarfile.TarError) as e:  # the task's result still arrives
-                            log.error("task %s: could not write output %s to %s: %s", t.id, remote, f.path, e)
-                            t.error = f"{t.error + '; ' if t.error else ''}output {remote} not written: {e}"
-            done.append(t)
+                if data is not None:
+                    _deliver_output(t, o.remote_name, data, o.directory)
+            spilled = [o for o in r.outputs if o.spilled and o.cache_name is not None]
+            if r.output_spill is not None or spilled:
+                self._fetch_spilled(t, r, spilled)  # done once every piece is here
+            else:
+                done.append(t)
+        self._hand_back(done)
+
+    def _hand_back(self, done: list[Task]) -> None:
+        sh = self.shared
         if sh.on_done is not None:  # before anyone sees them done (a cache keeps them first)
             for t in done:
                 sh.on_done(t)
@@ -493,6 +506,81 @@ class Connection:
         for t in done:
             if t._future is not None and not t._future.done():
                 t._future.set_result(t)
+
+    # ------------------------------------------------------------------ results too large to travel inline
+
+    def _fetch_spilled(self, t: Task, r: ClientResult, outputs: list[OutputFile]) -> None:
+        """A result or output left on its worker (too large for a message): pull each in pieces
+        through the manager, then hand the task back and let the worker delete them."""
+        assert t.id is not None
+        names = [
+            *([r.output_spill] if r.output_spill is not None else []),
+            *(o.cache_name for o in outputs if o.cache_name),
+        ]
+        job = _Spill(t, len(names))
+        self._spilling[t.id] = job
+
+        def arrived(name: CacheName, pull: Pull) -> None:
+            if pull.error is not None:
+                t.error = f"{t.error + '; ' if t.error else ''}{name} could not be fetched: {pull.error}"
+            elif name == r.output_spill:
+                t._output = pull.sink_path().read_bytes() if pull.sink_path() else b""
+            else:
+                o = next(o for o in outputs if o.cache_name == name)
+                _deliver_output(t, o.remote_name, pull.sink_path(), o.directory)
+            pull.discard()
+            job.left -= 1
+            if job.left == 0:
+                del self._spilling[t.id]  # type: ignore[arg-type]
+                with self.shared.lock:
+                    for n in names:
+                        self.shared.out.undeclare(n)  # the worker may delete its copy
+                self._hand_back([t])
+
+        for name in names:
+            self.pull(name, functools.partial(arrived, name))
+
+    def pull(self, name: CacheName, on_done: Callable[[Pull], None]) -> Pull:
+        """Fetch ``name`` from the manager in pieces, from the I/O thread; ``on_done`` is called
+        there once it is whole (or failed: ``pull.error``)."""
+        p = Pull(name, Path(self.spool) / f"{name}.{uuid.uuid4().hex[:8]}", on_done)
+        self._pulls.append(p)
+        self._ask_pieces(p)
+        return p
+
+    def _ask_pieces(self, p: Pull) -> None:
+        for offset, length in p.puller.requests(time.monotonic()):
+            self.ask_piece(p.name, offset, length, functools.partial(self._piece_arrived, p))
+
+    def ask_piece(
+        self, name: CacheName, offset: int, length: int, then: Callable[[FetchedFile, bytes | None], None]
+    ) -> int:
+        """Ask the manager for one piece; ``then(reply, data)`` runs on the I/O thread."""
+        fut: concurrent.futures.Future[tuple[FetchedFile, bytes | None]] = concurrent.futures.Future()
+        fut.add_done_callback(lambda f: then(*f.result()))
+        sh = self.shared
+        with sh.lock:
+            sh.fetch_seq += 1
+            ask = FetchFile(request=sh.fetch_seq, cache_name=name, offset=offset, length=length)
+            sh.fetches[ask.request] = (ask, fut)
+            sh.out.add_control(ask)
+        self.wake()
+        return ask.request
+
+    def _piece_arrived(self, p: Pull, reply: FetchedFile, data: bytes | None) -> None:
+        if p.finished:
+            return
+        p.take(reply, data)
+        if p.finished:
+            self._pulls.remove(p)
+            p.on_done(p)
+        else:
+            self._ask_pieces(p)
+
+    def _tick_pulls(self) -> None:
+        """Pieces asked long ago and never answered are asked again."""
+        for p in list(self._pulls):
+            self._ask_pieces(p)
 
     def _adopt(self, specs: list[TaskSpec]) -> None:
         """attach=True: take on the tasks an earlier process under our name left behind."""
@@ -554,3 +642,78 @@ def write_atomic(path: Path, data: bytes, directory: bool = False) -> None:
     else:
         tmp.write_bytes(data)
     filetree.place(tmp, path)
+
+
+@dataclass(eq=False)
+class _Spill:
+    task: Task
+    left: int  # files still to arrive
+
+
+@dataclass(eq=False)
+class Pull:
+    """One file coming from the manager in pieces (kubevine.chunks): asked with a window,
+    written where it lands in a temporary file, finished when whole or when refused."""
+
+    name: CacheName
+    tmp: Path
+    on_done: Callable[[Pull], None] = field(default=lambda p: None)
+    puller: Puller = field(default_factory=Puller)
+    sink: Sink | None = None
+    whole: bytes | None = None  # a manager that answers with the whole file at once
+    directory: bool = False
+    error: str | None = None
+    finished: bool = False
+
+    def take(self, reply: FetchedFile, data: bytes | None) -> None:
+        if reply.error is not None or data is None:
+            self.error, self.finished = reply.error or "no content", True
+            return
+        self.directory = reply.directory
+        if reply.total is None:  # the whole file in one answer
+            self.whole, self.finished = data, True
+            return
+        try:
+            self.puller.got(reply.offset, reply.total)
+            if self.sink is None:
+                self.sink = Sink(self.tmp, reply.total, reply.directory)
+            self.sink.write(reply.offset, data)
+        except ValueError as e:
+            self.error, self.finished = f"a bad piece: {e}", True
+            return
+        self.finished = self.sink.complete()
+
+    def sink_path(self) -> Path:
+        """The finished file on disk (written out if it came whole)."""
+        if self.whole is not None:
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.write_bytes(self.whole)
+            self.whole = None
+        return self.tmp
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+def _deliver_output(t: Task, remote: str, data: bytes | Path, directory: bool) -> None:
+    """Put an output where the task's author asked: a local file (or directory), or an output
+    buffer; a failure to write is told in the task's error, and the result still arrives."""
+    for f, name in t.outputs:
+        if name != remote:
+            continue
+        if f.kind == FileKind.BUFFER:
+            f.data = data if isinstance(data, bytes) else data.read_bytes()
+        elif f.path is not None:
+            try:
+                if isinstance(data, bytes):
+                    write_atomic(f.path, data, directory)
+                elif directory:
+                    tmp = f.path.with_name(f".{f.path.name}.kubevine-tmp-{uuid.uuid4().hex[:8]}")
+                    filetree.unpack(data, tmp)
+                    filetree.place(tmp, f.path)
+                else:
+                    f.path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(data), f.path)
+            except (OSError, tarfile.TarError) as e:
+                log.error("task %s: could not write output %s to %s: %s", t.id, remote, f.path, e)
+                t.error = f"{t.error + '; ' if t.error else ''}output {remote} not written: {e}"

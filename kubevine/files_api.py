@@ -8,13 +8,16 @@ is never fetched twice into one cache (see docs/dataplane.md).
 
 from __future__ import annotations
 
-import concurrent.futures
+import queue
+import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from kubevine import filetree
-from kubevine.clientio import write_atomic
-from kubevine.protocol import FetchedFile, FetchFile, FileKind, _Msg
+from kubevine.clientio import Pull, write_atomic
+from kubevine.ids import CacheName
+from kubevine.protocol import FetchedFile, FileKind, _Msg
 from kubevine.task import (
     Cache,
     File,
@@ -133,6 +136,36 @@ class FileAPI:
         """TaskVine's self-extracting starch environments: use declare_poncho (a packed env)."""
         raise NotImplementedError("declare_starch: kubevine runs packed environments (declare_poncho)")
 
+    def _pull(self, name: CacheName, file: File, timeout: float) -> Pull:
+        """``name`` from the manager in pieces into a temporary file (FileNotFoundError when no
+        copy is left, TimeoutError after ``timeout`` seconds without the whole file)."""
+        answers: queue.SimpleQueue[tuple[FetchedFile, bytes | None]] = queue.SimpleQueue()
+        pull = Pull(name, Path(self._conn.spool) / f"{name}.{uuid.uuid4().hex[:8]}")
+        deadline = time.monotonic() + timeout
+        asked: set[int] = set()
+        try:
+            while not pull.finished:
+                for offset, length in pull.puller.requests(time.monotonic()):
+                    asked.add(self._conn.ask_piece(name, offset, length, lambda r, d: answers.put((r, d))))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"fetching {file!r} took longer than {timeout}s")
+                try:
+                    pull.take(*answers.get(timeout=min(left, 1.0)))
+                except queue.Empty:
+                    self._check_open()
+        except BaseException:
+            pull.discard()
+            raise
+        finally:
+            with self._st.lock:
+                for request in asked:
+                    self._st.fetches.pop(request, None)
+        if pull.error is not None:
+            pull.discard()
+            raise FileNotFoundError(f"cannot fetch {file!r}: {pull.error}")
+        return pull
+
     def _declared(self, f: File, peer_transfer: bool) -> File:
         f.peer_transfer = peer_transfer
         f._fetcher = self
@@ -185,22 +218,16 @@ class FileAPI:
             data, directory = file.data or b"", False
         else:
             name = file.cache_name()  # ValueError for a temp whose producer was never submitted
-            fut: concurrent.futures.Future[tuple[FetchedFile, bytes | None]] = concurrent.futures.Future()
-            ask = FetchFile(request=0, cache_name=name)
-            with self._st.lock:
-                self._st.fetch_seq += 1
-                ask.request = request = self._st.fetch_seq
-                self._st.fetches[request] = (ask, fut)
-            self._send_control(ask)
+            pull = self._pull(name, file, timeout)
             try:
-                reply, content = fut.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                with self._st.lock:
-                    self._st.fetches.pop(request, None)
-                raise TimeoutError(f"fetching {file!r} took longer than {timeout}s") from None
-            if reply.error is not None or content is None:
-                raise FileNotFoundError(f"cannot fetch {file!r}: {reply.error or 'no content'}")
-            data, directory = content, reply.directory
+                if dest is not None:
+                    _place(pull, dest)
+                    return dest
+                if pull.directory:
+                    raise IsADirectoryError(f"{file!r} is a directory: pass path= to write it somewhere")
+                return pull.sink_path().read_bytes()
+            finally:
+                pull.discard()
         if dest is not None:
             write_atomic(dest, data, directory)
             return dest
@@ -236,3 +263,16 @@ class FileAPI:
         with self._st.lock:
             tasks = list(self._st.tasks.values())
         return any(f is file for t in tasks for f, _ in (*t.inputs, *t.outputs))
+
+
+def _place(pull: Pull, dest: Path) -> None:
+    """The fetched file (or directory, from its tar) at ``dest``, replacing what is there."""
+    src = pull.sink_path()
+    if pull.directory:
+        tmp = dest.with_name(f".{dest.name}.kubevine-tmp-{uuid.uuid4().hex[:8]}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        filetree.unpack(src, tmp)
+        filetree.place(tmp, dest)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        filetree.place(src, dest)
