@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubevine.ids import TaskId
-from kubevine.protocol import Cancel, _Msg
+from kubevine.protocol import Cancel, Tune, _Msg
 from kubevine.stats import ManagerStatus
 
 if TYPE_CHECKING:
@@ -190,6 +190,10 @@ class VineAPI:
 
     def _send_tunable(self, name: str, value: float) -> None:
         """Tell the manager (its setting for the whole workflow)."""
+        from kubevine.protocol import Tune
+
+        self._send_control(Tune(name=name, value=value))
+        self._send_control(Tune(name=name, value=value))
 
     # ------------------------------------------------------------------ tuning
 
