@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import stat
 import time
@@ -82,9 +81,10 @@ class Processes:
         env, python, wrap = _environment(att.sandbox, a.spec.environments, self.base_env)
         if a.spec.kind == TaskKind.PYTHON:
             failed = sandbox.start_python(att, env, payload, self.starter, python)
+        elif wrap is not None:  # the whole command runs inside the environment's wrapper
+            failed = sandbox.start_command(att, env, argv=[wrap, "/bin/sh", "-c", a.spec.command or ""])
         else:
-            command = a.spec.command or ""
-            failed = sandbox.start_command(att, env, command=f"{wrap} {command}" if wrap else command)
+            failed = sandbox.start_command(att, env)
         if failed is not None:
             return self._exited(att, failed)
         assert att.pidfd is not None and att.out_fd is not None
@@ -221,7 +221,7 @@ def _environment(
         env["PATH"] = f"{bindir}:{env.get('PATH', os.defpath)}"
         env.setdefault("CONDA_PREFIX", str(root))
         if (bindir / "run_in_env").exists() and wrap is None:
-            wrap = shlex.quote(str(bindir / "run_in_env"))
+            wrap = str(bindir / "run_in_env")
         if (bindir / "python").exists() and python is None:
             python = str(bindir / "python")
     return env, python, wrap

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -296,28 +297,38 @@ def reap(att: Attempt, cap: int) -> int:
     wall = att.ended - att.t0
     # The kernel's peak for a child counts the pages it had before its exec (the worker's, for a
     # child forked from it): the peak sampled after the exec is the task's own, when there is one.
-    kb = att.peak_kb or (usage[0] if usage is not None else 0)
+    kb = att.peak_kb
+    if usage is not None and (not kb or usage[0] > _SELF_PEAK_KB):
+        kb = max(kb, usage[0])  # (a figure larger than the worker itself is a descendant's own)
     cpu = usage[1] if usage is not None else 0.0
     att.measured = MeasuredResources(memory=(kb + 1023) // 1024, cpu_time=cpu, wall_time=wall)
     return code
 
 
 SAMPLE_EVERY = 0.5  # seconds between samples of a running task's peak memory
+_SELF_PEAK_KB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the worker's, at start
 
 
 def sample_memory(att: Attempt, now: float) -> None:
-    """Note the process's peak resident set so far (VmHWM), at most every SAMPLE_EVERY."""
+    """Note the peak resident set so far (VmHWM) of the process and its descendants (the
+    largest of them), at most every SAMPLE_EVERY."""
     if att.proc is None or now < att.next_sample:
         return
     att.next_sample = now + SAMPLE_EVERY
-    try:
-        with open(f"/proc/{att.proc.pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    att.peak_kb = max(att.peak_kb, int(line.split()[1]))
-                    return
-    except (OSError, ValueError):
-        return
+    todo, seen = [att.proc.pid], 0
+    while todo and seen < 64:
+        pid = todo.pop()
+        seen += 1
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        att.peak_kb = max(att.peak_kb, int(line.split()[1]))
+                        break
+            with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
 
 
 def kill_process(proc: subprocess.Popen[bytes] | Forked, pidfd: int | None = None) -> None:
