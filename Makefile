@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup redis demo test check lint typecheck imports format bench clean
+
+.PHONY: all setup redis demo test check lint typecheck imports fuzz format bench clean
 
 all: check
 
@@ -35,6 +36,11 @@ redis:
 
 test: $(STAMP) redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# 25,000 fuzzed frames per target (125,000 in all) at the manager, the transfer servers and a
+# worker's own connection while a real workload runs (tests/security/test_fuzzing.py)
+fuzz: $(STAMP) redis
+	KUBEVINE_FUZZ_FRAMES=25000 $(BIN)/python -m pytest tests/security/test_fuzzing.py -s -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
