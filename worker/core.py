@@ -139,6 +139,8 @@ class Library:
 
     spec: LibrarySpec
     state: LibraryState = LibraryState.STARTING
+    payload: bytes = b""
+    missing: set[CacheName] = field(default_factory=set)  # its inputs not in the cache yet
 
 
 class WorkerCore:
@@ -167,6 +169,7 @@ class WorkerCore:
         self.libraries: dict[str, Library] = {}
         self.doomed: set[CacheName] = set()  # undeclared while a task read them
         self.waiting: dict[CacheName, list[TaskId]] = {}  # tasks queued for each missing file
+        self.lib_waiting: dict[CacheName, list[str]] = {}  # libraries waiting for each missing file
         # what the manager has not heard yet
         self.started: list[TaskRef] = []
         self.finished: list[Done] = []
@@ -324,10 +327,7 @@ class WorkerCore:
         self._active()
         if not a.spec.inputs:
             return
-        pins = self.pins
-        for b in walk_bindings(a.spec.inputs):  # inputs and what they are made from stay
-            if b.cache_name is not None:
-                pins[b.cache_name] = pins.get(b.cache_name, 0) + 1
+        self._pin(a.spec.inputs)
         stages = {s.cache_name: s for s in a.stage}
         for b in a.spec.inputs:
             if b.cache_name is not None and not self._obtain(b, stages):
@@ -477,6 +477,8 @@ class WorkerCore:
         self.transfers += e.transfers
         self.evicted += e.evicted
         self.new_cached += e.cached
+        if self.lib_waiting:
+            self._library_inputs_arrived(e.present)
         for name in e.present:  # (an index by name: a task of 10,000 inputs costs O(inputs))
             for tid in self.waiting.pop(name, ()):
                 slot = self.slots.get(tid)
@@ -484,8 +486,11 @@ class WorkerCore:
                     slot.missing.discard(name)
 
     def _fetch_failed(self, failures: Sequence[tuple[CacheName, str]]) -> None:
-        """Tasks waiting for a file that could not be had fail; nothing else does."""
+        """Tasks and libraries waiting for a file that could not be had fail; nothing else does."""
         for name, why in failures:
+            for lname in self.lib_waiting.pop(name, ()):
+                why_lib = f"its input {name} could not be fetched or made: {why}"
+                self._remove_library(lname, why_lib, error=why_lib)
             for tid in self.waiting.pop(name, ()):
                 slot = self.slots.get(tid)
                 if slot is not None and slot.state is SlotState.QUEUED and name in slot.missing:
@@ -500,12 +505,21 @@ class WorkerCore:
             else:
                 self._drop(name)
 
+    def _pin(self, inputs: Sequence[FileBinding]) -> None:
+        pins = self.pins
+        for b in walk_bindings(inputs):  # inputs and what they are made from stay
+            if b.cache_name is not None:
+                pins[b.cache_name] = pins.get(b.cache_name, 0) + 1
+
     def _release_inputs(self, a: Assignment) -> None:
         """The task no longer needs its inputs: unpin them; drop task-level and undeclared ones."""
-        if not a.spec.inputs:
+        self._release(a.spec.inputs)
+
+    def _release(self, inputs: Sequence[FileBinding]) -> None:
+        if not inputs:
             return
         pins = self.pins
-        for b in walk_bindings(a.spec.inputs):
+        for b in walk_bindings(inputs):
             name = b.cache_name
             if name is None:
                 continue
@@ -531,9 +545,16 @@ class WorkerCore:
             if old.state is LibraryState.READY:
                 self.out.append(SendLibraryStatus(spec.name, "ready"))
             return
-        self.libraries[spec.name] = Library(spec)
+        lib = self.libraries[spec.name] = Library(spec, payload=payload)
         self.used.add(spec.resources)
-        self.out.append(StartLibrary(spec, payload))
+        self._pin(spec.inputs)
+        for b in spec.inputs:  # its inputs, in its working directory: it starts once they are here
+            if b.cache_name is not None and not self._obtain(b, {}):
+                lib.missing.add(b.cache_name)
+                self.lib_waiting.setdefault(b.cache_name, []).append(spec.name)
+        if not lib.missing:
+            lib.payload = b""
+            self.out.append(StartLibrary(spec, payload))
 
     def _library_ready(self, name: str) -> None:
         self._active()
@@ -568,7 +589,19 @@ class WorkerCore:
         for slot in calls:
             self._call_failed(slot, f"library {name!r} is gone from this worker: {why}")
         self.used.remove(lib.spec.resources)
+        self._release(lib.spec.inputs)
         self.out.append(SendLibraryStatus(name, "failed" if error else "gone", error))
+
+    def _library_inputs_arrived(self, present: Sequence[CacheName]) -> None:
+        for name in present:
+            for lname in self.lib_waiting.pop(name, ()):
+                lib = self.libraries.get(lname)
+                if lib is None or name not in lib.missing:
+                    continue
+                lib.missing.discard(name)
+                if not lib.missing:
+                    payload, lib.payload = lib.payload, b""
+                    self.out.append(StartLibrary(lib.spec, payload))
 
     # ------------------------------------------------------------------ reporting
 

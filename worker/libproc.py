@@ -8,7 +8,16 @@ even one killed by SIGKILL (PR_SET_PDEATHSIG), and so do the children it forked 
 
 exec_mode ``direct`` runs calls in this process (one at a time with one slot, on ``slots``
 threads otherwise): fastest, and calls share module state. ``fork`` forks a child per call:
-a call that mutates globals, leaks or crashes affects only itself.
+a call that mutates globals, leaks or crashes affects only itself. A call that raises, or
+calls ``sys.exit``, is a failed call (its exception travels back); the library lives on.
+
+A call with inputs runs with its working directory a folder of its own holding links to them
+(``open("name")`` works, as in TaskVine): a forked child changes directory itself; in direct
+mode with one slot the library changes directory around each call; with several slots in
+direct mode the calls' threads share one working directory, so each call finds its inputs
+with ``kubevine.input_path(name)`` instead (the working directory is process-wide). The
+library's own inputs (``LibrarySpec.inputs``) are in its working directory, which the worker
+prepares. The library's functions see each other as globals, so one may call another by name.
 
 Frames from the worker: ``init`` (spec JSON, pickled functions and context), ``calls``
 (one msgpack frame: a list of [task id, attempt, function, pickled (args, kwargs), extra],
@@ -19,14 +28,16 @@ frame: a list of [task id, attempt, ok, wall seconds, encoded result]).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,10 +54,11 @@ Result = tuple[int, int, bool, float, bytes]
 
 
 def run_call(
-    functions: dict[str, Callable[..., Any]], call: Call, payload: bytes, lib: str
+    functions: dict[str, Callable[..., Any]], call: Call, payload: bytes, lib: str, *, chdir: bool = False
 ) -> tuple[bool, bytes]:
     """Run one call; (True, encoded value) or (False, encoded exception). A call whose value
-    is kept on the worker gets back ``cloudpickle.dumps(value)`` itself (the temp's bytes)."""
+    is kept on the worker gets back ``cloudpickle.dumps(value)`` itself (the temp's bytes).
+    ``chdir``: run it in a folder of its own holding links to its inputs (not on a thread)."""
     name, extra = call[2], call[3] or {}
     fn = functions.get(name)
     if fn is None:
@@ -54,7 +66,35 @@ def run_call(
             f"library {lib!r} has no function {name!r} (it has: {', '.join(sorted(functions))})"
         )
         return False, results.encode_error(err)
-    results.set_inputs(extra.get("inputs") or {})
+    inputs: dict[str, str] = extra.get("inputs") or {}
+    if chdir and inputs:
+        with call_dir(call, inputs):
+            return _run(fn, extra, payload, inputs)
+    return _run(fn, extra, payload, inputs)
+
+
+@contextlib.contextmanager
+def call_dir(call: Call, inputs: dict[str, str]) -> Iterator[None]:
+    """Change into a new folder holding links to ``inputs`` for the call; back, and remove it."""
+    box = os.path.abspath(f"call-{call[0]}-{call[1]}-{os.getpid()}")
+    here = os.getcwd()
+    os.makedirs(box, exist_ok=True)
+    try:
+        for rname, path in inputs.items():
+            dest = os.path.join(box, rname)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.symlink(path, dest)
+        os.chdir(box)
+        yield
+    finally:
+        os.chdir(here)
+        shutil.rmtree(box, ignore_errors=True)
+
+
+def _run(
+    fn: Callable[..., Any], extra: dict[str, Any], payload: bytes, inputs: dict[str, str]
+) -> tuple[bool, bytes]:
+    results.set_inputs(inputs)
     try:
         args, kwargs = cloudpickle.loads(payload)
         value = fn(*args, **kwargs)
@@ -66,6 +106,16 @@ def run_call(
         return False, results.encode_error(results.user_frames(e))
     finally:
         results.set_inputs(None)
+
+
+def _as_globals(functions: dict[str, Callable[..., Any]]) -> None:
+    """Each function sees the library's others by name, as in the script that defined them
+    (a name its own module already binds is left alone)."""
+    for fn in functions.values():
+        g = getattr(fn, "__globals__", None)
+        if isinstance(g, dict):
+            for name, other in functions.items():
+                g.setdefault(name, other)
 
 
 class Forked:
@@ -92,6 +142,7 @@ def main(argv: list[str]) -> int:
             importlib.import_module(m)
         obj = cloudpickle.loads(payload)
         functions: dict[str, Callable[..., Any]] = obj["functions"]
+        _as_globals(functions)
         if obj.get("context") is not None:
             setup, args, kwargs = obj["context"]
             results.set_context(setup(*args, **kwargs))
@@ -124,7 +175,7 @@ def serve_direct(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
 
     def one(call: Call, payload: bytes) -> Result:
         t0 = time.perf_counter()
-        ok, out = run_call(functions, call, payload, spec.name)
+        ok, out = run_call(functions, call, payload, spec.name, chdir=pool is None)
         return (call[0], call[1], ok, time.perf_counter() - t0, out)
 
     def threaded(call: Call, payload: bytes) -> None:
@@ -171,7 +222,7 @@ def serve_forked(sock: zmq.Socket[bytes], spec: LibrarySpec, functions: dict[str
             if pid == 0:  # the child: run the call, write its result, vanish
                 die_with(library)
                 os.close(r)
-                ok, out = run_call(functions, call, payload, spec.name)
+                ok, out = run_call(functions, call, payload, spec.name, chdir=True)
                 data = (b"1" if ok else b"0") + out
                 view = memoryview(data)
                 while view:

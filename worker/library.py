@@ -44,6 +44,27 @@ class LibraryInstance:
     outbox: list[tuple[Assignment, bytes, dict[str, object] | None]] = field(default_factory=list)
     crashes: list[float] = field(default_factory=list)
     log_path: Path | None = None
+    inputs: dict[str, Path] = field(default_factory=dict)  # its own inputs: remote name -> cache path
+
+    @property
+    def home(self) -> Path:
+        """Its working directory: its inputs (links into the cache) and environments are there."""
+        return self.workdir / f"lib-{self.spec.name}"
+
+    def _prepare_home(self) -> dict[str, str]:
+        """Its working directory with its inputs in place; the environment it runs with."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        for rname, path in self.inputs.items():
+            dest = self.home / rname
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.is_symlink():
+                os.symlink(path, dest)
+        env = dict(self.env)
+        env.update(self.spec.env)
+        for name in self.spec.environments:  # unpacked environments: their programs first
+            env["PATH"] = f"{self.home / name / 'bin'}:{env.get('PATH', os.defpath)}"
+            env.setdefault("CONDA_PREFIX", str(self.home / name))
+        return env
 
     def start(self) -> None:
         """Spawn the library process and hand it its code."""
@@ -52,13 +73,12 @@ class LibraryInstance:
         self.sock = self.ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
-        env = dict(self.env)
-        env.update(self.spec.env)
+        env = self._prepare_home()
         self.log_path = self.workdir / f"{self.spec.name}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kubevine.worker.libproc", endpoint, str(os.getpid())],
-                cwd=self.workdir,
+                cwd=self.home,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

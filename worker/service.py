@@ -503,6 +503,7 @@ class WorkerService:
         spec = ins.spec
         env = {**self.base_env, "KUBEVINE_CACHE_DIR": str(self.cache.root)}  # where its files are
         lib = LibraryInstance(spec, ins.payload, self.config.workdir / "libraries", self.ctx, env)
+        lib.inputs = {b.remote_name: self.cache.path(b.cache_name) for b in spec.inputs if b.cache_name}
         self.libraries[spec.name] = lib
         self._start_library(lib)
         log.info("worker %s: starting library %s (%s)", self.worker_id, spec.name, spec.exec_mode)

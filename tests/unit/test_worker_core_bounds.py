@@ -100,3 +100,23 @@ def test_buffers_and_urls_are_fetched_executable_and_a_set_mode_is_kept() -> Non
         "file-d": 0o640,
     }
     assert wanted_mode(FileBinding(remote_name="x", kind=FileKind.LOCAL)) is None
+
+
+def test_a_library_starts_once_its_own_inputs_are_here_and_fails_if_one_cannot_be_had() -> None:
+    from kubevine.protocol import LibrarySpec
+    from kubevine.resources import Resources
+    from kubevine.worker.instructions import SendLibraryStatus, StartLibrary
+
+    core = new_core()
+    spec = LibrarySpec(name="lib", functions=["f"], resources=Resources(cores=0), inputs=[inp("file-t")])
+    out = core.handle(ev.InstallRequested(spec, b"code"))
+    assert [f.stage.cache_name for f in of(out, Fetch)] == ["file-t"] and of(out, StartLibrary) == []
+    assert core.pins == {"file-t": 1}  # kept while the library lives
+    (start,) = of(core.handle(ev.FilesArrived(present=[CacheName("file-t")])), StartLibrary)
+    assert start.payload == b"code"
+    other = LibrarySpec(name="other", functions=["f"], resources=Resources(cores=0), inputs=[inp("file-u")])
+    core.handle(ev.InstallRequested(other, b""))
+    out = core.handle(ev.FetchFailed([(CacheName("file-u"), "no source")]))
+    (status,) = of(out, SendLibraryStatus)
+    assert status.name == "other" and status.state == "failed" and "file-u" in (status.error or "")
+    assert "file-u" not in core.pins
