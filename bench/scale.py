@@ -153,7 +153,7 @@ class RedisServer:
         args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir)]
         self.proc = PROCS.start([*args, "--save", "", "--appendonly", "no"], self.dir / "redis.log")
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.r = redis.Redis.from_url(self.url)
+        self.r = redis.Redis.from_url(self.url, socket_timeout=120)
         wait_until(self._ping, 20, "redis-server")
 
     def _ping(self) -> bool:
@@ -489,7 +489,7 @@ def queue(work: Path, rs: RedisServer, n: int, restart: bool, profile: Path | No
             # read what the manager publishes anyway: a status request costs the loop O(tasks)
             wait_until(lambda: published_held(rs, name) >= n, 1800, f"{n} held", every=0.5)
             out["held_s"] = time.perf_counter() - t0
-            wait_until(lambda: rs.r.hlen(keys.records(name)) >= n, 1800, f"{n} durable", every=0.5)
+            wait_until(lambda: stored(rs, name) >= n, 1800, f"{n} durable", every=0.5)
             out["durable_s"] = time.perf_counter() - t0
             out["cpu_us_per_task"] = 1e6 * (m.cpu() - cpu0) / n
             out["rss_per_task"] = (m.rss() - rss0) / n
@@ -508,8 +508,19 @@ def queue(work: Path, rs: RedisServer, n: int, restart: bool, profile: Path | No
 
 def published_held(rs: RedisServer, name: str) -> int:
     """Tasks the manager holds, from the status it publishes to Redis every --stats-interval."""
-    raw = rs.r.get(keys.stats(name))
+    try:
+        raw = rs.r.get(keys.stats(name))
+    except redis.RedisError:  # a large group commit (one Lua call) keeps Redis busy for seconds
+        return 0
     return sum(json.loads(raw)["tasks"].values()) if raw else 0
+
+
+def stored(rs: RedisServer, name: str) -> int:
+    """Task records in Redis (0 while Redis is busy applying a large commit)."""
+    try:
+        return int(rs.r.hlen(keys.records(name)))
+    except redis.RedisError:
+        return 0
 
 
 def restart_after_kill(work: Path, rs: RedisServer, m: ManagerProc, name: str, n: int) -> dict[str, Any]:

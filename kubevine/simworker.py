@@ -167,7 +167,7 @@ class SimStats:
     dispatches: int = 0  # Dispatch messages
     tasks: int = 0  # assignments of commands and PythonTasks
     calls: int = 0  # assignments of FunctionCalls
-    results: int = 0  # attempts reported finished (first report only)
+    results: int = 0  # attempts finished here (each reported in the next update, again after a new welcome)
     kills: int = 0
     libraries_ready: int = 0  # instances that said ready
     all_registered: float | None = None  # when every worker had been welcomed once
@@ -579,6 +579,7 @@ class SimWorker:
         if self.running.pop(key, None) is not None:
             self._release(run)
         self.finished.append((res, frames))
+        self.sim.stats.results += 1
         for b in a.spec.inputs:
             if b.cache == CacheLevel.TASK and b.cache_name in self.cached:
                 self.cached.discard(b.cache_name)
@@ -667,12 +668,9 @@ class SimWorker:
         frames: list[bytes] = []
         stats = self.sim.stats
         for r, fr in self.finished:
-            key = (r.task_id, r.attempt)
             res.append(_shifted(r, len(frames)))
             frames += fr
-            if key not in self.unacked:
-                self.unacked[key] = (r, fr)
-                stats.results += 1
+            self.unacked[(r.task_id, r.attempt)] = (r, fr)
         if res:
             stats.last_result = time.time()
         update = WorkerUpdate(
