@@ -137,6 +137,7 @@ class Outcome(enum.StrEnum):
     MAX_WALL_TIME = "max_wall_time"  # ran longer than its time_max
     MAX_END_TIME = "max_end_time"  # still running (or not started) at its time_end
     FORSAKEN = "forsaken"  # returned without running (lost workers) more than max_forsaken times
+    FIXED_LOCATION_MISSING = "fixed_location_missing"  # a strict input is on no connected worker
 
 
 # --------------------------------------------------------------------------- parts
@@ -595,6 +596,7 @@ class InstallLibrary(_Msg):
     type: Literal["install_library"] = "install_library"
     spec: LibrarySpec
     frame: int = 0
+    stage: list[StageIn] = Field(default_factory=list)  # manager -> worker: fetch its inputs first
 
 
 class RemoveLibrary(_Msg):

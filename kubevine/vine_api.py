@@ -190,9 +190,6 @@ class VineAPI:
 
     def _send_tunable(self, name: str, value: float) -> None:
         """Tell the manager (its setting for the whole workflow)."""
-        from kubevine.protocol import Tune
-
-        self._send_control(Tune(name=name, value=value))
         self._send_control(Tune(name=name, value=value))
 
     # ------------------------------------------------------------------ tuning

@@ -38,7 +38,10 @@ class Catalog:
     inflight: dict[tuple[WorkerId, CacheName], str] = field(default_factory=dict)  # (dest, file) -> source
     arriving: dict[CacheName, set[str]] = field(default_factory=dict)  # file -> nodes it travels to
     failures: dict[str, int] = field(default_factory=dict)
+    failed_at: dict[str, float] = field(default_factory=dict)  # source -> its last failure
     source_limit: int = MAX_OUT  # concurrent transfers from one source (Settings.transfers_per_source)
+    peer_limit: int | None = None  # ... from one worker, when set (tune worker-source-max-transfers)
+    forgive_after: float | None = None  # seconds before a failing source is trusted again (tune)
     # replicas added (cache group) or removed (None) since the core last took them: persisted
     journal: dict[tuple[WorkerId, CacheName], str | None] = field(default_factory=dict)
 
@@ -105,20 +108,24 @@ class Catalog:
         manager_has: bool,
         cache: CacheLevel,
         serving: set[str] | None = None,
+        from_peers: bool = True,
     ) -> StageIn | None:
         """Sources for ``dest`` to fetch ``name`` from, best first; None: wait, it is on its way.
 
         ``peers`` maps worker ids to (transfer address, node) for connected workers. The limit
         of transfers per source gates a task, not each of its files: a source in ``serving``
         already serves this task's other inputs and takes this one too (a task reading more
-        files from one peer than the limit would otherwise wait for ever).
+        files from one peer than the limit would otherwise wait for ever). ``from_peers``
+        False: no peer is offered (peer transfers disabled, for the workflow or this file).
         """
         info = self.info.get(name) or FileInfo()
         stage = StageIn(cache_name=name, sources=[], checksum=info.checksum, size=info.size, cache=cache)
         if self.on_node(name, node) or node in self.arriving.get(name, set()):
             return stage  # the node has it, or will: the worker waits for the node's copy
         holders = [
-            w for w in self.holders.get(name, ()) if w != dest and w in peers and peers[w][0] is not None
+            w
+            for w in (self.holders.get(name, ()) if from_peers else ())
+            if w != dest and w in peers and peers[w][0] is not None
         ]
         good = sorted((w for w in holders if self.failures.get(w, 0) < BAD_SOURCE), key=self.busy)
         bad = sorted((w for w in holders if self.failures.get(w, 0) >= BAD_SOURCE), key=self.busy)
@@ -137,7 +144,7 @@ class Catalog:
             (
                 s
                 for s in candidates
-                if self.source_key(s) in taken or self.busy(self.source_key(s)) < self.source_limit
+                if self.source_key(s) in taken or self.busy(self.source_key(s)) < self.limit(s)
             ),
             None,
         )
@@ -151,6 +158,10 @@ class Catalog:
             self.outgoing[src] = self.outgoing.get(src, 0) + 1
             self.arriving.setdefault(name, set()).add(node)
         return stage
+
+    def limit(self, s: FileSource) -> int:
+        """Transfers ``s`` may serve at once."""
+        return self.peer_limit if s.kind == "peer" and self.peer_limit is not None else self.source_limit
 
     def busy(self, source: str) -> int:
         """Transfers ``source`` is serving now."""
@@ -187,5 +198,14 @@ class Catalog:
             del self.inflight[(dest, name)]
             self.outgoing[src] = max(0, self.outgoing.get(src, 0) - 1)
 
-    def failed_source(self, source: str) -> None:
+    def failed_source(self, source: str, now: float = 0.0) -> None:
         self.failures[source] = self.failures.get(source, 0) + 1
+        self.failed_at[source] = now
+
+    def forgive(self, now: float) -> None:
+        """Trust again the sources whose last failure is older than ``forgive_after``."""
+        if self.forgive_after is None:
+            return
+        for source in [s for s, t in self.failed_at.items() if now - t > self.forgive_after]:
+            del self.failed_at[source]
+            self.failures.pop(source, None)

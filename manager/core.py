@@ -16,26 +16,28 @@ tasks beyond what it can run at once (``prefetch``); the worker starts them only
 its own resources allow, so a queued task never shares resources it does not have.
 
 The core keeps its seams apart: task moves and their effects are the :class:`Lifecycle`
-(next to the transition table in :mod:`kubevine.manager.states`), files and transfers are
-:mod:`kubevine.manager.dataplane`, function calls and library instances are
-:mod:`kubevine.manager.libraries`, and a restart is :mod:`kubevine.manager.recovery`.
+(next to the transition table in :mod:`kubevine.manager.states`), what workers report is
+:mod:`kubevine.manager.workers`, files and transfers are :mod:`kubevine.manager.dataplane`,
+function calls and library instances are :mod:`kubevine.manager.libraries`, where a task may
+go and when are :mod:`kubevine.manager.affinity` and :mod:`kubevine.manager.timing`, the
+settings clients tune are :mod:`kubevine.manager.tuning`, and a restart is
+:mod:`kubevine.manager.recovery`.
 """
 
 from __future__ import annotations
 
 import copy
-import heapq
 import itertools
 import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import assert_never
 
 from kubevine import txformat
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
-from kubevine.manager import dataplane, libraries, placement, recovery
+from kubevine.manager import dataplane, libraries, placement, recovery, timing, tuning, workers
 from kubevine.manager.catalog import Catalog
 from kubevine.manager.entries import TaskEntry, WorkerEntry
 from kubevine.manager.events import (
@@ -71,29 +73,21 @@ from kubevine.manager.instructions import (
     Instruction,
     SendAck,
     SendDispatch,
-    SendDrain,
     SendForget,
     SendIdBlock,
-    SendKill,
-    SendPeerLost,
     SendResults,
     SendWelcome,
 )
-from kubevine.manager.libraries import Instance, InstanceState, LibraryEntry
+from kubevine.manager.libraries import LibraryEntry
 from kubevine.manager.states import FINAL, Lifecycle, TaskState, WorkerState
 from kubevine.manager.store import WriteBatch
 from kubevine.protocol import (
     Assignment,
-    AttemptResult,
-    ClientResult,
     FileKind,
     Outcome,
     StageIn,
-    TaskKind,
     TaskRef,
     TaskSpec,
-    WorkerInfo,
-    replace,
     walk_bindings,
 )
 
@@ -101,7 +95,6 @@ log = logging.getLogger(__name__)
 
 S = TaskState
 ID_BLOCK = 1_000_000  # task ids granted to a client at a time
-MAX_LOST = 5  # worker losses a task survives before it is failed
 
 
 @dataclass(frozen=True)
@@ -148,6 +141,9 @@ class Core(Shorthands):
         self.unschedulable: set[TaskId] = set()
         self.known_files: set[CacheName] = set()
         self.expected: set[CacheName] = set()  # client files arriving in pieces, not yet whole
+        self.tunables = tuning.Tunables()  # what clients set with m.tune
+        self.ends: list[tuple[float, int, TaskId]] = []  # (time_end, seq, task): a heap
+        self.not_before: list[tuple[float, int, TaskId]] = []  # (time_start, seq, task): ready, held back
         # which worker and node holds which file
         self.catalog = Catalog(source_limit=self.settings.transfers_per_source)
         self.producers: dict[CacheName, TaskId] = {}  # temp file -> the task that makes it
@@ -166,7 +162,7 @@ class Core(Shorthands):
         self.journal = Journal(self.settings, self.now) if record else None
         self._seq = itertools.count()
         self._dispatch: dict[WorkerId, SendDispatch] = {}
-        self._acks: dict[WorkerId, list[TaskRef]] = {}
+        self.acks: dict[WorkerId, list[TaskRef]] = {}
 
     @property
     def counts(self) -> dict[TaskState, int]:
@@ -190,7 +186,7 @@ class Core(Shorthands):
             self.journal.entries.append(event)
         match event:  # the frequent ones first
             case WorkerUpdated():
-                self._worker_update(event)
+                workers.update(self, event)
             case WorkerSeen():
                 w = self.workers.get(event.worker)
                 if w is not None:
@@ -233,11 +229,11 @@ class Core(Shorthands):
             case LibraryReported():
                 libraries.reported(self, event.worker, event.name, event.state, event.error)
             case WorkerConnected():
-                self._worker_connected(event.info)
+                workers.connected(self, event.info)
             case DrainRequested():
-                self._drain(event.workers)
+                workers.drain(self, event.workers)
             case WorkerLost():
-                self._worker_lost(event.worker, event.why)
+                workers.lost(self, event.worker, event.why)
             case Restored():
                 recovery.restore(self, event.snapshot)
             case _:
@@ -258,9 +254,9 @@ class Core(Shorthands):
             self.catalog.journal.clear()
         self.out.extend(self._dispatch.values())
         self._dispatch.clear()
-        for wid, refs in self._acks.items():
+        for wid, refs in self.acks.items():
             self.out.append(SendAck(wid, refs))
-        self._acks.clear()
+        self.acks.clear()
         undelivered = life.undelivered
         for cid, results in undelivered.items():
             if cid in self.connected_clients:
@@ -331,6 +327,8 @@ class Core(Shorthands):
             if why_not is not None:
                 life.finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=why_not)
                 continue
+            if not timing.admit(self, t):
+                continue  # its end time is past
             missing = [
                 b
                 for b in walk_bindings(spec.inputs)
@@ -424,8 +422,21 @@ class Core(Shorthands):
         self.transactions.extend(txformat.cache(wid, "forget", n) for n in names)
 
     def _tune(self, client: ClientId, name: str, value: float) -> None:
-        """A client set one of the workflow's settings (TaskVine's ``m.tune``)."""
+        """A client set one of the workflow's settings (TaskVine's ``m.tune``); it is stored,
+        so a restarted manager keeps it."""
+        why = tuning.apply(self.tunables, name, value)
+        if why is not None:
+            self.out.append(ClientError(client, "bad_setting", why, []))
+            return
         log.info("client %s: tune(%r, %s)", client, name, value)
+        self.apply_tunables()
+        self.batch.meta["tunables"] = json.dumps(asdict(self.tunables))
+
+    def apply_tunables(self) -> None:
+        """Hand the settings to the parts that read them."""
+        tun = self.tunables
+        self.catalog.peer_limit = tun.worker_source_max_transfers
+        self.catalog.forgive_after = tun.transient_error_interval
 
     def _cancel(self, client: ClientId, task_ids: Iterable[TaskId], tag: str | None) -> None:
         chosen = [self.tasks[i] for i in task_ids if i in self.tasks]
@@ -435,252 +446,18 @@ class Core(Shorthands):
             if t.state in FINAL or t.client != client:
                 continue
             if t.state in (S.DISPATCHED, S.RUNNING) and t.worker is not None:
-                self._release(t, kill=True)
+                workers.release(self, t, kill=True)
             self.unschedulable.discard(t.spec.id)
             self.life.finish(t, S.CANCELLED, Outcome.CANCELLED, error="cancelled by the client")
-
-    # ------------------------------------------------------------- workers
-
-    def _worker_connected(self, info: WorkerInfo) -> None:
-        """A worker said hello: new, reconnecting, or back after a manager restart."""
-        wid = info.worker_id
-        old = self.workers.get(wid)
-        w = WorkerEntry(info, WorkerState.CONNECTED, self.now, idle_since=self.now)
-        self.workers[wid] = w
-        if old is not None:  # replicas it no longer reports (evicted while we were apart)
-            now_held = set(info.cached)
-            group = old.info.cache_group or old.info.node
-            for name in [n for n, h in self.catalog.holders.items() if wid in h and n not in now_held]:
-                self.catalog.remove(name, wid, group)
-        dataplane.on_cached(self, self.catalog, w, list(info.cached))
-        self.batch.workers[wid] = info.model_copy(update={"running": [], "cached": []})
-        self.transactions.append(
-            txformat.worker_connected(
-                wid, info.node, info.host, info.resources, len(info.cached), len(info.running)
-            )
-        )
-        held = {r.task_id: r.attempt for r in info.running}
-        for lname in info.libraries:  # instances it still runs (after a manager restart)
-            lentry = self.libraries.get(lname)
-            if lentry is not None and lname not in w.libs:
-                w.libs[lname] = Instance(InstanceState.READY)
-                w.committed.add(lentry.spec.resources)
-        self._reconcile(w, old, held)
-        if w.tasks:
-            w.idle_since = None
-        for tid in list(self.unschedulable):
-            t = self.tasks[tid]
-            if t.spec.resources.fits_in(info.resources):
-                self.unschedulable.discard(tid)
-                t.unschedulable = False
-                heapq.heappush(self.ready, (-t.spec.priority, t.seq, tid))
-
-    def _reconcile(self, w: WorkerEntry, old: WorkerEntry | None, held: dict[TaskId, int]) -> None:
-        """Tasks we believe are on a worker that said hello again: re-attach those it still
-        holds, requeue the others, adopt dispatches the store never recorded, kill the rest."""
-        wid = w.id
-        if old is not None:
-            for tid, attempt in old.tasks.items():
-                t = self.tasks.get(tid)
-                if t is None or t.worker != wid or t.attempt != attempt:
-                    continue
-                if held.get(tid) == attempt:
-                    self.attach(w, t)
-                else:
-                    self._requeue_lost(t, "worker came back without it")
-        for tid, a in held.items():
-            t = self.tasks.get(tid)
-            if tid in w.tasks or t is None or t.state != S.READY or a <= t.attempt:
-                continue
-            # a dispatch the store never recorded (the manager died first): the worker runs
-            # or has run it; adopt that attempt instead of running the task again
-            if t.spec.kind == TaskKind.CALL and (t.spec.library or "") not in w.libs:
-                continue
-            t.attempt, t.worker = a, wid
-            self.life.move(t, S.DISPATCHED, f"adopted from {wid}")
-            self.attach(w, t)
-        stale = [TaskRef(task_id=tid, attempt=a) for tid, a in held.items() if tid not in w.tasks]
-        if stale:
-            self.out.append(SendKill(wid, stale))
-
-    def attach(self, w: WorkerEntry, t: TaskEntry) -> None:
-        """Count ``t`` on ``w`` again (a worker that came back holding it)."""
-        w.tasks[t.spec.id] = t.attempt
-        w.committed.add(t.spec.resources)
-        if t.state == S.DISPATCHED:
-            w.queued += 1
-        if t.spec.kind == TaskKind.CALL:
-            w.calls += 1
-            inst = w.libs.get(t.spec.library or "")
-            if inst is not None:
-                inst.active += 1
-
-    def _worker_lost(self, wid: WorkerId, why: str) -> None:
-        w = self.workers.pop(wid, None)
-        if w is None:
-            return
-        self.batch.workers[wid] = None
-        self.transactions.append(txformat.worker_disconnected(wid, why, len(w.tasks)))
-        log.warning("worker %s lost (%s); requeueing %d task(s)", wid, why, len(w.tasks))
-        for tid in list(w.tasks):
-            t = self.tasks.get(tid)
-            if t is not None and t.worker == wid and t.state in (S.DISPATCHED, S.RUNNING):
-                self._requeue_lost(t, f"worker {wid} {why}")
-        dataplane.on_worker_lost(self, self.catalog, w)
-        if w.info.transfer_address:  # fetches from it would wait for an answer that never comes
-            for other in self.workers.values():
-                if other.state in (WorkerState.CONNECTED, WorkerState.DRAINING):
-                    self.out.append(SendPeerLost(other.id, wid, w.info.transfer_address))
-
-    def _requeue_lost(self, t: TaskEntry, why: str) -> None:
-        t.lost += 1
-        w = self.workers.get(t.worker) if t.worker else None
-        if w is not None:
-            self._release(t, kill=False)
-        if t.lost > MAX_LOST:
-            self.life.finish(t, S.FAILED, Outcome.WORKER_LOST, error=f"lost {t.lost} times; last: {why}")
-        else:
-            self.life.ready(t, why)
-
-    def _drain(self, worker_ids: Iterable[WorkerId]) -> None:
-        """Stop giving these workers tasks; each leaves once its running tasks are done."""
-        for wid in worker_ids:
-            w = self.workers.get(wid)
-            if w is None or w.state == WorkerState.DRAINING:
-                continue
-            w.state = WorkerState.DRAINING
-            self.transactions.append(txformat.worker_draining(wid))
-            # take back what it queued but has not started: someone else can run it now
-            for tid in [t for t in w.tasks if self.tasks[t].state == S.DISPATCHED]:
-                t = self.tasks[tid]
-                self._release(t, kill=True)
-                self.life.ready(t, f"worker {wid} draining")
-            self._maybe_release_drained(w)
-
-    def _maybe_release_drained(self, w: WorkerEntry) -> None:
-        if w.state == WorkerState.DRAINING and not w.tasks:
-            self.out.append(SendDrain(w.id))
-
-    def _worker_update(self, ev: WorkerUpdated) -> None:
-        wid = ev.worker
-        w = self.workers.get(wid)
-        if w is None:
-            return
-        w.last_seen = self.now
-        catalog = self.catalog
-        dataplane.on_cached(self, catalog, w, list(ev.cached))
-        dataplane.on_evicted(catalog, w, list(ev.evicted))
-        dataplane.on_transfers(self, catalog, w, list(ev.transfers))
-        tx = self.transactions
-        for name in ev.cached:
-            tx.append(txformat.cache(wid, "insert", name))
-        for name in ev.evicted:
-            tx.append(txformat.cache(wid, "evict", name))
-        for ref in ev.started:
-            t = self.tasks.get(ref.task_id)
-            if t and t.worker == wid and t.attempt == ref.attempt and t.state == S.DISPATCHED:
-                w.queued -= 1
-                self.life.move(t, S.RUNNING, "started")
-        acks = self._acks.setdefault(wid, [])
-        for r in ev.results:
-            acks.append(TaskRef(task_id=r.task_id, attempt=r.attempt))
-            t = self.tasks.get(r.task_id)
-            if (
-                t is None
-                or t.worker != wid
-                or t.attempt != r.attempt
-                or t.state not in (S.DISPATCHED, S.RUNNING)
-            ):
-                tx.append(txformat.task_stale_result(r.task_id, r.attempt, wid))
-                continue
-            self._release(t, kill=False)
-            self._attempt_ended(t, r, ev.frames, wid)
-        if not w.tasks and w.idle_since is None:
-            w.idle_since = self.now
-        self._maybe_release_drained(w)
-
-    def _release(self, t: TaskEntry, *, kill: bool) -> None:
-        """Free the resources a task holds on its worker."""
-        wid = t.worker
-        w = self.workers.get(wid) if wid else None
-        if w is None or wid is None:
-            return
-        if w.tasks.pop(t.spec.id, None) is not None:
-            w.committed.remove(t.spec.resources)
-            if t.state == S.DISPATCHED:
-                w.queued -= 1
-            if t.spec.kind == TaskKind.CALL:
-                w.calls -= 1
-                inst = w.libs.get(t.spec.library or "")
-                if inst is not None:
-                    inst.active -= 1
-            if kill:
-                self.out.append(SendKill(wid, [TaskRef(task_id=t.spec.id, attempt=t.attempt)]))
-        if not w.tasks:
-            w.idle_since = self.now
-
-    def _attempt_ended(self, t: TaskEntry, r: AttemptResult, frames: Sequence[bytes], wid: WorkerId) -> None:
-        wall = r.wall_time
-        if t.spec.kind == TaskKind.CALL:
-            lib = self.libraries.get(t.spec.library or "")
-            if lib is not None:
-                lib.observe(wall)
-        else:
-            self.avg_wall = wall if self.avg_wall is None else 0.9 * self.avg_wall + 0.1 * wall
-        out_frames: list[bytes] = []
-
-        def take(i: int | None) -> int | None:
-            if i is None or not 0 <= i < len(frames):
-                return None
-            out_frames.append(frames[i])
-            return len(out_frames) - 1
-
-        ok = r.outcome == Outcome.SUCCESS
-        if not ok:
-            t.failures += 1
-        ran = txformat.attempt_ran(r.started, r.wall_time, r.exit_code)
-        w = self.workers.get(wid)
-        result = ClientResult(
-            task_id=t.spec.id,
-            state="done" if ok else "failed",
-            attempts=t.attempt,
-            outcome=r.outcome,
-            exit_code=r.exit_code,
-            output_frame=take(r.output_frame),
-            output_spill=r.output_spill,
-            error=r.error,
-            wall_time=r.wall_time,
-            worker=wid,
-            host=w.info.host if w is not None else None,
-            addrport=w.info.transfer_address if w is not None else None,
-            outputs=[o if o.frame is None else replace(o, frame=take(o.frame)) for o in r.outputs],
-        )
-        life = self.life
-        if (
-            w is not None
-        ):  # what stayed on the worker for the client to fetch: in the catalog until undeclared
-            dataplane.on_spilled(self, self.catalog, w, r)
-        if ok:
-            if w is not None:
-                dataplane.on_outputs(self, self.catalog, w, r.outputs)
-            life.finish(t, S.DONE, r.outcome, result=result, frames=out_frames, ran=ran)
-            return
-        if r.outcome == Outcome.INPUT_MISSING:
-            w = self.workers.get(wid)
-            node = (w.info.cache_group or w.info.node) if w is not None else None
-            for b in walk_bindings(t.spec.inputs):  # what an untar or minitask is made from too
-                if b.cache_name is not None:
-                    self.catalog.done(wid, b.cache_name, node)
-        if t.failures <= t.spec.retries:
-            life.retry(t, f"attempt {t.attempt} {r.outcome.value}", ran)
-        else:
-            life.finish(t, S.FAILED, r.outcome, result=result, frames=out_frames, ran=ran)
 
     # ------------------------------------------------------------- time
 
     def _tick(self) -> None:
-        """Find workers that stopped talking; undeclare what is no longer in use."""
+        """Find workers that stopped talking; undeclare what is no longer in use; fail tasks
+        past their end time; trust failed sources again (tune transient-error-interval)."""
         now = self.now
+        timing.expire(self)
+        self.catalog.forgive(now)
         if self.undeclare_later:
             later, self.undeclare_later = self.undeclare_later, {}
             by_client: dict[ClientId, list[CacheName]] = {}
@@ -691,22 +468,29 @@ class Core(Shorthands):
         for w in list(self.workers.values()):
             if w.state == WorkerState.RECOVERING:
                 if w.deadline is not None and now > w.deadline:
-                    self._worker_lost(w.id, "did not reconnect after the manager restarted")
+                    workers.lost(self, w.id, "did not reconnect after the manager restarted")
             elif now - w.last_seen > self.settings.heartbeat_timeout:
-                self._worker_lost(w.id, f"silent for {now - w.last_seen:.1f}s")
+                workers.lost(self, w.id, f"silent for {now - w.last_seen:.1f}s")
 
     # ------------------------------------------------------------- scheduling
 
     def _schedule(self) -> None:
         """Place ready tasks on workers with room, highest priority first; then calls."""
-        workers = [w for w in self.workers.values() if w.state == WorkerState.CONNECTED]
-        if not workers:
+        live = [w for w in self.workers.values() if w.state == WorkerState.CONNECTED]
+        if self.tunables.wait_for_workers:  # tune wait-for-workers: nothing runs before N are here
+            if len(live) < self.tunables.wait_for_workers:
+                return
+            log.info("%d worker(s) connected: dispatching begins", len(live))
+            self.tunables.wait_for_workers = 0
+            self.batch.meta["tunables"] = json.dumps(asdict(self.tunables))
+        if not live:
             return
+        timing.release(self)
         if self.ready:
-            placement.schedule_tasks(self, workers)
+            placement.schedule_tasks(self, live)
         for lib in self.libraries.values():
             if lib.ready:
-                libraries.schedule_calls(self, lib, workers)
+                libraries.schedule_calls(self, lib, live)
 
     @property
     def prefetch(self) -> int:

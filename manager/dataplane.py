@@ -16,6 +16,7 @@ instructions, nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kubevine import txformat
@@ -85,10 +86,24 @@ def on_submit(core: Core, catalog: Catalog, t: TaskEntry) -> str | None:
 def stage_for(
     core: Core, catalog: Catalog, t: TaskEntry, w: WorkerEntry, peers: dict[WorkerId, tuple[str | None, str]]
 ) -> list[StageIn] | None:
-    """How ``w`` gets each input of ``t``; None when an input must be awaited first.
+    """How ``w`` gets each input of ``t``; None when an input must be awaited first."""
+    return stage_inputs(core, catalog, t.spec.inputs, w, peers)
+
+
+def stage_inputs(
+    core: Core,
+    catalog: Catalog,
+    inputs: Sequence[FileBinding],
+    w: WorkerEntry,
+    peers: dict[WorkerId, tuple[str | None, str]],
+) -> list[StageIn] | None:
+    """How ``w`` gets each of ``inputs`` (a task's, or a library's); None when one must be
+    awaited first.
 
     An unpacked archive or a minitask's product is made by the worker itself (once per node
-    cache): what is staged is what it is made from, unless the node has it already.
+    cache): what is staged is what it is made from, unless the node has it already. A file
+    whose binding says ``peer_transfer=False``, or every file while the workflow has peer
+    transfers off, comes from the manager or its URL only.
     """
     stages: list[StageIn] = []
     staged: set[CacheName] = set()  # names in ``stages``: each input is looked at once (O(inputs))
@@ -105,7 +120,9 @@ def stage_for(
                 return True
             parts = [b.source] if b.source is not None else list(b.mini.inputs if b.mini else [])
             return all(need(p) for p in parts)
-        stage = catalog.plan(name, w.id, group, peers, name in core.known_files, b.cache, serving)
+        from_peers = b.peer_transfer and core.tunables.peer_transfers
+        manager_has = name in core.known_files
+        stage = catalog.plan(name, w.id, group, peers, manager_has, b.cache, serving, from_peers)
         if stage is None:
             return False
         if stage.sources:
@@ -114,7 +131,7 @@ def stage_for(
         staged.add(name)
         return True
 
-    for b in t.spec.inputs:
+    for b in inputs:
         if not need(b):
             for n in planned:  # undo the transfers planned for this task's other inputs
                 catalog.done(w.id, n, group)
@@ -155,7 +172,7 @@ def on_transfers(core: Core, catalog: Catalog, w: WorkerEntry, records: list[Tra
             )
             core.moved[r.source] = core.moved.get(r.source, 0) + r.bytes
         else:
-            catalog.failed_source(src)
+            catalog.failed_source(src, core.now)
             info = catalog.info.get(r.cache_name)
             key = r.source_worker or (f"url:{info.url}" if r.source == "url" and info else r.source)
             catalog.release(w.id, r.cache_name, key)  # that source serves this transfer no more
@@ -249,9 +266,11 @@ def producer_ended(core: Core, t: TaskEntry) -> None:
 
 
 def on_worker_lost(core: Core, catalog: Catalog, w: WorkerEntry) -> None:
-    """Files whose last copy went with the worker: re-make the temps still needed."""
+    """Files whose last copy went with the worker: re-make the temps still needed (or every
+    temp still declared, with tune ``immediate-recovery``)."""
+    eager = core.tunables.immediate_recovery
     for name in catalog.drop_worker(w.id, w.info.cache_group or w.info.node):
-        if name in core.producers and needed(core, name):
+        if name in core.producers and (eager or needed(core, name)):
             regenerate(core, catalog, name, f"its only copy was on worker {w.id}")
 
 

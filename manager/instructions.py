@@ -8,10 +8,10 @@ that mypy checks covers :data:`Instruction`. Nothing here knows about sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
-from kubevine.protocol import Assignment, ClientResult, TaskRef, TaskSpec
+from kubevine.protocol import Assignment, ClientResult, StageIn, TaskRef, TaskSpec
 
 
 @dataclass(slots=True)
@@ -66,10 +66,11 @@ class ClientError:
 
 @dataclass(slots=True)
 class SendInstall:
-    """Start an instance of ``library`` on ``worker``."""
+    """Start an instance of ``library`` on ``worker``, once ``stage`` (its inputs) is there."""
 
     worker: WorkerId
     library: str
+    stage: list[StageIn] = field(default_factory=list)
 
 
 @dataclass(slots=True)

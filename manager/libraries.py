@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Literal
 
 from kubevine import txformat
 from kubevine.ids import ClientId, TaskId, WorkerId
-from kubevine.manager import dataplane
+from kubevine.manager import affinity, dataplane, timing
 from kubevine.manager.instructions import ClientError, SendInstall, SendRemove
-from kubevine.protocol import LibrarySpec, Outcome, StageIn, TaskKind, TaskSpec
+from kubevine.protocol import FileKind, LibrarySpec, Outcome, StageIn, TaskKind, TaskSpec, walk_bindings
 from kubevine.resources import Resources, Tally
 from kubevine.states import TaskState
 
@@ -50,6 +50,7 @@ class LibraryEntry:
     failures: int = 0
     failed_on: set[str] = field(default_factory=set)  # workers where it failed to start
     broken: str | None = None  # why it was given up
+    crashes: int = 0  # instances that failed to start or ended unasked (tune max-library-retries)
     avg_wall: float | None = None
     ready: list[tuple[float, int, TaskId]] = field(default_factory=list)  # calls waiting
 
@@ -117,8 +118,8 @@ def install(core: Core, client: ClientId, spec: LibrarySpec, payload: bytes) -> 
     core.transactions.append(txformat.library_registered(spec.name, spec.exec_mode, spec.slots))
 
 
-def remove(core: Core, name: str) -> None:
-    """Forget a library: its instances stop, its waiting calls fail."""
+def remove(core: Core, name: str, why: str = "was removed") -> None:
+    """Forget a library: its instances stop, its waiting calls fail (``why`` says why)."""
     lib = core.libraries.pop(name, None)
     if lib is None:
         return
@@ -127,7 +128,7 @@ def remove(core: Core, name: str) -> None:
         if w.libs.pop(name, None) is not None:
             w.committed.remove(lib.spec.resources)
             core.out.append(SendRemove(w.id, name))
-    _fail_waiting(core, lib, f"library {name!r} was removed")
+    _fail_waiting(core, lib, f"library {name!r} {why}")
     core.transactions.append(txformat.library_removed(name))
 
 
@@ -145,29 +146,62 @@ def reported(
     core: Core, wid: WorkerId, name: str, state: Literal["ready", "failed", "gone"], error: str | None
 ) -> None:
     """An instance started, failed to start, or ended; a library that fails to start on
-    :data:`BROKEN_AFTER` workers is given up and its waiting calls fail with the reason."""
+    :data:`BROKEN_AFTER` workers is given up and its waiting calls fail with the reason; one
+    whose instances failed or ended unasked ``max-library-retries`` times (tune) is removed."""
     w = core.workers.get(wid)
     lib = core.libraries.get(name)
     if w is None:
         return
     inst = w.libs.get(name)
     core.transactions.append(txformat.library_on(name, state, wid))
+    if lib is not None and lib.spec.inputs:  # its inputs' transfers are over, one way or another
+        group = w.info.cache_group or w.info.node
+        for b in walk_bindings(lib.spec.inputs):
+            if b.cache_name is not None:
+                core.catalog.done(wid, b.cache_name, group)
     if state == "ready":
-        if inst is not None:
-            inst.state = InstanceState.READY
+        if inst is None:
+            return
+        if inst.state == InstanceState.READY and lib is not None:
+            # ready again: its worker started it anew after its process died (a crash)
+            _crashed(core, lib, "its process died and was started again")
+            return
+        inst.state = InstanceState.READY
         return
     if inst is not None:  # failed or gone: it holds nothing here any more
         del w.libs[name]
         if lib is not None:
             w.committed.remove(lib.spec.resources)
-    if state == "failed" and lib is not None:
+    if lib is None or inst is None:
+        return  # gone as asked (removed, evicted), or never ours
+    if state == "failed":
         lib.failures += 1
         lib.failed_on.add(wid)
         log.warning("library %s failed on worker %s: %s", name, wid, (error or "")[-500:])
-        if lib.failures >= BROKEN_AFTER:
-            lib.broken = (error or "unknown error").strip().splitlines()[-1]
-            _fail_waiting(core, lib, f"library {name!r} failed to start: {error or 'unknown error'}")
-            lib.ready.clear()
+    if _crashed(core, lib, error or state):
+        return  # removed
+    if state == "failed" and lib.failures >= BROKEN_AFTER:
+        lib.broken = (error or "unknown error").strip().splitlines()[-1]
+        _fail_waiting(core, lib, f"library {name!r} failed to start: {error or 'unknown error'}")
+        lib.ready.clear()
+
+
+def _crashed(core: Core, lib: LibraryEntry, why: str) -> bool:
+    """One of the library's instances failed; after ``max-library-retries`` failures (tune)
+    the library is removed: its calls fail "missing library". True if it was removed."""
+    lib.crashes += 1
+    limit = core.tunables.max_library_retries
+    if limit <= 0 or lib.crashes < limit:
+        return False
+    name = lib.spec.name
+    log.warning(
+        "library %s: %d failure(s) of its instances (max-library-retries %d)", name, lib.crashes, limit
+    )
+    last = why.strip().splitlines()[-1] if why.strip() else why
+    remove(
+        core, name, f"was removed after {lib.crashes} failures of its instances (max-library-retries): {last}"
+    )
+    return True
 
 
 # ------------------------------------------------------------------ scheduling
@@ -183,23 +217,22 @@ def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) ->
     later: list[tuple[float, int, TaskId]] = []  # calls whose inputs cannot be staged yet
     peers: dict[WorkerId, tuple[str | None, str]] | None = None
     while ready:
-        best: WorkerEntry | None = None
-        best_active = cap
-        for w in usable:
-            active = w.libs[name].active
-            if active < best_active:
-                best, best_active = w, active
+        best = _least_busy(usable, name, cap)
         if best is None:
             break
         item = heapq.heappop(ready)
         t = core.tasks.get(item[2])
-        if t is None or t.state != S.READY:
+        if t is None or t.state != S.READY or timing.hold(core, t, item):
             continue
         stages: list[StageIn] | None = []
-        if t.spec.inputs:
-            peers = core.peers() if peers is None else peers
-            stages = dataplane.stage_for(core, core.catalog, t, best, peers)
-        if stages is None:  # an input's sources are all busy: the call waits for a free one
+        if t.spec.inputs or t.spec.features:
+            places = affinity.where(core, t, usable)  # features; inputs that must not travel
+            if places is not None:
+                best = _least_busy(places, name, cap)
+            if best is not None and t.spec.inputs:
+                peers = core.peers() if peers is None else peers
+                stages = dataplane.stage_for(core, core.catalog, t, best, peers)
+        if best is None or stages is None:  # no instance it may use has room, or its sources are busy
             later.append(item)
             if len(later) >= PLAN_AHEAD:  # enough planning for one cycle
                 break
@@ -211,6 +244,17 @@ def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) ->
         heapq.heappush(ready, item)
     if ready and lib.broken is None and not _on_its_way(name, workers):
         _start_instance(core, lib, workers)
+
+
+def _least_busy(workers: list[WorkerEntry], name: str, cap: int) -> WorkerEntry | None:
+    """The worker whose instance of ``name`` has the fewest calls, if that is under ``cap``."""
+    best: WorkerEntry | None = None
+    best_active = cap
+    for w in workers:
+        active = w.libs[name].active
+        if active < best_active:
+            best, best_active = w, active
+    return best
 
 
 def _on_its_way(name: str, workers: list[WorkerEntry]) -> bool:
@@ -231,11 +275,36 @@ def _start_instance(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) -
         ),
         None,
     ) or _evict_idle_library_for(core, lib, workers)
-    if target is not None:
-        target.libs[name] = Instance(InstanceState.INSTALLING)
-        target.committed.add(lib.spec.resources)
-        core.out.append(SendInstall(target.id, name))
-        core.transactions.append(txformat.library_on(name, "installing", target.id))
+    if target is None:
+        return
+    stages = _stage_inputs(core, lib, target) if lib.spec.inputs else []
+    if stages is None:  # its inputs are on the worker before the library starts there
+        return  # not yet: an input is still to be made, or its sources are busy
+    target.libs[name] = Instance(InstanceState.INSTALLING)
+    target.committed.add(lib.spec.resources)
+    core.out.append(SendInstall(target.id, name, stages))
+    core.transactions.append(txformat.library_on(name, "installing", target.id))
+
+
+def _stage_inputs(core: Core, lib: LibraryEntry, w: WorkerEntry) -> list[StageIn] | None:
+    """How ``w`` gets the library's inputs (LibrarySpec.inputs); None while one cannot come yet
+    (a temp not made, a source busy). A client file that never reached the manager breaks the
+    library: its calls fail, saying which."""
+    lost = [
+        b.remote_name
+        for b in walk_bindings(lib.spec.inputs)
+        if b.kind in (FileKind.LOCAL, FileKind.BUFFER)
+        and dataplane.absent(core, b)
+        and b.cache_name not in core.expected
+    ]
+    if lost:
+        lib.broken = f"its input(s) {', '.join(lost)} never reached the manager"
+        _fail_waiting(core, lib, f"library {lib.spec.name!r}: {lib.broken}")
+        lib.ready.clear()
+        return None
+    if any(dataplane.absent(core, b) for b in walk_bindings(lib.spec.inputs)):
+        return None
+    return dataplane.stage_inputs(core, core.catalog, lib.spec.inputs, w, core.peers())
 
 
 def idle_instances(core: Core, w: WorkerEntry) -> list[tuple[str, LibraryEntry]]:

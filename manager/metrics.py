@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -41,6 +42,7 @@ from kubevine.protocol import Assignment, AttemptResult
 from kubevine.states import FINAL, TaskState
 from kubevine.stats import WALL_BUCKETS, Histogram, ManagerStatus, Perf
 from kubevine.txformat import SOURCES, TASK_STATES
+from kubevine.vine_api import VineStats
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,8 @@ class StatusCollector(Collector):
         yield m.gauge("kubevine_clients_connected", "Clients connected", st.clients)
         yield m.gauge("kubevine_unschedulable_tasks", "Tasks larger than every worker", st.unschedulable)
         yield m.gauge("kubevine_snapshot_timestamp_seconds", "When these figures were taken", st.time)
+        yield m.gauge("kubevine_sessions", "Sessions open (clients, workers, status callers)", st.sessions)
+        yield from _taskvine_metrics(m, st)
 
 
 class _Families:
@@ -247,6 +251,15 @@ def _library_metrics(m: _Families, st: ManagerStatus) -> Iterator[Metric]:
         calls.add_metric([*wf, lib.name, "waiting"], lib.waiting_calls)
     yield instances
     yield calls
+
+
+def _taskvine_metrics(m: _Families, st: ManagerStatus) -> Iterator[Metric]:
+    """TaskVine's names beside kubevine's (its ``prometheus=`` exporter: one gauge ``vine_<key>``
+    per numeric field of ``status("manager")``), from the same snapshot, for dashboards made
+    for TaskVine. Only the fields kubevine can give are there (``m.stats`` has the same ones)."""
+    held = sum(st.tasks.get(s.value, 0) for s in FINAL)  # finished, result not yet collected
+    for key, value in asdict(VineStats.of(st, held)).items():
+        yield m.gauge(f"vine_{key}", f"TaskVine's {key} (status('manager'))", value)
 
 
 def _bound(b: float) -> str:

@@ -4,8 +4,13 @@ Tasks are placed highest priority first on the emptiest worker where they run at
 keep a fast worker busy between round trips, a worker may also hold a few queued tasks beyond
 what it runs at once (``prefetch``, only while recent tasks have been short); the worker starts
 them only when its own resources allow, so a queued task never shares resources it does not
-have. A task larger than every worker is set aside as unschedulable until a bigger one
-connects; an idle library instance gives its room up to a task that needs it.
+have. A task larger than every worker, or asking for features no worker has, is set aside as
+unschedulable until one that can run it connects; an idle library instance gives its room up
+to a task that needs it. A task goes only where it may: to a worker with its ``features``, and
+— for inputs that must not travel (``strict``, TaskVine's fixed location, and temps while peer
+transfers are off) — to a worker whose node holds them; a strict input that no connected
+worker holds fails the task with ``fixed_location_missing``. A task whose ``time_start`` is
+still to come is set aside until then (:mod:`kubevine.manager.timing`).
 
 Pure, like :mod:`kubevine.manager.libraries` (which places function calls): functions of the
 core's state, called by :class:`kubevine.manager.core.Core` when it schedules.
@@ -16,9 +21,8 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
-from kubevine import txformat
 from kubevine.ids import TaskId
-from kubevine.manager import dataplane, libraries
+from kubevine.manager import affinity, dataplane, libraries, timing
 from kubevine.resources import Resources
 from kubevine.states import TaskState
 
@@ -53,15 +57,20 @@ def schedule_tasks(core: Core, workers: list[WorkerEntry]) -> None:
             break
         item = heapq.heappop(ready)
         t = core.tasks.get(item[2])
-        if t is None or t.state != S.READY:
+        if t is None or t.state != S.READY or timing.hold(core, t, item):
             continue
         need = t.spec.resources
         if not need.fits_in(biggest) and not any(need.fits_in(w.info.resources) for w in workers):
-            t.unschedulable = True
-            core.unschedulable.add(t.spec.id)
-            core.transactions.append(txformat.task_unschedulable(t.spec.id, need))
+            affinity.set_aside(core, t)
             continue
-        chosen = _pick(core, need, workers)
+        places = affinity.where(core, t, workers)
+        if places is not None and not places:
+            if not affinity.could_run(core, t):
+                continue  # failed, or set aside until a worker that may run it connects
+            skipped.append(item)
+            budget -= 1
+            continue
+        chosen = _pick(core, need, places if places is not None else workers)
         if chosen is None and core.libraries and not evicted:
             # an idle library may be holding the room this task needs
             evicted = True

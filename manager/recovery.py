@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import heapq
 import json
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from kubevine.ids import ClientId, TaskId
-from kubevine.manager import dataplane
+from kubevine.manager import dataplane, tuning, workers
 from kubevine.manager.entries import TaskEntry, WorkerEntry
 from kubevine.manager.libraries import LibraryEntry
 from kubevine.manager.states import FINAL, TaskState, WorkerState
@@ -38,6 +39,9 @@ def restore(core: Core, snap: Snapshot) -> None:
     core.next_task_id = int(snap.meta.get("next_task_id", "1"))
     if "totals" in snap.meta:
         core.totals.update(json.loads(snap.meta["totals"]))
+    if "tunables" in snap.meta:  # what clients set with m.tune
+        core.tunables = tuning.Tunables(**json.loads(snap.meta["tunables"]))
+        core.apply_tunables()
         core.stored_totals = dict(core.totals)
     for lname, (lspec, lpayload) in snap.libraries.items():
         core.libraries[lname] = LibraryEntry(lspec, lpayload, ClientId(""))
@@ -83,6 +87,8 @@ def _load_tasks(core: Core, snap: Snapshot) -> None:
 def _resume(core: Core, t: TaskEntry) -> None:
     """Put a restored task back on its way, by the state it was stored in."""
     life = core.life
+    if t.state not in FINAL and t.spec.time_end is not None:  # its end time is watched again
+        heapq.heappush(core.ends, (t.spec.time_end, t.seq, t.spec.id))
     if t.spec.kind == TaskKind.CALL and (t.spec.library or "") not in core.libraries:
         if t.state not in FINAL:  # its library was never stored: it cannot run
             life.finish(t, S.FAILED, Outcome.LIBRARY_ERROR, error=f"library {t.spec.library!r} is gone")
@@ -115,7 +121,7 @@ def _resume(core: Core, t: TaskEntry) -> None:
         if w is None:
             life.ready(t, "recovered; its worker is unknown")
         else:
-            core.attach(w, t)
+            workers.attach(core, w, t)
     elif t.result is not None:
         life.undelivered.setdefault(t.client, []).append((t.result, t.frames))
 
@@ -134,6 +140,7 @@ def full_batch(core: Core) -> WriteBatch:
             b.workers[wid] = w.info.model_copy(update={"running": [], "cached": []})
     b.meta["next_task_id"] = str(core.next_task_id)
     b.meta["totals"] = json.dumps(core.totals)
+    b.meta["tunables"] = json.dumps(asdict(core.tunables))
     for name, lib in core.libraries.items():
         b.libraries[name] = (lib.spec, lib.payload)
     for name, held in core.catalog.holders.items():

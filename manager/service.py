@@ -424,7 +424,7 @@ class ManagerService:
                 case SendInstall():
                     lib = self.core.libraries.get(ins.library)
                     if lib is not None:
-                        install = InstallLibrary(spec=lib.spec, frame=0)
+                        install = InstallLibrary(spec=lib.spec, frame=0, stage=ins.stage)
                         self._send_to("worker", ins.worker, install, [lib.payload])
                 case SendRemove():
                     self._send_to("worker", ins.worker, RemoveLibrary(name=ins.library))
