@@ -144,12 +144,15 @@ def pod_problems(pod: Mapping[str, Any], component: str, now: float) -> list[Pro
                     f"restarted {restarts} times, last exit {last.get('reason') or 'Error'} "
                     f"(exit code {last.get('exitCode')})"
                     if last
-                    else str(waiting.get("message") or ""),
+                    else f"restarted {restarts} times; {waiting.get('message') or 'back-off restarting'}",
                     name,
                 )
             )
         elif reason in STUCK_REASONS:
-            found.append(Problem(component, str(reason), str(waiting.get("message") or ""), name))
+            # A kubelet alternates ErrImagePull (an attempt) and ImagePullBackOff (the wait
+            # after it): one problem, not one per attempt.
+            kind = "ImagePullBackOff" if reason == "ErrImagePull" else str(reason)
+            found.append(Problem(component, kind, str(waiting.get("message") or ""), name))
         elif reason == "ContainerCreating" and phase == "Pending":
             created = _time(meta.get("creationTimestamp"))
             if created is not None and now - created > SLOW_START_SECONDS:

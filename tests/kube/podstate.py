@@ -102,6 +102,17 @@ def should_restart(run: PodRun, c: ContainerRun) -> bool:
     return policy == "Always" or (policy == "OnFailure" and c.exit_code != 0)
 
 
+def _just_ended(c: ContainerRun) -> Obj:
+    return {
+        "terminated": {
+            "exitCode": c.exit_code,
+            "reason": c.reason or ("Completed" if c.exit_code == 0 else "Error"),
+            "startedAt": c.started_at,
+            "finishedAt": c.finished_at,
+        }
+    }
+
+
 def container_status(c: ContainerRun, run: PodRun) -> Obj:
     state: Obj
     if c.running:
@@ -143,7 +154,8 @@ def container_status(c: ContainerRun, run: PodRun) -> Obj:
         "started": c.running,
         "restartCount": c.restart_count,
         "state": state,
-        "lastState": c.last_terminated or {},
+        # In back-off the exit just seen is already the last state, as a kubelet reports it.
+        "lastState": _just_ended(c) if c.next_start else (c.last_terminated or {}),
     }
     if c.proc is not None:
         result["containerID"] = f"process://{c.proc.pid}"

@@ -495,22 +495,23 @@ class Cluster:
             "--audit-log-maxsize=0",
         ]
 
-    def audit_events(self, since: float = 0.0) -> list[dict[str, Any]]:
-        """The audit log's completed requests (stage ResponseComplete or Panic) received at or
-        after the unix time `since`: who (`user.username`), `verb`, `objectRef`, response code."""
+    def audit_events(self, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]:
+        """The audit log's requests received between the unix times `since` and `until`, one
+        event each (a watch is there from its ResponseStarted stage, while it is still open):
+        who (`user.username`), `verb`, `objectRef`, response code, `requestReceivedTimestamp`."""
         if not self.audit_log.exists():
             return []
-        found = []
+        found: dict[str, dict[str, Any]] = {}
         with self.audit_log.open() as f:
             for line in f:
                 event = json.loads(line)
-                if event.get("stage") not in ("ResponseComplete", "Panic"):
+                if event.get("stage") not in ("ResponseStarted", "ResponseComplete", "Panic"):
                     continue
-                received = str(event.get("requestReceivedTimestamp", ""))
-                if since and received and _rfc3339(received) < since:
+                received = _rfc3339(str(event.get("requestReceivedTimestamp") or "1970-01-01T00:00:00Z"))
+                if received < since or (until is not None and received >= until):
                     continue
-                found.append(event)
-        return found
+                found.setdefault(str(event.get("auditID")), event)
+        return list(found.values())
 
     def _bootstrap(self) -> None:
         """Objects the process kubelet needs beyond a kubelet's own rights, and a default

@@ -382,11 +382,13 @@ def run_all(m: Manager, tasks: list[Task], timeout: float = 120) -> None:
 # --- what the operator called ----------------------------------------------------------------
 
 
-def operator_requests(cluster: Cluster, user: str, since: float = 0.0) -> list[dict[str, Any]]:
-    """The operator's completed requests from the audit log: dicts with verb, resource
-    (`group/resource[/subresource]`), namespace, name, code, time."""
+def operator_requests(
+    cluster: Cluster, user: str, since: float = 0.0, until: float | None = None
+) -> list[dict[str, Any]]:
+    """The operator's requests from the audit log: dicts with verb, resource, `what`
+    (`group/resource[/subresource]`), namespace, name, code."""
     found = []
-    for event in cluster.audit_events(since):
+    for event in cluster.audit_events(since, until):
         if event.get("user", {}).get("username") != user:
             continue
         ref = event.get("objectRef") or {}

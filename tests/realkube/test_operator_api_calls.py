@@ -1,0 +1,82 @@
+"""How often the operator calls the API server (issue 17): with N VineWorkflows at rest and
+the chart's default pace (a step every 5 s per workflow), it reads nothing per step — the
+children come from watches — and writes only what changed. Counted from the API server's
+audit log over one minute; the numbers are printed (`-s`) and written to
+`<cluster state>/api-calls.json`. N is `KUBEVINE_SCALE_WORKFLOWS` (default 20)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from typing import Any
+
+from .controlplane import Cluster
+from .helpers import Kube, wait_for
+from .vine import Release, Workflows, external_store, operator_requests, pool_spec, redis_server, workflow
+
+N = int(os.environ.get("KUBEVINE_SCALE_WORKFLOWS", "20"))
+WINDOW = 60.0
+#: What one step of one workflow cost before (a list of worker pods, a list of manager pods,
+#: a GET of the Deployment, and a status PATCH every step), for the comparison printed.
+POLLING_CALLS_PER_STEP = 4
+
+
+def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
+    kubevine: Release, kube_factory: Any, real_cluster: Cluster
+) -> None:
+    kubevine.scale(0)
+    home: Kube = kube_factory(psa="privileged")
+    defaults = {
+        "operator": {
+            "autoscaler": {"intervalSeconds": 5, "stabilizationSeconds": 60, "statsMaxAgeSeconds": 30},
+            "resyncSeconds": 300,
+        }
+    }
+    release = Release(real_cluster, home.ns, name="scale", values=defaults)
+    try:
+        release.install()
+        release.wait_ready()
+        wf = Workflows(home)
+        wf.apply(*redis_server())
+        wait_for(lambda: home.running_pods("app=redis", 1), timeout=60, what="the shared Redis")
+        small = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+        for i in range(N):
+            spec = pool_spec()
+            spec["stateStore"] = external_store(home.ns)
+            spec["manager"]["resources"] = small
+            wf.apply(workflow(f"wf{i:03d}", spec))
+
+        def all_running() -> bool:
+            items = home.get(f"/apis/kubevine.io/v1alpha1/namespaces/{home.ns}/vineworkflows")["items"]
+            return len(items) == N and all((w.get("status") or {}).get("phase") == "Running" for w in items)
+
+        wait_for(all_running, timeout=60 + 6 * N, interval=1, what=f"{N} workflows Running")
+        # Settle: the last status changes of the start-up are written.
+        settle = time.time()
+        wait_for(lambda: time.time() - settle > 10, timeout=15, interval=1, what="ten seconds of rest")
+        start = time.time()
+        while time.time() - start < WINDOW:  # the measurement window, watching nothing breaks
+            assert all_running()
+            time.sleep(5)
+        calls = operator_requests(real_cluster, release.user, start, start + WINDOW)
+    finally:
+        release.uninstall()
+        kubevine.scale(1)
+
+    by_kind = collections.Counter(f"{c['verb']} {c['what']}" for c in calls)
+    per_minute = len(calls) * 60 / WINDOW
+    polling = N * (60 / 5) * POLLING_CALLS_PER_STEP
+    report = {
+        "workflows": N,
+        "window_seconds": WINDOW,
+        "calls_per_minute": per_minute,
+        "by_kind": dict(by_kind.most_common()),
+        "polling_design_calls_per_minute": polling,
+    }
+    (real_cluster.state_dir / "api-calls.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{N} idle workflows: {per_minute:.0f} API calls/min by the operator ({dict(by_kind)}); "
+          f"polling every step would be {polling:.0f}/min")  # fmt: skip
+    # At rest: watches, a Secret read per workflow every resync (300 s), nothing per step.
+    assert per_minute <= 10 + N * 60 / 300 + N * 0.2, report
