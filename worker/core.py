@@ -102,6 +102,7 @@ log = logging.getLogger(__name__)
 
 UPDATE_WINDOW = 0.002  # seconds between updates while processes run here (see _flush)
 UPDATE_BYTES = MAX_MESSAGE // 2  # frames in one update at most (results past it go in the next)
+BACKFILL = 32  # queued tasks that do not fit looked past, per tick, for a smaller one that does
 CALL_START_DELAY = 0.005  # a call's start is reported only once it has run this long
 
 Done = tuple[AttemptResult, list[bytes]]  # a result and its frames (stdout, value, outputs)
@@ -323,16 +324,16 @@ class WorkerCore:
             self._kill(old.ref)  # superseded by a newer attempt
         slot = Slot(a, payload)
         self.slots[tid] = slot
-        self.queue.append(tid)
         self._active()
-        if not a.spec.inputs:
-            return
-        self._pin(a.spec.inputs)
-        stages = {s.cache_name: s for s in a.stage}
-        for b in a.spec.inputs:
-            if b.cache_name is not None and not self._obtain(b, stages):
-                slot.missing.add(b.cache_name)
-                self.waiting.setdefault(b.cache_name, []).append(tid)
+        if a.spec.inputs:
+            self._pin(a.spec.inputs)
+            stages = {s.cache_name: s for s in a.stage}
+            for b in a.spec.inputs:
+                if b.cache_name is not None and not self._obtain(b, stages):
+                    slot.missing.add(b.cache_name)
+                    self.waiting.setdefault(b.cache_name, []).append(tid)
+        if not slot.missing:  # (one waiting for inputs joins the queue when the last arrives)
+            self.queue.append(tid)
 
     def _obtain(self, b: FileBinding, stages: Mapping[CacheName, StageIn]) -> bool:
         """Whether ``b`` is in the cache; if not, have it fetched or made."""
@@ -354,17 +355,21 @@ class WorkerCore:
     def _start_runnable(self, now: float) -> None:
         if not self.queue:
             return
-        kept: deque[TaskId] = deque()
-        while self.queue:
-            tid = self.queue.popleft()
+        kept: list[TaskId] = []
+        queue, misfits = self.queue, 0
+        while queue:  # (only tasks whose inputs are all here are in the queue)
+            tid = queue.popleft()
             slot = self.slots.get(tid)
-            if slot is None or slot.state is not SlotState.QUEUED:
+            if slot is None or slot.state is not SlotState.QUEUED or slot.missing:
                 continue  # killed, failed, or a second entry of a re-sent task
-            if slot.missing or not self.used.room_for(slot.assignment.spec.resources, self.resources):
+            if not self.used.room_for(slot.assignment.spec.resources, self.resources):
                 kept.append(tid)
+                misfits += 1
+                if misfits >= BACKFILL:  # the rest wait their turn: a tick never walks them all
+                    break
                 continue
             self._start(slot, now)
-        self.queue = kept
+        queue.extendleft(reversed(kept))  # back at the head, in their order
 
     def _start(self, slot: Slot, now: float) -> None:
         a = slot.assignment
@@ -482,8 +487,10 @@ class WorkerCore:
         for name in e.present:  # (an index by name: a task of 10,000 inputs costs O(inputs))
             for tid in self.waiting.pop(name, ()):
                 slot = self.slots.get(tid)
-                if slot is not None:
+                if slot is not None and name in slot.missing:
                     slot.missing.discard(name)
+                    if not slot.missing and slot.state is SlotState.QUEUED:
+                        self.queue.append(tid)
 
     def _fetch_failed(self, failures: Sequence[tuple[CacheName, str]]) -> None:
         """Tasks and libraries waiting for a file that could not be had fail; nothing else does."""

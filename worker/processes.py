@@ -127,13 +127,14 @@ class Processes:
         """Output to read, processes that exited, judgements done: the exits to report."""
         done: list[ev.ProcessExited] = []
         for fd in [fd for fd in events if isinstance(fd, int) and fd in self.by_out]:
-            sandbox.read_output(self.by_out[fd], self.cap)
+            if sandbox.read_output(self.by_out[fd], self.cap):  # closed by every writer
+                self.poller.unregister(fd)
+                del self.by_out[fd]
         for fd in [fd for fd in events if isinstance(fd, int) and fd in self.by_fd]:
             att = self.by_fd.pop(fd)
             self.poller.unregister(fd)
-            if att.out_fd is not None:
+            if att.out_fd is not None and self.by_out.pop(att.out_fd, None) is not None:
                 self.poller.unregister(att.out_fd)
-                self.by_out.pop(att.out_fd, None)
             try:
                 sandbox.reap(att, self.cap)
                 if outputs.needs_thread(att):

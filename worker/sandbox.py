@@ -88,6 +88,7 @@ class Attempt:
     out_fd: int | None = None  # the read end of its stdout FIFO
     out: bytearray = field(default_factory=bytearray)  # stdout, up to the cap
     out_dropped: int = 0  # bytes past the cap, read and thrown away
+    out_fifo: bool = False  # its stdout is the FIFO at stdout_path (a forked PythonTask's)
     exit_code: int | None = None  # once reaped
     measured: MeasuredResources | None = None
     ended: float = 0.0  # perf_counter when it was reaped
@@ -202,7 +203,7 @@ def start_python(
     if starter is not None and python is None and not any(k.startswith(_START_VARS) for k in spec.env):
         env = _begin(att, base_env)
         try:
-            wfd = open_output(att)
+            wfd = open_output(att, fifo=True)
         except OSError as e:
             return att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the task's output: {e}")
         os.close(wfd)  # (the child opens the FIFO by its name; our reading end keeps it open)
@@ -228,44 +229,54 @@ def result_path(att: Attempt) -> Path:
 # ------------------------------------------------------------------ its output, as it is written
 
 
-def open_output(att: Attempt) -> int:
-    """A FIFO for the task's stdout: its reading end is ``att.out_fd`` (opened read-write, so it
-    never reports an end and never blocks a writer's open); the writing end is returned."""
+def open_output(att: Attempt, *, fifo: bool = False) -> int:
+    """A pipe for the task's stdout: its reading end becomes ``att.out_fd`` and the writing end
+    is returned. ``fifo``: a named one (``stdout_path``) for a process that opens it by name;
+    its reading end is opened read-write, so it never blocks the writer's open."""
+    if not fifo:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(r, False)
+        att.out_fd = r
+        return w
     path = stdout_path(att.sandbox)
     path.unlink(missing_ok=True)
     os.mkfifo(path, 0o600)
     att.out_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    att.out_fifo = True
     return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
 
 
-def read_output(att: Attempt, cap: int, limit: int = READ_PER_TURN) -> None:
+def read_output(att: Attempt, cap: int, limit: int = READ_PER_TURN) -> bool:
     """Take what the task wrote since the last call (at most ``limit`` bytes): keep up to
-    ``cap`` bytes, count the rest."""
+    ``cap`` bytes, count the rest. True once every writer has closed it."""
     fd = att.out_fd
     if fd is None:
-        return
+        return True
     got = 0
     while got < limit:
         try:
             chunk = os.read(fd, 1 << 16)
         except BlockingIOError:
-            return
+            return False
         except OSError:
-            return
+            return True
         if not chunk:
-            return
+            return True
         got += len(chunk)
         room = cap - len(att.out)
         if room > 0:
             att.out += chunk[:room]
         att.out_dropped += max(0, len(chunk) - max(room, 0))
+    return False
 
 
 def close_output(att: Attempt) -> None:
     if att.out_fd is not None:
         os.close(att.out_fd)
         att.out_fd = None
-        stdout_path(att.sandbox).unlink(missing_ok=True)
+        if att.out_fifo:
+            stdout_path(att.sandbox).unlink(missing_ok=True)
+            att.out_fifo = False
 
 
 # ------------------------------------------------------------------ the end of its process

@@ -120,3 +120,18 @@ def test_a_library_starts_once_its_own_inputs_are_here_and_fails_if_one_cannot_b
     (status,) = of(out, SendLibraryStatus)
     assert status.name == "other" and status.state == "failed" and "file-u" in (status.error or "")
     assert "file-u" not in core.pins
+
+
+def test_a_tick_costs_the_same_however_many_tasks_are_queued_behind_a_busy_worker() -> None:
+    def tick_cost(queued: int) -> float:
+        core = new_core(cores=1)
+        for tid in range(queued):
+            core.handle(task(tid + 1, cores=1))
+        core.handle(ev.Tick(0.5))  # the first starts and takes the only core
+        t0 = time.perf_counter()
+        for i in range(200):
+            core.handle(ev.Tick(1.0 + i))
+        return time.perf_counter() - t0
+
+    small, large = tick_cost(50), tick_cost(5000)
+    assert large < small * 5, (small, large)  # it walked every queued task on every tick
