@@ -465,6 +465,17 @@ class Kill(_Msg):
     tasks: list[TaskRef]
 
 
+class WatchedPiece(_Msg):
+    """New content of a watched output (``add_output(watch=True)``) of a running attempt: the
+    bytes in ``frame`` go at ``offset`` of the file (the final content comes with the result)."""
+
+    task_id: TaskId
+    attempt: int
+    remote_name: RemoteName
+    offset: int = Field(ge=0)
+    frame: int
+
+
 class WorkerUpdate(_Msg):
     """Worker → manager: attempts started and attempts finished since the last update."""
 
@@ -474,6 +485,7 @@ class WorkerUpdate(_Msg):
     cached: list[CacheNameField] = Field(default_factory=list)  # files that entered its cache
     evicted: list[CacheNameField] = Field(default_factory=list)
     transfers: list[TransferRecord] = Field(default_factory=list)
+    watched: list[WatchedPiece] = Field(default_factory=list)  # watched outputs as they grow
 
 
 class UpdateAck(_Msg):

@@ -47,6 +47,7 @@ from kubevine.protocol import (
     TaskKind,
     TaskRef,
     TransferRecord,
+    WatchedPiece,
     WorkerUpdate,
     replace,
     value_output,
@@ -65,6 +66,7 @@ from kubevine.worker.events import (
     LibraryDied,
     LibraryFailed,
     LibraryReady,
+    OutputGrew,
     ProcessExited,
     Released,
     RemoveRequested,
@@ -178,6 +180,7 @@ class WorkerCore:
         self.new_cached: list[CacheName] = []
         self.evicted: list[CacheName] = []
         self.transfers: list[TransferRecord] = []
+        self.watched: list[tuple[WatchedPiece, bytes]] = []  # watched outputs' new content
         self.call_starts: list[tuple[float, TaskId, int]] = []  # calls handed over, start unreported
         # the connection and the way out
         self.registered = False
@@ -205,6 +208,8 @@ class WorkerCore:
                     self._call_result(res, frames)
             case ProcessExited():
                 self._process_exited(event)
+            case OutputGrew():
+                self._output_grew(event)
             case ResultsAcked():
                 for ref in event.tasks:
                     self.unacked.pop((ref.task_id, ref.attempt), None)
@@ -406,6 +411,16 @@ class WorkerCore:
         self.running -= 1
         self.used.remove(slot.assignment.spec.resources)
         self._release_inputs(slot.assignment)
+
+    def _output_grew(self, e: OutputGrew) -> None:
+        """New content of a watched output goes with the next update (while its task runs)."""
+        slot = self.slots.get(e.task_id)
+        if slot is None or slot.assignment.attempt != e.attempt or slot.state is not SlotState.RUNNING:
+            return
+        piece = WatchedPiece(
+            task_id=e.task_id, attempt=e.attempt, remote_name=e.remote_name, offset=e.offset, frame=0
+        )
+        self.watched.append((piece, e.data))
 
     def _kill(self, ref: TaskRef) -> None:
         slot = self.slots.get(ref.task_id)
@@ -613,7 +628,9 @@ class WorkerCore:
     # ------------------------------------------------------------------ reporting
 
     def _news(self) -> bool:
-        return bool(self.started or self.finished or self.new_cached or self.transfers or self.evicted)
+        return bool(
+            self.started or self.finished or self.new_cached or self.transfers or self.evicted or self.watched
+        )
 
     def _flush(self, now: float, *, force: bool = False) -> None:
         """Everything that started or finished since the last update, in one WorkerUpdate."""
@@ -639,18 +656,23 @@ class WorkerCore:
             frames += fr
             self.unacked[(res.task_id, res.attempt)] = (res, fr)
         first = batches[0]
+        watched = []
+        for piece, data in self.watched:  # (a piece is at most MAX_PIECE: they go with the first)
+            watched.append(replace(piece, frame=len(first[1])))
+            first[1].append(data)
         update = WorkerUpdate(
             started=self.started,
             results=first[0],
             cached=self.new_cached,
             evicted=self.evicted,
             transfers=self.transfers,
+            watched=watched,
         )
         self.out.append(SendUpdate(update, first[1]))
         for results, frames in batches[1:]:
             self.out.append(SendUpdate(WorkerUpdate(results=results), frames))
         self.started, self.finished, self.new_cached = [], [], []
-        self.transfers, self.evicted = [], []
+        self.transfers, self.evicted, self.watched = [], [], []
 
 
 def wanted_mode(b: FileBinding) -> int | None:

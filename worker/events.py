@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kubevine.ids import CacheName
+from kubevine.ids import CacheName, TaskId
 from kubevine.protocol import Assignment, AttemptResult, LibrarySpec, TaskRef, TransferRecord
 
 Frames = Sequence[bytes]
@@ -87,6 +87,17 @@ class ProcessExited:
     frames: Frames = ()
     cached: Sequence[CacheName] = ()
     evicted: Sequence[CacheName] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutputGrew:
+    """A watched output of a running attempt has new content: ``data`` at ``offset``."""
+
+    task_id: TaskId
+    attempt: int
+    remote_name: str
+    offset: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +203,7 @@ Event = (
     | KillRequested
     | ResultsAcked
     | ProcessExited
+    | OutputGrew
     | CallsReturned
     | ValueKept
     | FilesArrived

@@ -28,7 +28,7 @@ from pathlib import Path
 import zmq
 
 from kubevine.ids import CacheName, TaskId
-from kubevine.protocol import Assignment, AttemptResult, FileBinding, Outcome, TaskKind
+from kubevine.protocol import MAX_PIECE, Assignment, AttemptResult, FileBinding, Outcome, TaskKind
 from kubevine.worker import events as ev
 from kubevine.worker import outputs, sandbox
 from kubevine.worker.cache import Cache
@@ -36,6 +36,9 @@ from kubevine.worker.core import wanted_mode
 from kubevine.worker.pystarter import Starter
 
 log = logging.getLogger(__name__)
+
+WATCH_EVERY = 0.5  # seconds between looks at watched outputs
+WATCH_BYTES = 4 << 20  # bytes of watched outputs sent per look at most
 
 
 class Processes:
@@ -59,6 +62,8 @@ class Processes:
         self.by_out: dict[int, sandbox.Attempt] = {}  # ... by their stdout FIFO
         self.attempts: dict[tuple[TaskId, int], sandbox.Attempt] = {}  # every attempt here
         self.collector = outputs.Collector(stdout_cap, output_limit)
+        self.watching: list[sandbox.Attempt] = []  # running attempts with watched outputs
+        self.next_watch = 0.0
         poller.register(self.collector.wake_r, zmq.POLLIN)
 
     # ------------------------------------------------------------------ start
@@ -88,6 +93,9 @@ class Processes:
         if failed is not None:
             return self._exited(att, failed)
         assert att.pidfd is not None and att.out_fd is not None
+        att.watched = {b.remote_name: 0 for b in a.spec.outputs if b.watch}
+        if att.watched:
+            self.watching.append(att)
         self.by_fd[att.pidfd] = att
         self.by_out[att.out_fd] = att
         self.poller.register(att.pidfd, zmq.POLLIN)
@@ -183,19 +191,37 @@ class Processes:
         if att is not None and att.proc is not None:  # (None once reaped: its pid is not ours)
             sandbox.kill_process(att.proc, att.pidfd)
 
-    def watch(self) -> None:
-        """Kill what ran past its time limit; sample the peak memory of what runs."""
+    def watch(self) -> list[ev.OutputGrew]:
+        """Kill what ran past its time limit; sample the peak memory of what runs; the new
+        content of watched outputs (every WATCH_EVERY)."""
         now = time.perf_counter()
         for att in self.by_fd.values():
             if att.deadline is not None and now >= att.deadline and att.proc is not None:
                 sandbox.kill_process(att.proc, att.pidfd)
             elif now >= att.next_sample:
                 sandbox.sample_memory(att, now)
+        if not self.watching or now < self.next_watch:
+            return []
+        self.next_watch = now + WATCH_EVERY
+        grew: list[ev.OutputGrew] = []
+        budget = WATCH_BYTES
+        self.watching = [att for att in self.watching if att.proc is not None]  # (reaped: done)
+        for att in self.watching:
+            for name in att.watched:
+                data = _grown(att.sandbox, name, att.watched[name], min(budget, MAX_PIECE))
+                if data:
+                    a = att.assignment
+                    grew.append(ev.OutputGrew(a.spec.id, a.attempt, name, att.watched[name], data))
+                    att.watched[name] += len(data)
+                    budget -= len(data)
+        return grew
 
     def next_deadline(self) -> float | None:
         """When :meth:`watch` has something to do next (perf_counter), if anything."""
         due = [att.deadline for att in self.by_fd.values() if att.deadline is not None]
         due += [att.next_sample for att in self.by_fd.values()]
+        if self.watching:
+            due.append(self.next_watch)
         return min(due) if due else None
 
     def close(self) -> None:
@@ -226,6 +252,25 @@ def _environment(
         if (bindir / "python").exists() and python is None:
             python = str(bindir / "python")
     return env, python, wrap
+
+
+def _grown(box: Path, name: str, offset: int, most: int) -> bytes:
+    """What a watched output holds past ``offset`` (at most ``most`` bytes): never through a
+    link, never outside the sandbox."""
+    path = box / name
+    if most <= 0 or not os.path.realpath(path.parent).startswith(os.path.realpath(box)):
+        return b""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= offset:
+            return b""
+        return os.pread(fd, min(most, st.st_size - offset), offset)
+    finally:
+        os.close(fd)
 
 
 def _size(p: Path) -> int:

@@ -92,6 +92,7 @@ class Attempt:
     exit_code: int | None = None  # once reaped
     measured: MeasuredResources | None = None
     ended: float = 0.0  # perf_counter when it was reaped
+    watched: dict[str, int] = field(default_factory=dict)  # watched outputs: bytes sent so far
     peak_kb: int = 0  # the largest VmHWM sampled while it ran
     next_sample: float = 0.0  # perf_counter
 

@@ -289,7 +289,8 @@ class WorkerService:
                 log.error("worker %s: bad message from the manager: %s", self.worker_id, e)
             if time.perf_counter() > budget:
                 break
-        self.processes.watch()
+        for grew in self.processes.watch():
+            self._feed(grew)
         now = time.monotonic()
         if self.fetcher.fetches or self.deriver.jobs:
             self.fetcher.tick()

@@ -155,3 +155,24 @@ def test_what_an_attempt_used_is_measured(fake: tuple[FakeManager, OwnWorker]) -
     assert 140 <= m.memory < 400, m
     assert m.cpu_time > 0.01 and 1.2 <= m.wall_time < 30, m
     assert m.disk >= 3, m
+
+
+def test_a_watched_output_comes_back_while_the_task_runs(fake: tuple[FakeManager, OwnWorker]) -> None:
+    fm, _ = fake
+    log = FileBinding(remote_name="log", kind=FileKind.LOCAL, to_client=True, watch=True)
+    command = "for i in 1 2 3 4; do echo line $i >> log; sleep 0.6; done"
+    spec = TaskSpec(id=TaskId(1), command=command, outputs=[log], resources=Resources(cores=1))
+    fm.dispatch([Assignment(spec=spec, attempt=1)])
+    res, frames = fm.result(1)
+    assert res.outcome == Outcome.SUCCESS, res
+    pieces = [(p, fr[p.frame]) for u, fr in fm.updates for p in u.watched]
+    before_end = [p for u, _ in fm.updates if not u.results for p in u.watched]
+    assert len(before_end) >= 2  # it grew, and was sent, while the task ran
+    assert all(p.task_id == 1 and p.remote_name == "log" for p, _ in pieces)
+    content = bytearray()
+    for p, data in sorted(pieces, key=lambda x: x[0].offset):
+        assert p.offset == len(content)  # appended pieces, none missing, none twice
+        content += data
+    (out,) = res.outputs
+    assert out.frame is not None and frames[out.frame].startswith(bytes(content))
+    assert frames[out.frame] == b"".join(f"line {i}\n".encode() for i in range(1, 5))
