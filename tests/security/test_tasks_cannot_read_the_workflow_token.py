@@ -46,9 +46,7 @@ print("probe done", worker in [int(p) for p in os.listdir("/proc") if p.isdigit(
 
 
 @pytest.mark.parametrize("given_as", ["own token file", "environment"])
-def test_no_task_finds_the_token(
-    cluster: Callable[..., LocalCluster], tmp_path: Path, given_as: str
-) -> None:
+def test_no_task_finds_the_token(cluster: Callable[..., LocalCluster], tmp_path: Path, given_as: str) -> None:
     def run_probe(worker: int, code: str) -> str:  # (nested: pickled by value)
         import contextlib
         import io
@@ -85,4 +83,3 @@ def test_no_task_finds_the_token(
         assert w.alive()
     finally:
         w.stop()
-
