@@ -406,14 +406,16 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         spy = None
         stats = fleet.stop()
         fleet = None
-        lost = sum(1 for ln in m.txlog() if " WORKER " in ln and " disconnected " in ln)
     finally:
         stop_profile(spy, tag)
         if fleet is not None:
             fleet.stop()
         m.stop()
     series = merged(stats)
-    all_in = max((s.all_registered or t0 for s in stats), default=t0)
+    # (after the manager stopped: its transactions log is complete)
+    lost = sum(1 for ln in m.txlog() if " WORKER " in ln and " disconnected " in ln)
+    registered = [s.all_registered for s in stats]
+    all_in = max((r or t0 for r in registered), default=t0)
     rtts = [x for s in stats for x in s.probe_rtts]
     first = min((s.first_dispatch for s in stats if s.first_dispatch), default=t0)
     return {
@@ -431,7 +433,7 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         "metrics_p50": pct(lat.metrics, 0.5),
         "metrics_max": max(lat.metrics, default=float("nan")),
         "libraries": sum(s.libraries_ready for s in stats),
-        "register_s": all_in - t0,
+        "register_s": all_in - t0 if all(registered) else float("nan"),  # nan: never all registered
         "lost": lost,  # workers the manager declared lost (none left on their own)
         "load": load_at,
     }
@@ -782,7 +784,11 @@ def print_dispatch_row(r: dict[str, Any]) -> None:
         f"{fmt(1e3 * r['probe_p50'], '.1f'):>8}/{fmt(1e3 * r['probe_max'], '.0f'):<8} "
         f"{fmt(r['status_p50'], '.3f'):>8}/{fmt(r['status_max'], '.2f'):<8} "
         f"{fmt(r['metrics_p50'], '.3f'):>9}/{fmt(r['metrics_max'], '.2f'):<9} {r['load']:>14}"
-        + f"  (registered in {r['register_s']:.1f} s"
+        + (
+            f"  (registered in {r['register_s']:.1f} s"
+            if not math.isnan(r["register_s"])
+            else "  (never all registered"
+        )
         + (f"; {r['lost']} workers declared lost" if r["lost"] else "")
         + (f"; only {r['done']} of {r['n']} done" if r["done"] < r["n"] else "")
         + (f"; {r['libraries']} library instances)" if r["kind"] == "calls" else ")"),
