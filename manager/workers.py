@@ -267,8 +267,10 @@ def attempt_ended(core: Core, t: TaskEntry, r: AttemptResult, frames: Sequence[b
         outputs=[o if o.frame is None else replace(o, frame=take(o.frame)) for o in r.outputs],
     )
     life = core.life
-    if w is not None:  # what stayed on the worker for the client to fetch: in the catalog until undeclared
-        dataplane.on_spilled(core, core.catalog, w, r)
+    if w is not None and (r.outputs or r.output_spill is not None):
+        dataplane.on_spilled(
+            core, core.catalog, w, r
+        )  # kept there for the client: a replica until undeclared
     if ok:
         if w is not None:
             dataplane.on_outputs(core, core.catalog, w, r.outputs)
