@@ -239,7 +239,7 @@ def test_namespaced_rbac_by_default_with_exactly_the_verbs_used(
     assert role["metadata"]["namespace"] == NAMESPACE
     assert permissions(role) == {
         **WORKFLOW_RULES,
-        ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+        ("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"},
     }
     binding = one(objects, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -263,7 +263,7 @@ def test_cluster_wide_rbac_when_asked(chart: helm.Chart) -> None:
     role = operator_cluster_role(objects)
     assert permissions(role) == {
         **WORKFLOW_RULES,
-        ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+        ("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
     binding = next(

@@ -101,6 +101,7 @@ def test_a_namespaced_install_passes_helm_test_and_uses_exactly_its_rbac_as_its_
             what="the workflow to finish and expire",
         )
         ended = time.time()
+        role = home.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{home.ns}/roles/solo-kubevine")
     finally:
         release.uninstall()
         kubevine.scale(1)
@@ -110,7 +111,6 @@ def test_a_namespaced_install_passes_helm_test_and_uses_exactly_its_rbac_as_its_
     forbidden = [c for c in calls if c["code"] == 403]
     assert not forbidden, forbidden[:5]
     used = {(c["what"], c["verb"]) for c in calls if c["resource"]}
-    role = home.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{home.ns}/roles/solo-kubevine")
     rules = granted(role)
     assert used <= rules, sorted(used - rules)
     assert rules - used == CHECKED_NOT_CALLED, sorted(rules - used)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-from kubevine import Task
-
 from .helpers import Kube, wait_for
-from .vine import Release, Workflows, pool_spec, run_all, workflow
+from .vine import Release, Workflows, pool_spec, workflow
 
 PRIORITY = "kubevine-test-analysis"
 WHOAMI = textwrap.dedent("""
@@ -26,6 +24,15 @@ WHOAMI = textwrap.dedent("""
     review = json.load(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=f"{sa}/ca.crt")))
     print("application runs as", review["status"]["userInfo"]["username"])
     print("site is", os.environ["SITE_NAME"])
+
+    from kubevine import Manager, Task
+    with Manager(os.environ["KUBEVINE_MANAGER"]) as m:  # what a task on a worker sees
+        task = Task("cat /var/run/secrets/site/storage.json; echo; cat /var/run/secrets/grid/proxy; echo;"
+                    " echo $SITE_NAME", cores=1)
+        m.submit(task)
+        while not m.empty():
+            m.wait(5)
+    print("task saw", " ".join(task.output.split()))
 """)
 
 
@@ -102,16 +109,11 @@ def test_site_options_reach_the_pods_of_the_manager_the_workers_and_the_applicat
             ]["tolerations"]
             assert pod["spec"]["automountServiceAccountToken"] is False
 
-        with wf.client("site") as m:  # what a task on the worker sees
-            reads = "cat /var/run/secrets/site/storage.json; echo; cat /var/run/secrets/grid/proxy; echo"
-            task = Task(f"{reads}; echo $SITE_NAME", cores=1)
-            run_all(m, [task])
-        assert task.output.split() == ['{"door":', '"root://eos"}', "-----PROXY-----", "T2_XX_Test"]
-
         wf.wait_phase("site", "Succeeded", timeout=120)
         log = kube.kubectl("logs", "job/site-app").stdout
         assert f"application runs as system:serviceaccount:{kube.ns}:grid" in log
         assert "site is T2_XX_Test" in log
+        assert 'task saw {"door": "root://eos"} -----PROXY----- T2_XX_Test' in log, log
     finally:
         kube.kubectl("delete", "priorityclass", PRIORITY, "--wait=false", check=False)
 
