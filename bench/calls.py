@@ -1,7 +1,7 @@
 """Benchmark: 10,000 tiny function calls (x + 1) on 2 local workers x 1 core.
 
 In the same run:
-  kubevine   FunctionCalls in a warm library (direct mode), state in memory, and in Redis
+  kubevine   FunctionCalls in a warm library (direct mode), state in memory, in Redis, and encrypted
   dask       Dask distributed, LocalCluster(2 workers x 1 thread), client.map
   ray        ray.remote with num_cpus=2, if ray is installed (else a note)
   parsl      HighThroughputExecutor with 2 workers, if parsl is installed (else a note)
@@ -32,10 +32,11 @@ def inc(x: int) -> int:
     return x + 1
 
 
-def kubevine_calls(n: int, redis: str | None) -> float:
+def kubevine_calls(n: int, redis: str | None, encrypt: bool = False) -> float:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
     with (
-        kubevine.LocalCluster(workers=2, cores=1, redis=redis, name=f"bench-{uuid.uuid4().hex[:8]}") as c,
-        kubevine.Manager(c.address, token=c.token) as m,
+        kubevine.LocalCluster(workers=2, cores=1, redis=redis, name=name, encrypt=encrypt) as c,
+        kubevine.Manager(c.address, token=c.token, encrypt=encrypt) as m,
     ):
         lib = m.create_library_from_functions("bench", inc, exec_mode="direct")
         lib.set_cores(1)
@@ -179,6 +180,7 @@ def main() -> None:
     rows: dict[str, float | None] = {
         "kubevine": median(a.runs, lambda: kubevine_calls(a.calls, None)),
         "kubevine+redis": median(a.runs, lambda: kubevine_calls(a.calls, a.redis)),
+        "kubevine+encrypt": median(a.runs, lambda: kubevine_calls(a.calls, None, encrypt=True)),
         "dask": median(a.runs, lambda: dask_calls(a.calls)),
         "ray": median(a.runs, lambda: ray_calls(a.calls)),
         "parsl": median(a.runs, lambda: parsl_calls(a.calls)),
@@ -195,6 +197,8 @@ def main() -> None:
             print(f"  kubevine / {k:6} {kv / rows[k]:6.1f}x")  # type: ignore[operator]
     if rows["kubevine+redis"]:
         print(f"  redis cost         {100 * (1 - rows['kubevine+redis'] / kv):5.1f} %")
+    if rows["kubevine+encrypt"]:
+        print(f"  encryption cost    {100 * (1 - rows['kubevine+encrypt'] / kv):5.1f} % (CURVE on every socket)")
     print(f"  target             >= 5000 calls/s: {'met' if kv >= 5000 else 'NOT met'}")
     print(f"single call round trip: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 1 ms)")
     n = a.python_tasks
