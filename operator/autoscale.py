@@ -416,24 +416,8 @@ def decide(
     """
     policy = policy or ScalingPolicy()
     fresh = stats if stats is not None and now - stats.time <= policy.stats_max_age_seconds else None
-
-    kept = {p.name for p in failed_pods_to_keep(pods, now, policy)}
-    delete = [p.name for p in pods if p.finished and not p.deleting and p.name not in kept]
-    waits = [b for b in (backoff, crash_backoff(pods, now, policy)) if b is not None and b.until > now]
-    wait = max(waits, key=lambda b: b.until) if waits else None
-    # Count against max, deleting or not — but not a pod lost with its node: it runs nothing,
-    # and would hold its place until the node comes back.
-    existing = [p for p in pods if not p.finished and not p.lost]
-    live = [p for p in existing if not p.deleting]
-    by_pod = {w.pod: w for w in fresh.workers if w.pod} if fresh is not None else {}
-
-    retiring = [p for p in live if p.name in by_pod and by_pod[p.name].draining]
-    for pod in retiring:
-        worker = by_pod[pod.name]
-        if worker.running_tasks == 0 and not worker.holds_unique_temps:
-            delete.append(pod.name)  # drained: its pod may go
-    serving = [p for p in live if p not in retiring]
-    current = len(serving)
+    pool = _Pool.of(pods, fresh, now, policy, backoff)
+    current = len(pool.serving)
 
     if fresh is None:
         age = "none published" if stats is None else f"{now - stats.time:.0f}s old"
@@ -446,20 +430,27 @@ def decide(
         reason_base = why + _clamp_note(needed, desired, workers)
         cause = _cause(needed, desired)
 
-    if desired > current and wait is not None:
+    def hold(reason: str, why: DecisionCause) -> ScalingDecision:
         return ScalingDecision(
             desired=desired,
             create=0,
             drain=[],
-            delete=delete,
-            reason=f"holding {current} (want {desired}): backing off {wait.until - now:.0f}s more, "
-            f"{wait.reason}; " + reason_base,
+            delete=pool.delete,
+            reason=reason,
             current=current,
             target=current,
-            cause="backoff",
+            cause=why,
+        )
+
+    if desired > current and pool.wait is not None:
+        wait = pool.wait
+        return hold(
+            f"holding {current} (want {desired}): backing off {wait.until - now:.0f}s more, "
+            f"{wait.reason}; " + reason_base,
+            "backoff",
         )
     if desired > current:
-        room = workers.max - len(existing)
+        room = workers.max - len(pool.existing)
         create = max(0, min(desired - current, policy.max_create_per_step, room))
         reason = f"scale up {current}→{current + create}: {reason_base}"
         if create < desired - current:
@@ -468,37 +459,63 @@ def decide(
             desired=desired,
             create=create,
             drain=[],
-            delete=delete,
+            delete=pool.delete,
             reason=reason,
             current=current,
             target=current + create,
             cause=cause,
         )
-
     if desired < current and fresh is not None:
         return _scale_down(
             workers,
-            serving,
+            pool.serving,
             fresh.workers,
             now,
             last_decision,
             policy,
             desired,
-            delete,
+            pool.delete,
             reason_base,
             cause,
         )
+    return hold(f"steady at {current}: {reason_base}", cause)
 
-    return ScalingDecision(
-        desired=desired,
-        create=0,
-        drain=[],
-        delete=delete,
-        reason=f"steady at {current}: {reason_base}",
-        current=current,
-        target=current,
-        cause=cause,
-    )
+
+@dataclass
+class _Pool:
+    """The worker pods as one step sees them: which to delete now, which count against max,
+    which serve (neither leaving nor drained), and the longest wait holding creations."""
+
+    delete: list[str]
+    existing: list[WorkerPod]
+    serving: list[WorkerPod]
+    wait: Backoff | None
+
+    @classmethod
+    def of(
+        cls,
+        pods: Sequence[WorkerPod],
+        fresh: ManagerStats | None,
+        now: float,
+        policy: ScalingPolicy,
+        backoff: Backoff | None,
+    ) -> _Pool:
+        kept = {p.name for p in failed_pods_to_keep(pods, now, policy)}
+        delete = [p.name for p in pods if p.finished and not p.deleting and p.name not in kept]
+        waits = [b for b in (backoff, crash_backoff(pods, now, policy)) if b is not None and b.until > now]
+        # Count against max, deleting or not — but not a pod lost with its node: it runs
+        # nothing, and would hold its place until the node comes back.
+        existing = [p for p in pods if not p.finished and not p.lost]
+        live = [p for p in existing if not p.deleting]
+        by_pod = {w.pod: w for w in fresh.workers if w.pod} if fresh is not None else {}
+        retiring = [p for p in live if p.name in by_pod and by_pod[p.name].draining]
+        for pod in retiring:
+            worker = by_pod[pod.name]
+            if worker.running_tasks == 0 and not worker.holds_unique_temps:
+                delete.append(pod.name)  # drained: its pod may go
+        serving = [p for p in live if p not in retiring]
+        wait = max(waits, key=lambda b: b.until) if waits else None
+        return cls(delete, existing, serving, wait)
 
 
 def _cause(needed: int, desired: int) -> DecisionCause:
