@@ -487,6 +487,8 @@ async def step(
         ctx, ref, spec, body, seen, now, start_application=manager_ready and not finished and job is None
     )
     notes += repaired
+    for note in repaired:  # what the step made or mended is in the log, as the create handler's is
+        log.info("workflow %s/%s: %s: %s", ref.namespace, ref.name, note.reason, note.message)
     seen = memory.repairs.expectations.apply(seen, now)
 
     observed_now = await observe(ctx, ref, spec, seen)
