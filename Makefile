@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 
-.PHONY: all setup redis demo test check lint typecheck imports fuzz format bench clean
+.PHONY: all setup redis xrootd demo test check lint typecheck imports fuzz format bench clean
 
 all: check
 
@@ -34,7 +34,14 @@ redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
 
-test: $(STAMP) redis
+# The XRootD server and client (xrdcp, xrdfs) that tests/compat/test_xrootd.py serves and fetches
+# root:// files with, from Debian's packages when missing. The tests start their own server.
+xrootd:
+	@command -v xrdcp >/dev/null 2>&1 && command -v xrootd >/dev/null 2>&1 || { \
+	  echo "installing xrootd-server and xrootd-client from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq xrootd-server xrootd-client >/dev/null; }
+
+test: $(STAMP) redis xrootd
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # 25,000 fuzzed frames per target (125,000 in all) at the manager, the transfer servers and a

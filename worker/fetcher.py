@@ -2,9 +2,11 @@
 
 To stage an input, the manager names the sources it prefers (a peer that has it, else the
 manager, else the URL); :class:`Fetcher` tries them in order and moves on to the next source
-when one fails, answers nothing, or sends something corrupt. Before fetching, it takes the
-name's node-wide lock in the shared cache: if another worker on the node is already fetching
-the same file, it waits for that copy instead.
+when one fails, answers nothing, or sends something corrupt. A URL is downloaded on a thread
+of its own: http(s) and file URLs by urllib, ``root://`` URLs by XRootD's ``xrdcp``
+(:mod:`kubevine.worker.xrootd`). Before fetching, it takes the name's node-wide lock in the
+shared cache: if another worker on the node is already fetching the same file, it waits for
+that copy instead.
 
 A file never sits in memory whole: it is pulled in pieces (:class:`kubevine.chunks.Puller`,
 a window of requests, asked again after a silence) and each piece is written where it belongs
@@ -40,6 +42,7 @@ from kubevine.auth import Credentials
 from kubevine.digest import sha256_file
 from kubevine.ids import CacheName
 from kubevine.protocol import PieceRef, ProtocolError, StageIn, TransferRecord
+from kubevine.worker import xrootd
 from kubevine.worker.cache import Cache, content_checksum
 
 log = logging.getLogger(__name__)
@@ -364,13 +367,17 @@ class Fetcher:
     def _download(self, name: CacheName, url: str) -> None:
         tmp = self.cache.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}.download"
         try:
-            with urllib.request.urlopen(url, timeout=PEER_TIMEOUT) as r, open(tmp, "wb") as out:
-                while chunk := r.read(1 << 20):
-                    out.write(chunk)
+            if xrootd.is_xrootd(url):  # XRootD's own client, in a process of its own
+                xrootd.xrdcp(url, tmp)
+            else:
+                with urllib.request.urlopen(url, timeout=PEER_TIMEOUT) as r, open(tmp, "wb") as out:
+                    while chunk := r.read(1 << 20):
+                        out.write(chunk)
             self._url_done.put((name, tmp, None))
         except Exception as e:  # any failure of the download is this source's failure
             tmp.unlink(missing_ok=True)
-            self._url_done.put((name, None, f"{type(e).__name__}: {e}"))
+            why = str(e) if isinstance(e, xrootd.XrdcpError) else f"{type(e).__name__}: {e}"
+            self._url_done.put((name, None, why))
         os.write(self._wake_w, b"x")
 
     def on_wake(self) -> None:
