@@ -552,6 +552,7 @@ class PeerLost(_Msg):
 
 class StatusRequest(_Msg):
     type: Literal["status_request"] = "status_request"
+    workers: bool = True  # False: counts and demand only, without one entry per worker
 
 
 class StatusReply(_Msg):

@@ -39,6 +39,7 @@ from kubevine import txformat
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.manager import dataplane, libraries, placement, recovery, timing, tuning, workers
 from kubevine.manager.catalog import Catalog
+from kubevine.manager.compact import compact
 from kubevine.manager.entries import TaskEntry, WorkerEntry
 from kubevine.manager.events import (
     CancelRequested,
@@ -79,6 +80,7 @@ from kubevine.manager.instructions import (
     SendWelcome,
 )
 from kubevine.manager.libraries import LibraryEntry
+from kubevine.manager.room import RoomIndex
 from kubevine.manager.states import FINAL, Lifecycle, TaskState, WorkerState
 from kubevine.manager.store import WriteBatch
 from kubevine.protocol import (
@@ -90,6 +92,7 @@ from kubevine.protocol import (
     TaskSpec,
     walk_bindings,
 )
+from kubevine.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,9 @@ class Settings:
     prefetch: int = 3
     prefetch_below: float = 0.05  # seconds: recent task wall time under which we prefetch
     transfers_per_source: int = 4  # files one worker (or the manager, or a URL) sends at once
+    # Placements (tasks and calls) in one scheduling pass at most: the rest go next turn, so a
+    # pass never holds the service's loop long (heartbeats and hellos are read in between).
+    pass_placements: int = 500
 
 
 @dataclass(slots=True)
@@ -163,6 +169,11 @@ class Core(Shorthands):
         self._seq = itertools.count()
         self._dispatch: dict[WorkerId, SendDispatch] = {}
         self.acks: dict[WorkerId, list[TaskRef]] = {}
+        self.room = RoomIndex()  # connected workers with room, the emptiest first
+        self.pass_left = 0  # placements the current scheduling pass may still make
+        self.behind = False  # the last pass stopped at its budget: schedule again soon
+        self.workers_epoch = 0  # bumped when a worker connects, drains or is lost
+        self._live: tuple[int, int, list[WorkerEntry], Resources] | None = None
 
     @property
     def counts(self) -> dict[TaskState, int]:
@@ -200,7 +211,7 @@ class Core(Shorthands):
             case ResultsAcked():
                 self._results_acked(event.client, event.task_ids)
             case Tick():
-                self._tick()
+                self._tick(event.heard_until)
             case ClientConnected():
                 self._client_connected(event.client, event.attach)
             case ClientLeft():
@@ -319,7 +330,7 @@ class Core(Shorthands):
                 if self.tasks[spec.id].client != client:
                     dup.append(spec.id)
                 continue  # the same client again (after a reconnect): already have it
-            t = TaskEntry(spec, payload, client, S.WAITING, next(self._seq))
+            t = TaskEntry(compact(spec), payload, client, S.WAITING, next(self._seq))
             self.tasks[spec.id] = t
             life.admit(t)
             self.batch.specs[spec.id] = (spec, payload)
@@ -452,10 +463,17 @@ class Core(Shorthands):
 
     # ------------------------------------------------------------- time
 
-    def _tick(self) -> None:
+    def _tick(self, heard_until: float | None = None) -> None:
         """Find workers that stopped talking; undeclare what is no longer in use; fail tasks
-        past their end time; trust failed sources again (tune transient-error-interval)."""
+        past their end time; trust failed sources again (tune transient-error-interval).
+
+        ``heard_until``: the service had read everything that arrived until then (None: until
+        now). A worker is silent when it said nothing for the heartbeat timeout *before* that
+        time, so messages still unread in the manager's own backlog never make it lost."""
         now = self.now
+        heard = now if heard_until is None else min(now, heard_until)
+        self.room.rebuild(self)  # the index's safety net: room changed without a touch
+        placement.unqueue(self)
         timing.expire(self)
         self.catalog.forgive(now)
         if self.undeclare_later:
@@ -469,14 +487,42 @@ class Core(Shorthands):
             if w.state == WorkerState.RECOVERING:
                 if w.deadline is not None and now > w.deadline:
                     workers.lost(self, w.id, "did not reconnect after the manager restarted")
-            elif now - w.last_seen > self.settings.heartbeat_timeout:
-                workers.lost(self, w.id, f"silent for {now - w.last_seen:.1f}s")
+            elif heard - w.last_seen > self.settings.heartbeat_timeout:
+                workers.lost(self, w.id, f"silent for {heard - w.last_seen:.1f}s")
 
     # ------------------------------------------------------------- scheduling
 
-    def _schedule(self) -> None:
-        """Place ready tasks on workers with room, highest priority first; then calls."""
+    def live(self) -> list[WorkerEntry]:
+        """The connected workers (kept until one connects, drains or is lost)."""
+        return self._live_and_biggest()[0]
+
+    def biggest(self) -> Resources:
+        """The most of each resource one connected worker has."""
+        return self._live_and_biggest()[1]
+
+    def _live_and_biggest(self) -> tuple[list[WorkerEntry], Resources]:
+        cached = self._live
+        if cached is not None and cached[0] == self.workers_epoch and cached[1] == len(self.workers):
+            return cached[2], cached[3]
         live = [w for w in self.workers.values() if w.state == WorkerState.CONNECTED]
+        none = Resources.model_construct(cores=0, memory=0, disk=0, gpus=0)
+        sizes = [w.info.resources for w in live] or [none]
+        biggest = Resources.model_construct(
+            cores=max(r.cores for r in sizes),
+            memory=max(r.memory for r in sizes),
+            disk=max(r.disk for r in sizes),
+            gpus=max(r.gpus for r in sizes),
+        )
+        self._live = (self.workers_epoch, len(self.workers), live, biggest)
+        return live, biggest
+
+    def _schedule(self) -> None:
+        """Place ready tasks on workers with room, highest priority first; then calls; at
+        most ``settings.pass_placements`` of them (``behind`` says more are waiting)."""
+        self.behind = False
+        if not self.ready and not any(lib.ready for lib in self.libraries.values()) and not self.not_before:
+            return  # nothing to place: no walk over the workers either
+        live = self.live()
         if self.tunables.wait_for_workers:  # tune wait-for-workers: nothing runs before N are here
             if len(live) < self.tunables.wait_for_workers:
                 return
@@ -486,11 +532,14 @@ class Core(Shorthands):
         if not live:
             return
         timing.release(self)
+        self.pass_left = self.settings.pass_placements
         if self.ready:
             placement.schedule_tasks(self, live)
         for lib in self.libraries.values():
-            if lib.ready:
+            if lib.ready and self.pass_left > 0:
                 libraries.schedule_calls(self, lib, live)
+            elif lib.ready:
+                self.behind = True
 
     @property
     def prefetch(self) -> int:
@@ -515,6 +564,8 @@ class Core(Shorthands):
         w.committed.add(t.spec.resources)
         w.queued += 1
         w.idle_since = None
+        self.pass_left -= 1
+        self.room.touch(w)
         self.life.move(t, S.DISPATCHED, f"to {w.id}")
         sd = self._dispatch.get(w.id)
         if sd is None:

@@ -32,7 +32,13 @@ class Clock:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Time to look around: workers that went silent, undeclares that waited for their readers."""
+    """Time to look around: workers that went silent, undeclares that waited for their readers.
+
+    ``heard_until``: the service has read every message that arrived until then (None: until
+    the core's ``now``); silence is judged against it, never against the manager's own backlog.
+    """
+
+    heard_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,7 @@ def remove(core: Core, name: str, why: str = "was removed") -> None:
     for w in core.workers.values():
         if w.libs.pop(name, None) is not None:
             w.committed.remove(lib.spec.resources)
+            core.room.touch(w)
             core.out.append(SendRemove(w.id, name))
     _fail_waiting(core, lib, f"library {name!r} {why}")
     core.transactions.append(txformat.library_removed(name))
@@ -172,6 +173,7 @@ def reported(
         del w.libs[name]
         if lib is not None:
             w.committed.remove(lib.spec.resources)
+            core.room.touch(w)
     if lib is None or inst is None:
         return  # gone as asked (removed, evicted), or never ours
     if state == "failed":
@@ -217,6 +219,9 @@ def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) ->
     later: list[tuple[float, int, TaskId]] = []  # calls whose inputs cannot be staged yet
     peers: dict[WorkerId, tuple[str | None, str]] | None = None
     while ready:
+        if core.pass_left <= 0:
+            core.behind = True  # the rest next turn (the pass's budget is spent)
+            break
         best = _least_busy(usable, name, cap)
         if best is None:
             break
@@ -282,6 +287,7 @@ def _start_instance(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) -
         return  # not yet: an input is still to be made, or its sources are busy
     target.libs[name] = Instance(InstanceState.INSTALLING)
     target.committed.add(lib.spec.resources)
+    core.room.touch(target)
     core.out.append(SendInstall(target.id, name, stages))
     core.transactions.append(txformat.library_on(name, "installing", target.id))
 
@@ -335,6 +341,7 @@ def evict_idle_libraries(core: Core, need: Resources, workers: list[WorkerEntry]
         for name, o in idle:
             del w.libs[name]
             w.committed.remove(o.spec.resources)
+            core.room.touch(w)
             core.out.append(SendRemove(w.id, name))
             core.transactions.append(txformat.library_evicted(name, w.id, "task"))
             if w.committed.room_for(need, w.info.resources):
@@ -354,6 +361,7 @@ def _evict_idle_library_for(core: Core, lib: LibraryEntry, workers: list[WorkerE
                 continue
             w.committed.remove(o.spec.resources)
             if w.committed.room_for(lib.spec.resources, w.info.resources):
+                core.room.touch(w)
                 del w.libs[other]
                 core.out.append(SendRemove(w.id, other))
                 core.transactions.append(txformat.library_evicted(other, w.id, lib.spec.name))

@@ -1,6 +1,7 @@
 """Where a ready task goes: packing tasks onto workers by their resources.
 
-Tasks are placed highest priority first on the emptiest worker where they run at once. To
+Tasks are placed highest priority first on the emptiest worker where they run at once
+(the index of workers with room, :mod:`kubevine.manager.room`, finds it in O(log W)). To
 keep a fast worker busy between round trips, a worker may also hold a few queued tasks beyond
 what it runs at once (``prefetch``, only while recent tasks have been short); the worker starts
 them only when its own resources allow, so a queued task never shares resources it does not
@@ -21,8 +22,10 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
-from kubevine.ids import TaskId
-from kubevine.manager import affinity, dataplane, libraries, timing
+from kubevine.ids import TaskId, WorkerId
+from kubevine.manager import affinity, dataplane, libraries, room, timing, workers
+from kubevine.manager.states import WorkerState
+from kubevine.protocol import TaskKind
 from kubevine.resources import Resources
 from kubevine.states import TaskState
 
@@ -37,22 +40,23 @@ S = TaskState
 
 def schedule_tasks(core: Core, workers: list[WorkerEntry]) -> None:
     """Place ready tasks (not calls) on ``workers``, highest priority first, until no worker
-    has room or :data:`LOOK_AHEAD` tasks had to be skipped."""
+    has room, :data:`LOOK_AHEAD` tasks had to be skipped or the pass's budget of placements
+    (``core.pass_left``) is spent. Which worker takes a task comes from ``core.room``, the
+    index of workers with room: O(log W) per task, not a scan of every worker."""
     skipped: list[tuple[float, int, TaskId]] = []
     ready = core.ready
-    sizes = [w.info.resources for w in workers]
-    peers = core.peers()
-    biggest = Resources.model_construct(
-        cores=max(r.cores for r in sizes),
-        memory=max(r.memory for r in sizes),
-        disk=max(r.disk for r in sizes),
-        gpus=max(r.gpus for r in sizes),
-    )
+    index = core.room
+    index.sync(core)
+    biggest = core.biggest()
+    peers: dict[WorkerId, tuple[str | None, str]] | None = None
     budget = LOOK_AHEAD
     evicted = False
     while ready and budget > 0:
-        if not any(_has_room(core, w) for w in workers) and (
-            evicted or not any(libraries.idle_instances(core, w) for w in workers)
+        if core.pass_left <= 0:
+            core.behind = True  # the rest next turn: the loop answers its peers meanwhile
+            break
+        if not index.any(core) and (
+            evicted or not core.libraries or not any(libraries.idle_instances(core, w) for w in workers)
         ):
             break
         item = heapq.heappop(ready)
@@ -70,13 +74,18 @@ def schedule_tasks(core: Core, workers: list[WorkerEntry]) -> None:
             skipped.append(item)
             budget -= 1
             continue
-        chosen = _pick(core, need, places if places is not None else workers)
+        if places is not None:
+            chosen = _pick(core, need, places)
+        else:
+            found = index.pick(core, need)
+            chosen = _pick(core, need, workers) if found is False else found
         if chosen is None and core.libraries and not evicted:
             # an idle library may be holding the room this task needs
             evicted = True
             chosen = libraries.evict_idle_libraries(core, need, workers)
         stages = None
         if chosen is not None and t.spec.inputs:
+            peers = core.peers() if peers is None else peers
             stages = dataplane.stage_for(core, core.catalog, t, chosen, peers)
             if stages is None:
                 chosen = None  # an input is on its way to where it will come from: wait
@@ -89,42 +98,56 @@ def schedule_tasks(core: Core, workers: list[WorkerEntry]) -> None:
         heapq.heappush(ready, item)
 
 
-def _has_room(core: Core, w: WorkerEntry) -> bool:
-    total = w.info.resources.cores
-    return w.committed.cores < total * (1 + core.prefetch) - 1e-9 and len(w.tasks) - w.calls < _max_tasks(
-        core, w
-    )
-
-
-def _max_tasks(core: Core, w: WorkerEntry) -> int:
-    return (1 + core.prefetch) * max(1, int(w.info.resources.cores))
-
-
 def _pick(core: Core, need: Resources, workers: list[WorkerEntry]) -> WorkerEntry | None:
+    """The same choice as :meth:`RoomIndex.pick`, by a scan of ``workers`` (a task that may go
+    only to some of them, or one the index could not place among its first workers)."""
     best: WorkerEntry | None = None
     best_free = -1.0
     for w in workers:  # first: a worker where it runs at once, the emptiest one
+        if w.state != WorkerState.CONNECTED:
+            continue
         free_cores = w.info.resources.cores - w.committed.cores
         if free_cores > best_free and w.committed.room_for(need, w.info.resources):
             best, best_free = w, free_cores
-    prefetch = core.prefetch
-    if best is not None or not prefetch:
+    if best is not None or not core.prefetch:
         return best
     # then: queue it on a worker that can run it later, holding up to (1 + prefetch)
-    # times its cores in tasks; the least loaded first
-    load = 0.0
+    # times its cores in tasks; the one with the most free cores first
     for w in workers:
-        total = w.info.resources
-        # library instances keep their cores: a task queued behind an idle one would
-        # wait for ever (it is evicted only when no worker can take the task)
-        lib_cores = sum(lib.spec.resources.cores for n in w.libs if (lib := core.libraries.get(n)))
-        if (
-            need.fits_in(total)
-            and need.cores <= total.cores - lib_cores + 1e-9
-            and w.committed.cores + need.cores <= total.cores * (1 + prefetch) + 1e-9
-            and len(w.tasks) - w.calls < _max_tasks(core, w)
-        ):
-            mine = w.committed.cores / max(total.cores, 1e-9)
-            if best is None or mine < load:
-                best, load = w, mine
+        if w.state != WorkerState.CONNECTED or not room.may_queue(core, w, need):
+            continue
+        free_cores = w.info.resources.cores - w.committed.cores
+        if best is None or free_cores > best_free:
+            best, best_free = w, free_cores
     return best
+
+
+def unqueue(core: Core) -> None:
+    """Tasks queued on a worker behind what it runs while another worker has nothing to do are
+    taken back (killed there before they start) and queued again, the first in line first, one
+    per idle worker. Only while nothing is queued ahead on purpose (prefetch is off: recent tasks
+    were long) and no ready task waits: a restarted manager otherwise left the tasks that an
+    earlier one had queued behind a 600 s task waiting there while other workers idled. Called
+    once a tick: O(W)."""
+    if core.prefetch or core.ready:
+        return
+    live = core.live()
+    spare = sum(1 for w in live if not w.tasks)
+    if not spare:
+        return
+    for w in live:
+        total = w.info.resources.cores
+        if not w.queued or w.committed.cores <= total + room.EPS:
+            continue
+        queued = [t for tid in w.tasks if (t := core.tasks.get(tid)) is not None and t.state == S.DISPATCHED]
+        queued.sort(key=lambda t: (-t.spec.priority, t.seq))
+        for t in queued:
+            if spare <= 0 or w.committed.cores <= total + room.EPS:
+                break
+            if t.spec.kind == TaskKind.CALL:
+                continue  # calls hold library slots, not cores
+            workers.release(core, t, kill=True)
+            core.life.ready(t, f"queued on {w.id} behind running work while a worker idles")
+            spare -= 1
+        if spare <= 0:
+            return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, assert_never
 
 import zmq
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 5000  # messages read in one turn of the loop at most
+DRAIN_SECONDS = 0.02  # and for this long at most: the rest next turn, after a scheduling pass
 
 
 class Receiver:
@@ -76,13 +78,17 @@ class Receiver:
         self.throttle = Throttle(log)
         self.failures = 0  # messages whose handling raised (a bug: said, never fatal)
 
-    def drain(self, now: float) -> None:
-        """Read and handle every waiting message (up to :data:`DRAIN_BATCH`)."""
+    def drain(self, now: float) -> bool:
+        """Read and handle every waiting message (up to :data:`DRAIN_BATCH`, or for
+        :data:`DRAIN_SECONDS`); whether the socket was left empty."""
         peers = self.sessions.peers
+        deadline = time.monotonic() + DRAIN_SECONDS
         for _ in range(DRAIN_BATCH):
+            if time.monotonic() > deadline:
+                return False
             got = self.wire.recv()
             if got is None:
-                return
+                return True
             ident_frame, body = got
             ident = ident_frame.bytes
             peer = peers.get(ident)
@@ -109,6 +115,7 @@ class Receiver:
                 self.failures += 1
                 log.exception("handling a message from %s failed", peer.id if peer else "an unknown peer")
                 self.wire.send(ident, ErrorMsg(code="internal", message=f"the manager failed on it: {e!r}"))
+        return False
 
     def _malformed(
         self, frame_: zmq.Frame, ident: bytes, peer: Peer | None, body: list[bytes], e: ProtocolError
@@ -197,7 +204,8 @@ class Receiver:
             case IdBlockRequest():
                 core.handle(events.IdsRequested(cid))
             case StatusRequest():
-                self.wire.send(ident, StatusReply(status=svc.status().model_dump_json()))
+                st = svc.status(with_workers=msg.workers)
+                self.wire.send(ident, StatusReply(status=st.model_dump_json()))
             case FetchFile():
                 svc.fetches.ask(core, ident, cid, msg)
             case Tune():
@@ -217,7 +225,8 @@ class Receiver:
             case Hello():
                 self.sessions.hello(frame_, ident, msg, now)
             case StatusRequest():
-                self.wire.send(ident, StatusReply(status=self.svc.status().model_dump_json()))
+                st = self.svc.status(with_workers=msg.workers)
+                self.wire.send(ident, StatusReply(status=st.model_dump_json()))
             case DrainWorkers():
                 self.core.handle(events.DrainRequested(msg.worker_ids))
             case Goodbye():

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from kubevine.ids import ClientId, TaskId
 from kubevine.manager import dataplane, tuning, workers
+from kubevine.manager.compact import compact
 from kubevine.manager.entries import TaskEntry, WorkerEntry
 from kubevine.manager.libraries import LibraryEntry
 from kubevine.manager.states import FINAL, TaskState, WorkerState
@@ -56,6 +57,7 @@ def restore(core: Core, snap: Snapshot) -> None:
     for t in list(core.tasks.values()):
         _resume(core, t)
     core.batch = WriteBatch()  # what was restored is stored already; the moves are dirty
+    core.workers_epoch += 1
 
 
 def _load_tasks(core: Core, snap: Snapshot) -> None:
@@ -64,7 +66,7 @@ def _load_tasks(core: Core, snap: Snapshot) -> None:
         if rec is None:
             continue
         t = TaskEntry(
-            spec,
+            compact(spec),
             payload,
             rec.client,
             TaskState(rec.state),

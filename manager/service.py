@@ -289,14 +289,20 @@ class ManagerService:
         poller.register(self.wire.monitor, zmq.POLLIN)
         next_tick = 0.0
         next_stats = 0.0
+        heard_until = time.time()  # every message that arrived until then has been read
         while self.running:
             now = time.time()
             wait = max(0.0, min(next_tick, next_stats, self._acks_due or next_tick) - now)
+            if self.core.behind:  # the last pass stopped at its budget: go on at once
+                wait = 0.0
             polled = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
             now = time.time()
             self.core.handle(events.Clock(now))
+            if not polled or self.wire.sock not in {s for s, _ in polled}:
+                heard_until = now
             if polled:
-                self.receiver.drain(now)
+                if self.receiver.drain(now):
+                    heard_until = now
                 ready = {s for s, _ in polled}
                 if self._wake_rx in ready:
                     self._drain_wake()
@@ -307,8 +313,8 @@ class ManagerService:
             if self.persister.fatal is not None:
                 raise self.persister.fatal
             if now >= next_tick:
-                self.core.handle(events.TICK)
-                self._tick(now)
+                self.core.handle(events.Tick(heard_until))
+                self._tick(heard_until)
                 next_tick = now + min(cfg.heartbeat_interval, 1.0)
             if self.persister.wiped and not self.persister.reseed_requested:
                 self._reseed()
@@ -325,10 +331,15 @@ class ManagerService:
                     self.metrics.update(st)
                 next_stats = now + cfg.stats_interval
 
-    def _tick(self, now: float) -> None:
-        """Once a second or so: sessions gone silent, heartbeats, the store, stale files."""
-        self.sessions.expire(now)
-        self.sessions.heartbeat(self.manager_id)
+    def _tick(self, heard_until: float) -> None:
+        """Once a second or so: sessions gone silent (judged against ``heard_until``, when the
+        socket was last read empty), heartbeats, the store, stale files."""
+        self.sessions.expire(heard_until)
+        # each peer hears from the manager well within its own timeout (it waits timeout +
+        # interval before it reconnects), not necessarily every tick
+        tick = min(self.config.heartbeat_interval, 1.0)
+        every = max(1, min(5, int(self.config.heartbeat_timeout / (4 * tick))))
+        self.sessions.heartbeat(self.manager_id, every)
         self._watch_store()
         self.fetches.expire()
         dropped = self.uploads.expire()
@@ -517,7 +528,7 @@ class ManagerService:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> ManagerStatus:
+    def status(self, with_workers: bool = True) -> ManagerStatus:
         st = status.snapshot(
             self.core,
             self.counters,
@@ -530,6 +541,7 @@ class ManagerService:
             recent_failures=self.recent_failures,
             store_outage=self.persister.outage,
             refusing_work=self._refusing,
+            with_workers=with_workers,
         )
         st.sessions = len(self.peers)
         return st

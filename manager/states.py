@@ -55,6 +55,52 @@ class IllegalTransition(RuntimeError):
 
 Results = list[tuple[ClientResult, list[bytes]]]
 
+#: The states whose tasks count as waiting (the autoscaler's demand) and as running.
+WAITING_STATES = frozenset({S.READY, S.WAITING, S.RETRYING})
+RUNNING_STATES = frozenset({S.DISPATCHED, S.RUNNING})
+
+Shape = tuple[float, int, int, int]  # cores, memory, disk, gpus
+
+
+class Shapes:
+    """How many tasks of each resource shape a group holds, kept as tasks move, so the
+    status totals a group in O(shapes) instead of walking every task (3 s at 1M tasks)."""
+
+    __slots__ = ("n", "shapes")
+
+    def __init__(self) -> None:
+        self.shapes: dict[Shape, int] = {}
+        self.n = 0
+
+    def add(self, t: TaskEntry, k: int) -> None:
+        r = t.spec.resources
+        key = (r.cores, r.memory, r.disk, r.gpus)
+        left = self.shapes.get(key, 0) + k
+        if left:
+            self.shapes[key] = left
+        else:
+            del self.shapes[key]
+        self.n += k
+
+    def total(self) -> Shape:
+        """The sum of the group's resources."""
+        c = m = d = g = 0.0
+        for (cores, memory, disk, gpus), n in self.shapes.items():
+            c, m, d, g = c + cores * n, m + memory * n, d + disk * n, g + gpus * n
+        return c, int(m), int(d), int(g)
+
+    def largest(self) -> Shape:
+        """The most of each resource one task of the group asks for."""
+        if not self.shapes:
+            return 0.0, 0, 0, 0
+        keys = self.shapes.keys()
+        return (
+            max(k[0] for k in keys),
+            max(k[1] for k in keys),
+            max(k[2] for k in keys),
+            max(k[3] for k in keys),
+        )
+
 
 class Lifecycle:
     """Moves tasks through :data:`TRANSITIONS`, and keeps what follows from the moves: tasks
@@ -65,7 +111,7 @@ class Lifecycle:
     methods; the core reads its counts and takes its changes once per cycle.
     """
 
-    __slots__ = ("core", "counts", "dirty", "totals", "undelivered")
+    __slots__ = ("core", "counts", "dirty", "running", "totals", "undelivered", "waiting")
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -73,6 +119,15 @@ class Lifecycle:
         self.totals = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "retried": 0}
         self.dirty: dict[TaskId, TaskEntry] = {}  # tasks whose record changed this cycle
         self.undelivered: dict[ClientId, Results] = {}  # results for clients, next take()
+        self.waiting = Shapes()  # tasks in WAITING_STATES, by resource shape
+        self.running = Shapes()  # tasks in RUNNING_STATES, by resource shape
+
+    def _group(self, state: TaskState) -> Shapes | None:
+        if state in WAITING_STATES:
+            return self.waiting
+        if state in RUNNING_STATES:
+            return self.running
+        return None
 
     # ------------------------------------------------------------- entering and leaving
 
@@ -83,17 +138,24 @@ class Lifecycle:
             txformat.task_submitted(spec.id, spec.kind, spec.resources, spec.category, spec.library, spec.tag)
         )
         self.counts[S.WAITING] += 1
+        self.waiting.add(t, 1)
         self.totals["submitted"] += 1
 
     def restored(self, t: TaskEntry) -> None:
         """A task reloaded from the store enters in the state it was stored in."""
         self.counts[t.state] += 1
+        group = self._group(t.state)
+        if group is not None:
+            group.add(t, 1)
 
     def forget(self, t: TaskEntry) -> None:
         """A finished task whose result its client has leaves for good."""
         tid = t.spec.id
         del self.core.tasks[tid]
         self.counts[t.state] -= 1
+        group = self._group(t.state)
+        if group is not None:
+            group.add(t, -1)
         self.dirty.pop(tid, None)
         batch = self.core.batch
         batch.deleted.add(tid)
@@ -160,6 +222,12 @@ class Lifecycle:
         counts = self.counts
         counts[t.state] -= 1
         counts[to] += 1
+        before, after = self._group(t.state), self._group(to)
+        if before is not after:
+            if before is not None:
+                before.add(t, -1)
+            if after is not None:
+                after.add(t, 1)
         t.state = to
         t.story.append((self.core.now, to.value, cause))
         self.dirty[t.spec.id] = t

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 
 from kubevine.ids import CacheName, WorkerId
 from kubevine.manager.metrics import Counters
-from kubevine.manager.states import FINAL, TaskState, WorkerState
+from kubevine.manager.states import FINAL, Shape, TaskState, WorkerState
 from kubevine.protocol import walk_bindings
-from kubevine.resources import Tally
+from kubevine.resources import Resources
 from kubevine.stats import Failure, LibraryView, Load, ManagerStatus, Perf, WorkerStatus
 
 if TYPE_CHECKING:
     from kubevine.manager.core import Core
+    from kubevine.manager.entries import WorkerEntry
 
 S = TaskState
 
@@ -36,22 +37,12 @@ def snapshot(
     recent_failures: list[Failure],
     store_outage: float,
     refusing_work: bool,
+    with_workers: bool = True,
 ) -> ManagerStatus:
-    """The status of the workflow ``core`` holds, at ``now``."""
-    waiting, running, largest = Tally(), Tally(), Tally()
-    n_waiting = n_running = 0
-    for t in core.tasks.values():
-        r = t.spec.resources
-        if t.state in (S.READY, S.WAITING, S.RETRYING):
-            n_waiting += 1
-            waiting.add(r)
-            largest.cores = max(largest.cores, r.cores)
-            largest.memory = max(largest.memory, r.memory)
-            largest.disk = max(largest.disk, r.disk)
-            largest.gpus = max(largest.gpus, r.gpus)
-        elif t.state in (S.DISPATCHED, S.RUNNING):
-            n_running += 1
-            running.add(r)
+    """The status of the workflow ``core`` holds, at ``now`` (``with_workers``: with one entry
+    per worker, O(W))."""
+    life = core.life  # kept up to date as tasks move: O(shapes), not O(tasks)
+    waiting, running = _resources(life.waiting.total()), _resources(life.running.total())
     return ManagerStatus(
         workflow=workflow,
         manager_id=manager_id,
@@ -62,11 +53,11 @@ def snapshot(
         tasks={s.value: n for s, n in core.counts.items()},
         totals=dict(core.totals),
         unschedulable=len(core.unschedulable),
-        demand=waiting.snapshot(),
-        waiting=_load(n_waiting, waiting),
-        running=_load(n_running, running),
-        largest_waiting=largest.snapshot(),
-        workers=_workers(core, now),
+        demand=waiting,
+        waiting=_load(life.waiting.n, waiting),
+        running=_load(life.running.n, running),
+        largest_waiting=_resources(life.waiting.largest()),
+        workers=_workers(core, now) if with_workers else [],
         clients=len(core.connected_clients),
         recent_failures=recent_failures[-20:],
         perf=_perf(core, counters),
@@ -79,7 +70,7 @@ def snapshot(
 def _unique_holders(core: Core) -> set[WorkerId]:
     """Workers holding the only copy of a temp file some task still needs: never drain them."""
     needed: set[CacheName | None] = {n for n, waiting in core.waiting_for.items() if waiting}
-    for t in core.tasks.values():
+    for t in core.tasks.values() if core.producers else ():  # no temps: no walk over the tasks
         if t.state not in FINAL:
             needed.update(
                 b.cache_name for b in walk_bindings(t.spec.inputs) if b.cache_name in core.producers
@@ -91,14 +82,15 @@ def _unique_holders(core: Core) -> set[WorkerId]:
 
 def _workers(core: Core, now: float) -> list[WorkerStatus]:
     unique = _unique_holders(core)
+    # built without validation (the values are the core's own): 5,000 workers per status
     return [
-        WorkerStatus(
+        WorkerStatus.model_construct(
             id=w.id,
             node=w.info.node,
             host=w.info.host,
             state=w.state.value,
             resources=w.info.resources,
-            committed=w.committed.snapshot(),
+            committed=_committed(w),
             running=len(w.tasks) - w.queued,
             queued=w.queued,
             idle_seconds=None if w.idle_since is None else now - w.idle_since,
@@ -144,5 +136,14 @@ def _perf(core: Core, counters: Counters) -> Perf:
     return counters.perf(total, in_use)
 
 
-def _load(n: int, t: Tally) -> Load:
-    return Load(tasks=n, cores=t.cores, memory=t.memory, disk=t.disk, gpus=t.gpus)
+def _committed(w: WorkerEntry) -> Resources:
+    c = w.committed
+    return Resources.model_construct(cores=c.cores, memory=c.memory, disk=c.disk, gpus=c.gpus)
+
+
+def _resources(s: Shape) -> Resources:
+    return Resources(cores=s[0], memory=s[1], disk=s[2], gpus=s[3])
+
+
+def _load(n: int, r: Resources) -> Load:
+    return Load(tasks=n, cores=r.cores, memory=r.memory, disk=r.disk, gpus=r.gpus)

@@ -72,6 +72,8 @@ def connected(core: Core, info: WorkerInfo) -> None:
     _reconcile(core, w, old, held)
     if w.tasks:
         w.idle_since = None
+    core.workers_epoch += 1
+    core.room.touch(w)
     for tid in list(core.unschedulable):  # what only this worker may run
         t = core.tasks[tid]
         if t.spec.resources.fits_in(info.resources) and set(t.spec.features).issubset(info.features):
@@ -114,6 +116,7 @@ def attach(core: Core, w: WorkerEntry, t: TaskEntry) -> None:
     """Count ``t`` on ``w`` again (a worker that came back holding it)."""
     w.tasks[t.spec.id] = t.attempt
     w.committed.add(t.spec.resources)
+    core.room.touch(w)
     if t.state == S.DISPATCHED:
         w.queued += 1
     if t.spec.kind == TaskKind.CALL:
@@ -127,6 +130,7 @@ def lost(core: Core, wid: WorkerId, why: str) -> None:
     w = core.workers.pop(wid, None)
     if w is None:
         return
+    core.workers_epoch += 1
     core.batch.workers[wid] = None
     core.transactions.append(txformat.worker_disconnected(wid, why, len(w.tasks)))
     log.warning("worker %s lost (%s); requeueing %d task(s)", wid, why, len(w.tasks))
@@ -161,6 +165,7 @@ def drain(core: Core, worker_ids: Iterable[WorkerId]) -> None:
         if w is None or w.state == WorkerState.DRAINING:
             continue
         w.state = WorkerState.DRAINING
+        core.workers_epoch += 1
         core.transactions.append(txformat.worker_draining(wid))
         # take back what it queued but has not started: someone else can run it now
         for tid in [t for t in w.tasks if core.tasks[t].state == S.DISPATCHED]:
@@ -217,6 +222,7 @@ def release(core: Core, t: TaskEntry, *, kill: bool) -> None:
         return
     if w.tasks.pop(t.spec.id, None) is not None:
         w.committed.remove(t.spec.resources)
+        core.room.touch(w)
         if t.state == S.DISPATCHED:
             w.queued -= 1
         if t.spec.kind == TaskKind.CALL:

@@ -131,3 +131,35 @@ def test_a_temp_undeclared_before_its_result_was_acknowledged_stays_undeclared_a
     again.client_connected(C)
     again.results_acked(C, [TaskId(1)])
     assert TaskId(1) not in again.tasks  # forgotten once its result is in the client's hands
+
+
+def test_tasks_queued_behind_a_long_task_before_a_restart_go_to_a_worker_that_idles() -> None:
+    """Before the restart, short tasks made the manager queue work ahead on worker a; then a
+    600 s task started there. The restarted manager must not leave the tasks queued behind it
+    while worker b has nothing to do."""
+    snap = Snapshot()
+    for i in range(1, 5):
+        snap.specs[TaskId(i)] = (TaskSpec(id=TaskId(i), command="sleep", resources=Resources(cores=1)), None)
+    a, b = WorkerId("a"), WorkerId("b")
+    snap.records[TaskId(1)] = TaskRecord(C, "running", 1, 0, 0, a, 1)  # the 600 s task
+    for i in range(2, 5):  # queued there behind it, not started
+        snap.records[TaskId(i)] = TaskRecord(C, "dispatched", 1, 0, 0, a, i)
+    one_core = Resources(cores=1, memory=1000, disk=1000)
+    snap.workers[a] = WorkerInfo(worker_id=a, node="n", host="h", pid=1, resources=one_core)
+    core = Core(now=1000.0)
+    core.restore(snap)
+    core.client_connected(C)
+    held = [TaskRef(task_id=TaskId(i), attempt=1) for i in range(1, 5)]
+    back = WorkerInfo(worker_id=a, node="n", host="h", pid=1, resources=one_core, running=held)
+    core.worker_connected(back)
+    core.worker_connected(WorkerInfo(worker_id=b, node="n", host="h", pid=2, resources=one_core))
+    core.worker_update(a, [TaskRef(task_id=TaskId(1), attempt=1)], [], [])  # a runs the long one
+    core.tick(1001.0)
+    core.schedule()
+    _, out = core.take()
+    to_b = [t.spec.id for i in out if isinstance(i, SendDispatch) and i.worker == b for t in i.tasks]
+    assert to_b == [TaskId(2)]  # b takes the first task queued on a ...
+    killed = [r.task_id for i in out if isinstance(i, SendKill) and i.worker == a for r in i.tasks]
+    assert killed == [TaskId(2)]  # ... which a forgets (it never started it)
+    assert core.tasks[TaskId(1)].worker == a and core.tasks[TaskId(1)].state == TaskState.RUNNING
+    assert {core.tasks[TaskId(i)].worker for i in (3, 4)} == {a}  # b has one core: one task
