@@ -3,7 +3,7 @@
 The operator asks a manager for its status every few seconds for as long as a workflow lives,
 and ``kubevine status`` is run by hand or by scripts. Each call is a session: one that says
 goodbye is forgotten at once, and one whose caller vanished without a word (killed, timed
-out) is forgotten once it has been silent for the heartbeat timeout. So after 20,000 calls
+out) is forgotten once it has been silent for the heartbeat timeout. So after 6,000 calls
 the manager holds as many sessions as before, and idles as cheaply as before.
 """
 
@@ -19,7 +19,7 @@ from kubevine import LocalCluster
 from kubevine.admin import Admin
 from kubevine.protocol import PROTOCOL_VERSION, Goodbye, Hello, StatusRequest, encode
 
-CALLS = 20_000
+CALLS = 6_000  # 20,000 behaved the same (44 s); the suite keeps the shorter run
 BATCH = 250  # sessions open at once
 TIMEOUT = 3.0  # the manager's heartbeat timeout here
 
@@ -61,7 +61,7 @@ def cpu_over(proc: psutil.Process, seconds: float) -> float:
     return (t1.user + t1.system) - (t0.user + t0.system)
 
 
-def test_twenty_thousand_status_calls_leave_sessions_and_idle_cpu_flat(
+def test_six_thousand_status_calls_leave_sessions_and_idle_cpu_flat(
     cluster: Callable[..., LocalCluster],
 ) -> None:
     c = cluster(workers=1, heartbeat_timeout=TIMEOUT)
