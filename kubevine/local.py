@@ -8,6 +8,7 @@ context manager of its own; everything is stopped on exit.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -100,6 +101,9 @@ class LocalCluster:
             args += ["--encrypt"]
         with open(mdir / "manager.log", "ab") as log:
             self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+        # a program that ends without closing its Manager ends its manager too (TaskVine's lives
+        # in the program's process): else it and its workers would outlive the program
+        atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while not (addr_file.exists() and addr_file.read_text().strip()):  # written, not just created
             if self.manager.poll() is not None:
@@ -178,6 +182,7 @@ class LocalCluster:
         return [*cmd, "--encrypt", host, port] if self.encrypt else [*cmd, host, port]
 
     def stop(self, grace: float = 5.0) -> None:
+        atexit.unregister(self.stop)
         if self.published is not None:
             self.published.unlink(missing_ok=True)
             self.published = None

@@ -77,8 +77,12 @@ class Session(Generic[W]):
         heartbeat_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
+        on_disconnect: Callable[[], None] | None = None,
     ) -> None:
         self.ctx = ctx
+        # called when the manager's end of a registered connection closes (its process ended):
+        # a TaskVine --single-shot worker leaves then, not after a heartbeat timeout
+        self.on_disconnect = on_disconnect
         self.address = address
         self.owner = owner
         self.direction = direction
@@ -111,7 +115,10 @@ class Session(Generic[W]):
         s.setsockopt(zmq.RCVHWM, 0)
         if self.credentials is not None:
             self.credentials.client(s)
-        self._monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        if self.on_disconnect is not None:
+            events |= zmq.EVENT_DISCONNECTED
+        self._monitor = s.get_monitor_socket(events)
         s.connect(f"tcp://{self.address}")
         self.sock = s
         self._writing = False
@@ -164,7 +171,7 @@ class Session(Generic[W]):
         (decoded for this end's direction) are returned in order for the owner."""
         out: list[tuple[W, list[bytes]]] = []
         if self._monitor is not None and self._monitor in events:
-            self._handshake_failed()
+            self._monitor_events()
         if self.sock is None or self.sock not in events:
             return out
         while self.sock is not None:
@@ -212,12 +219,18 @@ class Session(Generic[W]):
 
     # ------------------------------------------------------------------ internals
 
+    def _monitor_events(self) -> None:
+        seen = 0
+        while self._monitor is not None and self._monitor.poll(0):
+            seen |= recv_monitor_message(self._monitor)["event"]
+        if seen & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            self._handshake_failed()
+        elif seen & zmq.EVENT_DISCONNECTED and self.registered and self.on_disconnect is not None:
+            self.on_disconnect()
+
     def _handshake_failed(self) -> None:
         """The manager and this end disagree on encryption: no message can ever pass, so say
         so now instead of waiting for a welcome that cannot come."""
-        assert self._monitor is not None
-        while self._monitor.poll(0):
-            recv_monitor_message(self._monitor)
         creds = self.credentials or Credentials("x" * 16)
         reason = creds.mismatch(f"the manager at {self.address}")
         log.error("%s: %s", self.name, reason)

@@ -177,6 +177,7 @@ class WorkerService:
             credentials=self.creds,
             heartbeat_interval=config.heartbeat_interval,
             name=f"worker {self.worker_id}",
+            on_disconnect=self._manager_gone if config.single_shot else None,
         )
         # peers fetch from this worker's cache; this worker fetches from theirs
         self.server = TransferServer(self.ctx, self.cache, config.transfer_host, self.creds)
@@ -238,6 +239,13 @@ class WorkerService:
 
     def refused(self, reason: str) -> None:
         raise WorkerRefused(reason)
+
+    def _manager_gone(self) -> None:
+        """--single-shot: the manager's end of the connection closed (TaskVine's worker exits
+        when its manager disconnects; the driver of a test waits for that)."""
+        if self.connected_once:
+            log.info("worker %s: the manager closed the connection; single shot: leaving", self.worker_id)
+            raise _Leave(0)
 
     def reset(self) -> None:
         if self.config.single_shot and self.connected_once:
