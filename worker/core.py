@@ -204,6 +204,8 @@ class WorkerCore:
                 for a, payload in zip(event.assignments, event.payloads, strict=True):
                     self._accept(a, payload)
             case CallsReturned():
+                self.new_cached += event.cached
+                self.evicted += event.evicted
                 for res, frames in event.results:
                     self._call_result(res, frames)
             case ProcessExited():

@@ -103,9 +103,12 @@ class OutputGrew:
 @dataclass(frozen=True, slots=True)
 class CallsReturned:
     """Function calls' results came back from their library, each with its frames (the
-    pickled value); or a call could not be made."""
+    pickled value); or a call could not be made. Files its outputs put in the cache (temps,
+    spills) are named as a process's are."""
 
     results: Sequence[tuple[AttemptResult, Frames]]
+    cached: Sequence[CacheName] = ()
+    evicted: Sequence[CacheName] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ prepares. The library's functions see each other as globals, so one may call ano
 
 Frames from the worker: ``init`` (spec JSON, pickled functions and context), ``calls``
 (one msgpack frame: a list of [task id, attempt, function, pickled (args, kwargs), extra],
-extra being nil or ``{"inputs": {name: path in the cache}, "value": keep the value}``),
+extra being nil or ``{"inputs": {name: path in the cache}, "value": keep the value, "box":
+the folder to run it in, whose files the worker collects as the call's outputs}``),
 ``stop``. To the worker: ``ready`` or ``failed`` (traceback), then ``results`` (one msgpack
 frame: a list of [task id, attempt, ok, wall seconds, encoded result]).
 """
@@ -67,16 +68,19 @@ def run_call(
         )
         return False, results.encode_error(err)
     inputs: dict[str, str] = extra.get("inputs") or {}
-    if chdir and inputs:
-        with call_dir(call, inputs):
+    given: str | None = extra.get("box")
+    if chdir and (inputs or given):
+        with call_dir(call, inputs, given):
             return _run(fn, extra, payload, inputs)
     return _run(fn, extra, payload, inputs)
 
 
 @contextlib.contextmanager
-def call_dir(call: Call, inputs: dict[str, str]) -> Iterator[None]:
-    """Change into a new folder holding links to ``inputs`` for the call; back, and remove it."""
-    box = os.path.abspath(f"call-{call[0]}-{call[1]}-{os.getpid()}")
+def call_dir(call: Call, inputs: dict[str, str], given: str | None = None) -> Iterator[None]:
+    """Change into a folder holding links to ``inputs`` for the call; back afterwards. The
+    folder is the worker's (``given``: it collects the files the call wrote as its outputs,
+    then removes it) or a new one, removed here."""
+    box = given or os.path.abspath(f"call-{call[0]}-{call[1]}-{os.getpid()}")
     here = os.getcwd()
     os.makedirs(box, exist_ok=True)
     try:
@@ -88,7 +92,8 @@ def call_dir(call: Call, inputs: dict[str, str]) -> Iterator[None]:
         yield
     finally:
         os.chdir(here)
-        shutil.rmtree(box, ignore_errors=True)
+        if given is None:
+            shutil.rmtree(box, ignore_errors=True)
 
 
 def _run(

@@ -36,6 +36,7 @@ from kubevine.chunks import INLINE_MAX
 from kubevine.digest import sha256_file
 from kubevine.ids import CacheName
 from kubevine.protocol import (
+    Assignment,
     AttemptResult,
     CacheLevel,
     FileBinding,
@@ -44,6 +45,7 @@ from kubevine.protocol import (
     OutputFile,
     TaskKind,
     replace,
+    value_output,
 )
 from kubevine.worker.sandbox import Attempt, result_path
 
@@ -190,6 +192,24 @@ def collect(att: Attempt, j: Judged, limit: int) -> tuple[list[OutputFile], list
             continue
         outputs.append(o)
     return outputs, missing
+
+
+def judge_call(a: Assignment, box: Path, res: AttemptResult, frames: list[bytes], limit: int) -> Judged:
+    """A function call's file outputs, which it wrote in its folder (its working directory,
+    ``box``), collected as a command's are (TaskVine: a FunctionCall's ``add_output`` files come
+    back like any task's). Its value stays frame 0; the return value kept as a temp output is
+    not a file here (the loop keeps it)."""
+    j = Judged(res, list(frames))
+    if res.outcome != Outcome.SUCCESS:
+        return j
+    files = [b for b in a.spec.outputs if b is not value_output(a.spec.outputs)]
+    att = Attempt(assignment=replace(a, spec=replace(a.spec, outputs=files)), sandbox=box)
+    found, missing = collect(att, j, limit)
+    if missing:
+        why = f"output(s) not delivered: {'; '.join(missing)}"
+        return Judged(replace(res, outcome=Outcome.OUTPUT_MISSING, error=why), list(frames))
+    j.result = replace(res, outputs=[*res.outputs, *found])
+    return j
 
 
 def _one(att: Attempt, j: Judged, b: FileBinding, box: str, limit: int, i: int) -> OutputFile:

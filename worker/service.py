@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -31,7 +32,7 @@ import zmq
 from kubevine.auth import Credentials
 from kubevine.chunks import INLINE_MAX
 from kubevine.digest import sha256_bytes
-from kubevine.ids import CacheName, WorkerId
+from kubevine.ids import CacheName, TaskId, WorkerId
 from kubevine.protocol import (
     PROTOCOL_VERSION,
     TO_WORKER,
@@ -65,7 +66,7 @@ from kubevine.protocol import (
 from kubevine.resources import Resources
 from kubevine.session import Session
 from kubevine.worker import events as ev
-from kubevine.worker import sandbox
+from kubevine.worker import outputs, sandbox
 from kubevine.worker.cache import Cache
 from kubevine.worker.core import WorkerCore
 from kubevine.worker.derive import Deriver
@@ -210,6 +211,8 @@ class WorkerService:
         self.inbox: deque[tuple[WorkerWork, list[bytes]]] = deque()  # read, not yet handled
         self.connected_once = False  # welcomed at least once (--single-shot leaves when it ends)
         self.next_expire = 0.0  # when idle transfer sources are next forgotten
+        # calls that write output files: their assignment and the folder they write in
+        self.call_boxes: dict[tuple[TaskId, int], tuple[Assignment, Path]] = {}
 
     # ------------------------------------------------------------------ SessionOwner
 
@@ -456,17 +459,50 @@ class WorkerService:
             )
             self._feed(ev.CallsReturned([(res, ())]))
             return
-        extra = None
+        extra: dict[str, object] | None = None
         if a.spec.inputs or a.spec.outputs:  # the call finds its inputs in the cache
+            value = value_output(a.spec.outputs)
             extra = {
                 "inputs": {
                     b.remote_name: str(self.cache.path(b.cache_name))
                     for b in a.spec.inputs
                     if b.cache_name is not None
                 },
-                "value": value_output(a.spec.outputs) is not None,
+                "value": value is not None,
             }
+            if any(b is not value for b in a.spec.outputs):  # files it writes: in a folder we keep
+                box = self.config.workdir / "calls" / f"{a.spec.id}-{a.attempt}"
+                extra["box"] = str(box)
+                self.call_boxes[(a.spec.id, a.attempt)] = (a, box)
         lib.outbox.append((a, payload, extra))
+
+    def _returned(self, results: list[tuple[AttemptResult, list[bytes]]]) -> ev.CallsReturned:
+        """Calls' results; a call that declared output files gets them collected from its
+        folder, as a command's are from its sandbox (on the loop: a call's outputs are bounded
+        by the same limits, and calls that write files are the rare ones)."""
+        out: list[tuple[AttemptResult, list[bytes]]] = []
+        cached: list[CacheName] = []
+        evicted: list[CacheName] = []
+        for res, frames in results:
+            entry = self.call_boxes.pop((res.task_id, res.attempt), None)
+            if entry is None:
+                out.append((res, frames))
+                continue
+            a, box = entry
+            try:
+                j = outputs.judge_call(a, box, res, frames, self.config.disk << 20)
+                r = j.result
+                for name, path, level in j.keep:  # temps and spills into the cache
+                    try:
+                        evicted += self.cache.evict_for(path.stat().st_size if path.is_file() else 0)
+                        self.cache.put_path(name, path, level)
+                        cached.append(name)
+                    except OSError as e:
+                        r = replace(r, outcome=Outcome.OUTPUT_MISSING, error=f"output could not be kept: {e}")
+                out.append((r, j.frames))
+            finally:
+                shutil.rmtree(box, ignore_errors=True)
+        return ev.CallsReturned(out, cached, evicted)
 
     def _keep_value(self, ins: KeepValue) -> None:
         """A call's return value (pickled) stays here as its temp output, for its consumers."""
@@ -488,7 +524,9 @@ class WorkerService:
             remote_name=ins.binding.remote_name, cache_name=name, size=len(data), checksum=sha256_bytes(data)
         )
         self._feed(
-            ev.ValueKept(res.model_copy(update={"output_frame": None, "outputs": [out]}), name, evicted)
+            ev.ValueKept(
+                res.model_copy(update={"output_frame": None, "outputs": [*res.outputs, out]}), name, evicted
+            )
         )
 
     def _spill_value(self, ins: SpillValue) -> None:
@@ -552,12 +590,16 @@ class WorkerService:
                     self._feed(ev.LibraryFailed(name, error or ""))
                     break
                 if results:
-                    self._feed(ev.CallsReturned(results))
+                    self._feed(self._returned(results))
             if lib.pidfd is not None and lib.pidfd in events and self.libraries.get(name) is lib:
                 self._forget_library(lib)
                 why, failed = lib.died()
                 log.warning("worker %s: %s; %d call(s) failed", self.worker_id, why, len(failed))
                 lost = [r for r, _ in failed]
+                for r in lost:
+                    gone = self.call_boxes.pop((r.task_id, r.attempt), None)
+                    if gone is not None:
+                        shutil.rmtree(gone[1], ignore_errors=True)
                 self._feed(ev.LibraryDied(name, why, lost, lib.may_restart(), lib.log_tail()))
 
     # ------------------------------------------------------------------ the end

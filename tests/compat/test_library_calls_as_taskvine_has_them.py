@@ -1,11 +1,13 @@
 """TaskVine's meanings for libraries and the calls they serve: a call's inputs are in its
 working directory (open("name") works, in fork mode and in one-slot direct mode), a function
 that calls sys.exit is a failed call and the library lives on, the library's functions see
-each other by name, and the library's own inputs are in its working directory."""
+each other by name, the library's own inputs are in its working directory, and the files a
+call writes as its outputs come back as a task's do."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +96,45 @@ def test_a_librarys_inputs_are_in_its_working_directory(manager: Callable[..., v
     c = vine.FunctionCall("tables", "read_table")
     m.submit(c)
     assert m.wait(60) is c and c.output == "a table", (c.result, c.output)
+
+
+def copy_upper(src: str, dst: str) -> int:
+    with open(src) as f:  # its input, and its output, by name in its working directory
+        text = f.read()
+    with open(dst, "w") as f:
+        f.write(text.upper())
+    return len(text)
+
+
+@pytest.mark.parametrize("mode", ["fork", "direct"])
+def test_the_files_a_call_writes_as_its_outputs_come_back(
+    manager: Callable[..., vine.Manager], mode: str, tmp_path: Path
+) -> None:
+    m = manager(workers=1)
+    m.install_library(m.create_library_from_functions(f"io-{mode}", copy_upper, exec_mode=mode))
+    (tmp_path / "in.txt").write_text("hello calls\n")
+    c = vine.FunctionCall(f"io-{mode}", "copy_upper", "in.txt", "out.txt")
+    c.add_input(m.declare_file(str(tmp_path / "in.txt")), "in.txt")
+    c.add_output(m.declare_file(str(tmp_path / "out.txt")), "out.txt")
+    temp = m.declare_temp()  # a file output that stays on the worker, read by a later task
+    c.add_output(temp, "out.txt")
+    m.submit(c)
+    assert m.wait(60) is c and c.successful(), (c.result, c.output)
+    assert c.output == len("hello calls\n")
+    assert (tmp_path / "out.txt").read_text() == "HELLO CALLS\n"
+    reader = vine.Task("cat again.txt")
+    reader.add_input(temp, "again.txt")
+    m.submit(reader)
+    assert m.wait(60) is reader and reader.std_output == "HELLO CALLS\n"
+
+
+def test_a_call_that_does_not_write_its_output_is_output_missing(
+    manager: Callable[..., vine.Manager],
+) -> None:
+    m = manager(workers=1)
+    m.install_library(m.create_library_from_functions("io-missing", still_here, exec_mode="fork"))
+    c = vine.FunctionCall("io-missing", "still_here", 1)
+    c.add_output(m.declare_buffer(), "never.txt")
+    m.submit(c)
+    assert m.wait(60) is c
+    assert c.result == "output missing" and not c.successful()
