@@ -201,6 +201,10 @@ class Manager(FileAPI, VineAPI):
 
         n = workers if workers is not None else (2 if spec is None else 0)
         self._prometheus_port = _prometheus_port(prometheus)
+        if self._prometheus_port is not None:
+            from kubevine.prometheus import require
+
+            require()
         self._cluster = cluster = LocalCluster(
             workers=n,
             cores=cores,

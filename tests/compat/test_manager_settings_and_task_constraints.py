@@ -1,7 +1,8 @@
 """TaskVine's manager settings (m.tune) and per-task constraints, as its manual and tests mean
 them, against real managers and workers: wait-for-workers, peer transfers off, max-library-retries,
 t.hostname/t.addrport, set_time_start/set_time_end, set_max_forsaken, add_feature, strict inputs
-(fixed location), and TaskVine's metric names on /metrics."""
+(fixed location), and TaskVine's metric names on /metrics (an ImportError when prometheus_client
+is missing)."""
 
 from __future__ import annotations
 
@@ -235,3 +236,22 @@ def test_metrics_carry_taskvines_names_beside_kubevines(manager) -> None:
         timeout=30,
         what="vine_tasks_waiting to count the task",
     )
+
+
+def test_metrics_asked_for_without_prometheus_client_is_an_import_error_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import builtins
+
+    real = builtins.__import__
+
+    def without_prometheus_client(name: str, *args: Any, **kw: Any) -> Any:
+        if name == "prometheus_client":
+            raise ImportError("no prometheus_client here")
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", without_prometheus_client)
+    import kubevine.prometheus  # noqa: F401  (TaskVine's module name exists)
+
+    with pytest.raises(ImportError, match="prometheus_client"):
+        vine.Manager(port=0, prometheus=9)
