@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import stat
 import urllib.parse
 import urllib.request
 import uuid
@@ -114,6 +115,17 @@ class File:
             raise ValueError(f"mode {mode:o} is not a file mode")
         self.mode = mode
 
+    def _local_mode(self) -> int | None:
+        """A local file's own mode, which it keeps in sandboxes as with TaskVine (an executable
+        copied there runs as ``./x``); None for anything else (a directory keeps its files')."""
+        if self.kind != FileKind.LOCAL or self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # an output not written yet
+        return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+
     def __len__(self) -> int:
         if self.kind == FileKind.BUFFER:
             return len(self.data or b"")
@@ -169,7 +181,7 @@ class File:
             kind=self.kind,
             cache=self.cache,
             url=self.url,
-            mode=self.mode,
+            mode=self.mode if self.mode is not None else self._local_mode(),
             peer_transfer=self.peer_transfer,
         )
         if self.archive is not None:

@@ -116,3 +116,22 @@ def test_unlink_when_done_deletes_the_local_file_on_remove_file(manager, tmp_pat
     m.remove_file(f)
     m.remove_file(keep)
     assert not p.exists() and (tmp_path / "keep.txt").exists()
+
+
+def test_a_local_file_keeps_its_mode_so_an_executable_runs_and_a_plain_file_does_not(
+    manager, tmp_path: Path
+) -> None:
+    m = manager(workers=1)
+    (tmp_path / "tool").write_text("#!/bin/sh\necho ran $1\n")
+    (tmp_path / "tool").chmod(0o700)  # the owner's only, as TaskVine's test makes its exec.file
+    (tmp_path / "notes").write_text("#!/bin/sh\necho no\n")
+    (tmp_path / "notes").chmod(0o644)
+    run = vine.Task("./tool twice")
+    run.add_input(m.declare_file(str(tmp_path / "tool"), cache=True), "tool")
+    plain = vine.Task("./notes")
+    plain.add_input(m.declare_file(str(tmp_path / "notes"), cache=True), "notes")
+    m.submit(run)
+    m.submit(plain)
+    drain(m)
+    assert (run.result, run.exit_code, run.std_output) == ("success", 0, "ran twice\n")
+    assert (plain.result, plain.exit_code) == ("success", 126)
