@@ -5,8 +5,10 @@ on the node, a directory of millions of files, or gigabytes. So collecting outpu
 :class:`Collector` thread (the worker's loop goes on heartbeating and serving peers) and:
 
 - never follows a link out of the sandbox: an output that is itself a symbolic link, or lies
-  under one, is refused with the reason; inside a directory output a link is kept (as a link)
-  only if it points inside that directory, else the output is refused;
+  under one, is refused with the reason (except under an input the task was given as a link,
+  ``mount_symlink``, into this worker's cache: TaskVine's tasks write there); inside a
+  directory output a link is kept (as a link) only if it points inside that directory, else
+  the output is refused;
 - walks at most ``MAX_ENTRIES`` entries and ``limit`` bytes per output;
 - sends back inline only what fits a message (:data:`kubevine.chunks.INLINE_MAX`); a larger
   output for the client, or a larger PythonTask result, is *spilled*: kept in the worker's cache
@@ -181,9 +183,12 @@ def collect(att: Attempt, j: Judged, limit: int) -> tuple[list[OutputFile], list
     outputs: list[OutputFile] = []
     missing: list[str] = []
     box = os.path.realpath(att.sandbox)
+    # an input mounted as a link (mount_symlink) is a folder of the task's: what it writes there
+    # is an output as in TaskVine. Only the cache folders linked in count (not where the link
+    # points now: the task may have replaced it)
     for i, b in enumerate(att.assignment.spec.outputs):
         try:
-            o = _one(att, j, b, box, limit, i)
+            o = _one(att, j, b, [box, *att.mounted], limit, i)
         except Refused as e:
             missing.append(f"{b.remote_name}: {e}")
             continue
@@ -212,7 +217,7 @@ def judge_call(a: Assignment, box: Path, res: AttemptResult, frames: list[bytes]
     return j
 
 
-def _one(att: Attempt, j: Judged, b: FileBinding, box: str, limit: int, i: int) -> OutputFile:
+def _one(att: Attempt, j: Judged, b: FileBinding, tops: list[str], limit: int, i: int) -> OutputFile:
     p = att.sandbox / b.remote_name
     try:
         st = p.lstat()
@@ -220,7 +225,7 @@ def _one(att: Attempt, j: Judged, b: FileBinding, box: str, limit: int, i: int) 
         raise Refused("not produced") from None
     if stat.S_ISLNK(st.st_mode):
         raise Refused(f"output {b.remote_name} is a symbolic link (to {os.readlink(p)!r}): not followed")
-    if not _inside(os.path.realpath(p), box):
+    if not any(_inside(os.path.realpath(p), top) for top in tops):
         raise Refused(f"output {b.remote_name} lies under a symbolic link out of the sandbox")
     is_dir = stat.S_ISDIR(st.st_mode)
     if not is_dir and not stat.S_ISREG(st.st_mode):

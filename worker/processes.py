@@ -76,6 +76,8 @@ class Processes:
         try:
             for b in a.spec.inputs:
                 self._place(b, att.sandbox / b.remote_name, made)
+                if b.symlink and b.cache_name is not None:  # the task may write there (TaskVine)
+                    att.mounted.append(os.path.realpath(self.cache.path(b.cache_name)))
         except OSError as e:
             return self._exited(
                 att, att.result(Outcome.SANDBOX_ERROR, error=f"could not prepare the sandbox: {e}")

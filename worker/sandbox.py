@@ -93,6 +93,7 @@ class Attempt:
     measured: MeasuredResources | None = None
     ended: float = 0.0  # perf_counter when it was reaped
     watched: dict[str, int] = field(default_factory=dict)  # watched outputs: bytes sent so far
+    mounted: list[str] = field(default_factory=list)  # cache folders linked in (mount_symlink)
     peak_kb: int = 0  # the largest VmHWM sampled while it ran
     next_sample: float = 0.0  # perf_counter
 

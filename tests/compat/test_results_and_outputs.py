@@ -135,3 +135,20 @@ def test_a_local_file_keeps_its_mode_so_an_executable_runs_and_a_plain_file_does
     drain(m)
     assert (run.result, run.exit_code, run.std_output) == ("success", 0, "ran twice\n")
     assert (plain.result, plain.exit_code) == ("success", 126)
+
+
+def test_an_output_written_into_a_folder_mounted_as_a_link_comes_back(manager, tmp_path: Path) -> None:
+    m = manager(workers=1)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "in.txt").write_text("through the link\n")
+    t = vine.Task("cd my_dir && cat in.txt > out.txt")
+    t.add_input(m.declare_file(str(tmp_path / "dir"), cache=True), "my_dir", mount_symlink=True)
+    t.add_output(m.declare_file(str(tmp_path / "out.txt"), cache=False), "my_dir/out.txt")
+    escape = vine.Task("rm my_dir && ln -s / my_dir")  # a link the task made itself is not followed
+    escape.add_input(m.declare_file(str(tmp_path / "dir"), cache=True), "my_dir", mount_symlink=True)
+    escape.add_output(m.declare_file(str(tmp_path / "passwd"), cache=False), "my_dir/etc/passwd")
+    m.submit(t)
+    m.submit(escape)
+    drain(m)
+    assert t.result == "success" and (tmp_path / "out.txt").read_text() == "through the link\n"
+    assert escape.result == "output missing" and not (tmp_path / "passwd").exists()
