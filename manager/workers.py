@@ -288,6 +288,16 @@ def attempt_ended(core: Core, t: TaskEntry, r: AttemptResult, frames: Sequence[b
         for b in walk_bindings(t.spec.inputs):  # what an untar or minitask is made from too
             if b.cache_name is not None:
                 core.catalog.done(wid, b.cache_name, node)
+        forsaken = t.spec.max_forsaken
+        if forsaken is not None:  # TaskVine: an input the worker could not get forsakes the attempt
+            t.failures -= 1  # (not the task's failure: it counts towards max_forsaken instead)
+            t.lost += 1
+            if t.lost > forsaken:
+                gave_up = replace(result, outcome=Outcome.FORSAKEN)
+                life.finish(t, S.FAILED, Outcome.FORSAKEN, result=gave_up, frames=out_frames, ran=ran)
+            else:
+                life.retry(t, f"attempt {t.attempt} could not get its inputs: forsaken", ran)
+            return
     if t.failures <= t.spec.retries:
         life.retry(t, f"attempt {t.attempt} {r.outcome.value}", ran)
     else:

@@ -144,6 +144,23 @@ def test_max_forsaken_ends_a_task_whose_worker_was_lost_as_forsaken(
         assert t.result == "forsaken" and t.outcome == Outcome.FORSAKEN, (t.result, t.error)
 
 
+def test_an_input_no_worker_can_get_forsakes_the_task_max_forsaken_times_then_it_is_forsaken(
+    manager, tmp_path: Path
+) -> None:
+    m = manager(workers=1)
+    bad = m.declare_url(f"file://{tmp_path}/never-there")
+    t = vine.Task("wc -l infile")
+    t.add_input(bad, "infile")
+    t.set_max_forsaken(1)
+    plain = vine.Task("wc -l infile")  # without max_forsaken: input missing, as before
+    plain.add_input(bad, "infile")
+    m.submit(t)
+    m.submit(plain)
+    drain(m)
+    assert (t.result, t.exit_code) == ("forsaken", -1), (t.result, t.error)
+    assert plain.result == "input missing"
+
+
 def test_a_task_with_a_feature_runs_only_on_a_worker_that_has_it(manager, tmp_path: Path) -> None:
     m = manager(port=0)
     plain = join(m, tmp_path / "plain", "--worker-id", "plain")
