@@ -119,8 +119,9 @@ class FileAPI:
     ) -> File:
         """A file from an XRootD server (``root://server//path``), fetched by a worker with
         ``xrdcp`` (XRootD's client on the worker) once per node cache and shared peer to peer.
-        ``proxy`` (an X509 proxy file) is given to ``xrdcp`` as ``$X509_USER_PROXY``; ``env``
-        (an environment providing ``xrdcp``) is not needed when the workers have XRootD's tools."""
+        ``proxy`` (an X509 proxy file) is accepted but not yet handed to the fetch: ``xrdcp``
+        presents the worker's own ``$X509_USER_PROXY``. ``env`` (an environment providing
+        ``xrdcp``) is ignored: workers need XRootD's client (``xrootd-client``)."""
         f = self._declared(declare_xrootd(source, cache), peer_transfer)
         if proxy is not None:
             f.proxy = proxy

@@ -675,6 +675,9 @@ def xrootd_validators(url: str) -> str:
     if xrdfs is None or not parsed.netloc:
         return ""
     path = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
+    # One connection attempt (XRootD retries for minutes by default): a server that is down
+    # costs the declare a moment, not the whole timeout. The caller's own XRD_* settings win.
+    env = {"XRD_CONNECTIONRETRY": "1", "XRD_REQUESTTIMEOUT": "10", **os.environ}
     try:
         out = subprocess.run(
             [xrdfs, parsed.netloc, "stat", path],
@@ -682,6 +685,7 @@ def xrootd_validators(url: str) -> str:
             text=True,
             timeout=XROOTD_STAT_TIMEOUT,
             check=True,
+            env=env,
         ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         log.debug("xrdfs stat %s failed: %s", url, e)
