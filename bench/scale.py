@@ -383,6 +383,7 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
     tag = f"{kind}-{workers}"
     m = ManagerProc(work / f"m-{tag}", name=f"scale-{tag}", metrics=True).start()
     fleet: Fleet | None = None
+    lone: Fleet | None = None
     spy = None
     try:
         with Manager(m.address, token=TOKEN) as c:
@@ -395,6 +396,7 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
             spy = start_profile(profile, m, tag)
             load_at = load()
             fleet = Fleet(work / f"sim-{tag}", m.address, workers, prefix=f"w{workers}{kind[0]}").start()
+            lone = lone_prober(work / f"probe-{tag}", m.address, f"p{workers}{kind[0]}")
             t0 = time.time()
             with sampling(m) as lat:
                 done = 0
@@ -406,10 +408,13 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         spy = None
         stats = fleet.stop()
         fleet = None
+        lone_rtts = [x for s in lone.stop() for x in s.probe_rtts]
+        lone = None
     finally:
         stop_profile(spy, tag)
-        if fleet is not None:
-            fleet.stop()
+        for f in (fleet, lone):
+            if f is not None:
+                f.stop()
         m.stop()
     series = merged(stats)
     # (after the manager stopped: its transactions log is complete)
@@ -428,6 +433,8 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         "cpu_us_per_task": 1e6 * (cpu1 - cpu0) / max(1, done),
         "probe_p50": pct(rtts, 0.5),
         "probe_max": max(rtts, default=float("nan")),
+        "lone_p50": pct(lone_rtts, 0.5),
+        "lone_max": max(lone_rtts, default=float("nan")),
         "status_p50": pct(lat.status, 0.5),
         "status_max": max(lat.status, default=float("nan")),
         "metrics_p50": pct(lat.metrics, 0.5),
@@ -437,6 +444,14 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
         "lost": lost,  # workers the manager declared lost (none left on their own)
         "load": load_at,
     }
+
+
+def lone_prober(work: Path, address: str, prefix: str) -> Fleet:
+    """One more simulated worker in a process of its own that probes every 0.1 s: how long the
+    manager takes to answer a worker whose own loop is not also serving 999 others (a real
+    worker's case). The probers inside the fleet's processes also count their simulator's
+    backlog, which on this 2-core machine is often the larger part."""
+    return Fleet(work, address, 1, prefix=prefix, probe_every=0.1, probers=1).start()
 
 
 def idle(work: Path, workers: int) -> dict[str, Any]:
@@ -789,6 +804,7 @@ def print_dispatch_row(r: dict[str, Any]) -> None:
             if not math.isnan(r["register_s"])
             else "  (never all registered"
         )
+        + f"; lone prober p50/max {fmt(1e3 * r['lone_p50'], '.1f')}/{fmt(1e3 * r['lone_max'], '.0f')} ms"
         + (f"; {r['lost']} workers declared lost" if r["lost"] else "")
         + (f"; only {r['done']} of {r['n']} done" if r["done"] < r["n"] else "")
         + (f"; {r['libraries']} library instances)" if r["kind"] == "calls" else ")"),
@@ -809,13 +825,16 @@ def dispatch_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 print(f"  {kind} rate at {w} / at 10 workers: {ratio:5.2f}   target >= {need:.2f}: "
                       f"{verdict(ratio >= need)}")  # fmt: skip
         out[f"{kind}_per_s"] = {str(w): round(r["rate"]) for w, r in by.items() if not math.isnan(r["rate"])}
-    worst = max((r["probe_max"] for r in rows), default=float("nan"))
+    worst = max((r["lone_max"] for r in rows), default=float("nan"))
+    in_fleet = max((r["probe_max"] for r in rows), default=float("nan"))
     status = max((r["status_max"] for r in rows), default=float("nan"))
     out["max_heartbeat_answer_s"] = round(worst, 3)
+    out["max_probe_in_simulator_s"] = round(in_fleet, 3)
     out["max_status_s"] = round(status, 3)
     out["max_metrics_s"] = round(max((r["metrics_max"] for r in rows), default=float("nan")), 3)
     print(
-        f"  worst heartbeat answer (probe) {worst:.3f} s   target <= 1 s at every size: {verdict(worst <= 1)}"
+        f"  worst heartbeat answer (lone prober) {worst:.3f} s   target <= 1 s at every size: "
+        f"{verdict(worst <= 1)}   (probers inside the simulators: {in_fleet:.3f} s)"
     )
     return out
 

@@ -25,6 +25,8 @@ counters (:class:`SimStats`) to FILE as JSON while it runs.
 A probe measures how long the manager takes to answer a worker while it is busy: a
 :class:`~kubevine.protocol.FileRequest` for a file nobody has, which the manager's loop answers
 (with an error) in the turn it reads it — the turn that would read a heartbeat.
+
+Settings and counters live in :mod:`kubevine.simconfig`, the epoll set in :mod:`kubevine.simhub`.
 """
 
 from __future__ import annotations
@@ -33,18 +35,15 @@ import argparse
 import hashlib
 import heapq
 import itertools
-import json
 import logging
 import os
-import random
-import select
 import signal
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, assert_never
@@ -94,11 +93,12 @@ from kubevine.protocol import (
 )
 from kubevine.resources import Resources
 from kubevine.session import Session
+from kubevine.simconfig import Duration, SimConfig, SimStats, instant, parse_duration
+from kubevine.simhub import Hub, Watch, readable
+
+__all__ = ["Duration", "SimConfig", "SimStats", "SimWorker", "Simulator", "instant", "main", "parse_duration"]
 
 log = logging.getLogger(__name__)
-
-#: how long a task "runs", given its assignment (seconds; 0: it ends in the turn it arrives)
-Duration = Callable[[Assignment], float]
 
 CALL_START_DELAY = 0.005  # as a real worker: a call's start is reported once it has run this long
 SAMPLE_EVERY = 0.05  # seconds between (time, assigned, results) samples
@@ -108,88 +108,6 @@ _EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 _NONE = results.encode_ok(None)
 
 Key = tuple[TaskId, int]
-
-
-def instant(_: Assignment) -> float:
-    return 0.0
-
-
-def parse_duration(text: str, seed: int | None = None) -> Duration:
-    """``0`` (instant), ``const:S``, ``exp:MEAN`` or ``uniform:LO:HI`` (seconds)."""
-    kind, _, rest = text.partition(":")
-    rng = random.Random(seed)
-    try:
-        if kind in ("0", "instant") and not rest:
-            return instant
-        if kind == "const":
-            s = float(rest)
-            return lambda _a: s
-        if kind == "exp":
-            lam = 1.0 / float(rest)
-            return lambda _a: rng.expovariate(lam)
-        if kind == "uniform":
-            lo, hi = (float(x) for x in rest.split(":"))
-            return lambda _a: rng.uniform(lo, hi)
-    except ValueError:
-        pass
-    raise ValueError(f"duration {text!r}: expected 0, const:S, exp:MEAN or uniform:LO:HI")
-
-
-@dataclass
-class SimConfig:
-    """What the simulated workers are and how they behave."""
-
-    manager: str  # host:port
-    token: str
-    workers: int = 10
-    cores: float = 1  # each worker's resources, as ``kubevine worker --cores ...``
-    memory: int = 4096
-    disk: int = 16384
-    prefix: str = "sim"  # worker ids are <prefix>-<i>
-    node: str = "simnode"  # the node every simulated worker says it is on (one cache group each)
-    heartbeat_interval: float = 2.0
-    duration: Duration = instant
-    library_start: float = 0.0  # seconds from InstallLibrary to ready
-    run_functions: bool = False  # compute PythonTasks' and calls' values (else they return None)
-    probe_every: float = 0.0  # seconds between probes of each probing worker (0: no probes)
-    probers: int = 0  # workers that probe (the first ones)
-    encrypt: bool = False
-
-
-@dataclass
-class SimStats:
-    """Counters of one simulator (times are epoch seconds, so processes can be compared)."""
-
-    workers: int = 0
-    registered: int = 0  # sessions welcomed now
-    welcomes: int = 0  # welcomes received (a reconnect counts again)
-    refused: int = 0
-    dispatches: int = 0  # Dispatch messages
-    tasks: int = 0  # assignments of commands and PythonTasks
-    calls: int = 0  # assignments of FunctionCalls
-    results: int = 0  # attempts finished here (each reported in the next update, again after a new welcome)
-    kills: int = 0
-    libraries_ready: int = 0  # instances that said ready
-    all_registered: float | None = None  # when every worker had been welcomed once
-    first_dispatch: float | None = None
-    last_dispatch: float | None = None
-    last_result: float | None = None
-    probe_rtts: list[float] = field(default_factory=list)  # seconds
-    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, assigned, results)
-
-    def to_json(self, *, series: bool = True) -> str:
-        """As JSON; without ``series`` (samples, probe round trips), cheap to write often."""
-        d = asdict(self) if series else {k: v for k, v in vars(self).items() if k not in _SERIES}
-        return json.dumps(d)
-
-    @classmethod
-    def from_json(cls, text: str) -> SimStats:
-        d = json.loads(text)
-        d["samples"] = [tuple(s) for s in d.get("samples", [])]
-        return cls(**d)
-
-
-_SERIES = ("samples", "probe_rtts")
 
 
 @dataclass(slots=True, eq=False)
@@ -213,66 +131,6 @@ class _Lib:
     active: int = 0
 
 
-class _Watch(zmq.Poller):
-    """What a worker's Session registers its sockets with: the simulator's epoll set, each
-    socket tagged with the worker it belongs to."""
-
-    def __init__(self, hub: _Hub, worker: SimWorker) -> None:
-        super().__init__()
-        self.hub, self.worker = hub, worker
-
-    def register(self, socket: Any, flags: int = zmq.POLLIN) -> None:
-        self.hub.watch(socket, self.worker)
-
-    def unregister(self, socket: Any) -> None:
-        self.hub.unwatch(socket, self.worker)
-
-
-class _Hub:
-    """ZeroMQ sockets in an epoll set. A socket's FD only says "look at me": its EVENTS tell
-    whether a message waits, and a send may consume that signal, so every socket touched in a
-    turn is looked at again at its end (:meth:`recheck`)."""
-
-    def __init__(self) -> None:
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, SimWorker] = {}
-        self.fds: dict[zmq.Socket[bytes], int] = {}
-        self.pending: set[SimWorker] = set()
-
-    def watch(self, sock: zmq.Socket[bytes], w: SimWorker) -> None:
-        fd = sock.getsockopt(zmq.FD)
-        assert isinstance(fd, int)
-        self.epoll.register(fd, select.EPOLLIN)
-        self.by_fd[fd] = w
-        self.fds[sock] = fd
-        w.socks.append(sock)
-        self.pending.add(w)
-
-    def unwatch(self, sock: zmq.Socket[bytes], w: SimWorker) -> None:
-        fd = self.fds.pop(sock, None)
-        if fd is not None:
-            self.epoll.unregister(fd)
-            self.by_fd.pop(fd, None)
-        if sock in w.socks:
-            w.socks.remove(sock)
-
-    def poll(self, timeout: float) -> set[SimWorker]:
-        ready, self.pending = self.pending, set()
-        for fd, _ in self.epoll.poll(timeout if timeout > 0 else 0):
-            w = self.by_fd.get(fd)
-            if w is not None:
-                ready.add(w)
-        return ready
-
-    def recheck(self, workers: set[SimWorker]) -> None:
-        for w in workers:
-            if any(_readable(s) for s in w.socks):
-                self.pending.add(w)
-
-    def close(self) -> None:
-        self.epoll.close()
-
-
 class SimWorker:
     """One simulated worker: a session to the manager and what a worker holds."""
 
@@ -288,7 +146,7 @@ class SimWorker:
             cfg.manager,
             self,
             TO_WORKER,
-            poller=_Watch(sim.hub, self),
+            poller=Watch(sim.hub, self),
             credentials=Credentials(cfg.token, cfg.encrypt),
             heartbeat_interval=cfg.heartbeat_interval,
             name=f"simulated worker {self.id}",
@@ -356,7 +214,7 @@ class SimWorker:
     # ------------------------------------------------------------------ messages in
 
     def read(self, now: float) -> None:
-        ready = [s for s in self.socks if _readable(s)]
+        ready = [s for s in self.socks if readable(s)]
         if not ready:
             return
         if self.silent:  # a hung node: what arrives is never looked at, not even by the session
@@ -697,7 +555,7 @@ class Simulator:
         cfg = config
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.ctx.set(zmq.MAX_SOCKETS, 4 * cfg.workers + 64)
-        self.hub = _Hub()
+        self.hub = Hub()
         self.stats = SimStats(workers=cfg.workers)
         self.dirty: set[SimWorker] = set()
         self._timers: list[tuple[float, int, SimWorker | None, Key | str]] = []
@@ -841,11 +699,6 @@ class Simulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _readable(sock: zmq.Socket[bytes]) -> bool:
-    """A message waits on ``sock`` (reading EVENTS also clears its FD's signal)."""
-    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def _shifted(res: AttemptResult, base: int) -> AttemptResult:

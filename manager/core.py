@@ -173,7 +173,9 @@ class Core(Shorthands):
         self.pass_left = 0  # placements the current scheduling pass may still make
         self.behind = False  # the last pass stopped at its budget: schedule again soon
         self.workers_epoch = 0  # bumped when a worker connects, drains or is lost
-        self._live: tuple[int, int, list[WorkerEntry], Resources] | None = None
+        self.online: dict[WorkerId, WorkerEntry] = {}  # the connected workers, kept as they come and go
+        self._live: tuple[int, list[WorkerEntry]] | None = None
+        self._biggest: Resources | None = None
 
     @property
     def counts(self) -> dict[TaskState, int]:
@@ -492,29 +494,34 @@ class Core(Shorthands):
 
     # ------------------------------------------------------------- scheduling
 
+    def joined(self, w: WorkerEntry) -> None:
+        """``w`` is connected now (a hello): it may take tasks."""
+        self.online[w.id] = w
+        self.workers_epoch += 1
+        if self._biggest is not None:
+            self._biggest = _most(self._biggest, w.info.resources)
+
+    def left(self, wid: WorkerId) -> None:
+        """``wid`` takes no more tasks (it drains, or it is lost)."""
+        if self.online.pop(wid, None) is not None:
+            self.workers_epoch += 1
+            self._biggest = None
+
     def live(self) -> list[WorkerEntry]:
-        """The connected workers (kept until one connects, drains or is lost)."""
-        return self._live_and_biggest()[0]
+        """The connected workers (a list made again only after one came or left)."""
+        cached = self._live
+        if cached is None or cached[0] != self.workers_epoch:
+            cached = self._live = (self.workers_epoch, list(self.online.values()))
+        return cached[1]
 
     def biggest(self) -> Resources:
         """The most of each resource one connected worker has."""
-        return self._live_and_biggest()[1]
-
-    def _live_and_biggest(self) -> tuple[list[WorkerEntry], Resources]:
-        cached = self._live
-        if cached is not None and cached[0] == self.workers_epoch and cached[1] == len(self.workers):
-            return cached[2], cached[3]
-        live = [w for w in self.workers.values() if w.state == WorkerState.CONNECTED]
-        none = Resources.model_construct(cores=0, memory=0, disk=0, gpus=0)
-        sizes = [w.info.resources for w in live] or [none]
-        biggest = Resources.model_construct(
-            cores=max(r.cores for r in sizes),
-            memory=max(r.memory for r in sizes),
-            disk=max(r.disk for r in sizes),
-            gpus=max(r.gpus for r in sizes),
-        )
-        self._live = (self.workers_epoch, len(self.workers), live, biggest)
-        return live, biggest
+        if self._biggest is None:
+            b = Resources.model_construct(cores=0, memory=0, disk=0, gpus=0)
+            for w in self.online.values():
+                b = _most(b, w.info.resources)
+            self._biggest = b
+        return self._biggest
 
     def _schedule(self) -> None:
         """Place ready tasks on workers with room, highest priority first; then calls; at
@@ -577,6 +584,18 @@ class Core(Shorthands):
         if stages is None and t.spec.inputs:
             stages = dataplane.stage_for(self, self.catalog, t, w, self.peers()) or []
         sd.tasks.append(Assignment(spec=t.spec, attempt=t.attempt, stage=stages or [], payload=index))
+
+
+def _most(a: Resources, b: Resources) -> Resources:
+    """The most of each resource of ``a`` and ``b``."""
+    if b.fits_in(a):
+        return a
+    return Resources.model_construct(
+        cores=max(a.cores, b.cores),
+        memory=max(a.memory, b.memory),
+        disk=max(a.disk, b.disk),
+        gpus=max(a.gpus, b.gpus),
+    )
 
 
 def _copy_batch(b: WriteBatch) -> WriteBatch:

@@ -38,6 +38,16 @@ from kubevine.manager.store import StateStore, StoreError, StoreRejected, StoreW
 log = logging.getLogger(__name__)
 
 GATHER = 0.003  # seconds the writer waits for more batches before a write (under load)
+# A group commit takes queued batches until it holds this many task writes (specs, records,
+# results); the rest go in the next one. Redis runs a commit's script alone and answers no
+# one else meanwhile (the operator, other workflows, a status read): during a fast 1M-task
+# intake an unbounded merge made commits of hundreds of thousands of tasks and stalled it.
+# One cycle's own batch is never split (it lands whole or not at all).
+MAX_COMMIT_WRITES = 20_000
+
+
+def _writes(b: WriteBatch) -> int:
+    return len(b.specs) + len(b.records) + len(b.results)
 
 
 def merge(into: WriteBatch, b: WriteBatch) -> None:
@@ -243,7 +253,8 @@ class Persister:
                 return
             time.sleep(GATHER)  # let a few cycles' batches gather: one write for all of them
             jobs = [job]
-            while True:  # group commit: take everything that queued up meanwhile
+            writes = _writes(job.batch)
+            while writes < MAX_COMMIT_WRITES:  # group commit: what queued up meanwhile, capped
                 try:
                     nxt = self._in.get_nowait()
                 except queue.Empty:
@@ -252,6 +263,7 @@ class Persister:
                     self._in.put(None)
                     break
                 jobs.append(nxt)
+                writes += _writes(nxt.batch)
             batch = WriteBatch()
             after: list[Any] = carried
             carried = []

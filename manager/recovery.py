@@ -57,7 +57,6 @@ def restore(core: Core, snap: Snapshot) -> None:
     for t in list(core.tasks.values()):
         _resume(core, t)
     core.batch = WriteBatch()  # what was restored is stored already; the moves are dirty
-    core.workers_epoch += 1
 
 
 def _load_tasks(core: Core, snap: Snapshot) -> None:

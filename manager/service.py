@@ -13,6 +13,7 @@ move through the manager a piece at a time (:mod:`kubevine.manager.uploads`,
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -86,6 +87,8 @@ log = logging.getLogger(__name__)
 ACK_DELAY = 0.05
 ACK_BATCH = 5000
 
+BACKLOG_PASS_EVERY = 0.05  # seconds between scheduling passes while unread messages wait
+
 MAX_STORED_FILE = 16 << 20  # client files up to this size are kept in the state store too
 
 
@@ -156,6 +159,7 @@ class ManagerService:
         fetcher = PeerFetcher(self.ctx, self._wake_addr, self.credentials, self.files.work_dir(SPOOL))
         self.fetches = Fetches(self.files, fetcher, self.wire.send, self._fetch_logged)
         self.receiver = Receiver(self)
+        self.turns = Turns()  # how long loop turns take, and what a slow one spent its time on
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,6 +251,7 @@ class ManagerService:
             pass
 
     def close(self) -> None:
+        self.turns.close()
         self.fetches.fetcher.close()
         self.fetches.close()
         self.uploads.close()
@@ -290,36 +295,46 @@ class ManagerService:
         next_tick = 0.0
         next_stats = 0.0
         heard_until = time.time()  # every message that arrived until then has been read
+        last_pass = 0.0
+        turn = self.turns
         while self.running:
             now = time.time()
             wait = max(0.0, min(next_tick, next_stats, self._acks_due or next_tick) - now)
             if self.core.behind:  # the last pass stopped at its budget: go on at once
                 wait = 0.0
             polled = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
+            turn.start()
             now = time.time()
             self.core.handle(events.Clock(now))
-            if not polled or self.wire.sock not in {s for s, _ in polled}:
+            ready = {s for s, _ in polled}
+            drained = self.wire.sock not in ready or self.receiver.drain(now)
+            if drained:
                 heard_until = now
-            if polled:
-                if self.receiver.drain(now):
-                    heard_until = now
-                ready = {s for s, _ in polled}
+            if ready:
                 if self._wake_rx in ready:
                     self._drain_wake()
                     self.fetches.pulled()
                 if self.wire.monitor in ready:
                     self.wire.handshakes_failed()
                 self._send_durable()
+            turn.mark("read")
             if self.persister.fatal is not None:
                 raise self.persister.fatal
             if now >= next_tick:
                 self.core.handle(events.Tick(heard_until))
                 self._tick(heard_until)
                 next_tick = now + min(cfg.heartbeat_interval, 1.0)
+                turn.mark("tick")
             if self.persister.wiped and not self.persister.reseed_requested:
                 self._reseed()
-            self.core.handle(events.SCHEDULE)
+            # read before dispatching more: while messages wait unread, a pass only every
+            # BACKLOG_PASS_EVERY, so what workers and clients said is never left behind new work
+            if drained or now - last_pass >= BACKLOG_PASS_EVERY:
+                self.core.handle(events.SCHEDULE)
+                last_pass = now
+                turn.mark("schedule")
             self._flush()
+            turn.mark("send")
             if self._acks_due is not None and (now >= self._acks_due or self._acks_held >= ACK_BATCH):
                 self._send_acks()
             if now >= next_stats:
@@ -330,6 +345,8 @@ class ManagerService:
                 if self.metrics is not None:
                     self.metrics.update(st)
                 next_stats = now + cfg.stats_interval
+                turn.mark("stats")
+            turn.end()
 
     def _tick(self, heard_until: float) -> None:
         """Once a second or so: sessions gone silent (judged against ``heard_until``, when the
@@ -529,6 +546,7 @@ class ManagerService:
     # ------------------------------------------------------------------ status
 
     def status(self, with_workers: bool = True) -> ManagerStatus:
+        """The status now (``with_workers``: with one entry per worker, O(W))."""
         st = status.snapshot(
             self.core,
             self.counters,
@@ -545,6 +563,57 @@ class ManagerService:
         )
         st.sessions = len(self.peers)
         return st
+
+
+class Turns:
+    """How long the loop's turns take: the longest since the start, and a warning (throttled)
+    for a turn longer than :data:`SLOW_TURN`, with what it spent its time on. A turn is what
+    delays every peer's answer, so this is the manager's own view of its answer latency."""
+
+    __slots__ = ("gc_s", "gc_t0", "longest", "parts", "slow", "t0", "t_last", "warned_at")
+
+    def __init__(self) -> None:
+        self.gc_s = self.gc_t0 = 0.0  # time in garbage collection this turn
+        gc.callbacks.append(self._gc)
+        self.longest = 0.0
+        self.slow = 0  # turns longer than SLOW_TURN
+        self.parts: list[tuple[str, float]] = []
+        self.t0 = self.t_last = 0.0
+        self.warned_at = 0.0
+
+    def close(self) -> None:
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self.gc_t0 = time.monotonic()
+        else:
+            self.gc_s += time.monotonic() - self.gc_t0
+
+    def start(self) -> None:
+        self.t0 = self.t_last = time.monotonic()
+        self.parts.clear()
+        self.gc_s = 0.0
+
+    def mark(self, what: str) -> None:
+        t = time.monotonic()
+        self.parts.append((what, t - self.t_last))
+        self.t_last = t
+
+    def end(self) -> None:
+        took = time.monotonic() - self.t0
+        self.longest = max(self.longest, took)
+        if took > SLOW_TURN:
+            self.slow += 1
+            if self.t0 - self.warned_at > 10:
+                self.warned_at = self.t0
+                parts = [*self.parts, ("of which gc", self.gc_s)]
+                spent = ", ".join(f"{what} {1e3 * s:.0f} ms" for what, s in parts)
+                log.warning("a loop turn took %.2fs (%s); %d slow turn(s) so far", took, spent, self.slow)
+
+
+SLOW_TURN = 1.0  # seconds: a turn this long is logged
 
 
 def _shift(r: ClientResult, base: int) -> ClientResult:

@@ -57,7 +57,7 @@ def snapshot(
         waiting=_load(life.waiting.n, waiting),
         running=_load(life.running.n, running),
         largest_waiting=_resources(life.waiting.largest()),
-        workers=_workers(core, now) if with_workers else [],
+        workers=worker_list(core, now) if with_workers else [],
         clients=len(core.connected_clients),
         recent_failures=recent_failures[-20:],
         perf=_perf(core, counters),
@@ -80,7 +80,8 @@ def _unique_holders(core: Core) -> set[WorkerId]:
     }
 
 
-def _workers(core: Core, now: float) -> list[WorkerStatus]:
+def worker_list(core: Core, now: float) -> list[WorkerStatus]:
+    """One entry per worker: O(W) (~20 ms at 5,000 workers)."""
     unique = _unique_holders(core)
     # built without validation (the values are the core's own): 5,000 workers per status
     return [

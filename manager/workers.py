@@ -72,7 +72,7 @@ def connected(core: Core, info: WorkerInfo) -> None:
     _reconcile(core, w, old, held)
     if w.tasks:
         w.idle_since = None
-    core.workers_epoch += 1
+    core.joined(w)
     core.room.touch(w)
     for tid in list(core.unschedulable):  # what only this worker may run
         t = core.tasks[tid]
@@ -94,6 +94,10 @@ def _reconcile(core: Core, w: WorkerEntry, old: WorkerEntry | None, held: dict[T
                 continue
             if held.get(tid) == attempt:
                 attach(core, w, t)
+            elif old.state != WorkerState.RECOVERING and t.state == S.DISPATCHED:
+                # a live worker said hello again (on a new socket: its hello went unanswered
+                # for a while) before this dispatch reached it: it never ran, nothing was lost
+                requeue_lost(core, t, "its worker said hello again before it arrived", count=False)
             else:
                 requeue_lost(core, t, "worker came back without it")
     for tid, a in held.items():
@@ -130,7 +134,7 @@ def lost(core: Core, wid: WorkerId, why: str) -> None:
     w = core.workers.pop(wid, None)
     if w is None:
         return
-    core.workers_epoch += 1
+    core.left(wid)
     core.batch.workers[wid] = None
     core.transactions.append(txformat.worker_disconnected(wid, why, len(w.tasks)))
     log.warning("worker %s lost (%s); requeueing %d task(s)", wid, why, len(w.tasks))
@@ -145,8 +149,11 @@ def lost(core: Core, wid: WorkerId, why: str) -> None:
                 core.out.append(SendPeerLost(other.id, wid, w.info.transfer_address))
 
 
-def requeue_lost(core: Core, t: TaskEntry, why: str) -> None:
-    t.lost += 1
+def requeue_lost(core: Core, t: TaskEntry, why: str, *, count: bool = True) -> None:
+    """Queue ``t`` again, its worker gone (``count``: the loss counts towards its
+    ``max_forsaken``)."""
+    if count:
+        t.lost += 1
     w = core.workers.get(t.worker) if t.worker else None
     if w is not None:
         release(core, t, kill=False)
@@ -165,7 +172,7 @@ def drain(core: Core, worker_ids: Iterable[WorkerId]) -> None:
         if w is None or w.state == WorkerState.DRAINING:
             continue
         w.state = WorkerState.DRAINING
-        core.workers_epoch += 1
+        core.left(wid)
         core.transactions.append(txformat.worker_draining(wid))
         # take back what it queued but has not started: someone else can run it now
         for tid in [t for t in w.tasks if core.tasks[t].state == S.DISPATCHED]:

@@ -167,3 +167,23 @@ def test_queued_specs_share_their_repeated_parts_and_still_serialise_as_sent() -
     assert changed.tag == "x" and b.tag is None and b.outputs == []
     assert changed.__pydantic_fields_set__ is not b.__pydantic_fields_set__
     assert b.__pydantic_fields_set__ == before
+
+
+def test_a_worker_that_says_hello_again_before_its_dispatch_arrives_costs_the_task_no_loss() -> None:
+    """During a registration storm a worker's hello goes unanswered for a while and its session
+    says hello again on a new socket; a dispatch sent to the old one never arrives. Requeued as
+    often as that happens, the task must not be failed as lost with its worker."""
+    core = Core(Settings(prefetch=0))
+    core.client_connected(C)
+    info = WorkerInfo(worker_id=WorkerId("w"), node="n", host="h", pid=1, resources=Resources(cores=1))
+    core.worker_connected(info)
+    core.submit(C, [spec(1)], [None])
+    for _ in range(10):
+        assert dispatched(cycle(core)) == {"w": [1]}
+        core.worker_connected(info)  # hello again, holding nothing
+    t = core.tasks[TaskId(1)]
+    assert t.state.value == "ready" and t.lost == 0
+    finish_out = dispatched(cycle(core))
+    assert finish_out == {"w": [1]}
+    finish(core, WorkerId("w"), 1)
+    assert core.tasks[TaskId(1)].state.value == "done"
