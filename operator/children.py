@@ -159,6 +159,8 @@ async def ensure(
             else:
                 await _ensure_one(kube, ref, manifest, children, repairs, now, outcome)
         except KubeError as e:
+            if e.namespace_terminating:  # nothing to repair: the namespace and all in it are going
+                raise
             count = (failed[0] if failed else 0) + 1
             delay = min(settings.backoff_max_seconds, settings.backoff_seconds * 2 ** min(count - 1, 30))
             why = f"{kind}/{name}: {e} (next attempt in {delay:.0f}s)"

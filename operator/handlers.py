@@ -155,9 +155,14 @@ async def _ensure_children(
         _event(body, scaler.Note("Warning", "InvalidSpec", f"{e}; nothing was created"))
         raise kopf.PermanentError(str(e)) from e
     ref = WorkflowRef.from_body(body)
+    if ctx.in_terminating_namespace(body):
+        return
     try:
         notes = await scaler.repair(ctx, ref, spec, body, seen, time.time(), start_application=False)
     except KubeError as e:
+        if e.namespace_terminating:
+            ctx.namespace_terminating(ref.namespace, time.time())
+            return
         raise kopf.TemporaryError(f"creating the children failed: {e}", delay=RETRY_DELAY) from e
     failed = ctx.of(ref.uid).repairs_problems
     if failed:
@@ -173,6 +178,8 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any, indexes: Mapp
     if body["metadata"].get("deletionTimestamp"):
         ctx.forget(str(body["metadata"]["uid"]))
         return
+    if ctx.in_terminating_namespace(body):
+        return  # its namespace is going, with everything in it
     try:
         spec = validated_spec(body, ctx.settings)
     except SpecError:
@@ -181,6 +188,9 @@ async def autoscale(body: kopf.Body, patch: kopf.Patch, memo: Any, indexes: Mapp
     try:
         result = await scaler.step(ctx, body, spec, children_of(body, indexes), time.time())
     except KubeError as e:
+        if e.namespace_terminating:
+            ctx.namespace_terminating(str(body["metadata"].get("namespace")), time.time())
+            return
         ctx.metrics.record_error("autoscale", "kube_api")
         log.warning(
             "workflow %s/%s: autoscaler step failed, next in %gs: %s",

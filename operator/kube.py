@@ -52,11 +52,19 @@ REQUEST_TIMEOUT = 10.0
 
 
 class KubeError(Exception):
-    """A Kubernetes API call failed; `status` is the HTTP status (0: no answer)."""
+    """A Kubernetes API call failed; `status` is the HTTP status (0: no answer), `causes` the
+    reasons of the Status's `details.causes`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, causes: tuple[str, ...] = ()) -> None:
         self.status = status
+        self.causes = causes
         super().__init__(message)
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because its namespace is being deleted (NamespaceLifecycle's 403
+        with the cause `NamespaceTerminating`): nothing can be made there any more."""
+        return self.status == 403 and "NamespaceTerminating" in self.causes
 
 
 def collection_path(kind: str, namespace: str) -> str:
@@ -115,7 +123,13 @@ class KubeApi:
         data = json.loads(response.data) if response.data else {}
         if not 200 <= response.status < 300:
             message = data.get("message") if isinstance(data, dict) else None
-            raise KubeError(response.status, f"{method} {path}: {response.status} {message or ''}".strip())
+            details = (data.get("details") if isinstance(data, dict) else None) or {}
+            causes = tuple(
+                str(c.get("reason", "")) for c in details.get("causes") or [] if isinstance(c, dict)
+            )
+            raise KubeError(
+                response.status, f"{method} {path}: {response.status} {message or ''}".strip(), causes
+            )
         return data if isinstance(data, dict) else {}
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Obj:

@@ -124,6 +124,8 @@ class Context:
     policy: ScalingPolicy
     memory: dict[str, Memory] = field(default_factory=dict)  # workflow uid -> its memory
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    #: namespace -> when a create there was refused because the namespace is being deleted
+    terminating: dict[str, float] = field(default_factory=dict)
 
     def of(self, workflow_uid: str) -> Memory:
         return self.memory.setdefault(workflow_uid, Memory())
@@ -131,6 +133,29 @@ class Context:
     def forget(self, workflow_uid: str) -> None:
         """Drop what was remembered about a workflow (it is being deleted)."""
         self.memory.pop(workflow_uid, None)
+
+    def namespace_terminating(self, namespace: str, now: float) -> None:
+        """The API server said `namespace` is being deleted: its workflows, and everything
+        they own, go with it, so nothing is repaired, created or reported there any more (each
+        attempt would be one more 403)."""
+        if namespace not in self.terminating:
+            log.info("namespace %s is being deleted: its workflows are left alone", namespace)
+            self.terminating[namespace] = now
+
+    def in_terminating_namespace(self, body: Mapping[str, Any]) -> bool:
+        """Whether the workflow lives in a namespace known to be going. A namespace of the same
+        name made again later is a new one: a workflow created after the refusal is not in the
+        old one (nothing can be created in a terminating namespace)."""
+        meta = body.get("metadata") or {}
+        seen = self.terminating.get(str(meta.get("namespace")))
+        if seen is None:
+            return False
+        created = str(meta.get("creationTimestamp") or "")
+        try:
+            born = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return True
+        return born <= seen
 
 
 @dataclass(frozen=True)
@@ -297,7 +322,7 @@ async def carry_out(
         try:
             created.append(await _create_worker(ctx, ref, spec, now))
         except KubeError as e:
-            if e.status in (0, 409) or e.status >= 500:
+            if e.status in (0, 409) or e.status >= 500 or e.namespace_terminating:
                 raise
             _creation_refused(ctx, ref, e, now)
             break
