@@ -291,8 +291,9 @@ class Kubelet:
                 try:
                     await self._sync_pod(pod)
                 except ApiError as e:
-                    if e.status not in (404, 409):
-                        raise
+                    if e.status not in (404, 409):  # one pod's trouble never holds up the others
+                        meta = pod["metadata"]
+                        logger.warning("pod %s/%s: sync failed: %s", meta["namespace"], meta["name"], e)
         for uid in list(self.runs):
             if uid not in seen:  # removed behind our back (force deletion): stop its processes
                 run = self.runs.pop(uid)
@@ -522,11 +523,7 @@ class Kubelet:
                 folder.chmod(0o777)  # the container may run as any user
         for kind in ("readinessProbe", "livenessProbe"):
             if spec.get(kind):
-                probe = Probe(
-                    spec[kind],
-                    next_at=time.monotonic()
-                    + min(float(spec[kind].get("initialDelaySeconds", 0)), self.probe_period_cap),
-                )
+                probe = Probe(spec[kind], next_at=time.monotonic() + self._probe_delay(spec[kind], kind))
                 setattr(c, "readiness" if kind == "readinessProbe" else "liveness", probe)
 
     # -- processes ------------------------------------------------------------------------
@@ -619,15 +616,26 @@ class Kubelet:
             c.next_start = 0.0
             self._start(run, c)
 
+    def _probe_delay(self, spec: Obj, kind: str) -> float:
+        """Seconds before a probe's first run. A readiness probe's delay and period are capped
+        (`probe_period_cap`), so pods are Ready as soon as they answer; a liveness probe keeps
+        the container's own, as a kubelet does: they are the time a slow start (imports on a
+        busy machine) is given before the container is killed, and shortening them kills
+        healthy containers."""
+        delay = float(spec.get("initialDelaySeconds", 0))
+        return delay if kind == "livenessProbe" else min(delay, self.probe_period_cap)
+
+    def _probe_period(self, spec: Obj, liveness: bool) -> float:
+        period = float(spec.get("periodSeconds", 10))
+        return period if liveness else min(period, self.probe_period_cap)
+
     async def _probe(self, run: PodRun, c: ContainerRun, probe: Probe, liveness: bool) -> None:
         spec = probe.spec
         try:
             ok = await self._run_probe(run, c, spec)
         finally:
             probe.running = False
-            probe.next_at = time.monotonic() + min(
-                float(spec.get("periodSeconds", 10)), self.probe_period_cap
-            )
+            probe.next_at = time.monotonic() + self._probe_period(spec, liveness)
         if ok:
             probe.successes, probe.failures = probe.successes + 1, 0
             if probe.successes >= int(spec.get("successThreshold", 1)) and not probe.ready:
@@ -760,9 +768,15 @@ class Kubelet:
         if status == run.last_status:
             return
         meta = pod["metadata"]
+        body = dict(status)
+        if self.status_patch == "strategic" and body.get("podIPs"):
+            # A strategic merge would add this run's IP to those of an earlier run of the pod (a
+            # node that came back runs its pods again, in new sandboxes): the API server refuses
+            # two IPs of one family. The pod's IPs are this run's, and only these.
+            body["podIPs"] = [*body["podIPs"], {"$patch": "replace"}]
         await self.client.patch(
             path("v1", "pods", meta["namespace"], meta["name"], "status"),
-            {"status": status},
+            {"status": body},
             kind=self.status_patch,
         )
         run.last_status = status
