@@ -65,6 +65,7 @@ class LocalCluster:
         self.token = auth.generate_token()
         self.token_file = auth.write_token(self.workdir / "token", self.token)
         self.manager: subprocess.Popen[bytes] | None = None
+        self._owner = os.getpid()  # the process that stops it at exit
         self.workers: list[subprocess.Popen[bytes]] = []
         self.address = ""
 
@@ -103,7 +104,8 @@ class LocalCluster:
             self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         # a program that ends without closing its Manager ends its manager too (TaskVine's lives
         # in the program's process): else it and its workers would outlive the program
-        atexit.register(self.stop)
+        self._owner = os.getpid()
+        atexit.register(self._stop_at_exit)
         deadline = time.monotonic() + timeout
         while not (addr_file.exists() and addr_file.read_text().strip()):  # written, not just created
             if self.manager.poll() is not None:
@@ -181,8 +183,12 @@ class LocalCluster:
         cmd = ["kubevine", "worker", "--token-file", str(self.token_file)]
         return [*cmd, "--encrypt", host, port] if self.encrypt else [*cmd, host, port]
 
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self._owner:  # (not in a child forked from the program, leaving)
+            self.stop()
+
     def stop(self, grace: float = 5.0) -> None:
-        atexit.unregister(self.stop)
+        atexit.unregister(self._stop_at_exit)
         if self.published is not None:
             self.published.unlink(missing_ok=True)
             self.published = None

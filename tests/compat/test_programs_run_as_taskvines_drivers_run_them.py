@@ -55,3 +55,23 @@ def test_a_program_that_ends_without_closing_its_manager_takes_it_along_and_its_
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+FORKING = """
+import os, sys
+import kubevine as vine
+m = vine.Manager(port=0, workers=1)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a child of the program leaving normally: the program's manager stays
+os.waitpid(pid, 0)
+t = vine.Task("echo still here")
+m.submit(t)
+assert m.wait(60) is t and t.std_output == "still here\\n", (t.result, t.std_output)
+"""
+
+
+def test_a_child_forked_by_the_program_does_not_take_the_manager_along_when_it_exits(tmp_path: Path) -> None:
+    (tmp_path / "program.py").write_text(FORKING)
+    done = subprocess.run([sys.executable, "program.py"], cwd=tmp_path, timeout=120, check=False)
+    assert done.returncode == 0
