@@ -69,6 +69,8 @@ from kubevine.operator.naming import (
     COMPONENT_REDIS,
     COMPONENT_WORKER,
     KIND,
+    LABEL_COMPONENT,
+    LABEL_WORKFLOW,
     WorkflowRef,
     application_job_name,
     manager_name,
@@ -317,6 +319,17 @@ async def carry_out(
                 log.warning(
                     "workflow %s/%s: drain of %s failed: %s", ref.namespace, ref.name, decision.drain, e
                 )
+    if decision.create:
+        behind = await _not_yet_watched(ctx, ref, seen)
+        if behind:  # counted from a view that lacks pods that exist: never create from it
+            log.info(
+                "workflow %s/%s: worker pods %s exist but the watch has not shown them yet: "
+                "none created this step",
+                ref.namespace,
+                ref.name,
+                behind,
+            )
+            return [], deleted
     created = []
     for _ in range(decision.create):
         try:
@@ -330,6 +343,23 @@ async def carry_out(
         if decision.create:
             memory.create_failures, memory.create_backoff, memory.create_problem = 0, None, None
     return created, deleted
+
+
+async def _not_yet_watched(ctx: Context, ref: WorkflowRef, seen: Observation) -> list[str]:
+    """Worker pods the API server has and this step's view (the watch, plus what this process
+    created since) lacks. Pods have random names, so a pod counted short is a pod made twice:
+    before creating, the step asks the API server (one list, only on steps that would create).
+    The view lags after kopf resumes a standby replica (peering) or restarts a watch: the
+    first steps may run before the pods' new listing has been read."""
+    live = await ctx.kube.list(
+        "Pod", ref.namespace, f"{LABEL_COMPONENT}={COMPONENT_WORKER},{LABEL_WORKFLOW}={ref.name}"
+    )
+    known = {p.name for p in seen.pods}
+    return sorted(
+        str(o["metadata"]["name"])
+        for o in live
+        if o["metadata"]["name"] not in known and not o["metadata"].get("deletionTimestamp")
+    )
 
 
 def _creation_refused(ctx: Context, ref: WorkflowRef, error: KubeError, now: float) -> None:
