@@ -660,6 +660,10 @@ class Cluster:
         else:
             network.unshape(self.net, index, name)
 
+    def link_stats(self, name: str) -> dict[str, Any]:
+        """Statistics of the qdisc on the node's side of its link (`network.qdisc_stats`)."""
+        return network.qdisc_stats(self.net, name)
+
     def stop_node(self, name: str) -> None:
         """Stop the node's kubelet gracefully (it stops its pods), then remove its namespace."""
         self._stop_process(f"kubelet-{name}")

@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -130,6 +131,15 @@ def shape(cfg: NetworkConfig, index: int, node: str, rate: str) -> None:
     tbf = ["tbf", "rate", rate, "burst", burst, "latency", "50ms"]
     run("tc", "qdisc", "replace", "dev", cfg.host_veth(index), "root", *tbf)
     run("ip", "netns", "exec", cfg.namespace(node), "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf)
+
+
+def qdisc_stats(cfg: NetworkConfig, node: str) -> dict[str, Any]:
+    """The root qdisc of the node's eth0 (what its pods send leaves through it), as `tc -s -j`
+    reports it: kind ("tbf" when shaped), bytes, packets, drops, overlimits (packets the token
+    bucket held back because it was empty)."""
+    out = run("ip", "netns", "exec", cfg.namespace(node), "tc", "-s", "-j", "qdisc", "show", "dev", "eth0")
+    roots = [q for q in json.loads(out.stdout or "[]") if q.get("root")]
+    return dict(roots[0]) if roots else {}
 
 
 def unshape(cfg: NetworkConfig, index: int, node: str) -> None:

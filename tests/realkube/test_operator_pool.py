@@ -1,17 +1,20 @@
 """A worker pool on the real control plane: installed with helm, scaled 0 → 3 → 0 across three
-nodes by the operator running as its ServiceAccount, the node cache shared per node, and the
-whole workflow garbage-collected by the real controller-manager when it is deleted."""
+nodes by the operator running as its ServiceAccount — its /metrics showing desired workers jump
+to 3 and actual ones catch up, status, conditions, printer columns and Events telling the story —
+the node cache shared per node, and the whole workflow garbage-collected by the real
+controller-manager when it is deleted."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 from kubevine import Task
 
 from .controlplane import Cluster
 from .helpers import Kube, pid_of, wait_for
-from .vine import Release, Workflows, cached_files, node_cache_dir, pool_spec, run_all, spread, workflow
+from .vine import Release, Workflows, cached_files, node_cache_dir, pool_spec, spread, workflow
 
 PAYLOAD = os.urandom(256 * 1024)
 
@@ -31,6 +34,7 @@ def test_a_pool_scales_0_to_one_worker_per_node_shares_each_nodes_cache_and_back
     wf.wait_phase("pool", "Running")
     assert wf.workers("pool") == []  # min 0: nothing runs until something is asked
 
+    series = (("namespace", kube.ns), ("workflow", "pool"))
     with wf.client("pool") as m:
         data = m.declare_buffer(PAYLOAD, cache="forever")  # outlives the workflow, on each node
         tasks = []
@@ -38,8 +42,25 @@ def test_a_pool_scales_0_to_one_worker_per_node_shares_each_nodes_cache_and_back
             task = Task("sleep 0.5; wc -c < data.bin", cores=1)
             task.add_input(data, "data.bin")
             tasks.append(task)
-        run_all(m, tasks)
+        for task in tasks:
+            m.submit(task)
+        seen: list[tuple[float | None, float | None]] = []
+
+        def converged() -> bool:
+            samples = kubevine.metrics()
+            seen.append((samples.get(("kubevine_operator_workers_desired", series)),
+                         samples.get(("kubevine_operator_workers_actual", series))))  # fmt: skip
+            return seen[-1] == (3, 3)
+
+        wait_for(converged, timeout=60, interval=0.2, what="desired = actual = 3 in the operator's /metrics")
+        assert any(d == 3 and a is not None and a < 3 for d, a in seen), seen  # desired led, actual followed
+        deadline = time.monotonic() + 120
+        while not m.empty():
+            assert time.monotonic() < deadline, "tasks did not finish in 120 s"
+            m.wait(1)
+        assert all(t.successful() for t in tasks), [(t.id, t.result) for t in tasks if not t.successful()][:3]
         assert {t.output.strip() for t in tasks} == {str(len(PAYLOAD))}
+        assert {t.attempts for t in tasks} == {1}  # nothing retried, nothing killed and requeued
         ran_on = {t.worker for t in tasks}
 
     pods = {p["metadata"]["name"]: p for p in wf.workers("pool", live=False)}
@@ -62,9 +83,26 @@ def test_a_pool_scales_0_to_one_worker_per_node_shares_each_nodes_cache_and_back
     wait_for(lambda: wf.workers("pool") == [], timeout=60, interval=0.5, what="the pool to scale back to 0")
     wait_for(lambda: "ScaledDown" in wf.reasons("pool"), timeout=20, what="a ScaledDown event")
     assert "ScaledUp" in wf.reasons("pool")
-    status = wf.status("pool")
-    assert status["workers"]["connected"] == 0 and status["tasks"]["done"] == 24
-    assert wf.conditions("pool")["Healthy"]["status"] == "True"
+    body = wf.get("pool")
+    assert body is not None
+    status = body["status"]
+    assert status["tasks"] == {"waiting": 0, "running": 0, "done": 24, "failed": 0}
+    assert status["workers"] == {"desired": 0, "pending": 0, "connected": 0, "draining": 0}
+    assert status["lastScaling"]["to"] == 0 and "idle" in status["lastScaling"]["reason"]
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    conditions = wf.conditions("pool")
+    for kind in ("Valid", "ManagerReady", "WorkersReady", "Healthy"):
+        assert conditions[kind]["status"] == "True", conditions
+    scaled_up = [e for e in wf.events("pool") if e["reason"] == "ScaledUp"]
+    assert "0→3" in scaled_up[0]["message"] and "24 waiting" in scaled_up[0]["message"], scaled_up[0]
+    drained = kubevine.metrics()
+    assert drained[("kubevine_operator_workers_desired", series)] == 0
+    assert drained[("kubevine_operator_workers_actual", series)] == 0
+    assert drained[("kubevine_operator_worker_pods_created_total", series)] == 3
+    table = kube.kubectl("get", "vw", "pool").stdout  # the printer columns
+    assert "Running" in table and "24" in table, table
+    described = kube.kubectl("describe", "vw", "pool").stdout
+    assert "ScaledDown" in described and "Last Scaling" in described, described
 
     # Deleted: the real garbage collector removes everything the workflow owned.
     kube.kubectl("delete", "vineworkflow", "pool", "--wait=false")
@@ -94,5 +132,7 @@ def test_a_pool_scales_0_to_one_worker_per_node_shares_each_nodes_cache_and_back
         lambda: leftovers() == [], timeout=90, interval=0.5, what="the workflow's children to be collected"
     )
     assert wf.get("pool") is None
+    wait_for(lambda: not [k for k in kubevine.metrics() if set(series) <= set(k[1])], timeout=10,
+             interval=0.2, what="the deleted workflow's series to leave /metrics")  # fmt: skip
     # The node caches stay ("forever" files): the next workflow of the namespace finds them warm.
     assert all(cached_files(node_cache_dir(real_cluster, node, kube.ns)) for node in nodes)

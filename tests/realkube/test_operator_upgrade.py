@@ -41,14 +41,17 @@ def test_the_operator_refuses_an_older_crd_clearly_and_runs_once_it_is_upgraded(
         log = wait_for(refused, timeout=90, interval=0.5, what="the operator to refuse the old CRD")
         assert "it lacks spec.security" in log and "status.problems" in log
         assert "kubectl apply --server-side --force-conflicts -f charts/kubevine/crds/" in log
-        (pod,) = kubevine.operator_pods()
+
+        def exited() -> dict[str, Any] | None:
+            """The operator pod once its kubelet reported the container's exit (code 2) or restart."""
+            (pod,) = kubevine.operator_pods()
+            statuses = pod["status"].get("containerStatuses") or []
+            exits = [(s.get(k) or {}).get("terminated", {}).get("exitCode") for s in statuses
+                     for k in ("state", "lastState")]  # fmt: skip
+            return pod if 2 in exits or (statuses and statuses[0]["restartCount"] >= 1) else None
+
+        pod = wait_for(exited, timeout=30, interval=0.3, what="the operator's exit to be reported")
         assert not is_ready(pod)  # not Ready: `kubectl rollout status` says so too
-        exits = [
-            (container.get(k) or {}).get("terminated", {}).get("exitCode")
-            for container in pod["status"].get("containerStatuses") or []
-            for k in ("state", "lastState")
-        ]
-        assert 2 in exits or pod["status"]["containerStatuses"][0]["restartCount"] >= 1, pod["status"]
 
         # The documented upgrade step; the crash-looping operator then starts.
         ops.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))

@@ -11,17 +11,20 @@ IP). `operator_requests()` reads the API server's audit log for what the operato
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pathlib
 import subprocess
 import time
+import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
 
 from kubevine import Manager, Task
 
-from .controlplane import REPO, Cluster, ensure_binaries
+from .controlplane import REPO, Cluster, Settings, _rfc3339, ensure_binaries
 from .helpers import Kube, is_ready, wait_for
 
 CHART = REPO / "charts" / "kubevine"
@@ -143,6 +146,22 @@ class Release:
             )
         return dict(pods[0])
 
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """One scrape of the Ready operator's /metrics (at its pod IP, port 9091): (sample
+        name, sorted labels) -> value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        pods = [p for p in self.operator_pods() if is_ready(p)]
+        assert pods, "no Ready operator pod"
+        url = f"http://{pods[0]['status']['podIP']}:9091/metrics"
+        with urllib.request.urlopen(url, timeout=5) as rsp:
+            text = rsp.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
     def operator_log(self) -> str:
         logs = [
             self.kube.log(p["metadata"]["name"], "operator")
@@ -169,6 +188,41 @@ class Release:
 
     def uninstall(self) -> None:
         self.helm("uninstall", self.name, "--namespace", self.namespace, check=False)
+
+
+@contextlib.contextmanager
+def cluster_with_chart(
+    state: str,
+    name: str,
+    net: int,
+    nodes: int = 3,
+    bandwidth: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> Iterator[tuple[Cluster, Release]]:
+    """For benchmarks: a real cluster of its own (state `.cluster/<state>`, bridge and
+    namespaces named `<name>`, nodes on 10.<net>.0.0/16 and pods on 10.<net + 1>.0.0/16, each
+    node's link limited to `bandwidth`), the chart installed cluster-wide in `kubevine` with
+    the fast test pace unless `values` say otherwise; stopped, leaving nothing, at the end."""
+    settings = Settings(
+        state=REPO / ".cluster" / state, name=name, nodes=nodes, node_net=f"10.{net}.0.0/16",
+        pod_net=f"10.{net + 1}.0.0/16", bandwidth=bandwidth,
+    )  # fmt: skip
+    cluster = Cluster(settings).start()
+    try:
+        release = Release(cluster, "kubevine", values=merged({"rbac": {"clusterWide": True}}, values or {}))
+        release.create_namespace()
+        release.install()
+        release.wait_ready(keepers=nodes)
+        yield cluster, release
+    finally:
+        cluster.stop()
+
+
+def privileged_namespace(cluster: Cluster, name: str) -> Kube:
+    kube = Kube(cluster, name)
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})  # fmt: skip
+    return kube
 
 
 # --- workflows -------------------------------------------------------------------------------
@@ -386,7 +440,7 @@ def operator_requests(
     cluster: Cluster, user: str, since: float = 0.0, until: float | None = None
 ) -> list[dict[str, Any]]:
     """The operator's requests from the audit log: dicts with verb, resource, `what`
-    (`group/resource[/subresource]`), namespace, name, code."""
+    (`group/resource[/subresource]`), namespace, name, code, `received` (unix time)."""
     found = []
     for event in cluster.audit_events(since, until):
         if event.get("user", {}).get("username") != user:
@@ -408,6 +462,7 @@ def operator_requests(
                 "name": ref.get("name"),
                 "code": (event.get("responseStatus") or {}).get("code"),
                 "uri": event.get("requestURI", ""),
+                "received": _rfc3339(str(event.get("requestReceivedTimestamp") or "1970-01-01T00:00:00Z")),
             }
         )
     return found
