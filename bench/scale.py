@@ -242,9 +242,11 @@ class Fleet:
         duration: str = "0",
         probe_every: float = 0.2,
         probers: int = 2,
+        cores: float = 1,
     ) -> None:
         self.work, self.address, self.workers, self.prefix = work, address, workers, prefix
         self.duration, self.probe_every, self.probers = duration, probe_every, probers
+        self.cores = cores
         self.procs: list[subprocess.Popen[bytes]] = []
         self.files: list[Path] = []
         self.started = 0.0
@@ -262,6 +264,7 @@ class Fleet:
             args = [sys.executable, "-m", "kubevine.simworker", self.address, "--workers", str(count)]
             args += ["--prefix", f"{self.prefix}{i}", "--duration", self.duration, "--stats", str(f)]
             args += ["--probe-every", str(self.probe_every), "--probers", str(self.probers)]
+            args += ["--cores", str(self.cores)]
             self.procs.append(PROCS.start(args, self.work / f"{self.prefix}-{i}.log"))
         return self
 
@@ -447,11 +450,11 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
 
 
 def lone_prober(work: Path, address: str, prefix: str) -> Fleet:
-    """One more simulated worker in a process of its own that probes every 0.1 s: how long the
-    manager takes to answer a worker whose own loop is not also serving 999 others (a real
-    worker's case). The probers inside the fleet's processes also count their simulator's
-    backlog, which on this 2-core machine is often the larger part."""
-    return Fleet(work, address, 1, prefix=prefix, probe_every=0.1, probers=1).start()
+    """One more simulated worker (with no cores: it takes no tasks) in a process of its own that
+    probes every 0.1 s: how long the manager takes to answer a worker whose own loop is not also
+    serving 999 others (a real worker's case). The probers inside the fleet's processes also
+    count their simulator's backlog, which on this 2-core machine is often the larger part."""
+    return Fleet(work, address, 1, prefix=prefix, probe_every=0.1, probers=1, cores=0).start()
 
 
 def idle(work: Path, workers: int) -> dict[str, Any]:
