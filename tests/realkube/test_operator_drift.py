@@ -17,7 +17,9 @@ def uid(kube: Kube, path: str) -> str | None:
     return None if obj is None or obj["metadata"].get("deletionTimestamp") else str(obj["metadata"]["uid"])
 
 
-def test_deleted_children_come_back_and_the_workflow_keeps_its_token(kubevine: Release, kube: Kube) -> None:
+def test_deleted_children_come_back_the_token_stays_and_only_what_redis_can_survive_changes(
+    kubevine: Release, kube: Kube
+) -> None:
     wf = Workflows(kube)
     # min 0: no worker holds the old manager's address when it goes. (Here a Service name is
     # resolved once, when a container starts — there are no ClusterIPs — so a worker started
@@ -52,17 +54,11 @@ def test_deleted_children_come_back_and_the_workflow_keeps_its_token(kubevine: R
     with wf.client("drift") as m:  # the old token still works, against the new manager pod
         run_all(m, [Task("echo still here", cores=1)])
 
-
-def test_what_the_managed_redis_was_made_with_cannot_change_and_the_rest_can(
-    kubevine: Release, kube: Kube
-) -> None:
-    wf = Workflows(kube)
-    wf.apply(workflow("imm", pool_spec()))
-    wf.wait_phase("imm", "Running")
+    # What the managed Redis was made with cannot change; the rest can.
     refused = kube.kubectl(
         "patch",
         "vineworkflow",
-        "imm",
+        "drift",
         "--type=merge",
         "-p",
         '{"spec":{"stateStore":{"storageSize":"5Gi"}}}',
@@ -73,14 +69,14 @@ def test_what_the_managed_redis_was_made_with_cannot_change_and_the_rest_can(
     # The store's memory can change: the StatefulSet's template is patched (never its
     # volumeClaimTemplates), and the API server takes it.
     kube.kubectl(
-        "patch", "vineworkflow", "imm", "--type=merge", "-p", '{"spec":{"stateStore":{"memory":"384Mi"}}}'
+        "patch", "vineworkflow", "drift", "--type=merge", "-p", '{"spec":{"stateStore":{"memory":"384Mi"}}}'
     )
 
     def redis_memory() -> str:
-        sts = kube.get(f"/apis/apps/v1/namespaces/{kube.ns}/statefulsets/imm-redis")
+        sts = kube.get(f"/apis/apps/v1/namespaces/{kube.ns}/statefulsets/drift-redis")
         return str(sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
 
     wait_for(lambda: redis_memory() == "384Mi", timeout=30, what="the Redis StatefulSet to be patched")
-    assert "Updated" in wf.reasons("imm")
-    assert "ReconcileFailed" not in wf.reasons("imm")
-    assert not wf.status("imm").get("problems")
+    assert "Updated" in wf.reasons("drift")
+    assert "ReconcileFailed" not in wf.reasons("drift")
+    assert not wf.status("drift").get("problems")

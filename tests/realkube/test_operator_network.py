@@ -1,7 +1,8 @@
 """The manager and the managed Redis listen on every address of their pods, so that
 `kubectl port-forward` — which connects to 127.0.0.1 inside the pod's network namespace —
 reaches them; the manager advertises its pod IP. The process kubelet serves no port-forward,
-so the test goes where a port-forward's connection goes: into the pod's network namespace."""
+so the test goes where a port-forward's connection goes: into the pod's network namespace.
+Their PodDisruptionBudgets keep a node drain from evicting them mid-run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import urllib.error
 from typing import Any
 
 from kubevine.admin import Admin
@@ -48,7 +50,7 @@ def environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def test_the_manager_and_redis_answer_on_127_0_0_1_inside_their_pods_as_a_port_forward_needs(
+def test_manager_and_redis_answer_on_127_0_0_1_as_a_port_forward_needs_and_a_drain_cannot_evict_them(
     kubevine: Release, kube: Kube, real_cluster: Cluster
 ) -> None:
     wf = Workflows(kube)
@@ -97,3 +99,24 @@ def test_the_manager_and_redis_answer_on_127_0_0_1_inside_their_pods_as_a_port_f
     ]
     limits = redis["spec"]["containers"][0]["resources"]
     assert limits["limits"]["memory"] == limits["requests"]["memory"] == "256Mi"
+
+    # A node drain cannot evict the running manager: its PodDisruptionBudget refuses (429), and
+    # the Redis has one too.
+    name = manager["metadata"]["name"]
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": kube.ns},
+    }
+    try:
+        kube.admin.request("POST", f"/api/v1/namespaces/{kube.ns}/pods/{name}/eviction", eviction)
+    except urllib.error.HTTPError as e:
+        body = e.read().decode()
+        assert e.code == 429 and "disruption budget" in body, (e.code, body)
+    else:
+        raise AssertionError("the manager was evicted despite its PodDisruptionBudget")
+    budgets = kube.get(f"/apis/policy/v1/namespaces/{kube.ns}/poddisruptionbudgets")["items"]
+    assert {b["metadata"]["name"]: b["status"]["disruptionsAllowed"] for b in budgets} == {
+        "fwd-manager": 0,
+        "fwd-redis": 0,
+    }

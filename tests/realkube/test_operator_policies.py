@@ -1,8 +1,7 @@
-"""Names, disruption budgets and network policies, as the real API server takes them."""
+"""Names and network policies, as the real API server takes them (the disruption budgets are
+checked in test_operator_network.py, on a workflow that runs)."""
 
 from __future__ import annotations
-
-import urllib.error
 
 import yaml
 
@@ -19,33 +18,6 @@ def test_a_name_that_starts_with_a_digit_is_refused_at_apply(kubevine: Release, 
     result = Workflows(kube).apply(workflow("2026-run", pool_spec()), check=False)
     assert result.returncode != 0
     assert "a VineWorkflow name starts with a letter" in result.stderr, result.stderr
-
-
-def test_a_node_drain_cannot_evict_a_running_manager(kubevine: Release, kube: Kube) -> None:
-    wf = Workflows(kube)
-    wf.apply(workflow("steady", pool_spec()))
-    wf.wait_phase("steady", "Running")
-    manager = wf.manager_pod("steady")
-    name = manager["metadata"]["name"]
-    eviction = {
-        "apiVersion": "policy/v1",
-        "kind": "Eviction",
-        "metadata": {"name": name, "namespace": kube.ns},
-    }
-    try:
-        kube.admin.request("POST", f"/api/v1/namespaces/{kube.ns}/pods/{name}/eviction", eviction)
-    except urllib.error.HTTPError as e:
-        body = e.read().decode()
-        assert e.code == 429 and "disruption budget" in body, (e.code, body)
-    else:
-        raise AssertionError("the manager was evicted despite its PodDisruptionBudget")
-    redis = kube.pod("steady-redis-0")
-    assert redis is not None
-    budgets = kube.get(f"/apis/policy/v1/namespaces/{kube.ns}/poddisruptionbudgets")["items"]
-    assert {b["metadata"]["name"]: b["status"]["disruptionsAllowed"] for b in budgets} == {
-        "steady-manager": 0,
-        "steady-redis": 0,
-    }
 
 
 def test_the_network_policies_are_taken_by_the_api_server(kube: Kube) -> None:
