@@ -104,6 +104,7 @@ CALL_START_DELAY = 0.005  # as a real worker: a call's start is reported once it
 SAMPLE_EVERY = 0.05  # seconds between (time, assigned, results) samples
 MAX_PROBES = 100_000  # probe round trips kept
 PROBE_PREFIX = "kv-probe-"
+PROBE_GIVE_UP = 60.0  # seconds after which an unanswered probe no longer holds the next one back
 _EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 _NONE = results.encode_ok(None)
 
@@ -511,6 +512,13 @@ class SimWorker:
         self._start_runnable(now)
 
     def probe(self, now: float, n: int) -> None:
+        """Ask the manager something it answers in the turn it reads it — once the previous
+        probe was answered: like a heartbeat, one at a time, so a slow manager is measured,
+        not a queue of this worker's own probes (sent every 0.1 s regardless, they piled up
+        behind each other and the round trip grew with the run)."""
+        if any(now - sent < PROBE_GIVE_UP for sent in self.probes.values()):
+            return
+        self.probes.clear()  # unanswered for PROBE_GIVE_UP: given up
         if self.session.registered and not self.silent and not self.gone:
             name = f"{PROBE_PREFIX}{self.index}-{n}"
             self.probes[name] = now

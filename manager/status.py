@@ -83,15 +83,16 @@ def _unique_holders(core: Core) -> set[WorkerId]:
 def worker_list(core: Core, now: float) -> list[WorkerStatus]:
     """One entry per worker: O(W) (~20 ms at 5,000 workers)."""
     unique = _unique_holders(core)
-    # built without validation (the values are the core's own): 5,000 workers per status
+    shapes: dict[tuple[float, int, int, int], Resources] = {}  # one Resources per committed shape
+    # (validated construction: pydantic's model_construct is slower here, 7.7 against 4.4 us)
     return [
-        WorkerStatus.model_construct(
+        WorkerStatus(
             id=w.id,
             node=w.info.node,
             host=w.info.host,
             state=w.state.value,
             resources=w.info.resources,
-            committed=_committed(w),
+            committed=_committed(w, shapes),
             running=len(w.tasks) - w.queued,
             queued=w.queued,
             idle_seconds=None if w.idle_since is None else now - w.idle_since,
@@ -137,9 +138,13 @@ def _perf(core: Core, counters: Counters) -> Perf:
     return counters.perf(total, in_use)
 
 
-def _committed(w: WorkerEntry) -> Resources:
+def _committed(w: WorkerEntry, shapes: dict[tuple[float, int, int, int], Resources]) -> Resources:
     c = w.committed
-    return Resources.model_construct(cores=c.cores, memory=c.memory, disk=c.disk, gpus=c.gpus)
+    key = (c.cores, c.memory, c.disk, c.gpus)
+    r = shapes.get(key)
+    if r is None:
+        r = shapes[key] = Resources(cores=c.cores, memory=c.memory, disk=c.disk, gpus=c.gpus)
+    return r
 
 
 def _resources(s: Shape) -> Resources:
