@@ -21,6 +21,12 @@ chart's defaults (a step every 5 s, a 60 s stabilisation window) unless told oth
 
     python bench/autoscale.py [--tasks 1000] [--max 4] [--task-seconds 0.1]
                               [--interval 5] [--stabilization 60] [--idle-timeout 10]
+
+`--real-cluster` (as root) runs it on the real control plane instead (tests/realkube): a
+cluster of its own with `--nodes` 3 process-kubelet nodes whose links are limited to
+`--bandwidth` (1gbit) by tc, the chart installed with helm (the operator as a pod, with the
+pace given here), the real scheduler placing the workers; pods at once are counted from the
+API server's audit log, decisions from the workflow's Events.
 """
 
 from __future__ import annotations
@@ -136,6 +142,84 @@ def run(args: argparse.Namespace, root: pathlib.Path) -> dict[str, Any]:
         emulator.stop()
 
 
+def run_real(args: argparse.Namespace) -> dict[str, Any]:
+    """The same burst on the real control plane (see the module doc)."""
+    import re
+
+    from tests.realkube.helpers import wait_for as wait
+    from tests.realkube.vine import Workflows, cluster_with_chart, pool_spec, privileged_namespace, workflow
+
+    pace = {
+        "operator": {
+            "autoscaler": {
+                "intervalSeconds": args.interval,
+                "stabilizationSeconds": args.stabilization,
+                "statsMaxAgeSeconds": 30,
+            }
+        }
+    }
+    with cluster_with_chart("bench-autoscale", "kva", 92, args.nodes, args.bandwidth, pace) as (
+        cluster,
+        release,
+    ):
+        kube = privileged_namespace(cluster, "bench")
+        wf = Workflows(kube)
+        t_apply = time.monotonic()
+        since = time.time()
+        spec = pool_spec(min=0, max=args.max, idleTimeoutSeconds=args.idle_timeout, memory=512, disk=0)
+        wf.apply(workflow(NAME, spec))
+        address = wf.manager_address(NAME)
+        ready = time.monotonic() - t_apply
+        tasks = [Task(f"sleep {args.task_seconds}", cores=1) for _ in range(args.tasks)]
+        first = None
+        with Manager(address, token=wf.token(NAME), encrypt=True) as m:
+            t0 = time.monotonic()
+            for task in tasks:
+                m.submit(task)
+            while not m.empty():
+                if m.wait(1) is not None and first is None:
+                    first = time.monotonic() - t0
+            done = time.monotonic()
+        wait(lambda: wf.workers(NAME) == [], timeout=args.stabilization + args.idle_timeout + 120,
+             interval=0.2, what="the pool back at min")  # fmt: skip
+        back = time.monotonic() - done
+        # Pods at once: the operator's creates and deletes of worker pods, in order.
+        level, most = 0, 0
+        events = sorted(cluster.audit_events(since), key=lambda e: str(e["requestReceivedTimestamp"]))
+        for e in events:
+            ref = e.get("objectRef") or {}
+            if e.get("user", {}).get("username") != release.user or ref.get("resource") != "pods":
+                continue
+            if not str(ref.get("name", "")).startswith(f"{NAME}-worker-") or ref.get("subresource"):
+                continue
+            code = (e.get("responseStatus") or {}).get("code")
+            if e.get("verb") == "create" and code == 201:
+                level += 1
+            elif e.get("verb") == "delete" and code == 200:
+                level -= 1
+            most = max(most, level)
+        history = []
+        for e in wf.events(NAME):
+            if e["reason"] in ("ScaledUp", "ScaledDown"):
+                found = re.search(r"(\d+)→(\d+)", e["message"])
+                stamp = e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp")
+                if found and stamp:
+                    when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+                    history.append((when, int(found.group(1)), int(found.group(2))))
+        history.sort()
+        return {
+            "manager_ready_s": ready,
+            "first_task_done_s": first,
+            "all_done_s": done - t0,
+            "back_to_min_s": back,
+            "max_pods": most,
+            "decisions": [f"{a}→{b}" for _, a, b in history],
+            "reversals_in_window": reversals(history, args.stabilization),
+            "failed_tasks": sum(1 for t in tasks if not t.successful()),
+            "retried_tasks": sum(1 for t in tasks if t.attempts > 1),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,11 +230,22 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="autoscaler step (s)")
     parser.add_argument("--stabilization", type=float, default=60.0, help="stabilisation window (s)")
     parser.add_argument("--idle-timeout", type=int, default=10, help="workers.idleTimeoutSeconds")
+    parser.add_argument("--real-cluster", action="store_true", help="on the real control plane (root)")
+    parser.add_argument("--nodes", type=int, default=3, help="--real-cluster: nodes")
+    parser.add_argument("--bandwidth", default="1gbit", help="--real-cluster: each node's link, each way")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kubevine-bench-") as tmp:
-        result = run(args, pathlib.Path(tmp))
+    if args.real_cluster:
+        result = run_real(args)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kubevine-bench-") as tmp:
+            result = run(args, pathlib.Path(tmp))
+    where = (
+        f"real control plane, {args.nodes} nodes, links {args.bandwidth}"
+        if args.real_cluster
+        else "API emulator, process kubelet"
+    )
     print(
-        f"autoscale: {args.tasks} tasks x {args.task_seconds:g}s, pool 0..{args.max} x 1 core, "
+        f"autoscale ({where}): {args.tasks} tasks x {args.task_seconds:g}s, pool 0..{args.max} x 1 core, "
         f"step {args.interval:g}s, stabilisation {args.stabilization:g}s, idle timeout {args.idle_timeout}s"
     )
     print(f"  manager ready        {result['manager_ready_s']:7.1f} s")

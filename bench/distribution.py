@@ -16,20 +16,35 @@ peer transfers, the depth of the tree, and wall time.
 
     python bench/distribution.py [--mb 200] [--tasks 200] [--naive-mb 10]
                                  [--fanout-nodes 8] [--fanout-mb 100] [--fanout-wide 8]
+
+On the real control plane (`--real-cluster`, as root; tests/realkube, docs/dev/real-cluster.md):
+a cluster of its own (`--nodes` 3, each node's link limited to `--bandwidth` 1gbit each way by
+tc), the chart installed with helm, and for each way of moving the file a VineWorkflow with one
+worker per node (the manager on node-a). The client in the root namespace declares the file
+and submits `--tasks` tasks needing it. Ways: a tree (each copy that lands serves 1 peer at a
+time), a star (the first holder serves `--fanout-wide` at once) and no peer transfers (every
+node fetches from the manager). Reported per way: wall time, manager egress, peer bytes,
+arrivals per node, read from the manager's transactions log.
+
+    sudo .venv/bin/python bench/distribution.py --real-cluster [--mb 200] [--tasks 200]
+                                 [--nodes 3] [--bandwidth 1gbit] [--fanout-wide 8] [--encrypt]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from kubevine import LocalCluster, Manager, Task, txformat
 from kubevine.testing import wait_for
 
 MB = 1 << 20
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cluster(root: Path) -> LocalCluster:
@@ -139,6 +154,92 @@ def fanout_run(root: Path, mb: int, nodes: int, limit: int) -> tuple[float, dict
     return dt, out
 
 
+def real_cluster_runs(a: argparse.Namespace) -> None:
+    """The runs on the real control plane (see the module doc)."""
+    sys.path.insert(0, str(REPO))
+    from tests.realkube.helpers import wait_for as wait
+    from tests.realkube.vine import (
+        Workflows,
+        cluster_with_chart,
+        pool_spec,
+        privileged_namespace,
+        spread,
+        workflow,
+    )
+
+    started = time.perf_counter()
+    rows: list[tuple[str, float, dict[str, Any]]] = []
+    with cluster_with_chart("bench-distribution", "kvb", 90, a.nodes, a.bandwidth) as (cluster, _):
+        print(f"cluster and chart up in {time.perf_counter() - started:.1f} s: {a.nodes} nodes, "
+              f"links {a.bandwidth} each way")  # fmt: skip
+        kube = privileged_namespace(cluster, "bench")
+        wf = Workflows(kube)
+        ways = (
+            ("tree (1 per source)", {"worker-source-max-transfers": 1}),
+            (f"star ({a.fanout_wide} per source)", {"worker-source-max-transfers": a.fanout_wide}),
+            ("no peer transfers", {"peer-transfers": 0}),
+        )
+        with tempfile.TemporaryDirectory(prefix="kubevine-bench-") as tmp:
+            for i, (label, tunes) in enumerate(ways):
+                name = f"dist{i}"
+                spec = pool_spec(min=a.nodes, max=a.nodes, idleTimeoutSeconds=600, affinity=spread(),
+                                 memory=1024, disk=0)  # fmt: skip
+                spec["manager"]["nodeSelector"] = {"kubernetes.io/hostname": "node-a"}
+                spec["manager"]["resources"] = {"requests": {"cpu": "500m", "memory": "512Mi"},
+                                                "limits": {"memory": "4Gi"}}  # fmt: skip
+                spec["security"] = {"encrypt": a.encrypt}
+                wf.apply(workflow(name, spec))
+                wait(lambda: wf.status(name).get("workers", {}).get("connected") == a.nodes,  # noqa: B023
+                     timeout=180, interval=0.5, what=f"{a.nodes} workers of {name}")  # fmt: skip
+                nodes = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in wf.workers(name)}
+                big = Path(tmp) / f"big-{i}.bin"
+                big.write_bytes(os.urandom(a.mb * MB))  # new content: nothing of it cached anywhere
+                address, token = wf.manager_address(name), wf.token(name)
+                with Manager(address, token=token, encrypt=a.encrypt) as m:
+                    for knob, value in tunes.items():
+                        m.tune(knob, value)
+                    f = m.declare_file(big)
+                    t0, wall0 = time.perf_counter(), time.time()
+                    for _ in range(a.tasks):
+                        # a little work each, so that every worker takes tasks and needs the file
+                        t = Task("sleep 0.2; wc -c < big", cores=1)
+                        t.add_input(f, "big")
+                        m.submit(t)
+                    while (t := m.wait(600)) is not None:
+                        assert t.successful() and int(t.output) == a.mb * MB, (t.result, t.error)
+                    dt = time.perf_counter() - t0
+                (manager,) = [
+                    p for p in kube.pods(f"kubevine.io/workflow={name},app.kubernetes.io/component=manager")
+                ]
+                logs = list(
+                    (cluster.state_dir / "kubelet").glob(
+                        f"pods/bench_{manager['metadata']['name']}_*/**/transactions.log"
+                    )
+                )
+                assert logs, "the manager's transactions log was not found"
+                out: dict[str, Any] = {"manager": 0.0, "peer": 0.0, "arrivals": {}, "on_all": 0.0}
+                for e in txformat.read(logs[0]):
+                    if e.kind == "TRANSFER" and e.event == "sent" and e.num("bytes") >= a.mb * MB:
+                        out["on_all"] = max(out["on_all"], e.time - wall0)
+                        out["manager" if (e.get("source") or "manager") == "manager" else "peer"] += e.num(
+                            "bytes"
+                        )
+                        node = nodes.get(e.get("dest") or "", "?")
+                        out["arrivals"][node] = out["arrivals"].get(node, 0) + 1
+                rows.append((label, dt, out))
+                kube.kubectl("delete", "vineworkflow", name, "--wait=true", "--timeout=120s")
+                print(f"  {label}: {dt:.2f} s")
+    size = a.mb * MB
+    enc = "encrypted (CURVE)" if a.encrypt else "unencrypted"
+    print(f"\n{a.mb} MB file, {a.tasks} tasks, {a.nodes} nodes with a 1-core worker each, manager on node-a, "
+          f"links {a.bandwidth} each way (tc tbf), {enc}")  # fmt: skip
+    for label, dt, r in rows:
+        arrivals = " ".join(f"{n}={c}" for n, c in sorted(r["arrivals"].items()))
+        egress, peer = r["manager"] / size, r["peer"] / size
+        print(f"  {label:22s} all done {dt:6.2f} s, on every node after {r['on_all']:5.2f} s   "
+              f"manager egress {egress:.2f} x   peer bytes {peer:.2f} x   arrivals: {arrivals}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=200)
@@ -147,7 +248,14 @@ def main() -> None:
     ap.add_argument("--fanout-nodes", type=int, default=8)
     ap.add_argument("--fanout-mb", type=int, default=100)
     ap.add_argument("--fanout-wide", type=int, default=8)
+    ap.add_argument("--real-cluster", action="store_true", help="on the real control plane (root)")
+    ap.add_argument("--nodes", type=int, default=3, help="--real-cluster: nodes")
+    ap.add_argument("--bandwidth", default="1gbit", help="--real-cluster: each node's link, each way")
+    ap.add_argument("--encrypt", action="store_true", help="--real-cluster: the workflow encrypts")
     a = ap.parse_args()
+    if a.real_cluster:
+        real_cluster_runs(a)
+        return
     with tempfile.TemporaryDirectory(prefix="kubevine-bench-") as tmp:
         root = Path(tmp)
         kv_t, kv = kubevine_run(root, a.mb, a.tasks)
