@@ -64,8 +64,9 @@ def test_two_replicas_with_peering_act_once_and_the_second_takes_over(
             what=f"the standby replica to take over:\n{standby.log_tail()}",
         )
         history = worker_pod_history(kube_api, "ha")
-        story = " ".join(f"{kind[0]}:{name[-5:]}:{(pod.get('status') or {}).get('phase')}" for kind, name, pod in history
-                         if kind != "MODIFIED" or (pod.get("status") or {}).get("phase") not in (None, "Pending"))  # fmt: skip
+        phases = [(kind, name, (pod.get("status") or {}).get("phase")) for kind, name, pod in history]
+        story = " ".join(f"{kind[0]}:{name[-5:]}:{phase}" for kind, name, phase in phases
+                         if kind != "MODIFIED" or phase not in (None, "Pending"))  # fmt: skip
         assert most_pods_at_once(history) == 3 and len({name for _, name, _ in history}) == 3, story
 
         kubectl(kube_api, "delete", "vw", "ha", "--timeout=30s")  # the standby releases the finalizer
