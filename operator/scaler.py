@@ -548,34 +548,7 @@ async def step(
 
     observed_now = await observe(ctx, ref, spec, seen)
     observed_now = _with_retiring(ctx, ref, observed_now, now)
-    decision: ScalingDecision | None = None
-    created: list[str] = []
-    deleted: list[str] = []
-    if observed_now.manager is not None:  # else the manager does not exist yet: nothing to join
-        backoff = (
-            memory.create_backoff if memory.create_backoff and memory.create_backoff.until > now else None
-        )
-        decision = decide(
-            pool_limits(spec, finished=finished),
-            observed_now.stats,
-            observed_now.pods,
-            now,
-            last_scaling(previous),
-            ctx.policy,
-            backoff,
-        )
-        created, deleted = await carry_out(ctx, ref, spec, observed_now, decision, now)
-        _remember_drained(ctx, ref, observed_now, decision, until=now + worker_grace_period(spec))
-    if decision is not None and (created or deleted or decision.drain):
-        log.info(
-            "workflow %s/%s: %s (created %s, drained %s, deleted %s)",
-            ref.namespace,
-            ref.name,
-            decision.reason,
-            created,
-            decision.drain,
-            deleted,
-        )
+    decision, created, deleted = await _scale(ctx, ref, spec, observed_now, previous, finished, now)
     found = _problems(ref, spec, seen, now, ctx.policy) + memory.repairs_problems
     if memory.create_problem is not None and memory.create_backoff is not None:
         found.append(memory.create_problem)
@@ -605,8 +578,7 @@ async def step(
         pool_pods=sum(1 for p in pods_after if not p.finished),
         stats=observed_now.stats,
     )
-    left = seconds_until_deletion(status, spec.ttl_seconds_after_finished, now)
-    if left == 0:
+    if seconds_until_deletion(status, spec.ttl_seconds_after_finished, now) == 0:
         result.events.append(
             Note(
                 "Normal",
@@ -617,6 +589,45 @@ async def step(
         )
         result.delete_workflow = True
     return result
+
+
+async def _scale(
+    ctx: Context,
+    ref: WorkflowRef,
+    spec: VineWorkflowSpec,
+    observed_now: Observation,
+    previous: Mapping[str, Any],
+    finished: bool,
+    now: float,
+) -> tuple[ScalingDecision | None, list[str], list[str]]:
+    """Decide the pool's size and carry it out: the decision, the pods created and deleted.
+    No decision before the manager exists (there is nothing for workers to join)."""
+    if observed_now.manager is None:
+        return None, [], []
+    memory = ctx.of(ref.uid)
+    backoff = memory.create_backoff if memory.create_backoff and memory.create_backoff.until > now else None
+    decision = decide(
+        pool_limits(spec, finished=finished),
+        observed_now.stats,
+        observed_now.pods,
+        now,
+        last_scaling(previous),
+        ctx.policy,
+        backoff,
+    )
+    created, deleted = await carry_out(ctx, ref, spec, observed_now, decision, now)
+    _remember_drained(ctx, ref, observed_now, decision, until=now + worker_grace_period(spec))
+    if created or deleted or decision.drain:
+        log.info(
+            "workflow %s/%s: %s (created %s, drained %s, deleted %s)",
+            ref.namespace,
+            ref.name,
+            decision.reason,
+            created,
+            decision.drain,
+            deleted,
+        )
+    return decision, created, deleted
 
 
 async def repair(
