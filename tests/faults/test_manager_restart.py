@@ -41,6 +41,7 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
                 t = m.wait(60)
                 assert t is not None
                 got.append(t)
+            before_kill = len(got)
             procs.kill_manager()
             procs.manager(redis_url, workflow_name, port=port)
             while (t := m.wait(120)) is not None:
@@ -63,11 +64,17 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
             for _, text in second
             if text.startswith("WORKER ") and " connected " in text
         )
-        # manager start (lease taken, port bound, before the state loads) -> first dispatch of the new manager
-        first_dispatch = min(ts for ts, text in second if " dispatched " in text)
-        recovery = first_dispatch - start
-        print(f"re-executed {re_executed} of {held} held by workers; start->dispatch {recovery:.3f}s")
         assert re_executed <= held
+        # manager start (lease taken, port bound, before the state loads) -> first dispatch of the
+        # new manager. Workers queue work ahead: when they held every task not yet done at the
+        # kill, the new manager has nothing to dispatch, only results to take.
+        dispatches = [ts for ts, text in second if " dispatched " in text]
+        if not dispatches:
+            assert held >= (N_CMD + N_CALL) - before_kill, (held, before_kill)
+            print(f"re-executed {re_executed} of {held} held by workers; nothing left to dispatch")
+            return
+        recovery = min(dispatches) - start
+        print(f"re-executed {re_executed} of {held} held by workers; start->dispatch {recovery:.3f}s")
         assert recovery < 5.0  # target 2 s; loose for a loaded 2-core machine
     finally:
         procs.stop()
