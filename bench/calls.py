@@ -198,7 +198,8 @@ def main() -> None:
     if rows["kubevine+redis"]:
         print(f"  redis cost         {100 * (1 - rows['kubevine+redis'] / kv):5.1f} %")
     if rows["kubevine+encrypt"]:
-        print(f"  encryption cost    {100 * (1 - rows['kubevine+encrypt'] / kv):5.1f} % (CURVE on every socket)")
+        cost = 100 * (1 - rows["kubevine+encrypt"] / kv)
+        print(f"  encryption cost    {cost:5.1f} % (CURVE on every socket)")
     print(f"  target             >= 5000 calls/s: {'met' if kv >= 5000 else 'NOT met'}")
     print(f"single call round trip: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p50 <= 1 ms)")
     n = a.python_tasks
