@@ -103,7 +103,7 @@ def test_pod_security_restricted_rejects_a_privileged_pod(kube_factory: Callable
     restricted = kube_factory(psa="restricted")
     privileged = pod(
         "root",
-        container("import time; time.sleep(60)", securityContext={"privileged": True}),
+        container("import signal; signal.pause()", securityContext={"privileged": True}),
     )
     result = restricted.apply(privileged, check=False)
     assert result.returncode != 0
