@@ -217,11 +217,13 @@ async def _ensure_secret(
     if repairs.secret_checked and now - repairs.secret_checked < settings.resync_seconds:
         return
     existing = await kube.get("Secret", ref.namespace, name)
-    repairs.secret_checked = now
     if existing is not None:
+        repairs.secret_checked = now
         repairs.seen.add(("Secret", name))
         return
     _, created = await kube.create_if_missing(manifest)
+    # Only now: a refused create is retried with the back-off, not after `resync_seconds`.
+    repairs.secret_checked = now
     if created:
         again = ("Secret", name) in repairs.seen
         (outcome.recreated if again else outcome.created).append(f"Secret/{name}")

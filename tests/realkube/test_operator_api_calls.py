@@ -50,8 +50,13 @@ def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
             wf.apply(workflow(f"wf{i:03d}", spec))
 
         def all_running() -> bool:
+            """Every workflow is Running; if not, an AssertionError says where each one is."""
             items = home.get(f"/apis/kubevine.io/v1alpha1/namespaces/{home.ns}/vineworkflows")["items"]
-            return len(items) == N and all((w.get("status") or {}).get("phase") == "Running" for w in items)
+            phases = {w["metadata"]["name"]: (w.get("status") or {}).get("phase") for w in items}
+            if len(items) == N and all(p == "Running" for p in phases.values()):
+                return True
+            pods = {p["metadata"]["name"]: p["status"].get("phase") for p in home.pods()}
+            raise AssertionError(f"workflows {phases}; pods {pods}")
 
         # Generous: N ReplicaSets at once are synced by the real controller-manager, which
         # requeues (with a growing back-off) a sync its informer has not caught up with — on a
@@ -72,7 +77,9 @@ def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
 
         def window_over() -> bool:
             """The measurement window has passed (every workflow looked at every 5 s)."""
-            if not all_running():
+            try:
+                all_running()
+            except AssertionError:
                 not_running.append(time.time())
             return time.time() - start >= WINDOW
 
