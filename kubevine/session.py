@@ -49,6 +49,13 @@ W = TypeVar("W")
 # 5,000 simulated workers joining one busy manager (docs/scale.md).
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 5.0
+#: Handshakes cut short in a row (the manager accepted the connection and closed it before the
+#: greeting was read) taken for an encryption mismatch. The manager closes a connection whose
+#: greeting names the other security mechanism; when it is another process, the close often
+#: arrives before its own greeting is read, and ZeroMQ reports no detail. ZeroMQ retries every
+#: 100 ms, so three take a third of a second; a manager that is restarting refuses connections
+#: instead of accepting and cutting them.
+CUT_HANDSHAKES = 3
 
 
 class SessionOwner(Protocol):
@@ -100,6 +107,7 @@ class Session(Generic[W]):
         self._writing = False
         self.sock: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # handshake failures: an encryption mismatch
+        self._cut_handshakes = 0  # handshakes in a row the manager cut short (CUT_HANDSHAKES)
         self.registered = False
         self.manager_id: str | None = None
         self.interval = heartbeat_interval  # heartbeat when nothing was sent for this long
@@ -121,7 +129,12 @@ class Session(Generic[W]):
         s.setsockopt(zmq.RCVHWM, 0)
         if self.credentials is not None:
             self.credentials.client(s)
-        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        events = (
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
+        self._cut_handshakes = 0
         if self.on_disconnect is not None:
             events |= zmq.EVENT_DISCONNECTED
         self._monitor = s.get_monitor_socket(events)
@@ -228,8 +241,13 @@ class Session(Generic[W]):
     def _monitor_events(self) -> None:
         seen = 0
         while self._monitor is not None and self._monitor.poll(0):
-            seen |= recv_monitor_message(self._monitor)["event"]
-        if seen & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            event = recv_monitor_message(self._monitor)["event"]
+            seen |= event
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._cut_handshakes += 1
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._cut_handshakes = 0
+        if seen & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or self._cut_handshakes >= CUT_HANDSHAKES:
             self._handshake_failed()
         elif seen & zmq.EVENT_DISCONNECTED and self.registered and self.on_disconnect is not None:
             self.on_disconnect()

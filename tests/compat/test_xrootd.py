@@ -6,6 +6,7 @@ files as root:// URLs through the workers' cache."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -273,7 +274,12 @@ def test_an_xrootd_server_that_is_down_fails_its_task_clearly_and_quickly(
 
 def test_the_coffea_example_reads_root_urls_through_the_workers_cache(xrootd: XRootD, tmp_path: Path) -> None:
     pytest.importorskip("coffea")
-    from tests.dask.nanoaod import write_nanoaod
+    # tests/dask's own helper, by path: `tests` is a package only when pytest runs from the root.
+    spec = importlib.util.spec_from_file_location("nanoaod", ROOT / "tests" / "dask" / "nanoaod.py")
+    assert spec is not None and spec.loader is not None
+    nanoaod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nanoaod)
+    write_nanoaod = nanoaod.write_nanoaod
 
     write_nanoaod(xrootd.data / "nano.root")
     (xrootd.data / "nano.root").chmod(0o644)

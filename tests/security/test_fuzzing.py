@@ -135,11 +135,16 @@ def blast(sock: zmq.Socket[bytes], n: int, rng: random.Random, sentinel: list[by
         sent += 1
         while sock.poll(0):
             sock.recv_multipart()
-    sock.send_multipart(sentinel)
+    # Asked again every 5 s, as a real peer does: a transfer server drops a reply its peer's
+    # queue has no room for (the peer asks again), and a fuzzer reading between sends can
+    # have a full queue at the moment the sentinel's answer is sent.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if sock.poll(1000) and answer in b"".join(sock.recv_multipart()):
-            return sent
+        sock.send_multipart(sentinel)
+        asked = time.monotonic()
+        while time.monotonic() - asked < 5:
+            if sock.poll(1000) and answer in b"".join(sock.recv_multipart()):
+                return sent
     raise AssertionError(f"no answer to the sentinel after {sent} fuzzed messages: the peer stopped reading")
 
 
