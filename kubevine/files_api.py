@@ -30,6 +30,7 @@ from kubevine.task import (
     declare_untar,
     declare_url,
     declare_xrootd,
+    declare_xrootd_fetch,
 )
 
 if TYPE_CHECKING:
@@ -119,13 +120,14 @@ class FileAPI:
     ) -> File:
         """A file from an XRootD server (``root://server//path``), fetched by a worker with
         ``xrdcp`` (XRootD's client on the worker) once per node cache and shared peer to peer.
-        ``proxy`` (an X509 proxy file) is accepted but not yet handed to the fetch: ``xrdcp``
-        presents the worker's own ``$X509_USER_PROXY``. ``env`` (an environment providing
-        ``xrdcp``) is ignored: workers need XRootD's client (``xrootd-client``)."""
-        f = self._declared(declare_xrootd(source, cache), peer_transfer)
-        if proxy is not None:
-            f.proxy = proxy
-        return f
+        With ``proxy`` (an X509 proxy, a declared file) or ``env`` (a packed environment that
+        provides ``xrdcp``, ``m.declare_poncho``) the fetch is a minitask, as in TaskVine: it
+        presents the proxy in ``$X509_USER_PROXY`` and runs the environment's ``xrdcp``; each
+        node fetches its own copy from the server. Without a proxy, ``xrdcp`` presents the
+        worker's own (``$X509_USER_PROXY``, else ``/tmp/x509up_u<uid>``)."""
+        if proxy is None and env is None:
+            return self._declared(declare_xrootd(source, cache), peer_transfer)
+        return self._declared(declare_xrootd_fetch(source, proxy, env, cache), peer_transfer)
 
     def declare_chirp(self, *args: Any, **kwargs: Any) -> File:
         """TaskVine's files from a Chirp server: no Chirp client is part of kubevine."""

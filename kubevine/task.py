@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import shlex
 import stat
 import urllib.parse
 import urllib.request
@@ -93,7 +94,6 @@ class File:
     peer_transfer: bool = True  # False: workers never fetch it from each other
     unlink_when_done: bool = False  # LOCAL: the client deletes it when it is undeclared
     mode: int | None = None  # its mode in task sandboxes (set_mode)
-    proxy: File | None = None  # XRootD: the X509 proxy its fetch presents
     _fetcher: _Fetches | None = field(default=None, repr=False)  # the manager it was declared on
 
     def contents(self) -> bytes:
@@ -186,8 +186,6 @@ class File:
         )
         if self.archive is not None:
             b.source = self.archive.binding("archive")
-        if self.proxy is not None:
-            b.source = self.proxy.binding("proxy")  # staged first; the fetch presents it
         if self.mini is not None:
             b.mini = self.mini_spec()
         return b
@@ -196,8 +194,6 @@ class File:
         """The client's own files this one needs (itself, or what it is made from)."""
         if self.kind in (FileKind.LOCAL, FileKind.BUFFER):
             return [self]
-        if self.proxy is not None:
-            return self.proxy.uploads()
         if self.archive is not None:
             return self.archive.uploads()
         if self.mini is not None:
@@ -664,6 +660,50 @@ def declare_xrootd(url: str, cache: Cache) -> File:
     validators = xrootd_validators(url)
     digest = sha256_text(f"{url}\0{validators}")
     return File(FileKind.URL, cache_level(cache), url=url, name=CacheName("url-" + digest))
+
+
+#: XRootD's retry and timeout knobs for a fetch by minitask, as the worker's own fetches have
+#: them (a server that is down fails in seconds, not minutes); the worker's settings win.
+XRD_KNOBS = {"XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "30", "XRD_REQUESTTIMEOUT": "30",
+             "XRD_STREAMTIMEOUT": "30"}  # fmt: skip
+XRDCP_MISSING = (
+    "xrdcp (XRootD's client) is not installed on this worker nor in the fetch's environment: "
+    "install xrootd-client, or pass declare_xrootd an env= that has it"
+)
+
+
+def declare_xrootd_fetch(url: str, proxy: File | None, env: File | None, cache: Cache) -> File:
+    """An XRootD file fetched with a credential or a client of its own, as TaskVine does it: a
+    minitask that runs ``xrdcp`` on the worker, with ``proxy`` (an X509 proxy, staged like any
+    input and copied to a private 0600 file, as XRootD's GSI demands) in ``$X509_USER_PROXY``
+    and ``env`` (a packed environment, ``declare_poncho``) first on ``PATH``. Made once per
+    node cache, named after the URL, the server's validators and the proxy's and environment's
+    names: a renewed proxy is a new file, and the fetch runs again with it."""
+    plain = declare_xrootd(url, cache)  # checks the URL; its name carries the validators
+    for what, f in (("proxy", proxy), ("env", env)):
+        if f is not None and not isinstance(f, File):
+            raise TypeError(f"declare_xrootd: {what} must be a declared file (m.declare_file, ...)")
+    if env is not None and env.kind != FileKind.UNTAR:
+        raise ValueError("declare_xrootd: env is a packed environment, declared with m.declare_poncho")
+    script = ["set -e"]
+    script += [f'export {k}="${{{k}:-{v}}}"' for k, v in XRD_KNOBS.items()]
+    run = ""
+    if env is not None:
+        script.append('export PATH="$PWD/env/bin:$PATH"')
+        script.append("if [ -x env/bin/run_in_env ]; then run=./env/bin/run_in_env; else run=; fi")
+        run = "$run "
+    if proxy is not None:
+        script.append("cp x509up .x509up && chmod 600 .x509up")
+        script.append('export X509_USER_PROXY="$PWD/.x509up"')
+    script.append(f"command -v xrdcp >/dev/null 2>&1 || {{ echo {shlex.quote(XRDCP_MISSING)}; exit 127; }}")
+    script.append(f"{run}xrdcp --nopbar --force {shlex.quote(url)} output")
+    fetch = Task("\n".join(script))
+    fetch.set_env_var("KUBEVINE_XROOTD_SOURCE", plain.cache_name())  # the server's version of it
+    if proxy is not None:
+        fetch.add_input(proxy, "x509up")
+    if env is not None:
+        fetch.add_input(env, "env")
+    return declare_minitask(fetch, "output", cache)
 
 
 def xrootd_validators(url: str) -> str:

@@ -338,3 +338,65 @@ def test_a_copy_that_stops_making_progress_is_stopped(
         worker_xrootd.xrdcp("root://127.0.0.1:1//f", tmp_path / "out", stall=1.0)
     assert time.monotonic() - t0 < 10
     assert not (tmp_path / "out.stderr").exists()
+
+
+def test_a_proxy_and_an_environment_are_handed_to_xrdcp_and_a_renewed_proxy_fetches_again(
+    xrootd: XRootD, tmp_path: Path
+) -> None:
+    """``declare_xrootd(url, proxy=..., env=...)``, as TaskVine's analyses call it: the fetch
+    runs the environment's ``xrdcp`` (here a wrapper that writes down the credential it was
+    given, then runs the real client) with the declared proxy, private to its user, in
+    ``$X509_USER_PROXY``; a renewed proxy is another file, fetched again."""
+    content = os.urandom(1 << 20)
+    url = xrootd.put("secured.bin", content)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    env_dir = tmp_path / "env"
+    (env_dir / "bin").mkdir(parents=True)
+    real = shutil.which("xrdcp")
+    assert real is not None
+    wrapper = env_dir / "bin" / "xrdcp"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'stat -c %a "$X509_USER_PROXY" > {seen}/mode.$$\n'
+        f'cat "$X509_USER_PROXY" > {seen}/proxy.$$\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    tarball = tmp_path / "xrootd-env.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(env_dir), "."], check=True)
+    proxies = [tmp_path / "x509up_a", tmp_path / "x509up_b"]
+    for i, p in enumerate(proxies):
+        p.write_text(f"-----BEGIN CERTIFICATE-----\nproxy number {i}\n-----END CERTIFICATE-----\n")
+        p.chmod(0o644)  # as a careless copy leaves it: the fetch makes it private
+    with LocalCluster(workers=1, workdir=tmp_path / "c") as c, vine.Manager(c.address, token=c.token) as m:
+        env = m.declare_poncho(tarball)
+        files = [m.declare_xrootd(url, proxy=m.declare_file(p), env=env) for p in proxies]
+        assert files[0].cache_name() != files[1].cache_name()  # a renewed proxy: another file
+        assert (
+            files[0].cache_name()
+            == m.declare_xrootd(url, proxy=m.declare_file(proxies[0]), env=env).cache_name()
+        )
+        tasks = []
+        for f in [files[0], files[0], files[1]]:
+            t = vine.Task("sha256sum data.bin | cut -d' ' -f1")
+            t.add_input(f, "data.bin")
+            m.submit(t)
+            assert m.wait(60) is t  # one after the other: the second finds the first's copy
+            tasks.append(t)
+    import hashlib
+
+    for t in tasks:
+        assert t.successful(), (t.result, t.error)
+        assert t.output is not None and t.output.strip() == hashlib.sha256(content).hexdigest()
+    given = sorted(p.read_text() for p in seen.glob("proxy.*"))
+    assert given == sorted(p.read_text() for p in proxies)  # each proxy presented once
+    assert {p.read_text().strip() for p in seen.glob("mode.*")} == {"600"}
+    assert xrootd.opens("secured.bin") == 2, xrootd.tail()  # once per proxy, not per task
+
+
+def test_declare_xrootd_refuses_an_env_that_is_not_a_packed_environment() -> None:
+    from kubevine.task import declare_buffer, declare_xrootd_fetch
+
+    with pytest.raises(ValueError, match="declare_poncho"):
+        declare_xrootd_fetch("root://127.0.0.1:1//f", None, declare_buffer(b"none", "workflow"), "workflow")
