@@ -292,6 +292,8 @@ class WorkerCore:
         if self.idle_since is None:
             self.idle_since = now
         if not self.registered:
+            if self.draining and not self.unacked and not self.finished:
+                self.out.append(Exit(0))  # signalled holding nothing: nothing to hand over, nobody to tell
             return
         if self.draining:  # (nothing runs: the update above went out in full)
             self.out += [SendGoodbye(reason="drained"), Exit(0)]

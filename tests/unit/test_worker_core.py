@@ -512,12 +512,24 @@ def test_draining_waits_for_running_tasks_and_reports_them_before_goodbye() -> N
     assert of(core.handle(ev.Tick(1.3)), SendDrain) == []  # asked once
 
 
-def test_a_worker_signalled_before_it_is_welcomed_asks_to_drain_once_welcomed() -> None:
+def test_a_worker_signalled_before_it_is_welcomed_holding_nothing_leaves_at_once() -> None:
     core = WorkerCore(Resources(cores=1), FakeCache())
     core.handle(ev.TermRequested())
-    assert core.handle(ev.Tick(1.0)) == []  # nobody to tell, nobody to say goodbye to
+    assert core.handle(ev.Tick(1.0)) == [Exit(0)]  # nothing to hand over, nobody to say goodbye to
+
+
+def test_a_worker_signalled_while_away_with_a_result_to_hand_over_drains_once_welcomed_again() -> None:
+    core = new_core()
+    core.handle(task(1))
+    core.handle(ev.Tick(1.0))
+    core.handle(exited(1))
+    assert of(core.handle(ev.Tick(1.1)), SendUpdate)  # sent, not yet acknowledged
+    core.handle(ev.Disconnected())  # the manager went away (restarting)
+    core.handle(ev.TermRequested())
+    assert not of(core.handle(ev.Tick(1.2)), Exit)  # its result would be lost: it waits
     core.handle(ev.Welcomed())
-    assert [type(i) for i in core.handle(ev.Tick(1.1))] == [SendDrain, SendGoodbye, Exit]
+    out = core.handle(ev.Tick(1.3))
+    assert of(out, SendDrain) and of(out, SendUpdate)[0].update.results[0].task_id == TaskId(1)
 
 
 def test_a_second_signal_leaves_at_once() -> None:
