@@ -73,6 +73,22 @@ class LocalCluster:
         return [sys.executable, "-m", "kubevine", "--log-level", self.log_level, *args]
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
+        """Start the manager and the workers, and return once every worker is connected. The
+        workers start with the manager, not after it (each is a Python start-up of ~0.4 s):
+        they are given the manager's port, chosen here when ``port`` is 0, and connect as soon
+        as it listens. A port taken by someone else in between is chosen again."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(3):
+            port = self.port or _free_port(self.host)
+            try:
+                self._start_manager(port, deadline)
+                break
+            except _PortTaken:
+                if self.port or attempt == 2:
+                    raise
+        return self
+
+    def _start_manager(self, port: int, deadline: float) -> None:
         mdir = self.workdir / "manager"
         mdir.mkdir(parents=True, exist_ok=True)
         addr_file = mdir / "address"
@@ -84,7 +100,7 @@ class LocalCluster:
             "--host",
             self.host,
             "--port",
-            str(self.port),
+            str(port),
             "--token-file",
             str(self.token_file),
             "--workdir",
@@ -100,34 +116,42 @@ class LocalCluster:
             args += ["--metrics-port", str(self.metrics_port)]
         if self.encrypt:
             args += ["--encrypt"]
-        with open(mdir / "manager.log", "ab") as log:
+        log_path = mdir / "manager.log"
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
             self.manager = subprocess.Popen(self._cmd(*args), stdout=log, stderr=subprocess.STDOUT)
         # a program that ends without closing its Manager ends its manager too (TaskVine's lives
         # in the program's process): else it and its workers would outlive the program
         self._owner = os.getpid()
         atexit.register(self._stop_at_exit)
-        deadline = time.monotonic() + timeout
-        while not (addr_file.exists() and addr_file.read_text().strip()):  # written, not just created
-            if self.manager.poll() is not None:
-                raise RuntimeError(
-                    f"the local manager exited with {self.manager.returncode}: "
-                    + (mdir / "manager.log").read_text()[-2000:]
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("the local manager did not start")
-            time.sleep(0.02)
-        self.address = addr_file.read_text().strip()
-        if self.publish_token:
-            self.published = auth.publish_token(int(self.address.rsplit(":", 1)[1]), self.token)
+        self.address = f"{local_host(self.host)}:{port}"
         try:
             for _ in range(self.n_workers):
                 self.add_worker()
+            while not (addr_file.exists() and addr_file.read_text().strip()):  # written, not just created
+                if self.manager.poll() is not None:
+                    said = log_path.read_bytes()[start:].decode(errors="replace")
+                    if "Address already in use" in said:
+                        self._end_processes()  # and try another port, in the same folder
+                        self.workers = []
+                        raise _PortTaken(port)
+                    self.stop()
+                    raise RuntimeError(
+                        f"the local manager exited with {self.manager.returncode}: {said[-2000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError("the local manager did not start")
+                time.sleep(0.02)
+            self.address = addr_file.read_text().strip()
+            if self.publish_token:
+                self.published = auth.publish_token(int(self.address.rsplit(":", 1)[1]), self.token)
             self.wait_for_workers(self.n_workers, timeout=max(1.0, deadline - time.monotonic()))
+        except _PortTaken:
+            raise
         except BaseException:
             self.stop()  # never leave a manager or workers running behind a failed start
             raise
-        return self
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Return once ``n`` workers are connected to the manager."""
@@ -192,6 +216,11 @@ class LocalCluster:
         if self.published is not None:
             self.published.unlink(missing_ok=True)
             self.published = None
+        self._end_processes(grace)
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _end_processes(self, grace: float = 5.0) -> None:
         procs = [p for p in [*self.workers, self.manager] if p is not None]
         for p in procs:
             if p.poll() is None:
@@ -203,8 +232,6 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -213,6 +240,24 @@ class LocalCluster:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _PortTaken(RuntimeError):
+    """The manager's port is taken by another program (chosen here: it is chosen again)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} is in use by another program: the local manager cannot listen on it")
+
+
+def local_host(host: str) -> str:
+    """Where a process on this machine reaches a manager listening on ``host``."""
+    return "127.0.0.1" if host == "0.0.0.0" else host
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def free_port(spec: int | Sequence[int]) -> int:

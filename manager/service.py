@@ -283,6 +283,7 @@ class ManagerService:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("manager %s: signal %d, stopping", self.manager_id, signum)
         self.running = False
+        self._wake()  # the loop may be waiting in a poll that resumes after the signal (PEP 475)
 
     # ------------------------------------------------------------------ loop
 
