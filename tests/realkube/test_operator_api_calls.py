@@ -2,8 +2,8 @@
 the chart's default pace (a step every 5 s per workflow), it reads nothing per step — the
 children come from watches — and writes only what changed. Counted from the API server's
 audit log over a window; the numbers are printed (`-s`) and written to
-`<cluster state>/api-calls.json`. N is `KUBEVINE_SCALE_WORKFLOWS` (default 5), the window
-`KUBEVINE_SCALE_WINDOW_SECONDS` (default 20: four steps of every workflow)."""
+`<cluster state>/api-calls.json`. N is `KUBEVINE_SCALE_WORKFLOWS` (default 3), the window
+`KUBEVINE_SCALE_WINDOW_SECONDS` (default 15: three steps of every workflow)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from .controlplane import Cluster
 from .helpers import Kube, wait_for
 from .vine import Release, Workflows, external_store, operator_requests, pool_spec, redis_server, workflow
 
-N = int(os.environ.get("KUBEVINE_SCALE_WORKFLOWS", "5"))  # 10 measured 0 calls/min at rest too
-WINDOW = float(os.environ.get("KUBEVINE_SCALE_WINDOW_SECONDS", "20"))
+N = int(os.environ.get("KUBEVINE_SCALE_WORKFLOWS", "3"))  # 5 and 10 measured 0 calls/min at rest too
+WINDOW = float(os.environ.get("KUBEVINE_SCALE_WINDOW_SECONDS", "15"))
 #: What one step of one workflow cost before (a list of worker pods, a list of manager pods,
 #: a GET of the Deployment, and a status PATCH every step), for the comparison printed.
 POLLING_CALLS_PER_STEP = 4
