@@ -77,6 +77,7 @@ def test_deleted_children_come_back_the_token_stays_and_only_what_redis_can_surv
         return str(sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
 
     wait_for(lambda: redis_memory() == "384Mi", timeout=30, what="the Redis StatefulSet to be patched")
-    assert "Updated" in wf.reasons("drift")
+    # The Event is posted once the step that patched it ends: it may follow the patch by a moment.
+    wait_for(lambda: "Updated" in wf.reasons("drift"), timeout=15, what="an Updated event")
     assert "ReconcileFailed" not in wf.reasons("drift")
     assert not wf.status("drift").get("problems")
