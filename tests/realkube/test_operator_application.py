@@ -99,4 +99,4 @@ def test_the_application_starts_once_the_manager_is_ready_or_fails_after_its_sta
     assert never["Failed"]["reason"] == "ManagerNotReady"
     assert "startTimeoutSeconds=30" in never["Failed"]["message"]
     assert job(kube, "never") is None
-    assert "ApplicationFailed" in wf.reasons("never")
+    wait_for(lambda: "ApplicationFailed" in wf.reasons("never"), timeout=15, what="ApplicationFailed")

@@ -137,7 +137,7 @@ def test_image_pull_back_off_unschedulable_crash_loop_oom_killed_and_refused_wor
     assert (
         'violates PodSecurity "restricted:latest"' in problem["message"] and "hostPath" in problem["message"]
     )
-    assert "PodCreateForbidden" in psa.reasons("psa")
+    wait_for(lambda: "PodCreateForbidden" in psa.reasons("psa"), timeout=15, what="the event")
     # Asked again less and less often (2 s, 4 s, 8 s, ...), not once per 1 s step.
     wait_for(
         lambda: len(created_at(real_cluster, kubevine.user, restricted.ns, "psa-worker-", started)) >= 4,
@@ -160,4 +160,4 @@ def test_image_pull_back_off_unschedulable_crash_loop_oom_killed_and_refused_wor
     psa.apply(workflow("psa", pool_spec(min=1, nodeCache={"enabled": False})))
     wait_for(lambda: psa.status("psa").get("workers", {}).get("connected") == 1, timeout=60, what="a worker")
     wait_for(lambda: not problems(psa, "psa"), timeout=30, what="the problem to clear")
-    assert "Recovered" in psa.reasons("psa")
+    wait_for(lambda: "Recovered" in psa.reasons("psa"), timeout=15, what="a Recovered event")

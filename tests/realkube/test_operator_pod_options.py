@@ -125,5 +125,5 @@ def test_a_workflow_may_not_run_its_pods_as_the_operators_service_account(
     wf.apply(workflow("borrow", pool_spec(serviceAccountName=kubevine.fullname)))
     wf.wait_phase("borrow", "Invalid", timeout=30)
     assert "the operator's own ServiceAccount" in wf.status("borrow")["message"]
-    assert "InvalidSpec" in wf.reasons("borrow")
+    wait_for(lambda: "InvalidSpec" in wf.reasons("borrow"), timeout=15, what="an InvalidSpec event")
     assert not kube.pods("kubevine.io/workflow=borrow")
