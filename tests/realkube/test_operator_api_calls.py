@@ -33,12 +33,14 @@ def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
         "operator": {
             "autoscaler": {"intervalSeconds": 5, "stabilizationSeconds": 60, "statsMaxAgeSeconds": 30},
             "resyncSeconds": 300,
-        }
+        },
+        # No worker runs here (min 0, nothing submitted): the session's keepers are enough.
+        "nodeCache": {"keeper": {"enabled": False}},
     }
     release = Release(real_cluster, home.ns, name="scale", values=defaults)
     try:
         release.install()
-        release.wait_ready()
+        release.wait_ready(keepers=0)
         wf = Workflows(home)
         wf.apply(*redis_server())
         wait_for(lambda: home.running_pods("app=redis", 1), timeout=60, what="the shared Redis")
