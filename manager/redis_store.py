@@ -9,6 +9,7 @@ instead of overwriting its successor's state.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -17,7 +18,14 @@ from typing import Any
 import msgpack
 import redis
 from redis.connection import Connection
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+)
 
 from kubevine import keys
 from kubevine.ids import CacheName, TaskId, WorkerId
@@ -27,6 +35,7 @@ from kubevine.manager.store import (
     StateStore,
     StoreError,
     StoreRejected,
+    StoreUnreachable,
     StoreWiped,
     TaskRecord,
     WriteBatch,
@@ -149,10 +158,9 @@ class RedisStore(StateStore):
         self.max_commit_file_bytes = MAX_COMMIT_FILE_BYTES
         self._conn: Connection | None = None
         self.url = _safe_url(url)
-        try:
-            self._apply_sha: str = self.r.script_load(_APPLY)  # type: ignore[no-untyped-call]
-        except RedisError as e:
-            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+        # Its SHA1, computed here: Redis is first called on by `acquire` (which may wait for a
+        # Redis that starts after the manager); a Redis without the script gets it then.
+        self._apply_sha = hashlib.sha1(_APPLY.encode()).hexdigest()
 
     # -- lease --------------------------------------------------------------------
 
@@ -168,6 +176,10 @@ class RedisStore(StateStore):
                     f"a second manager may start once its lease expires"
                 ) from e
             raise StoreError(f"Redis refused the lease: {e}") from e
+        except AuthenticationError as e:  # (a ConnectionError, but waiting will not mend it)
+            raise StoreError(f"Redis at {self.url} refused the password: {e}") from e
+        except (ConnectionError, TimeoutError) as e:
+            raise StoreUnreachable(f"Redis at {self.url} unreachable: {e}") from e
         except RedisError as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
         self._epoch = epoch

@@ -53,7 +53,7 @@ from kubevine.manager.peers import Role
 from kubevine.manager.persist import Persister
 from kubevine.manager.receive import Receiver
 from kubevine.manager.sessions import Sessions
-from kubevine.manager.store import LeaseHeld, MemoryStore, Snapshot, StateStore
+from kubevine.manager.store import LeaseHeld, MemoryStore, Snapshot, StateStore, StoreError, StoreUnreachable
 from kubevine.manager.txlog import TxLog
 from kubevine.manager.uploads import Uploads
 from kubevine.manager.wire import ManagerSocket
@@ -226,20 +226,30 @@ class ManagerService:
 
     def _acquire_lease(self) -> int:
         """Take the workflow's lease, waiting while a predecessor's lease runs out (a manager
-        that was killed leaves its lease to expire); refuse if it is still held after that."""
+        that was killed leaves its lease to expire); refuse if it is still held after that.
+        A store that does not answer yet is waited for up to ``redis_outage_grace``: in a
+        cluster the manager and its Redis start together, and the manager must not crash-loop
+        until Redis is up."""
         cfg = self.config
-        deadline = time.monotonic() + (cfg.lease_wait if cfg.lease_wait is not None else cfg.lease_ttl + 5)
-        logged = False
+        started = time.monotonic()
+        deadline = started + (cfg.lease_wait if cfg.lease_wait is not None else cfg.lease_ttl + 5)
+        logged: set[type[StoreError]] = set()
         while True:
             try:
                 return self.store.acquire(self.manager_id, cfg.lease_ttl)
             except LeaseHeld as e:
                 if time.monotonic() > deadline or not self.running:
                     raise
-                if not logged:
+                if LeaseHeld not in logged:
                     log.warning("%s; waiting for it to expire", e)
-                    logged = True
-                time.sleep(0.2)
+                    logged.add(LeaseHeld)
+            except StoreUnreachable as e:
+                if time.monotonic() - started >= cfg.redis_outage_grace or not self.running:
+                    raise
+                if StoreUnreachable not in logged:
+                    log.warning("%s; waiting up to %.0fs for it to come up", e, cfg.redis_outage_grace)
+                    logged.add(StoreUnreachable)
+            time.sleep(0.2)
 
     def stop(self, *_: object) -> None:
         self.running = False

@@ -26,6 +26,10 @@ class StoreError(Exception):
     """The state store cannot be used (unreachable, or our lease was taken)."""
 
 
+class StoreUnreachable(StoreError):
+    """The state store does not answer (yet): nothing listens there, or the connection failed."""
+
+
 class LeaseHeld(StoreError):
     """Another live manager holds this workflow."""
 

@@ -111,8 +111,9 @@ def test_a_pool_scales_0_to_one_worker_per_node_shares_each_nodes_cache_and_back
     assert status["lastScaling"]["to"] == 0 and "idle" in status["lastScaling"]["reason"]
     assert status["observedGeneration"] == body["metadata"]["generation"]
     conditions = wf.conditions("pool")
+    said = {k: (c["status"], c.get("reason"), c.get("message")) for k, c in conditions.items()}
     for kind in ("Valid", "ManagerReady", "WorkersReady", "Healthy"):
-        assert conditions[kind]["status"] == "True", conditions
+        assert conditions[kind]["status"] == "True", (kind, said, status.get("problems"))
     scaled_up = [e for e in wf.events("pool") if e["reason"] == "ScaledUp"]
     assert "0→3" in scaled_up[0]["message"] and "24 waiting" in scaled_up[0]["message"], scaled_up[0]
     drained = kubevine.metrics()

@@ -23,6 +23,7 @@ def _manager(tmp_path: Path, token: str, mode: int) -> subprocess.CompletedProce
         [
             *(sys.executable, "-m", "kubevine", "manager", "--port", "0", "--workdir", str(tmp_path / "m")),
             *("--token-file", str(token_file), "--redis", "redis://127.0.0.1:1/0"),
+            *("--redis-outage-grace", "0"),  # the unreachable Redis is not waited for
         ],
         env=env,
         capture_output=True,
