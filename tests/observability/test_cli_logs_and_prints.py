@@ -46,6 +46,8 @@ def failing_commands(tmp: Path) -> dict[str, list[str]]:
             "0",
             "--workdir",
             str(tmp / "m"),
+            "--redis-outage-grace",
+            "0",  # an unreachable Redis is not waited for
         ],
         "worker": ["worker", "127.0.0.1:1", "--connect-timeout", "0.5", "--workdir", str(tmp / "w")],
         "status": ["status", "127.0.0.1:1", "--timeout", "0.5"],

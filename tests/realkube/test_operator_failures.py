@@ -59,7 +59,9 @@ def test_image_pull_back_off_unschedulable_crash_loop_oom_killed_and_refused_wor
     unpullable["image"] = "registry.invalid/analysis:missing"  # no runtime can pull it
     too_big = pool_spec(min=1, cores=64)  # no node has 64 CPUs
     crashing = pool_spec()
-    crashing["stateStore"] = {"redisUrl": "redis://127.0.0.1:1/0"}  # the manager cannot start
+    # A URL the manager cannot use (a typo): it exits at once, again and again. (A Redis that
+    # does not answer is waited for, up to the outage grace, before the manager gives up.)
+    crashing["stateStore"] = {"redisUrl": "redis://127.0.0.1:1/0?socket_timeout=never"}
     starving = pool_spec(min=1, memory=24)  # the kernel kills a worker in 24 MiB
     wf.apply(
         workflow("nopull", unpullable),
