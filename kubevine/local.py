@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from kubevine import auth
+from kubevine import auth, netaddr
 from kubevine.admin import Admin
+from kubevine.netaddr import local_address
 
 
 class LocalCluster:
@@ -79,7 +80,7 @@ class LocalCluster:
         as it listens. A port taken by someone else in between is chosen again."""
         deadline = time.monotonic() + timeout
         for attempt in range(3):
-            port = self.port or _free_port(self.host)
+            port = self.port or netaddr.free_port(self.host)
             try:
                 self._start_manager(port, deadline)
                 break
@@ -124,7 +125,7 @@ class LocalCluster:
         # in the program's process): else it and its workers would outlive the program
         self._owner = os.getpid()
         atexit.register(self._stop_at_exit)
-        self.address = f"{local_host(self.host)}:{port}"
+        self.address = f"{local_address(self.host)}:{port}"
         try:
             for _ in range(self.n_workers):
                 self.add_worker()
@@ -247,17 +248,6 @@ class _PortTaken(RuntimeError):
 
     def __init__(self, port: int) -> None:
         super().__init__(f"port {port} is in use by another program: the local manager cannot listen on it")
-
-
-def local_host(host: str) -> str:
-    """Where a process on this machine reaches a manager listening on ``host``."""
-    return "127.0.0.1" if host == "0.0.0.0" else host
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def free_port(spec: int | Sequence[int]) -> int:

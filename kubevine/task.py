@@ -662,8 +662,9 @@ def declare_xrootd(url: str, cache: Cache) -> File:
     return File(FileKind.URL, cache_level(cache), url=url, name=CacheName("url-" + digest))
 
 
-#: XRootD's retry and timeout knobs for a fetch by minitask, as the worker's own fetches have
-#: them (a server that is down fails in seconds, not minutes); the worker's settings win.
+#: XRootD's retry and timeout knobs for every xrdcp a worker runs (its own fetches and fetch
+#: minitasks): one try and 30 s, so a server that is down fails a fetch in seconds, not
+#: minutes (XRootD's defaults retry for minutes); the worker's own settings win.
 XRD_KNOBS = {"XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "30", "XRD_REQUESTTIMEOUT": "30",
              "XRD_STREAMTIMEOUT": "30"}  # fmt: skip
 XRDCP_MISSING = (

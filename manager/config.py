@@ -43,8 +43,3 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def local_address(host: str) -> str:
-    """An address this machine can reach a socket bound to ``host`` at."""
-    return "127.0.0.1" if host in ("0.0.0.0", "*", "") else host

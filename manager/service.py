@@ -29,7 +29,7 @@ import zmq
 from kubevine import auth, logs, txformat
 from kubevine.ids import CacheName, ClientId, WorkerId
 from kubevine.manager import events, recovery, status
-from kubevine.manager.config import ManagerConfig, local_address, write_atomic
+from kubevine.manager.config import ManagerConfig, write_atomic
 from kubevine.manager.core import Core, Settings
 from kubevine.manager.fetches import Fetches
 from kubevine.manager.filestore import SPOOL, FileStore
@@ -57,6 +57,7 @@ from kubevine.manager.store import LeaseHeld, MemoryStore, Snapshot, StateStore,
 from kubevine.manager.txlog import TxLog
 from kubevine.manager.uploads import Uploads
 from kubevine.manager.wire import ManagerSocket
+from kubevine.netaddr import local_address
 from kubevine.protocol import (
     ClientResult,
     Dispatch,
@@ -187,9 +188,7 @@ class ManagerService:
         core.handle(events.Restored(snap))
         if snap.records or snap.libraries or snap.workers:
             self._restored(snap, time.monotonic() - t0)
-        write_atomic(
-            cfg.workdir / "address", f"{cfg.host if cfg.host != '0.0.0.0' else '127.0.0.1'}:{port}\n"
-        )
+        write_atomic(cfg.workdir / "address", f"{local_address(cfg.host)}:{port}\n")
         if cfg.metrics_port is not None:
             stale = max(60.0, 10 * cfg.stats_interval)
             self.metrics = MetricsServer(cfg.host, cfg.metrics_port, stale_after=stale)

@@ -18,9 +18,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from kubevine.task import XRD_KNOBS
+
 SCHEMES = ("root://", "roots://", "xroot://", "xroots://")
 STALL = 60.0  # seconds xrdcp may go without writing a byte before it is stopped
-CONNECT = 30  # seconds XRootD's client keeps trying to reach a server (one try, not five)
 POLL = 0.5  # seconds between looks at the copy's progress
 STDERR_KEPT = 2000  # characters of xrdcp's complaint passed on to the task
 
@@ -38,10 +39,8 @@ def client_env(base: dict[str, str] | None = None) -> dict[str, str]:
     short enough that a server that is down fails the fetch in seconds, not minutes (the
     worker's own settings of these variables win)."""
     env = dict(os.environ if base is None else base)
-    env.setdefault("XRD_CONNECTIONRETRY", "1")
-    env.setdefault("XRD_CONNECTIONWINDOW", str(CONNECT))
-    env.setdefault("XRD_REQUESTTIMEOUT", str(CONNECT))
-    env.setdefault("XRD_STREAMTIMEOUT", str(CONNECT))
+    for knob, value in XRD_KNOBS.items():
+        env.setdefault(knob, value)
     return env
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-import kubevine.local
+import kubevine.netaddr
 from kubevine import LocalCluster, Manager, Task
 
 
@@ -32,8 +32,8 @@ def test_a_port_taken_after_it_was_chosen_is_chosen_again(
     taken: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chosen = iter([taken])
-    real = kubevine.local._free_port
-    monkeypatch.setattr(kubevine.local, "_free_port", lambda host: next(chosen, None) or real(host))
+    real = kubevine.netaddr.free_port
+    monkeypatch.setattr(kubevine.netaddr, "free_port", lambda host: next(chosen, None) or real(host))
     with LocalCluster(workers=2, workdir=tmp_path / "c") as c, Manager(c.address, token=c.token) as m:
         assert int(c.address.rsplit(":", 1)[1]) != taken
         assert len(c.workers) == 2 and all(p.poll() is None for p in c.workers)  # the first two are gone
