@@ -174,9 +174,13 @@ class Manager(FileAPI, VineAPI):
         self._closed = False
         self._conn.start()
         conn = self._conn
-        if not conn.welcome.wait(timeout):
-            self.close()
-            raise ConnectionError(f"no manager answered at {address} within {timeout}s")
+        # a restarted manager that still loads a large workflow says so to each hello: while it
+        # does, the timeout counts from its last word
+        while not conn.welcome.wait(timeout):
+            heard = conn.loading_heard
+            if heard is None or time.monotonic() - heard > timeout:
+                self.close()
+                raise ConnectionError(f"no manager answered at {address} within {timeout}s")
         if conn.refusal is not None:
             self.close()
             raise ConnectionRefused(f"manager at {address} refused the connection: {conn.refusal}")

@@ -242,6 +242,7 @@ class Connection:
         self.refusal: str | None = None
         self.workflow: str | None = None  # the manager's workflow name, from its welcome
         self.unwelcome: StoreUnavailable | None = None  # the manager cannot welcome us now
+        self.loading_heard: float | None = None  # when the manager last said it loads its tasks
         self.fetcher: Any = None  # the Manager, for tasks adopted under attach=True
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._wake_addr = f"inproc://client-wake-{uuid.uuid4().hex}"
@@ -416,6 +417,10 @@ class Connection:
                     pending[1].set_result((msg, frame(frames, msg.frame)))
             case ErrorMsg() if msg.code == "store_unavailable":
                 self._store_unavailable(msg)
+            case ErrorMsg() if msg.code == "loading":  # a restarted manager: the welcome follows
+                if self.loading_heard is None:
+                    log.warning("manager: %s", msg.message)
+                self.loading_heard = time.monotonic()
             case ErrorMsg():
                 log.error("manager: %s: %s", msg.code, msg.message)
                 failed = [

@@ -30,6 +30,9 @@ class ManagerConfig:
     lease_ttl: float = 15.0  # a dead manager's workflow can be taken over this long after
     lease_wait: float | None = None  # how long to wait for a held lease (default: its TTL + 5 s)
     redis_outage_grace: float = 60.0  # seconds of Redis outage after which new work is refused
+    # A store holding more tasks than this is restored in slices while the manager serves
+    # (about 20 s of loading per million tasks); up to it, all are loaded before it serves.
+    restore_at_once: int = 50_000
     stats_interval: float = 2.0
     prefetch: int = 3
     transfers_per_source: int = 4  # concurrent transfers one source serves (a popular file fans out)

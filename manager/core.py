@@ -57,9 +57,11 @@ from kubevine.manager.events import (
     LibraryRemoved,
     LibraryReported,
     Restored,
+    RestoreDone,
     ResultsAcked,
     Schedule,
     Shorthands,
+    TasksRestored,
     TasksSubmitted,
     Tick,
     Tuned,
@@ -176,6 +178,7 @@ class Core(Shorthands):
         self.online: dict[WorkerId, WorkerEntry] = {}  # the connected workers, kept as they come and go
         self._live: tuple[int, list[WorkerEntry]] | None = None
         self._biggest: Resources | None = None
+        self.restoring: recovery.Restoring | None = None  # a restore in slices, while it lasts
 
     @property
     def counts(self) -> dict[TaskState, int]:
@@ -218,6 +221,8 @@ class Core(Shorthands):
                 self._client_connected(event.client, event.attach)
             case ClientLeft():
                 self.connected_clients.discard(event.client)
+                if self.restoring is not None:
+                    self.restoring.clients.pop(event.client, None)
             case IdsRequested():
                 self.out.append(SendIdBlock(event.client, *self._grant_ids()))
             case FilesArrived():
@@ -247,8 +252,15 @@ class Core(Shorthands):
                 workers.drain(self, event.workers)
             case WorkerLost():
                 workers.lost(self, event.worker, event.why)
-            case Restored():
-                recovery.restore(self, event.snapshot)
+            case Restored(snapshot, whole):
+                if whole:
+                    recovery.restore(self, snapshot)
+                else:
+                    recovery.begin(self, snapshot)
+            case TasksRestored():
+                recovery.add(self, event.snapshot)
+            case RestoreDone():
+                recovery.done(self)
             case _:
                 assert_never(event)
 
@@ -288,6 +300,13 @@ class Core(Shorthands):
     # ------------------------------------------------------------- clients
 
     def _client_connected(self, client: ClientId, attach: bool) -> None:
+        if self.restoring is not None:  # its welcome lists its tasks: once all are loaded
+            r = self.restoring.clients
+            r[client] = r.get(client, False) or attach
+            return
+        self.welcome_client(client, attach)
+
+    def welcome_client(self, client: ClientId, attach: bool) -> None:
         """Grant a block of task ids; re-send the results it has not acknowledged; on attach,
         tell it which of its tasks are still held."""
         self.connected_clients.add(client)

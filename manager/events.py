@@ -48,9 +48,25 @@ class Schedule:
 
 @dataclass(frozen=True, slots=True)
 class Restored:
-    """A (re)starting manager loaded the workflow from its store."""
+    """A (re)starting manager loaded the workflow from its store: all of it, or (``whole``
+    False) everything but the tasks, which follow in :class:`TasksRestored` slices while it
+    serves, until :class:`RestoreDone`."""
 
     snapshot: Snapshot
+    whole: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TasksRestored:
+    """A slice of the stored tasks (its snapshot holds only task tables): the next ones a
+    scan read, or the ones a peer named before their slice came."""
+
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreDone:
+    """Every stored task has been read."""
 
 
 # ------------------------------------------------------------------ clients
@@ -228,6 +244,8 @@ Event = (
     | Tick
     | Schedule
     | Restored
+    | TasksRestored
+    | RestoreDone
     | ClientConnected
     | ClientLeft
     | IdsRequested

@@ -155,6 +155,10 @@ class Receiver:
         core.handle(events.WorkerSeen(wid))
         match msg:
             case WorkerUpdate():
+                if svc.loader is not None:  # a restore in slices: what it names, first
+                    svc.loader.named_tasks(
+                        [*(r.task_id for r in msg.started), *(r.task_id for r in msg.results)]
+                    )
                 svc.counters.attempts_ended(msg.results)
                 update = events.WorkerUpdated(
                     wid, msg.started, msg.results, frames, msg.cached, msg.evicted, msg.transfers

@@ -211,34 +211,65 @@ class RedisStore(StateStore):
             pipe = self.r.pipeline(transaction=True)
             for key in (keys.specs(w), keys.payloads(w), keys.records(w), keys.results(w)):
                 pipe.hgetall(key)
-            pipe.hgetall(keys.workers(w))
-            pipe.hgetall(keys.meta(w))
-            pipe.hgetall(keys.libraries(w))
-            pipe.hgetall(keys.files(w))
-            pipe.hgetall(keys.replicas(w))
-            specs, payloads, records, results, workers, meta, libs, files, replicas = pipe.execute()
+            _head_reads(pipe, w)
+            specs, payloads, records, results, *head = pipe.execute()
+        except RedisError as e:
+            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+        snap = _head(*head)
+        _tasks(snap, specs, payloads, records, results)
+        return snap
+
+    def count_tasks(self) -> int:
+        try:
+            return int(self.r.hlen(keys.records(self.workflow)))
+        except RedisError as e:
+            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+
+    def load_head(self) -> Snapshot:
+        try:
+            pipe = self.r.pipeline(transaction=True)
+            _head_reads(pipe, self.workflow)
+            head = pipe.execute()
+        except RedisError as e:
+            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+        return _head(*head)
+
+    def scan_tasks(self, cursor: int, count: int) -> tuple[int, Snapshot]:
+        w = self.workflow
+        try:
+            after, records = self.r.hscan(keys.records(w), cursor, count=count)
+            ids = list(records)
+            specs, payloads, results = self._hmget(ids) if ids else ({}, {}, {})
         except RedisError as e:
             raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
         snap = Snapshot()
-        for k, v in specs.items():
-            tid = TaskId(int(k))
-            snap.specs[tid] = (TaskSpec.model_validate_json(v), payloads.get(k))
-        for k, v in records.items():
-            snap.records[TaskId(int(k))] = TaskRecord.from_json(v)
-        for k, v in results.items():
-            head, frames = unpack_frames(v)
-            snap.results[TaskId(int(k))] = (ClientResult.model_validate_json(head), frames)
-        for k, v in workers.items():
-            snap.workers[WorkerId(k.decode())] = WorkerInfo.model_validate_json(v)
-        snap.meta = {k.decode(): v.decode() for k, v in meta.items()}
-        for k, v in libs.items():
-            head, frames = unpack_frames(v)
-            snap.libraries[k.decode()] = (LibrarySpec.model_validate_json(head), frames[0] if frames else b"")
-        snap.files = {CacheName(k.decode()): v for k, v in files.items()}
-        for k, v in replicas.items():
-            wid, name = k.decode().split(" ", 1)
-            snap.replicas[(WorkerId(wid), CacheName(name))] = v.decode()
+        _tasks(snap, specs, payloads, records, results)
+        return int(after), snap
+
+    def load_tasks(self, ids: Sequence[TaskId]) -> Snapshot:
+        snap = Snapshot()
+        if not ids:
+            return snap
+        raw = [str(t).encode() for t in ids]
+        try:
+            vals = self.r.hmget(keys.records(self.workflow), raw)
+            records = {k: v for k, v in zip(raw, vals, strict=True) if v is not None}
+            found = list(records)
+            specs, payloads, results = self._hmget(found) if found else ({}, {}, {})
+        except RedisError as e:
+            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
+        _tasks(snap, specs, payloads, records, results)
         return snap
+
+    def _hmget(self, ids: list[bytes]) -> tuple[dict[bytes, bytes], ...]:
+        """Specs, payloads and results of ``ids``, each as {id: value} for those stored."""
+        w = self.workflow
+        pipe = self.r.pipeline(transaction=False)
+        for key in (keys.specs(w), keys.payloads(w), keys.results(w)):
+            pipe.hmget(key, ids)
+        return tuple(
+            {k: v for k, v in zip(ids, vals, strict=True) if v is not None} for vals in pipe.execute()
+        )
 
     def apply(self, batch: WriteBatch) -> None:
         if self._epoch is None:
@@ -348,6 +379,50 @@ class RedisStore(StateStore):
         if self._conn is not None:
             self._conn.disconnect()
         self.r.close()
+
+
+def _head_reads(pipe: Any, w: str) -> None:
+    for key in (keys.workers(w), keys.meta(w), keys.libraries(w), keys.files(w), keys.replicas(w)):
+        pipe.hgetall(key)
+
+
+def _head(
+    workers: dict[bytes, bytes],
+    meta: dict[bytes, bytes],
+    libs: dict[bytes, bytes],
+    files: dict[bytes, bytes],
+    replicas: dict[bytes, bytes],
+) -> Snapshot:
+    """A snapshot of everything but the tasks, from the hashes :func:`_head_reads` read."""
+    snap = Snapshot()
+    for k, v in workers.items():
+        snap.workers[WorkerId(k.decode())] = WorkerInfo.model_validate_json(v)
+    snap.meta = {k.decode(): v.decode() for k, v in meta.items()}
+    for k, v in libs.items():
+        head, frames = unpack_frames(v)
+        snap.libraries[k.decode()] = (LibrarySpec.model_validate_json(head), frames[0] if frames else b"")
+    snap.files = {CacheName(k.decode()): v for k, v in files.items()}
+    for k, v in replicas.items():
+        wid, name = k.decode().split(" ", 1)
+        snap.replicas[(WorkerId(wid), CacheName(name))] = v.decode()
+    return snap
+
+
+def _tasks(
+    snap: Snapshot,
+    specs: dict[bytes, bytes],
+    payloads: dict[bytes, bytes],
+    records: dict[bytes, bytes],
+    results: dict[bytes, bytes],
+) -> None:
+    """Decode stored tasks into ``snap`` (each table keyed by the task id's bytes)."""
+    for k, v in specs.items():
+        snap.specs[TaskId(int(k))] = (TaskSpec.model_validate_json(v), payloads.get(k))
+    for k, v in records.items():
+        snap.records[TaskId(int(k))] = TaskRecord.from_json(v)
+    for k, v in results.items():
+        head, frames = unpack_frames(v)
+        snap.results[TaskId(int(k))] = (ClientResult.model_validate_json(head), frames)
 
 
 def _hset(ops: list[list[Any]], key: str, items: Iterable[tuple[object, str | bytes]]) -> None:

@@ -21,13 +21,14 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from types import FrameType
 from typing import Any, assert_never
 
 import zmq
 
 from kubevine import auth, logs, txformat
-from kubevine.ids import CacheName, ClientId, WorkerId
+from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.manager import events, recovery, status
 from kubevine.manager.config import ManagerConfig, write_atomic
 from kubevine.manager.core import Core, Settings
@@ -47,6 +48,7 @@ from kubevine.manager.instructions import (
     SendResults,
     SendWelcome,
 )
+from kubevine.manager.loader import Loader
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.peerfetch import PeerFetcher
 from kubevine.manager.peers import Role
@@ -131,6 +133,7 @@ class ManagerService:
         )
         self.counters = Counters()
         self.metrics: MetricsServer | None = None
+        self.loader: Loader | None = None  # a large store's tasks, loading while the manager serves
         self.credentials = auth.Credentials(config.token, config.encrypt)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.wire = ManagerSocket(self.ctx, self.credentials)
@@ -154,7 +157,9 @@ class ManagerService:
         self._acks_held = 0
         self._acks_due: float | None = None  # when the oldest of them must go out
         self._refusing = False  # the store has been away longer than redis_outage_grace
-        self.sessions = Sessions(config, self.core, self.wire, self._welcome, self._why_refusing)
+        self.sessions = Sessions(
+            config, self.core, self.wire, self._welcome, self._why_refusing, self._loading
+        )
         self.peers = self.sessions.peers
         # m.fetch_file of files workers hold: pulled in pieces into the spool, served from there
         fetcher = PeerFetcher(self.ctx, self._wake_addr, self.credentials, self.files.work_dir(SPOOL))
@@ -176,7 +181,9 @@ class ManagerService:
             [txformat.manager_started(self.manager_id, cfg.name, port, self.store.durable, self.epoch)]
         )
         t0 = time.monotonic()
-        snap = self.store.load()
+        stored = self.store.count_tasks()
+        sliced = stored > cfg.restore_at_once
+        snap = self.store.load_head() if sliced else self.store.load()
         core = self.core
         core.handle(events.Clock(time.time()))
         have = self.files.names()
@@ -185,9 +192,17 @@ class ManagerService:
             if name not in known:
                 self.files.put(name, data)
         core.handle(events.FilesArrived(tuple(dict.fromkeys([*have, *snap.files]))))
-        core.handle(events.Restored(snap))
-        if snap.records or snap.libraries or snap.workers:
-            self._restored(snap, time.monotonic() - t0)
+        core.handle(events.Restored(snap, whole=not sliced))
+        if sliced:
+            self.loader = Loader(self.store, core, snap, stored, t0)
+            log.info(
+                "workflow %s: %d task(s) in the store; serving while they load (--restore-at-once %d)",
+                cfg.name,
+                stored,
+                cfg.restore_at_once,
+            )
+        elif snap.records or snap.libraries or snap.workers:
+            self._restored(snap, len(snap.records), time.monotonic() - t0)
         write_atomic(cfg.workdir / "address", f"{local_address(cfg.host)}:{port}\n")
         if cfg.metrics_port is not None:
             stale = max(60.0, 10 * cfg.stats_interval)
@@ -206,9 +221,9 @@ class ManagerService:
             ", encrypted" if cfg.encrypt else "",
         )
 
-    def _restored(self, snap: Snapshot, seconds: float) -> None:
+    def _restored(self, snap: Snapshot, tasks: int, seconds: float) -> None:
         counts = (
-            len(snap.records),
+            tasks,
             len(snap.workers),
             len(snap.libraries),
             len(snap.files),
@@ -222,6 +237,32 @@ class ManagerService:
             seconds,
         )
         self.txlog.write([txformat.manager_restored(self.manager_id, *counts, seconds)])
+
+    def _loading(self, named: Iterable[TaskId]) -> str | None:
+        """While a restore in slices lasts: load ``named`` at once; how far the load is."""
+        if self.loader is None:
+            return None
+        self.loader.named_tasks(named)
+        return self.loader.progress()
+
+    def _load_slice(self) -> None:
+        """One slice of a large store's tasks; at the last, the restore is done."""
+        loader = self.loader
+        assert loader is not None
+        if not loader.step():
+            return
+        r = self.core.restoring
+        loaded = r.loaded if r is not None else 0
+        self.core.handle(events.RestoreDone())
+        self.loader = None
+        log.info(
+            "workflow %s: all %d task(s) loaded, in %d slice(s) while serving (%d named by workers first)",
+            self.config.name,
+            loaded,
+            loader.slices,
+            loader.named,
+        )
+        self._restored(loader.head, loaded, time.monotonic() - loader.started)
 
     def _acquire_lease(self) -> int:
         """Take the workflow's lease, waiting while a predecessor's lease runs out (a manager
@@ -310,7 +351,7 @@ class ManagerService:
         while self.running:
             now = time.time()
             wait = max(0.0, min(next_tick, next_stats, self._acks_due or next_tick) - now)
-            if self.core.behind:  # the last pass stopped at its budget: go on at once
+            if self.core.behind or self.loader is not None:  # more to place, or to load
                 wait = 0.0
             polled = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
             turn.start()
@@ -330,6 +371,9 @@ class ManagerService:
             turn.mark("read")
             if self.persister.fatal is not None:
                 raise self.persister.fatal
+            if self.loader is not None:
+                self._load_slice()
+                turn.mark("load")
             if now >= next_tick:
                 self.core.handle(events.Tick(heard_until))
                 self._tick(heard_until)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import zmq
 
 from kubevine import auth
-from kubevine.ids import ClientId, WorkerId
+from kubevine.ids import ClientId, TaskId, WorkerId
 from kubevine.manager import events
 from kubevine.manager.config import ManagerConfig
 from kubevine.manager.peers import Peers
@@ -54,14 +54,18 @@ class Sessions:
         sock: ManagerSocket,
         welcome: Callable[[], Welcome],
         refusing: Callable[[], str | None],
+        loading: Callable[[Iterable[TaskId]], str | None],
     ) -> None:
         """``welcome()``: a welcome for a worker or an admin; ``refusing()``: why new clients
-        cannot be welcomed now (the state store is away), or None."""
+        cannot be welcomed now (the state store is away), or None; ``loading(ids)``: while a
+        restarted manager still loads its tasks, loads ``ids`` (the tasks a worker holds) at
+        once and says how far the load is, else None."""
         self.config = config
         self.core = core
         self.sock = sock
         self.welcome = welcome
         self.refusing = refusing
+        self.loading = loading
         self.peers = Peers()
         self.throttle = Throttle(log)
         self.refused = 0  # hellos refused since the start
@@ -83,6 +87,7 @@ class Sessions:
             if msg.worker is None:
                 raise ProtocolError("a worker hello must describe the worker")
             info = msg.worker
+            self.loading(r.task_id for r in info.running)  # known before the core reads the hello
             peers.bind(ident, "worker", info.worker_id, now)
             self.sock.send(ident, self.welcome())
             self.core.handle(events.WorkerConnected(info))
@@ -105,6 +110,13 @@ class Sessions:
         away = self.refusing()
         if away is not None:  # its welcome must wait for the store: say so now
             self.sock.send(ident, ErrorMsg(code="store_unavailable", message=away))
+            return
+        progress = self.loading(())
+        if progress is not None:  # its welcome lists its tasks: it waits until all are loaded
+            message = (
+                f"the manager is loading its workflow's tasks from the store ({progress}); welcome follows"
+            )
+            self.sock.send(ident, ErrorMsg(code="loading", message=message))
 
     def _refusal(self, msg: Hello) -> str | None:
         if msg.protocol != PROTOCOL_VERSION:

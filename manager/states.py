@@ -152,6 +152,8 @@ class Lifecycle:
         """A finished task whose result its client has leaves for good."""
         tid = t.spec.id
         del self.core.tasks[tid]
+        if self.core.restoring is not None:  # its slice, still to come, must not bring it back
+            self.core.restoring.forgotten.add(tid)
         self.counts[t.state] -= 1
         group = self._group(t.state)
         if group is not None:

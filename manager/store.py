@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
@@ -138,6 +139,25 @@ class StateStore(abc.ABC):
         """Everything stored for this workflow."""
 
     @abc.abstractmethod
+    def count_tasks(self) -> int:
+        """How many tasks are stored."""
+
+    @abc.abstractmethod
+    def load_head(self) -> Snapshot:
+        """Everything stored for this workflow but its tasks (they are read with
+        :meth:`scan_tasks` and :meth:`load_tasks`)."""
+
+    @abc.abstractmethod
+    def scan_tasks(self, cursor: int, count: int) -> tuple[int, Snapshot]:
+        """About ``count`` stored tasks from ``cursor`` (0 to begin) and the cursor that goes
+        on from them, 0 after the last. A task may come twice; one written or deleted during
+        the scan may or may not come."""
+
+    @abc.abstractmethod
+    def load_tasks(self, ids: Sequence[TaskId]) -> Snapshot:
+        """The stored tasks among ``ids`` (the others are not stored)."""
+
+    @abc.abstractmethod
     def apply(self, batch: WriteBatch) -> None:
         """Write one cycle's changes atomically, fenced by our epoch."""
 
@@ -192,6 +212,34 @@ class MemoryStore(StateStore):
             dict(s.files),
             dict(s.replicas),
         )
+
+    def count_tasks(self) -> int:
+        return len(self._snap.records)
+
+    def load_head(self) -> Snapshot:
+        s = self._snap
+        return Snapshot(
+            workers=dict(s.workers),
+            meta=dict(s.meta),
+            libraries=dict(s.libraries),
+            files=dict(s.files),
+            replicas=dict(s.replicas),
+        )
+
+    def scan_tasks(self, cursor: int, count: int) -> tuple[int, Snapshot]:
+        ids = sorted(self._snap.records)[cursor : cursor + count]
+        after = cursor + len(ids)
+        return (after if ids and after < len(self._snap.records) else 0), self.load_tasks(ids)
+
+    def load_tasks(self, ids: Sequence[TaskId]) -> Snapshot:
+        s, part = self._snap, Snapshot()
+        for tid in ids:
+            if tid in s.records and tid in s.specs:
+                part.records[tid] = s.records[tid]
+                part.specs[tid] = s.specs[tid]
+                if tid in s.results:
+                    part.results[tid] = s.results[tid]
+        return part
 
     def apply(self, batch: WriteBatch) -> None:
         if batch.reseed:

@@ -43,12 +43,19 @@ def _logging_options(p: argparse.ArgumentParser, default: object) -> None:
 
 
 def _positive_int(text: str) -> int:
+    n = _nonneg_int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be 1 or more")
+    return n
+
+
+def _nonneg_int(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be 1 or more")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} must be 0 or more")
     return n
 
 
@@ -147,6 +154,13 @@ def _manager_parser(sub: _Subparsers) -> None:
         type=_from_env("KUBEVINE_REDIS_OUTAGE_GRACE", _nonneg_float),
         default=_env("KUBEVINE_REDIS_OUTAGE_GRACE", "60"),
         help="seconds the manager runs on while Redis is unreachable before it refuses new work",
+    )
+    m.add_argument(
+        "--restore-at-once",
+        type=_from_env("KUBEVINE_RESTORE_AT_ONCE", _nonneg_int),
+        default=_env("KUBEVINE_RESTORE_AT_ONCE", "50000"),
+        help="a restarted manager loads a store of up to this many tasks before it serves; "
+        "a larger one in slices while it serves, so the first dispatch need not wait for all",
     )
     m.add_argument(
         "--metrics-port",
@@ -356,6 +370,7 @@ def _manager(args: argparse.Namespace) -> int:
         recover_grace=args.recover_grace,
         lease_ttl=args.lease_ttl,
         redis_outage_grace=args.redis_outage_grace,
+        restore_at_once=args.restore_at_once,
         metrics_port=args.metrics_port,
         stats_interval=args.stats_interval,
         transfers_per_source=args.transfers_per_source,

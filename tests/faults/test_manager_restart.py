@@ -1,12 +1,15 @@
 """The manager is SIGKILLed mid-run and started again on its Redis state: every task
-completes exactly once, the workers were never restarted, and the client's wait() goes on.
-A second manager on a live workflow is refused."""
+completes exactly once, the workers were never restarted, and the client's wait() goes on;
+also when the new manager loads the tasks in slices while it serves (as it does for a large
+store). A second manager on a live workflow is refused."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from kubevine import FunctionCall, Manager, Task
 
@@ -15,8 +18,9 @@ from .procs import TOKEN, Procs, count_runs, kubevine_env, record, runs_command,
 N_CMD, N_CALL = 1500, 3500  # 5,000 tasks
 
 
+@pytest.mark.parametrize("restore", ["whole", "slices"])
 def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
-    tmp_path: Path, redis_url: str, workflow_name: str
+    tmp_path: Path, redis_url: str, workflow_name: str, restore: str
 ) -> None:
     procs = Procs(tmp_path)
     runs = tmp_path / "runs"
@@ -43,7 +47,8 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
                 got.append(t)
             before_kill = len(got)
             procs.kill_manager()
-            procs.manager(redis_url, workflow_name, port=port)
+            sliced = ["--restore-at-once", "0"] if restore == "slices" else []
+            procs.manager(redis_url, workflow_name, *sliced, port=port)
             while (t := m.wait(120)) is not None:
                 got.append(t)
         assert len(got) == N_CMD + N_CALL and len({t.id for t in got}) == len(got)  # each exactly once
@@ -51,6 +56,13 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
         for i, t in enumerate(tasks):  # outputs correct, each from its own task
             assert t.output == (i * i if isinstance(t, FunctionCall) else f"out{i}\n")
         assert [w.pid for w in procs.workers] == pids and all(w.poll() is None for w in procs.workers)
+        said = (tmp_path / "manager-1.log").read_text()
+        if restore == "slices":  # it served while it loaded, and loaded everything
+            assert "serving while they load" in said, said[-2000:]
+            loaded = said.split("all ", 1)[1].split(" task(s) loaded, in ", 1)
+            assert int(loaded[0]) > 0 and int(loaded[1].split()[0]) > 1, said[-2000:]
+        else:
+            assert "serving while they load" not in said
 
         # re-executions: only tasks the workers held when the manager died
         counts = count_runs(runs)

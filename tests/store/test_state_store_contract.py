@@ -160,6 +160,39 @@ def test_a_large_batch_lands_whole(make_store) -> None:  # type: ignore[no-untyp
     assert len(snap.records) == 3000 and snap.specs[TaskId(2999)][0].command == "echo 2999"
 
 
+def test_tasks_are_read_in_slices_and_by_id_as_load_reads_them(make_store) -> None:  # type: ignore[no-untyped-def]
+    """What a restore in slices reads: the head alone, every task from a scan (a task may come
+    twice, none is missed), the named ones, and the count."""
+    s = make_store()
+    s.acquire("m1", 10)
+    b = batch_with_everything()
+    for i in range(3, 2003):
+        b.specs[TaskId(i)] = (TaskSpec(id=TaskId(i), command=f"echo {i}"), None)
+        b.records[TaskId(i)] = TaskRecord(ClientId("c"), "ready", 0, 0, 0, None, i)
+    s.apply(b)
+    reader = make_store()
+    whole = reader.load()
+    assert reader.count_tasks() == 2002
+    head = reader.load_head()
+    assert not head.specs and not head.records and not head.results
+    assert head.workers == whole.workers and head.meta == whole.meta
+    seen: dict[TaskId, object] = {}
+    cursor, reads = 0, 0
+    while True:
+        cursor, part = reader.scan_tasks(cursor, 300)
+        reads += 1
+        assert set(part.specs) == set(part.records)
+        for tid in part.specs:
+            seen[tid] = (part.specs[tid], part.records[tid], part.results.get(tid))
+        if cursor == 0:
+            break
+    assert reads > 2  # in slices, not at once
+    assert seen == {t: (whole.specs[t], whole.records[t], whole.results.get(t)) for t in whole.specs}
+    named = reader.load_tasks([TaskId(2), TaskId(77), TaskId(99999)])  # 99999 is not stored
+    assert sorted(named.specs) == [TaskId(2), TaskId(77)] and list(named.results) == [TaskId(2)]
+    assert named.results[TaskId(2)][1] == [b"\x00binary output\xff", b""]
+
+
 def test_a_second_manager_is_refused_while_the_lease_is_live(make_store) -> None:  # type: ignore[no-untyped-def]
     first, second = make_store(), make_store()
     e1 = first.acquire("m1", 10)

@@ -17,6 +17,7 @@ from kubevine.manager.service import write_atomic
     [
         ("KUBEVINE_TRANSFERS_PER_SOURCE", "--transfers-per-source"),
         ("KUBEVINE_REDIS_OUTAGE_GRACE", "--redis-outage-grace"),
+        ("KUBEVINE_RESTORE_AT_ONCE", "--restore-at-once"),
         ("KUBEVINE_STATS_INTERVAL", "--stats-interval"),
         ("KUBEVINE_METRICS_PORT", "--metrics-port"),
     ],

@@ -1,0 +1,87 @@
+"""A large store's tasks read a slice per loop turn, while the restarted manager serves.
+
+Loading a task costs ~15-20 µs of CPU in Python (reading it, validating its spec, putting it
+back on its way): a million tasks are half a minute, and a restarted manager must not make
+its workers wait that long for their first dispatch. So the service loads everything but the
+tasks before it serves (:mod:`kubevine.manager.recovery`'s ``begin``), then, in each turn of
+its loop, one slice of about :data:`SLICE_SECONDS` from a scan of the stored tasks, and the
+tasks a worker names (in its hello or its results) at once, before the core reads that
+message. The core is told of each slice (``TasksRestored``) and of the end (``RestoreDone``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from kubevine.ids import TaskId
+from kubevine.manager import events
+from kubevine.manager.core import Core
+from kubevine.manager.store import Snapshot, StateStore, StoreError
+
+log = logging.getLogger(__name__)
+
+SLICE_SECONDS = 0.015  # a slice's reading and loading, aimed at (the loop turn's budget)
+FIRST_SLICE = 500  # tasks asked for in the first slice; later ones are sized by the time taken
+MAX_SLICE = 20_000
+
+
+class Loader:
+    """The stored tasks still to read, and reading them."""
+
+    def __init__(self, store: StateStore, core: Core, head: Snapshot, stored: int, started: float) -> None:
+        self.store = store
+        self.head = head  # what was loaded before serving (for the log's counts)
+        self.core = core
+        self.stored = stored  # tasks in the store when the load began
+        self.started = started  # time.monotonic() when the manager began to read the store
+        self.cursor = 0
+        self.size = FIRST_SLICE
+        self.slices = 0
+        self.named = 0  # tasks loaded ahead of their slice, because a worker named them
+        self._warned = False
+
+    def step(self) -> bool:
+        """Read and hand over the next slice; whether that was the last."""
+        t0 = time.monotonic()
+        try:
+            cursor, part = self.store.scan_tasks(self.cursor, self.size)
+        except StoreError as e:  # the next turn tries again; nothing read is lost
+            if not self._warned:
+                log.warning("loading tasks from the store paused: %s", e)
+                self._warned = True
+            return False
+        self._warned = False
+        self.core.handle(events.TasksRestored(part))
+        self.cursor = cursor
+        self.slices += 1
+        spent = max(time.monotonic() - t0, 1e-4)
+        # the next slice aims at SLICE_SECONDS, moving at most 2x from this one
+        aim = self.size * SLICE_SECONDS / spent
+        self.size = int(min(MAX_SLICE, max(100, self.size / 2, min(self.size * 2, aim))))
+        return cursor == 0
+
+    def named_tasks(self, ids: Iterable[TaskId]) -> None:
+        """Load now the tasks a worker's message names that are not loaded yet, so the core
+        reads it knowing them (a hello's held tasks are not killed as unknown, a result is not
+        dropped)."""
+        r = self.core.restoring
+        if r is None:
+            return
+        tasks = self.core.tasks
+        missing = [i for i in ids if i not in tasks and i not in r.forgotten]
+        if not missing:
+            return
+        try:
+            part = self.store.load_tasks(missing)
+        except StoreError as e:
+            log.warning("could not load %d task(s) a worker named from the store: %s", len(missing), e)
+            return
+        self.named += len(part.specs)
+        self.core.handle(events.TasksRestored(part))
+
+    def progress(self) -> str:
+        r = self.core.restoring
+        loaded = r.loaded if r is not None else self.stored
+        return f"{loaded:,} of about {self.stored:,} task(s) loaded"
