@@ -101,7 +101,8 @@ def print_queue_row(r: dict[str, Any]) -> None:
         ok = r["restart_first_dispatch_s"] <= 5
         print(
             f"  kill -9 and restart: first dispatch {r['restart_first_dispatch_s']:.2f} s after the process "
-            f"started (state loaded in {r['restore_load_s']:.2f} s; RSS {r['restart_rss_mb']:.0f} MB)   "
+            f"started (all tasks loaded after {r['restore_load_s']:.2f} s, serving meanwhile; "
+            f"RSS {r['restart_rss_mb']:.0f} MB)   "
             f"target <= 5 s: {verdict(ok)}\n"
             f"  then, 100 workers on the deep queue: {fmt(r['deep_rate'])} tasks/s, "
             f"{fmt(r['deep_cpu_us_per_task'])} us CPU/task",

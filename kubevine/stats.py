@@ -125,3 +125,4 @@ class ManagerStatus(BaseModel):
     libraries: list[LibraryView] = Field(default_factory=list)
     store_outage: float = 0.0  # seconds the state store (Redis) has been unreachable; 0 when fine
     refusing_work: bool = False  # the outage outlasted --redis-outage-grace: submissions are refused
+    loading: int = 0  # a restarted manager still loading its tasks from the store: about how many are left

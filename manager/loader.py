@@ -23,6 +23,7 @@ from kubevine.manager.store import Snapshot, StateStore, StoreError
 log = logging.getLogger(__name__)
 
 SLICE_SECONDS = 0.015  # a slice's reading and loading, aimed at (the loop turn's budget)
+RETRY_SECONDS = 1.0  # after the store failed a read: the loop goes on serving meanwhile
 FIRST_SLICE = 500  # tasks asked for in the first slice; later ones are sized by the time taken
 MAX_SLICE = 20_000
 
@@ -40,19 +41,35 @@ class Loader:
         self.size = FIRST_SLICE
         self.slices = 0
         self.named = 0  # tasks loaded ahead of their slice, because a worker named them
-        self._warned = False
+        self.retry_at = 0.0  # after a failed read: when to read again
+        try:  # a store restarted meanwhile voids the cursor
+            self.incarnation = store.incarnation()
+        except StoreError:
+            self.incarnation = "?"  # checked again before the first read after a failure
+
+    def due(self) -> bool:
+        """Whether a slice may be read now (not while waiting after a failed read)."""
+        return time.monotonic() >= self.retry_at
 
     def step(self) -> bool:
         """Read and hand over the next slice; whether that was the last."""
         t0 = time.monotonic()
-        try:
-            cursor, part = self.store.scan_tasks(self.cursor, self.size)
-        except StoreError as e:  # the next turn tries again; nothing read is lost
-            if not self._warned:
-                log.warning("loading tasks from the store paused: %s", e)
-                self._warned = True
+        if t0 < self.retry_at:
             return False
-        self._warned = False
+        try:
+            if self.retry_at:  # after a failure: a store that restarted orders its tasks anew
+                self._check_incarnation()
+            cursor, part = self.store.scan_tasks(self.cursor, self.size)
+        except StoreError as e:  # tried again in a while; what was read stays loaded
+            if not self.retry_at:
+                log.warning(
+                    "loading tasks from the store paused (%s); trying again every %.0fs", e, RETRY_SECONDS
+                )
+            self.retry_at = t0 + RETRY_SECONDS
+            return False
+        if self.retry_at:
+            log.info("loading tasks from the store again (%s)", self.progress())
+            self.retry_at = 0.0
         self.core.handle(events.TasksRestored(part))
         self.cursor = cursor
         self.slices += 1
@@ -62,12 +79,18 @@ class Loader:
         self.size = int(min(MAX_SLICE, max(100, self.size / 2, min(self.size * 2, aim))))
         return cursor == 0
 
+    def _check_incarnation(self) -> None:
+        now = self.store.incarnation()
+        if now != self.incarnation:  # a scan's cursor means nothing to another incarnation
+            log.warning("the store restarted while its tasks were loading: reading them from the start again")
+            self.incarnation, self.cursor = now, 0
+
     def named_tasks(self, ids: Iterable[TaskId]) -> None:
         """Load now the tasks a worker's message names that are not loaded yet, so the core
         reads it knowing them (a hello's held tasks are not killed as unknown, a result is not
         dropped)."""
         r = self.core.restoring
-        if r is None:
+        if r is None or not self.due():  # not while the store fails: a hello must not wait on it
             return
         tasks = self.core.tasks
         missing = [i for i in ids if i not in tasks and i not in r.forgotten]
@@ -81,7 +104,10 @@ class Loader:
         self.named += len(part.specs)
         self.core.handle(events.TasksRestored(part))
 
-    def progress(self) -> str:
+    def left(self) -> int:
+        """About how many stored tasks are still to load (at least 1 until the end)."""
         r = self.core.restoring
-        loaded = r.loaded if r is not None else self.stored
-        return f"{loaded:,} of about {self.stored:,} task(s) loaded"
+        return max(1, self.stored - (r.loaded if r is not None else self.stored))
+
+    def progress(self) -> str:
+        return f"about {self.left():,} of {self.stored:,} task(s) still to load"

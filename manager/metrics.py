@@ -167,6 +167,11 @@ class StatusCollector(Collector):
         yield m.gauge("kubevine_unschedulable_tasks", "Tasks larger than every worker", st.unschedulable)
         yield m.gauge("kubevine_snapshot_timestamp_seconds", "When these figures were taken", st.time)
         yield m.gauge("kubevine_sessions", "Sessions open (clients, workers, status callers)", st.sessions)
+        yield m.gauge(
+            "kubevine_restore_tasks_left",
+            "Stored tasks a restarted manager has still to load (it serves meanwhile)",
+            st.loading,
+        )
         yield from _taskvine_metrics(m, st)
 
 

@@ -188,6 +188,8 @@ class RedisStore(StateStore):
 
     def renew(self, owner: str, ttl: float) -> None:
         w = self.workflow
+        if self._epoch is None:  # still waiting to take the lease: nothing to renew yet
+            return
         try:
             self._renew(keys=[keys.lease(w), keys.epoch(w)], args=[owner, int(ttl * 1000), self._epoch])
         except ResponseError as e:
@@ -218,6 +220,14 @@ class RedisStore(StateStore):
         snap = _head(*head)
         _tasks(snap, specs, payloads, records, results)
         return snap
+
+    def incarnation(self) -> str:
+        try:
+            return str(self.r.info("server").get("run_id", ""))
+        except ResponseError:  # INFO not allowed to this user: no way to tell
+            return ""
+        except RedisError as e:
+            raise StoreError(f"Redis at {self.url} unreachable: {e}") from e
 
     def count_tasks(self) -> int:
         try:

@@ -351,7 +351,9 @@ class ManagerService:
         while self.running:
             now = time.time()
             wait = max(0.0, min(next_tick, next_stats, self._acks_due or next_tick) - now)
-            if self.core.behind or self.loader is not None:  # more to place, or to load
+            if self.core.behind or (
+                self.loader is not None and self.loader.due()
+            ):  # more to place, or to load
                 wait = 0.0
             polled = poller.poll(int(wait * 1000) + 1 if wait > 0 else 0)
             turn.start()
@@ -616,6 +618,8 @@ class ManagerService:
             with_workers=with_workers,
         )
         st.sessions = len(self.peers)
+        if self.loader is not None:
+            st.loading = self.loader.left()
         return st
 
 

@@ -138,6 +138,10 @@ class StateStore(abc.ABC):
     def load(self) -> Snapshot:
         """Everything stored for this workflow."""
 
+    def incarnation(self) -> str:
+        """What tells one run of the store from the next (a restarted Redis orders a scan anew)."""
+        return ""
+
     @abc.abstractmethod
     def count_tasks(self) -> int:
         """How many tasks are stored."""

@@ -49,6 +49,11 @@ def render(st: ManagerStatus) -> str:
             f"STATE STORE UNREACHABLE for {human_seconds(st.store_outage)}"
             + ("; new work is refused until it returns" if st.refusing_work else "; running from memory")
         )
+    if st.loading:
+        out.append(
+            f"LOADING  about {st.loading} task(s) still to read from the store: they join the counts "
+            "below as they load; clients are welcomed once all are in"
+        )
     held = sum(st.tasks.values())
     out.append(
         f"tasks    {held} held: "

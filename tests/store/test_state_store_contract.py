@@ -202,6 +202,18 @@ def test_a_second_manager_is_refused_while_the_lease_is_live(make_store) -> None
     assert second.acquire("m2", 10) > e1
 
 
+def test_renewing_before_the_lease_is_taken_is_no_outage(redis_url: str, workflow_name: str) -> None:
+    """A manager waiting for its predecessor's lease to run out starts its keeper thread
+    first: a renewal then is nothing to do, not a failed Redis call (it logged "state store
+    unavailable" and counted an outage)."""
+    first, second = RedisStore(redis_url, workflow_name), RedisStore(redis_url, workflow_name)
+    first.acquire("m1", 10)
+    second.renew("m2", 10)  # no error, and the lease stays where it is
+    with pytest.raises(LeaseHeld):
+        second.acquire("m2", 10)
+    first.renew("m1", 10)
+
+
 def test_a_fenced_manager_cannot_write(redis_url: str, workflow_name: str) -> None:
     old, new = RedisStore(redis_url, workflow_name), RedisStore(redis_url, workflow_name)
     old.acquire("old", 0.2)

@@ -19,7 +19,8 @@ S = TaskState
 
 def winfo(wid: str, running: list[TaskRef] | None = None, cores: float = 2) -> WorkerInfo:
     res = Resources(cores=cores, memory=1000, disk=1000)
-    return WorkerInfo(worker_id=WorkerId(wid), node="n", host="h", pid=1, resources=res, running=running or [])
+    held = running or []
+    return WorkerInfo(worker_id=WorkerId(wid), node="n", host="h", pid=1, resources=res, running=held)
 
 
 def store_of(snap: Snapshot) -> MemoryStore:
