@@ -38,6 +38,7 @@ QUEUE_SECONDS = 0.005  # how much work (by recent call time) an instance may hol
 MAX_AHEAD = 500  # calls an instance may hold beyond its slots, at most
 BROKEN_AFTER = 2  # start-up failures (on any workers) after which a library is given up
 PLAN_AHEAD = 1000  # calls whose inputs cannot be staged yet, looked at per cycle at most
+STARTS_PER_PASS = 64  # library instances started in one scheduling pass at most
 
 S = TaskState
 
@@ -247,8 +248,8 @@ def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) ->
         core.dispatch(t, best, stages)
     for item in later:
         heapq.heappush(ready, item)
-    if ready and lib.broken is None and not _on_its_way(name, workers):
-        _start_instance(core, lib, workers)
+    if ready and lib.broken is None:
+        _start_instances(core, lib, workers, len(ready), cap)
 
 
 def _least_busy(workers: list[WorkerEntry], name: str, cap: int) -> WorkerEntry | None:
@@ -262,34 +263,51 @@ def _least_busy(workers: list[WorkerEntry], name: str, cap: int) -> WorkerEntry 
     return best
 
 
-def _on_its_way(name: str, workers: list[WorkerEntry]) -> bool:
-    return any(i.state == InstanceState.INSTALLING for w in workers if (i := w.libs.get(name)) is not None)
-
-
-def _start_instance(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) -> None:
-    """Start an instance where it fits now (workers where it failed last, the emptiest
-    first), or else where an idle instance of a library nobody is waiting for makes room."""
+def _start_instances(
+    core: Core, lib: LibraryEntry, workers: list[WorkerEntry], waiting: int, cap: int
+) -> None:
+    """Start as many instances as the waiting calls fill (``cap`` calls each), less those on
+    their way, at most :data:`STARTS_PER_PASS` a pass. One at a time, a library whose calls
+    are long reached N workers only after N start-ups (seconds each, for a library that
+    imports a physics stack)."""
     name = lib.spec.name
-    target = next(
+    installing = sum(
+        1 for w in workers if (i := w.libs.get(name)) is not None and i.state == InstanceState.INSTALLING
+    )
+    want = min(STARTS_PER_PASS, -(-waiting // max(1, cap)) - installing)
+    if want <= 0:
+        return
+    # where it fits now (workers where it failed last, the emptiest first), or else where an
+    # idle instance of a library nobody is waiting for makes room
+    fits = sorted(
         (
             w
-            for w in sorted(
-                workers, key=lambda w: (w.id in lib.failed_on, w.committed.cores - w.info.resources.cores)
-            )
+            for w in workers
             if name not in w.libs and w.committed.room_for(lib.spec.resources, w.info.resources)
         ),
-        None,
-    ) or _evict_idle_library_for(core, lib, workers)
-    if target is None:
-        return
+        key=lambda w: (w.id in lib.failed_on, w.committed.cores - w.info.resources.cores),
+    )
+    for target in fits[:want]:
+        if not _start_on(core, lib, target):
+            return
+    for _ in range(want - min(want, len(fits))):
+        freed = _evict_idle_library_for(core, lib, workers)
+        if freed is None or not _start_on(core, lib, freed):
+            return
+
+
+def _start_on(core: Core, lib: LibraryEntry, target: WorkerEntry) -> bool:
+    """Start an instance on ``target``; False if its inputs cannot be staged yet (nor anywhere)."""
+    name = lib.spec.name
     stages = _stage_inputs(core, lib, target) if lib.spec.inputs else []
     if stages is None:  # its inputs are on the worker before the library starts there
-        return  # not yet: an input is still to be made, or its sources are busy
+        return False  # not yet: an input is still to be made, or its sources are busy
     target.libs[name] = Instance(InstanceState.INSTALLING)
     target.committed.add(lib.spec.resources)
     core.room.touch(target)
     core.out.append(SendInstall(target.id, name, stages))
     core.transactions.append(txformat.library_on(name, "installing", target.id))
+    return True
 
 
 def _stage_inputs(core: Core, lib: LibraryEntry, w: WorkerEntry) -> list[StageIn] | None:

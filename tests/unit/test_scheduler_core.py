@@ -292,6 +292,26 @@ def test_waiting_calls_start_one_library_instance_then_use_its_slots() -> None:
     assert dispatched(cycle(core)) == {w: [1, 2]}  # two slots
 
 
+def test_waiting_calls_start_as_many_instances_as_they_fill_at_once() -> None:
+    """Long calls on many workers: the library starts on as many workers as the waiting calls
+    need in one pass, not one worker per start-up round trip."""
+    core = Core()
+    core.client_connected(C)
+    ws = [worker(core, f"w{i}", cores=1) for i in range(8)]
+    core.install_library(C, lib_spec(slots=2), b"code")
+    core.submit(C, [call(i) for i in range(1, 12)], [b""] * 11)  # 11 calls, 2 slots each: 6
+    out = cycle(core)
+    installs = [i.worker for i in out if isinstance(i, SendInstall)]
+    assert len(installs) == 6 and len(set(installs)) == 6
+    assert not [i for i in cycle(core) if isinstance(i, SendInstall)]  # those on their way count
+    for w in installs:
+        core.library_status(w, "L", "ready", None)
+    sent = dispatched(cycle(core))
+    assert sorted(len(v) for v in sent.values()) == [1, 2, 2, 2, 2, 2] and set(sent) <= set(ws)
+    core.submit(C, [call(i) for i in range(12, 16)], [b""] * 4)  # 4 more: 2 new instances
+    assert len([i for i in cycle(core) if isinstance(i, SendInstall)]) == 2
+
+
 def test_an_idle_library_makes_room_for_a_task_that_needs_its_cores() -> None:
     core = Core()
     core.client_connected(C)
