@@ -37,9 +37,9 @@ from pydantic import (
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.resources import Resources
 
-PROTOCOL_VERSION = (
-    3  # 2: small frames packed into one, payload frame indices on assignments; 3: values kept as temp outputs
-)
+# 2: small frames packed into one, payload frame indices on assignments; 3: values kept as temp
+# outputs; 4: acknowledgements ride on dispatches
+PROTOCOL_VERSION = 4
 
 # A PythonTask's or FunctionCall's return value kept on its worker (``enable_temp_output``):
 # the name of the temp output it is written to, as ``cloudpickle.dumps(value)``.
@@ -456,6 +456,9 @@ class ResultsAck(_Msg):
 class Dispatch(_Msg):
     type: Literal["dispatch"] = "dispatch"
     tasks: list[Assignment]
+    # results of this worker now recorded (an UpdateAck's, carried here when a dispatch goes to
+    # the worker anyway: with many workers and short tasks, one message per task fewer)
+    acks: list[TaskRef] = Field(default_factory=list)
 
 
 class Kill(_Msg):

@@ -75,6 +75,8 @@ class SimStats:
     calls: int = 0  # assignments of FunctionCalls
     results: int = 0  # attempts finished here (each reported in the next update, again after a new welcome)
     kills: int = 0
+    acked_alone: int = 0  # results acknowledged by an UpdateAck message of their own
+    acked_on_dispatch: int = 0  # ... by the acknowledgements a Dispatch carried
     libraries_ready: int = 0  # instances that said ready
     all_registered: float | None = None  # when every worker had been welcomed once
     first_dispatch: float | None = None

@@ -234,6 +234,9 @@ class SimWorker:
         stats = self.sim.stats
         match msg:
             case Dispatch():
+                for ref in msg.acks:
+                    self.unacked.pop((ref.task_id, ref.attempt), None)
+                stats.acked_on_dispatch += len(msg.acks)
                 stats.dispatches += 1
                 stats.last_dispatch = time.time()
                 if stats.first_dispatch is None:
@@ -248,6 +251,7 @@ class SimWorker:
             case UpdateAck():
                 for ref in msg.tasks:
                     self.unacked.pop((ref.task_id, ref.attempt), None)
+                stats.acked_alone += len(msg.tasks)
             case Kill():
                 for ref in msg.tasks:
                     self._kill((ref.task_id, ref.attempt))

@@ -478,6 +478,16 @@ class ManagerService:
                         self.peers.unwelcomed.discard(peer.id)
                 self._send(*item)
 
+    def _take_acks(self, wid: WorkerId) -> list[TaskRef]:
+        """The acknowledgements held for ``wid``, to go with a message sent to it now."""
+        refs = self._acks.pop(wid, None)
+        if refs is None:
+            return []
+        self._acks_held -= len(refs)
+        if not self._acks:
+            self._acks_due = None
+        return refs
+
     def _send_acks(self) -> None:
         """Tell workers which results are stored (they may forget them now)."""
         acks, self._acks = self._acks, {}
@@ -496,7 +506,8 @@ class ManagerService:
             match ins:
                 case SendDispatch():
                     self.counters.dispatch(ins.tasks)
-                    self._send_to("worker", ins.worker, Dispatch(tasks=ins.tasks), ins.frames)
+                    dispatch = Dispatch(tasks=ins.tasks, acks=self._take_acks(ins.worker))
+                    self._send_to("worker", ins.worker, dispatch, ins.frames)
                 case SendResults():
                     self._deliver(ins, after)
                 case SendKill():

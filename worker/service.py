@@ -341,6 +341,8 @@ class WorkerService:
     def _on_message(self, msg: WorkerWork, frames: list[bytes]) -> None:
         match msg:
             case Dispatch():
+                if msg.acks:
+                    self._feed(ev.ResultsAcked(msg.acks))
                 payloads = [
                     (frame(frames, a.payload) or b"") if a.payload is not None else b"" for a in msg.tasks
                 ]

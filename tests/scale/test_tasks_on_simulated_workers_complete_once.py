@@ -1,4 +1,5 @@
-"""Tasks a real client submits run on simulated workers and come back exactly once."""
+"""Tasks a real client submits run on simulated workers and come back exactly once, and
+every result is acknowledged to its worker, mostly on the dispatches that go there anyway."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 
 from kubevine import LocalCluster, Manager, PythonTask, Task
 from kubevine.simworker import Simulator, parse_duration
+from kubevine.testing import wait_for
 
 
 def square(x: int) -> int:
@@ -38,3 +40,11 @@ def test_every_task_from_a_real_client_completes_exactly_once(
     stats = sim.snapshot()
     assert stats.tasks == stats.results == 2050  # each dispatched and reported once
     assert len(where) > 1 and where <= {f"sim-{i}" for i in range(20)}
+    # each result acknowledged once the manager stored it (so the worker forgets it); while
+    # work keeps going to a worker, its acknowledgements ride on those dispatches
+    wait_for(
+        lambda: (s := sim.snapshot()).acked_alone + s.acked_on_dispatch >= 2050, 10, what="every result acked"
+    )
+    stats = sim.snapshot()
+    assert stats.acked_alone + stats.acked_on_dispatch == 2050
+    assert stats.acked_on_dispatch > 4 * stats.acked_alone, (stats.acked_on_dispatch, stats.acked_alone)
