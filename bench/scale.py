@@ -772,8 +772,9 @@ def main() -> None:
 
 
 def dispatch_size(workers: int, quick: bool) -> int:
-    """Enough tasks that the measured window is long beside the ramp (up to 4 per worker held)."""
-    return max(10_000, 8 * workers) if quick else max(30_000, 6 * workers)
+    """Enough tasks that the measured window is long beside the ramp (up to 4 per worker held)
+    and comes after every worker registered (1,000 workers take about a second to)."""
+    return max(10_000, 30 * workers) if quick else max(30_000, 6 * workers)
 
 
 if __name__ == "__main__":

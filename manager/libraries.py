@@ -248,8 +248,10 @@ def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) ->
         core.dispatch(t, best, stages)
     for item in later:
         heapq.heappush(ready, item)
-    if ready and lib.broken is None:
-        _start_instances(core, lib, workers, len(ready), cap)
+    if ready and lib.broken is None:  # what the ready instances cannot take (a pass's budget
+        # may have stopped short of filling them): more instances for it
+        room = sum(max(0, cap - w.libs[name].active) for w in usable)
+        _start_instances(core, lib, workers, len(ready) - room, cap)
 
 
 def _least_busy(workers: list[WorkerEntry], name: str, cap: int) -> WorkerEntry | None:
@@ -266,15 +268,21 @@ def _least_busy(workers: list[WorkerEntry], name: str, cap: int) -> WorkerEntry 
 def _start_instances(
     core: Core, lib: LibraryEntry, workers: list[WorkerEntry], waiting: int, cap: int
 ) -> None:
-    """Start as many instances as the waiting calls fill (``cap`` calls each), less those on
+    """Start as many instances as ``waiting`` calls fill (``cap`` calls each), less those on
     their way, at most :data:`STARTS_PER_PASS` a pass. One at a time, a library whose calls
     are long reached N workers only after N start-ups (seconds each, for a library that
-    imports a physics stack)."""
+    imports a physics stack); all at once, instant calls would start one on every worker for
+    a few calls each."""
     name = lib.spec.name
-    installing = sum(
-        1 for w in workers if (i := w.libs.get(name)) is not None and i.state == InstanceState.INSTALLING
-    )
+    instances = [i for w in workers if (i := w.libs.get(name)) is not None]
+    installing = sum(1 for i in instances if i.state == InstanceState.INSTALLING)
     want = min(STARTS_PER_PASS, -(-waiting // max(1, cap)) - installing)
+    if lib.avg_wall is None:
+        # how long its calls take is not known yet: instant calls need few instances (each
+        # takes hundreds), long ones many. Until a call has ended, the instances at most
+        # double per start-up: 1, 2, 4, ... (a thousand workers reached in ten start-ups)
+        running = len(instances) - installing
+        want = min(want, max(1, 2 * running) - len(instances))
     if want <= 0:
         return
     # where it fits now (workers where it failed last, the emptiest first), or else where an

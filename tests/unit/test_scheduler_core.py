@@ -292,24 +292,57 @@ def test_waiting_calls_start_one_library_instance_then_use_its_slots() -> None:
     assert dispatched(cycle(core)) == {w: [1, 2]}  # two slots
 
 
-def test_waiting_calls_start_as_many_instances_as_they_fill_at_once() -> None:
+def test_waiting_calls_start_as_many_instances_as_they_fill_once_their_length_is_known() -> None:
     """Long calls on many workers: the library starts on as many workers as the waiting calls
-    need in one pass, not one worker per start-up round trip."""
+    need, not one worker per start-up round trip. Until a call has ended (instant calls need
+    few instances, long ones many) the instances at most double per start-up."""
     core = Core()
     core.client_connected(C)
-    ws = [worker(core, f"w{i}", cores=1) for i in range(8)]
+    ws = [worker(core, f"w{i}", cores=1) for i in range(10)]
     core.install_library(C, lib_spec(slots=2), b"code")
-    core.submit(C, [call(i) for i in range(1, 12)], [b""] * 11)  # 11 calls, 2 slots each: 6
+    core.submit(C, [call(i) for i in range(1, 26)], [b""] * 25)  # 25 calls, 2 slots each
+
+    def installs() -> list[WorkerId]:
+        return [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+
+    first = installs()
+    assert len(first) == 1 and not installs()  # one, and none more while it starts
+    core.library_status(first[0], "L", "ready", None)
+    second = installs()
+    assert len(second) == 1  # 1 -> 2
+    core.library_status(second[0], "L", "ready", None)
+    third = installs()
+    assert len(third) == 2  # 2 -> 4
+    # a call ends after 30 s: long calls; 4 calls run, 21 wait for instances of 2: 11 more
+    t = core.tasks[TaskId(1)]
+    long = AttemptResult(task_id=TaskId(1), attempt=t.attempt, outcome=Outcome.SUCCESS, wall_time=30.0)
+    core.worker_update(t.worker or WorkerId(""), [], [long], [])
+    spread = installs()
+    assert len(spread) == 6 and set(spread).isdisjoint([*first, *second, *third])  # every worker left
+    assert set(first + second + third + spread) == set(ws)
+
+
+def test_instant_calls_that_the_running_instance_can_take_start_no_more() -> None:
+    """A pass places at most its budget; calls left waiting that the ready instance has room
+    for (instant calls: hundreds queue at one) are no reason to start it on other workers."""
+    core = Core(Settings(pass_placements=5))
+    core.client_connected(C)
+    for i in range(5):
+        worker(core, f"w{i}", cores=1)
+    core.install_library(C, lib_spec(slots=1), b"code")
+    core.submit(C, [call(i) for i in range(1, 101)], [b""] * 100)
+    (first,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    core.library_status(first, "L", "ready", None)
     out = cycle(core)
-    installs = [i.worker for i in out if isinstance(i, SendInstall)]
-    assert len(installs) == 6 and len(set(installs)) == 6
-    assert not [i for i in cycle(core) if isinstance(i, SendInstall)]  # those on their way count
-    for w in installs:
-        core.library_status(w, "L", "ready", None)
-    sent = dispatched(cycle(core))
-    assert sorted(len(v) for v in sent.values()) == [1, 2, 2, 2, 2, 2] and set(sent) <= set(ws)
-    core.submit(C, [call(i) for i in range(12, 16)], [b""] * 4)  # 4 more: 2 new instances
-    assert len([i for i in cycle(core) if isinstance(i, SendInstall)]) == 2
+    assert dispatched(out) == {first: [1]}
+    (second,) = [i.worker for i in out if isinstance(i, SendInstall)]  # length unknown: 1 -> 2
+    core.library_status(second, "L", "ready", None)
+    quick = AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS, wall_time=1e-5)
+    core.worker_update(first, [], [quick], [])
+    for _ in range(5):
+        out = cycle(core)
+        assert not [i for i in out if isinstance(i, SendInstall)]
+        assert sum(len(v) for v in dispatched(out).values()) == 5  # the pass's budget, to the two
 
 
 def test_an_idle_library_makes_room_for_a_task_that_needs_its_cores() -> None:
