@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from kubevine.ids import TaskId
 from kubevine.manager import events
 from kubevine.manager.core import Core
-from kubevine.manager.store import Snapshot, StateStore, StoreError
+from kubevine.manager.store import StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,16 @@ MAX_SLICE = 20_000
 class Loader:
     """The stored tasks still to read, and reading them."""
 
-    def __init__(self, store: StateStore, core: Core, head: Snapshot, stored: int, started: float) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        core: Core,
+        head_counts: tuple[int, int, int, int],
+        stored: int,
+        started: float,
+    ) -> None:
         self.store = store
-        self.head = head  # what was loaded before serving (for the log's counts)
+        self.head_counts = head_counts  # workers, libraries, files, replicas loaded before serving
         self.core = core
         self.stored = stored  # tasks in the store when the load began
         self.started = started  # time.monotonic() when the manager began to read the store

@@ -55,7 +55,14 @@ from kubevine.manager.peers import Role
 from kubevine.manager.persist import Persister
 from kubevine.manager.receive import Receiver
 from kubevine.manager.sessions import Sessions
-from kubevine.manager.store import LeaseHeld, MemoryStore, Snapshot, StateStore, StoreError, StoreUnreachable
+from kubevine.manager.store import (
+    LeaseHeld,
+    MemoryStore,
+    StateStore,
+    StoreError,
+    StoreUnreachable,
+    head_counts,
+)
 from kubevine.manager.txlog import TxLog
 from kubevine.manager.uploads import Uploads
 from kubevine.manager.wire import ManagerSocket
@@ -194,7 +201,7 @@ class ManagerService:
         core.handle(events.FilesArrived(tuple(dict.fromkeys([*have, *snap.files]))))
         core.handle(events.Restored(snap, whole=not sliced))
         if sliced:
-            self.loader = Loader(self.store, core, snap, stored, t0)
+            self.loader = Loader(self.store, core, head_counts(snap), stored, t0)
             log.info(
                 "workflow %s: %d task(s) in the store; serving while they load (--restore-at-once %d)",
                 cfg.name,
@@ -202,7 +209,7 @@ class ManagerService:
                 cfg.restore_at_once,
             )
         elif snap.records or snap.libraries or snap.workers:
-            self._restored(snap, len(snap.records), time.monotonic() - t0)
+            self._restored(len(snap.records), head_counts(snap), time.monotonic() - t0)
         write_atomic(cfg.workdir / "address", f"{local_address(cfg.host)}:{port}\n")
         if cfg.metrics_port is not None:
             stale = max(60.0, 10 * cfg.stats_interval)
@@ -221,14 +228,9 @@ class ManagerService:
             ", encrypted" if cfg.encrypt else "",
         )
 
-    def _restored(self, snap: Snapshot, tasks: int, seconds: float) -> None:
-        counts = (
-            tasks,
-            len(snap.workers),
-            len(snap.libraries),
-            len(snap.files),
-            len(snap.replicas),
-        )
+    def _restored(self, tasks: int, others: tuple[int, int, int, int], seconds: float) -> None:
+        """Say what was reloaded: ``others`` counts the workers, libraries, files and replicas."""
+        counts = (tasks, *others)
         log.info(
             "workflow %s: reloaded %d task(s), %d worker(s), %d library(ies), %d file(s) "
             "and %d replica(s) from the store in %.3fs",
@@ -262,7 +264,7 @@ class ManagerService:
             loader.slices,
             loader.named,
         )
-        self._restored(loader.head, loaded, time.monotonic() - loader.started)
+        self._restored(loaded, loader.head_counts, time.monotonic() - loader.started)
 
     def _acquire_lease(self) -> int:
         """Take the workflow's lease, waiting while a predecessor's lease runs out (a manager

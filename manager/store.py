@@ -114,6 +114,11 @@ class Snapshot:
     replicas: dict[tuple[WorkerId, CacheName], str] = field(default_factory=dict)
 
 
+def head_counts(snap: Snapshot) -> tuple[int, int, int, int]:
+    """The workers, libraries, files and replicas a snapshot holds (for a restart's log)."""
+    return len(snap.workers), len(snap.libraries), len(snap.files), len(snap.replicas)
+
+
 class StateStore(abc.ABC):
     """Where a workflow's state lives between cycles and across manager restarts."""
 
