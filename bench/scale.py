@@ -431,8 +431,13 @@ def dispatch(work: Path, workers: int, kind: str, n: int, profile: Path | None) 
                 f.stop()
         m.stop()
     series = merged(stats)
-    # (after the manager stopped: its transactions log is complete)
-    lost = sum(1 for ln in m.txlog() if " WORKER " in ln and " disconnected " in ln)
+    # (after the manager stopped: its transactions log is complete). Only during the run:
+    # simulators that take a while to exit afterwards go silent while the manager still runs
+    lost = sum(
+        1
+        for ln in m.txlog()
+        if " WORKER " in ln and " disconnected " in ln and int(ln.split(" ", 1)[0]) / 1e6 <= t_end
+    )
     registered = [s.all_registered for s in stats]
     all_in = max((r or t0 for r in registered), default=t0)
     rtts = [x for s in stats for x in s.probe_rtts]

@@ -468,17 +468,21 @@ class ManagerService:
 
     def _send_durable(self) -> None:
         for item in self.persister.done():
-            if isinstance(item, SendAck):  # held a little: one ack for many updates
-                self._acks.setdefault(item.worker, []).extend(item.tasks)
-                self._acks_held += len(item.tasks)
-                if self._acks_due is None:
-                    self._acks_due = time.time() + ACK_DELAY
+            if isinstance(item, SendAck):
+                self._hold_ack(item)
             else:
                 if isinstance(item[1], Welcome):
                     peer = self.peers.get(item[0])
                     if peer is not None:
                         self.peers.unwelcomed.discard(peer.id)
                 self._send(*item)
+
+    def _hold_ack(self, ack: SendAck) -> None:
+        """Held a little: one ack for many updates, or on the next dispatch to that worker."""
+        self._acks.setdefault(ack.worker, []).extend(ack.tasks)
+        self._acks_held += len(ack.tasks)
+        if self._acks_due is None:
+            self._acks_due = time.time() + ACK_DELAY
 
     def _take_acks(self, wid: WorkerId) -> list[TaskRef]:
         """The acknowledgements held for ``wid``, to go with a message sent to it now."""
@@ -499,9 +503,14 @@ class ManagerService:
 
     def _flush(self) -> None:
         batch, out = self.core.take()
-        after: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = [
-            i for i in out if isinstance(i, SendAck)
-        ]
+        after: list[SendAck | tuple[bytes, _Msg] | tuple[bytes, _Msg, list[bytes]]] = []
+        for i in out:  # acks go once their results are stored: at once in memory, so they
+            if not isinstance(i, SendAck):  # may ride on this turn's dispatches
+                continue
+            if self.store.durable:
+                after.append(i)
+            else:
+                self._hold_ack(i)
         self.txlog.write(self.core.transactions)
         self.core.transactions.clear()
         for ins in out:
