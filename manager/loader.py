@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kubevine.ids import TaskId
 from kubevine.manager import events
-from kubevine.manager.core import Core
 from kubevine.manager.store import StateStore, StoreError
+
+if TYPE_CHECKING:
+    from kubevine.manager.core import Core
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,11 @@ SLICE_SECONDS = 0.015  # a slice's reading and loading, aimed at (the loop turn'
 RETRY_SECONDS = 1.0  # after the store failed a read: the loop goes on serving meanwhile
 FIRST_SLICE = 500  # tasks asked for in the first slice; later ones are sized by the time taken
 MAX_SLICE = 20_000
+
+
+class NotLoadedYet(Exception):
+    """The tasks a worker's message names cannot be read from the store now: the message waits
+    (a hello is left unanswered, so the worker says it again after its back-off)."""
 
 
 class Loader:
@@ -88,28 +96,35 @@ class Loader:
 
     def _check_incarnation(self) -> None:
         now = self.store.incarnation()
-        if now != self.incarnation:  # a scan's cursor means nothing to another incarnation
-            log.warning("the store restarted while its tasks were loading: reading them from the start again")
+        if now != self.incarnation or not now:  # a scan's cursor means nothing to another
+            # incarnation (and one that cannot be told is taken for another: tasks read twice
+            # are skipped, tasks missed would be lost)
+            if self.cursor:
+                log.warning("the store may have restarted while its tasks were loading: reading them again")
             self.incarnation, self.cursor = now, 0
 
-    def named_tasks(self, ids: Iterable[TaskId]) -> None:
+    def named_tasks(self, ids: Iterable[TaskId]) -> bool:
         """Load now the tasks a worker's message names that are not loaded yet, so the core
         reads it knowing them (a hello's held tasks are not killed as unknown, a result is not
-        dropped)."""
+        dropped). False when they cannot be read now (the store fails): the message must wait."""
         r = self.core.restoring
-        if r is None or not self.due():  # not while the store fails: a hello must not wait on it
-            return
+        if r is None:
+            return True
         tasks = self.core.tasks
         missing = [i for i in ids if i not in tasks and i not in r.forgotten]
         if not missing:
-            return
+            return True
+        if not self.due():  # the store failed a moment ago: a hello must not wait on it
+            return False
         try:
             part = self.store.load_tasks(missing)
         except StoreError as e:
             log.warning("could not load %d task(s) a worker named from the store: %s", len(missing), e)
-            return
+            self.retry_at = time.monotonic() + RETRY_SECONDS
+            return False
         self.named += len(part.specs)
         self.core.handle(events.TasksRestored(part))
+        return True
 
     def left(self) -> int:
         """About how many stored tasks are still to load (at least 1 until the end)."""

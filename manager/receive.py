@@ -155,10 +155,14 @@ class Receiver:
         core.handle(events.WorkerSeen(wid))
         match msg:
             case WorkerUpdate():
-                if svc.loader is not None:  # a restore in slices: what it names, first
-                    svc.loader.named_tasks(
-                        [*(r.task_id for r in msg.started), *(r.task_id for r in msg.results)]
-                    )
+                if svc.loader is not None and not svc.loader.named_tasks(
+                    [*(r.task_id for r in msg.started), *(r.task_id for r in msg.results)]
+                ):  # a restore in slices, and the store cannot be read now: its results would
+                    # be taken for unknown tasks; it reports them again after its next hello
+                    self.sessions.peers.forget(ident)
+                    why = "the manager cannot read its tasks from the store now; say hello again"
+                    self.wire.send(ident, ErrorMsg(code="not_registered", message=why))
+                    return
                 svc.counters.attempts_ended(msg.results)
                 update = events.WorkerUpdated(
                     wid, msg.started, msg.results, frames, msg.cached, msg.evicted, msg.transfers
@@ -187,6 +191,17 @@ class Receiver:
     ) -> None:
         msg, frames = decode(body, FROM_CLIENT)
         core, svc = self.core, self.svc
+        if (
+            svc.loader is not None
+            and cid in self.sessions.peers.unwelcomed
+            and not isinstance(msg, Hello | Heartbeat | Goodbye | StatusRequest)
+        ):  # its welcome waits for every task to load: what it sends would meet a partial table
+            ids = [s.id for s in msg.tasks] if isinstance(msg, Submit) else []
+            why = (
+                f"the manager is loading its workflow's tasks ({svc.loader.progress()}); wait for the welcome"
+            )
+            self.wire.send(ident, ErrorMsg(code="loading", message=why, task_ids=ids))
+            return
         match msg:
             case Hello():
                 self.sessions.hello(frame_, ident, msg, now)

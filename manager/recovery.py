@@ -192,7 +192,8 @@ def _resume(core: Core, t: TaskEntry, r: Restoring) -> None:
             life.ready(t, "recovered; its worker is unknown")
         elif w.state != WorkerState.RECOVERING:
             # loaded after its worker said hello (the service loads what a hello names first,
-            # so the worker did not name it): it came back without it
+            # so the worker did not name it): it came back without it, a loss as at its hello
+            t.lost += 1
             life.ready(t, "recovered; its worker came back without it")
         else:
             workers.attach(core, w, t)

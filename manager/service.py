@@ -48,7 +48,7 @@ from kubevine.manager.instructions import (
     SendResults,
     SendWelcome,
 )
-from kubevine.manager.loader import Loader
+from kubevine.manager.loader import Loader, NotLoadedYet
 from kubevine.manager.metrics import Counters, MetricsServer
 from kubevine.manager.peerfetch import PeerFetcher
 from kubevine.manager.peers import Role
@@ -241,10 +241,12 @@ class ManagerService:
         self.txlog.write([txformat.manager_restored(self.manager_id, *counts, seconds)])
 
     def _loading(self, named: Iterable[TaskId]) -> str | None:
-        """While a restore in slices lasts: load ``named`` at once; how far the load is."""
+        """While a restore in slices lasts: load ``named`` at once (NotLoadedYet if the store
+        cannot be read now); how far the load is."""
         if self.loader is None:
             return None
-        self.loader.named_tasks(named)
+        if not self.loader.named_tasks(named):
+            raise NotLoadedYet
         return self.loader.progress()
 
     def _load_slice(self) -> None:
@@ -444,6 +446,13 @@ class ManagerService:
 
     def _reseed(self) -> None:
         """The store forgot the workflow: write everything we hold again, in one batch."""
+        if self.loader is not None:  # what was still to load went with the store's data
+            log.error(
+                "the state store lost workflow %s while %s: those are gone from it; connected "
+                "clients send theirs again when they reconnect, tasks of absent clients are lost",
+                self.config.name,
+                self.loader.progress(),
+            )
         self._flush()  # this cycle's changes first (the full batch subsumes them anyway)
         batch = recovery.full_batch(self.core)
         for name in self.files.names():

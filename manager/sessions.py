@@ -23,6 +23,7 @@ from kubevine import auth
 from kubevine.ids import ClientId, TaskId, WorkerId
 from kubevine.manager import events
 from kubevine.manager.config import ManagerConfig
+from kubevine.manager.loader import NotLoadedYet
 from kubevine.manager.peers import Peers
 from kubevine.manager.wire import ManagerSocket, Throttle, peer_address
 from kubevine.protocol import (
@@ -59,7 +60,7 @@ class Sessions:
         """``welcome()``: a welcome for a worker or an admin; ``refusing()``: why new clients
         cannot be welcomed now (the state store is away), or None; ``loading(ids)``: while a
         restarted manager still loads its tasks, loads ``ids`` (the tasks a worker holds) at
-        once and says how far the load is, else None."""
+        once and says how far the load is (NotLoadedYet if it cannot now), else None."""
         self.config = config
         self.core = core
         self.sock = sock
@@ -87,7 +88,11 @@ class Sessions:
             if msg.worker is None:
                 raise ProtocolError("a worker hello must describe the worker")
             info = msg.worker
-            self.loading(r.task_id for r in info.running)  # known before the core reads the hello
+            try:  # the tasks it holds, known before the core reads its hello
+                self.loading(r.task_id for r in info.running)
+            except NotLoadedYet:  # unanswered: it says hello again after its back-off
+                log.info("worker %s: its hello waits until the store can be read", info.worker_id)
+                return
             peers.bind(ident, "worker", info.worker_id, now)
             self.sock.send(ident, self.welcome())
             self.core.handle(events.WorkerConnected(info))

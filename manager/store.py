@@ -236,9 +236,9 @@ class MemoryStore(StateStore):
         )
 
     def scan_tasks(self, cursor: int, count: int) -> tuple[int, Snapshot]:
-        ids = sorted(self._snap.records)[cursor : cursor + count]
-        after = cursor + len(ids)
-        return (after if ids and after < len(self._snap.records) else 0), self.load_tasks(ids)
+        # the cursor is the next task id: writes and deletes meanwhile move nothing else
+        ids = sorted(t for t in self._snap.records if t >= cursor)
+        return (ids[count] if len(ids) > count else 0), self.load_tasks(ids[:count])
 
     def load_tasks(self, ids: Sequence[TaskId]) -> Snapshot:
         s, part = self._snap, Snapshot()

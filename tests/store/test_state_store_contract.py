@@ -187,6 +187,17 @@ def test_tasks_are_read_in_slices_and_by_id_as_load_reads_them(make_store) -> No
         if cursor == 0:
             break
     assert reads > 2  # in slices, not at once
+    # a task deleted while the scan goes on moves nothing: every task present throughout comes
+    cursor, part = reader.scan_tasks(0, 300)
+    gone = next(iter(part.specs))
+    d = WriteBatch()
+    d.deleted.add(gone)
+    s.apply(d)
+    again = set(part.specs)
+    while cursor:
+        cursor, part = reader.scan_tasks(cursor, 300)
+        again |= set(part.specs)
+    assert again >= set(whole.specs) - {gone}
     assert seen == {t: (whole.specs[t], whole.records[t], whole.results.get(t)) for t in whole.specs}
     named = reader.load_tasks([TaskId(2), TaskId(77), TaskId(99999)])  # 99999 is not stored
     assert sorted(named.specs) == [TaskId(2), TaskId(77)] and list(named.results) == [TaskId(2)]

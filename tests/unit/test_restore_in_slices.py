@@ -139,6 +139,7 @@ def test_a_task_on_a_worker_that_came_back_without_it_is_run_again() -> None:
     load_all(core, store)
     assert core.tasks[TaskId(1)].state == S.RUNNING and core.tasks[TaskId(1)].worker == w
     assert core.tasks[TaskId(4)].state == S.READY and core.tasks[TaskId(4)].worker is None
+    assert core.tasks[TaskId(4)].lost == 1  # a loss with its worker, as at its hello
     _, out = core.take()
     assert not [i for i in out if isinstance(i, SendKill)]
     core.worker_update(w, [], [AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS)], [])
