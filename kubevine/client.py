@@ -48,6 +48,7 @@ from kubevine.protocol import (
     _Msg,
 )
 from kubevine.serverless import FunctionCall, Library, auto_library_name
+from kubevine.session import BACKOFF_MAX
 from kubevine.states import ClientState
 from kubevine.stats import ManagerStatus
 from kubevine.task import File, Task, Upload, env_name, temp_name
@@ -175,10 +176,10 @@ class Manager(FileAPI, VineAPI):
         self._conn.start()
         conn = self._conn
         # a restarted manager that still loads a large workflow says so to each hello: while it
-        # does, the timeout counts from its last word
+        # does, the timeout counts from its last word (hellos go at most BACKOFF_MAX apart)
         while not conn.welcome.wait(timeout):
             heard = conn.loading_heard
-            if heard is None or time.monotonic() - heard > timeout:
+            if heard is None or time.monotonic() - heard > max(timeout, 2 * BACKOFF_MAX):
                 self.close()
                 raise ConnectionError(f"no manager answered at {address} within {timeout}s")
         if conn.refusal is not None:
