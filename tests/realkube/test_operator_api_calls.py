@@ -74,6 +74,7 @@ def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
 
         wait_for(quiet, timeout=60, interval=1, what="the operator's start-up calls to end")
         start = time.time()
+        steps_before = _steps(release)
 
         not_running: list[float] = []  # when a look found a workflow no longer Running
 
@@ -88,6 +89,7 @@ def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
         wait_for(window_over, timeout=WINDOW + 60, interval=5, what="the measurement window")
         assert not not_running, f"a workflow left Running during the window at {not_running}"
         calls = operator_requests(real_cluster, release.user, start, start + WINDOW)
+        steps_after = _steps(release)
         # Released by the operator that ran them, before it goes (the session's would take them).
         home.kubectl("delete", "vineworkflows", "--all", "--timeout=60s")
     finally:
@@ -97,15 +99,28 @@ def test_n_idle_workflows_cost_the_api_server_a_few_calls_a_minute(
     by_kind = collections.Counter(f"{c['verb']} {c['what']}" for c in calls)
     per_minute = len(calls) * 60 / WINDOW
     polling = N * (60 / 5) * POLLING_CALLS_PER_STEP
+    steps = steps_after[1] - steps_before[1]
+    step_ms = 1000 * (steps_after[0] - steps_before[0]) / max(1, steps)
     report = {
         "workflows": N,
         "window_seconds": WINDOW,
         "calls_per_minute": per_minute,
         "by_kind": dict(by_kind.most_common()),
         "polling_design_calls_per_minute": polling,
+        "autoscale_steps": steps,
+        "mean_step_ms": round(step_ms, 2),
     }
     (real_cluster.state_dir / "api-calls.json").write_text(json.dumps(report, indent=1))
     print(f"\n{N} idle workflows: {per_minute:.0f} API calls/min by the operator ({dict(by_kind)}); "
-          f"polling every step would be {polling:.0f}/min")  # fmt: skip
+          f"polling every step would be {polling:.0f}/min; {steps} steps, {step_ms:.1f} ms each")  # fmt: skip
+    # every workflow is looked at on the chart's pace (a step each 5 s), with no call per step
+    assert steps >= N * (WINDOW / 5 - 1), report
     # At rest: watches, a Secret read per workflow every resync (300 s), nothing per step.
     assert per_minute <= 10 + N * 60 / 300 + N * 0.2, report
+
+
+def _steps(release: Release) -> tuple[float, float]:
+    """The operator's autoscale steps so far: (seconds spent in them, how many)."""
+    m = release.metrics()
+    name = "kubevine_operator_autoscale_step_seconds"
+    return m.get((f"{name}_sum", ()), 0.0), m.get((f"{name}_count", ()), 0.0)
