@@ -258,11 +258,14 @@ class WorkerCore:
         return bool(self.slots or self.dying)
 
     def held(self) -> list[TaskRef]:
-        """Attempts this worker holds, running or finished and unacknowledged (for a hello)."""
+        """Attempts this worker holds, running or finished and unacknowledged (for a hello):
+        also those that finished while it was away and are not reported yet (left out, the
+        manager took the task for lost with this worker, ran it again and dropped the result
+        as stale)."""
         refs = [s.ref for s in self.slots.values()]
         refs += [s.ref for s in self.dying.values()]
-        refs += [TaskRef(task_id=t, attempt=a) for (t, a) in self.unacked]
-        return refs
+        done = dict.fromkeys([*self.unacked, *((r.task_id, r.attempt) for r, _ in self.finished)])
+        return refs + [TaskRef(task_id=t, attempt=a) for (t, a) in done]
 
     def ready_libraries(self) -> list[str]:
         return [n for n, lib in self.libraries.items() if lib.state is LibraryState.READY]

@@ -512,6 +512,21 @@ def test_draining_waits_for_running_tasks_and_reports_them_before_goodbye() -> N
     assert of(core.handle(ev.Tick(1.3)), SendDrain) == []  # asked once
 
 
+def test_a_result_finished_while_away_is_named_in_the_next_hello() -> None:
+    """The manager restarts while a task runs; it ends before the worker is welcomed again.
+    Its hello must name it, or the manager takes the task for lost, runs it again and drops
+    the result this worker then reports as stale."""
+    core = new_core()
+    core.handle(task(1))
+    core.handle(ev.Tick(1.0))
+    core.handle(ev.Disconnected())
+    core.handle(exited(1))
+    assert update(core.handle(ev.Tick(1.1))) is None  # nobody to tell yet
+    assert core.held() == [TaskRef(task_id=TaskId(1), attempt=1)]
+    core.handle(ev.Welcomed())
+    assert reported(core.handle(ev.Tick(1.2))) == {1: Outcome.SUCCESS}
+
+
 def test_a_worker_signalled_before_it_is_welcomed_holding_nothing_leaves_at_once() -> None:
     core = WorkerCore(Resources(cores=1), FakeCache())
     core.handle(ev.TermRequested())
