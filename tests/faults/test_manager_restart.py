@@ -48,6 +48,7 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
                 got.append(t)
             before_kill = len(got)
             procs.kill_manager()
+            ran_at_kill = set(count_runs(runs))  # (and a little after: workers go on with theirs)
             sliced = ["--restore-at-once", "0"] if restore == "slices" else []
             procs.manager(redis_url, workflow_name, *sliced, port=port)
             while (t := m.wait(120)) is not None:
@@ -82,12 +83,14 @@ def test_killed_manager_restarts_from_redis_and_every_task_completes_once(
         )
         assert re_executed <= held
         # manager start (lease taken, port bound, before the state loads) -> first dispatch of the
-        # new manager. Workers queue work ahead: when they held every task not yet done at the
-        # kill, the new manager has nothing to dispatch, only results to take.
+        # new manager. Workers queue work ahead and may finish what they hold before the client
+        # has taken the results: then the new manager has nothing to dispatch, only results to
+        # take and pass on, and whatever ran after the kill ran on a worker that held it.
         dispatches = [ts for ts, text in second if " dispatched " in text]
         if not dispatches:
-            assert held >= (N_CMD + N_CALL) - before_kill, (held, before_kill)
-            print(f"re-executed {re_executed} of {held} held by workers; nothing left to dispatch")
+            after = len(set(counts) - ran_at_kill)
+            assert after <= held, (after, held, before_kill)
+            print(f"re-executed {re_executed} of {held} held; {after} ran after the kill; none dispatched")
             return
         recovery = min(dispatches) - start
         print(f"re-executed {re_executed} of {held} held by workers; start->dispatch {recovery:.3f}s")
