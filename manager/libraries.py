@@ -249,9 +249,11 @@ def schedule_calls(core: Core, lib: LibraryEntry, workers: list[WorkerEntry]) ->
     for item in later:
         heapq.heappush(ready, item)
     if ready and lib.broken is None:  # what the ready instances cannot take (a pass's budget
-        # may have stopped short of filling them): more instances for it
+        # may have stopped short of filling them): more instances for it. The queue may still
+        # hold calls cancelled while they waited: only those still ready count
         room = sum(max(0, cap - w.libs[name].active) for w in usable)
-        _start_instances(core, lib, workers, len(ready) - room, cap)
+        waiting = min(len(ready), core.life.calls_ready.get(name, 0))
+        _start_instances(core, lib, workers, waiting - room, cap)
 
 
 def _least_busy(workers: list[WorkerEntry], name: str, cap: int) -> WorkerEntry | None:

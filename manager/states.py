@@ -111,7 +111,7 @@ class Lifecycle:
     methods; the core reads its counts and takes its changes once per cycle.
     """
 
-    __slots__ = ("core", "counts", "dirty", "running", "totals", "undelivered", "waiting")
+    __slots__ = ("calls_ready", "core", "counts", "dirty", "running", "totals", "undelivered", "waiting")
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -121,6 +121,9 @@ class Lifecycle:
         self.undelivered: dict[ClientId, Results] = {}  # results for clients, next take()
         self.waiting = Shapes()  # tasks in WAITING_STATES, by resource shape
         self.running = Shapes()  # tasks in RUNNING_STATES, by resource shape
+        # ready calls by library: its queue also holds calls cancelled or failed while they
+        # waited (a heap drops them lazily), which must not start instances
+        self.calls_ready: dict[str, int] = {}
 
     def _group(self, state: TaskState) -> Shapes | None:
         if state in WAITING_STATES:
@@ -147,6 +150,8 @@ class Lifecycle:
         group = self._group(t.state)
         if group is not None:
             group.add(t, 1)
+        if t.state == S.READY and t.spec.kind == TaskKind.CALL:
+            self._call_ready(t, 1)
 
     def forget(self, t: TaskEntry) -> None:
         """A finished task whose result its client has leaves for good."""
@@ -230,10 +235,16 @@ class Lifecycle:
                 before.add(t, -1)
             if after is not None:
                 after.add(t, 1)
+        if t.spec.kind == TaskKind.CALL and (t.state == S.READY or to == S.READY):
+            self._call_ready(t, 1 if to == S.READY else -1)
         t.state = to
         t.story.append((self.core.now, to.value, cause))
         self.dirty[t.spec.id] = t
         self.core.transactions.append(txformat.task_moved(t.spec.id, to, t.attempt, t.worker, cause, ran))
+
+    def _call_ready(self, t: TaskEntry, n: int) -> None:
+        name = t.spec.library or ""
+        self.calls_ready[name] = self.calls_ready.get(name, 0) + n
 
     def _queue(self, t: TaskEntry, to: TaskState, cause: str, ran: str) -> None:
         """Ready: off its worker, into its queue (a call's library's, or the tasks')."""

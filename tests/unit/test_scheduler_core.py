@@ -322,6 +322,30 @@ def test_waiting_calls_start_as_many_instances_as_they_fill_once_their_length_is
     assert set(first + second + third + spread) == set(ws)
 
 
+def test_calls_cancelled_while_they_wait_start_no_instances() -> None:
+    """The library's queue keeps cancelled calls until a pass pops them: instances are
+    started for the calls still waiting, not for the queue's length."""
+    core = Core()
+    core.client_connected(C)
+    for i in range(10):
+        worker(core, f"w{i}", cores=1)
+    core.install_library(C, lib_spec(slots=2), b"code")
+    core.submit(C, [call(i) for i in range(1, 42)], [b""] * 41)
+    (first,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    core.library_status(first, "L", "ready", None)
+    out = cycle(core)
+    assert dispatched(out) == {first: [1, 2]}
+    assert len([i for i in out if isinstance(i, SendInstall)]) == 1  # length unknown: 1 -> 2
+    core.cancel(C, [TaskId(i) for i in range(10, 42)])  # 32 of the 39 waiting
+    assert sum(1 for res in results(cycle(core)).values() if res == "cancelled") == 32
+    long = AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS, wall_time=30.0)
+    core.worker_update(first, [], [long], [])  # long calls: as many instances as they fill
+    out = cycle(core)
+    assert dispatched(out) == {first: [3]}  # into the slot call 1 left
+    # 6 calls wait (4..9); the instance on its way takes 2: two more, not one on every worker
+    assert len([i for i in out if isinstance(i, SendInstall)]) == 2
+
+
 def test_instant_calls_that_the_running_instance_can_take_start_no_more() -> None:
     """A pass places at most its budget; calls left waiting that the ready instance has room
     for (instant calls: hundreds queue at one) are no reason to start it on other workers."""
