@@ -13,12 +13,14 @@ from __future__ import annotations
 import abc
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.protocol import ClientResult, LibrarySpec, TaskSpec, WorkerInfo
+
+_jstr: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a str as a JSON string
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,12 @@ class TaskRecord(NamedTuple):
     seq: int = 0
 
     def to_json(self) -> str:
-        return json.dumps(self)
+        """``json.dumps(self)``, written out: one is made per changed task per cycle."""
+        w = "null" if self.worker is None else _jstr(self.worker)
+        return (
+            f"[{_jstr(self.client)}, {_jstr(self.state)}, {self.attempt:d}, {self.failures:d},"
+            f" {self.lost:d}, {w}, {self.seq:d}]"
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> TaskRecord:

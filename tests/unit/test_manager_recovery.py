@@ -7,7 +7,7 @@ from kubevine.ids import CacheName, ClientId, TaskId, WorkerId
 from kubevine.manager.core import Core
 from kubevine.manager.instructions import SendDispatch, SendKill, SendResults
 from kubevine.manager.states import TaskState
-from kubevine.manager.store import Snapshot, TaskRecord
+from kubevine.manager.store import MemoryStore, Snapshot, TaskRecord, WriteBatch
 from kubevine.protocol import (
     AttemptResult,
     FileBinding,
@@ -163,3 +163,49 @@ def test_tasks_queued_behind_a_long_task_before_a_restart_go_to_a_worker_that_id
     assert killed == [TaskId(2)]  # ... which a forgets (it never started it)
     assert core.tasks[TaskId(1)].worker == a and core.tasks[TaskId(1)].state == TaskState.RUNNING
     assert {core.tasks[TaskId(i)].worker for i in (3, 4)} == {a}  # b has one core: one task
+
+
+def test_a_calls_moves_on_its_worker_are_not_stored_and_a_restarted_manager_adopts_it() -> None:
+    """A call's record stays "ready" while it is dispatched and runs (half the writes of a
+    call); a command's moves are all stored. After a restart the worker's hello names both
+    and the new manager takes them back: neither runs again, the call's result is taken."""
+    store = MemoryStore()
+    core = Core()
+    core.client_connected(C)
+    core.install_library(C, LibrarySpec(name="L", functions=["f"], resources=Resources(cores=1)), b"code")
+    core.worker_connected(info())
+    call = TaskSpec(id=TaskId(1), kind=TaskKind.CALL, library="L", function="f", resources=Resources(cores=0))
+    core.submit(C, [call, TaskSpec(id=TaskId(2), command="true")], [b"args", b""])
+
+    def cycle() -> tuple[WriteBatch, list[object]]:
+        core.schedule()
+        batch, out = core.take()
+        store.apply(batch)
+        return batch, list(out)
+
+    batch, out = cycle()
+    assert batch.records[TaskId(1)].state == "ready" and batch.records[TaskId(2)].state == "dispatched"
+    core.library_status(W, "L", "ready", None)
+    batch, out = cycle()
+    assert [a.spec.id for i in out if isinstance(i, SendDispatch) for a in i.tasks] == [TaskId(1)]
+    assert TaskId(1) not in batch.records
+    core.worker_update(W, [TaskRef(task_id=TaskId(i), attempt=1) for i in (1, 2)], [], [])
+    batch, out = cycle()
+    assert TaskId(1) not in batch.records and batch.records[TaskId(2)].state == "running"
+    snap = store.load()
+    assert snap.records[TaskId(1)].state == "ready" and snap.records[TaskId(2)].state == "running"
+
+    core = Core()  # the manager restarted
+    core.restore(snap)
+    core.client_connected(C)
+    core.worker_connected(
+        info(running=[TaskRef(task_id=TaskId(i), attempt=1) for i in (1, 2)], libraries=["L"])
+    )
+    _, out = cycle()
+    assert not [i for i in out if isinstance(i, (SendKill, SendDispatch))]  # kept there, not run again
+    t = core.tasks[TaskId(1)]
+    assert (t.state, t.attempt, t.worker) == (TaskState.DISPATCHED, 1, W)
+    core.worker_update(W, [], [AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS)], [])
+    batch, out = cycle()
+    assert [r.task_id for i in out if isinstance(i, SendResults) for r, _ in i.results] == [TaskId(1)]
+    assert batch.records[TaskId(1)].state == "done"
