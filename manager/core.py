@@ -90,7 +90,6 @@ from kubevine.protocol import (
     FileKind,
     Outcome,
     StageIn,
-    TaskKind,
     TaskRef,
     TaskSpec,
     walk_bindings,
@@ -101,13 +100,6 @@ log = logging.getLogger(__name__)
 
 S = TaskState
 ID_BLOCK = 1_000_000  # task ids granted to a client at a time
-#: A call's moves onto and on its worker are not stored: its record stays "ready" until it
-#: ends (or goes back to ready), which halves what a call writes. After a manager restart a
-#: worker's hello names the calls it holds and the new manager adopts them
-#: (:func:`workers._reconcile`); a call whose worker does not come back runs again at once.
-#: Commands keep every move: one that runs for hours must not start twice because a worker
-#: said hello after the new manager had sent it elsewhere.
-UNRECORDED = frozenset({S.DISPATCHED, S.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -274,13 +266,10 @@ class Core(Shorthands):
 
     def take(self) -> tuple[WriteBatch, list[Instruction]]:
         """Hand the cycle's writes and instructions to the service, and start afresh."""
-        life, batch = self.life, self.batch
+        life = self.life
         for tid, t in life.dirty.items():
-            if tid not in self.tasks:
-                continue
-            if t.state in UNRECORDED and t.spec.kind == TaskKind.CALL and tid not in batch.specs:
-                continue  # its stored record (ready) stays: see UNRECORDED
-            batch.records[tid] = t.record()
+            if tid in self.tasks:
+                self.batch.records[tid] = t.record()
         life.dirty.clear()
         if self.totals != self.stored_totals:
             self.stored_totals = dict(self.totals)

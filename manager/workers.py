@@ -107,6 +107,9 @@ def _reconcile(core: Core, w: WorkerEntry, old: WorkerEntry | None, held: dict[T
         # a dispatch the store never recorded (the manager died first): the worker runs
         # or has run it; adopt that attempt instead of running the task again
         if t.spec.kind == TaskKind.CALL and (t.spec.library or "") not in w.libs:
+            # not adopted (its instance is gone): killed below. Its next attempt is numbered
+            # past this one, so a late word of the killed attempt is never taken for it
+            t.attempt = a
             continue
         t.attempt, t.worker = a, wid
         core.life.move(t, S.DISPATCHED, f"adopted from {wid}")

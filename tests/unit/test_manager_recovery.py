@@ -165,17 +165,12 @@ def test_tasks_queued_behind_a_long_task_before_a_restart_go_to_a_worker_that_id
     assert {core.tasks[TaskId(i)].worker for i in (3, 4)} == {a}  # b has one core: one task
 
 
-def test_a_calls_moves_on_its_worker_are_not_stored_and_a_restarted_manager_adopts_it() -> None:
-    """A call's record stays "ready" while it is dispatched and runs (half the writes of a
-    call); a command's moves are all stored. After a restart the worker's hello names both
-    and the new manager takes them back: neither runs again, the call's result is taken."""
+def test_a_calls_failure_and_next_attempt_in_one_turn_are_stored_and_count_after_a_restart() -> None:
+    """A call that fails and goes out again in the same turn: the store has its failure and
+    its new attempt, so after a restart its worker's hello is taken back and one more failure
+    uses up its retries (a store that kept only "ready" lets it retry past its limit)."""
     store = MemoryStore()
     core = Core()
-    core.client_connected(C)
-    core.install_library(C, LibrarySpec(name="L", functions=["f"], resources=Resources(cores=1)), b"code")
-    core.worker_connected(info())
-    call = TaskSpec(id=TaskId(1), kind=TaskKind.CALL, library="L", function="f", resources=Resources(cores=0))
-    core.submit(C, [call, TaskSpec(id=TaskId(2), command="true")], [b"args", b""])
 
     def cycle() -> tuple[WriteBatch, list[object]]:
         core.schedule()
@@ -183,29 +178,49 @@ def test_a_calls_moves_on_its_worker_are_not_stored_and_a_restarted_manager_adop
         store.apply(batch)
         return batch, list(out)
 
-    batch, out = cycle()
-    assert batch.records[TaskId(1)].state == "ready" and batch.records[TaskId(2)].state == "dispatched"
+    core.client_connected(C)
+    core.install_library(C, LibrarySpec(name="L", functions=["f"], resources=Resources(cores=1)), b"code")
+    core.worker_connected(info())
+    call = TaskSpec(
+        id=TaskId(1), kind=TaskKind.CALL, library="L", function="f", resources=Resources(cores=0), retries=1
+    )
+    core.submit(C, [call], [b"args"])
+    cycle()
     core.library_status(W, "L", "ready", None)
-    batch, out = cycle()
-    assert [a.spec.id for i in out if isinstance(i, SendDispatch) for a in i.tasks] == [TaskId(1)]
-    assert TaskId(1) not in batch.records
-    core.worker_update(W, [TaskRef(task_id=TaskId(i), attempt=1) for i in (1, 2)], [], [])
-    batch, out = cycle()
-    assert TaskId(1) not in batch.records and batch.records[TaskId(2)].state == "running"
-    snap = store.load()
-    assert snap.records[TaskId(1)].state == "ready" and snap.records[TaskId(2)].state == "running"
+    cycle()
+    core.worker_update(W, [], [AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.EXCEPTION)], [])
+    _, out = cycle()
+    assert [(a.spec.id, a.attempt) for i in out if isinstance(i, SendDispatch) for a in i.tasks] == [(1, 2)]
+    stored = store.load().records[TaskId(1)]
+    assert (stored.state, stored.attempt, stored.failures) == ("dispatched", 2, 1)
 
     core = Core()  # the manager restarted
-    core.restore(snap)
+    core.restore(store.load())
     core.client_connected(C)
-    core.worker_connected(
-        info(running=[TaskRef(task_id=TaskId(i), attempt=1) for i in (1, 2)], libraries=["L"])
-    )
+    core.worker_connected(info(running=[TaskRef(task_id=TaskId(1), attempt=2)], libraries=["L"]))
     _, out = cycle()
     assert not [i for i in out if isinstance(i, (SendKill, SendDispatch))]  # kept there, not run again
-    t = core.tasks[TaskId(1)]
-    assert (t.state, t.attempt, t.worker) == (TaskState.DISPATCHED, 1, W)
-    core.worker_update(W, [], [AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS)], [])
-    batch, out = cycle()
-    assert [r.task_id for i in out if isinstance(i, SendResults) for r, _ in i.results] == [TaskId(1)]
-    assert batch.records[TaskId(1)].state == "done"
+    core.worker_update(W, [], [AttemptResult(task_id=TaskId(1), attempt=2, outcome=Outcome.EXCEPTION)], [])
+    _, out = cycle()
+    assert [(r.task_id, r.state) for i in out if isinstance(i, SendResults) for r, _ in i.results] == [
+        (1, "failed")
+    ]
+
+
+def test_a_held_call_that_cannot_be_adopted_is_killed_and_its_next_attempt_is_numbered_past_it() -> None:
+    """A worker holds attempt 1 of a call the store says is ready, but its library instance is
+    gone: that attempt is killed, and the call runs again as attempt 2, never as a second
+    attempt 1 (a late word of the killed one would be taken for it)."""
+    core = Core()
+    core.restore(snapshot())
+    core.client_connected(C)
+    core.worker_connected(info(running=[TaskRef(task_id=TaskId(2), attempt=1)]))  # no instance of L
+    core.schedule()
+    _, out = core.take()
+    assert [r.attempt for i in out if isinstance(i, SendKill) for r in i.tasks if r.task_id == 2] == [1]
+    core.library_status(W, "L", "ready", None)
+    core.schedule()
+    _, out = core.take()
+    assert [
+        (a.spec.id, a.attempt) for i in out if isinstance(i, SendDispatch) for a in i.tasks if a.spec.id == 2
+    ] == [(2, 2)]
