@@ -278,6 +278,24 @@ def lib_spec(name: str = "L", cores: float = 1, slots: int = 1) -> LibrarySpec:
     return LibrarySpec(name=name, functions=["f"], resources=Resources(cores=cores), slots=slots)
 
 
+def installs(out: list[object]) -> list[WorkerId]:
+    """The workers told to start a library instance."""
+    return [i.worker for i in out if isinstance(i, SendInstall)]
+
+
+def calls_with_one_instance_ready(core: Core, workers: int, slots: int, calls: int) -> WorkerId:
+    """``calls`` calls of library L (``slots`` each instance) on 1-core workers: its first
+    instance, started on the first pass, is ready. Returns that instance's worker."""
+    core.client_connected(C)
+    for i in range(workers):
+        worker(core, f"w{i}", cores=1)
+    core.install_library(C, lib_spec(slots=slots), b"code")
+    core.submit(C, [call(i) for i in range(1, calls + 1)], [b""] * calls)
+    (first,) = installs(cycle(core))
+    core.library_status(first, "L", "ready", None)
+    return first
+
+
 def test_waiting_calls_start_one_library_instance_then_use_its_slots() -> None:
     core = Core()
     core.client_connected(C)
@@ -302,22 +320,22 @@ def test_waiting_calls_start_as_many_instances_as_they_fill_once_their_length_is
     core.install_library(C, lib_spec(slots=2), b"code")
     core.submit(C, [call(i) for i in range(1, 26)], [b""] * 25)  # 25 calls, 2 slots each
 
-    def installs() -> list[WorkerId]:
-        return [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    def next_installs() -> list[WorkerId]:
+        return installs(cycle(core))
 
-    first = installs()
-    assert len(first) == 1 and not installs()  # one, and none more while it starts
+    first = next_installs()
+    assert len(first) == 1 and not next_installs()  # one, and none more while it starts
     core.library_status(first[0], "L", "ready", None)
-    second = installs()
+    second = next_installs()
     assert len(second) == 1  # 1 -> 2
     core.library_status(second[0], "L", "ready", None)
-    third = installs()
+    third = next_installs()
     assert len(third) == 2  # 2 -> 4
     # a call ends after 30 s: long calls; 4 calls run, 21 wait for instances of 2: 11 more
     t = core.tasks[TaskId(1)]
     long = AttemptResult(task_id=TaskId(1), attempt=t.attempt, outcome=Outcome.SUCCESS, wall_time=30.0)
     core.worker_update(t.worker or WorkerId(""), [], [long], [])
-    spread = installs()
+    spread = next_installs()
     assert len(spread) == 6 and set(spread).isdisjoint([*first, *second, *third])  # every worker left
     assert set(first + second + third + spread) == set(ws)
 
@@ -326,16 +344,10 @@ def test_calls_cancelled_while_they_wait_start_no_instances() -> None:
     """The library's queue keeps cancelled calls until a pass pops them: instances are
     started for the calls still waiting, not for the queue's length."""
     core = Core()
-    core.client_connected(C)
-    for i in range(10):
-        worker(core, f"w{i}", cores=1)
-    core.install_library(C, lib_spec(slots=2), b"code")
-    core.submit(C, [call(i) for i in range(1, 42)], [b""] * 41)
-    (first,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
-    core.library_status(first, "L", "ready", None)
+    first = calls_with_one_instance_ready(core, workers=10, slots=2, calls=41)
     out = cycle(core)
     assert dispatched(out) == {first: [1, 2]}
-    assert len([i for i in out if isinstance(i, SendInstall)]) == 1  # length unknown: 1 -> 2
+    assert len(installs(out)) == 1  # length unknown: 1 -> 2
     core.cancel(C, [TaskId(i) for i in range(10, 42)])  # 32 of the 39 waiting
     assert sum(1 for res in results(cycle(core)).values() if res == "cancelled") == 32
     long = AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS, wall_time=30.0)
@@ -343,29 +355,23 @@ def test_calls_cancelled_while_they_wait_start_no_instances() -> None:
     out = cycle(core)
     assert dispatched(out) == {first: [3]}  # into the slot call 1 left
     # 6 calls wait (4..9); the instance on its way takes 2: two more, not one on every worker
-    assert len([i for i in out if isinstance(i, SendInstall)]) == 2
+    assert len(installs(out)) == 2
 
 
 def test_instant_calls_that_the_running_instance_can_take_start_no_more() -> None:
     """A pass places at most its budget; calls left waiting that the ready instance has room
     for (instant calls: hundreds queue at one) are no reason to start it on other workers."""
     core = Core(Settings(pass_placements=5))
-    core.client_connected(C)
-    for i in range(5):
-        worker(core, f"w{i}", cores=1)
-    core.install_library(C, lib_spec(slots=1), b"code")
-    core.submit(C, [call(i) for i in range(1, 101)], [b""] * 100)
-    (first,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
-    core.library_status(first, "L", "ready", None)
+    first = calls_with_one_instance_ready(core, workers=5, slots=1, calls=100)
     out = cycle(core)
     assert dispatched(out) == {first: [1]}
-    (second,) = [i.worker for i in out if isinstance(i, SendInstall)]  # length unknown: 1 -> 2
+    (second,) = installs(out)  # length unknown: 1 -> 2
     core.library_status(second, "L", "ready", None)
     quick = AttemptResult(task_id=TaskId(1), attempt=1, outcome=Outcome.SUCCESS, wall_time=1e-5)
     core.worker_update(first, [], [quick], [])
     for _ in range(5):
         out = cycle(core)
-        assert not [i for i in out if isinstance(i, SendInstall)]
+        assert not installs(out)
         assert sum(len(v) for v in dispatched(out).values()) == 5  # the pass's budget, to the two
 
 
@@ -410,9 +416,9 @@ def test_a_library_that_fails_to_start_twice_fails_its_calls_with_the_reason() -
     a, b = worker(core, "a"), worker(core, "b")
     core.install_library(C, lib_spec(), b"code")
     core.submit(C, [call(1)], [b""])
-    (first,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    (first,) = installs(cycle(core))
     core.library_status(first, "L", "failed", "Traceback...\nImportError: no numpy")
-    (second,) = [i.worker for i in cycle(core) if isinstance(i, SendInstall)]
+    (second,) = installs(cycle(core))
     core.library_status(second, "L", "failed", "Traceback...\nImportError: no numpy")
     out = cycle(core)
     res = [r for i in out if isinstance(i, SendResults) for r, _ in i.results]
